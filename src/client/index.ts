@@ -1,0 +1,198 @@
+/**
+ * jetflow client: a thin layer over the public subjects. Any NATS client can do the same (see
+ * the README's wire contract); this one adds typed replies, errors as exceptions, `result()`
+ * and `watch()`.
+ *
+ * Failure semantics:
+ * - `start` is idempotent on type/id: retrying after a timeout is safe.
+ * - `signal` is at-least-once per call; pass `msgId` to make retries count once (JetStream
+ *   dedup window, 2 min by default). Each call resolves after the engine applied the event.
+ * - `query` reads the last stored record (never a half-applied step).
+ * - A timeout (`TimeoutError` from NATS) means "unknown": the request may still be applied.
+ */
+import { headers, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream, DeliverPolicy } from '@nats-io/jetstream';
+import { connectNats } from '../nats/connection.js';
+import { topologyNames, type TopologyNames } from '../nats/topology.js';
+import { decodeBody, encodeBody, JSON_TYPE } from '../contracts/codec.js';
+import {
+  Header,
+  type Notification,
+  type QueryReply,
+  type SignalReply,
+  type StartReply,
+} from '../contracts/wire.js';
+import { DEFAULT_PREFIX } from '../contracts/subjects.js';
+import {
+  ErrorCode,
+  fromErrorData,
+  JetflowError,
+  TerminalError,
+  type ErrorData,
+} from '../errors.js';
+
+export interface ClientOptions {
+  /** Subject prefix of the engines (default `wf`). */
+  prefix?: string;
+  /** Request timeout (default 10 s). */
+  timeoutMs?: number;
+}
+
+/** Raised by `result()` when the workflow failed or was canceled. */
+export class WorkflowFailedError extends TerminalError {
+  override name = 'WorkflowFailedError';
+}
+
+export class Client implements AsyncDisposable {
+  private readonly names: TopologyNames;
+  private readonly timeoutMs: number;
+
+  constructor(
+    readonly nc: NatsConnection,
+    opts: ClientOptions = {},
+    private readonly owned = false,
+  ) {
+    this.names = topologyNames(opts.prefix ?? DEFAULT_PREFIX);
+    this.timeoutMs = opts.timeoutMs ?? 10_000;
+  }
+
+  /** Connect a new NATS connection owned by this client. */
+  static async connect(servers: string | string[], opts: ClientOptions = {}): Promise<Client> {
+    const list = typeof servers === 'string' ? servers.split(',') : servers;
+    const { nc } = await connectNats(list, 'jetflow-client');
+    return new Client(nc, opts, true);
+  }
+
+  private async request<T>(
+    subject: string,
+    body: unknown,
+    extra?: Record<string, string>,
+    timeoutMs?: number,
+  ): Promise<T> {
+    const h = headers();
+    h.set(Header.ContentType, JSON_TYPE);
+    for (const [k, v] of Object.entries(extra ?? {})) h.set(k, v);
+    const reply = await this.nc.request(
+      subject,
+      body === undefined ? new Uint8Array() : encodeBody(body),
+      {
+        timeout: timeoutMs ?? this.timeoutMs,
+        headers: h,
+      },
+    );
+    const decoded = decodeBody(reply.data) as { error?: ErrorData } & T;
+    if (reply.headers?.get(Header.ErrorCode) || decoded?.error) {
+      throw fromErrorData(decoded.error!, { subject });
+    }
+    return decoded;
+  }
+
+  /** Start `type/id` with `input`. Idempotent: a second start replies `created: false`. */
+  start(type: string, id: string, input?: unknown): Promise<StartReply> {
+    return this.request(this.names.subjects.start(type, id), { input });
+  }
+
+  /**
+   * Deliver an event. Resolves once applied; rejects with code `event_not_accepted` (and the
+   * accepted events in `details`) when the workflow cannot take it now.
+   */
+  signal(
+    type: string,
+    id: string,
+    event: { type: string; [k: string]: unknown },
+    opts: { msgId?: string } = {},
+  ): Promise<SignalReply> {
+    return this.request(
+      this.names.subjects.signal(type, id),
+      event,
+      opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
+    );
+  }
+
+  /** Current state of the workflow. */
+  query(type: string, id: string): Promise<QueryReply> {
+    return this.request(this.names.subjects.query(type, id), undefined);
+  }
+
+  /** Cancel: stops activities and timers; final status `canceled`. */
+  cancel(type: string, id: string, reason?: string): Promise<SignalReply> {
+    return this.request(this.names.subjects.cancel(type, id), { reason });
+  }
+
+  /**
+   * Lifecycle notifications of one workflow, from its first (default) or only new ones. The
+   * iterator ends when `signal` aborts or a terminal notification was yielded.
+   */
+  async *watch(
+    type: string,
+    id: string,
+    opts: { fromStart?: boolean; signal?: AbortSignal } = {},
+  ): AsyncGenerator<Notification> {
+    const js = jetstream(this.nc);
+    const consumer = await js.consumers.get(this.names.eventsStream, {
+      filter_subjects: [this.names.subjects.events(type, id)],
+      deliver_policy: opts.fromStart === false ? DeliverPolicy.New : DeliverPolicy.All,
+    });
+    const messages = await consumer.consume();
+    const abort = () => void messages.close();
+    opts.signal?.addEventListener('abort', abort, { once: true });
+    try {
+      for await (const m of messages) {
+        const n = m.json<Notification>();
+        yield n;
+        if (n.type === 'completed' || n.type === 'failed' || n.type === 'canceled') break;
+      }
+    } finally {
+      opts.signal?.removeEventListener('abort', abort);
+      await messages.close();
+    }
+  }
+
+  /** Await the workflow's end: its output, or `WorkflowFailedError` when it failed or was canceled. */
+  async result<T = unknown>(
+    type: string,
+    id: string,
+    opts: { timeoutMs?: number } = {},
+  ): Promise<T> {
+    const finished = (q: Pick<QueryReply, 'status' | 'output' | 'error'>): T => {
+      if (q.status === 'completed') return q.output as T;
+      throw new WorkflowFailedError(
+        `workflow ${type}/${id} ${q.status}${q.error ? `: ${q.error.message}` : ''}`,
+        {
+          code: ErrorCode.MachineError,
+          workflowId: id,
+          workflowType: type,
+          details: q.error,
+        },
+      );
+    };
+    const q = await this.query(type, id);
+    if (q.status !== 'running') return finished(q);
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 60_000);
+    try {
+      for await (const n of this.watch(type, id, { signal: ac.signal })) {
+        if (n.type === 'completed') return n.output as T;
+        if (n.type === 'failed')
+          return finished({ status: 'failed', output: undefined, error: n.error });
+        if (n.type === 'canceled')
+          return finished({ status: 'canceled', output: undefined, error: undefined });
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    throw new JetflowError(`timed out waiting for ${type}/${id} to finish`, {
+      code: ErrorCode.Timeout,
+      workflowId: id,
+      workflowType: type,
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.owned) await this.nc.drain().catch(() => undefined);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * Engine configuration: raw options (flags, env, file) → defaults → validated, frozen config.
+ * Durations end in `Ms`, sizes in `Bytes`. Every rejection uses one message format:
+ * `invalid <option>: <why> (got <value>)`.
+ */
+import { ConfigError } from './errors.js';
+import { DEFAULT_PREFIX } from './contracts/subjects.js';
+
+export interface EngineConfig {
+  /** NATS server URLs. Env `NATS_URL` (comma-separated). */
+  readonly servers: readonly string[];
+  /** Subject prefix (`wf`). Also names streams (`WF_INBOX`, `WF_EVENTS`) and the bucket. */
+  readonly prefix: string;
+  /** Number of inbox shards; must equal the `partition()` count in the server's mapping. */
+  readonly shards: number;
+  /** Shards this engine consumes (default: all). */
+  readonly shardIds: readonly number[];
+  /** Stream/bucket replicas (1 single node, 3 on a cluster). */
+  readonly replicas: number;
+  /** Max size of a public request body. Keep it below the server's `max_payload`. */
+  readonly maxInputBytes: number;
+  /** Records cached in memory (LRU). */
+  readonly cacheSize: number;
+  /** Inbox consumer AckWait: a message held longer by a dead engine is redelivered. */
+  readonly ackWaitMs: number;
+  /** Max unacknowledged inbox messages per shard (also bounds engine memory). */
+  readonly maxAckPendingPerShard: number;
+  /** Lifecycle notifications are kept this long in the events stream. */
+  readonly eventsMaxAgeMs: number;
+  /** JetStream dedup window for the inbox and events streams. */
+  readonly duplicateWindowMs: number;
+  /** Grace period for a clean stop before it is forced. */
+  readonly shutdownGraceMs: number;
+  /** Engine name in logs and on its NATS connection. */
+  readonly name: string;
+  readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+}
+
+export type EngineOptions = Partial<Omit<EngineConfig, 'servers' | 'shardIds'>> & {
+  servers?: string | readonly string[];
+  shardIds?: readonly number[] | string;
+};
+
+export const ENGINE_DEFAULTS = Object.freeze({
+  servers: ['nats://127.0.0.1:4222'],
+  prefix: DEFAULT_PREFIX,
+  shards: 16,
+  replicas: 1,
+  maxInputBytes: 256 * 1024,
+  cacheSize: 10_000,
+  ackWaitMs: 30_000,
+  maxAckPendingPerShard: 1_000,
+  eventsMaxAgeMs: 7 * 24 * 3600_000,
+  duplicateWindowMs: 120_000,
+  shutdownGraceMs: 10_000,
+  logLevel: 'info' as const,
+});
+
+function bad(option: string, why: string, value: unknown): never {
+  throw new ConfigError(`invalid ${option}: ${why} (got ${JSON.stringify(value)})`, {
+    details: { option, value },
+  });
+}
+
+function int(option: string, v: unknown, min: number, max: number): number {
+  const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
+    bad(option, `must be an integer in ${min}..${max}`, v);
+  }
+  return n;
+}
+
+function parseShardIds(v: unknown, shards: number): number[] {
+  if (v === undefined) return Array.from({ length: shards }, (_, i) => i);
+  const list =
+    typeof v === 'string'
+      ? v.split(',').flatMap((part) => {
+          const [a, b] = part.split('-').map((x) => x.trim());
+          if (b === undefined) return [Number(a)];
+          const lo = Number(a);
+          const hi = Number(b);
+          return Array.from({ length: Math.max(0, hi - lo + 1) }, (_, i) => lo + i);
+        })
+      : Array.isArray(v)
+        ? (v as unknown[])
+        : bad('shardIds', 'must be a list like "0-3,7"', v);
+  for (const s of list) {
+    if (typeof s !== 'number' || !Number.isInteger(s) || s < 0 || s >= shards) {
+      bad('shardIds', `every shard must be an integer in 0..${shards - 1}`, v);
+    }
+  }
+  return [...new Set(list as number[])].sort((a, b) => a - b);
+}
+
+/** Validate and freeze. Never mutates `raw`. */
+export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
+  const serversRaw = raw.servers ?? ENGINE_DEFAULTS.servers;
+  const servers =
+    typeof serversRaw === 'string'
+      ? serversRaw
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : [...serversRaw];
+  if (servers.length === 0) bad('servers', 'at least one NATS URL is needed', serversRaw);
+  const prefix = raw.prefix ?? ENGINE_DEFAULTS.prefix;
+  if (!/^[A-Za-z0-9_-]{1,32}$/.test(prefix))
+    bad('prefix', 'must be 1-32 of A-Z a-z 0-9 _ -', prefix);
+  const shards = int('shards', raw.shards ?? ENGINE_DEFAULTS.shards, 1, 1024);
+  const logLevel = raw.logLevel ?? ENGINE_DEFAULTS.logLevel;
+  if (!['debug', 'info', 'warn', 'error', 'silent'].includes(logLevel)) {
+    bad('logLevel', 'must be debug, info, warn, error or silent', logLevel);
+  }
+  return Object.freeze({
+    servers: Object.freeze(servers),
+    prefix,
+    shards,
+    shardIds: Object.freeze(parseShardIds(raw.shardIds, shards)),
+    replicas: int('replicas', raw.replicas ?? ENGINE_DEFAULTS.replicas, 1, 5),
+    maxInputBytes: int(
+      'maxInputBytes',
+      raw.maxInputBytes ?? ENGINE_DEFAULTS.maxInputBytes,
+      1,
+      64 * 1024 * 1024,
+    ),
+    cacheSize: int('cacheSize', raw.cacheSize ?? ENGINE_DEFAULTS.cacheSize, 1, 10_000_000),
+    ackWaitMs: int('ackWaitMs', raw.ackWaitMs ?? ENGINE_DEFAULTS.ackWaitMs, 1_000, 3_600_000),
+    maxAckPendingPerShard: int(
+      'maxAckPendingPerShard',
+      raw.maxAckPendingPerShard ?? ENGINE_DEFAULTS.maxAckPendingPerShard,
+      1,
+      1_000_000,
+    ),
+    eventsMaxAgeMs: int(
+      'eventsMaxAgeMs',
+      raw.eventsMaxAgeMs ?? ENGINE_DEFAULTS.eventsMaxAgeMs,
+      1_000,
+      2 ** 47,
+    ),
+    duplicateWindowMs: int(
+      'duplicateWindowMs',
+      raw.duplicateWindowMs ?? ENGINE_DEFAULTS.duplicateWindowMs,
+      1_000,
+      86_400_000,
+    ),
+    shutdownGraceMs: int(
+      'shutdownGraceMs',
+      raw.shutdownGraceMs ?? ENGINE_DEFAULTS.shutdownGraceMs,
+      0,
+      3_600_000,
+    ),
+    name: raw.name ?? `jetflow-engine-${process.pid}`,
+    logLevel,
+  });
+}

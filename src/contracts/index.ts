@@ -1,0 +1,3 @@
+export * from './subjects.js';
+export * from './wire.js';
+export * from './codec.js';

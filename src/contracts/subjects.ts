@@ -1,0 +1,109 @@
+/**
+ * The public subjects of jetflow (wire contract v1). Every subject is built here and nowhere else.
+ *
+ * `<prefix>` defaults to `wf`. `<type>` and `<id>` are single NATS tokens: no `.`, `*`, `>` or
+ * whitespace (checked by {@link checkToken}).
+ */
+
+/** Default subject prefix. */
+export const DEFAULT_PREFIX = 'wf';
+
+/** Kinds of message that enter a workflow's inbox. */
+export type InboxKind = 'start' | 'signal' | 'cancel' | 'timer' | 'result';
+
+const TOKEN = /^[A-Za-z0-9_=-]{1,256}$/;
+const PREFIX = /^[A-Za-z0-9_-]{1,32}$/;
+
+/** True when `s` can be used as one subject token (type, id, prefix). */
+export function isToken(s: unknown): s is string {
+  return typeof s === 'string' && TOKEN.test(s);
+}
+
+/** Subjects for one prefix. */
+export interface Subjects {
+  readonly prefix: string;
+  /** Public: `wf.start.<type>.<id>` etc. */
+  start(type: string, id: string): string;
+  signal(type: string, id: string): string;
+  query(type: string, id: string): string;
+  cancel(type: string, id: string): string;
+  events(type: string, id: string): string;
+  /** Internal: where the gateway publishes, mapped by the server onto a shard. */
+  inbox(kind: InboxKind, type: string, id: string): string;
+  /** Internal: the shard-partitioned inbox subject the server maps `inbox()` onto. */
+  shardInbox(shard: number, kind: InboxKind, type: string, id: string): string;
+  /** Filter of one shard's consumer. */
+  shardFilter(shard: number): string;
+  /** Filter for one workflow's messages inside its shard. */
+  workflowFilter(shard: number, type: string, id: string): string;
+  /** Wildcards the gateway subscribes to. */
+  readonly publicWildcards: { start: string; signal: string; cancel: string; query: string };
+  /** Wildcard of every notification. */
+  readonly eventsWildcard: string;
+}
+
+/** Build the subject table for `prefix`. */
+export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
+  if (!PREFIX.test(prefix)) {
+    throw new TypeError(
+      `subject prefix must be 1-32 of A-Z a-z 0-9 _ -, got ${JSON.stringify(prefix)}`,
+    );
+  }
+  const p = prefix;
+  return Object.freeze({
+    prefix: p,
+    start: (t: string, i: string) => `${p}.start.${t}.${i}`,
+    signal: (t: string, i: string) => `${p}.signal.${t}.${i}`,
+    query: (t: string, i: string) => `${p}.query.${t}.${i}`,
+    cancel: (t: string, i: string) => `${p}.cancel.${t}.${i}`,
+    events: (t: string, i: string) => `${p}.events.${t}.${i}`,
+    inbox: (k: InboxKind, t: string, i: string) => `${p}.inbox.${k}.${t}.${i}`,
+    shardInbox: (s: number, k: InboxKind, t: string, i: string) => `${p}.in.${s}.${k}.${t}.${i}`,
+    shardFilter: (s: number) => `${p}.in.${s}.>`,
+    workflowFilter: (s: number, t: string, i: string) => `${p}.in.${s}.*.${t}.${i}`,
+    publicWildcards: Object.freeze({
+      start: `${p}.start.*.*`,
+      signal: `${p}.signal.*.*`,
+      cancel: `${p}.cancel.*.*`,
+      query: `${p}.query.*.*`,
+    }),
+    eventsWildcard: `${p}.events.>`,
+  });
+}
+
+/**
+ * The server-side subject mapping that partitions the inbox into shards by a hash of type and id
+ * (`partition()` over tokens 4 and 5). The key may be a literal prefix or `*` (any prefix).
+ * `nats.conf` must contain exactly this mapping for the engine's shard count.
+ */
+export function shardMapping(shards: number, prefix = '*'): Record<string, string> {
+  if (!Number.isInteger(shards) || shards < 1 || shards > 1024) {
+    throw new RangeError(`shards must be an integer in 1..1024, got ${shards}`);
+  }
+  const lead = prefix === '*' ? '{{wildcard(1)}}' : prefix;
+  return {
+    [`${prefix}.inbox.*.*.*`]: `${lead}.in.{{partition(${shards},3,4)}}.{{wildcard(2)}}.{{wildcard(3)}}.{{wildcard(4)}}`,
+  };
+}
+
+/** Parse `<prefix>.<verb>.<type>.<id>` (public) — returns undefined for anything else. */
+export function parsePublic(
+  subject: string,
+): { prefix: string; verb: string; type: string; id: string } | undefined {
+  const parts = subject.split('.');
+  if (parts.length !== 4) return undefined;
+  const [prefix, verb, type, id] = parts as [string, string, string, string];
+  return { prefix, verb, type, id };
+}
+
+/** Parse `<prefix>.in.<shard>.<kind>.<type>.<id>` (internal inbox). */
+export function parseShardInbox(
+  subject: string,
+): { shard: number; kind: InboxKind; type: string; id: string } | undefined {
+  const parts = subject.split('.');
+  if (parts.length !== 6 || parts[1] !== 'in') return undefined;
+  const shard = Number(parts[2]);
+  const kind = parts[3] as InboxKind;
+  if (!Number.isInteger(shard)) return undefined;
+  return { shard, kind, type: parts[4]!, id: parts[5]! };
+}

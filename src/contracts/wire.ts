@@ -1,0 +1,144 @@
+/**
+ * Wire contract v1: bodies of public requests and replies, notifications, internal inbox
+ * messages and the stored workflow record. Field names here ARE the wire names.
+ */
+import type { ErrorData } from '../errors.js';
+
+/** Version of the wire contract and of the stored record layout. */
+export const WIRE_VERSION = 1;
+
+/** Headers jetflow reads or writes. */
+export const Header = {
+  /** Selects the body encoding (`application/json` default, `application/msgpack`). */
+  ContentType: 'Content-Type',
+  /** JetStream dedup id; on a signal it makes repeated sends of one signal count once. */
+  MsgId: 'Nats-Msg-Id',
+  /** Internal: the requester's reply subject, carried through the inbox stream to the step. */
+  ReplyTo: 'Jf-Reply-To',
+  /** Internal: encoding the requester used, so the reply uses it too. */
+  ReplyEncoding: 'Jf-Reply-Encoding',
+  /** Set on every error reply: the error code. */
+  ErrorCode: 'Jf-Error',
+} as const;
+
+/** Lifecycle of a workflow. `running` until the machine reaches a final state or fails. */
+export type WorkflowStatus = 'running' | 'completed' | 'failed' | 'canceled';
+
+/** Body of `wf.start.<type>.<id>`. */
+export interface StartRequest {
+  input?: unknown;
+}
+
+/** Reply to a start. `created` is false when the workflow already existed (idempotent start). */
+export interface StartReply {
+  id: string;
+  type: string;
+  version: number;
+  created: boolean;
+}
+
+/** Reply to a signal that was applied (or recognised as a duplicate). */
+export interface SignalReply {
+  id: string;
+  type: string;
+  step: number;
+  status: WorkflowStatus;
+  value: unknown;
+  duplicate?: boolean;
+}
+
+/** Body of `wf.cancel.<type>.<id>`. */
+export interface CancelRequest {
+  reason?: string;
+}
+
+/** Reply to `wf.query.<type>.<id>`. */
+export interface QueryReply {
+  id: string;
+  type: string;
+  version: number;
+  status: WorkflowStatus;
+  value: unknown;
+  context: unknown;
+  tags: string[];
+  /** Event types the workflow accepts right now (empty once finished). */
+  accepts: string[];
+  step: number;
+  createdAt: string;
+  updatedAt: string;
+  output?: unknown;
+  error?: ErrorData;
+}
+
+/** Every error reply: `{ "error": { type, code, message, retryable, details? } }`. */
+export interface ErrorReply {
+  error: ErrorData & { accepts?: string[] };
+}
+
+interface NotificationBase {
+  workflowType: string;
+  id: string;
+  version: number;
+  /** Step number after which this was emitted; with `type` it identifies the notification. */
+  step: number;
+  /** ISO-8601 time of the step. */
+  at: string;
+}
+
+/** Lifecycle notifications on `wf.events.<type>.<id>`, discriminated on `type`. */
+export type Notification =
+  | (NotificationBase & { type: 'started'; value: unknown; input: unknown })
+  | (NotificationBase & { type: 'transitioned'; event: string; value: unknown })
+  | (NotificationBase & { type: 'completed'; value: unknown; output: unknown })
+  | (NotificationBase & { type: 'failed'; error: ErrorData })
+  | (NotificationBase & { type: 'canceled'; reason: string | undefined })
+  | (NotificationBase & { type: 'rejected'; event: string; error: ErrorData; accepts: string[] });
+
+export type NotificationType = Notification['type'];
+
+/**
+ * An effect the step owes, persisted in the record's outbox before it is performed. Each has a
+ * deterministic message id `<type>.<id>.<step>.<index>` so that performing it twice is harmless.
+ */
+export type Effect =
+  | { kind: 'notify'; notification: Notification }
+  /** Activity task (executed by the activities subsystem). */
+  | { kind: 'task'; actorId: string; src: string; input: unknown }
+  /** Stop an activity or child (executed by the activities subsystem). */
+  | { kind: 'stopTask'; actorId: string }
+  /** Durable timer: deliver `event` to this workflow after `delayMs` (timers subsystem). */
+  | { kind: 'timer'; timerId: string; event: unknown; delayMs: number; dueAt: number }
+  /** Cancel a timer by id (timers subsystem). */
+  | { kind: 'cancelTimer'; timerId: string };
+
+export type EffectKind = Effect['kind'];
+
+/** The durable state of one workflow: value of key `<type>.<id>` in the workflows bucket. */
+export interface WorkflowRecord {
+  v: typeof WIRE_VERSION;
+  type: string;
+  id: string;
+  version: number;
+  status: WorkflowStatus;
+  /** XState persisted snapshot. */
+  snapshot: unknown;
+  /** Number of applied steps; 0 after start. */
+  step: number;
+  /** Inbox stream sequence of the last applied message: a redelivery at or below it is a repeat. */
+  lastSeq: number;
+  /** Ids of timers set and not yet fired or cancelled. */
+  timers: string[];
+  /** Effects owed by step `step` (performed idempotently; replaced by the next step's). */
+  outbox: Effect[];
+  /** Epoch ms. */
+  createdAt: number;
+  updatedAt: number;
+  output?: unknown;
+  error?: ErrorData;
+}
+
+/** Body of an internal inbox message (msgpack). */
+export type InboxMessage =
+  | { kind: 'start'; input: unknown }
+  | { kind: 'signal'; event: { type: string; [k: string]: unknown } }
+  | { kind: 'cancel'; reason: string | undefined };

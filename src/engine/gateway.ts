@@ -1,0 +1,108 @@
+/**
+ * Validation of public requests (`wf.start|signal|cancel.<type>.<id>`) into inbox messages, and
+ * the query reply. Pure: the NATS side (`src/nats/gateway.ts`) does the I/O.
+ */
+import type { Registry } from './registry.js';
+import * as m from './machine.js';
+import { decodeBody, type BodyEncoding } from '../contracts/codec.js';
+import { isToken } from '../contracts/subjects.js';
+import type { InboxMessage, QueryReply, WorkflowRecord } from '../contracts/wire.js';
+import { BadRequestError, ErrorCode } from '../errors.js';
+
+export type PublicVerb = 'start' | 'signal' | 'cancel';
+
+export interface PublicRequest {
+  verb: string;
+  type: string;
+  id: string;
+  data: Uint8Array;
+  encoding: BodyEncoding;
+  subject: string;
+}
+
+/** Validate a public request; throws {@link BadRequestError} with a precise code. */
+export function parseRequest(
+  req: PublicRequest,
+  registry: Registry,
+  maxBytes: number,
+): InboxMessage {
+  const fields = { workflowType: req.type, workflowId: req.id, subject: req.subject };
+  if (!isToken(req.type) || !isToken(req.id)) {
+    throw new BadRequestError(
+      'workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =',
+      fields,
+    );
+  }
+  if (req.data.length > maxBytes) {
+    throw new BadRequestError(
+      `body of ${req.data.length} bytes exceeds the limit of ${maxBytes} bytes`,
+      {
+        ...fields,
+        code: ErrorCode.PayloadTooLarge,
+        details: { size: req.data.length, limit: maxBytes },
+      },
+    );
+  }
+  let body: unknown;
+  try {
+    body = decodeBody(req.data, req.encoding);
+  } catch (cause) {
+    throw new BadRequestError(
+      `body is not valid ${req.encoding === 'msgpack' ? 'msgpack' : 'JSON'}: ${String((cause as Error)?.message ?? cause)}`,
+      { ...fields, code: ErrorCode.MalformedBody, cause },
+    );
+  }
+  if (body !== undefined && (body === null || typeof body !== 'object' || Array.isArray(body))) {
+    throw new BadRequestError('body must be an object', { ...fields, code: ErrorCode.BadRequest });
+  }
+  const b = (body ?? {}) as Record<string, unknown>;
+  if (!registry.has(req.type)) registry.latest(req.type); // throws unknown_type with the known list
+  switch (req.verb) {
+    case 'start':
+      return { kind: 'start', input: b.input };
+    case 'cancel':
+      if (b.reason !== undefined && typeof b.reason !== 'string') {
+        throw new BadRequestError('cancel reason must be a string', fields);
+      }
+      return { kind: 'cancel', reason: b.reason };
+    case 'signal': {
+      if (typeof b.type !== 'string' || b.type.length === 0) {
+        throw new BadRequestError(
+          'a signal is an XState event: an object with a string "type"',
+          fields,
+        );
+      }
+      if (b.type.startsWith('xstate.')) {
+        throw new BadRequestError(
+          'event types starting with "xstate." are reserved for the engine',
+          fields,
+        );
+      }
+      return { kind: 'signal', event: b as { type: string } };
+    }
+    default:
+      throw new BadRequestError(`unknown verb ${JSON.stringify(req.verb)}`, fields);
+  }
+}
+
+/** Build the reply to `wf.query.<type>.<id>` from a stored record. */
+export function queryReply(registry: Registry, r: WorkflowRecord): QueryReply {
+  const def = registry.get(r.type, r.version);
+  const snapshot = m.restore(def.machine, r.snapshot);
+  const reply: QueryReply = {
+    id: r.id,
+    type: r.type,
+    version: r.version,
+    status: r.status,
+    value: snapshot.value,
+    context: snapshot.context,
+    tags: m.tagsOf(snapshot),
+    accepts: r.status === 'running' ? m.acceptedEvents(snapshot) : [],
+    step: r.step,
+    createdAt: new Date(r.createdAt).toISOString(),
+    updatedAt: new Date(r.updatedAt).toISOString(),
+  };
+  if (r.output !== undefined) reply.output = r.output;
+  if (r.error !== undefined) reply.error = r.error;
+  return reply;
+}

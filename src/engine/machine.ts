@@ -1,0 +1,105 @@
+/**
+ * Adapter over XState's pure API. Nothing here runs actor logic: transitions return the next
+ * snapshot and the actions, and actions become {@link Effect}s the engine performs durably.
+ */
+import {
+  createActor,
+  initialTransition,
+  transition,
+  type AnyMachineSnapshot,
+  type AnyStateMachine,
+  type EventObject,
+} from 'xstate';
+import type { Effect } from '../contracts/wire.js';
+
+/** Snapshot after start, and the effects it owes. */
+export function start(
+  machine: AnyStateMachine,
+  input: unknown,
+): { snapshot: AnyMachineSnapshot; actions: ActionLike[] } {
+  const [snapshot, actions] = initialTransition(machine, input);
+  return { snapshot, actions: actions };
+}
+
+/** Rebuild a live snapshot from its persisted form (children are recreated, never started). */
+export function restore(machine: AnyStateMachine, persisted: unknown): AnyMachineSnapshot {
+  return createActor(machine, { snapshot: persisted as never }).getSnapshot() as AnyMachineSnapshot;
+}
+
+/** Plain-data form of a snapshot, for the record. */
+export function persist(machine: AnyStateMachine, snapshot: AnyMachineSnapshot): unknown {
+  return machine.getPersistedSnapshot(snapshot);
+}
+
+/** Apply one event; throws when a guard or assign throws. */
+export function step(
+  machine: AnyStateMachine,
+  snapshot: AnyMachineSnapshot,
+  event: EventObject,
+): { snapshot: AnyMachineSnapshot; actions: ActionLike[] } {
+  const [next, actions] = transition(machine, snapshot, event);
+  return { snapshot: next as AnyMachineSnapshot, actions: actions };
+}
+
+/** Event types the snapshot's active states handle (guards not evaluated), sorted. */
+export function acceptedEvents(snapshot: AnyMachineSnapshot): string[] {
+  if (snapshot.status !== 'active') return [];
+  const nodes = (snapshot as unknown as { _nodes: { ownEvents: string[] }[] })._nodes;
+  const types = new Set<string>();
+  for (const n of nodes) for (const e of n.ownEvents) if (!e.startsWith('xstate.')) types.add(e);
+  return [...types].sort();
+}
+
+/** True when `event` would be taken now (guards evaluated; a throwing guard throws). */
+export function canTake(snapshot: AnyMachineSnapshot, event: EventObject): boolean {
+  return snapshot.status === 'active' && snapshot.can(event);
+}
+
+/** Tags of the snapshot, sorted. */
+export function tagsOf(snapshot: AnyMachineSnapshot): string[] {
+  return [...snapshot.tags].sort();
+}
+
+/** The shape of an action returned by the pure API (only what we read). */
+export interface ActionLike {
+  type: string;
+  params?: unknown;
+}
+
+/**
+ * Turn XState actions into engine effects, in order. `stepNo` makes generated timer ids
+ * deterministic. Custom actions are not run (effects happen only through the engine);
+ * non-delayed raises were already applied inside `transition()`.
+ */
+export function toEffects(actions: ActionLike[], stepNo: number, now: number): Effect[] {
+  const out: Effect[] = [];
+  actions.forEach((a, index) => {
+    const p = (a.params ?? {}) as Record<string, unknown>;
+    switch (a.type) {
+      case 'xstate.spawnChild':
+        out.push({ kind: 'task', actorId: String(p.id), src: String(p.src), input: p.input });
+        break;
+      case 'xstate.stopChild': {
+        const id = (a.params as { id?: unknown } | undefined)?.id;
+        if (typeof id === 'string') out.push({ kind: 'stopTask', actorId: id });
+        break;
+      }
+      case 'xstate.raise': {
+        // Delayed raises (and `after`, which XState expresses as one) become durable timers.
+        // A non-delayed raise was already applied inside transition(). Delayed `sendTo` a child
+        // has no meaning for activities and is not supported (documented).
+        const delay = typeof p.delay === 'number' ? p.delay : undefined;
+        if (delay === undefined) break;
+        const timerId = typeof p.id === 'string' ? p.id : `t${stepNo}.${index}`;
+        out.push({ kind: 'timer', timerId, event: p.event, delayMs: delay, dueAt: now + delay });
+        break;
+      }
+      case 'xstate.cancel':
+        if (typeof p.sendId === 'string') out.push({ kind: 'cancelTimer', timerId: p.sendId });
+        break;
+      default:
+        break;
+    }
+  });
+  return out;
+}

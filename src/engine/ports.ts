@@ -1,0 +1,77 @@
+/**
+ * What the engine core needs from the outside world. `src/nats/` implements these over
+ * JetStream; the core never imports a NATS library.
+ */
+import type { BodyEncoding } from '../contracts/codec.js';
+import type { InboxKind } from '../contracts/subjects.js';
+import type { Effect, Notification, WorkflowRecord } from '../contracts/wire.js';
+
+/** A record with the KV revision it was read or written at. */
+export interface StoredRecord {
+  record: WorkflowRecord;
+  revision: number;
+}
+
+/** Durable record storage with compare-and-set. */
+export interface RecordStore {
+  get(type: string, id: string): Promise<StoredRecord | undefined>;
+  /** Create; throws `ConflictError` when the key exists. Returns the revision. */
+  create(record: WorkflowRecord): Promise<number>;
+  /** Compare-and-set on `revision`; throws `ConflictError` when the stored revision differs. */
+  update(record: WorkflowRecord, revision: number): Promise<number>;
+}
+
+/** One inbox message as the engine sees it. */
+export interface InboxEntry {
+  /** Inbox stream sequence. */
+  seq: number;
+  shard: number;
+  kind: InboxKind;
+  type: string;
+  id: string;
+  /** msgpack body written by the gateway. */
+  data: Uint8Array;
+  replyTo: string | undefined;
+  replyEncoding: BodyEncoding;
+}
+
+/** A delivered inbox message: an entry plus its acknowledgement. */
+export interface InboxDelivery extends InboxEntry {
+  ack(): Promise<void>;
+  /** Keep the message from being redelivered while it is worked on. */
+  working(): void;
+}
+
+/** Reads the inbox stream directly, for the per-workflow gap check. */
+export interface InboxReader {
+  /** The first message of workflow type/id in `shard` with sequence >= `fromSeq`, if any. */
+  firstFrom(
+    shard: number,
+    type: string,
+    id: string,
+    fromSeq: number,
+  ): Promise<InboxEntry | undefined>;
+}
+
+/** Performs effects. Every call is idempotent for the same arguments (deterministic msg ids). */
+export interface EffectSink {
+  /** Perform a record's outbox; `msgIdBase` is `<type>.<id>.<step>`. */
+  perform(record: WorkflowRecord, effects: Effect[]): Promise<void>;
+  /** Publish a notification outside a record write (a rejection), deduplicated by `msgId`. */
+  notify(notification: Notification, msgId: string): Promise<void>;
+  /** Reply to a requester (core NATS, best effort). */
+  reply(subject: string, encoding: BodyEncoding, body: unknown, errorCode?: string): void;
+}
+
+export interface Clock {
+  now(): number;
+}
+
+/** The subset of a pino logger the core uses. */
+export interface Logger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+  child(bindings: object): Logger;
+}

@@ -1,0 +1,83 @@
+/**
+ * The registry of workflow definitions, keyed `type@version`. A new start uses the latest version
+ * of its type; a running workflow keeps the version it started with (its record names it).
+ */
+import type { AnyStateMachine } from 'xstate';
+import { ErrorCode, BadRequestError, ConfigError } from '../errors.js';
+import { isToken } from '../contracts/subjects.js';
+
+/** A workflow definition: an XState v5 machine under a type and an integer version. */
+export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine> {
+  type: string;
+  version: number;
+  machine: M;
+}
+
+/** Declare a workflow definition (identity helper that checks its shape). */
+export function defineWorkflow<M extends AnyStateMachine>(
+  def: WorkflowDefinition<M>,
+): WorkflowDefinition<M> {
+  if (!isToken(def.type)) {
+    throw new ConfigError(`workflow type ${JSON.stringify(def.type)} is not a valid subject token`);
+  }
+  if (!Number.isInteger(def.version) || def.version < 1) {
+    throw new ConfigError(`workflow ${def.type}: version must be a positive integer`);
+  }
+  return Object.freeze(def);
+}
+
+export interface Registry {
+  register(def: WorkflowDefinition): void;
+  /** Latest version of `type`; throws `unknown_type`. */
+  latest(type: string): WorkflowDefinition;
+  /** Exactly `type@version`; throws `unknown_type` / `unknown_version`. */
+  get(type: string, version: number): WorkflowDefinition;
+  has(type: string): boolean;
+  /** Every registered `type@version`. */
+  list(): string[];
+}
+
+export function createRegistry(defs: Iterable<WorkflowDefinition> = []): Registry {
+  const byType = new Map<string, Map<number, WorkflowDefinition>>();
+  const registry: Registry = {
+    register(def) {
+      const checked = defineWorkflow(def);
+      let versions = byType.get(checked.type);
+      if (!versions) byType.set(checked.type, (versions = new Map<number, WorkflowDefinition>()));
+      if (versions.has(checked.version)) {
+        throw new ConfigError(`workflow ${checked.type}@${checked.version} is registered twice`);
+      }
+      versions.set(checked.version, checked);
+    },
+    latest(type) {
+      const versions = byType.get(type);
+      if (!versions || versions.size === 0) {
+        throw new BadRequestError(`unknown workflow type ${JSON.stringify(type)}`, {
+          code: ErrorCode.UnknownType,
+          workflowType: type,
+          details: { known: [...byType.keys()] },
+        });
+      }
+      const top = Math.max(...versions.keys());
+      return versions.get(top)!;
+    },
+    get(type, version) {
+      const versions = byType.get(type);
+      if (!versions) return registry.latest(type);
+      const def = versions.get(version);
+      if (!def) {
+        throw new BadRequestError(`workflow ${type}@${version} is not registered on this engine`, {
+          code: ErrorCode.UnknownVersion,
+          workflowType: type,
+          details: { registered: [...versions.keys()] },
+        });
+      }
+      return def;
+    },
+    has: (type) => byType.has(type),
+    list: () =>
+      [...byType.values()].flatMap((m) => [...m.values()].map((d) => `${d.type}@${d.version}`)),
+  };
+  for (const d of defs) registry.register(d);
+  return registry;
+}

@@ -1,0 +1,132 @@
+/**
+ * An engine process's core: connects, declares the topology, runs the gateway and one consumer
+ * per owned shard, and stops in order (stop fetching → finish in-flight steps → drain).
+ *
+ * Failure semantics: see `src/engine/processor.ts`. A crash at any point loses nothing that was
+ * acknowledged to a requester and applies no transition twice; effects are re-performed with the
+ * same msg ids (JetStream drops the duplicates within the dedup window).
+ */
+import type { NatsConnection } from '@nats-io/transport-node';
+import { compileEngineConfig, type EngineConfig, type EngineOptions } from '../config.js';
+import { createProcessor, type Processor } from '../engine/processor.js';
+import type { Registry } from '../engine/registry.js';
+import type { Clock, Logger } from '../engine/ports.js';
+import { connectNats } from '../nats/connection.js';
+import { ensureTopology, type TopologyNames } from '../nats/topology.js';
+import { createKvRecordStore } from '../nats/store.js';
+import { consumeShard, createInboxReader } from '../nats/inbox.js';
+import { createEffectSink } from '../nats/effects.js';
+import { startGateway, type Gateway } from '../nats/gateway.js';
+import { createLogger } from './logger.js';
+
+export interface EngineDeps {
+  registry: Registry;
+  logger?: Logger;
+  clock?: Clock;
+}
+
+export class Engine implements AsyncDisposable {
+  private closing: Promise<void> | undefined;
+  private readonly done: Promise<void>;
+  private resolveDone!: () => void;
+
+  private constructor(
+    readonly config: EngineConfig,
+    readonly names: TopologyNames,
+    private readonly nc: NatsConnection,
+    readonly processor: Processor,
+    private readonly gateway: Gateway,
+    private readonly shards: { stop(): Promise<void> }[],
+    private readonly logger: Logger,
+  ) {
+    this.done = new Promise((ok) => (this.resolveDone = ok));
+  }
+
+  /** Connect, verify/declare topology, start consuming. Fails fast with what is missing. */
+  static async create(options: EngineOptions, deps: EngineDeps): Promise<Engine> {
+    const config = compileEngineConfig(options);
+    const logger = deps.logger ?? createLogger(config.name, config.logLevel);
+    const clock = deps.clock ?? { now: () => Date.now() };
+    const { nc, js, jsm } = await connectNats(config.servers, config.name);
+    try {
+      const { names, kv } = await ensureTopology(nc, jsm, config);
+      const store = createKvRecordStore(kv);
+      const sink = createEffectSink(nc, js, names, logger);
+      const processor = createProcessor({
+        registry: deps.registry,
+        store,
+        inbox: createInboxReader(jsm, names),
+        effects: sink,
+        clock,
+        logger,
+        cacheSize: config.cacheSize,
+      });
+      const gateway = startGateway({
+        nc,
+        js,
+        names,
+        registry: deps.registry,
+        store,
+        sink,
+        logger,
+        maxInputBytes: config.maxInputBytes,
+      });
+      const batch = Math.max(1, Math.min(256, config.maxAckPendingPerShard));
+      const shards = await Promise.all(
+        config.shardIds.map((shard) =>
+          consumeShard({ js, names, shard, processor, logger, batch }),
+        ),
+      );
+      logger.info(
+        {
+          shards: config.shardIds.length,
+          of: config.shards,
+          workflows: deps.registry.list(),
+          servers: config.servers,
+        },
+        'engine started',
+      );
+      return new Engine(config, names, nc, processor, gateway, shards, logger);
+    } catch (err) {
+      await nc.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Resolves when the engine has stopped (after `close()`). */
+  run(): Promise<void> {
+    return this.done;
+  }
+
+  /**
+   * Stop in order: stop fetching and accepting → finish in-flight steps (up to the grace period)
+   * → drain the connection. Idempotent; every stage runs even if an earlier one fails.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const errors: unknown[] = [];
+      const stage = async (name: string, f: () => Promise<void>) => {
+        try {
+          await f();
+        } catch (err) {
+          errors.push(err);
+          this.logger.warn({ err, stage: name }, 'shutdown stage failed');
+        }
+      };
+      const grace = new Promise<void>((ok) => setTimeout(ok, this.config.shutdownGraceMs).unref());
+      await stage('gateway', () => this.gateway.stop());
+      await stage('shards', () =>
+        Promise.race([Promise.all(this.shards.map((s) => s.stop())).then(() => undefined), grace]),
+      );
+      await stage('steps', () => Promise.race([this.processor.close(), grace]));
+      await stage('drain', () => this.nc.drain());
+      this.logger.info({ stats: this.processor.stats }, 'engine stopped');
+      this.resolveDone();
+    })();
+    return this.closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,79 @@
+/** Performs outbox effects over NATS, each with a deterministic `Nats-Msg-Id`. */
+import { headers, type NatsConnection } from '@nats-io/transport-node';
+import type { JetStreamClient } from '@nats-io/jetstream';
+import type { EffectSink, Logger } from '../engine/ports.js';
+import { encodeBody, JSON_TYPE, MSGPACK, type BodyEncoding } from '../contracts/codec.js';
+import { Header, type Effect, type EffectKind, type WorkflowRecord } from '../contracts/wire.js';
+import type { TopologyNames } from './topology.js';
+
+/** A handler for effect kinds beyond notifications (activities, timers). */
+export type EffectHandler = (
+  record: WorkflowRecord,
+  effect: Effect,
+  msgId: string,
+) => Promise<void>;
+
+const enc = new TextEncoder();
+
+export function createEffectSink(
+  nc: NatsConnection,
+  js: JetStreamClient,
+  names: TopologyNames,
+  logger: Logger,
+  handlers: Partial<Record<EffectKind, EffectHandler>> = {},
+): EffectSink {
+  const s = names.subjects;
+  const jsonHeaders = () => {
+    const h = headers();
+    h.set(Header.ContentType, JSON_TYPE);
+    return h;
+  };
+  const unhandled = new Set<EffectKind>();
+  return {
+    async perform(record, effects) {
+      const base = `${record.type}.${record.id}.${record.step}`;
+      await Promise.all(
+        effects.map(async (e, i) => {
+          const msgId = `${base}.${i}`;
+          if (e.kind === 'notify') {
+            await js.publish(
+              s.events(record.type, record.id),
+              enc.encode(JSON.stringify(e.notification)),
+              {
+                msgID: msgId,
+                headers: jsonHeaders(),
+              },
+            );
+            return;
+          }
+          const h = handlers[e.kind];
+          if (h) return h(record, e, msgId);
+          if (!unhandled.has(e.kind)) {
+            unhandled.add(e.kind);
+            logger.warn(
+              { kind: e.kind },
+              'no handler for this effect kind on this engine; it stays recorded in the outbox',
+            );
+          }
+        }),
+      );
+    },
+    async notify(notification, msgId) {
+      await js.publish(
+        s.events(notification.workflowType, notification.id),
+        enc.encode(JSON.stringify(notification)),
+        { msgID: msgId, headers: jsonHeaders() },
+      );
+    },
+    reply(subject: string, encoding: BodyEncoding, body: unknown, errorCode?: string) {
+      const h = headers();
+      h.set(Header.ContentType, encoding === 'msgpack' ? MSGPACK : JSON_TYPE);
+      if (errorCode) h.set(Header.ErrorCode, errorCode);
+      try {
+        nc.publish(subject, encodeBody(body, encoding), { headers: h });
+      } catch (err) {
+        logger.warn({ err, subject }, 'reply not sent');
+      }
+    },
+  };
+}

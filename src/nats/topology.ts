@@ -1,0 +1,156 @@
+/**
+ * Every stream, consumer and bucket jetflow uses, declared in one table, and the code that
+ * creates or verifies them.
+ */
+import {
+  AckPolicy,
+  DeliverPolicy,
+  DiscardPolicy,
+  RetentionPolicy,
+  StorageType,
+  type ConsumerConfig,
+  type JetStreamManager,
+  type StreamConfig,
+} from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { createSubjects, type Subjects } from '../contracts/subjects.js';
+import { ErrorCode, TerminalError } from '../errors.js';
+
+const ms = (n: number) => n * 1_000_000; // JetStream durations are nanoseconds
+
+export interface TopologyOptions {
+  prefix: string;
+  shards: number;
+  replicas: number;
+  ackWaitMs: number;
+  maxAckPendingPerShard: number;
+  eventsMaxAgeMs: number;
+  duplicateWindowMs: number;
+}
+
+/** Names derived from the prefix. */
+export interface TopologyNames {
+  subjects: Subjects;
+  inboxStream: string;
+  eventsStream: string;
+  bucket: string;
+  shardConsumer(shard: number): string;
+}
+
+export function topologyNames(prefix: string): TopologyNames {
+  const up = prefix.toUpperCase().replace(/-/g, '_');
+  return {
+    subjects: createSubjects(prefix),
+    inboxStream: `${up}_INBOX`,
+    eventsStream: `${up}_EVENTS`,
+    bucket: `${prefix}_workflows`,
+    shardConsumer: (s) => `shard-${s}`,
+  };
+}
+
+/** The table: stream and consumer configs for the options. */
+export function topology(o: TopologyOptions): {
+  names: TopologyNames;
+  streams: Partial<StreamConfig>[];
+  consumers: { stream: string; config: Partial<ConsumerConfig> }[];
+} {
+  const names = topologyNames(o.prefix);
+  const s = names.subjects;
+  const inbox: Partial<StreamConfig> = {
+    name: names.inboxStream,
+    description: 'jetflow inbox: every workflow input, partitioned into shards',
+    subjects: Array.from({ length: o.shards }, (_, i) => s.shardFilter(i)),
+    retention: RetentionPolicy.Workqueue,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    duplicate_window: ms(o.duplicateWindowMs),
+    discard: DiscardPolicy.New,
+    // Reads for the gap check must see the leader's view, not a lagging replica's.
+    allow_direct: false,
+  };
+  const events: Partial<StreamConfig> = {
+    name: names.eventsStream,
+    description: 'jetflow lifecycle notifications (wf.events.<type>.<id>)',
+    subjects: [s.eventsWildcard],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    max_age: ms(o.eventsMaxAgeMs),
+    duplicate_window: ms(o.duplicateWindowMs),
+    allow_direct: true,
+  };
+  const consumers = Array.from({ length: o.shards }, (_, i) => ({
+    stream: names.inboxStream,
+    config: {
+      durable_name: names.shardConsumer(i),
+      description: `jetflow shard ${i}`,
+      filter_subject: s.shardFilter(i),
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: ms(o.ackWaitMs),
+      max_ack_pending: o.maxAckPendingPerShard,
+      max_deliver: -1,
+      num_replicas: 0,
+    } satisfies Partial<ConsumerConfig>,
+  }));
+  return { names, streams: [inbox, events], consumers };
+}
+
+/** Create or update every stream, consumer and the bucket. Idempotent. */
+export async function ensureTopology(
+  nc: NatsConnection,
+  jsm: JetStreamManager,
+  o: TopologyOptions,
+): Promise<{ names: TopologyNames; kv: KV }> {
+  const t = topology(o);
+  for (const cfg of t.streams) {
+    try {
+      await jsm.streams.info(cfg.name!);
+      await jsm.streams.update(cfg.name!, cfg);
+    } catch (err) {
+      if (!isNotFound(err)) throw topologyError(`stream ${cfg.name}`, err);
+      await jsm.streams.add({ ...cfg, name: cfg.name! }).catch((e: unknown) => {
+        throw topologyError(`stream ${cfg.name}`, e);
+      });
+    }
+  }
+  for (const c of t.consumers) {
+    await jsm.consumers.add(c.stream, c.config).catch(async (e: unknown) => {
+      // An existing consumer with other settings: update what may be updated.
+      try {
+        await jsm.consumers.update(c.stream, c.config.durable_name!, {
+          ack_wait: c.config.ack_wait,
+          max_ack_pending: c.config.max_ack_pending,
+          description: c.config.description,
+        });
+      } catch {
+        throw topologyError(`consumer ${c.stream}/${c.config.durable_name}`, e);
+      }
+    });
+  }
+  const kv = await new Kvm(nc)
+    .create(t.names.bucket, {
+      history: 1,
+      replicas: o.replicas,
+      storage: StorageType.File,
+    })
+    .catch((e: unknown) => {
+      throw topologyError(`bucket ${t.names.bucket}`, e);
+    });
+  return { names: t.names, kv };
+}
+
+function isNotFound(err: unknown): boolean {
+  return err instanceof Error && /not found/i.test(err.message);
+}
+
+function topologyError(what: string, cause: unknown): TerminalError {
+  return new TerminalError(
+    `cannot create or update ${what}: ${String((cause as Error)?.message ?? cause)}`,
+    {
+      code: ErrorCode.Topology,
+      cause,
+    },
+  );
+}
