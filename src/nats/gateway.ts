@@ -3,13 +3,20 @@
  * Start, signal and cancel are validated and written durably into the inbox stream (the reply,
  * if requested, comes from the step once it is applied); queries are answered from KV.
  */
-import { headers, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import {
+  headers,
+  nuid,
+  type Msg,
+  type NatsConnection,
+  type Subscription,
+} from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { EffectSink, Logger, RecordStore } from '../engine/ports.js';
 import type { Registry } from '../engine/registry.js';
 import { parseRequest, queryReply } from '../engine/gateway.js';
 import { encodingOf, pack, type BodyEncoding } from '../contracts/codec.js';
-import { parsePublic } from '../contracts/subjects.js';
+import { isToken, parsePublic } from '../contracts/subjects.js';
+import { rejection } from '../engine/step.js';
 import { Header, type InboxMessage } from '../contracts/wire.js';
 import {
   BadRequestError,
@@ -52,7 +59,20 @@ export function startGateway(o: GatewayOptions): Gateway {
         ? err
         : new RetryableError(String((err as Error)?.message ?? err), { cause: err });
     logger.warn({ subject: m.subject, code: e.code }, e.message);
-    if (m.reply) sink.reply(m.reply, enc, { error: toErrorData(e) }, e.code);
+    if (m.reply) {
+      sink.reply(m.reply, enc, { error: toErrorData(e) }, e.code);
+      return;
+    }
+    // No reply subject: the workflow's notifications carry the rejection instead.
+    const p = parsePublic(m.subject);
+    if (p && isToken(p.type) && isToken(p.id)) {
+      const n = rejection(undefined, p.type, p.id, `(${p.verb})`, e, [], Date.now());
+      sink
+        .notify(n, `gw.${p.type}.${p.id}.${nuid.next()}`)
+        .catch((err2: unknown) =>
+          logger.warn({ err: err2 }, 'rejection notification not published'),
+        );
+    }
   };
 
   async function onCommand(m: Msg): Promise<void> {
