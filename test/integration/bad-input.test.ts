@@ -53,13 +53,15 @@ async function rawRequest(
   const r = await nc.request(subject, body, { timeout: 5000, headers: h });
   if (contentType === 'application/msgpack') {
     const { unpack } = await import('../../src/contracts/codec.js');
-    return unpack(r.data) as ErrorReply;
+    return unpack(r.data) as ErrorReply & Record<string, unknown>;
   }
   return r.json<ErrorReply & Record<string, unknown>>();
 }
 
 /** Collect the next notification of type `rejected` for counter/<id>. */
-function nextRejection(id: string): Promise<Notification> {
+type Rejected = Extract<Notification, { type: 'rejected' }>;
+
+function nextRejection(id: string): Promise<Rejected> {
   return new Promise((ok, fail) => {
     const t = setTimeout(() => fail(new Error('no rejected notification')), 5000);
     const sub = nc.subscribe(`${prefix}.events.counter.${id}`, {
@@ -183,7 +185,7 @@ describe('bad input', () => {
     nc.publish(`${prefix}.signal.counter.victim`, '{"type":"GO"}');
     const n = await step;
     expect(n.error.code).toBe('event_not_accepted');
-    expect(n.type === 'rejected' && n.accepts).toEqual(['BOOM', 'FINISH', 'SIG']);
+    expect(n.accepts).toEqual(['BOOM', 'FINISH', 'SIG']);
     expect(await revision('victim')).toBe(before);
   });
 
