@@ -53,7 +53,7 @@ describe('engine SIGKILLed at random moments', () => {
     const killer = (async () => {
       while (driving || kills < MIN_KILLS) {
         await new Promise((r) => setTimeout(r, 300 + Math.random() * 900));
-        await engine!.kill();
+        await engine.kill();
         kills++;
         engine = await new EngineProcess(server.url, prefix, { ackWaitMs: 2_000 }).start();
       }
@@ -66,7 +66,9 @@ describe('engine SIGKILLed at random moments', () => {
         const id = ids[next++]!;
         await untilAnswered(() => client.start('counter', id));
         for (let n = 0; n < SIGNALS; n++) {
-          await untilAnswered(() => client.signal('counter', id, { type: 'SIG', n }, { msgId: `${id}-${n}` }));
+          await untilAnswered(() =>
+            client.signal('counter', id, { type: 'SIG', n }, { msgId: `${id}-${n}` }),
+          );
         }
       }
     };
@@ -94,6 +96,8 @@ describe('engine SIGKILLed at random moments', () => {
       }
     }
     expect(wrong).toEqual([]);
-    console.log(`crash test: ${kills} SIGKILLs, ${WORKFLOWS * SIGNALS} signals, all applied exactly once`);
+    console.log(
+      `crash test: ${kills} SIGKILLs, ${WORKFLOWS * SIGNALS} signals, all applied exactly once`,
+    );
   }, 600_000);
 });

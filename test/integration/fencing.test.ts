@@ -7,10 +7,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamClient } from '@nats-io/jetstream';
 import type { NatsServer } from '../harness/nats-server.js';
-import { quietLogger, startEngine, startServer, TEST_SHARDS, uniquePrefix } from '../harness/jetflow.js';
+import {
+  quietLogger,
+  startEngine,
+  startServer,
+  TEST_SHARDS,
+  uniquePrefix,
+} from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
 import { pack } from '../../src/contracts/codec.js';
-import { ensureTopology, topologyNames } from '../../src/nats/topology.js';
+import { ensureTopology } from '../../src/nats/topology.js';
 import { createKvRecordStore } from '../../src/nats/store.js';
 import { createInboxReader } from '../../src/nats/inbox.js';
 import { createEffectSink } from '../../src/nats/effects.js';
@@ -33,8 +39,16 @@ afterAll(async () => {
 });
 
 /** Publish one signal straight into the inbox (JetStream, ordered per publisher). */
-async function publishSignal(js: JetStreamClient, prefix: string, id: string, n: number): Promise<number> {
-  const ack = await js.publish(`${prefix}.inbox.signal.counter.${id}`, pack({ event: { type: 'SIG', n } }));
+async function publishSignal(
+  js: JetStreamClient,
+  prefix: string,
+  id: string,
+  n: number,
+): Promise<number> {
+  const ack = await js.publish(
+    `${prefix}.inbox.signal.counter.${id}`,
+    pack({ event: { type: 'SIG', n } }),
+  );
   return ack.seq;
 }
 
@@ -42,7 +56,11 @@ describe('fencing', () => {
   it('a stale cached record loses its compare-and-set and the step is retried from the store', async () => {
     const prefix = uniquePrefix();
     const jsm = await jetstreamManager(nc);
-    const { names, kv } = await ensureTopology(nc, jsm, { ...ENGINE_DEFAULTS, prefix, shards: TEST_SHARDS });
+    const { names, kv } = await ensureTopology(nc, jsm, {
+      ...ENGINE_DEFAULTS,
+      prefix,
+      shards: TEST_SHARDS,
+    });
     const js = jetstream(nc);
     const make = () =>
       createProcessor({
@@ -109,7 +127,8 @@ describe('fencing', () => {
       // 50 signals per workflow, interleaved across workflows, all in flight at once: the two
       // engines receive alternating messages of the same workflows.
       const acks: Promise<number>[] = [];
-      for (let n = 0; n < 50; n++) for (const id of ids) acks.push(publishSignal(js, prefix, id, n));
+      for (let n = 0; n < 50; n++)
+        for (const id of ids) acks.push(publishSignal(js, prefix, id, n));
       await Promise.all(acks);
       await Promise.all(ids.map((id) => client.signal('counter', id, { type: 'FINISH' })));
       const expected = Array.from({ length: 50 }, (_, n) => n);

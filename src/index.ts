@@ -1,0 +1,49 @@
+/**
+ * jetflow public API. Everything exported here is documented and semver-stable; internals are
+ * reachable through `jetflow/internal` for tests and tools only.
+ */
+export { Client, WorkflowFailedError, type ClientOptions } from './client/index.js';
+export { Engine, type EngineDeps } from './host/engine.js';
+export {
+  compileEngineConfig,
+  ENGINE_DEFAULTS,
+  type EngineConfig,
+  type EngineOptions,
+} from './config.js';
+export {
+  createRegistry,
+  defineWorkflow,
+  type Registry,
+  type WorkflowDefinition,
+} from './engine/registry.js';
+export {
+  BadRequestError,
+  ConfigError,
+  ConflictError,
+  ErrorCode,
+  JetflowError,
+  RetryableError,
+  TerminalError,
+  toErrorData,
+  type ErrorData,
+} from './errors.js';
+export {
+  createSubjects,
+  DEFAULT_PREFIX,
+  shardMapping,
+  type Subjects,
+} from './contracts/subjects.js';
+export {
+  Header,
+  WIRE_VERSION,
+  type CancelRequest,
+  type ErrorReply,
+  type Notification,
+  type NotificationType,
+  type QueryReply,
+  type SignalReply,
+  type StartReply,
+  type StartRequest,
+  type WorkflowRecord,
+  type WorkflowStatus,
+} from './contracts/wire.js';

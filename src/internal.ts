@@ -1,0 +1,15 @@
+/** Internal entry for tests and tools: not covered by semver. */
+export * from './index.js';
+export {
+  createProcessor,
+  decodeInbox,
+  type Processor,
+  type ProcessorStats,
+} from './engine/processor.js';
+export { decide, type Decision } from './engine/step.js';
+export * from './engine/ports.js';
+export { ensureTopology, topology, topologyNames, type TopologyNames } from './nats/topology.js';
+export { createKvRecordStore } from './nats/store.js';
+export { createInboxReader, consumeShard } from './nats/inbox.js';
+export { createEffectSink } from './nats/effects.js';
+export { pack, unpack, encodeBody, decodeBody } from './contracts/codec.js';
