@@ -59,7 +59,9 @@ function engineOptions(
 ): EngineOptions {
   const file = (v.config as string | undefined) ?? env.JETFLOW_CONFIG;
   const fromFile = file ? (JSON.parse(readFileSync(file, 'utf8')) as EngineOptions) : {};
-  const pick = (flag: string, envName: string) => (v[flag] as string | undefined) ?? env[envName];
+  // An empty environment variable counts as unset.
+  const pick = (flag: string, envName: string) =>
+    (v[flag] as string | undefined) ?? (env[envName] || undefined);
   const num = (s: string | undefined) => (s === undefined ? undefined : Number(s));
   const o: EngineOptions = { ...fromFile };
   const set = <K extends keyof EngineOptions>(k: K, val: EngineOptions[K] | undefined) => {
@@ -139,7 +141,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       return 0;
     }
     case 'dev': {
-      const external = values['nats-url'] ?? env.NATS_URL;
+      const external = values['nats-url'] ?? (env.NATS_URL || undefined);
       const server = external ? undefined : await startLocalServer(resolve(repoRoot, 'nats.conf'));
       const url = external ?? server!.url;
       process.stdout.write(`jetflow: nats-server ${external ? 'at' : 'started at'} ${url}\n`);
@@ -186,8 +188,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  main(process.argv.slice(2)).then(
+/** Run `main` and exit with its code; errors print as one line (`name [code]: message`). */
+export function runCli(argv: string[]): void {
+  main(argv).then(
     (code) => process.exit(code),
     (err: unknown) => {
       const e =
@@ -199,3 +202,5 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     },
   );
 }
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) runCli(process.argv.slice(2));
