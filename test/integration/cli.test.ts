@@ -39,7 +39,9 @@ describe('jetflow engine process', () => {
 
   it('a second signal forces the exit', async () => {
     const engine = await new EngineProcess(server.url, uniquePrefix()).start();
-    const exited = new Promise<number | null>((ok) => engine.child!.once('exit', (code) => ok(code)));
+    const exited = new Promise<number | null>((ok) =>
+      engine.child!.once('exit', (code) => ok(code)),
+    );
     engine.child!.kill('SIGTERM');
     engine.child!.kill('SIGTERM');
     const code = await exited;
@@ -50,7 +52,14 @@ describe('jetflow engine process', () => {
   it('fails fast with a clear message when NATS is unreachable', async () => {
     const child = spawn(
       process.execPath,
-      ['--import', 'tsx', resolve(repoRoot, 'src/cli/main.ts'), 'engine', '--nats-url', 'nats://127.0.0.1:1'],
+      [
+        '--import',
+        'tsx',
+        resolve(repoRoot, 'src/cli/main.ts'),
+        'engine',
+        '--nats-url',
+        'nats://127.0.0.1:1',
+      ],
       { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let err = '';
@@ -82,7 +91,9 @@ describe('jetflow dev (the quick start run command)', () => {
       child.kill('SIGINT');
       expect(await exited).toBe(0);
       // The server is gone too.
-      await expect(connect({ servers: 'nats://127.0.0.1:4222', reconnect: false, timeout: 500 })).rejects.toThrow();
+      await expect(
+        connect({ servers: 'nats://127.0.0.1:4222', reconnect: false, timeout: 500 }),
+      ).rejects.toThrow();
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
     }
