@@ -128,8 +128,15 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       const registry = createRegistry(
         await loadWorkflows(values.workflows ?? env.JETFLOW_WORKFLOWS),
       );
-      const engine = await Engine.create(engineOptions(values, env), { registry });
-      onSignals(() => void engine.close());
+      // Handlers first, so a signal during start-up is not the default (kill) either.
+      let engine: Engine | undefined;
+      let stopRequested = false;
+      onSignals(() => {
+        stopRequested = true;
+        void engine?.close();
+      });
+      engine = await Engine.create(engineOptions(values, env), { registry });
+      if (stopRequested) await engine.close();
       await engine.run();
       return 0;
     }
