@@ -39,6 +39,7 @@ export default tseslint.config(
       ],
     },
   },
+  { files: ['**/*.mjs'], ...tseslint.configs.disableTypeChecked },
   {
     // XState's \`setup({ types: { context: {} as T } })\` idiom is a type-level declaration.
     files: ['actors/**/*.ts', 'test/fixtures/**/*.ts'],

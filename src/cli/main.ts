@@ -128,15 +128,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       const registry = createRegistry(
         await loadWorkflows(values.workflows ?? env.JETFLOW_WORKFLOWS),
       );
-      // Handlers first, so a signal during start-up is not the default (kill) either.
-      let engine: Engine | undefined;
-      let stopRequested = false;
-      onSignals(() => {
-        stopRequested = true;
-        void engine?.close();
-      });
-      engine = await Engine.create(engineOptions(values, env), { registry });
-      if (stopRequested) await engine.close();
+      // Handlers first, so a signal during start-up drains too instead of killing.
+      const starting = Engine.create(engineOptions(values, env), { registry });
+      onSignals(() => void starting.then((e) => e.close()).catch(() => undefined));
+      const engine = await starting;
       await engine.run();
       return 0;
     }

@@ -36,6 +36,14 @@ export interface Subjects {
   shardFilter(shard: number): string;
   /** Filter for one workflow's messages inside its shard. */
   workflowFilter(shard: number, type: string, id: string): string;
+  /** Activity task of one invocation: `<prefix>.task.<queue>.<taskKey>` (stream `*_TASKS`). */
+  task(queue: string, taskKey: string): string;
+  /** Filter of one queue's consumer. */
+  taskFilter(queue: string): string;
+  /** Core-NATS subject where the engine tells a queue's workers to abort a task. */
+  taskControl(queue: string): string;
+  /** Wildcard of every task subject (the tasks stream). */
+  readonly tasksWildcard: string;
   /** Wildcards the gateway subscribes to. */
   readonly publicWildcards: { start: string; signal: string; cancel: string; query: string };
   /** Wildcard of every notification. */
@@ -61,6 +69,10 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     shardInbox: (s: number, k: InboxKind, t: string, i: string) => `${p}.in.${s}.${k}.${t}.${i}`,
     shardFilter: (s: number) => `${p}.in.${s}.>`,
     workflowFilter: (s: number, t: string, i: string) => `${p}.in.${s}.*.${t}.${i}`,
+    task: (q: string, k: string) => `${p}.task.${q}.${k}`,
+    taskFilter: (q: string) => `${p}.task.${q}.*`,
+    taskControl: (q: string) => `${p}.taskctl.${q}`,
+    tasksWildcard: `${p}.task.>`,
     publicWildcards: Object.freeze({
       start: `${p}.start.*.*`,
       signal: `${p}.signal.*.*`,

@@ -102,10 +102,10 @@ export type NotificationType = Notification['type'];
  */
 export type Effect =
   | { kind: 'notify'; notification: Notification }
-  /** Activity task (executed by the activities subsystem). */
-  | { kind: 'task'; actorId: string; src: string; input: unknown }
-  /** Stop an activity or child (executed by the activities subsystem). */
-  | { kind: 'stopTask'; actorId: string }
+  /** Publish an activity task to its queue (msg id = `taskId`). */
+  | { kind: 'task'; task: TaskMessage }
+  /** Cancel an activity: purge its queued task and tell a running attempt to abort. */
+  | { kind: 'stopTask'; actorId: string; taskId: string; queue: string; taskKey: string }
   /** Durable timer: deliver `event` to this workflow after `delayMs` (timers subsystem). */
   | { kind: 'timer'; timerId: string; event: unknown; delayMs: number; dueAt: number }
   /** Cancel a timer by id (timers subsystem). */
@@ -128,6 +128,8 @@ export interface WorkflowRecord {
   lastSeq: number;
   /** Ids of timers set and not yet fired or cancelled. */
   timers: string[];
+  /** Activities started and not yet finished, by XState actor id. */
+  tasks: Record<string, TaskRef>;
   /** Effects owed by step `step` (performed idempotently; replaced by the next step's). */
   outbox: Effect[];
   /** Epoch ms. */
@@ -141,4 +143,61 @@ export interface WorkflowRecord {
 export type InboxMessage =
   | { kind: 'start'; input: unknown }
   | { kind: 'signal'; event: { type: string; [k: string]: unknown } }
-  | { kind: 'cancel'; reason: string | undefined };
+  | { kind: 'cancel'; reason: string | undefined }
+  | ({ kind: 'result' } & ResultMessage);
+
+/** What a record remembers of a running activity. */
+export interface TaskRef {
+  taskId: string;
+  taskKey: string;
+  activity: string;
+  queue: string;
+}
+
+/**
+ * An activity task: msgpack body of a message on `wf.task.<queue>.<taskKey>` (stream `WF_TASKS`,
+ * work-queue retention; header `Nats-Msg-Id: <taskId>`, `Content-Type: application/msgpack`).
+ * The attempt number is the JetStream delivery count.
+ */
+export interface TaskMessage {
+  v: typeof WIRE_VERSION;
+  /** Unique per activity invocation: `<type>.<id>.<step>.<actorId>`. */
+  taskId: string;
+  /** Subject token derived from `taskId` (hash): the task's own subject, for cancel-by-purge. */
+  taskKey: string;
+  workflowType: string;
+  workflowId: string;
+  /** XState actor id of the invocation: the done/error event is `xstate.done.actor.<actorId>`. */
+  actorId: string;
+  activity: string;
+  queue: string;
+  input: unknown;
+  maxAttempts: number;
+  retry: {
+    initialIntervalMs: number;
+    backoffCoefficient: number;
+    maxIntervalMs: number;
+    jitter: number;
+    nonRetryableErrorTypes: string[];
+  };
+  startToCloseMs: number;
+  heartbeatMs?: number;
+  /** Epoch ms after which no attempt starts and the workflow gets a timeout error. */
+  deadline?: number;
+  /** Where the worker publishes the result (JetStream): `wf.inbox.result.<type>.<id>`. */
+  resultSubject: string;
+  scheduledAt: number;
+}
+
+/**
+ * An activity result: msgpack body published by a worker with JetStream to the task's
+ * `resultSubject`, header `Nats-Msg-Id: result.<taskId>`. Exactly one of `output` / `error`.
+ */
+export interface ResultMessage {
+  taskId: string;
+  actorId: string;
+  ok: boolean;
+  output?: unknown;
+  error?: ErrorData & { attempt?: number };
+  attempt: number;
+}

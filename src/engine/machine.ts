@@ -10,7 +10,6 @@ import {
   type AnyStateMachine,
   type EventObject,
 } from 'xstate';
-import type { Effect } from '../contracts/wire.js';
 
 /** Snapshot after start, and the effects it owes. */
 export function start(
@@ -66,22 +65,29 @@ export interface ActionLike {
   params?: unknown;
 }
 
+/** What an XState action asks the engine to do (before it becomes a durable effect). */
+export type Command =
+  | { kind: 'spawn'; actorId: string; src: string; input: unknown }
+  | { kind: 'stop'; actorId: string }
+  | { kind: 'timer'; timerId: string; event: unknown; delayMs: number }
+  | { kind: 'cancelTimer'; timerId: string };
+
 /**
- * Turn XState actions into engine effects, in order. `stepNo` makes generated timer ids
+ * Turn XState actions into engine commands, in order. `stepNo` makes generated timer ids
  * deterministic. Custom actions are not run (effects happen only through the engine);
  * non-delayed raises were already applied inside `transition()`.
  */
-export function toEffects(actions: ActionLike[], stepNo: number, now: number): Effect[] {
-  const out: Effect[] = [];
+export function toCommands(actions: ActionLike[], stepNo: number): Command[] {
+  const out: Command[] = [];
   actions.forEach((a, index) => {
     const p = (a.params ?? {}) as Record<string, unknown>;
     switch (a.type) {
       case 'xstate.spawnChild':
-        out.push({ kind: 'task', actorId: String(p.id), src: String(p.src), input: p.input });
+        out.push({ kind: 'spawn', actorId: String(p.id), src: String(p.src), input: p.input });
         break;
       case 'xstate.stopChild': {
         const id = (a.params as { id?: unknown } | undefined)?.id;
-        if (typeof id === 'string') out.push({ kind: 'stopTask', actorId: id });
+        if (typeof id === 'string') out.push({ kind: 'stop', actorId: id });
         break;
       }
       case 'xstate.raise': {
@@ -91,7 +97,7 @@ export function toEffects(actions: ActionLike[], stepNo: number, now: number): E
         const delay = typeof p.delay === 'number' ? p.delay : undefined;
         if (delay === undefined) break;
         const timerId = typeof p.id === 'string' ? p.id : `t${stepNo}.${index}`;
-        out.push({ kind: 'timer', timerId, event: p.event, delayMs: delay, dueAt: now + delay });
+        out.push({ kind: 'timer', timerId, event: p.event, delayMs: delay });
         break;
       }
       case 'xstate.cancel':

@@ -21,6 +21,7 @@
 import { LRUCache } from 'lru-cache';
 import { decide, rejection } from './step.js';
 import type { Registry } from './registry.js';
+import type { Subjects } from '../contracts/subjects.js';
 import type {
   Clock,
   EffectSink,
@@ -32,11 +33,12 @@ import type {
   StoredRecord,
 } from './ports.js';
 import { unpack } from '../contracts/codec.js';
-import type { InboxMessage } from '../contracts/wire.js';
+import type { InboxMessage, ResultMessage } from '../contracts/wire.js';
 import { BadRequestError, ConflictError, ErrorCode, JetflowError, toErrorData } from '../errors.js';
 
 export interface ProcessorOptions {
   registry: Registry;
+  subjects: Subjects;
   store: RecordStore;
   inbox: InboxReader;
   effects: EffectSink;
@@ -61,6 +63,8 @@ export interface ProcessorStats {
   conflicts: number;
   gapFills: number;
   transientErrors: number;
+  /** Late or duplicate results and timers, dropped. */
+  ignored: number;
 }
 
 export interface Processor {
@@ -94,6 +98,31 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
       return { kind: 'start', input: b.input };
     case 'cancel':
       return { kind: 'cancel', reason: typeof b.reason === 'string' ? b.reason : undefined };
+    case 'result': {
+      if (
+        typeof b.taskId !== 'string' ||
+        typeof b.actorId !== 'string' ||
+        typeof b.ok !== 'boolean'
+      ) {
+        throw new BadRequestError(
+          'activity result needs string taskId, string actorId and boolean ok',
+          {
+            code: ErrorCode.BadRequest,
+            workflowId: e.id,
+            workflowType: e.type,
+          },
+        );
+      }
+      return {
+        kind: 'result',
+        taskId: b.taskId,
+        actorId: b.actorId,
+        ok: b.ok,
+        output: b.output,
+        error: b.error as ResultMessage['error'],
+        attempt: typeof b.attempt === 'number' ? b.attempt : 0,
+      };
+    }
     case 'signal': {
       const ev = b.event as { type?: unknown } | undefined;
       if (!ev || typeof ev !== 'object' || typeof ev.type !== 'string' || ev.type.length === 0) {
@@ -118,11 +147,13 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
 }
 
 export function createProcessor(opts: ProcessorOptions): Processor {
-  const { registry, store, inbox, effects, clock, logger } = opts;
+  const { store, inbox, effects, clock, logger } = opts;
+  const ctx = { registry: opts.registry, subjects: opts.subjects };
   const maxBackoffMs = opts.maxBackoffMs ?? 5_000;
   const cache = new LRUCache<string, CacheEntry>({ max: Math.max(1, opts.cacheSize) });
   const tails = new Map<string, Promise<void>>();
   const stats: ProcessorStats = {
+    ignored: 0,
     applied: 0,
     repeats: 0,
     rejected: 0,
@@ -171,7 +202,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const now = clock.now();
     try {
       message = decodeInbox(e);
-      decision = decide(registry, cur?.stored.record, {
+      decision = decide(ctx, cur?.stored.record, {
         type: e.type,
         id: e.id,
         seq: e.seq,
@@ -209,6 +240,14 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         `${e.type}.${e.id}.rej.${e.seq}`,
       );
       replyError(e, decision.error, decision.accepts);
+      return;
+    }
+    if (decision.kind === 'ignore') {
+      stats.ignored++;
+      logger.info(
+        { workflowType: e.type, workflowId: e.id, seq: e.seq, kind: e.kind },
+        `ignored: ${decision.reason}`,
+      );
       return;
     }
     if (decision.kind === 'noop') {

@@ -2,14 +2,18 @@
  * The pure part of a step: given the stored record (or none) and one inbox message, decide the
  * next record and its outbox, or a rejection. No I/O; same inputs give the same outputs.
  */
-import type { AnyMachineSnapshot, EventObject } from 'xstate';
+import { createHash } from 'node:crypto';
+import type { AnyMachineSnapshot, AnyStateMachine, EventObject } from 'xstate';
 import type { Registry } from './registry.js';
 import * as m from './machine.js';
+import { resolveActivity } from './activity.js';
+import type { Subjects } from '../contracts/subjects.js';
 import {
   WIRE_VERSION,
   type Effect,
   type InboxMessage,
   type Notification,
+  type TaskRef,
   type WorkflowRecord,
   type WorkflowStatus,
 } from '../contracts/wire.js';
@@ -27,8 +31,16 @@ export type Decision =
   | { kind: 'write'; record: WorkflowRecord; create: boolean; reply: unknown }
   /** Nothing to store: reply (start of an existing workflow). */
   | { kind: 'noop'; reply: unknown }
+  /** Nothing to store, nothing to tell: a late or duplicate result or timer. Logged. */
+  | { kind: 'ignore'; reason: string }
   /** The message cannot be applied now: nothing stored; notify and reply with the error. */
   | { kind: 'reject'; error: JetflowError; accepts: string[] };
+
+/** What every step needs besides the record and the message. */
+export interface StepContext {
+  registry: Registry;
+  subjects: Subjects;
+}
 
 export interface StepInput {
   type: string;
@@ -54,6 +66,11 @@ function errorOfSnapshot(s: AnyMachineSnapshot): ErrorData {
   return { ...data, code: ErrorCode.MachineError, retryable: false };
 }
 
+/** Subject token for a task id (a hash: ids may contain any character). */
+export function taskKeyOf(taskId: string): string {
+  return createHash('sha256').update(taskId).digest('base64url').slice(0, 27);
+}
+
 /** Notification for the state a step reached. */
 function lifecycle(
   rec: WorkflowRecord,
@@ -69,23 +86,104 @@ function lifecycle(
   return { ...base, type: 'transitioned', event, value: snapshot.value };
 }
 
-/** Effects that wind down a workflow: stop every live child and cancel every pending timer. */
-function windDown(rec: WorkflowRecord, snapshot: AnyMachineSnapshot): Effect[] {
-  const children = Object.keys((snapshot.children ?? {}) as Record<string, unknown>);
-  return [
-    ...children.map((actorId): Effect => ({ kind: 'stopTask', actorId })),
-    ...rec.timers.map((timerId): Effect => ({ kind: 'cancelTimer', timerId })),
-  ];
+interface Pending {
+  timers: string[];
+  tasks: Record<string, TaskRef>;
 }
 
-/** Pending timer ids after applying `effects` to `before`. */
-function nextTimers(before: string[], effects: Effect[]): string[] {
-  const set = new Set(before);
-  for (const e of effects) {
-    if (e.kind === 'timer') set.add(e.timerId);
-    else if (e.kind === 'cancelTimer') set.delete(e.timerId);
+/** Turn commands into durable effects, tracking pending timers and tasks. */
+function materialize(
+  machine: AnyStateMachine,
+  ctx: StepContext,
+  rec: { type: string; id: string; step: number },
+  before: Pending,
+  commands: m.Command[],
+  now: number,
+): Pending & { effects: Effect[] } {
+  const timers = new Set(before.timers);
+  const tasks = { ...before.tasks };
+  const effects: Effect[] = [];
+  for (const c of commands) {
+    switch (c.kind) {
+      case 'spawn': {
+        const a = resolveActivity(machine, c.src, c.input);
+        const taskId = `${rec.type}.${rec.id}.${rec.step}.${c.actorId}`;
+        const taskKey = taskKeyOf(taskId);
+        tasks[c.actorId] = { taskId, taskKey, activity: a.name, queue: a.options.queue };
+        const r = a.options.retry;
+        effects.push({
+          kind: 'task',
+          task: {
+            v: WIRE_VERSION,
+            taskId,
+            taskKey,
+            workflowType: rec.type,
+            workflowId: rec.id,
+            actorId: c.actorId,
+            activity: a.name,
+            queue: a.options.queue,
+            input: a.input,
+            maxAttempts: r.maxAttempts,
+            retry: {
+              initialIntervalMs: r.initialIntervalMs,
+              backoffCoefficient: r.backoffCoefficient,
+              maxIntervalMs: r.maxIntervalMs,
+              jitter: r.jitter,
+              nonRetryableErrorTypes: r.nonRetryableErrorTypes,
+            },
+            startToCloseMs: a.options.startToCloseMs,
+            ...(a.options.heartbeatMs ? { heartbeatMs: a.options.heartbeatMs } : {}),
+            ...(a.options.scheduleToCloseMs ? { deadline: now + a.options.scheduleToCloseMs } : {}),
+            resultSubject: ctx.subjects.inbox('result', rec.type, rec.id),
+            scheduledAt: now,
+          },
+        });
+        break;
+      }
+      case 'stop': {
+        const t = tasks[c.actorId];
+        if (!t) break; // already finished: nothing to cancel
+        delete tasks[c.actorId];
+        effects.push({
+          kind: 'stopTask',
+          actorId: c.actorId,
+          taskId: t.taskId,
+          queue: t.queue,
+          taskKey: t.taskKey,
+        });
+        break;
+      }
+      case 'timer':
+        timers.add(c.timerId);
+        effects.push({
+          kind: 'timer',
+          timerId: c.timerId,
+          event: c.event,
+          delayMs: c.delayMs,
+          dueAt: now + c.delayMs,
+        });
+        break;
+      case 'cancelTimer':
+        if (!timers.delete(c.timerId)) break; // fired or never set
+        effects.push({ kind: 'cancelTimer', timerId: c.timerId });
+        break;
+    }
   }
-  return [...set];
+  return { timers: [...timers], tasks, effects };
+}
+
+/** Effects that wind down whatever is still pending when a workflow ends. */
+function windDown(p: Pending): Effect[] {
+  return [
+    ...Object.entries(p.tasks).map(([actorId, t]): Effect => ({
+      kind: 'stopTask',
+      actorId,
+      taskId: t.taskId,
+      queue: t.queue,
+      taskKey: t.taskKey,
+    })),
+    ...p.timers.map((timerId): Effect => ({ kind: 'cancelTimer', timerId })),
+  ];
 }
 
 /**
@@ -93,10 +191,11 @@ function nextTimers(before: string[], effects: Effect[]): string[] {
  * errors (a throwing guard or assign) come back as a rejection with code `machine_error`.
  */
 export function decide(
-  registry: Registry,
+  ctx: StepContext,
   stored: WorkflowRecord | undefined,
   input: StepInput,
 ): Decision {
+  const { registry } = ctx;
   const { type, id, seq, message, now } = input;
   const at = iso(now);
   const fields = { workflowId: id, workflowType: type };
@@ -110,8 +209,16 @@ export function decide(
     }
     const def = registry.latest(type);
     const { snapshot, actions } = m.start(def.machine, message.input);
-    const effects = m.toEffects(actions, 0, now);
     const status = statusOf(snapshot);
+    const head = { type, id, step: 0 };
+    const p = materialize(
+      def.machine,
+      ctx,
+      head,
+      { timers: [], tasks: {} },
+      m.toCommands(actions, 0),
+      now,
+    );
     const rec: WorkflowRecord = {
       v: WIRE_VERSION,
       type,
@@ -122,12 +229,11 @@ export function decide(
       step: 0,
       lastSeq: seq,
       outbox: [],
-      timers: nextTimers([], effects),
+      timers: p.timers,
+      tasks: p.tasks,
       createdAt: now,
       updatedAt: now,
     };
-    if (status === 'completed') rec.output = snapshot.output;
-    if (status === 'failed') rec.error = errorOfSnapshot(snapshot);
     const started: Notification = {
       type: 'started',
       workflowType: type,
@@ -138,18 +244,36 @@ export function decide(
       value: snapshot.value,
       input: message.input,
     };
-    rec.outbox = [{ kind: 'notify', notification: started }, ...effects];
-    if (status !== 'running')
-      rec.outbox.push({
+    rec.outbox = [{ kind: 'notify', notification: started }, ...p.effects];
+    if (status !== 'running') {
+      if (status === 'completed') rec.output = snapshot.output;
+      if (status === 'failed') rec.error = errorOfSnapshot(snapshot);
+      rec.outbox.push(...windDown(rec), {
         kind: 'notify',
         notification: lifecycle(rec, snapshot, 'xstate.init', at),
       });
+      rec.timers = [];
+      rec.tasks = {};
+    }
     return {
       kind: 'write',
       record: rec,
       create: true,
       reply: { id, type, version: def.version, created: true },
     };
+  }
+
+  if (message.kind === 'result') {
+    if (!stored) return { kind: 'ignore', reason: 'result for a workflow that does not exist' };
+    if (stored.status !== 'running')
+      return { kind: 'ignore', reason: `result after the workflow ${stored.status}` };
+    const ref = stored.tasks[message.actorId];
+    if (!ref || ref.taskId !== message.taskId) {
+      return {
+        kind: 'ignore',
+        reason: `result of task ${message.taskId} which is no longer current (late, duplicate or canceled)`,
+      };
+    }
   }
 
   if (!stored) {
@@ -179,18 +303,18 @@ export function decide(
   const stepNo = stored.step + 1;
 
   if (message.kind === 'cancel') {
-    const effects = windDown(stored, snapshot);
     const rec: WorkflowRecord = {
       ...stored,
       status: 'canceled',
       step: stepNo,
       lastSeq: seq,
       timers: [],
+      tasks: {},
       updatedAt: now,
       outbox: [],
     };
     rec.outbox = [
-      ...effects,
+      ...windDown(stored),
       {
         kind: 'notify',
         notification: {
@@ -212,11 +336,26 @@ export function decide(
     };
   }
 
-  const event = message.event as EventObject;
+  let event: EventObject;
+  let before: Pending = { timers: stored.timers, tasks: stored.tasks };
+  if (message.kind === 'result') {
+    const rest = { ...stored.tasks };
+    delete rest[message.actorId];
+    before = { timers: stored.timers, tasks: rest };
+    event = (message.ok
+      ? { type: `xstate.done.actor.${message.actorId}`, output: message.output }
+      : {
+          type: `xstate.error.actor.${message.actorId}`,
+          error: message.error,
+        }) as unknown as EventObject;
+  } else {
+    event = message.event;
+  }
+
   const accepts = m.acceptedEvents(snapshot);
   let next: ReturnType<typeof m.step>;
   try {
-    if (!m.canTake(snapshot, event)) {
+    if (message.kind === 'signal' && !m.canTake(snapshot, event)) {
       return {
         kind: 'reject',
         error: new BadRequestError(
@@ -236,41 +375,41 @@ export function decide(
       kind: 'reject',
       error: new BadRequestError(
         `workflow ${type}/${id}: the machine threw on ${JSON.stringify(event.type)}: ${String((cause as Error)?.message ?? cause)}`,
-        {
-          ...fields,
-          code: ErrorCode.MachineError,
-          cause,
-        },
+        { ...fields, code: ErrorCode.MachineError, cause },
       ),
       accepts,
     };
   }
-  const effects = m.toEffects(next.actions, stepNo, now);
   const status = statusOf(next.snapshot);
+  const p = materialize(
+    def.machine,
+    ctx,
+    { type, id, step: stepNo },
+    before,
+    m.toCommands(next.actions, stepNo),
+    now,
+  );
   const rec: WorkflowRecord = {
     ...stored,
     status,
     snapshot: m.persist(def.machine, next.snapshot),
     step: stepNo,
     lastSeq: seq,
-    timers: nextTimers(stored.timers, effects),
+    timers: p.timers,
+    tasks: p.tasks,
     updatedAt: now,
     outbox: [],
   };
-  if (status === 'completed') rec.output = next.snapshot.output;
-  if (status === 'failed') rec.error = errorOfSnapshot(next.snapshot);
-  // On reaching a final state XState already emitted stopChild for live children and cancel for
-  // the exited states' timers; any timer still pending (set by an earlier state) is cancelled too.
-  const finalEffects: Effect[] =
-    status === 'running'
-      ? []
-      : rec.timers.map((timerId): Effect => ({ kind: 'cancelTimer', timerId }));
-  if (status !== 'running') rec.timers = [];
-  rec.outbox = [
-    ...effects,
-    ...finalEffects,
-    { kind: 'notify', notification: lifecycle(rec, next.snapshot, event.type, at) },
-  ];
+  rec.outbox = [...p.effects];
+  if (status !== 'running') {
+    if (status === 'completed') rec.output = next.snapshot.output;
+    if (status === 'failed') rec.error = errorOfSnapshot(next.snapshot);
+    // Whatever is still pending (e.g. a fire-and-forget activity, a timer of an outer state) ends.
+    rec.outbox.push(...windDown(p));
+    rec.timers = [];
+    rec.tasks = {};
+  }
+  rec.outbox.push({ kind: 'notify', notification: lifecycle(rec, next.snapshot, event.type, at) });
   return {
     kind: 'write',
     record: rec,

@@ -16,6 +16,7 @@ import { ensureTopology, type TopologyNames } from '../nats/topology.js';
 import { createKvRecordStore } from '../nats/store.js';
 import { consumeShard, createInboxReader } from '../nats/inbox.js';
 import { createEffectSink } from '../nats/effects.js';
+import { taskEffectHandlers } from '../nats/tasks.js';
 import { startGateway, type Gateway } from '../nats/gateway.js';
 import { createLogger } from './logger.js';
 
@@ -51,9 +52,16 @@ export class Engine implements AsyncDisposable {
     try {
       const { names, kv } = await ensureTopology(nc, jsm, config);
       const store = createKvRecordStore(kv);
-      const sink = createEffectSink(nc, js, names, logger);
+      const sink = createEffectSink(
+        nc,
+        js,
+        names,
+        logger,
+        taskEffectHandlers(nc, js, jsm, names, logger),
+      );
       const processor = createProcessor({
         registry: deps.registry,
+        subjects: names.subjects,
         store,
         inbox: createInboxReader(jsm, names),
         effects: sink,

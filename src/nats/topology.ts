@@ -34,7 +34,9 @@ export interface TopologyNames {
   subjects: Subjects;
   inboxStream: string;
   eventsStream: string;
+  tasksStream: string;
   bucket: string;
+  queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
 
@@ -44,6 +46,8 @@ export function topologyNames(prefix: string): TopologyNames {
     subjects: createSubjects(prefix),
     inboxStream: `${up}_INBOX`,
     eventsStream: `${up}_EVENTS`,
+    tasksStream: `${up}_TASKS`,
+    queueConsumer: (q) => `queue-${q}`,
     bucket: `${prefix}_workflows`,
     shardConsumer: (s) => `shard-${s}`,
   };
@@ -80,6 +84,16 @@ export function topology(o: TopologyOptions): {
     duplicate_window: ms(o.duplicateWindowMs),
     allow_direct: true,
   };
+  const tasks: Partial<StreamConfig> = {
+    name: names.tasksStream,
+    description: 'jetflow activity tasks (wf.task.<queue>.<taskKey>), one consumer per queue',
+    subjects: [s.tasksWildcard],
+    retention: RetentionPolicy.Workqueue,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    duplicate_window: ms(o.duplicateWindowMs),
+    discard: DiscardPolicy.New,
+  };
   const consumers = Array.from({ length: o.shards }, (_, i) => ({
     stream: names.inboxStream,
     config: {
@@ -94,7 +108,7 @@ export function topology(o: TopologyOptions): {
       num_replicas: 0,
     } satisfies Partial<ConsumerConfig>,
   }));
-  return { names, streams: [inbox, events], consumers };
+  return { names, streams: [inbox, events, tasks], consumers };
 }
 
 /** Create or update every stream, consumer and the bucket. Idempotent. */

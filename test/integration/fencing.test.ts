@@ -65,6 +65,7 @@ describe('fencing', () => {
     const make = () =>
       createProcessor({
         registry: createRegistry(workflows),
+        subjects: names.subjects,
         store: createKvRecordStore(kv),
         inbox: createInboxReader(jsm, names),
         effects: createEffectSink(nc, js, names, quietLogger),

@@ -2,12 +2,14 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { decide, type Decision } from '../../src/engine/step.js';
 import { createRegistry } from '../../src/engine/registry.js';
+import { createSubjects } from '../../src/contracts/subjects.js';
 import { pack, unpack } from '../../src/contracts/codec.js';
 import type { InboxMessage, WorkflowRecord } from '../../src/contracts/wire.js';
 import { counter, versionedV1, versionedV2 } from '../fixtures/workflows.js';
 import { order } from '../../actors/order.js';
 
 const registry = createRegistry([counter, versionedV1, order]);
+const subjects = createSubjects('wf');
 const NOW = Date.parse('2026-01-01T00:00:00Z');
 
 /** Apply messages like the engine does, with the record round-tripped through msgpack. */
@@ -19,7 +21,13 @@ function run(
   let record: WorkflowRecord | undefined;
   const decisions: Decision[] = [];
   messages.forEach((message, i) => {
-    const d = decide(reg, record, { type, id: 'x', seq: i + 1, message, now: NOW + i });
+    const d = decide({ registry: reg, subjects }, record, {
+      type,
+      id: 'x',
+      seq: i + 1,
+      message,
+      now: NOW + i,
+    });
     decisions.push(d);
     if (d.kind === 'write') record = unpack(pack(d.record)) as WorkflowRecord;
   });
@@ -122,7 +130,7 @@ describe('decide (the pure step)', () => {
       'versioned',
     ).record!;
     const both = createRegistry([versionedV1, versionedV2]);
-    const d = decide(both, v1, {
+    const d = decide({ registry: both, subjects }, v1, {
       type: 'versioned',
       id: 'x',
       seq: 2,
@@ -130,7 +138,7 @@ describe('decide (the pure step)', () => {
       now: NOW,
     });
     expect(d).toMatchObject({ kind: 'write', record: { version: 1, output: { finishedOn: 1 } } });
-    const fresh = decide(both, undefined, {
+    const fresh = decide({ registry: both, subjects }, undefined, {
       type: 'versioned',
       id: 'y',
       seq: 1,

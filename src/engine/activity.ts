@@ -1,0 +1,173 @@
+/**
+ * Activities: the units of work a workflow hands to workers. Declared in a machine's `setup({
+ * actors })` with {@link activity}; started by `invoke` or `spawnChild`. The engine never runs
+ * them: it publishes a task to the activity's queue and feeds the worker's result back to the
+ * machine as XState's done/error event for that actor.
+ */
+import { fromPromise, type AnyActorLogic, type AnyStateMachine } from 'xstate';
+import { ConfigError } from '../errors.js';
+import { isToken } from '../contracts/subjects.js';
+
+/** Retry policy of one activity. Attempts are counted from 1. */
+export interface RetryPolicy {
+  /** Total attempts including the first (1 = no retry). Default 5. */
+  maxAttempts: number;
+  /** Delay before the 2nd attempt. Default 1000 ms. */
+  initialIntervalMs: number;
+  /** Each further delay is the previous one times this. Default 2. */
+  backoffCoefficient: number;
+  /** Cap on one delay. Default 60 s. */
+  maxIntervalMs: number;
+  /** Random spread, 0..1: a delay d becomes d * (1 ± jitter/2). Default 0.2. */
+  jitter: number;
+  /** Error `type`s (names) that fail at once, never retried. `TerminalError` always is. */
+  nonRetryableErrorTypes: string[];
+}
+
+/** Everything the engine and the worker need to know about one activity call. */
+export interface ActivityOptions {
+  /** Queue (work-queue subject token) the task is published to. Default: the activity name. */
+  queue: string;
+  /**
+   * Max time of one attempt. The worker aborts the attempt (its `AbortSignal` fires) and
+   * retries it per the policy. Default 60 s.
+   */
+  startToCloseMs: number;
+  /**
+   * When set, the activity must call `heartbeat()` at least this often; silence aborts the
+   * attempt and retries it. Unset: no heartbeat required.
+   */
+  heartbeatMs: number | undefined;
+  /** Overall deadline from scheduling to a result, across attempts. Unset: none. */
+  scheduleToCloseMs: number | undefined;
+  retry: RetryPolicy;
+}
+
+export const DEFAULT_RETRY: Readonly<RetryPolicy> = Object.freeze({
+  maxAttempts: 5,
+  initialIntervalMs: 1_000,
+  backoffCoefficient: 2,
+  maxIntervalMs: 60_000,
+  jitter: 0.2,
+  nonRetryableErrorTypes: [],
+});
+
+export type ActivityOptionsInput = Partial<Omit<ActivityOptions, 'retry'>> & {
+  retry?: Partial<RetryPolicy>;
+};
+
+const ACTIVITY = Symbol.for('jetflow.activity');
+
+interface Marked {
+  [ACTIVITY]?: { name: string; options: ActivityOptionsInput };
+}
+
+function positive(name: string, v: unknown, optional: boolean): void {
+  if (v === undefined && optional) return;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+    throw new ConfigError(
+      `invalid ${name}: must be a positive number of ms (got ${JSON.stringify(v)})`,
+    );
+  }
+}
+
+/** Merge options over the defaults and validate them. */
+export function resolveActivityOptions(
+  name: string,
+  input: ActivityOptionsInput = {},
+): ActivityOptions {
+  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...input.retry };
+  const o: ActivityOptions = {
+    queue: input.queue ?? name,
+    startToCloseMs: input.startToCloseMs ?? 60_000,
+    heartbeatMs: input.heartbeatMs,
+    scheduleToCloseMs: input.scheduleToCloseMs,
+    retry,
+  };
+  if (!isToken(o.queue))
+    throw new ConfigError(`invalid queue ${JSON.stringify(o.queue)} for activity ${name}`);
+  positive('startToCloseMs', o.startToCloseMs, false);
+  positive('heartbeatMs', o.heartbeatMs, true);
+  positive('scheduleToCloseMs', o.scheduleToCloseMs, true);
+  positive('retry.initialIntervalMs', retry.initialIntervalMs, false);
+  positive('retry.maxIntervalMs', retry.maxIntervalMs, false);
+  if (!Number.isInteger(retry.maxAttempts) || retry.maxAttempts < 1) {
+    throw new ConfigError(
+      `invalid retry.maxAttempts: must be an integer >= 1 (got ${retry.maxAttempts})`,
+    );
+  }
+  if (!(retry.backoffCoefficient >= 1))
+    throw new ConfigError('invalid retry.backoffCoefficient: must be >= 1');
+  if (!(retry.jitter >= 0 && retry.jitter <= 1))
+    throw new ConfigError('invalid retry.jitter: must be in 0..1');
+  return o;
+}
+
+/**
+ * Declare an activity for `setup({ actors: { name: activity('name', options) } })`. The returned
+ * logic is a placeholder XState can type-check against; running it outside the engine throws.
+ */
+export function activity<TInput = unknown, TOutput = unknown>(
+  name: string,
+  options: ActivityOptionsInput = {},
+): ReturnType<typeof fromPromise<TOutput, TInput>> {
+  resolveActivityOptions(name, options); // fail at declaration time
+  const logic = fromPromise<TOutput, TInput>(() =>
+    Promise.reject(new Error(`activity ${name} runs on a jetflow worker, not inside the machine`)),
+  );
+  (logic as Marked)[ACTIVITY] = { name, options };
+  return logic;
+}
+
+/** Per-call overrides: `invoke: { src: 'x', input: withActivityOptions(input, { retry: {...} }) }`. */
+export const CALL_OPTIONS_KEY = '$activity';
+export function withActivityOptions<T extends object>(input: T, options: ActivityOptionsInput): T {
+  return { ...input, [CALL_OPTIONS_KEY]: options };
+}
+
+/**
+ * Resolve the activity a `spawnChild` refers to. `src` is the key in `setup({ actors })`; logic
+ * not declared with {@link activity} is an activity of that name with default options.
+ */
+export function resolveActivity(
+  machine: AnyStateMachine,
+  src: string,
+  input: unknown,
+): { name: string; options: ActivityOptions; input: unknown } {
+  const actors =
+    (machine.implementations as { actors?: Record<string, AnyActorLogic> }).actors ?? {};
+  const logic = actors[src] as (AnyActorLogic & Marked) | undefined;
+  const mark = logic?.[ACTIVITY];
+  const name = mark?.name ?? src;
+  let callOptions: ActivityOptionsInput | undefined;
+  let taskInput = input;
+  if (input && typeof input === 'object' && CALL_OPTIONS_KEY in input) {
+    const { [CALL_OPTIONS_KEY]: opts, ...rest } = input as Record<string, unknown>;
+    callOptions = opts as ActivityOptionsInput;
+    taskInput = rest;
+  }
+  const base = mark?.options ?? {};
+  const merged: ActivityOptionsInput = {
+    ...base,
+    ...callOptions,
+    retry: { ...base.retry, ...callOptions?.retry },
+  };
+  return { name, options: resolveActivityOptions(name, merged), input: taskInput };
+}
+
+/**
+ * Delay before attempt `attempt + 1` after attempt `attempt` failed (attempt counts from 1).
+ * `random` in [0, 1) makes the jitter; 0.5 gives the exact schedule.
+ */
+export function backoffDelayMs(
+  policy: RetryPolicy,
+  attempt: number,
+  random = Math.random(),
+): number {
+  const base = Math.min(
+    policy.maxIntervalMs,
+    policy.initialIntervalMs * policy.backoffCoefficient ** Math.max(0, attempt - 1),
+  );
+  const spread = 1 + policy.jitter * (random - 0.5);
+  return Math.max(0, Math.round(base * spread));
+}
