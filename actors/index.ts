@@ -1,6 +1,7 @@
 /** The workflows an engine hosts by default (`jetflow engine` without `--workflows`). */
 import type { WorkflowDefinition } from '../src/engine/registry.js';
+import { merchantPayment } from './merchant-payment.js';
 import { order } from './order.js';
 
-export const workflows: WorkflowDefinition[] = [order];
+export const workflows: WorkflowDefinition[] = [merchantPayment, order];
 export default workflows;

@@ -5,6 +5,24 @@
 export { Client, WorkflowFailedError, type ClientOptions } from './client/index.js';
 export { Engine, type EngineDeps } from './host/engine.js';
 export {
+  createWorker,
+  Worker,
+  type ActivityContext,
+  type ActivityFn,
+  type WorkerOptions,
+  type WorkerStats,
+} from './worker/index.js';
+export {
+  activity,
+  withActivityOptions,
+  backoffDelayMs,
+  DEFAULT_RETRY,
+  type ActivityOptions,
+  type ActivityOptionsInput,
+  type RetryPolicy,
+} from './engine/activity.js';
+export { DEFAULT_QUEUE_SETTINGS, type QueueSettings } from './nats/tasks.js';
+export {
   compileEngineConfig,
   ENGINE_DEFAULTS,
   type EngineConfig,
@@ -41,6 +59,8 @@ export {
   type Notification,
   type NotificationType,
   type QueryReply,
+  type ResultMessage,
+  type TaskMessage,
   type SignalReply,
   type StartReply,
   type StartRequest,

@@ -1,5 +1,79 @@
-/** The quick start's demo: a few `order` workflows driven through their life by signals. */
+/**
+ * The quick start's demo: a worker with the merchant-payment activities, five payments run
+ * through get vouchers → calculate → send to bank (throttled to 2 bank connections, the bank
+ * failing now and then so retries show), then one `order` driven by signals.
+ */
+import type { NatsConnection } from '@nats-io/transport-node';
 import { Client } from '../client/index.js';
+import { createWorker, type Worker } from '../worker/index.js';
+import type { Voucher } from '../../actors/merchant-payment.js';
+import type { Notification } from '../contracts/wire.js';
+
+/** Demo activity implementations (a real deployment runs these in its own worker processes). */
+export function demoActivities(print: (line: string) => void) {
+  let connections = 0;
+  return {
+    getSoldVouchers: ({ merchantId }: { merchantId: string }): Voucher[] =>
+      Array.from({ length: 2 + (merchantId.charCodeAt(merchantId.length - 1) % 4) }, (_, i) => ({
+        id: `${merchantId}-v${i}`,
+        price: 10 * (i + 1),
+      })),
+    calculatePayment: ({ vouchers }: { vouchers: Voucher[] }): number =>
+      Math.round(vouchers.reduce((s, v) => s + v.price, 0) * 0.9 * 100) / 100,
+    sendToBank: async (
+      { merchantId, amount }: { merchantId: string; amount: number },
+      ctx: { attempt: number; taskId: string },
+    ) => {
+      connections++;
+      try {
+        await new Promise((r) => setTimeout(r, 150));
+        if (ctx.attempt === 1 && merchantId.endsWith('2')) {
+          print(
+            `  bank: connection refused for ${merchantId} (attempt ${ctx.attempt}); retried on its own`,
+          );
+          throw new Error('bank connection refused');
+        }
+        print(
+          `  bank: paid ${amount.toFixed(2)} to ${merchantId} (${connections} of at most 2 connections open)`,
+        );
+        return `bank-${merchantId}-${ctx.attempt}`;
+      } finally {
+        connections--;
+      }
+    },
+  };
+}
+
+export async function startDemoWorker(
+  nc: NatsConnection,
+  prefix: string,
+  print: (line: string) => void,
+): Promise<Worker> {
+  return createWorker({
+    connection: nc,
+    prefix,
+    activities: demoActivities(print),
+    concurrency: 8,
+    queueSettings: { bank: { maxInFlight: 2 } },
+  });
+}
+
+function describe(n: Notification): string {
+  switch (n.type) {
+    case 'started':
+      return `started in ${JSON.stringify(n.value)}`;
+    case 'transitioned':
+      return `${n.event.replace(/^xstate\.done\.actor\./, 'done: ')} -> ${JSON.stringify(n.value)}`;
+    case 'completed':
+      return `completed: ${JSON.stringify(n.output)}`;
+    case 'failed':
+      return `failed: ${n.error.message}`;
+    case 'canceled':
+      return 'canceled';
+    case 'rejected':
+      return `rejected ${n.event}: ${n.error.message}`;
+  }
+}
 
 export async function runDemo(
   url: string,
@@ -7,30 +81,45 @@ export async function runDemo(
   print: (line: string) => void,
 ): Promise<void> {
   const client = await Client.connect(url, { prefix });
+  const worker = await startDemoWorker(client.nc, prefix, print);
   try {
     const run = Date.now().toString(36);
-    for (let i = 1; i <= 3; i++) {
-      const id = `demo-${run}-${i}`;
-      const started = await client.start('order', id, { total: 100 * i });
-      print(`order ${id}: started (v${started.version}, created=${started.created})`);
-      try {
-        await client.signal('order', id, { type: 'PAY', amount: 1 });
-      } catch (err) {
-        print(`order ${id}: PAY 1 rejected as expected: ${(err as Error).message}`);
-      }
-      for (const ev of [
-        { type: 'PAY', amount: 100 * i },
-        { type: 'PACK' },
-        { type: 'SHIP', carrier: 'demo' },
-        { type: 'DELIVER' },
-      ]) {
-        const r = await client.signal('order', id, ev);
-        print(`order ${id}: ${ev.type} -> ${JSON.stringify(r.value)} (step ${r.step})`);
-      }
-      const out = await client.result('order', id, { timeoutMs: 10_000 });
-      print(`order ${id}: completed with ${JSON.stringify(out)}`);
+    const merchants = Array.from({ length: 5 }, (_, i) => `m-${run}-${i + 1}`);
+    print(
+      `merchant payments: ${merchants.length} workflows (get vouchers -> calculate -> send to bank)`,
+    );
+    await Promise.all(
+      merchants.map(async (id) => {
+        const watching = (async () => {
+          for await (const n of client.watch('merchantPayment', id)) print(`${id}: ${describe(n)}`);
+        })();
+        await client.start('merchantPayment', id, { merchantId: id });
+        await watching;
+      }),
+    );
+
+    const id = `demo-${run}`;
+    print(`order ${id}: driven by signals from other services`);
+    await client.start('order', id, { total: 100 });
+    try {
+      await client.signal('order', id, { type: 'PAY', amount: 1 });
+    } catch (err) {
+      print(`order ${id}: PAY 1 rejected as expected: ${(err as Error).message}`);
     }
+    for (const ev of [
+      { type: 'PAY', amount: 100 },
+      { type: 'PACK' },
+      { type: 'SHIP', carrier: 'demo' },
+      { type: 'DELIVER' },
+    ]) {
+      const r = await client.signal('order', id, ev);
+      print(`order ${id}: ${ev.type} -> ${JSON.stringify(r.value)} (step ${r.step})`);
+    }
+    print(
+      `order ${id}: completed with ${JSON.stringify(await client.result('order', id, { timeoutMs: 10_000 }))}`,
+    );
   } finally {
+    await worker.close();
     await client.close();
   }
 }

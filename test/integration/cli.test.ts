@@ -87,7 +87,8 @@ describe('jetflow dev (the quick start run command)', () => {
     }
     try {
       expect(out).toContain('nats-server started at nats://127.0.0.1:4222');
-      expect(out).toMatch(/order demo-\S+-3: completed with/);
+      expect(out.match(/m-\S+: completed: \{"merchantId"/g)).toHaveLength(5);
+      expect(out).toMatch(/order demo-\S+: completed with/);
       child.kill('SIGINT');
       expect(await exited).toBe(0);
       // The server is gone too.
