@@ -44,6 +44,10 @@ export interface Subjects {
   taskControl(queue: string): string;
   /** Wildcard of every task subject (the tasks stream). */
   readonly tasksWildcard: string;
+  /** Schedule subject of one durable timer: `<prefix>.timer.<type>.<id>.<timerKey>`. */
+  timer(type: string, id: string, timerKey: string): string;
+  /** Wildcard of every timer schedule (in the inbox stream). */
+  readonly timersWildcard: string;
   /** Wildcards the gateway subscribes to. */
   readonly publicWildcards: { start: string; signal: string; cancel: string; query: string };
   /** Wildcard of every notification. */
@@ -73,6 +77,8 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     taskFilter: (q: string) => `${p}.task.${q}.*`,
     taskControl: (q: string) => `${p}.taskctl.${q}`,
     tasksWildcard: `${p}.task.>`,
+    timer: (t: string, i: string, k: string) => `${p}.timer.${t}.${i}.${k}`,
+    timersWildcard: `${p}.timer.>`,
     publicWildcards: Object.freeze({
       start: `${p}.start.*.*`,
       signal: `${p}.signal.*.*`,

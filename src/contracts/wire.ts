@@ -106,10 +106,21 @@ export type Effect =
   | { kind: 'task'; task: TaskMessage }
   /** Cancel an activity: purge its queued task and tell a running attempt to abort. */
   | { kind: 'stopTask'; actorId: string; taskId: string; queue: string; taskKey: string }
-  /** Durable timer: deliver `event` to this workflow after `delayMs` (timers subsystem). */
-  | { kind: 'timer'; timerId: string; event: unknown; delayMs: number; dueAt: number }
-  /** Cancel a timer by id (timers subsystem). */
-  | { kind: 'cancelTimer'; timerId: string };
+  /**
+   * Durable timer: a scheduled message (`Nats-Schedule: @at <dueAt>`) on
+   * `wf.timer.<type>.<id>.<timerKey>` whose target is the workflow's shard inbox.
+   */
+  | {
+      kind: 'timer';
+      timerId: string;
+      timerKey: string;
+      step: number;
+      event: unknown;
+      delayMs: number;
+      dueAt: number;
+    }
+  /** Cancel a timer: purge its schedule subject. */
+  | { kind: 'cancelTimer'; timerId: string; timerKey: string };
 
 export type EffectKind = Effect['kind'];
 
@@ -126,8 +137,10 @@ export interface WorkflowRecord {
   step: number;
   /** Inbox stream sequence of the last applied message: a redelivery at or below it is a repeat. */
   lastSeq: number;
-  /** Ids of timers set and not yet fired or cancelled. */
-  timers: string[];
+  /** Timers set and not yet fired or cancelled: timer id → step that set it. */
+  timers: Record<string, number>;
+  /** Inbox shard of this workflow (learned from the start message): where its timers fire. */
+  shard: number;
   /** Activities started and not yet finished, by XState actor id. */
   tasks: Record<string, TaskRef>;
   /** Effects owed by step `step` (performed idempotently; replaced by the next step's). */
@@ -144,7 +157,16 @@ export type InboxMessage =
   | { kind: 'start'; input: unknown }
   | { kind: 'signal'; event: { type: string; [k: string]: unknown } }
   | { kind: 'cancel'; reason: string | undefined }
-  | ({ kind: 'result' } & ResultMessage);
+  | ({ kind: 'result' } & ResultMessage)
+  | ({ kind: 'timer' } & TimerMessage);
+
+/** Body (msgpack) of a fired timer, delivered to `wf.in.<shard>.timer.<type>.<id>`. */
+export interface TimerMessage {
+  timerId: string;
+  /** Step that set the timer: a fired timer whose id was since re-set is recognised as stale. */
+  step: number;
+  event: unknown;
+}
 
 /** What a record remembers of a running activity. */
 export interface TaskRef {

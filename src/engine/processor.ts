@@ -123,6 +123,16 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         attempt: typeof b.attempt === 'number' ? b.attempt : 0,
       };
     }
+    case 'timer': {
+      if (typeof b.timerId !== 'string' || typeof b.step !== 'number') {
+        throw new BadRequestError('timer message needs string timerId and numeric step', {
+          code: ErrorCode.BadRequest,
+          workflowId: e.id,
+          workflowType: e.type,
+        });
+      }
+      return { kind: 'timer', timerId: b.timerId, step: b.step, event: b.event };
+    }
     case 'signal': {
       const ev = b.event as { type?: unknown } | undefined;
       if (!ev || typeof ev !== 'object' || typeof ev.type !== 'string' || ev.type.length === 0) {
@@ -206,6 +216,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         type: e.type,
         id: e.id,
         seq: e.seq,
+        shard: e.shard,
         message,
         now,
       });

@@ -45,6 +45,8 @@ export interface StepContext {
 export interface StepInput {
   type: string;
   id: string;
+  /** Inbox shard the message arrived on. */
+  shard: number;
   /** Inbox stream sequence of the message. */
   seq: number;
   message: InboxMessage;
@@ -87,9 +89,14 @@ function lifecycle(
 }
 
 interface Pending {
-  timers: string[];
+  timers: Record<string, number>;
   tasks: Record<string, TaskRef>;
 }
+
+/** Internal timer id of an activity's schedule-to-close deadline. */
+const deadlineTimerId = (actorId: string) => `jetflow.deadline.${actorId}`;
+/** Event type of a fired activity deadline. */
+const DEADLINE_EVENT = 'jetflow.deadline';
 
 /** Turn commands into durable effects, tracking pending timers and tasks. */
 function materialize(
@@ -100,9 +107,30 @@ function materialize(
   commands: m.Command[],
   now: number,
 ): Pending & { effects: Effect[] } {
-  const timers = new Set(before.timers);
+  const timers = { ...before.timers };
   const tasks = { ...before.tasks };
   const effects: Effect[] = [];
+  const setTimer = (timerId: string, event: unknown, delayMs: number) => {
+    timers[timerId] = rec.step;
+    effects.push({
+      kind: 'timer',
+      timerId,
+      timerKey: taskKeyOf(`${rec.type}.${rec.id}.${timerId}`),
+      step: rec.step,
+      event,
+      delayMs,
+      dueAt: now + delayMs,
+    });
+  };
+  const cancelTimer = (timerId: string) => {
+    if (!(timerId in timers)) return; // fired or never set
+    delete timers[timerId];
+    effects.push({
+      kind: 'cancelTimer',
+      timerId,
+      timerKey: taskKeyOf(`${rec.type}.${rec.id}.${timerId}`),
+    });
+  };
   for (const c of commands) {
     switch (c.kind) {
       case 'spawn': {
@@ -138,6 +166,14 @@ function materialize(
             scheduledAt: now,
           },
         });
+        if (a.options.scheduleToCloseMs) {
+          // The engine's own deadline: fires even when no worker ever picks the task up.
+          setTimer(
+            deadlineTimerId(c.actorId),
+            { type: DEADLINE_EVENT, actorId: c.actorId, taskId },
+            a.options.scheduleToCloseMs,
+          );
+        }
         break;
       }
       case 'stop': {
@@ -151,29 +187,22 @@ function materialize(
           queue: t.queue,
           taskKey: t.taskKey,
         });
+        cancelTimer(deadlineTimerId(c.actorId));
         break;
       }
       case 'timer':
-        timers.add(c.timerId);
-        effects.push({
-          kind: 'timer',
-          timerId: c.timerId,
-          event: c.event,
-          delayMs: c.delayMs,
-          dueAt: now + c.delayMs,
-        });
+        setTimer(c.timerId, c.event, c.delayMs);
         break;
       case 'cancelTimer':
-        if (!timers.delete(c.timerId)) break; // fired or never set
-        effects.push({ kind: 'cancelTimer', timerId: c.timerId });
+        cancelTimer(c.timerId);
         break;
     }
   }
-  return { timers: [...timers], tasks, effects };
+  return { timers, tasks, effects };
 }
 
 /** Effects that wind down whatever is still pending when a workflow ends. */
-function windDown(p: Pending): Effect[] {
+function windDown(w: { type: string; id: string }, p: Pending): Effect[] {
   return [
     ...Object.entries(p.tasks).map(([actorId, t]): Effect => ({
       kind: 'stopTask',
@@ -182,7 +211,11 @@ function windDown(p: Pending): Effect[] {
       queue: t.queue,
       taskKey: t.taskKey,
     })),
-    ...p.timers.map((timerId): Effect => ({ kind: 'cancelTimer', timerId })),
+    ...Object.keys(p.timers).map((timerId): Effect => ({
+      kind: 'cancelTimer',
+      timerId,
+      timerKey: taskKeyOf(`${w.type}.${w.id}.${timerId}`),
+    })),
   ];
 }
 
@@ -196,7 +229,7 @@ export function decide(
   input: StepInput,
 ): Decision {
   const { registry } = ctx;
-  const { type, id, seq, message, now } = input;
+  const { type, id, seq, shard, message, now } = input;
   const at = iso(now);
   const fields = { workflowId: id, workflowType: type };
 
@@ -215,7 +248,7 @@ export function decide(
       def.machine,
       ctx,
       head,
-      { timers: [], tasks: {} },
+      { timers: {}, tasks: {} },
       m.toCommands(actions, 0),
       now,
     );
@@ -231,6 +264,7 @@ export function decide(
       outbox: [],
       timers: p.timers,
       tasks: p.tasks,
+      shard,
       createdAt: now,
       updatedAt: now,
     };
@@ -248,11 +282,11 @@ export function decide(
     if (status !== 'running') {
       if (status === 'completed') rec.output = snapshot.output;
       if (status === 'failed') rec.error = errorOfSnapshot(snapshot);
-      rec.outbox.push(...windDown(rec), {
+      rec.outbox.push(...windDown(rec, rec), {
         kind: 'notify',
         notification: lifecycle(rec, snapshot, 'xstate.init', at),
       });
-      rec.timers = [];
+      rec.timers = {};
       rec.tasks = {};
     }
     return {
@@ -263,6 +297,17 @@ export function decide(
     };
   }
 
+  if (message.kind === 'timer') {
+    if (!stored) return { kind: 'ignore', reason: 'timer of a workflow that does not exist' };
+    if (stored.status !== 'running')
+      return { kind: 'ignore', reason: `timer after the workflow ${stored.status}` };
+    if (stored.timers[message.timerId] !== message.step) {
+      return {
+        kind: 'ignore',
+        reason: `timer ${message.timerId} (set at step ${message.step}) was canceled or already fired`,
+      };
+    }
+  }
   if (message.kind === 'result') {
     if (!stored) return { kind: 'ignore', reason: 'result for a workflow that does not exist' };
     if (stored.status !== 'running')
@@ -308,13 +353,13 @@ export function decide(
       status: 'canceled',
       step: stepNo,
       lastSeq: seq,
-      timers: [],
+      timers: {},
       tasks: {},
       updatedAt: now,
       outbox: [],
     };
     rec.outbox = [
-      ...windDown(stored),
+      ...windDown(stored, stored),
       {
         kind: 'notify',
         notification: {
@@ -338,16 +383,63 @@ export function decide(
 
   let event: EventObject;
   let before: Pending = { timers: stored.timers, tasks: stored.tasks };
+  const finishTask = (actorId: string) => {
+    const tasks = { ...before.tasks };
+    delete tasks[actorId];
+    const timers = { ...before.timers };
+    const deadline = deadlineTimerId(actorId);
+    if (deadline in timers) {
+      delete timers[deadline];
+      preEffects.push({
+        kind: 'cancelTimer',
+        timerId: deadline,
+        timerKey: taskKeyOf(`${type}.${id}.${deadline}`),
+      });
+    }
+    before = { timers, tasks };
+  };
+  const preEffects: Effect[] = [];
   if (message.kind === 'result') {
-    const rest = { ...stored.tasks };
-    delete rest[message.actorId];
-    before = { timers: stored.timers, tasks: rest };
+    finishTask(message.actorId);
     event = (message.ok
       ? { type: `xstate.done.actor.${message.actorId}`, output: message.output }
       : {
           type: `xstate.error.actor.${message.actorId}`,
           error: message.error,
         }) as unknown as EventObject;
+  } else if (message.kind === 'timer') {
+    const timers = { ...before.timers };
+    delete timers[message.timerId];
+    before = { ...before, timers };
+    const ev = message.event as { type?: string; actorId?: string; taskId?: string };
+    if (ev?.type === DEADLINE_EVENT && typeof ev.actorId === 'string') {
+      // An activity's schedule-to-close deadline: if the task is still running, it failed.
+      const t = before.tasks[ev.actorId];
+      if (!t || t.taskId !== ev.taskId)
+        return { kind: 'ignore', reason: 'deadline of a finished activity' };
+      const actorId = ev.actorId;
+      const tasks = { ...before.tasks };
+      delete tasks[actorId];
+      before = { ...before, tasks };
+      preEffects.push({
+        kind: 'stopTask',
+        actorId,
+        taskId: t.taskId,
+        queue: t.queue,
+        taskKey: t.taskKey,
+      });
+      event = {
+        type: `xstate.error.actor.${actorId}`,
+        error: {
+          type: 'ScheduleToCloseTimeout',
+          code: ErrorCode.Timeout,
+          message: `activity ${t.activity} did not complete before its schedule-to-close deadline`,
+          retryable: false,
+        },
+      } as unknown as EventObject;
+    } else {
+      event = message.event as EventObject;
+    }
   } else {
     event = message.event;
   }
@@ -400,13 +492,13 @@ export function decide(
     updatedAt: now,
     outbox: [],
   };
-  rec.outbox = [...p.effects];
+  rec.outbox = [...preEffects, ...p.effects];
   if (status !== 'running') {
     if (status === 'completed') rec.output = next.snapshot.output;
     if (status === 'failed') rec.error = errorOfSnapshot(next.snapshot);
     // Whatever is still pending (e.g. a fire-and-forget activity, a timer of an outer state) ends.
-    rec.outbox.push(...windDown(p));
-    rec.timers = [];
+    rec.outbox.push(...windDown(stored, p));
+    rec.timers = {};
     rec.tasks = {};
   }
   rec.outbox.push({ kind: 'notify', notification: lifecycle(rec, next.snapshot, event.type, at) });

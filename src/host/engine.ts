@@ -17,6 +17,7 @@ import { createKvRecordStore } from '../nats/store.js';
 import { consumeShard, createInboxReader } from '../nats/inbox.js';
 import { createEffectSink } from '../nats/effects.js';
 import { taskEffectHandlers } from '../nats/tasks.js';
+import { timerEffectHandlers, type TimerHandlers } from '../nats/timers.js';
 import { startGateway, type Gateway } from '../nats/gateway.js';
 import { createLogger } from './logger.js';
 
@@ -39,6 +40,7 @@ export class Engine implements AsyncDisposable {
     private readonly gateway: Gateway,
     private readonly shards: { stop(): Promise<void> }[],
     private readonly logger: Logger,
+    private readonly timers: TimerHandlers,
   ) {
     this.done = new Promise((ok) => (this.resolveDone = ok));
   }
@@ -52,13 +54,12 @@ export class Engine implements AsyncDisposable {
     try {
       const { names, kv } = await ensureTopology(nc, jsm, config);
       const store = createKvRecordStore(kv);
-      const sink = createEffectSink(
-        nc,
-        js,
-        names,
-        logger,
-        taskEffectHandlers(nc, js, jsm, names, logger),
-      );
+      const timers = timerEffectHandlers(js, jsm, names, logger);
+      const sink = createEffectSink(nc, js, names, logger, {
+        ...taskEffectHandlers(nc, js, jsm, names, logger),
+        timer: timers.timer,
+        cancelTimer: timers.cancelTimer,
+      });
       const processor = createProcessor({
         registry: deps.registry,
         subjects: names.subjects,
@@ -94,7 +95,7 @@ export class Engine implements AsyncDisposable {
         },
         'engine started',
       );
-      return new Engine(config, names, nc, processor, gateway, shards, logger);
+      return new Engine(config, names, nc, processor, gateway, shards, logger, timers);
     } catch (err) {
       await nc.close().catch(() => undefined);
       throw err;
@@ -127,6 +128,7 @@ export class Engine implements AsyncDisposable {
         Promise.race([Promise.all(this.shards.map((s) => s.stop())).then(() => undefined), grace]),
       );
       await stage('steps', () => Promise.race([this.processor.close(), grace]));
+      this.timers.stop(); // local twins only: the durable schedules stay in JetStream
       await stage('drain', () => this.nc.drain());
       this.logger.info({ stats: this.processor.stats }, 'engine stopped');
       this.resolveDone();

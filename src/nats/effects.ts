@@ -15,6 +15,21 @@ export type EffectHandler = (
 
 const enc = new TextEncoder();
 
+/** Effects with the same key must be performed in order. */
+function orderKey(e: Effect): string | undefined {
+  switch (e.kind) {
+    case 'timer':
+    case 'cancelTimer':
+      return `timer:${e.timerKey}`;
+    case 'task':
+      return `task:${e.task.taskKey}`;
+    case 'stopTask':
+      return `task:${e.taskKey}`;
+    default:
+      return undefined;
+  }
+}
+
 export function createEffectSink(
   nc: NatsConnection,
   js: JetStreamClient,
@@ -32,31 +47,40 @@ export function createEffectSink(
   return {
     async perform(record, effects) {
       const base = `${record.type}.${record.id}.${record.step}`;
-      await Promise.all(
-        effects.map(async (e, i) => {
-          const msgId = `${base}.${i}`;
-          if (e.kind === 'notify') {
-            await js.publish(
-              s.events(record.type, record.id),
-              enc.encode(JSON.stringify(e.notification)),
-              {
-                msgID: msgId,
-                headers: jsonHeaders(),
-              },
-            );
-            return;
-          }
-          const h = handlers[e.kind];
-          if (h) return h(record, e, msgId);
-          if (!unhandled.has(e.kind)) {
-            unhandled.add(e.kind);
-            logger.warn(
-              { kind: e.kind },
-              'no handler for this effect kind on this engine; it stays recorded in the outbox',
-            );
-          }
-        }),
-      );
+      // Effects on the same timer or task run in outbox order (a re-set timer is purged, then
+      // scheduled again); all others run concurrently.
+      const chains = new Map<string, Promise<void>>();
+      const run = async (e: Effect, i: number) => {
+        const msgId = `${base}.${i}`;
+        if (e.kind === 'notify') {
+          await js.publish(
+            s.events(record.type, record.id),
+            enc.encode(JSON.stringify(e.notification)),
+            {
+              msgID: msgId,
+              headers: jsonHeaders(),
+            },
+          );
+          return;
+        }
+        const h = handlers[e.kind];
+        if (h) return h(record, e, msgId);
+        if (!unhandled.has(e.kind)) {
+          unhandled.add(e.kind);
+          logger.warn(
+            { kind: e.kind },
+            'no handler for this effect kind on this engine; it stays recorded in the outbox',
+          );
+        }
+      };
+      effects.forEach((e, i) => {
+        const key = orderKey(e) ?? `#${i}`;
+        chains.set(
+          key,
+          (chains.get(key) ?? Promise.resolve()).then(() => run(e, i)),
+        );
+      });
+      await Promise.all(chains.values());
     },
     async notify(notification, msgId) {
       await js.publish(

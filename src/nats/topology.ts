@@ -64,12 +64,15 @@ export function topology(o: TopologyOptions): {
   const inbox: Partial<StreamConfig> = {
     name: names.inboxStream,
     description: 'jetflow inbox: every workflow input, partitioned into shards',
-    subjects: Array.from({ length: o.shards }, (_, i) => s.shardFilter(i)),
+    // Shard subjects, plus the schedules of durable timers (which fire into the shard subjects).
+    subjects: [...Array.from({ length: o.shards }, (_, i) => s.shardFilter(i)), s.timersWildcard],
+    allow_msg_schedules: true,
     retention: RetentionPolicy.Workqueue,
     storage: StorageType.File,
     num_replicas: o.replicas,
     duplicate_window: ms(o.duplicateWindowMs),
-    discard: DiscardPolicy.New,
+    // No limits are set, so discard never applies; message scheduling requires DiscardOld.
+    discard: DiscardPolicy.Old,
     // Reads for the gap check must see the leader's view, not a lagging replica's.
     allow_direct: false,
   };

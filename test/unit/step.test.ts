@@ -25,6 +25,7 @@ function run(
       type,
       id: 'x',
       seq: i + 1,
+      shard: 0,
       message,
       now: NOW + i,
     });
@@ -134,6 +135,7 @@ describe('decide (the pure step)', () => {
       type: 'versioned',
       id: 'x',
       seq: 2,
+      shard: 0,
       message: { kind: 'signal', event: { type: 'GO' } },
       now: NOW,
     });
@@ -142,6 +144,7 @@ describe('decide (the pure step)', () => {
       type: 'versioned',
       id: 'y',
       seq: 1,
+      shard: 0,
       message: { kind: 'start', input: {} },
       now: NOW,
     });
