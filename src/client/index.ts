@@ -12,6 +12,7 @@
  */
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, DeliverPolicy } from '@nats-io/jetstream';
+import { Schedules } from '../nats/schedules.js';
 import { connectNats } from '../nats/connection.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { decodeBody, encodeBody, JSON_TYPE } from '../contracts/codec.js';
@@ -85,6 +86,18 @@ export class Client implements AsyncDisposable {
       throw fromErrorData(decoded.error!, { subject });
     }
     return decoded;
+  }
+
+  private schedulesApi: Schedules | undefined;
+
+  /**
+   * Scheduled and recurring starts/signals (`create`, `list`, `get`, `pause`, `resume`,
+   * `delete`), on the server's own message schedules. Needs no engine to manage; an engine must
+   * run for fires to become starts.
+   */
+  get schedules(): Schedules {
+    this.schedulesApi ??= new Schedules(this.nc, this.names);
+    return this.schedulesApi;
   }
 
   /** Start `type/id` with `input`. Idempotent: a second start replies `created: false`. */

@@ -162,6 +162,9 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   const maxBackoffMs = opts.maxBackoffMs ?? 5_000;
   const cache = new LRUCache<string, CacheEntry>({ max: Math.max(1, opts.cacheSize) });
   const tails = new Map<string, Promise<void>>();
+  // Inbox sequences this engine handled without a record write (rejections, ignored results and
+  // timers, repeated starts): their acks are asynchronous, so the gap check can still see them.
+  const handledWithoutWrite = new LRUCache<number, true>({ max: 10_000 });
   const stats: ProcessorStats = {
     ignored: 0,
     applied: 0,
@@ -225,6 +228,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       decision = { kind: 'reject', error: err, accepts: [] };
       message = { kind: 'signal', event: { type: `(${e.kind})` } };
     }
+    if (decision.kind !== 'write') handledWithoutWrite.set(e.seq, true);
     if (decision.kind === 'reject') {
       stats.rejected++;
       const eventType = message.kind === 'signal' ? message.event.type : `(${message.kind})`;
@@ -309,6 +313,10 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       }
       from = Math.max(from, lastSeq + 1);
       const earlier = from < d.seq ? await inbox.firstFrom(d.shard, d.type, d.id, from) : undefined;
+      if (earlier && earlier.seq < d.seq && handledWithoutWrite.has(earlier.seq)) {
+        from = earlier.seq + 1;
+        continue;
+      }
       if (earlier && earlier.seq < d.seq) {
         stats.gapFills++;
         logger.info(

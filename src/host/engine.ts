@@ -18,6 +18,7 @@ import { consumeShard, createInboxReader } from '../nats/inbox.js';
 import { createEffectSink } from '../nats/effects.js';
 import { taskEffectHandlers } from '../nats/tasks.js';
 import { timerEffectHandlers, type TimerHandlers } from '../nats/timers.js';
+import { consumeScheduleTicks } from '../nats/schedules.js';
 import { startGateway, type Gateway } from '../nats/gateway.js';
 import { createLogger } from './logger.js';
 
@@ -80,6 +81,7 @@ export class Engine implements AsyncDisposable {
         logger,
         maxInputBytes: config.maxInputBytes,
       });
+      const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
       const batch = Math.max(1, Math.min(256, config.maxAckPendingPerShard));
       const shards = await Promise.all(
         config.shardIds.map((shard) =>
@@ -95,7 +97,7 @@ export class Engine implements AsyncDisposable {
         },
         'engine started',
       );
-      return new Engine(config, names, nc, processor, gateway, shards, logger, timers);
+      return new Engine(config, names, nc, processor, gateway, [ticks, ...shards], logger, timers);
     } catch (err) {
       await nc.close().catch(() => undefined);
       throw err;

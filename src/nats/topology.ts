@@ -35,7 +35,9 @@ export interface TopologyNames {
   inboxStream: string;
   eventsStream: string;
   tasksStream: string;
+  schedulesStream: string;
   bucket: string;
+  schedulesBucket: string;
   queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
@@ -47,6 +49,8 @@ export function topologyNames(prefix: string): TopologyNames {
     inboxStream: `${up}_INBOX`,
     eventsStream: `${up}_EVENTS`,
     tasksStream: `${up}_TASKS`,
+    schedulesStream: `${up}_SCHEDULES`,
+    schedulesBucket: `${prefix}_schedules`,
     queueConsumer: (q) => `queue-${q}`,
     bucket: `${prefix}_workflows`,
     shardConsumer: (s) => `shard-${s}`,

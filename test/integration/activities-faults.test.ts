@@ -248,7 +248,7 @@ describe('activities under faults', () => {
       output: 42,
       error: null,
     });
-    expect(f.out()).toContain('done foreign.fw1.0.call');
+    await until(() => f.out().includes('done foreign.fw1.0.call'), 5_000);
     f.child.kill('SIGTERM');
   });
 });
