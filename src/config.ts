@@ -13,8 +13,10 @@ export interface EngineConfig {
   readonly prefix: string;
   /** Number of inbox shards; must equal the `partition()` count in the server's mapping. */
   readonly shards: number;
-  /** Shards this engine consumes (default: all). */
+  /** Shards this engine may consume (default: all). */
   readonly shardIds: readonly number[];
+  /** True when `shardIds` was given: a static assignment instead of balancing with the others. */
+  readonly staticShards: boolean;
   /** Stream/bucket replicas (1 single node, 3 on a cluster). */
   readonly replicas: number;
   /** Max size of a public request body. Keep it below the server's `max_payload`. */
@@ -29,6 +31,12 @@ export interface EngineConfig {
   readonly eventsMaxAgeMs: number;
   /** JetStream dedup window for the inbox and events streams. */
   readonly duplicateWindowMs: number;
+  /**
+   * How soon the shards of a dead engine move to the others. Half of it is the membership TTL
+   * (a silent engine is considered gone), half the shard consumers' pinned-client priority
+   * timeout (the server re-pins); the two run concurrently, so this is an upper bound.
+   */
+  readonly failoverMs: number;
   /** Grace period for a clean stop before it is forced. */
   readonly shutdownGraceMs: number;
   /** Engine name in logs and on its NATS connection. */
@@ -36,7 +44,7 @@ export interface EngineConfig {
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
 }
 
-export type EngineOptions = Partial<Omit<EngineConfig, 'servers' | 'shardIds'>> & {
+export type EngineOptions = Partial<Omit<EngineConfig, 'servers' | 'shardIds' | 'staticShards'>> & {
   servers?: string | readonly string[];
   shardIds?: readonly number[] | string;
 };
@@ -53,6 +61,7 @@ export const ENGINE_DEFAULTS = Object.freeze({
   eventsMaxAgeMs: 7 * 24 * 3600_000,
   duplicateWindowMs: 120_000,
   shutdownGraceMs: 10_000,
+  failoverMs: 10_000,
   logLevel: 'info' as const,
 });
 
@@ -116,6 +125,7 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
     prefix,
     shards,
     shardIds: Object.freeze(parseShardIds(raw.shardIds, shards)),
+    staticShards: raw.shardIds !== undefined,
     replicas: int('replicas', raw.replicas ?? ENGINE_DEFAULTS.replicas, 1, 5),
     maxInputBytes: int(
       'maxInputBytes',
@@ -143,6 +153,7 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
       1_000,
       86_400_000,
     ),
+    failoverMs: int('failoverMs', raw.failoverMs ?? ENGINE_DEFAULTS.failoverMs, 2_000, 600_000),
     shutdownGraceMs: int(
       'shutdownGraceMs',
       raw.shutdownGraceMs ?? ENGINE_DEFAULTS.shutdownGraceMs,

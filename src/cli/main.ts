@@ -14,12 +14,14 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Engine } from '../host/engine.js';
 import { createRegistry, type WorkflowDefinition } from '../engine/registry.js';
-import type { EngineOptions } from '../config.js';
+import { compileEngineConfig, type EngineOptions } from '../config.js';
+import { connectNats } from '../nats/connection.js';
+import { formatStatus, systemStatus } from '../nats/status.js';
 import { ConfigError, JetflowError } from '../errors.js';
 import { repoRoot, startLocalServer } from '../host/nats-server.js';
 import { runDemo } from './demo.js';
 
-const USAGE = `usage: jetflow <engine|dev|server> [options]
+const USAGE = `usage: jetflow <engine|dev|server|status> [options]
 
 engine options (env in brackets):
   --nats-url URL[,URL]     NATS servers [NATS_URL] (default nats://127.0.0.1:4222)
@@ -30,10 +32,12 @@ engine options (env in brackets):
   --workflows MODULE       module exporting the workflow definitions [JETFLOW_WORKFLOWS] (default actors/index.ts)
   --cache-size N           records cached in memory [JETFLOW_CACHE_SIZE] (default 10000)
   --ack-wait-ms MS         inbox AckWait [JETFLOW_ACK_WAIT_MS] (default 30000)
+  --failover-ms MS         how soon a dead engine's shards move [JETFLOW_FAILOVER_MS] (default 10000)
   --max-input-bytes N      max public request body [JETFLOW_MAX_INPUT_BYTES] (default 262144)
   --log-level L            debug|info|warn|error|silent [JETFLOW_LOG_LEVEL] (default info)
   --name NAME              engine name in logs [JETFLOW_NAME]
   --config FILE            JSON file with the same options in camelCase
+status options: --nats-url, --prefix, --shards as for engine; --json for machine output
 dev options:
   --once                   run the demo and exit instead of serving until Ctrl-C
 `;
@@ -74,6 +78,7 @@ function engineOptions(
   set('replicas', num(pick('replicas', 'JETFLOW_REPLICAS')));
   set('cacheSize', num(pick('cache-size', 'JETFLOW_CACHE_SIZE')));
   set('ackWaitMs', num(pick('ack-wait-ms', 'JETFLOW_ACK_WAIT_MS')));
+  set('failoverMs', num(pick('failover-ms', 'JETFLOW_FAILOVER_MS')));
   set('maxInputBytes', num(pick('max-input-bytes', 'JETFLOW_MAX_INPUT_BYTES')));
   set('logLevel', pick('log-level', 'JETFLOW_LOG_LEVEL') as EngineOptions['logLevel']);
   set('name', pick('name', 'JETFLOW_NAME'));
@@ -110,11 +115,13 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       workflows: { type: 'string' },
       'cache-size': { type: 'string' },
       'ack-wait-ms': { type: 'string' },
+      'failover-ms': { type: 'string' },
       'max-input-bytes': { type: 'string' },
       'log-level': { type: 'string' },
       name: { type: 'string' },
       config: { type: 'string' },
       once: { type: 'boolean' },
+      json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -133,6 +140,17 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       onSignals(() => void starting.then((e) => e.close()).catch(() => undefined));
       const engine = await starting;
       await engine.run();
+      return 0;
+    }
+    case 'status': {
+      const o = compileEngineConfig(engineOptions(values, env));
+      const { nc } = await connectNats(o.servers, 'jetflow-status');
+      try {
+        const st = await systemStatus(nc, o.prefix, o.shards, o.failoverMs / 2);
+        process.stdout.write((values.json ? JSON.stringify(st, null, 2) : formatStatus(st)) + '\n');
+      } finally {
+        await nc.close();
+      }
       return 0;
     }
     case 'server': {

@@ -14,7 +14,9 @@ import type { Clock, Logger } from '../engine/ports.js';
 import { connectNats } from '../nats/connection.js';
 import { ensureTopology, type TopologyNames } from '../nats/topology.js';
 import { createKvRecordStore } from '../nats/store.js';
-import { consumeShard, createInboxReader } from '../nats/inbox.js';
+import { createInboxReader } from '../nats/inbox.js';
+import { openMembership } from '../nats/membership.js';
+import { ShardManager } from './shards.js';
 import { createEffectSink } from '../nats/effects.js';
 import { taskEffectHandlers } from '../nats/tasks.js';
 import { timerEffectHandlers, type TimerHandlers } from '../nats/timers.js';
@@ -42,6 +44,8 @@ export class Engine implements AsyncDisposable {
     private readonly shards: { stop(): Promise<void> }[],
     private readonly logger: Logger,
     private readonly timers: TimerHandlers,
+    /** The shards this engine holds and the membership it keeps. */
+    readonly shardManager: ShardManager,
   ) {
     this.done = new Promise((ok) => (this.resolveDone = ok));
   }
@@ -83,21 +87,43 @@ export class Engine implements AsyncDisposable {
       });
       const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
       const batch = Math.max(1, Math.min(256, config.maxAckPendingPerShard));
-      const shards = await Promise.all(
-        config.shardIds.map((shard) =>
-          consumeShard({ js, names, shard, processor, logger, batch }),
-        ),
-      );
+      const membership = await openMembership(nc, names, config.failoverMs / 2, config.replicas);
+      const shards = new ShardManager({
+        nc,
+        js,
+        jsm,
+        names,
+        processor,
+        logger,
+        membership,
+        name: config.name,
+        shards: config.shards,
+        staticShardIds: config.staticShards ? config.shardIds : undefined,
+        failoverMs: config.failoverMs,
+        batch,
+      });
+      await shards.start();
       logger.info(
         {
-          shards: config.shardIds.length,
+          engineId: shards.id,
+          shards: shards.shards.length,
           of: config.shards,
           workflows: deps.registry.list(),
           servers: config.servers,
         },
         'engine started',
       );
-      return new Engine(config, names, nc, processor, gateway, [ticks, ...shards], logger, timers);
+      return new Engine(
+        config,
+        names,
+        nc,
+        processor,
+        gateway,
+        [shards, ticks],
+        logger,
+        timers,
+        shards,
+      );
     } catch (err) {
       await nc.close().catch(() => undefined);
       throw err;

@@ -48,6 +48,9 @@ export function createInboxReader(jsm: JetStreamManager, names: TopologyNames): 
   };
 }
 
+/** The priority group of every shard consumer: the server pins one engine per shard. */
+export const ENGINES_GROUP = 'engines';
+
 export interface ShardConsumerOptions {
   js: JetStreamClient;
   names: TopologyNames;
@@ -56,16 +59,46 @@ export interface ShardConsumerOptions {
   logger: Logger;
   /** Messages buffered per pull. */
   batch: number;
+  /** Priority group to pull in (pinned consumers). */
+  group: string;
+  /** Pull expiry; must be well below the consumer's priority timeout or an idle pin is lost. */
+  expiresMs: number;
+}
+
+export interface ShardHandle {
+  readonly shard: number;
+  /** The server's pin id for this engine on this shard, once pinned. */
+  readonly pinId: string | undefined;
+  /** Publish a no-op claim so that the server pins the shard to this consumer now. */
+  claim(engineId: string): Promise<void>;
+  /** Stop fetching and wait for in-flight steps. */
+  stop(): Promise<void>;
 }
 
 /** Consume one shard until `stop()`. */
-export async function consumeShard(o: ShardConsumerOptions): Promise<{ stop(): Promise<void> }> {
+export async function consumeShard(o: ShardConsumerOptions): Promise<ShardHandle> {
   const consumer = await o.js.consumers.get(o.names.inboxStream, o.names.shardConsumer(o.shard));
-  const messages: ConsumerMessages = await consumer.consume({ max_messages: o.batch });
+  const messages: ConsumerMessages = await consumer.consume({
+    max_messages: o.batch,
+    expires: o.expiresMs,
+    group: o.group,
+  });
+  let pinId: string | undefined;
+  void (async () => {
+    for await (const s of messages.status()) {
+      if (s.type === 'consumer_pinned') pinId = s.id;
+      else if (s.type === 'consumer_unpinned') pinId = undefined;
+    }
+  })().catch(() => undefined);
   const inflight = new Set<Promise<void>>();
   const loop = (async () => {
     for await (const msg of messages) {
+      pinId = msg.headers?.get('Nats-Pin-Id') || pinId;
       const d = deliveryOf(msg);
+      if (d?.kind === 'claim') {
+        msg.ack();
+        continue;
+      }
       if (!d) {
         o.logger.error(
           { subject: msg.subject, seq: msg.seq },
@@ -82,6 +115,16 @@ export async function consumeShard(o: ShardConsumerOptions): Promise<{ stop(): P
     }
   })();
   return {
+    shard: o.shard,
+    get pinId() {
+      return pinId;
+    },
+    async claim(engineId: string) {
+      await o.js.publish(
+        o.names.subjects.shardInbox(o.shard, 'claim', engineId, 'claim'),
+        new Uint8Array(),
+      );
+    },
     async stop() {
       messages.stop();
       await loop.catch(() => undefined);

@@ -27,6 +27,8 @@ export interface TopologyOptions {
   maxAckPendingPerShard: number;
   eventsMaxAgeMs: number;
   duplicateWindowMs: number;
+  /** Priority timeout of the shard consumers: how soon a dead engine's pin moves. */
+  failoverMs: number;
 }
 
 /** Names derived from the prefix. */
@@ -113,13 +115,41 @@ export function topology(o: TopologyOptions): {
       max_ack_pending: o.maxAckPendingPerShard,
       max_deliver: -1,
       num_replicas: 0,
+      // One engine at a time per shard, chosen and moved by the server.
+      priority_groups: ['engines'],
+      priority_policy: 'pinned_client',
+      // Half the failover budget; the membership TTL is the other half.
+      priority_timeout: ms(Math.floor(o.failoverMs / 2)),
     } satisfies Partial<ConsumerConfig>,
   }));
   return { names, streams: [inbox, events, tasks], consumers };
 }
 
-/** Create or update every stream, consumer and the bucket. Idempotent. */
+/**
+ * Create or update every stream, consumer and the bucket. Idempotent; retried on timeouts (on a
+ * cluster, several engines starting at once race to create R3 assets and elections take time).
+ */
 export async function ensureTopology(
+  nc: NatsConnection,
+  jsm: JetStreamManager,
+  o: TopologyOptions,
+  attempts = 6,
+): Promise<{ names: TopologyNames; kv: KV }> {
+  for (let i = 1; ; i++) {
+    try {
+      return await ensureTopologyOnce(nc, jsm, o);
+    } catch (err) {
+      const transient =
+        /timeout|no responders|leader|no suitable peers|insufficient resources/i.test(
+          String((err as Error)?.message ?? err),
+        );
+      if (!transient || i >= attempts) throw err;
+      await new Promise((r) => setTimeout(r, 500 * i));
+    }
+  }
+}
+
+async function ensureTopologyOnce(
   nc: NatsConnection,
   jsm: JetStreamManager,
   o: TopologyOptions,
@@ -137,18 +167,35 @@ export async function ensureTopology(
     }
   }
   for (const c of t.consumers) {
-    await jsm.consumers.add(c.stream, c.config).catch(async (e: unknown) => {
-      // An existing consumer with other settings: update what may be updated.
-      try {
-        await jsm.consumers.update(c.stream, c.config.durable_name!, {
-          ack_wait: c.config.ack_wait,
-          max_ack_pending: c.config.max_ack_pending,
-          description: c.config.description,
-        });
-      } catch {
-        throw topologyError(`consumer ${c.stream}/${c.config.durable_name}`, e);
-      }
-    });
+    const name = c.config.durable_name!;
+    const existing = await jsm.consumers.info(c.stream, name).catch(() => undefined);
+    if (!existing) {
+      await jsm.consumers.add(c.stream, c.config).catch((e: unknown) => {
+        throw topologyError(`consumer ${c.stream}/${name}`, e);
+      });
+      continue;
+    }
+    const groups = (existing.config as { priority_groups?: string[] }).priority_groups ?? [];
+    if (c.config.priority_groups && groups.join() !== c.config.priority_groups.join()) {
+      // Created by a jetflow without pinned shard ownership: the priority policy cannot be
+      // updated in place, so the consumer is recreated. Messages stay in the work-queue stream;
+      // any that were in flight are redelivered and recognised by the records' lastSeq.
+      await jsm.consumers.delete(c.stream, name);
+      await jsm.consumers.add(c.stream, c.config).catch((e: unknown) => {
+        throw topologyError(`consumer ${c.stream}/${name}`, e);
+      });
+      continue;
+    }
+    await jsm.consumers
+      .update(c.stream, name, {
+        ack_wait: c.config.ack_wait,
+        max_ack_pending: c.config.max_ack_pending,
+        description: c.config.description,
+        priority_timeout: c.config.priority_timeout,
+      })
+      .catch((e: unknown) => {
+        throw topologyError(`consumer ${c.stream}/${name}`, e);
+      });
   }
   const kv = await new Kvm(nc)
     .create(t.names.bucket, {

@@ -46,7 +46,14 @@ export function startEngine(
 ): Promise<Engine> {
   const { workflows, ...rest } = opts;
   return Engine.create(
-    { servers: url, prefix, shards: TEST_SHARDS, shutdownGraceMs: 5_000, ...rest },
+    {
+      servers: url,
+      prefix,
+      shards: TEST_SHARDS,
+      shutdownGraceMs: 5_000,
+      failoverMs: 2_000,
+      ...rest,
+    },
     { registry: createRegistry(workflows ?? fixtureWorkflows), logger: quietLogger },
   );
 }
@@ -65,6 +72,8 @@ export class EngineProcess {
       shardIds?: string;
       env?: Record<string, string>;
       ackWaitMs?: number;
+      failoverMs?: number;
+      replicas?: number;
     } = {},
   ) {}
 
@@ -85,6 +94,10 @@ export class EngineProcess {
       resolve(repoRoot, 'test/fixtures/workflows.ts'),
       '--ack-wait-ms',
       String(this.opts.ackWaitMs ?? 3_000),
+      '--failover-ms',
+      String(this.opts.failoverMs ?? 2_000),
+      '--replicas',
+      String(this.opts.replicas ?? 1),
       // Names the run root so the global teardown can find a leaked engine.
       '--name',
       `engine:${runRoot()}`,

@@ -16,7 +16,7 @@ import {
 } from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
 import { pack } from '../../src/contracts/codec.js';
-import { ensureTopology } from '../../src/nats/topology.js';
+import { ensureTopology, topologyNames } from '../../src/nats/topology.js';
 import { createKvRecordStore } from '../../src/nats/store.js';
 import { createInboxReader } from '../../src/nats/inbox.js';
 import { createEffectSink } from '../../src/nats/effects.js';
@@ -118,19 +118,40 @@ describe('fencing', () => {
 
   it('two engines consuming the same shards never lose or double an update', async () => {
     const prefix = uniquePrefix();
-    const e1 = await startEngine(server.url, prefix);
-    const e2 = await startEngine(server.url, prefix);
+    // Both engines are told to own every shard (a static assignment, as a stale owner would
+    // believe). The server pins one engine per shard; unpinning every shard again and again
+    // while the signals flow makes the pin flip, so both engines hold messages of the same
+    // workflows at once.
+    const all = `0-${TEST_SHARDS - 1}`;
+    const e1 = await startEngine(server.url, prefix, { shardIds: all });
+    const e2 = await startEngine(server.url, prefix, { shardIds: all });
     try {
       const client = new Client(nc, { prefix });
       const js = jetstream(nc);
+      const jsm = await jetstreamManager(nc);
+      const names = topologyNames(prefix);
       const ids = Array.from({ length: 20 }, (_, i) => `f${i}`);
       await Promise.all(ids.map((id) => client.start('counter', id)));
-      // 50 signals per workflow, interleaved across workflows, all in flight at once: the two
-      // engines receive alternating messages of the same workflows.
+      let flipping = true;
+      const flipper = (async () => {
+        while (flipping) {
+          for (let s = 0; s < TEST_SHARDS; s++) {
+            await jsm.consumers
+              .unpin(names.inboxStream, names.shardConsumer(s), 'engines')
+              .catch(() => undefined);
+          }
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      })();
+      // 50 signals per workflow, interleaved across workflows.
       const acks: Promise<number>[] = [];
-      for (let n = 0; n < 50; n++)
+      for (let n = 0; n < 50; n++) {
         for (const id of ids) acks.push(publishSignal(js, prefix, id, n));
+        await new Promise((r) => setTimeout(r, 2));
+      }
       await Promise.all(acks);
+      flipping = false;
+      await flipper;
       await Promise.all(ids.map((id) => client.signal('counter', id, { type: 'FINISH' })));
       const expected = Array.from({ length: 50 }, (_, n) => n);
       for (const id of ids) {

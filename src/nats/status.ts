@@ -1,0 +1,93 @@
+/** The operator view: engines, their liveness, which engine holds which shard, lag per shard. */
+import type { NatsConnection } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { liveEngines, membershipBucket, type EngineInfo } from './membership.js';
+import { topologyNames } from './topology.js';
+
+export interface ShardStatus {
+  shard: number;
+  /** Engine that consumes the shard (by its heartbeat), if any. */
+  holder: string | undefined;
+  /** Engines that claim the shard: more than one means a hand-over is in progress. */
+  claimedBy: string[];
+  /** The server's pin for the shard's consumer, and whose it is. */
+  pinnedClientId: string | undefined;
+  pinnedEngine: string | undefined;
+  /** Messages not yet delivered plus delivered and not yet acknowledged. */
+  lag: number;
+  pending: number;
+  ackPending: number;
+}
+
+export interface SystemStatus {
+  engines: (EngineInfo & { heartbeatAgeMs: number })[];
+  shards: ShardStatus[];
+}
+
+/**
+ * Collect the view. Engines whose heartbeat is older than `staleAfterMs` (half the engines'
+ * `failoverMs`) are left out: the other engines no longer count them either.
+ */
+export async function systemStatus(
+  nc: NatsConnection,
+  prefix: string,
+  shards: number,
+  staleAfterMs = 5_000,
+): Promise<SystemStatus> {
+  const names = topologyNames(prefix);
+  const jsm = await jetstreamManager(nc);
+  const kv = await new Kvm(nc).open(membershipBucket(names));
+  const engines = (await liveEngines(kv, staleAfterMs).catch(() => [] as EngineInfo[])).map(
+    (e) => ({
+      ...e,
+      heartbeatAgeMs: Date.now() - Date.parse(e.heartbeatAt),
+    }),
+  );
+  const out: ShardStatus[] = [];
+  for (let s = 0; s < shards; s++) {
+    const info = await jsm.consumers
+      .info(names.inboxStream, names.shardConsumer(s))
+      .catch(() => undefined);
+    const groups = (info as { priority_groups?: { pinned_client_id?: string }[] } | undefined)
+      ?.priority_groups;
+    const pin = groups?.[0]?.pinned_client_id;
+    const claimedBy = engines.filter((e) => e.shards.includes(s)).map((e) => e.name);
+    out.push({
+      shard: s,
+      holder: claimedBy[0],
+      claimedBy,
+      pinnedClientId: pin,
+      pinnedEngine: pin
+        ? engines.find((e) => Object.values(e.pins).includes(pin))?.name
+        : undefined,
+      pending: info?.num_pending ?? 0,
+      ackPending: info?.num_ack_pending ?? 0,
+      lag: (info?.num_pending ?? 0) + (info?.num_ack_pending ?? 0),
+    });
+  }
+  return { engines, shards: out };
+}
+
+/** Plain-text rendering for `jetflow status`. */
+export function formatStatus(st: SystemStatus): string {
+  const lines: string[] = [];
+  lines.push(`engines (${st.engines.length} live):`);
+  lines.push(
+    '  NAME                          ID                          PID      HEARTBEAT  SHARDS  STATE',
+  );
+  for (const e of st.engines) {
+    lines.push(
+      `  ${e.name.padEnd(30).slice(0, 30)}${e.id.padEnd(28)}${String(e.pid).padEnd(9)}${`${e.heartbeatAgeMs} ms`.padEnd(11)}${String(e.shards.length).padEnd(8)}${e.draining ? 'draining' : 'live'}`,
+    );
+  }
+  lines.push('shards:');
+  lines.push('  SHARD  HOLDER                          PINNED TO                       LAG');
+  for (const s of st.shards) {
+    const holder = s.claimedBy.length > 1 ? `${s.claimedBy.join(',')} (moving)` : (s.holder ?? '-');
+    lines.push(
+      `  ${String(s.shard).padEnd(7)}${holder.padEnd(32).slice(0, 32)}${(s.pinnedEngine ?? (s.pinnedClientId ? '(unknown)' : '-')).padEnd(32).slice(0, 32)}${s.lag}`,
+    );
+  }
+  return lines.join('\n');
+}
