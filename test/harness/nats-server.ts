@@ -213,6 +213,31 @@ export class NatsServer {
   }
 }
 
+/** Ready = an R<size> stream can be created (every peer joined the meta group). */
+async function waitClusterFormed(urls: string[], size: number, timeoutMs = 60_000): Promise<void> {
+  const nc = await connect({ servers: urls });
+  try {
+    const jsm = await jetstreamManager(nc, { timeout: 5000 });
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        await jsm.streams.add({
+          name: '__HARNESS_READY',
+          subjects: ['__harness.ready'],
+          num_replicas: size,
+        });
+        await jsm.streams.delete('__HARNESS_READY');
+        return;
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`cluster did not form: ${String(err)}`);
+        await sleep(250);
+      }
+    }
+  } finally {
+    await nc.close();
+  }
+}
+
 /** Three clustered servers (R3 streams possible) on random ports. */
 export class NatsCluster {
   private constructor(readonly servers: NatsServer[]) {}
@@ -231,6 +256,10 @@ export class NatsCluster {
         );
       }
       await Promise.all(servers.map((s) => s.waitReady(60_000)));
+      await waitClusterFormed(
+        servers.map((s) => s.url),
+        size,
+      );
     } catch (err) {
       await Promise.all(servers.map((s) => s.stop()));
       throw err;

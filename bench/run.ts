@@ -1,0 +1,515 @@
+/**
+ * The benchmark: `npm run bench` (full, ~10 min on 2 cores) or `npm run bench -- --smoke` (tiny,
+ * run by the tests so that it never rots). It starts everything itself: a nats-server, a jetflow
+ * engine and worker as separate processes, and the peers (Restate, BullMQ on redis-server).
+ *
+ * Prints one JSON line per system and workload, then a markdown table and the targets (met /
+ * not met). Writes the same to `.bench/latest.json` and `.bench/latest.md`.
+ *
+ * Options: --smoke, --skip-peers, --profile (engine CPU profile of workload 1, summarised).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { execFileSync } from 'node:child_process';
+import { NatsServer, natsServerBin } from '../test/harness/nats-server.js';
+import { shardMapping } from '../src/contracts/subjects.js';
+import { Client } from '../src/client/index.js';
+import { topologyNames } from '../src/nats/topology.js';
+import type { Notification } from '../src/contracts/wire.js';
+import { cpuSampler, percentile, readRssMb, round, runClosedLoop } from './peers/common.js';
+import { runRestate } from './peers/restate.js';
+import { runBullmq } from './peers/bullmq.js';
+import type { PeerResult } from './peers/common.js';
+
+const { values } = parseArgs({
+  options: {
+    smoke: { type: 'boolean', default: false },
+    'skip-peers': { type: 'boolean', default: false },
+    profile: { type: 'boolean', default: false },
+  },
+});
+const smoke = values.smoke;
+const root = resolve(import.meta.dirname, '..');
+const outDir = resolve(root, '.bench');
+mkdirSync(outDir, { recursive: true });
+const SHARDS = 16;
+const prefix = 'bench';
+const names = topologyNames(prefix);
+const N = smoke
+  ? {
+      seq64: 40,
+      seq1: 10,
+      fanout: 50,
+      liveWfs: 20,
+      signals: 200,
+      timers: 200,
+      timerMaxMs: 1500,
+      idle: 500,
+    }
+  : {
+      seq64: 3000,
+      seq1: 300,
+      fanout: 1000,
+      liveWfs: 1000,
+      signals: 20000,
+      timers: 10000,
+      timerMaxMs: 10000,
+      idle: 100000,
+    };
+
+const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
+type Row = Record<string, unknown> & { system: string; workload: string };
+const rows: Row[] = [];
+const emit = (r: Row) => {
+  rows.push(r);
+  process.stdout.write(JSON.stringify(r) + '\n');
+};
+
+const children: ChildProcess[] = [];
+function spawnTs(
+  script: string,
+  args: string[],
+  ready: string,
+  extraNode: string[] = [],
+): Promise<ChildProcess> {
+  const child = spawn(
+    process.execPath,
+    [...extraNode, '--import', 'tsx', resolve(root, script), ...args],
+    {
+      cwd: root,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  children.push(child);
+  let out = '';
+  return new Promise((ok, fail) => {
+    const on = (b: Buffer) => {
+      out = (out + b.toString()).slice(-20_000);
+      if (out.includes(ready)) ok(child);
+    };
+    child.stdout.on('data', on);
+    child.stderr.on('data', on);
+    child.once('exit', (code) => fail(new Error(`${script} exited with ${code}:\n${out}`)));
+  });
+}
+async function stopChild(c: ChildProcess): Promise<void> {
+  if (c.exitCode !== null || c.signalCode !== null) return;
+  const exited = new Promise((r) => c.once('exit', r));
+  c.kill('SIGTERM');
+  const t = setTimeout(() => c.kill('SIGKILL'), 15_000);
+  await exited;
+  clearTimeout(t);
+}
+process.on('exit', () => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+});
+
+/** Completion waiters fed by one subscription on every notification. */
+function completions(nc: NatsConnection) {
+  const waiters = new Map<string, (n: Notification) => void>();
+  const seen = new Map<string, Notification>();
+  nc.subscribe(`${prefix}.events.*.*`, {
+    callback: (_e, m) => {
+      const n = m.json<Notification>();
+      if (n.type !== 'completed' && n.type !== 'failed' && n.type !== 'started') return;
+      const key = `${n.type}:${n.workflowType}.${n.id}`;
+      seen.set(key, n);
+      waiters.get(key)?.(n);
+    },
+  });
+  return {
+    wait(type: 'completed' | 'started', wf: string, id: string): Promise<Notification> {
+      const key = `${type}:${wf}.${id}`;
+      const got = seen.get(key);
+      if (got) return Promise.resolve(got);
+      return new Promise((ok) => waiters.set(key, (n) => (waiters.delete(key), ok(n))));
+    },
+    get: (type: string, wf: string, id: string) => seen.get(`${type}:${wf}.${id}`),
+    clear: () => seen.clear(),
+  };
+}
+
+async function streamWrites(nc: NatsConnection): Promise<number> {
+  const jsm = await jetstreamManager(nc);
+  let total = 0;
+  for (const s of [
+    names.inboxStream,
+    names.eventsStream,
+    names.tasksStream,
+    `KV_${names.bucket}`,
+  ]) {
+    total += (await jsm.streams.info(s)).state.last_seq;
+  }
+  return total;
+}
+
+async function rawBound(nc: NatsConnection): Promise<number> {
+  const jsm = await jetstreamManager(nc);
+  await jsm.streams.add({ name: 'RAWBOUND', subjects: ['rawbound.>'] });
+  const js = jetstream(nc);
+  const total = smoke ? 2000 : 50_000;
+  const window = 1000;
+  const payload = new Uint8Array(200);
+  const t0 = performance.now();
+  let inflight: Promise<unknown>[] = [];
+  for (let i = 0; i < total; i++) {
+    inflight.push(js.publish(`rawbound.${i % SHARDS}`, payload));
+    if (inflight.length >= window) {
+      await Promise.all(inflight);
+      inflight = [];
+    }
+  }
+  await Promise.all(inflight);
+  const rate = total / ((performance.now() - t0) / 1000);
+  await jsm.streams.delete('RAWBOUND');
+  return rate;
+}
+
+function summarizeProfile(dir: string): string[] {
+  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+  if (!file) return ['(no profile written)'];
+  const prof = JSON.parse(readFileSync(resolve(dir, file), 'utf8')) as {
+    nodes: { id: number; callFrame: { functionName: string; url: string; lineNumber: number } }[];
+    samples: number[];
+  };
+  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
+  const counts = new Map<string, number>();
+  for (const id of prof.samples) {
+    const n = byId.get(id)!;
+    const url = n.callFrame.url
+      .replace(/^.*node_modules\//, '')
+      .replace(/^file:\/\/.*\/work\/main\//, '');
+    const key = `${n.callFrame.functionName || '(anonymous)'} ${url.split('/').slice(-2).join('/')}:${n.callFrame.lineNumber}`;
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  const total = prof.samples.length;
+  return [...counts.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 15)
+    .map(([k, v]) => `${((100 * v) / total).toFixed(1).padStart(5)}%  ${k}`);
+}
+
+async function main(): Promise<void> {
+  const t0 = Date.now();
+  const natsVersion = execFileSync(natsServerBin(), ['--version'], { encoding: 'utf8' }).trim();
+  log(`${smoke ? 'smoke' : 'full'} run; starting nats-server, engine and worker`);
+  const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
+  const profileDir = resolve(outDir, 'profile');
+  rmSync(profileDir, { recursive: true, force: true });
+  try {
+    const engineArgs = [
+      'engine',
+      '--nats-url',
+      server.url,
+      '--prefix',
+      prefix,
+      '--shards',
+      String(SHARDS),
+      '--workflows',
+      resolve(root, 'bench/workflows.ts'),
+      '--max-input-bytes',
+      '262144',
+      '--log-level',
+      'info',
+    ];
+    const engine = await spawnTs(
+      'src/cli/main.ts',
+      engineArgs,
+      '"engine started"',
+      values.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [],
+    );
+    const worker = await spawnTs('bench/worker.ts', [server.url, prefix], 'worker ready');
+    const nc = await connect({ servers: server.url });
+    const client = new Client(nc, { prefix, timeoutMs: 60_000 });
+    const done = completions(nc);
+    const machine = {
+      cpus: (await import('node:os')).cpus().length,
+      cpu: (await import('node:os')).cpus()[0]?.model ?? '?',
+      node: process.version,
+    };
+
+    // Workload 1: sequential, concurrency 64 and 1.
+    let seqWritesPerWf = 0;
+    const seq: Record<number, Row> = {};
+    for (const [c, count] of [
+      [64, N.seq64],
+      [1, N.seq1],
+    ] as const) {
+      await runClosedLoop(
+        Math.min(100, count),
+        c,
+        async (i) => {
+          const w = done.wait('completed', 'sequential', `warm-${c}-${i}`);
+          await client.start('sequential', `warm-${c}-${i}`, { x: i });
+          await w;
+        },
+        120_000,
+      );
+      const cpu = cpuSampler([engine.pid!, worker.pid!]);
+      const cpuE = cpuSampler([engine.pid!]);
+      const w0 = await streamWrites(nc);
+      const r = await runClosedLoop(
+        count,
+        c,
+        async (i) => {
+          const id = `s${c}-${i}`;
+          const w = done.wait('completed', 'sequential', id);
+          await client.start('sequential', id, { x: i });
+          const n = await w;
+          if (n.type !== 'completed' || (n.output as { x: number }).x !== i + 3)
+            throw new Error(`wrong output for ${id}`);
+        },
+        600_000,
+      );
+      const writes = ((await streamWrites(nc)) - w0) / count;
+      if (c === 64) seqWritesPerWf = writes;
+      const lat = [...r.latenciesMs].sort((a, b) => a - b);
+      const total = cpu.delta() ?? NaN;
+      const eng = cpuE.delta() ?? NaN;
+      seq[c] = {
+        system: 'jetflow',
+        workload: 'sequential',
+        concurrency: c,
+        workflows: count,
+        throughput: round(count / (r.wallMs / 1000), 1),
+        p50Ms: round(percentile(lat, 50), 2),
+        p99Ms: round(percentile(lat, 99), 2),
+        engineCpuSecPerWf: round(eng / count, 5),
+        workerCpuSecPerWf: round((total - eng) / count, 5),
+        engineRssMb: round(readRssMb(engine.pid!), 1),
+        writesPerWf: round(writes, 2),
+      };
+      emit(seq[c]);
+    }
+
+    // Raw bound: pipelined JetStream publishes on the same server.
+    const raw = await rawBound(nc);
+    const bound = raw / seqWritesPerWf;
+    const efficiency = (seq[64]!.throughput as number) / bound;
+    emit({
+      system: 'jetstream-raw',
+      workload: 'pipelined-publish',
+      msgsPerSec: round(raw, 0),
+      writesPerWf: round(seqWritesPerWf, 2),
+      boundWfPerSec: round(bound, 1),
+      jetflowEfficiencyPct: round(100 * efficiency, 1),
+    });
+
+    // Workload 2: fan-out.
+    {
+      const id = 'fan-1';
+      const w = done.wait('completed', 'fanout', id);
+      const ts = performance.now();
+      await client.start('fanout', id, { n: N.fanout });
+      const n = await w;
+      const ms = performance.now() - ts;
+      if (n.type !== 'completed' || (n.output as { done: number }).done !== N.fanout)
+        throw new Error('fan-out incomplete');
+      emit({
+        system: 'jetflow',
+        workload: 'fanout',
+        activities: N.fanout,
+        totalMs: round(ms, 0),
+        activitiesPerSec: round(N.fanout / (ms / 1000), 1),
+      });
+    }
+
+    // Workload 3: signals into live workflows.
+    {
+      await runClosedLoop(
+        N.liveWfs,
+        64,
+        (i) => client.start('live', `l${i}`).then(() => undefined),
+        300_000,
+      );
+      const r = await runClosedLoop(
+        N.signals,
+        64,
+        (i) => client.signal('live', `l${i % N.liveWfs}`, { type: 'TICK' }).then(() => undefined),
+        600_000,
+      );
+      const lat = [...r.latenciesMs].sort((a, b) => a - b);
+      emit({
+        system: 'jetflow',
+        workload: 'signals',
+        workflows: N.liveWfs,
+        signals: N.signals,
+        eventsPerSec: round(N.signals / (r.wallMs / 1000), 1),
+        p50Ms: round(percentile(lat, 50), 2),
+        p99Ms: round(percentile(lat, 99), 2),
+      });
+    }
+
+    // Workload 4: timer lateness.
+    {
+      const delays = Array.from(
+        { length: N.timers },
+        () => 1000 + Math.floor(Math.random() * (N.timerMaxMs - 1000)),
+      );
+      await runClosedLoop(
+        N.timers,
+        128,
+        (i) => client.start('sleeper', `t${i}`, { ms: delays[i] }).then(() => undefined),
+        300_000,
+      );
+      await Promise.all(delays.map((_, i) => done.wait('completed', 'sleeper', `t${i}`)));
+      const late = delays
+        .map(
+          (d, i) =>
+            Date.parse(done.get('completed', 'sleeper', `t${i}`)!.at) -
+            (Date.parse(done.get('started', 'sleeper', `t${i}`)!.at) + d),
+        )
+        .sort((a, b) => a - b);
+      emit({
+        system: 'jetflow',
+        workload: 'timers',
+        timers: N.timers,
+        lateP50Ms: percentile(late, 50),
+        lateP99Ms: percentile(late, 99),
+        lateMaxMs: late.at(-1),
+        earliestMs: late[0],
+      });
+    }
+
+    // Workload 5: idle state (also: pending timers in JetStream, not in the engine).
+    {
+      done.clear();
+      global.gc?.();
+      const before = readRssMb(engine.pid!);
+      const r = await runClosedLoop(
+        N.idle,
+        256,
+        (i) => client.start('sleeper', `idle${i}`, { ms: 3_600_000 }).then(() => undefined),
+        900_000,
+      );
+      await new Promise((res) => setTimeout(res, 2000));
+      const after = readRssMb(engine.pid!);
+      emit({
+        system: 'jetflow',
+        workload: 'idle',
+        workflows: N.idle,
+        pendingTimers: N.idle,
+        startsPerSec: round(N.idle / (r.wallMs / 1000), 1),
+        engineRssMbBefore: round(before, 1),
+        engineRssMbAfter: round(after, 1),
+      });
+    }
+
+    await client.close();
+    await nc.close();
+    await stopChild(worker);
+    await stopChild(engine);
+    if (values.profile) {
+      log('engine CPU profile (self time, top 15):');
+      for (const line of summarizeProfile(profileDir)) log(`  ${line}`);
+    }
+
+    // Peers, same workload 1.
+    const peers: PeerResult[] = [];
+    if (!values['skip-peers']) {
+      for (const [c, count] of [
+        [64, N.seq64],
+        [1, N.seq1],
+      ] as const) {
+        for (const run of [runRestate, runBullmq]) {
+          const p = await run({ workflows: count, concurrency: c, log });
+          peers.push(p);
+          emit({ ...p, workload: 'sequential', concurrency: c });
+        }
+      }
+    }
+
+    // Table and targets.
+    const md: string[] = [];
+    md.push(
+      `Machine: ${machine.cpus} cores (${machine.cpu}), Node ${machine.node}, nats-server ${natsVersion}; ${smoke ? 'SMOKE run (tiny N)' : 'full run'}; ${new Date().toISOString()}`,
+    );
+    md.push('');
+    md.push(
+      '| system | workload | concurrency | N | throughput | p50 ms | p99 ms | engine/server CPU ms/wf | worker CPU ms/wf | RSS MB | writes/wf |',
+    );
+    md.push('|---|---|---|---|---|---|---|---|---|---|---|');
+    for (const r of rows) {
+      if (r.workload !== 'sequential' || 'notMeasured' in r) continue;
+      const cpuS = (r.engineCpuSecPerWf ?? r.serverCpuSecPerWf) as number | undefined;
+      const cpuW = r.workerCpuSecPerWf as number | undefined;
+      md.push(
+        `| ${r.system} | sequential | ${r.concurrency} | ${r.workflows} | ${r.throughput} wf/s | ${r.p50Ms} | ${r.p99Ms} | ${cpuS === undefined ? '-' : round(cpuS * 1000, 2)} | ${cpuW === undefined ? '-' : round(cpuW * 1000, 2)} | ${r.engineRssMb ?? r.serverRssMb ?? '-'} | ${r.writesPerWf ?? '-'} |`,
+      );
+    }
+    for (const r of rows)
+      if ('notMeasured' in r)
+        md.push(
+          `| ${r.system} | sequential | ${r.concurrency} | - | not measured: ${String(r.notMeasured)} | | | | | | |`,
+        );
+    md.push('');
+    for (const r of rows)
+      if (r.workload !== 'sequential')
+        md.push(
+          `- ${r.system} ${r.workload}: ${JSON.stringify(Object.fromEntries(Object.entries(r).filter(([k]) => k !== 'system' && k !== 'workload')))}`,
+        );
+    const measured = (s: string, c: number) =>
+      peers.find((p) => p.system === s && 'throughput' in p && p.concurrency === c) as
+        (PeerResult & { throughput: number; p50Ms: number }) | undefined;
+    const targets: [string, boolean | undefined, string][] = [];
+    const j64 = seq[64]!.throughput as number;
+    const j1 = seq[1]!.p50Ms as number;
+    for (const s of ['restate', 'bullmq']) {
+      const p = measured(s, 64);
+      targets.push([
+        `workload 1 c=64: jetflow throughput >= ${s}`,
+        p ? j64 >= p.throughput : undefined,
+        p
+          ? `${j64} vs ${p.throughput} wf/s (${round((100 * j64) / p.throughput, 0)}%)`
+          : 'peer not measured',
+      ]);
+    }
+    const r1 = measured('restate', 1);
+    targets.push([
+      'workload 1 c=1: jetflow p50 <= restate p50',
+      r1 ? j1 <= r1.p50Ms : undefined,
+      r1 ? `${j1} vs ${r1.p50Ms} ms` : 'peer not measured',
+    ]);
+    targets.push([
+      'efficiency >= 50% of the raw JetStream bound',
+      efficiency >= 0.5,
+      `${round(100 * efficiency, 1)}% (bound ${round(bound, 0)} wf/s = ${round(raw, 0)} msgs/s / ${round(seqWritesPerWf, 2)} writes/wf)`,
+    ]);
+    const idle = rows.find((r) => r.workload === 'idle')!;
+    targets.push([
+      `engine RSS for ${N.idle} idle workflows <= 300 MB`,
+      (idle.engineRssMbAfter as number) <= 300,
+      `${idle.engineRssMbAfter as number} MB`,
+    ]);
+    md.push('');
+    md.push('Targets:');
+    for (const [what, ok, detail] of targets)
+      md.push(
+        `- ${ok === undefined ? 'NOT MEASURED' : ok ? 'met' : 'NOT met'}: ${what} — ${detail}`,
+      );
+    md.push('');
+    md.push(`Total bench time: ${round((Date.now() - t0) / 1000, 0)} s`);
+    const text = md.join('\n');
+    process.stdout.write('\n' + text + '\n');
+    writeFileSync(resolve(outDir, smoke ? 'smoke.md' : 'latest.md'), text + '\n');
+    writeFileSync(
+      resolve(outDir, smoke ? 'smoke.json' : 'latest.json'),
+      JSON.stringify({ machine, rows, targets }, null, 2),
+    );
+  } finally {
+    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+    await server.stop();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`bench failed: ${String((err as Error)?.stack ?? err)}\n`);
+    process.exit(1);
+  },
+);

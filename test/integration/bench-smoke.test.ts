@@ -1,0 +1,46 @@
+/** The benchmark in miniature (`bench/run.ts --smoke`), so that it never rots. */
+import { describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { resolve } from 'node:path';
+import { repoRoot } from '../harness/jetflow.js';
+import { runRoot } from '../harness/nats-server.js';
+
+describe('benchmark smoke run', () => {
+  it('runs every workload and the peers end to end and prints the table and targets', async () => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', resolve(repoRoot, 'bench/run.ts'), '--smoke'],
+      {
+        cwd: repoRoot,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, JETFLOW_TEST_ROOT: runRoot() },
+      },
+    );
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    const code = await new Promise<number | null>((ok) => child.once('exit', ok));
+    expect(code, err.slice(-3000)).toBe(0);
+    const rows = out
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const workloads = rows.filter((r) => r.system === 'jetflow').map((r) => r.workload);
+    expect(workloads).toEqual(['sequential', 'sequential', 'fanout', 'signals', 'timers', 'idle']);
+    for (const r of rows.filter((x) => x.workload === 'sequential' && x.system === 'jetflow')) {
+      expect(r.throughput as number).toBeGreaterThan(0);
+      expect(r.writesPerWf as number).toBeGreaterThan(0);
+    }
+    expect(rows.some((r) => r.system === 'jetstream-raw')).toBe(true);
+    // Each peer is either measured or reported as not measured with a reason; never missing.
+    for (const system of ['restate', 'bullmq']) {
+      const peer = rows.filter((r) => r.system === system);
+      expect(peer).toHaveLength(2);
+      for (const p of peer)
+        expect(typeof p.throughput === 'number' || typeof p.notMeasured === 'string').toBe(true);
+    }
+    expect(out).toContain('| system | workload |');
+    expect(out).toContain('Targets:');
+  }, 300_000);
+});
