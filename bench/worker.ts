@@ -3,7 +3,7 @@ import { connect } from '@nats-io/transport-node';
 import { createWorker } from '../src/worker/index.js';
 
 const [url, prefix] = process.argv.slice(2);
-const nc = await connect({ servers: url! });
+const nc = await connect({ servers: url!, noAsyncTraces: true });
 const worker = await createWorker({
   connection: nc,
   prefix: prefix!,

@@ -19,6 +19,7 @@
  *   performed again before the next step (its first performance may have been cut by a crash).
  */
 import { LRUCache } from 'lru-cache';
+import type { AnyMachineSnapshot } from 'xstate';
 import { decide, rejection } from './step.js';
 import type { Registry } from './registry.js';
 import type { Subjects } from '../contracts/subjects.js';
@@ -52,6 +53,9 @@ export interface ProcessorOptions {
 
 interface CacheEntry {
   stored: StoredRecord;
+  /** The live XState snapshot of `stored` when this engine computed it (saves a restore). */
+  live?: AnyMachineSnapshot;
+
   /** True once this engine performed the record's outbox. */
   effectsDone: boolean;
 }
@@ -215,14 +219,12 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const now = clock.now();
     try {
       message = decodeInbox(e);
-      decision = decide(ctx, cur?.stored.record, {
-        type: e.type,
-        id: e.id,
-        seq: e.seq,
-        shard: e.shard,
-        message,
-        now,
-      });
+      decision = decide(
+        ctx,
+        cur?.stored.record,
+        { type: e.type, id: e.id, seq: e.seq, shard: e.shard, message, now },
+        cur?.live,
+      );
     } catch (err) {
       if (!(err instanceof JetflowError) || err instanceof ConflictError) throw err;
       decision = { kind: 'reject', error: err, accepts: [] };
@@ -276,7 +278,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     } else {
       revision = await store.update(record, cur!.stored.revision);
     }
-    const entry: CacheEntry = { stored: { record, revision }, effectsDone: false };
+    const entry: CacheEntry = {
+      stored: { record, revision },
+      effectsDone: false,
+      live: decision.live,
+    };
     cache.set(key, entry);
     stats.applied++;
     await settleOutbox(entry);

@@ -28,7 +28,14 @@ import {
 /** What a step decided. */
 export type Decision =
   /** Write `record` (create when `create`), then perform its outbox, then reply `reply`. */
-  | { kind: 'write'; record: WorkflowRecord; create: boolean; reply: unknown }
+  | {
+      kind: 'write';
+      record: WorkflowRecord;
+      create: boolean;
+      reply: unknown;
+      /** The live snapshot `record.snapshot` persists (reusable by the next step, saves a restore). */
+      live: AnyMachineSnapshot;
+    }
   /** Nothing to store: reply (start of an existing workflow). */
   | { kind: 'noop'; reply: unknown }
   /** Nothing to store, nothing to tell: a late or duplicate result or timer. Logged. */
@@ -227,6 +234,8 @@ export function decide(
   ctx: StepContext,
   stored: WorkflowRecord | undefined,
   input: StepInput,
+  /** The live snapshot of `stored`, when the caller kept it from the previous step. */
+  live?: AnyMachineSnapshot,
 ): Decision {
   const { registry } = ctx;
   const { type, id, seq, shard, message, now } = input;
@@ -294,6 +303,7 @@ export function decide(
       record: rec,
       create: true,
       reply: { id, type, version: def.version, created: true },
+      live: snapshot,
     };
   }
 
@@ -344,7 +354,7 @@ export function decide(
   }
 
   const def = registry.get(type, stored.version);
-  const snapshot = m.restore(def.machine, stored.snapshot);
+  const snapshot = live ?? m.restore(def.machine, stored.snapshot);
   const stepNo = stored.step + 1;
 
   if (message.kind === 'cancel') {
@@ -378,6 +388,7 @@ export function decide(
       record: rec,
       create: false,
       reply: { id, type, step: stepNo, status: rec.status, value: snapshot.value as unknown },
+      live: snapshot,
     };
   }
 
@@ -444,10 +455,13 @@ export function decide(
     event = message.event;
   }
 
-  const accepts = m.acceptedEvents(snapshot);
   let next: ReturnType<typeof m.step>;
   try {
-    if (message.kind === 'signal' && !m.canTake(snapshot, event)) {
+    next = m.step(def.machine, snapshot, event);
+    // Not taken (no handler in the active states, guards false, or an empty handler): XState
+    // returns the very same snapshot and no actions. One transition instead of can() + transition.
+    if (message.kind === 'signal' && next.snapshot === snapshot && next.actions.length === 0) {
+      const accepts = m.acceptedEvents(snapshot);
       return {
         kind: 'reject',
         error: new BadRequestError(
@@ -461,7 +475,6 @@ export function decide(
         accepts,
       };
     }
-    next = m.step(def.machine, snapshot, event);
   } catch (cause) {
     return {
       kind: 'reject',
@@ -469,7 +482,7 @@ export function decide(
         `workflow ${type}/${id}: the machine threw on ${JSON.stringify(event.type)}: ${String((cause as Error)?.message ?? cause)}`,
         { ...fields, code: ErrorCode.MachineError, cause },
       ),
-      accepts,
+      accepts: m.acceptedEvents(snapshot),
     };
   }
   const status = statusOf(next.snapshot);
@@ -507,6 +520,7 @@ export function decide(
     record: rec,
     create: false,
     reply: { id, type, step: stepNo, status, value: next.snapshot.value as unknown },
+    live: next.snapshot,
   };
 }
 

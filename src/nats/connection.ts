@@ -17,11 +17,15 @@ export interface Connected {
 export async function connectNats(servers: readonly string[], name: string): Promise<Connected> {
   let nc: NatsConnection;
   try {
+    // noAsyncTraces: nats.js would otherwise build an Error (with a stack) for every request as
+    // async context: measured at ~23% of the engine's CPU under load. Request errors still carry
+    // their message and cause.
     nc = await connect({
       servers: [...servers],
       name,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
+      noAsyncTraces: true,
     });
   } catch (cause) {
     throw new RetryableError(
