@@ -41,7 +41,12 @@ export class ShardManager {
   private stopped = false;
   private readonly startedAt = new Date().toISOString();
 
-  constructor(private readonly o: ShardManagerOptions) {}
+  /** Pull expiry: well below the consumers' priority timeout, so an idle pin is kept. */
+  private readonly expiresMs: number;
+
+  constructor(private readonly o: ShardManagerOptions) {
+    this.expiresMs = Math.max(1000, Math.floor(o.failoverMs / 6));
+  }
 
   /** Join, take the first assignment, and keep it current. */
   async start(): Promise<void> {
@@ -67,7 +72,7 @@ export class ShardManager {
     // racing our claim, or lapsed while idle): claim it again so the server pins it now.
     const now = Date.now();
     for (const [s, h] of this.held) {
-      if (h.pinId || now - (this.claimedAt.get(s) ?? 0) < this.o.failoverMs) continue;
+      if (h.pinId || now - (this.claimedAt.get(s) ?? 0) < this.o.failoverMs / 4) continue;
       this.claimedAt.set(s, now);
       await h.claim(this.id);
     }
@@ -105,20 +110,23 @@ export class ShardManager {
     const lost = this.shards.filter((s) => !wantSet.has(s));
     const gained = want.filter((s) => !this.held.has(s));
     if (lost.length === 0 && gained.length === 0) return;
-    await Promise.all(lost.map((s) => this.release(s)));
+    // Gains first: a dead engine's shards are taken without waiting for our own releases (which
+    // let our pull requests expire first). Pinning keeps one consumer per shard meanwhile.
     await Promise.all(
       gained.map(async (s) => {
         const h = await consumeShard({
           ...this.o,
           shard: s,
           group: ENGINES_GROUP,
-          expiresMs: Math.max(1000, Math.floor(this.o.failoverMs / 6)),
+          expiresMs: this.expiresMs,
         });
         this.held.set(s, h);
         this.claimedAt.set(s, Date.now());
         await h.claim(this.id);
       }),
     );
+    if (gained.length > 0) await this.heartbeat();
+    await Promise.all(lost.map((s) => this.release(s)));
     this.o.logger.info({ gained, lost, holding: this.held.size }, 'shard assignment changed');
     await this.heartbeat();
   }
@@ -129,16 +137,18 @@ export class ShardManager {
     if (!h) return;
     this.held.delete(shard);
     await h.stop();
+    // Our last pull requests stay registered at the server until they expire; were we to unpin
+    // now, the server could pin one of them and deliver to a subscription that is gone (the
+    // message would wait for AckWait). Let them expire first.
+    await new Promise((r) => setTimeout(r, this.expiresMs + 250));
     // Unpin only our own pin: the new owner may already have been pinned by its claim.
-    const info = await this.o.jsm.consumers
-      .info(this.o.names.inboxStream, this.o.names.shardConsumer(shard))
-      .catch(() => undefined);
+    const stream = this.o.names.inboxStream;
+    const consumer = this.o.names.shardConsumer(shard);
+    const info = await this.o.jsm.consumers.info(stream, consumer).catch(() => undefined);
     const pinned = (info as { priority_groups?: { pinned_client_id?: string }[] } | undefined)
       ?.priority_groups?.[0]?.pinned_client_id;
     if (pinned && pinned === h.pinId) {
-      await this.o.jsm.consumers
-        .unpin(this.o.names.inboxStream, this.o.names.shardConsumer(shard), ENGINES_GROUP)
-        .catch(() => undefined);
+      await this.o.jsm.consumers.unpin(stream, consumer, ENGINES_GROUP).catch(() => undefined);
     }
   }
 
