@@ -3,6 +3,8 @@
  * in-process engines and engine child processes.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { afterAll, beforeAll } from 'vitest';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import { NatsServer, runRoot, type ServerOptions } from './nats-server.js';
@@ -27,6 +29,26 @@ export function startServer(opts: ServerOptions & { shards?: number } = {}): Pro
     ...opts,
     mappings: { ...shardMapping(opts.shards ?? TEST_SHARDS), ...opts.mappings },
   });
+}
+
+/**
+ * One nats-server (with the shard mapping) and one connection for a whole test file: started in
+ * `beforeAll`, stopped in `afterAll`. Read `env.server` / `env.nc` inside tests.
+ */
+export function useServer(opts: ServerOptions & { shards?: number } = {}): {
+  readonly server: NatsServer;
+  readonly nc: NatsConnection;
+} {
+  const env = {} as { server: NatsServer; nc: NatsConnection };
+  beforeAll(async () => {
+    env.server = await startServer(opts);
+    env.nc = await connect({ servers: env.server.url });
+  });
+  afterAll(async () => {
+    await env.nc?.close();
+    await env.server?.stop();
+  });
+  return env;
 }
 
 /** Logger that drops everything but errors (tests assert on behaviour, not logs). */

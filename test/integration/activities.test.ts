@@ -1,24 +1,13 @@
 /** Activities on JetStream work queues, with in-process workers against a real nats-server. */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
-import type { NatsServer } from '../harness/nats-server.js';
-import { startEngine, startServer, uniquePrefix } from '../harness/jetflow.js';
+import { describe, expect, it } from 'vitest';
+import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import type { Engine } from '../../src/host/engine.js';
 import { Client } from '../../src/client/index.js';
 import { createWorker, type ActivityFn, type Worker } from '../../src/worker/index.js';
 import { TerminalError } from '../../src/errors.js';
 import { backoffDelayMs } from '../../src/engine/activity.js';
 
-let server: NatsServer;
-let nc: NatsConnection;
-beforeAll(async () => {
-  server = await startServer();
-  nc = await connect({ servers: server.url });
-});
-afterAll(async () => {
-  await nc?.close();
-  await server?.stop();
-});
+const env = useServer();
 
 /** One engine + workers in a fresh namespace. */
 async function setup(
@@ -26,9 +15,9 @@ async function setup(
   opts: Partial<Parameters<typeof createWorker>[0]> = {},
 ) {
   const prefix = uniquePrefix();
-  const engine: Engine = await startEngine(server.url, prefix);
-  const worker: Worker = await createWorker({ connection: nc, prefix, activities, ...opts });
-  const client = new Client(nc, { prefix });
+  const engine: Engine = await startEngine(env.server.url, prefix);
+  const worker: Worker = await createWorker({ connection: env.nc, prefix, activities, ...opts });
+  const client = new Client(env.nc, { prefix });
   return {
     prefix,
     client,

@@ -1,29 +1,18 @@
 /** The engine against a real nats-server: idempotency, dedup, order, concurrency, cancel, versions. */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import { headers } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
-import type { NatsServer } from '../harness/nats-server.js';
-import { startEngine, startServer, uniquePrefix } from '../harness/jetflow.js';
+import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import type { Engine } from '../../src/host/engine.js';
 import { Client } from '../../src/client/index.js';
 import { topologyNames } from '../../src/nats/topology.js';
 import { counter, versionedV1, versionedV2 } from '../fixtures/workflows.js';
 import type { Notification } from '../../src/contracts/wire.js';
 
-let server: NatsServer;
-let nc: NatsConnection;
-
-beforeAll(async () => {
-  server = await startServer();
-  nc = await connect({ servers: server.url });
-});
-afterAll(async () => {
-  await nc?.close();
-  await server?.stop();
-});
+const env = useServer();
 
 async function inboxMessages(prefix: string): Promise<number> {
-  const jsm = await jetstreamManager(nc);
+  const jsm = await jetstreamManager(env.nc);
   return (await jsm.streams.info(topologyNames(prefix).inboxStream)).state.messages;
 }
 
@@ -32,8 +21,8 @@ describe('engine semantics', () => {
   let engine: Engine;
   let client: Client;
   beforeAll(async () => {
-    engine = await startEngine(server.url, prefix);
-    client = new Client(nc, { prefix });
+    engine = await startEngine(env.server.url, prefix);
+    client = new Client(env.nc, { prefix });
   });
   afterAll(async () => {
     await engine?.close();
@@ -80,7 +69,7 @@ describe('engine semantics', () => {
     const h = headers();
     h.set('Content-Type', 'application/json');
     for (let i = 0; i < 1000; i++) {
-      nc.publish(`${prefix}.signal.counter.ordered`, JSON.stringify({ type: 'SIG', n: i }), {
+      env.nc.publish(`${prefix}.signal.counter.ordered`, JSON.stringify({ type: 'SIG', n: i }), {
         headers: h,
       });
     }
@@ -123,13 +112,13 @@ describe('engine semantics', () => {
 describe('version pinning', () => {
   const prefix = uniquePrefix();
   it('workflows started on v1 finish on v1 after v2 is registered; new starts get v2', async () => {
-    const client = new Client(nc, { prefix });
-    const e1 = await startEngine(server.url, prefix, { workflows: [counter, versionedV1] });
+    const client = new Client(env.nc, { prefix });
+    const e1 = await startEngine(env.server.url, prefix, { workflows: [counter, versionedV1] });
     const old = await client.start('versioned', 'old');
     expect(old.version).toBe(1);
     await e1.close();
 
-    const e2 = await startEngine(server.url, prefix, {
+    const e2 = await startEngine(env.server.url, prefix, {
       workflows: [counter, versionedV1, versionedV2],
     });
     try {

@@ -3,16 +3,14 @@
  * lose or double an update. The KV compare-and-set rejects the stale write and the loser retries
  * from the stored record.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { describe, expect, it } from 'vitest';
 import { jetstream, jetstreamManager, type JetStreamClient } from '@nats-io/jetstream';
-import type { NatsServer } from '../harness/nats-server.js';
 import {
   quietLogger,
   startEngine,
-  startServer,
   TEST_SHARDS,
   uniquePrefix,
+  useServer,
 } from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
 import { pack } from '../../src/contracts/codec.js';
@@ -27,16 +25,7 @@ import type { InboxDelivery } from '../../src/engine/ports.js';
 import { ENGINE_DEFAULTS } from '../../src/config.js';
 import { workflows } from '../fixtures/workflows.js';
 
-let server: NatsServer;
-let nc: NatsConnection;
-beforeAll(async () => {
-  server = await startServer();
-  nc = await connect({ servers: server.url });
-});
-afterAll(async () => {
-  await nc?.close();
-  await server?.stop();
-});
+const env = useServer();
 
 /** Publish one signal straight into the inbox (JetStream, ordered per publisher). */
 async function publishSignal(
@@ -55,20 +44,20 @@ async function publishSignal(
 describe('fencing', () => {
   it('a stale cached record loses its compare-and-set and the step is retried from the store', async () => {
     const prefix = uniquePrefix();
-    const jsm = await jetstreamManager(nc);
-    const { names, kv } = await ensureTopology(nc, jsm, {
+    const jsm = await jetstreamManager(env.nc);
+    const { names, kv } = await ensureTopology(env.nc, jsm, {
       ...ENGINE_DEFAULTS,
       prefix,
       shards: TEST_SHARDS,
     });
-    const js = jetstream(nc);
+    const js = jetstream(env.nc);
     const make = () =>
       createProcessor({
         registry: createRegistry(workflows),
         subjects: names.subjects,
         store: createKvRecordStore(kv),
         inbox: createInboxReader(jsm, names),
-        effects: createEffectSink(nc, js, names, quietLogger),
+        effects: createEffectSink(env.nc, js, names, quietLogger),
         clock: { now: () => Date.now() },
         logger: quietLogger,
         cacheSize: 100,
@@ -123,12 +112,12 @@ describe('fencing', () => {
     // while the signals flow makes the pin flip, so both engines hold messages of the same
     // workflows at once.
     const all = `0-${TEST_SHARDS - 1}`;
-    const e1 = await startEngine(server.url, prefix, { shardIds: all });
-    const e2 = await startEngine(server.url, prefix, { shardIds: all });
+    const e1 = await startEngine(env.server.url, prefix, { shardIds: all });
+    const e2 = await startEngine(env.server.url, prefix, { shardIds: all });
     try {
-      const client = new Client(nc, { prefix });
-      const js = jetstream(nc);
-      const jsm = await jetstreamManager(nc);
+      const client = new Client(env.nc, { prefix });
+      const js = jetstream(env.nc);
+      const jsm = await jetstreamManager(env.nc);
       const names = topologyNames(prefix);
       const ids = Array.from({ length: 20 }, (_, i) => `f${i}`);
       await Promise.all(ids.map((id) => client.start('counter', id)));

@@ -1,23 +1,12 @@
 /** 10,000 durable timers with random delays of 1-10 s each fire exactly once; lateness reported. */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
-import type { NatsServer } from '../harness/nats-server.js';
-import { startEngine, startServer, uniquePrefix } from '../harness/jetflow.js';
+import { describe, expect, it } from 'vitest';
+import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
 import type { Notification } from '../../src/contracts/wire.js';
 
 const TIMERS = 10_000;
 
-let server: NatsServer;
-let nc: NatsConnection;
-beforeAll(async () => {
-  server = await startServer();
-  nc = await connect({ servers: server.url });
-});
-afterAll(async () => {
-  await nc?.close();
-  await server?.stop();
-});
+const env = useServer();
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
@@ -26,11 +15,11 @@ function percentile(sorted: number[], p: number): number {
 describe('many timers', () => {
   it(`${TIMERS} timers (1-10 s) fire exactly once`, async () => {
     const prefix = uniquePrefix();
-    const engine = await startEngine(server.url, prefix, { maxAckPendingPerShard: 5_000 });
-    const client = new Client(nc, { prefix, timeoutMs: 30_000 });
+    const engine = await startEngine(env.server.url, prefix, { maxAckPendingPerShard: 5_000 });
+    const client = new Client(env.nc, { prefix, timeoutMs: 30_000 });
     const startedAt = new Map<string, number>();
     const fired = new Map<string, number[]>();
-    const sub = nc.subscribe(`${prefix}.events.sleeper.*`, {
+    const sub = env.nc.subscribe(`${prefix}.events.sleeper.*`, {
       callback: (_e, m) => {
         const n = m.json<Notification>();
         if (n.type === 'started') startedAt.set(n.id, Date.parse(n.at));

@@ -1,21 +1,10 @@
 /** Durable timers as NATS scheduled messages, with real engine processes. */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
-import type { NatsServer } from '../harness/nats-server.js';
-import { EngineProcess, startEngine, startServer, uniquePrefix } from '../harness/jetflow.js';
+import { describe, expect, it } from 'vitest';
+import { EngineProcess, startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
 import type { Notification } from '../../src/contracts/wire.js';
 
-let server: NatsServer;
-let nc: NatsConnection;
-beforeAll(async () => {
-  server = await startServer();
-  nc = await connect({ servers: server.url });
-});
-afterAll(async () => {
-  await nc?.close();
-  await server?.stop();
-});
+const env = useServer();
 
 async function history(client: Client, type: string, id: string): Promise<Notification[]> {
   const out: Notification[] = [];
@@ -26,14 +15,14 @@ async function history(client: Client, type: string, id: string): Promise<Notifi
 describe('durable timers', () => {
   it('`after: 2s` fires although the engine was SIGKILLed after setting it and restarted after it was due', async () => {
     const prefix = uniquePrefix();
-    const client = new Client(nc, { prefix });
-    let engine = await new EngineProcess(server.url, prefix).start();
+    const client = new Client(env.nc, { prefix });
+    let engine = await new EngineProcess(env.server.url, prefix).start();
     try {
       const t0 = Date.now();
       await client.start('sleeper', 's1', { ms: 2000 });
       await engine.kill();
       await new Promise((r) => setTimeout(r, 3000)); // past the due time, no engine running
-      engine = await new EngineProcess(server.url, prefix).start();
+      engine = await new EngineProcess(env.server.url, prefix).start();
       const h = await history(client, 'sleeper', 's1');
       expect(h.map((n) => n.type)).toEqual(['started', 'completed']);
       expect(h[1]!.type === 'completed' && h[1]!.value).toBe('woke');
@@ -45,8 +34,8 @@ describe('durable timers', () => {
 
   it('with the engine up, `after: 2s` moves on about 2 s later; sub-second delays and delayed raise work', async () => {
     const prefix = uniquePrefix();
-    const engine = await startEngine(server.url, prefix);
-    const client = new Client(nc, { prefix });
+    const engine = await startEngine(env.server.url, prefix);
+    const client = new Client(env.nc, { prefix });
     try {
       await client.start('sleeper', 's2', { ms: 2000 });
       await client.start('ticker', 't1');
@@ -71,8 +60,8 @@ describe('durable timers', () => {
 
   it('a timer whose state was left before it was due never delivers its event', async () => {
     const prefix = uniquePrefix();
-    const engine = await startEngine(server.url, prefix);
-    const client = new Client(nc, { prefix });
+    const engine = await startEngine(env.server.url, prefix);
+    const client = new Client(env.nc, { prefix });
     try {
       await client.start('sleeper', 'gone', { ms: 1000 });
       await client.signal('sleeper', 'gone', { type: 'LEAVE' });
