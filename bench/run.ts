@@ -8,7 +8,6 @@
  *
  * Options: --smoke, --skip-peers, --profile (engine CPU profile of workload 1, summarised).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -20,6 +19,7 @@ import { shardMapping } from '../src/contracts/subjects.js';
 import { Client } from '../src/client/index.js';
 import { topologyNames } from '../src/nats/topology.js';
 import type { Notification } from '../src/contracts/wire.js';
+import { spawnedChildren, spawnTs, stopChild } from './processes.js';
 import { cpuSampler, percentile, readRssMb, round, runClosedLoop } from './peers/common.js';
 import { runRestate } from './peers/restate.js';
 import { runBullmq } from './peers/bullmq.js';
@@ -72,45 +72,6 @@ const emit = (r: Row) => {
   rows.push(r);
   process.stdout.write(JSON.stringify(r) + '\n');
 };
-
-const children: ChildProcess[] = [];
-function spawnTs(
-  script: string,
-  args: string[],
-  ready: string,
-  extraNode: string[] = [],
-): Promise<ChildProcess> {
-  const child = spawn(
-    process.execPath,
-    [...extraNode, '--import', 'tsx', resolve(root, script), ...args],
-    {
-      cwd: root,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  children.push(child);
-  let out = '';
-  return new Promise((ok, fail) => {
-    const on = (b: Buffer) => {
-      out = (out + b.toString()).slice(-20_000);
-      if (out.includes(ready)) ok(child);
-    };
-    child.stdout.on('data', on);
-    child.stderr.on('data', on);
-    child.once('exit', (code) => fail(new Error(`${script} exited with ${code}:\n${out}`)));
-  });
-}
-async function stopChild(c: ChildProcess): Promise<void> {
-  if (c.exitCode !== null || c.signalCode !== null) return;
-  const exited = new Promise((r) => c.once('exit', r));
-  c.kill('SIGTERM');
-  const t = setTimeout(() => c.kill('SIGKILL'), 15_000);
-  await exited;
-  clearTimeout(t);
-}
-process.on('exit', () => {
-  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
-});
 
 /** Completion waiters fed by one subscription on every notification. */
 function completions(nc: NatsConnection) {
@@ -507,7 +468,7 @@ async function main(): Promise<void> {
       JSON.stringify({ machine, rows, targets }, null, 2),
     );
   } finally {
-    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+    for (const c of spawnedChildren()) if (c.exitCode === null) c.kill('SIGKILL');
     await server.stop();
   }
 }

@@ -4,7 +4,8 @@
  * measure until every shard is held and pinned by the survivors again. On 2 cores the point is
  * correctness and no ownership bottleneck, not linear speed-up.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { spawnTs } from './processes.js';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
@@ -20,27 +21,6 @@ const root = resolve(import.meta.dirname, '..');
 const SHARDS = 64;
 const FAILOVER_MS = 4_000;
 const N = values.smoke ? 60 : 2000;
-const children: ChildProcess[] = [];
-process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill('SIGKILL')));
-
-function spawnTs(script: string, args: string[], ready: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', resolve(root, script), ...args], {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.push(child);
-  let out = '';
-  return new Promise((ok, fail) => {
-    const on = (b: Buffer) => {
-      out = (out + b.toString()).slice(-20_000);
-      if (out.includes(ready)) ok(child);
-    };
-    child.stdout.on('data', on);
-    child.stderr.on('data', on);
-    child.once('exit', (code) => fail(new Error(`${script} exited with ${code}:\n${out}`)));
-  });
-}
-
 async function main(): Promise<void> {
   const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
   const rows: Record<string, unknown>[] = [];

@@ -49,11 +49,6 @@ export function acceptedEvents(snapshot: AnyMachineSnapshot): string[] {
   return [...types].sort();
 }
 
-/** True when `event` would be taken now (guards evaluated; a throwing guard throws). */
-export function canTake(snapshot: AnyMachineSnapshot, event: EventObject): boolean {
-  return snapshot.status === 'active' && snapshot.can(event);
-}
-
 /** Tags of the snapshot, sorted. */
 export function tagsOf(snapshot: AnyMachineSnapshot): string[] {
   return [...snapshot.tags].sort();

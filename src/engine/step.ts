@@ -100,6 +100,16 @@ interface Pending {
   tasks: Record<string, TaskRef>;
 }
 
+/** Subject token of a workflow's timer (its schedule subject, purged to cancel it). */
+function timerKeyOf(w: { type: string; id: string }, timerId: string): string {
+  return taskKeyOf(`${w.type}.${w.id}.${timerId}`);
+}
+
+/** The effect that cancels a running activity. */
+function stopTaskEffect(actorId: string, t: TaskRef): Effect {
+  return { kind: 'stopTask', actorId, taskId: t.taskId, queue: t.queue, taskKey: t.taskKey };
+}
+
 /** Internal timer id of an activity's schedule-to-close deadline. */
 const deadlineTimerId = (actorId: string) => `jetflow.deadline.${actorId}`;
 /** Event type of a fired activity deadline. */
@@ -122,7 +132,7 @@ function materialize(
     effects.push({
       kind: 'timer',
       timerId,
-      timerKey: taskKeyOf(`${rec.type}.${rec.id}.${timerId}`),
+      timerKey: timerKeyOf(rec, timerId),
       step: rec.step,
       event,
       delayMs,
@@ -135,7 +145,7 @@ function materialize(
     effects.push({
       kind: 'cancelTimer',
       timerId,
-      timerKey: taskKeyOf(`${rec.type}.${rec.id}.${timerId}`),
+      timerKey: timerKeyOf(rec, timerId),
     });
   };
   for (const c of commands) {
@@ -187,13 +197,7 @@ function materialize(
         const t = tasks[c.actorId];
         if (!t) break; // already finished: nothing to cancel
         delete tasks[c.actorId];
-        effects.push({
-          kind: 'stopTask',
-          actorId: c.actorId,
-          taskId: t.taskId,
-          queue: t.queue,
-          taskKey: t.taskKey,
-        });
+        effects.push(stopTaskEffect(c.actorId, t));
         cancelTimer(deadlineTimerId(c.actorId));
         break;
       }
@@ -211,17 +215,11 @@ function materialize(
 /** Effects that wind down whatever is still pending when a workflow ends. */
 function windDown(w: { type: string; id: string }, p: Pending): Effect[] {
   return [
-    ...Object.entries(p.tasks).map(([actorId, t]): Effect => ({
-      kind: 'stopTask',
-      actorId,
-      taskId: t.taskId,
-      queue: t.queue,
-      taskKey: t.taskKey,
-    })),
+    ...Object.entries(p.tasks).map(([actorId, t]) => stopTaskEffect(actorId, t)),
     ...Object.keys(p.timers).map((timerId): Effect => ({
       kind: 'cancelTimer',
       timerId,
-      timerKey: taskKeyOf(`${w.type}.${w.id}.${timerId}`),
+      timerKey: timerKeyOf(w, timerId),
     })),
   ];
 }
@@ -404,7 +402,7 @@ export function decide(
       preEffects.push({
         kind: 'cancelTimer',
         timerId: deadline,
-        timerKey: taskKeyOf(`${type}.${id}.${deadline}`),
+        timerKey: timerKeyOf(stored, deadline),
       });
     }
     before = { timers, tasks };
@@ -432,13 +430,7 @@ export function decide(
       const tasks = { ...before.tasks };
       delete tasks[actorId];
       before = { ...before, tasks };
-      preEffects.push({
-        kind: 'stopTask',
-        actorId,
-        taskId: t.taskId,
-        queue: t.queue,
-        taskKey: t.taskKey,
-      });
+      preEffects.push(stopTaskEffect(actorId, t));
       event = {
         type: `xstate.error.actor.${actorId}`,
         error: {

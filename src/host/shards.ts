@@ -12,7 +12,7 @@ import type { KV } from '@nats-io/kv';
 import type { Logger } from '../engine/ports.js';
 import type { Processor } from '../engine/processor.js';
 import { consumeShard, ENGINES_GROUP, type ShardHandle } from '../nats/inbox.js';
-import { assignShards, liveEngines, type EngineInfo } from '../nats/membership.js';
+import { assignShards, liveEngines, pinnedClientOf, type EngineInfo } from '../nats/membership.js';
 import type { TopologyNames } from '../nats/topology.js';
 
 export interface ShardManagerOptions {
@@ -145,8 +145,7 @@ export class ShardManager {
     const stream = this.o.names.inboxStream;
     const consumer = this.o.names.shardConsumer(shard);
     const info = await this.o.jsm.consumers.info(stream, consumer).catch(() => undefined);
-    const pinned = (info as { priority_groups?: { pinned_client_id?: string }[] } | undefined)
-      ?.priority_groups?.[0]?.pinned_client_id;
+    const pinned = pinnedClientOf(info);
     if (pinned && pinned === h.pinId) {
       await this.o.jsm.consumers.unpin(stream, consumer, ENGINES_GROUP).catch(() => undefined);
     }

@@ -3,7 +3,13 @@ import { headers, type NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { EffectSink, Logger } from '../engine/ports.js';
 import { encodeBody, JSON_TYPE, MSGPACK, type BodyEncoding } from '../contracts/codec.js';
-import { Header, type Effect, type EffectKind, type WorkflowRecord } from '../contracts/wire.js';
+import {
+  Header,
+  type Effect,
+  type EffectKind,
+  type Notification,
+  type WorkflowRecord,
+} from '../contracts/wire.js';
 import type { TopologyNames } from './topology.js';
 
 /** A handler for effect kinds beyond notifications (activities, timers). */
@@ -44,6 +50,13 @@ export function createEffectSink(
     return h;
   };
   const unhandled = new Set<EffectKind>();
+  const notify = async (notification: Notification, msgId: string): Promise<void> => {
+    await js.publish(
+      s.events(notification.workflowType, notification.id),
+      enc.encode(JSON.stringify(notification)),
+      { msgID: msgId, headers: jsonHeaders() },
+    );
+  };
   return {
     async perform(record, effects) {
       const base = `${record.type}.${record.id}.${record.step}`;
@@ -52,17 +65,7 @@ export function createEffectSink(
       const chains = new Map<string, Promise<void>>();
       const run = async (e: Effect, i: number) => {
         const msgId = `${base}.${i}`;
-        if (e.kind === 'notify') {
-          await js.publish(
-            s.events(record.type, record.id),
-            enc.encode(JSON.stringify(e.notification)),
-            {
-              msgID: msgId,
-              headers: jsonHeaders(),
-            },
-          );
-          return;
-        }
+        if (e.kind === 'notify') return notify(e.notification, msgId);
         const h = handlers[e.kind];
         if (h) return h(record, e, msgId);
         if (!unhandled.has(e.kind)) {
@@ -82,13 +85,7 @@ export function createEffectSink(
       });
       await Promise.all(chains.values());
     },
-    async notify(notification, msgId) {
-      await js.publish(
-        s.events(notification.workflowType, notification.id),
-        enc.encode(JSON.stringify(notification)),
-        { msgID: msgId, headers: jsonHeaders() },
-      );
-    },
+    notify,
     reply(subject: string, encoding: BodyEncoding, body: unknown, errorCode?: string) {
       const h = headers();
       h.set(Header.ContentType, encoding === 'msgpack' ? MSGPACK : JSON_TYPE);

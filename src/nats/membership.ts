@@ -22,6 +22,15 @@ export interface EngineInfo {
   draining: boolean;
 }
 
+/**
+ * The server's pinned client id of a shard consumer (`ConsumerInfo` of nats.js does not type
+ * `priority_groups` yet).
+ */
+export function pinnedClientOf(info: unknown): string | undefined {
+  return (info as { priority_groups?: { pinned_client_id?: string }[] } | undefined)
+    ?.priority_groups?.[0]?.pinned_client_id;
+}
+
 export function membershipBucket(names: TopologyNames): string {
   return `${names.subjects.prefix}_engines`;
 }

@@ -2,7 +2,7 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import { liveEngines, membershipBucket, type EngineInfo } from './membership.js';
+import { liveEngines, membershipBucket, pinnedClientOf, type EngineInfo } from './membership.js';
 import { topologyNames } from './topology.js';
 
 export interface ShardStatus {
@@ -49,9 +49,7 @@ export async function systemStatus(
     const info = await jsm.consumers
       .info(names.inboxStream, names.shardConsumer(s))
       .catch(() => undefined);
-    const groups = (info as { priority_groups?: { pinned_client_id?: string }[] } | undefined)
-      ?.priority_groups;
-    const pin = groups?.[0]?.pinned_client_id;
+    const pin = pinnedClientOf(info);
     const claimedBy = engines.filter((e) => e.shards.includes(s)).map((e) => e.name);
     out.push({
       shard: s,
