@@ -49,6 +49,12 @@ export type EngineOptions = Partial<Omit<EngineConfig, 'servers' | 'shardIds' | 
   shardIds?: readonly number[] | string;
 };
 
+/**
+ * The smallest `failoverMs` accepted: heartbeats every `failoverMs / 10` (200 ms) against a
+ * liveness age of `failoverMs / 2` (1 s), and a shard pin kept through 3 pull expiries of 1 s.
+ */
+export const ENGINE_MIN_FAILOVER_MS = 2_000;
+
 export const ENGINE_DEFAULTS = Object.freeze({
   servers: ['nats://127.0.0.1:4222'],
   prefix: DEFAULT_PREFIX,
@@ -153,7 +159,12 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
       1_000,
       86_400_000,
     ),
-    failoverMs: int('failoverMs', raw.failoverMs ?? ENGINE_DEFAULTS.failoverMs, 2_000, 600_000),
+    failoverMs: int(
+      'failoverMs',
+      raw.failoverMs ?? ENGINE_DEFAULTS.failoverMs,
+      ENGINE_MIN_FAILOVER_MS,
+      600_000,
+    ),
     shutdownGraceMs: int(
       'shutdownGraceMs',
       raw.shutdownGraceMs ?? ENGINE_DEFAULTS.shutdownGraceMs,

@@ -105,6 +105,20 @@ export function shardMapping(shards: number, prefix = '*'): Record<string, strin
   };
 }
 
+/**
+ * The shard the server's mapping (see {@link shardMapping}) puts `<type>.<id>` on: nats-server's
+ * `partition(n, 3, 4)` is FNV-1a (32 bit) over the bytes of the two tokens, concatenated, mod n.
+ * Used to verify at start that the server's mapping and the engine's shard count agree.
+ */
+export function shardOf(type: string, id: string, shards: number): number {
+  let h = 0x811c9dc5;
+  for (const b of new TextEncoder().encode(type + id)) {
+    h ^= b;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h % shards;
+}
+
 /** Parse `<prefix>.<verb>.<type>.<id>` (public) — returns undefined for anything else. */
 export function parsePublic(
   subject: string,

@@ -12,7 +12,12 @@ import { createProcessor, type Processor } from '../engine/processor.js';
 import type { Registry } from '../engine/registry.js';
 import type { Clock, Logger } from '../engine/ports.js';
 import { connectNats } from '../nats/connection.js';
-import { ensureTopology, type TopologyNames } from '../nats/topology.js';
+import {
+  ensureShardConsumer,
+  ensureTopology,
+  verifyShardMapping,
+  type TopologyNames,
+} from '../nats/topology.js';
 import { createKvRecordStore } from '../nats/store.js';
 import { createInboxReader } from '../nats/inbox.js';
 import { openMembership } from '../nats/membership.js';
@@ -58,6 +63,7 @@ export class Engine implements AsyncDisposable {
     const { nc, js, jsm } = await connectNats(config.servers, config.name);
     try {
       const { names, kv } = await ensureTopology(nc, jsm, config);
+      await verifyShardMapping(nc, names, config.shards);
       const store = createKvRecordStore(kv);
       const timers = timerEffectHandlers(js, jsm, names, logger);
       const sink = createEffectSink(nc, js, names, logger, {
@@ -87,7 +93,7 @@ export class Engine implements AsyncDisposable {
       });
       const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
       const batch = Math.max(1, Math.min(256, config.maxAckPendingPerShard));
-      const membership = await openMembership(nc, names, config.failoverMs / 2, config.replicas);
+      const membership = await openMembership(nc, names, config.failoverMs, config.replicas);
       const shards = new ShardManager({
         nc,
         js,
@@ -101,6 +107,7 @@ export class Engine implements AsyncDisposable {
         staticShardIds: config.staticShards ? config.shardIds : undefined,
         failoverMs: config.failoverMs,
         batch,
+        repairConsumer: (shard) => ensureShardConsumer(jsm, config, shard),
       });
       await shards.start();
       logger.info(

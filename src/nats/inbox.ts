@@ -13,6 +13,7 @@ import { encodingOf } from '../contracts/codec.js';
 import { Header } from '../contracts/wire.js';
 import { parseShardInbox, type Subjects } from '../contracts/subjects.js';
 import type { TopologyNames } from './topology.js';
+import { pinnedClientOf } from './membership.js';
 
 function entryOf(
   subject: string,
@@ -63,35 +64,67 @@ export interface ShardConsumerOptions {
   group: string;
   /** Pull expiry; must be well below the consumer's priority timeout or an idle pin is lost. */
   expiresMs: number;
+  /**
+   * Called before consuming again after the consumer's message iterator ended on its own (the
+   * consumer was deleted, a pull was refused, the connection closed): re-create the consumer
+   * from the topology table if it is missing or wrong.
+   */
+  repair?: () => Promise<void>;
 }
 
 export interface ShardHandle {
   readonly shard: number;
   /** The server's pin id for this engine on this shard, once pinned. */
   readonly pinId: string | undefined;
+  /** Times the consumer was restarted after its iterator ended on its own. */
+  readonly restarts: number;
   /** Publish a no-op claim so that the server pins the shard to this consumer now. */
   claim(engineId: string): Promise<void>;
-  /** Stop fetching and wait for in-flight steps. */
-  stop(): Promise<void>;
+  /**
+   * Stop fetching and wait for in-flight steps, at most `graceMs` (default: unbounded). Steps
+   * still running after the grace stay unacknowledged: the server redelivers their messages to
+   * the next holder after the consumer's AckWait, where the record's `lastSeq` and the
+   * compare-and-set on the record keep them exactly-once.
+   */
+  stop(graceMs?: number): Promise<void>;
 }
 
-/** Consume one shard until `stop()`. */
+const RESTART_MIN_MS = 250;
+const RESTART_MAX_MS = 5_000;
+
+/**
+ * Consume one shard until `stop()`. The consumption is supervised: if the message iterator ends
+ * for any reason but `stop()` (a deleted consumer, a refused pull, a closed connection), it is
+ * logged, the consumer repaired (`repair`) and consumption restarted with backoff, so a shard that
+ * is advertised as held is always being consumed.
+ */
 export async function consumeShard(o: ShardConsumerOptions): Promise<ShardHandle> {
-  const consumer = await o.js.consumers.get(o.names.inboxStream, o.names.shardConsumer(o.shard));
-  const messages: ConsumerMessages = await consumer.consume({
-    max_messages: o.batch,
-    expires: o.expiresMs,
-    group: o.group,
-  });
   let pinId: string | undefined;
-  void (async () => {
-    for await (const s of messages.status()) {
-      if (s.type === 'consumer_pinned') pinId = s.id;
-      else if (s.type === 'consumer_unpinned') pinId = undefined;
-    }
-  })().catch(() => undefined);
+  let stopped = false;
+  let restarts = 0;
+  let current: ConsumerMessages | undefined;
   const inflight = new Set<Promise<void>>();
-  const loop = (async () => {
+
+  const open = async (): Promise<ConsumerMessages> => {
+    const consumer = await o.js.consumers.get(o.names.inboxStream, o.names.shardConsumer(o.shard));
+    const messages = await consumer.consume({
+      max_messages: o.batch,
+      expires: o.expiresMs,
+      group: o.group,
+      // A deleted consumer ends the iterator (and is re-created by `repair`) instead of being
+      // polled for silently.
+      abort_on_missing_resource: true,
+    });
+    void (async () => {
+      for await (const s of messages.status()) {
+        if (s.type === 'consumer_pinned') pinId = s.id;
+        else if (s.type === 'consumer_unpinned') pinId = undefined;
+      }
+    })().catch(() => undefined);
+    return messages;
+  };
+
+  const drain = async (messages: ConsumerMessages): Promise<void> => {
     for await (const msg of messages) {
       pinId = msg.headers?.get('Nats-Pin-Id') || pinId;
       const d = deliveryOf(msg);
@@ -113,11 +146,59 @@ export async function consumeShard(o: ShardConsumerOptions): Promise<ShardHandle
       inflight.add(p);
       void p.finally(() => inflight.delete(p));
     }
+  };
+
+  let wake: (() => void) | undefined;
+  const pause = (ms: number) =>
+    new Promise<void>((ok) => {
+      const t = setTimeout(ok, ms);
+      wake = () => {
+        clearTimeout(t);
+        ok();
+      };
+    });
+
+  current = await open();
+  const loop = (async () => {
+    let backoff = RESTART_MIN_MS;
+    for (;;) {
+      let err: unknown;
+      try {
+        if (current) await drain(current);
+      } catch (e) {
+        err = e;
+      }
+      current = undefined;
+      if (stopped) return;
+      pinId = undefined;
+      o.logger.error(
+        { err, shard: o.shard, restarts },
+        'shard consumer stopped on its own; restarting it',
+      );
+      for (;;) {
+        await pause(backoff);
+        if (stopped) return;
+        backoff = Math.min(RESTART_MAX_MS, backoff * 2);
+        try {
+          await o.repair?.();
+          current = await open();
+          restarts++;
+          break;
+        } catch (e) {
+          o.logger.warn({ err: e, shard: o.shard }, 'shard consumer restart failed; will retry');
+        }
+      }
+      backoff = RESTART_MIN_MS;
+    }
   })();
+
   return {
     shard: o.shard,
     get pinId() {
       return pinId;
+    },
+    get restarts() {
+      return restarts;
     },
     async claim(engineId: string) {
       await o.js.publish(
@@ -125,12 +206,32 @@ export async function consumeShard(o: ShardConsumerOptions): Promise<ShardHandle
         new Uint8Array(),
       );
     },
-    async stop() {
-      messages.stop();
+    async stop(graceMs?: number) {
+      stopped = true;
+      current?.stop();
+      wake?.();
       await loop.catch(() => undefined);
-      await Promise.allSettled([...inflight]);
+      const all = Promise.allSettled([...inflight]).then(() => undefined);
+      if (graceMs === undefined) return all;
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([all, new Promise<void>((ok) => (t = setTimeout(ok, graceMs)))]);
+      clearTimeout(t);
     },
   };
+}
+
+/** The server's current pin id of every shard consumer (one paged API call). */
+export async function serverPins(
+  jsm: JetStreamManager,
+  names: TopologyNames,
+): Promise<Map<number, string | undefined>> {
+  const out = new Map<number, string | undefined>();
+  const lister = jsm.consumers.list(names.inboxStream);
+  for await (const ci of lister) {
+    const m = /^shard-(\d+)$/.exec(ci.name);
+    if (m) out.set(Number(m[1]), pinnedClientOf(ci));
+  }
+  return out;
 }
 
 function deliveryOf(msg: JsMsg): InboxDelivery | undefined {

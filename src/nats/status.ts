@@ -1,8 +1,8 @@
 /** The operator view: engines, their liveness, which engine holds which shard, lag per shard. */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstreamManager, type ConsumerInfo } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import { liveEngines, membershipBucket, pinnedClientOf, type EngineInfo } from './membership.js';
+import { liveEngines, membershipBucket, pinnedClientOf, type Member } from './membership.js';
 import { topologyNames } from './topology.js';
 
 export interface ShardStatus {
@@ -21,7 +21,8 @@ export interface ShardStatus {
 }
 
 export interface SystemStatus {
-  engines: (EngineInfo & { heartbeatAgeMs: number })[];
+  /** Live engines; `heartbeatAgeMs` is measured by the server's clock (see `readMembers`). */
+  engines: Member[];
   shards: ShardStatus[];
 }
 
@@ -38,27 +39,23 @@ export async function systemStatus(
   const names = topologyNames(prefix);
   const jsm = await jetstreamManager(nc);
   const kv = await new Kvm(nc).open(membershipBucket(names));
-  const engines = (await liveEngines(kv, staleAfterMs).catch(() => [] as EngineInfo[])).map(
-    (e) => ({
-      ...e,
-      heartbeatAgeMs: Date.now() - Date.parse(e.heartbeatAt),
-    }),
-  );
+  const engines = await liveEngines(kv, staleAfterMs).catch(() => [] as Member[]);
+  const infos = new Map<string, ConsumerInfo>();
+  for await (const ci of jsm.consumers.list(names.inboxStream)) infos.set(ci.name, ci);
   const out: ShardStatus[] = [];
   for (let s = 0; s < shards; s++) {
-    const info = await jsm.consumers
-      .info(names.inboxStream, names.shardConsumer(s))
-      .catch(() => undefined);
+    const info = infos.get(names.shardConsumer(s));
     const pin = pinnedClientOf(info);
-    const claimedBy = engines.filter((e) => e.shards.includes(s)).map((e) => e.name);
+    const claiming = engines.filter((e) => e.shards.includes(s));
+    const claimedBy = claiming.map((e) => e.name);
+    // During a hand-over the old owner still lists the shard as releasing.
+    const holder = claiming.find((e) => !e.releasing?.includes(s)) ?? claiming[0];
     out.push({
       shard: s,
-      holder: claimedBy[0],
+      holder: holder?.name,
       claimedBy,
       pinnedClientId: pin,
-      pinnedEngine: pin
-        ? engines.find((e) => Object.values(e.pins).includes(pin))?.name
-        : undefined,
+      pinnedEngine: pin ? engines.find((e) => e.pins[s] === pin)?.name : undefined,
       pending: info?.num_pending ?? 0,
       ackPending: info?.num_ack_pending ?? 0,
       lag: (info?.num_pending ?? 0) + (info?.num_ack_pending ?? 0),

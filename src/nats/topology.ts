@@ -13,11 +13,28 @@ import {
   type StreamConfig,
 } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import type { NatsConnection } from '@nats-io/transport-node';
-import { createSubjects, type Subjects } from '../contracts/subjects.js';
+import { nuid, type NatsConnection } from '@nats-io/transport-node';
+import { createSubjects, parseShardInbox, shardOf, type Subjects } from '../contracts/subjects.js';
 import { ErrorCode, TerminalError } from '../errors.js';
 
 const ms = (n: number) => n * 1_000_000; // JetStream durations are nanoseconds
+
+/**
+ * Expiry of an engine's pull requests on its shard consumers: a sixth of `failoverMs`, within
+ * 1 s (the client's minimum) .. 5 s.
+ */
+export function pullExpiryMs(failoverMs: number): number {
+  return Math.min(5_000, Math.max(1_000, Math.floor(failoverMs / 6)));
+}
+
+/**
+ * Priority timeout of the shard consumers: how long the server keeps a pin without a pull from
+ * the pinned engine. Half of `failoverMs`, and at least three pull expiries, so that an idle but
+ * live engine (which pulls again every expiry) never loses its pin to a slow pull.
+ */
+export function pinTimeoutMs(failoverMs: number): number {
+  return Math.max(Math.floor(failoverMs / 2), 3 * pullExpiryMs(failoverMs));
+}
 
 export interface TopologyOptions {
   prefix: string;
@@ -118,8 +135,9 @@ export function topology(o: TopologyOptions): {
       // One engine at a time per shard, chosen and moved by the server.
       priority_groups: ['engines'],
       priority_policy: 'pinned_client',
-      // Half the failover budget; the membership TTL is the other half.
-      priority_timeout: ms(Math.floor(o.failoverMs / 2)),
+      // A dead engine's pin lapses by itself after this; live engines unpin it sooner (see
+      // `ShardManager.checkPins`).
+      priority_timeout: ms(pinTimeoutMs(o.failoverMs)),
     } satisfies Partial<ConsumerConfig>,
   }));
   return { names, streams: [inbox, events, tasks], consumers };
@@ -157,7 +175,8 @@ async function ensureTopologyOnce(
   const t = topology(o);
   for (const cfg of t.streams) {
     try {
-      await jsm.streams.info(cfg.name!);
+      const existing = await jsm.streams.info(cfg.name!);
+      if (cfg.name === t.names.inboxStream) checkShardCount(existing.config.subjects, o.shards);
       await jsm.streams.update(cfg.name!, cfg);
     } catch (err) {
       if (!isNotFound(err)) throw topologyError(`stream ${cfg.name}`, err);
@@ -166,37 +185,7 @@ async function ensureTopologyOnce(
       });
     }
   }
-  for (const c of t.consumers) {
-    const name = c.config.durable_name!;
-    const existing = await jsm.consumers.info(c.stream, name).catch(() => undefined);
-    if (!existing) {
-      await jsm.consumers.add(c.stream, c.config).catch((e: unknown) => {
-        throw topologyError(`consumer ${c.stream}/${name}`, e);
-      });
-      continue;
-    }
-    const groups = (existing.config as { priority_groups?: string[] }).priority_groups ?? [];
-    if (c.config.priority_groups && groups.join() !== c.config.priority_groups.join()) {
-      // Created by a jetflow without pinned shard ownership: the priority policy cannot be
-      // updated in place, so the consumer is recreated. Messages stay in the work-queue stream;
-      // any that were in flight are redelivered and recognised by the records' lastSeq.
-      await jsm.consumers.delete(c.stream, name);
-      await jsm.consumers.add(c.stream, c.config).catch((e: unknown) => {
-        throw topologyError(`consumer ${c.stream}/${name}`, e);
-      });
-      continue;
-    }
-    await jsm.consumers
-      .update(c.stream, name, {
-        ack_wait: c.config.ack_wait,
-        max_ack_pending: c.config.max_ack_pending,
-        description: c.config.description,
-        priority_timeout: c.config.priority_timeout,
-      })
-      .catch((e: unknown) => {
-        throw topologyError(`consumer ${c.stream}/${name}`, e);
-      });
-  }
+  for (const c of t.consumers) await ensureConsumer(jsm, c);
   const kv = await new Kvm(nc)
     .create(t.names.bucket, {
       history: 1,
@@ -207,6 +196,126 @@ async function ensureTopologyOnce(
       throw topologyError(`bucket ${t.names.bucket}`, e);
     });
   return { names: t.names, kv };
+}
+
+/**
+ * Refuse to start with a shard count other than the one the inbox stream was created with:
+ * updating its subjects would strand the messages of the shards left out and split the
+ * assignment between engines that disagree.
+ */
+function checkShardCount(subjects: string[] | undefined, shards: number): void {
+  const existing = (subjects ?? []).filter((x) => /\.in\.\d+\.>$/.test(x)).length;
+  if (existing > 0 && existing !== shards) {
+    throw new TerminalError(
+      `the inbox stream has ${existing} shards but this engine is configured with ${shards}: ` +
+        `start it with --shards ${existing} (changing the shard count of a running system is ` +
+        `not supported)`,
+      { code: ErrorCode.Topology, details: { existing, configured: shards } },
+    );
+  }
+}
+
+type ConsumerEntry = { stream: string; config: Partial<ConsumerConfig> };
+
+/** Create one consumer of the table, or bring an existing one in line with it. */
+async function ensureConsumer(jsm: JetStreamManager, c: ConsumerEntry): Promise<void> {
+  const name = c.config.durable_name!;
+  const existing = await jsm.consumers.info(c.stream, name).catch(() => undefined);
+  if (!existing) {
+    await jsm.consumers.add(c.stream, c.config).catch((e: unknown) => {
+      throw topologyError(`consumer ${c.stream}/${name}`, e);
+    });
+    return;
+  }
+  const groups = (existing.config as { priority_groups?: string[] }).priority_groups ?? [];
+  if (c.config.priority_groups && groups.join() !== c.config.priority_groups.join()) {
+    // Created without pinned shard ownership (an older jetflow, or by hand): the priority
+    // policy cannot be updated in place, so the consumer is recreated. Messages stay in the
+    // work-queue stream; any that were in flight are redelivered and recognised by the records'
+    // lastSeq.
+    await jsm.consumers.delete(c.stream, name);
+    await jsm.consumers.add(c.stream, c.config).catch((e: unknown) => {
+      throw topologyError(`consumer ${c.stream}/${name}`, e);
+    });
+    return;
+  }
+  await jsm.consumers
+    .update(c.stream, name, {
+      ack_wait: c.config.ack_wait,
+      max_ack_pending: c.config.max_ack_pending,
+      description: c.config.description,
+      priority_timeout: c.config.priority_timeout,
+    })
+    .catch((e: unknown) => {
+      throw topologyError(`consumer ${c.stream}/${name}`, e);
+    });
+}
+
+/**
+ * Re-create or repair one shard's consumer from the table (a shard consumer whose iterator
+ * ended because the consumer was deleted or changed).
+ */
+export async function ensureShardConsumer(
+  jsm: JetStreamManager,
+  o: TopologyOptions,
+  shard: number,
+): Promise<void> {
+  const t = topology(o);
+  const name = t.names.shardConsumer(shard);
+  const c = t.consumers.find((x) => x.config.durable_name === name);
+  if (c) await ensureConsumer(jsm, c);
+}
+
+const PROBE_TYPE = 'jetflow-probe';
+
+/**
+ * Check that the server maps the inbox onto the configured number of shards: publish a few no-op
+ * claims through the public mapping (core NATS) and compare the shard each one lands on with
+ * {@link shardOf}. Throws a `topology` error naming the server's count when they disagree, or
+ * when the server has no mapping for this prefix at all.
+ */
+export async function verifyShardMapping(
+  nc: NatsConnection,
+  names: TopologyNames,
+  shards: number,
+  timeoutMs = 5_000,
+): Promise<void> {
+  const s = names.subjects;
+  const probes = Array.from({ length: 16 }, (_, i) => `${nuid.next()}-${i}`);
+  const seen = new Map<string, number>();
+  const sub = nc.subscribe(`${s.prefix}.in.*.claim.${PROBE_TYPE}.*`);
+  const got = (async () => {
+    for await (const m of sub) {
+      const p = parseShardInbox(m.subject);
+      if (p && probes.includes(p.id)) seen.set(p.id, p.shard);
+      if (seen.size === probes.length) return;
+    }
+  })();
+  try {
+    await nc.flush();
+    for (const id of probes) nc.publish(s.inbox('claim', PROBE_TYPE, id), new Uint8Array());
+    let t: NodeJS.Timeout | undefined;
+    await Promise.race([got, new Promise((ok) => (t = setTimeout(ok, timeoutMs)))]);
+    clearTimeout(t);
+  } finally {
+    sub.unsubscribe();
+  }
+  if (seen.size === 0) {
+    throw new TerminalError(
+      `the server does not map ${s.prefix}.inbox.*.*.* onto shards: add ` +
+        `shardMapping(${shards}) (see nats.conf) to the server's configuration`,
+      { code: ErrorCode.Topology, details: { configured: shards } },
+    );
+  }
+  const agrees = (n: number) => [...seen].every(([id, k]) => shardOf(PROBE_TYPE, id, n) === k);
+  if (!agrees(shards)) {
+    const server = Array.from({ length: 1024 }, (_, i) => i + 1).find(agrees);
+    throw new TerminalError(
+      `the server partitions the inbox into ${server ?? 'an unknown number of'} shards but this ` +
+        `engine is configured with ${shards}: make --shards and the server's partition() agree`,
+      { code: ErrorCode.Topology, details: { configured: shards, server } },
+    );
+  }
 }
 
 function isNotFound(err: unknown): boolean {
