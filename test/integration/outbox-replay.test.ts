@@ -67,7 +67,7 @@ async function timerSchedules(prefix: string, type: string, id: string): Promise
   const jsm = await jetstreamManager(env.nc);
   const info = await jsm.streams.info(topologyNames(prefix).inboxStream, {
     subjects_filter: `${prefix}.timer.${type}.${id}.*`,
-  } as never);
+  });
   return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
 }
 
@@ -273,7 +273,7 @@ describe('timers survive re-performance and old owners (C2, M6)', () => {
       get: (target, prop, recv) =>
         prop === 'streams' ? streams : (Reflect.get(target, prop, recv) as unknown),
     });
-    const a = rig.make({ jsm: jsmA as JetStreamManager }); // sets a 1 s timer with a local twin
+    const a = rig.make({ jsm: jsmA }); // sets a 1 s timer with a local twin
     const b = rig.make({ localHorizonMs: 0 }); // the new owner: server schedules only
     const start = await rig.js.publish(`${prefix}.inbox.start.resetter.m1`, pack({}));
     await a.p.handle(await rig.delivery(start.seq));
@@ -358,9 +358,9 @@ describe('failed effects (M7, L6)', () => {
     let taskCalls = 0;
     let slowDone = false;
     const sink = createEffectSink(env.nc, js, names, quietLogger, {
-      task: async () => {
+      task: () => {
         taskCalls++;
-        if (taskCalls === 1) throw new Error('boom');
+        return taskCalls === 1 ? Promise.reject(new Error('boom')) : Promise.resolve();
       },
       cancelTimer: async () => {
         await sleep(300);
