@@ -93,6 +93,24 @@ export class ConflictError extends RetryableError {
   }
 }
 
+/**
+ * Some effects of an outbox could not be performed. `failed` lists their outbox indexes (the
+ * others were performed); `terminal` is set when one of them can never succeed.
+ */
+export class EffectsError extends JetflowError {
+  override name = 'EffectsError';
+  readonly failed: readonly number[];
+  readonly terminal: TerminalError | undefined;
+  constructor(
+    message: string,
+    fields: JetflowErrorFields & { failed: readonly number[]; terminal?: TerminalError },
+  ) {
+    super(message, { code: fields.terminal?.code ?? ErrorCode.Unavailable, ...fields });
+    this.failed = fields.failed;
+    this.terminal = fields.terminal;
+  }
+}
+
 /** A failure stored as data: in records, notifications and error replies. */
 export interface ErrorData {
   type: string;

@@ -108,7 +108,8 @@ export type Effect =
   | { kind: 'stopTask'; actorId: string; taskId: string; queue: string; taskKey: string }
   /**
    * Durable timer: a scheduled message (`Nats-Schedule: @at <dueAt>`) on
-   * `wf.timer.<type>.<id>.<timerKey>` whose target is the workflow's shard inbox.
+   * `wf.timer.<type>.<id>.<timerKey>` whose target is the workflow's shard inbox. `timerKey`
+   * is derived from (type, id, timerId, step): each setting of a timer has its own subject.
    */
   | {
       kind: 'timer';
@@ -119,7 +120,7 @@ export type Effect =
       delayMs: number;
       dueAt: number;
     }
-  /** Cancel a timer: purge its schedule subject. */
+  /** Cancel a timer: purge the schedule subject of the setting being canceled. */
   | { kind: 'cancelTimer'; timerId: string; timerKey: string };
 
 export type EffectKind = Effect['kind'];
@@ -145,6 +146,12 @@ export interface WorkflowRecord {
   tasks: Record<string, TaskRef>;
   /** Effects owed by step `step` (performed idempotently; replaced by the next step's). */
   outbox: Effect[];
+  /**
+   * Set to `step` once the outbox of that step was performed (written for outboxes that start
+   * work: activity tasks and timers). A record loaded with `outboxDone === step` is not performed
+   * again, so a finished activity is never queued a second time, however late the load.
+   */
+  outboxDone?: number;
   /** Epoch ms. */
   createdAt: number;
   updatedAt: number;

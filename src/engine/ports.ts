@@ -4,7 +4,7 @@
  */
 import type { BodyEncoding } from '../contracts/codec.js';
 import type { InboxKind } from '../contracts/subjects.js';
-import type { Effect, Notification, WorkflowRecord } from '../contracts/wire.js';
+import type { Notification, WorkflowRecord } from '../contracts/wire.js';
 
 /** A record with the KV revision it was read or written at. */
 export interface StoredRecord {
@@ -55,8 +55,13 @@ export interface InboxReader {
 
 /** Performs effects. Every call is idempotent for the same arguments (deterministic msg ids). */
 export interface EffectSink {
-  /** Perform a record's outbox; `msgIdBase` is `<type>.<id>.<step>`. */
-  perform(record: WorkflowRecord, effects: Effect[]): Promise<void>;
+  /**
+   * Perform `record.outbox` (or only the effects at `only`), each with msg id
+   * `<type>.<id>.<step>.<index>`. Resolves when every effect was performed. Otherwise it waits
+   * until every attempted effect has settled (nothing keeps running after it returns) and throws
+   * `EffectsError` listing the indexes still owed, with `terminal` set when one can never succeed.
+   */
+  perform(record: WorkflowRecord, only?: readonly number[]): Promise<void>;
   /** Publish a notification outside a record write (a rejection), deduplicated by `msgId`. */
   notify(notification: Notification, msgId: string): Promise<void>;
   /** Reply to a requester (core NATS, best effort). */

@@ -16,11 +16,20 @@
  * - Fencing: a stale writer's compare-and-set fails; it drops its cache entry and retries from
  *   the stored record, where its message is then a repeat.
  * - Effects are at-least-once, made idempotent by msg ids: an outbox read fresh from KV is
- *   performed again before the next step (its first performance may have been cut by a crash).
+ *   performed again before the next step (its first performance may have been cut by a crash),
+ *   unless the record says it was performed (`outboxDone === step`, written after performing an
+ *   outbox that starts activities or timers).
+ * - No message is dropped on the word of a record that might be stale: before a message is
+ *   acknowledged as ignored or rejected, a cached record is re-read from the store (the stream
+ *   leader) and the message decided again if it changed. `forgetShard()` drops a gained shard's
+ *   cached records.
+ * - Failures are classified: transient ones (timeouts, no responders, lost compare-and-set) are
+ *   retried in place with backoff; a step that can never succeed rejects a public request
+ *   (error reply, nothing stored changes) or fails the workflow (internal results and timers).
  */
 import { LRUCache } from 'lru-cache';
 import type { AnyMachineSnapshot } from 'xstate';
-import { decide, rejection } from './step.js';
+import { decide, failure, rejection, type Decision } from './step.js';
 import type { Registry } from './registry.js';
 import type { Subjects } from '../contracts/subjects.js';
 import type {
@@ -34,8 +43,17 @@ import type {
   StoredRecord,
 } from './ports.js';
 import { unpack } from '../contracts/codec.js';
-import type { InboxMessage, ResultMessage } from '../contracts/wire.js';
-import { BadRequestError, ConflictError, ErrorCode, JetflowError, toErrorData } from '../errors.js';
+import type { InboxMessage, ResultMessage, WorkflowRecord } from '../contracts/wire.js';
+import {
+  BadRequestError,
+  ConflictError,
+  EffectsError,
+  ErrorCode,
+  JetflowError,
+  RetryableError,
+  TerminalError,
+  toErrorData,
+} from '../errors.js';
 
 export interface ProcessorOptions {
   registry: Registry;
@@ -56,8 +74,12 @@ interface CacheEntry {
   /** The live XState snapshot of `stored` when this engine computed it (saves a restore). */
   live?: AnyMachineSnapshot;
 
-  /** True once this engine performed the record's outbox. */
+  /** True once this engine performed the record's outbox (or the record says it was). */
   effectsDone: boolean;
+  /** Outbox indexes still owed after a partial failure (undefined: the whole outbox). */
+  owed?: readonly number[];
+  /** The reply of the step that wrote `stored`, for a retry of the same delivery. */
+  reply?: unknown;
 }
 
 export interface ProcessorStats {
@@ -69,6 +91,12 @@ export interface ProcessorStats {
   transientErrors: number;
   /** Late or duplicate results and timers, dropped. */
   ignored: number;
+  /** Ignore or reject decisions that a re-read of the record overturned (the cache was stale). */
+  staleRereads: number;
+  /** Follow-up writes that mark an outbox performed (`outboxDone`). */
+  outboxMarks: number;
+  /** Workflows failed because a step could never succeed. */
+  poisoned: number;
 }
 
 export interface Processor {
@@ -79,9 +107,15 @@ export interface Processor {
   readonly stats: Readonly<ProcessorStats>;
   /** Stop taking new work and wait for in-flight messages (those still failing are left unacked). */
   close(): Promise<void>;
+  /**
+   * Drop the cached records of the workflows of `shard`. Call it when this engine gains the
+   * shard: while another engine held it, the cached copies may have gone stale.
+   */
+  forgetShard(shard: number): void;
 }
 
 const keyOf = (type: string, id: string) => `${type}.${id}`;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Decode an inbox body, checking its shape against its subject's kind. */
 export function decodeInbox(e: InboxEntry): InboxMessage {
@@ -177,26 +211,148 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     conflicts: 0,
     gapFills: 0,
     transientErrors: 0,
+    staleRereads: 0,
+    outboxMarks: 0,
+    poisoned: 0,
   };
   let stopping = false;
 
-  async function load(type: string, id: string): Promise<CacheEntry | undefined> {
+  const entryOf = (stored: StoredRecord): CacheEntry => ({
+    stored,
+    effectsDone: stored.record.outboxDone === stored.record.step,
+  });
+
+  /** The cached record, or the stored one (`fresh`: read from the store by this call). */
+  async function load(
+    type: string,
+    id: string,
+  ): Promise<{ cur: CacheEntry | undefined; fresh: boolean }> {
     const key = keyOf(type, id);
     const hit = cache.get(key);
-    if (hit) return hit;
+    if (hit) return { cur: hit, fresh: false };
     const stored = await store.get(type, id);
-    if (!stored) return undefined;
-    const entry = { stored, effectsDone: false };
+    if (!stored) return { cur: undefined, fresh: true };
+    const entry = entryOf(stored);
     cache.set(key, entry);
+    return { cur: entry, fresh: true };
+  }
+
+  /**
+   * True when `cur` is still the stored record. Otherwise the cache now holds the stored one and
+   * the caller must decide again.
+   */
+  async function confirm(type: string, id: string, cur: CacheEntry | undefined): Promise<boolean> {
+    const latest = await store.get(type, id);
+    if (latest?.revision === cur?.stored.revision) return true;
+    stats.staleRereads++;
+    const key = keyOf(type, id);
+    if (latest) cache.set(key, entryOf(latest));
+    else cache.delete(key);
+    logger.info(
+      {
+        workflowType: type,
+        workflowId: id,
+        cached: cur?.stored.revision,
+        stored: latest?.revision,
+      },
+      'cached record was stale; deciding again from the stored one',
+    );
+    return false;
+  }
+
+  /** True when the outbox starts work (activities, timers) that must never be started twice. */
+  const needsMark = (r: WorkflowRecord) =>
+    r.outboxDone !== r.step && r.outbox.some((e) => e.kind === 'task' || e.kind === 'timer');
+
+  /**
+   * Perform what `entry`'s outbox still owes. Only the effects that failed are retried. If one
+   * can never succeed, the workflow fails and the entry of its final record is returned.
+   */
+  async function settleOutbox(entry: CacheEntry): Promise<CacheEntry> {
+    if (entry.effectsDone) return entry;
+    const { record } = entry.stored;
+    if (record.outbox.length > 0) {
+      try {
+        await effects.perform(record, entry.owed);
+      } catch (err) {
+        if (!(err instanceof EffectsError)) throw err;
+        entry.owed = err.failed;
+        if (!err.terminal) throw err;
+        try {
+          return await failWorkflow(entry, err.terminal, record.lastSeq);
+        } catch (err2) {
+          if (!(err2 instanceof TerminalError)) throw err2;
+          logger.error(
+            {
+              workflowType: record.type,
+              workflowId: record.id,
+              step: record.step,
+              failed: err.failed,
+              err: toErrorData(err.terminal),
+              failure: toErrorData(err2),
+            },
+            'STUCK: effects of this step can never be performed and the workflow cannot be failed; they are given up',
+          );
+        }
+      }
+    }
+    entry.effectsDone = true;
+    entry.owed = undefined;
     return entry;
   }
 
-  async function settleOutbox(entry: CacheEntry): Promise<void> {
-    if (entry.effectsDone) return;
-    if (entry.stored.record.outbox.length > 0) {
-      await effects.perform(entry.stored.record, entry.stored.record.outbox);
+  /**
+   * Record durably that `entry`'s outbox was performed, so that no later load performs it again.
+   * Best effort: when it is not written, the outbox may be performed again (the old behaviour).
+   */
+  async function markDone(entry: CacheEntry): Promise<void> {
+    const { record, revision } = entry.stored;
+    if (!entry.effectsDone || !needsMark(record)) return;
+    const marked: WorkflowRecord = { ...record, outboxDone: record.step };
+    try {
+      entry.stored = { record: marked, revision: await store.update(marked, revision) };
+      stats.outboxMarks++;
+    } catch (err) {
+      if (err instanceof ConflictError) cache.delete(keyOf(record.type, record.id));
+      logger.debug(
+        { workflowType: record.type, workflowId: record.id, err: toErrorData(err) },
+        'outbox performed but not marked; a later load may perform it again',
+      );
+    }
+  }
+
+  /**
+   * End a workflow whose step can never succeed: write `status: failed` with the error (keeping
+   * the last stored snapshot) and perform its wind-down. Throws when even that cannot be written.
+   */
+  async function failWorkflow(
+    cur: CacheEntry,
+    err: JetflowError,
+    seq: number,
+  ): Promise<CacheEntry> {
+    const { record, revision } = cur.stored;
+    const error = { ...toErrorData(err), retryable: false };
+    const rec = failure(record, error, seq, clock.now());
+    const written = await store.update(rec, revision);
+    stats.poisoned++;
+    logger.error(
+      { workflowType: record.type, workflowId: record.id, seq, step: rec.step, err: error },
+      'a step of this workflow can never succeed: the workflow failed',
+    );
+    const entry: CacheEntry = { stored: { record: rec, revision: written }, effectsDone: false };
+    cache.set(keyOf(record.type, record.id), entry);
+    try {
+      await effects.perform(rec);
+    } catch (e) {
+      if (e instanceof EffectsError) entry.owed = e.failed;
+      if (!(e instanceof EffectsError) || !e.terminal) throw e;
+      logger.error(
+        { workflowType: record.type, workflowId: record.id, err: toErrorData(e) },
+        'the wind-down of a failed workflow cannot be performed; left as it is',
+      );
     }
     entry.effectsDone = true;
+    return entry;
   }
 
   function replyError(e: InboxEntry, err: JetflowError, accepts?: string[]): void {
@@ -210,15 +366,90 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     );
   }
 
-  /** Apply one message that is known to be next in order for its workflow. */
-  async function applyOne(e: InboxEntry, cur: CacheEntry | undefined): Promise<void> {
+  /**
+   * True when an ignore or reject decided from `cur` cannot depend on `cur` being stale: a
+   * finished workflow never runs again, and a timer set at a step the record has already reached
+   * can never become pending again (a re-set timer is tagged with a later step).
+   */
+  function conclusive(cur: CacheEntry | undefined, message: InboxMessage): boolean {
+    if (!cur) return false;
+    const r = cur.stored.record;
+    if (r.status !== 'running') return true;
+    return message.kind === 'timer' && r.step >= message.step;
+  }
+
+  /**
+   * A message whose step can never succeed. A result or timer (which nobody would send again)
+   * fails the workflow; a public request is rejected, and nothing stored changes. Returns the
+   * rejection, or undefined when the workflow was failed (the message is consumed by that write).
+   */
+  async function permanent(
+    e: InboxEntry,
+    cur: CacheEntry | undefined,
+    err: TerminalError,
+  ): Promise<Decision | undefined> {
+    const fields = { workflowId: e.id, workflowType: e.type };
+    if ((e.kind === 'result' || e.kind === 'timer') && cur?.stored.record.status === 'running') {
+      try {
+        await failWorkflow(cur, err, e.seq);
+        return undefined;
+      } catch (err2) {
+        if (!(err2 instanceof TerminalError)) throw err2;
+        logger.error(
+          {
+            ...fields,
+            seq: e.seq,
+            kind: e.kind,
+            err: toErrorData(err),
+            failure: toErrorData(err2),
+          },
+          'STUCK: a step can never succeed and the workflow cannot be failed; message dropped',
+        );
+        return {
+          kind: 'reject',
+          error: new TerminalError(`workflow ${e.type}/${e.id} is stuck: ${err.message}`, {
+            ...fields,
+            code: err.code,
+            cause: err2,
+          }),
+          accepts: [],
+        };
+      }
+    }
+    const error =
+      err.code === ErrorCode.PayloadTooLarge
+        ? new BadRequestError(
+            `workflow ${e.type}/${e.id}: this ${e.kind} would make the workflow record larger than the server accepts (max_payload); nothing was stored`,
+            { ...fields, code: ErrorCode.PayloadTooLarge, cause: err },
+          )
+        : err;
+    return { kind: 'reject', error, accepts: [] };
+  }
+
+  /**
+   * Apply one message that is known to be next in order for its workflow. Returns false when the
+   * cached record turned out to be stale: the cache now holds the stored one, decide again.
+   */
+  async function applyOne(
+    e: InboxEntry,
+    given: CacheEntry | undefined,
+    freshRead: boolean,
+  ): Promise<boolean> {
     const key = keyOf(e.type, e.id);
-    if (cur) await settleOutbox(cur);
-    let message: InboxMessage;
-    let decision: ReturnType<typeof decide>;
+    let cur = given;
+    let fresh = freshRead;
+    if (cur) {
+      cur = await settleOutbox(cur);
+      await markDone(cur);
+      if (cur !== given) fresh = true; // this engine just wrote it
+    }
+    let message: InboxMessage = { kind: 'signal', event: { type: `(${e.kind})` } };
+    let decision: Decision;
+    let decoded = false;
     const now = clock.now();
     try {
       message = decodeInbox(e);
+      decoded = true;
       decision = decide(
         ctx,
         cur?.stored.record,
@@ -226,9 +457,51 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         cur?.live,
       );
     } catch (err) {
-      if (!(err instanceof JetflowError) || err instanceof ConflictError) throw err;
-      decision = { kind: 'reject', error: err, accepts: [] };
-      message = { kind: 'signal', event: { type: `(${e.kind})` } };
+      if (err instanceof ConflictError) throw err;
+      if (err instanceof JetflowError) {
+        decision = { kind: 'reject', error: err, accepts: [] };
+      } else {
+        // `decide` is pure: what it throws (a snapshot that cannot be restored, an effect that
+        // cannot be built) it throws again on every retry.
+        const p = await permanent(
+          e,
+          cur,
+          new TerminalError(
+            `workflow ${e.type}/${e.id}: the step threw: ${String((err as Error)?.message ?? err)}`,
+            { workflowId: e.id, workflowType: e.type, code: ErrorCode.Internal, cause: err },
+          ),
+        );
+        if (!p) return true;
+        decision = p;
+      }
+    }
+    let written: CacheEntry | undefined;
+    if (decision.kind === 'write') {
+      try {
+        const revision = decision.create
+          ? await store.create(decision.record)
+          : await store.update(decision.record, cur!.stored.revision);
+        written = {
+          stored: { record: decision.record, revision },
+          effectsDone: false,
+          live: decision.live,
+          reply: decision.reply,
+        };
+      } catch (err) {
+        if (!(err instanceof TerminalError)) throw err;
+        const p = await permanent(e, cur, err);
+        if (!p) return true;
+        decision = p;
+      }
+    }
+    // Never drop a message on the word of a record that might be stale.
+    if (
+      (decision.kind === 'ignore' || (decision.kind === 'reject' && decoded)) &&
+      !fresh &&
+      !conclusive(cur, message) &&
+      !(await confirm(e.type, e.id, cur))
+    ) {
+      return false;
     }
     if (decision.kind !== 'write') handledWithoutWrite.set(e.seq, true);
     if (decision.kind === 'reject') {
@@ -257,7 +530,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         `${e.type}.${e.id}.rej.${e.seq}`,
       );
       replyError(e, decision.error, decision.accepts);
-      return;
+      return true;
     }
     if (decision.kind === 'ignore') {
       stats.ignored++;
@@ -265,56 +538,70 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         { workflowType: e.type, workflowId: e.id, seq: e.seq, kind: e.kind },
         `ignored: ${decision.reason}`,
       );
-      return;
+      return true;
     }
     if (decision.kind === 'noop') {
       if (e.replyTo) effects.reply(e.replyTo, e.replyEncoding, decision.reply);
-      return;
+      return true;
     }
-    const record = decision.record;
-    let revision: number;
-    if (decision.create) {
-      revision = await store.create(record);
-    } else {
-      revision = await store.update(record, cur!.stored.revision);
-    }
-    const entry: CacheEntry = {
-      stored: { record, revision },
-      effectsDone: false,
-      live: decision.live,
-    };
-    cache.set(key, entry);
+    if (!written) throw new Error('unreachable: a write decision without a written record');
+    cache.set(key, written);
     stats.applied++;
-    await settleOutbox(entry);
-    if (e.replyTo) effects.reply(e.replyTo, e.replyEncoding, decision.reply);
+    const entry = await settleOutbox(written);
+    if (entry === written) {
+      if (e.replyTo) effects.reply(e.replyTo, e.replyEncoding, decision.reply);
+    } else {
+      replyFailed(e, entry);
+    }
+    await markDone(entry);
+    return true;
+  }
+
+  /** Error reply for a request whose step was applied but whose workflow then failed. */
+  function replyFailed(e: InboxEntry, entry: CacheEntry): void {
+    const error = entry.stored.record.error;
+    replyError(
+      e,
+      new TerminalError(
+        `workflow ${e.type}/${e.id} failed: ${error?.message ?? 'a step can never succeed'}`,
+        { workflowId: e.id, workflowType: e.type, code: error?.code ?? ErrorCode.Internal },
+      ),
+    );
   }
 
   /** Apply `d` after any earlier unapplied message of the same workflow. */
   async function apply(d: InboxDelivery): Promise<void> {
     let from = 0;
     for (;;) {
-      const cur = await load(d.type, d.id);
+      const { cur, fresh } = await load(d.type, d.id);
       const lastSeq = cur?.stored.record.lastSeq ?? 0;
       if (lastSeq >= d.seq) {
         stats.repeats++;
-        await settleOutbox(cur!);
+        const entry = await settleOutbox(cur!);
         if (d.replyTo) {
-          const r = cur!.stored.record;
-          effects.reply(
-            d.replyTo,
-            d.replyEncoding,
-            d.kind === 'start'
-              ? { id: r.id, type: r.type, version: r.version, created: r.lastSeq === d.seq }
-              : {
-                  id: r.id,
-                  type: r.type,
-                  step: r.step,
-                  status: r.status,
-                  value: (r.snapshot as { value?: unknown })?.value,
-                  duplicate: true,
-                },
-          );
+          const r = entry.stored.record;
+          if (entry !== cur) replyFailed(d, entry);
+          else if (entry.reply !== undefined && r.lastSeq === d.seq) {
+            // A retry of the delivery this engine applied: the requester gets the step's reply.
+            effects.reply(d.replyTo, d.replyEncoding, entry.reply);
+          } else {
+            effects.reply(
+              d.replyTo,
+              d.replyEncoding,
+              d.kind === 'start'
+                ? { id: r.id, type: r.type, version: r.version, created: r.lastSeq === d.seq }
+                : {
+                    id: r.id,
+                    type: r.type,
+                    step: r.step,
+                    status: r.status,
+                    value: (r.snapshot as { value?: unknown })?.value,
+                    duplicate: true,
+                  },
+            );
+          }
         }
+        await markDone(entry);
         return;
       }
       from = Math.max(from, lastSeq + 1);
@@ -329,31 +616,53 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           { workflowType: d.type, workflowId: d.id, seq: d.seq, earlier: earlier.seq },
           'applying an earlier unapplied message first',
         );
-        await applyOne(earlier, cur);
-        from = earlier.seq + 1;
+        if (await applyOne(earlier, cur, fresh)) from = earlier.seq + 1;
         continue;
       }
-      await applyOne(d, cur);
-      return;
+      if (await applyOne(d, cur, fresh)) return;
     }
   }
 
   async function run(d: InboxDelivery): Promise<void> {
     const key = keyOf(d.type, d.id);
+    let conflicts = 0;
     for (let attempt = 0; ; attempt++) {
       try {
         await apply(d);
         await d.ack();
         return;
       } catch (err) {
-        cache.delete(key);
+        // An effects failure keeps the entry: it knows which effects are still owed.
+        if (!(err instanceof EffectsError)) cache.delete(key);
         if (err instanceof ConflictError) {
           stats.conflicts++;
           logger.debug(
             { workflowType: d.type, workflowId: d.id, seq: d.seq },
             'compare-and-set lost; retrying from the stored record',
           );
+          // A little jittered backoff, growing with repeated conflicts (a lagging reader or a
+          // competing writer needs a moment; a tight loop only adds load).
+          const ms = Math.random() * Math.min(200, 2 ** Math.min(conflicts++, 8));
+          if (ms >= 1) await sleep(ms);
           continue;
+        }
+        if (err instanceof TerminalError && !(err instanceof ConflictError)) {
+          // Not expected here (permanent failures are handled where they happen); retrying in
+          // place would wedge the workflow and its shard. Drop the message, loudly.
+          stats.rejected++;
+          logger.error(
+            { workflowType: d.type, workflowId: d.id, seq: d.seq, err: toErrorData(err) },
+            'STUCK: a step can never succeed; message dropped',
+          );
+          replyError(d, err);
+          await effects
+            .notify(
+              rejection(undefined, d.type, d.id, `(${d.kind})`, err, [], clock.now()),
+              `${d.type}.${d.id}.rej.${d.seq}`,
+            )
+            .catch(() => undefined);
+          await d.ack();
+          return;
         }
         stats.transientErrors++;
         if (stopping) {
@@ -363,7 +672,8 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           );
           return;
         }
-        const delay = Math.min(maxBackoffMs, 50 * 2 ** Math.min(attempt, 10));
+        const retryAfter = err instanceof RetryableError ? (err.retryAfterMs ?? 0) : 0;
+        const delay = Math.max(retryAfter, Math.min(maxBackoffMs, 50 * 2 ** Math.min(attempt, 10)));
         logger.warn(
           {
             workflowType: d.type,
@@ -376,7 +686,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           'step failed; retrying in place (later messages of this workflow wait)',
         );
         d.working();
-        await new Promise((r) => setTimeout(r, delay));
+        await sleep(delay);
       }
     }
   }
@@ -400,6 +710,13 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     async close() {
       stopping = true;
       while (tails.size > 0) await Promise.allSettled([...tails.values()]);
+    },
+    forgetShard(shard) {
+      const stale: string[] = [];
+      cache.forEach((entry, key) => {
+        if (entry.stored.record.shard === shard) stale.push(key);
+      });
+      for (const key of stale) cache.delete(key);
     },
   };
 }

@@ -100,9 +100,14 @@ interface Pending {
   tasks: Record<string, TaskRef>;
 }
 
-/** Subject token of a workflow's timer (its schedule subject, purged to cancel it). */
-function timerKeyOf(w: { type: string; id: string }, timerId: string): string {
-  return taskKeyOf(`${w.type}.${w.id}.${timerId}`);
+/**
+ * Subject token of one setting of a workflow's timer: its schedule subject, purged to cancel it.
+ * It includes the step that set the timer, so a re-set timer lives on a new subject: a cancel, a
+ * local twin's purge, a late or re-performed publish and the server's per-subject rollup of a
+ * schedule only ever touch the setting they belong to (never the live one).
+ */
+export function timerKeyOf(w: { type: string; id: string }, timerId: string, step: number): string {
+  return taskKeyOf(`${w.type}.${w.id}.${timerId}.${step}`);
 }
 
 /** The effect that cancels a running activity. */
@@ -132,7 +137,7 @@ function materialize(
     effects.push({
       kind: 'timer',
       timerId,
-      timerKey: timerKeyOf(rec, timerId),
+      timerKey: timerKeyOf(rec, timerId, rec.step),
       step: rec.step,
       event,
       delayMs,
@@ -140,13 +145,17 @@ function materialize(
     });
   };
   const cancelTimer = (timerId: string) => {
-    if (!(timerId in timers)) return; // fired or never set
+    const setAt = timers[timerId];
+    if (setAt === undefined) return; // fired or never set
     delete timers[timerId];
-    effects.push({
-      kind: 'cancelTimer',
-      timerId,
-      timerKey: timerKeyOf(rec, timerId),
-    });
+    if (setAt === rec.step) {
+      // Set by this very step: its schedule was never published, so drop it instead of
+      // publishing and purging it (a re-performance would then publish it again).
+      const i = effects.findIndex((e) => e.kind === 'timer' && e.timerId === timerId);
+      if (i >= 0) effects.splice(i, 1);
+      return;
+    }
+    effects.push({ kind: 'cancelTimer', timerId, timerKey: timerKeyOf(rec, timerId, setAt) });
   };
   for (const c of commands) {
     switch (c.kind) {
@@ -216,10 +225,10 @@ function materialize(
 function windDown(w: { type: string; id: string }, p: Pending): Effect[] {
   return [
     ...Object.entries(p.tasks).map(([actorId, t]) => stopTaskEffect(actorId, t)),
-    ...Object.keys(p.timers).map((timerId): Effect => ({
+    ...Object.entries(p.timers).map(([timerId, setAt]): Effect => ({
       kind: 'cancelTimer',
       timerId,
-      timerKey: timerKeyOf(w, timerId),
+      timerKey: timerKeyOf(w, timerId, setAt),
     })),
   ];
 }
@@ -397,12 +406,13 @@ export function decide(
     delete tasks[actorId];
     const timers = { ...before.timers };
     const deadline = deadlineTimerId(actorId);
-    if (deadline in timers) {
+    const setAt = timers[deadline];
+    if (setAt !== undefined) {
       delete timers[deadline];
       preEffects.push({
         kind: 'cancelTimer',
         timerId: deadline,
-        timerKey: timerKeyOf(stored, deadline),
+        timerKey: timerKeyOf(stored, deadline, setAt),
       });
     }
     before = { timers, tasks };
@@ -537,4 +547,47 @@ export function rejection(
     error: toErrorData(error),
     accepts,
   };
+}
+
+/**
+ * The record that ends a workflow whose step can never succeed (a record over `max_payload`, a
+ * snapshot that cannot be restored or serialised, an effect the server always rejects): status
+ * `failed` with `error`, the last stored snapshot kept as it is, pending activities and timers
+ * wound down. `seq` is the inbox message it consumes (`stored.lastSeq` when it consumes none).
+ */
+export function failure(
+  stored: WorkflowRecord,
+  error: ErrorData,
+  seq: number,
+  now: number,
+): WorkflowRecord {
+  const step = stored.step + 1;
+  const rec: WorkflowRecord = {
+    ...stored,
+    status: 'failed',
+    error,
+    step,
+    lastSeq: Math.max(seq, stored.lastSeq),
+    timers: {},
+    tasks: {},
+    updatedAt: now,
+    outbox: [],
+  };
+  delete rec.outboxDone;
+  rec.outbox = [
+    ...windDown(stored, stored),
+    {
+      kind: 'notify',
+      notification: {
+        type: 'failed',
+        workflowType: stored.type,
+        id: stored.id,
+        version: stored.version,
+        step,
+        at: iso(now),
+        error,
+      },
+    },
+  ];
+  return rec;
 }

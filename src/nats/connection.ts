@@ -6,7 +6,13 @@ import {
   type JetStreamClient,
   type JetStreamManager,
 } from '@nats-io/jetstream';
-import { ErrorCode, RetryableError } from '../errors.js';
+import {
+  ErrorCode,
+  JetflowError,
+  RetryableError,
+  TerminalError,
+  type JetflowErrorFields,
+} from '../errors.js';
 
 export interface Connected {
   nc: NatsConnection;
@@ -43,4 +49,49 @@ export async function connectNats(servers: readonly string[], name: string): Pro
       cause,
     });
   }
+}
+
+/** JetStream API error codes that mean "this message is too large for the stream". */
+const TOO_LARGE_API_CODES = new Set([10054]);
+
+/**
+ * Normalise a throwable from a NATS call into a jetflow error, so that the engine core can tell
+ * what may succeed if tried again ({@link RetryableError}: timeouts, no responders, a lost
+ * connection, 5xx, anything unknown) from what never will ({@link TerminalError}: a message over
+ * `max_payload` or the stream's max message size, a request the server rejects as invalid).
+ */
+export function toJetflowError(err: unknown, fields: JetflowErrorFields = {}): JetflowError {
+  if (err instanceof JetflowError) return err;
+  const e = err as { name?: unknown; message?: unknown; code?: unknown; status?: unknown };
+  const name = typeof e?.name === 'string' ? e.name : '';
+  const message = String(typeof e?.message === 'string' ? e.message : err);
+  const f = { ...fields, cause: err };
+  if (
+    /max_payload|maximum payload|message size exceeds maximum|maximum message size/i.test(
+      message,
+    ) ||
+    (name === 'JetStreamApiError' && TOO_LARGE_API_CODES.has(Number(e.code)))
+  ) {
+    return new TerminalError(`message too large for the server: ${message}`, {
+      ...f,
+      code: ErrorCode.PayloadTooLarge,
+    });
+  }
+  if (name === 'JetStreamApiError') {
+    const status = Number(e.status);
+    // The server refused this very request (400-class, not "not found" or "timeout"): sending
+    // it again gets the same answer.
+    if (status >= 400 && status < 500 && status !== 404 && status !== 408 && status !== 409) {
+      return new TerminalError(`the server rejected the request: ${message}`, {
+        ...f,
+        code: ErrorCode.BadRequest,
+        details: { status, apiCode: e.code },
+      });
+    }
+  }
+  const timeout = name === 'TimeoutError' || /timeout/i.test(message);
+  return new RetryableError(message, {
+    ...f,
+    code: timeout ? ErrorCode.Timeout : ErrorCode.Unavailable,
+  });
 }

@@ -11,6 +11,14 @@ import {
   type WorkflowRecord,
 } from '../contracts/wire.js';
 import type { TopologyNames } from './topology.js';
+import { toJetflowError } from './connection.js';
+import {
+  EffectsError,
+  ErrorCode,
+  RetryableError,
+  TerminalError,
+  type JetflowError,
+} from '../errors.js';
 
 /** A handler for effect kinds beyond notifications (activities, timers). */
 export type EffectHandler = (
@@ -49,7 +57,6 @@ export function createEffectSink(
     h.set(Header.ContentType, JSON_TYPE);
     return h;
   };
-  const unhandled = new Set<EffectKind>();
   const notify = async (notification: Notification, msgId: string): Promise<void> => {
     await js.publish(
       s.events(notification.workflowType, notification.id),
@@ -58,32 +65,62 @@ export function createEffectSink(
     );
   };
   return {
-    async perform(record, effects) {
+    async perform(record, only) {
       const base = `${record.type}.${record.id}.${record.step}`;
+      const fields = { workflowId: record.id, workflowType: record.type };
       // Effects on the same timer or task run in outbox order (a re-set timer is purged, then
-      // scheduled again); all others run concurrently.
-      const chains = new Map<string, Promise<void>>();
+      // scheduled again); all others run concurrently. Once one effect of a chain fails, the
+      // rest of that chain is not attempted (it stays owed, in order).
+      const chains = new Map<string, { indexes: number[]; done: Promise<void> }>();
+      const failures = new Map<number, JetflowError>();
       const run = async (e: Effect, i: number) => {
         const msgId = `${base}.${i}`;
         if (e.kind === 'notify') return notify(e.notification, msgId);
         const h = handlers[e.kind];
         if (h) return h(record, e, msgId);
-        if (!unhandled.has(e.kind)) {
-          unhandled.add(e.kind);
-          logger.warn(
-            { kind: e.kind },
-            'no handler for this effect kind on this engine; it stays recorded in the outbox',
-          );
-        }
+        // Not performed, so not done: it stays owed (and the message unacknowledged) until an
+        // engine with a handler for it performs it.
+        throw new RetryableError(`no handler for effect kind ${e.kind} on this engine`, {
+          ...fields,
+          code: ErrorCode.Config,
+        });
       };
-      effects.forEach((e, i) => {
+      const indexes = only ?? record.outbox.map((_, i) => i);
+      for (const i of indexes) {
+        const e = record.outbox[i];
+        if (!e) continue;
         const key = orderKey(e) ?? `#${i}`;
-        chains.set(
-          key,
-          (chains.get(key) ?? Promise.resolve()).then(() => run(e, i)),
-        );
-      });
-      await Promise.all(chains.values());
+        const chain = chains.get(key) ?? { indexes: [], done: Promise.resolve() };
+        chain.indexes.push(i);
+        chain.done = chain.done.then(async () => {
+          if (chain.indexes.some((j) => failures.has(j))) {
+            failures.set(i, new RetryableError('an earlier effect on the same key failed', fields));
+            return;
+          }
+          try {
+            await run(e, i);
+          } catch (err) {
+            failures.set(i, toJetflowError(err, fields));
+          }
+        });
+        chains.set(key, chain);
+      }
+      // Every chain settles before this returns: a retry never overlaps a pass still running.
+      await Promise.all([...chains.values()].map((c) => c.done));
+      if (failures.size === 0) return;
+      const failed = [...failures.keys()].sort((a, b) => a - b);
+      const errors = [...failures.values()];
+      const terminal = errors.find((x): x is TerminalError => x instanceof TerminalError);
+      const first = terminal ?? errors[0]!;
+      for (const kind of new Set(failed.map((i) => record.outbox[i]!.kind))) {
+        if (kind !== 'notify' && !handlers[kind]) {
+          logger.warn({ kind }, 'no handler for this effect kind on this engine; it stays owed');
+        }
+      }
+      throw new EffectsError(
+        `${failed.length} of ${indexes.length} effects of ${base} failed: ${first.message}`,
+        { ...fields, failed, terminal, cause: first },
+      );
     },
     notify,
     reply(subject: string, encoding: BodyEncoding, body: unknown, errorCode?: string) {

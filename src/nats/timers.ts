@@ -5,6 +5,11 @@
  * subject `wf.in.<shard>.timer.<type>.<id>`. Cancel = purge the timer's subject. Timers live in
  * JetStream, not in engine memory: they survive engine restarts and cost no engine RAM.
  *
+ * `timerKey` is derived from the timer id *and the step that set it*: every setting of a timer
+ * has its own subject. A cancel purges exactly the setting it cancels, and a re-performed outbox,
+ * a late publish of a stale engine, a local twin's purge or the server's rollup of a fired
+ * schedule touch only their own setting, never the live one.
+ *
  * Precision: nats-server 2.15 fires schedules on a coarse tick (measured: 0-250 ms late,
  * uniformly). For short timers the engine that set one also keeps a local `setTimeout` (at most
  * `maxLocal` of them, only for delays up to `localHorizonMs`): when it fires, the engine publishes

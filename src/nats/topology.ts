@@ -186,11 +186,27 @@ async function ensureTopologyOnce(
     }
   }
   for (const c of t.consumers) await ensureConsumer(jsm, c);
+  // Records are read from the stream leader, never by direct get: on R3 a follower may answer a
+  // direct get and lag, and a stale record must never decide to drop a message. A bucket made
+  // by an earlier jetflow (direct gets on) is switched over before it is opened.
+  const bucketStream = `KV_${t.names.bucket}`;
+  const existing = await jsm.streams.info(bucketStream).catch((e: unknown) => {
+    if (isNotFound(e)) return undefined;
+    throw topologyError(`bucket ${t.names.bucket}`, e);
+  });
+  if (existing?.config.allow_direct) {
+    await jsm.streams
+      .update(bucketStream, { ...existing.config, allow_direct: false })
+      .catch((e: unknown) => {
+        throw topologyError(`bucket ${t.names.bucket}`, e);
+      });
+  }
   const kv = await new Kvm(nc)
     .create(t.names.bucket, {
       history: 1,
       replicas: o.replicas,
       storage: StorageType.File,
+      allow_direct: false,
     })
     .catch((e: unknown) => {
       throw topologyError(`bucket ${t.names.bucket}`, e);
