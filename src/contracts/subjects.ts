@@ -105,6 +105,31 @@ export function shardMapping(shards: number, prefix = '*'): Record<string, strin
   };
 }
 
+/**
+ * The shard the server's mapping puts workflow `type`/`id` on: `partition(shards, 3, 4)` is the
+ * 32-bit FNV-1a hash of the two tokens concatenated, modulo the shard count (nats-server's
+ * subject transform; checked against a real server in `test/integration/shard-check.test.ts`).
+ */
+export function shardOf(type: string, id: string, shards: number): number {
+  let h = 0x811c9dc5;
+  for (const b of new TextEncoder().encode(type + id)) {
+    h ^= b;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h % shards;
+}
+
+/** Default reply-subject prefixes an engine answers on (`Jf-Reply-To`): NATS request inboxes. */
+export const DEFAULT_REPLY_PREFIXES: readonly string[] = Object.freeze(['_INBOX.']);
+
+/** True when `subject` may be used as a reply subject: it starts with one of `prefixes`. */
+export function isReplySubject(
+  subject: string,
+  prefixes: readonly string[] = DEFAULT_REPLY_PREFIXES,
+): boolean {
+  return prefixes.some((p) => subject.startsWith(p)) && !/[\s*>]/.test(subject);
+}
+
 /** Parse `<prefix>.<verb>.<type>.<id>` (public) — returns undefined for anything else. */
 export function parsePublic(
   subject: string,
