@@ -17,6 +17,11 @@
  *   the stored record, where its message is then a repeat.
  * - Effects are at-least-once, made idempotent by msg ids: an outbox read fresh from KV is
  *   performed again before the next step (its first performance may have been cut by a crash).
+ * - `lastSeq` is only compared with sequences of the same inbox stream incarnation (the record
+ *   stores the stream's identity) and of the workflow's own shard (a message on another shard
+ *   is rejected without touching the record).
+ * - A message whose workflow `type@version` is not registered on this engine is never rejected
+ *   or acked: it is given back (nak with a delay) for an engine that knows the definition.
  */
 import { LRUCache } from 'lru-cache';
 import type { AnyMachineSnapshot } from 'xstate';
@@ -28,13 +33,15 @@ import type {
   EffectSink,
   InboxDelivery,
   InboxEntry,
+  InboxIdentity,
   InboxReader,
   Logger,
   RecordStore,
   StoredRecord,
 } from './ports.js';
 import { unpack } from '../contracts/codec.js';
-import type { InboxMessage, ResultMessage } from '../contracts/wire.js';
+import type { InboxMessage, ResultMessage, WorkflowRecord } from '../contracts/wire.js';
+import { DEFAULT_REPLY_PREFIXES, isReplySubject, isToken } from '../contracts/subjects.js';
 import { BadRequestError, ConflictError, ErrorCode, JetflowError, toErrorData } from '../errors.js';
 
 export interface ProcessorOptions {
@@ -49,6 +56,16 @@ export interface ProcessorOptions {
   cacheSize: number;
   /** Backoff cap for transient failures of one message (it is retried in place). */
   maxBackoffMs?: number;
+  /** Shard count of the server's mapping: a start on another shard than its own is rejected. */
+  shards?: number;
+  /** Client message ids remembered per workflow (default 64). */
+  msgIdMemory?: number;
+  /** Subjects the engine replies on must start with one of these (default `_INBOX.`). */
+  replyPrefixes?: readonly string[];
+  /** Identity of the inbox stream; without it records carry none and are never rebased. */
+  inboxIdentity?: InboxIdentity;
+  /** Redelivery delay of a message this engine cannot handle (unknown `type@version`). */
+  deferDelayMs?: number;
 }
 
 interface CacheEntry {
@@ -69,6 +86,8 @@ export interface ProcessorStats {
   transientErrors: number;
   /** Late or duplicate results and timers, dropped. */
   ignored: number;
+  /** Messages given back because this engine does not know the workflow's `type@version`. */
+  deferred: number;
 }
 
 export interface Processor {
@@ -101,7 +120,11 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
     case 'start':
       return { kind: 'start', input: b.input };
     case 'cancel':
-      return { kind: 'cancel', reason: typeof b.reason === 'string' ? b.reason : undefined };
+      return {
+        kind: 'cancel',
+        reason: typeof b.reason === 'string' ? b.reason : undefined,
+        ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
+      };
     case 'result': {
       if (
         typeof b.taskId !== 'string' ||
@@ -146,7 +169,22 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
           workflowType: e.type,
         });
       }
-      return { kind: 'signal', event: ev as { type: string } };
+      if (ev.type.startsWith('xstate.')) {
+        // Done, error and init events are the engine's: only results and timers produce them.
+        throw new BadRequestError(
+          'event types starting with "xstate." are reserved for the engine',
+          {
+            code: ErrorCode.BadRequest,
+            workflowId: e.id,
+            workflowType: e.type,
+          },
+        );
+      }
+      return {
+        kind: 'signal',
+        event: ev as { type: string },
+        ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
+      };
     }
     default:
       throw new BadRequestError(
@@ -162,7 +200,17 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
 
 export function createProcessor(opts: ProcessorOptions): Processor {
   const { store, inbox, effects, clock, logger } = opts;
-  const ctx = { registry: opts.registry, subjects: opts.subjects };
+  const ctx = {
+    registry: opts.registry,
+    subjects: opts.subjects,
+    shards: opts.shards,
+    msgIdMemory: opts.msgIdMemory,
+  };
+  const replyPrefixes = opts.replyPrefixes ?? DEFAULT_REPLY_PREFIXES;
+  const identity = opts.inboxIdentity;
+  const deferDelayMs = opts.deferDelayMs ?? 5_000;
+  // Last time an unknown definition was logged, per `type@version` (logged loudly, not per message).
+  const deferLogged = new Map<string, number>();
   const maxBackoffMs = opts.maxBackoffMs ?? 5_000;
   const cache = new LRUCache<string, CacheEntry>({ max: Math.max(1, opts.cacheSize) });
   const tails = new Map<string, Promise<void>>();
@@ -177,6 +225,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     conflicts: 0,
     gapFills: 0,
     transientErrors: 0,
+    deferred: 0,
   };
   let stopping = false;
 
@@ -199,19 +248,68 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     entry.effectsDone = true;
   }
 
+  /** The entry's reply subject if the engine may publish to it; others are logged and dropped. */
+  function replyOf(e: InboxEntry): string | undefined {
+    if (!e.replyTo) return undefined;
+    if (isReplySubject(e.replyTo, replyPrefixes)) return e.replyTo;
+    logger.warn(
+      { workflowType: e.type, workflowId: e.id, seq: e.seq, replyTo: e.replyTo },
+      `not replying: ${JSON.stringify(e.replyTo)} is not a reply subject (allowed prefixes: ${replyPrefixes.join(', ')})`,
+    );
+    return undefined;
+  }
+
   function replyError(e: InboxEntry, err: JetflowError, accepts?: string[]): void {
-    if (!e.replyTo) return;
+    const replyTo = replyOf(e);
+    if (!replyTo) return;
     const data = toErrorData(err);
     effects.reply(
-      e.replyTo,
+      replyTo,
       e.replyEncoding,
       { error: accepts ? { ...data, accepts } : data },
       err.code,
     );
   }
 
-  /** Apply one message that is known to be next in order for its workflow. */
-  async function applyOne(e: InboxEntry, cur: CacheEntry | undefined): Promise<void> {
+  function logDeferred(e: InboxEntry, record: WorkflowRecord | undefined, err: JetflowError): void {
+    stats.deferred++;
+    const what = `${e.type}@${record?.version ?? 'latest'}`;
+    const now = clock.now();
+    const last = deferLogged.get(what);
+    if (last !== undefined && now - last < 30_000) return;
+    deferLogged.set(what, now);
+    logger.error(
+      {
+        workflowType: e.type,
+        workflowId: e.id,
+        version: record?.version,
+        seq: e.seq,
+        code: err.code,
+        deferred: stats.deferred,
+        retryInMs: deferDelayMs,
+      },
+      `${err.message}: the message is left for an engine that has ${what} (register it here, or run an engine that has it); logged at most every 30 s`,
+    );
+  }
+
+  /** The record's `lastSeq` if it counts in the inbox stream incarnation `epoch`, else 0. */
+  function lastSeqIn(record: WorkflowRecord | undefined, epoch: string | undefined): number {
+    if (!record) return 0;
+    if (record.inbox === undefined || epoch === undefined || record.inbox === epoch) {
+      return record.lastSeq;
+    }
+    return 0;
+  }
+
+  /**
+   * Apply one message that is known to be next in order for its workflow. Resolves `'deferred'`
+   * when this engine cannot decide it (the message and every later one of the workflow wait).
+   */
+  async function applyOne(
+    e: InboxEntry,
+    cur: CacheEntry | undefined,
+    epoch: string | undefined,
+  ): Promise<'deferred' | undefined> {
     const key = keyOf(e.type, e.id);
     if (cur) await settleOutbox(cur);
     let message: InboxMessage;
@@ -222,13 +320,17 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       decision = decide(
         ctx,
         cur?.stored.record,
-        { type: e.type, id: e.id, seq: e.seq, shard: e.shard, message, now },
+        { type: e.type, id: e.id, seq: e.seq, shard: e.shard, message, now, inbox: epoch },
         cur?.live,
       );
     } catch (err) {
       if (!(err instanceof JetflowError) || err instanceof ConflictError) throw err;
       decision = { kind: 'reject', error: err, accepts: [] };
       message = { kind: 'signal', event: { type: `(${e.kind})` } };
+    }
+    if (decision.kind === 'defer') {
+      logDeferred(e, cur?.stored.record, decision.error);
+      return 'deferred';
     }
     if (decision.kind !== 'write') handledWithoutWrite.set(e.seq, true);
     if (decision.kind === 'reject') {
@@ -257,7 +359,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         `${e.type}.${e.id}.rej.${e.seq}`,
       );
       replyError(e, decision.error, decision.accepts);
-      return;
+      return undefined;
     }
     if (decision.kind === 'ignore') {
       stats.ignored++;
@@ -265,11 +367,12 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         { workflowType: e.type, workflowId: e.id, seq: e.seq, kind: e.kind },
         `ignored: ${decision.reason}`,
       );
-      return;
+      return undefined;
     }
+    const replyTo = replyOf(e);
     if (decision.kind === 'noop') {
-      if (e.replyTo) effects.reply(e.replyTo, e.replyEncoding, decision.reply);
-      return;
+      if (replyTo) effects.reply(replyTo, e.replyEncoding, decision.reply);
+      return undefined;
     }
     const record = decision.record;
     let revision: number;
@@ -286,22 +389,62 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     cache.set(key, entry);
     stats.applied++;
     await settleOutbox(entry);
-    if (e.replyTo) effects.reply(e.replyTo, e.replyEncoding, decision.reply);
+    if (replyTo) effects.reply(replyTo, e.replyEncoding, decision.reply);
+    return undefined;
   }
 
   /** Apply `d` after any earlier unapplied message of the same workflow. */
-  async function apply(d: InboxDelivery): Promise<void> {
+  async function apply(d: InboxDelivery): Promise<'deferred' | undefined> {
+    if (!isToken(d.type) || !isToken(d.id)) {
+      // Not a workflow jetflow can name (nor store: KV keys are tokens). Nothing to notify.
+      stats.rejected++;
+      const err = new BadRequestError(
+        `inbox message for ${JSON.stringify(d.type)}/${JSON.stringify(d.id)}: workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =`,
+        { code: ErrorCode.BadRequest, details: { kind: d.kind, type: d.type, id: d.id } },
+      );
+      logger.warn({ seq: d.seq, shard: d.shard, kind: d.kind }, err.message);
+      replyError(d, err);
+      return undefined;
+    }
     let from = 0;
+    let epoch = identity ? await identity.current() : undefined;
+    let refreshed = false;
     for (;;) {
       const cur = await load(d.type, d.id);
-      const lastSeq = cur?.stored.record.lastSeq ?? 0;
+      const rec = cur?.stored.record;
+      if (rec && rec.shard !== d.shard) {
+        // Not on the workflow's shard: rejected by decide, without comparing sequences.
+        return applyOne(d, cur, epoch);
+      }
+      if (identity && !refreshed && rec?.inbox !== undefined && rec.inbox !== epoch) {
+        // Written in another incarnation of the inbox stream, or this engine's view is old.
+        refreshed = true;
+        epoch = await identity.current(true);
+        continue;
+      }
+      const lastSeq = lastSeqIn(rec, epoch);
+      if (lastSeq >= d.seq && identity && !refreshed) {
+        // Looks like a repeat: make sure the stream was not recreated since it was last looked at.
+        refreshed = true;
+        const fresh = await identity.current(true);
+        if (fresh !== epoch) {
+          logger.warn(
+            { previous: epoch, current: fresh },
+            'the inbox stream was recreated: sequences restart, records are rebased',
+          );
+          handledWithoutWrite.clear();
+          epoch = fresh;
+          continue;
+        }
+      }
       if (lastSeq >= d.seq) {
         stats.repeats++;
         await settleOutbox(cur!);
-        if (d.replyTo) {
+        const replyTo = replyOf(d);
+        if (replyTo) {
           const r = cur!.stored.record;
           effects.reply(
-            d.replyTo,
+            replyTo,
             d.replyEncoding,
             d.kind === 'start'
               ? { id: r.id, type: r.type, version: r.version, created: r.lastSeq === d.seq }
@@ -315,7 +458,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
                 },
           );
         }
-        return;
+        return undefined;
       }
       from = Math.max(from, lastSeq + 1);
       const earlier = from < d.seq ? await inbox.firstFrom(d.shard, d.type, d.id, from) : undefined;
@@ -329,12 +472,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           { workflowType: d.type, workflowId: d.id, seq: d.seq, earlier: earlier.seq },
           'applying an earlier unapplied message first',
         );
-        await applyOne(earlier, cur);
+        if ((await applyOne(earlier, cur, epoch)) === 'deferred') return 'deferred';
         from = earlier.seq + 1;
         continue;
       }
-      await applyOne(d, cur);
-      return;
+      return applyOne(d, cur, epoch);
     }
   }
 
@@ -342,7 +484,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const key = keyOf(d.type, d.id);
     for (let attempt = 0; ; attempt++) {
       try {
-        await apply(d);
+        if ((await apply(d)) === 'deferred') {
+          // Not acked: redelivered later, here or (after a shard move) on an engine that knows it.
+          d.nak?.(deferDelayMs);
+          return;
+        }
         await d.ack();
         return;
       } catch (err) {
