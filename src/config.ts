@@ -4,7 +4,8 @@
  * `invalid <option>: <why> (got <value>)`.
  */
 import { ConfigError } from './errors.js';
-import { DEFAULT_PREFIX } from './contracts/subjects.js';
+import { DEFAULT_PREFIX, DEFAULT_REPLY_PREFIXES } from './contracts/subjects.js';
+import { MSG_ID_MEMORY } from './contracts/wire.js';
 
 export interface EngineConfig {
   /** NATS server URLs. Env `NATS_URL` (comma-separated). */
@@ -41,12 +42,24 @@ export interface EngineConfig {
   readonly shutdownGraceMs: number;
   /** Engine name in logs and on its NATS connection. */
   readonly name: string;
+  /**
+   * Reply subjects (`Jf-Reply-To`) must start with one of these: the requesters' inbox prefixes.
+   * Add yours when clients use a custom inbox prefix. Requests with another reply subject are
+   * refused by the gateway; such a reply subject in the inbox is never published to.
+   */
+  readonly replyPrefixes: readonly string[];
+  /** Client message ids (`Nats-Msg-Id` of signals and cancels) each workflow record remembers. */
+  readonly msgIdMemory: number;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
 }
 
-export type EngineOptions = Partial<Omit<EngineConfig, 'servers' | 'shardIds' | 'staticShards'>> & {
+export type EngineOptions = Partial<
+  Omit<EngineConfig, 'servers' | 'shardIds' | 'staticShards' | 'replyPrefixes'>
+> & {
   servers?: string | readonly string[];
   shardIds?: readonly number[] | string;
+  /** Comma-separated or a list. */
+  replyPrefixes?: string | readonly string[];
 };
 
 /**
@@ -69,6 +82,8 @@ export const ENGINE_DEFAULTS = Object.freeze({
   shutdownGraceMs: 10_000,
   failoverMs: 10_000,
   logLevel: 'info' as const,
+  replyPrefixes: DEFAULT_REPLY_PREFIXES,
+  msgIdMemory: MSG_ID_MEMORY,
 });
 
 function bad(option: string, why: string, value: unknown): never {
@@ -105,6 +120,26 @@ function parseShardIds(v: unknown, shards: number): number[] {
     }
   }
   return [...new Set(list as number[])].sort((a, b) => a - b);
+}
+
+function parseReplyPrefixes(v: unknown): string[] {
+  if (v === undefined) return [...ENGINE_DEFAULTS.replyPrefixes];
+  const list =
+    typeof v === 'string'
+      ? v
+          .split(',')
+          .map((x) => x.trim())
+          .filter(Boolean)
+      : Array.isArray(v)
+        ? (v as unknown[])
+        : bad('replyPrefixes', 'must be a list of subject prefixes like "_INBOX.,_R_."', v);
+  if (list.length === 0) bad('replyPrefixes', 'at least one prefix is needed', v);
+  for (const p of list) {
+    if (typeof p !== 'string' || p.length < 2 || /[\s*>]/.test(p)) {
+      bad('replyPrefixes', 'each prefix is a literal subject start without wildcards', v);
+    }
+  }
+  return list as string[];
 }
 
 /** Validate and freeze. Never mutates `raw`. */
@@ -173,5 +208,7 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
     ),
     name: raw.name ?? `jetflow-engine-${process.pid}`,
     logLevel,
+    replyPrefixes: Object.freeze(parseReplyPrefixes(raw.replyPrefixes)),
+    msgIdMemory: int('msgIdMemory', raw.msgIdMemory ?? ENGINE_DEFAULTS.msgIdMemory, 0, 10_000),
   });
 }

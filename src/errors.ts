@@ -16,6 +16,7 @@ export const ErrorCode = {
   NotFound: 'not_found',
   AlreadyFinished: 'already_finished',
   EventNotAccepted: 'event_not_accepted',
+  GuardRejected: 'guard_rejected',
   MachineError: 'machine_error',
   Timeout: 'timeout',
   Unavailable: 'unavailable',

@@ -36,6 +36,8 @@ engine options (env in brackets):
   --max-input-bytes N      max public request body [JETFLOW_MAX_INPUT_BYTES] (default 262144)
   --log-level L            debug|info|warn|error|silent [JETFLOW_LOG_LEVEL] (default info)
   --name NAME              engine name in logs [JETFLOW_NAME]
+  --reply-prefixes LIST    reply subjects the engine answers on [JETFLOW_REPLY_PREFIXES] (default _INBOX.)
+  --msg-id-memory N        client msg ids remembered per workflow [JETFLOW_MSG_ID_MEMORY] (default 64)
   --config FILE            JSON file with the same options in camelCase
 status options: --nats-url, --prefix, --shards as for engine; --json for machine output
 dev options:
@@ -82,6 +84,8 @@ function engineOptions(
   set('maxInputBytes', num(pick('max-input-bytes', 'JETFLOW_MAX_INPUT_BYTES')));
   set('logLevel', pick('log-level', 'JETFLOW_LOG_LEVEL') as EngineOptions['logLevel']);
   set('name', pick('name', 'JETFLOW_NAME'));
+  set('replyPrefixes', pick('reply-prefixes', 'JETFLOW_REPLY_PREFIXES'));
+  set('msgIdMemory', num(pick('msg-id-memory', 'JETFLOW_MSG_ID_MEMORY')));
   return o;
 }
 
@@ -119,6 +123,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       'max-input-bytes': { type: 'string' },
       'log-level': { type: 'string' },
       name: { type: 'string' },
+      'reply-prefixes': { type: 'string' },
+      'msg-id-memory': { type: 'string' },
       config: { type: 'string' },
       once: { type: 'boolean' },
       json: { type: 'boolean' },

@@ -106,9 +106,10 @@ export function shardMapping(shards: number, prefix = '*'): Record<string, strin
 }
 
 /**
- * The shard the server's mapping (see {@link shardMapping}) puts `<type>.<id>` on: nats-server's
- * `partition(n, 3, 4)` is FNV-1a (32 bit) over the bytes of the two tokens, concatenated, mod n.
- * Used to verify at start that the server's mapping and the engine's shard count agree.
+ * The shard the server's mapping puts workflow `type`/`id` on: `partition(shards, 3, 4)` is the
+ * 32-bit FNV-1a hash of the two tokens concatenated, modulo the shard count (nats-server's
+ * subject transform; checked against a real server in `test/integration/shard-check.test.ts`).
+ * Engines also use it at start to verify that the server's mapping and their shard count agree.
  */
 export function shardOf(type: string, id: string, shards: number): number {
   let h = 0x811c9dc5;
@@ -117,6 +118,17 @@ export function shardOf(type: string, id: string, shards: number): number {
     h = Math.imul(h, 0x01000193) >>> 0;
   }
   return h % shards;
+}
+
+/** Default reply-subject prefixes an engine answers on (`Jf-Reply-To`): NATS request inboxes. */
+export const DEFAULT_REPLY_PREFIXES: readonly string[] = Object.freeze(['_INBOX.']);
+
+/** True when `subject` may be used as a reply subject: it starts with one of `prefixes`. */
+export function isReplySubject(
+  subject: string,
+  prefixes: readonly string[] = DEFAULT_REPLY_PREFIXES,
+): boolean {
+  return prefixes.some((p) => subject.startsWith(p)) && !/[\s*>]/.test(subject);
 }
 
 /** Parse `<prefix>.<verb>.<type>.<id>` (public) — returns undefined for anything else. */

@@ -7,6 +7,9 @@ import type { ErrorData } from '../errors.js';
 /** Version of the wire contract and of the stored record layout. */
 export const WIRE_VERSION = 1;
 
+/** How many client message ids a record remembers by default (see `WorkflowRecord.msgIds`). */
+export const MSG_ID_MEMORY = 64;
+
 /** Headers jetflow reads or writes. */
 export const Header = {
   /** Selects the body encoding (`application/json` default, `application/msgpack`). */
@@ -19,6 +22,8 @@ export const Header = {
   ReplyEncoding: 'Jf-Reply-Encoding',
   /** Set on every error reply: the error code. */
   ErrorCode: 'Jf-Error',
+  /** Set by the server on a timer schedule message (a plain publish on a timer subject lacks it). */
+  Schedule: 'Nats-Schedule',
 } as const;
 
 /** Lifecycle of a workflow. `running` until the machine reaches a final state or fails. */
@@ -140,6 +145,24 @@ export interface WorkflowRecord {
   lastSeq: number;
   /** Timers set and not yet fired or cancelled: timer id → step that set it. */
   timers: Record<string, number>;
+  /**
+   * The event of each pending timer (timer id → event). A fired timer applies this event, not the
+   * one in the timer message, so a forged timer message cannot inject an event. Absent in records
+   * written before it existed (their timers fall back to the message's event).
+   */
+  timerEvents?: Record<string, unknown>;
+  /**
+   * Client message ids (`Nats-Msg-Id` of signals and cancels, schedule tick ids) of the last
+   * applied messages, oldest first, at most {@link MSG_ID_MEMORY} by default: a repeat is a
+   * duplicate even after the server forgot the id (restart, dedup window passed).
+   */
+  msgIds?: string[];
+  /**
+   * Identity of the inbox stream `lastSeq` belongs to (its creation time). When the inbox stream
+   * is recreated, sequences restart; a record from another incarnation has its `lastSeq` rebased
+   * (treated as 0) instead of every new message being taken for a repeat.
+   */
+  inbox?: string;
   /** Inbox shard of this workflow (learned from the start message): where its timers fire. */
   shard: number;
   /** Activities started and not yet finished, by XState actor id. */
@@ -162,8 +185,8 @@ export interface WorkflowRecord {
 /** Body of an internal inbox message (msgpack). */
 export type InboxMessage =
   | { kind: 'start'; input: unknown }
-  | { kind: 'signal'; event: { type: string; [k: string]: unknown } }
-  | { kind: 'cancel'; reason: string | undefined }
+  | { kind: 'signal'; event: { type: string; [k: string]: unknown }; msgId?: string }
+  | { kind: 'cancel'; reason: string | undefined; msgId?: string }
   | ({ kind: 'result' } & ResultMessage)
   | ({ kind: 'timer' } & TimerMessage);
 

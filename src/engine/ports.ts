@@ -40,6 +40,17 @@ export interface InboxDelivery extends InboxEntry {
   ack(): Promise<void>;
   /** Keep the message from being redelivered while it is worked on. */
   working(): void;
+  /**
+   * Give the message back for redelivery after `delayMs` (this engine cannot handle it). Without
+   * it the message is left unacknowledged and comes back after the consumer's AckWait.
+   */
+  nak?(delayMs: number): void;
+}
+
+/** Identity of the inbox stream (its creation time): changes when the stream is recreated. */
+export interface InboxIdentity {
+  /** The current identity; cached briefly unless `fresh`. */
+  current(fresh?: boolean): Promise<string>;
 }
 
 /** Reads the inbox stream directly, for the per-workflow gap check. */

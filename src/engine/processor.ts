@@ -26,6 +26,11 @@
  * - Failures are classified: transient ones (timeouts, no responders, lost compare-and-set) are
  *   retried in place with backoff; a step that can never succeed rejects a public request
  *   (error reply, nothing stored changes) or fails the workflow (internal results and timers).
+ * - `lastSeq` is only compared with sequences of the same inbox stream incarnation (the record
+ *   stores the stream's identity) and of the workflow's own shard (a message on another shard
+ *   is rejected without touching the record).
+ * - A message whose workflow `type@version` is not registered on this engine is never rejected
+ *   or acked: it is given back (nak with a delay) for an engine that knows the definition.
  */
 import { LRUCache } from 'lru-cache';
 import type { AnyMachineSnapshot } from 'xstate';
@@ -37,6 +42,7 @@ import type {
   EffectSink,
   InboxDelivery,
   InboxEntry,
+  InboxIdentity,
   InboxReader,
   Logger,
   RecordStore,
@@ -54,6 +60,7 @@ import {
   TerminalError,
   toErrorData,
 } from '../errors.js';
+import { DEFAULT_REPLY_PREFIXES, isReplySubject, isToken } from '../contracts/subjects.js';
 
 export interface ProcessorOptions {
   registry: Registry;
@@ -67,6 +74,16 @@ export interface ProcessorOptions {
   cacheSize: number;
   /** Backoff cap for transient failures of one message (it is retried in place). */
   maxBackoffMs?: number;
+  /** Shard count of the server's mapping: a start on another shard than its own is rejected. */
+  shards?: number;
+  /** Client message ids remembered per workflow (default 64). */
+  msgIdMemory?: number;
+  /** Subjects the engine replies on must start with one of these (default `_INBOX.`). */
+  replyPrefixes?: readonly string[];
+  /** Identity of the inbox stream; without it records carry none and are never rebased. */
+  inboxIdentity?: InboxIdentity;
+  /** Redelivery delay of a message this engine cannot handle (unknown `type@version`). */
+  deferDelayMs?: number;
 }
 
 interface CacheEntry {
@@ -97,6 +114,8 @@ export interface ProcessorStats {
   outboxMarks: number;
   /** Workflows failed because a step could never succeed. */
   poisoned: number;
+  /** Messages given back because this engine does not know the workflow's `type@version`. */
+  deferred: number;
 }
 
 export interface Processor {
@@ -135,7 +154,11 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
     case 'start':
       return { kind: 'start', input: b.input };
     case 'cancel':
-      return { kind: 'cancel', reason: typeof b.reason === 'string' ? b.reason : undefined };
+      return {
+        kind: 'cancel',
+        reason: typeof b.reason === 'string' ? b.reason : undefined,
+        ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
+      };
     case 'result': {
       if (
         typeof b.taskId !== 'string' ||
@@ -180,7 +203,22 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
           workflowType: e.type,
         });
       }
-      return { kind: 'signal', event: ev as { type: string } };
+      if (ev.type.startsWith('xstate.')) {
+        // Done, error and init events are the engine's: only results and timers produce them.
+        throw new BadRequestError(
+          'event types starting with "xstate." are reserved for the engine',
+          {
+            code: ErrorCode.BadRequest,
+            workflowId: e.id,
+            workflowType: e.type,
+          },
+        );
+      }
+      return {
+        kind: 'signal',
+        event: ev as { type: string },
+        ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
+      };
     }
     default:
       throw new BadRequestError(
@@ -196,7 +234,17 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
 
 export function createProcessor(opts: ProcessorOptions): Processor {
   const { store, inbox, effects, clock, logger } = opts;
-  const ctx = { registry: opts.registry, subjects: opts.subjects };
+  const ctx = {
+    registry: opts.registry,
+    subjects: opts.subjects,
+    shards: opts.shards,
+    msgIdMemory: opts.msgIdMemory,
+  };
+  const replyPrefixes = opts.replyPrefixes ?? DEFAULT_REPLY_PREFIXES;
+  const identity = opts.inboxIdentity;
+  const deferDelayMs = opts.deferDelayMs ?? 5_000;
+  // Last time an unknown definition was logged, per `type@version` (logged loudly, not per message).
+  const deferLogged = new Map<string, number>();
   const maxBackoffMs = opts.maxBackoffMs ?? 5_000;
   const cache = new LRUCache<string, CacheEntry>({ max: Math.max(1, opts.cacheSize) });
   const tails = new Map<string, Promise<void>>();
@@ -214,6 +262,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     staleRereads: 0,
     outboxMarks: 0,
     poisoned: 0,
+    deferred: 0,
   };
   let stopping = false;
 
@@ -355,11 +404,23 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     return entry;
   }
 
+  /** The entry's reply subject if the engine may publish to it; others are logged and dropped. */
+  function replyOf(e: InboxEntry): string | undefined {
+    if (!e.replyTo) return undefined;
+    if (isReplySubject(e.replyTo, replyPrefixes)) return e.replyTo;
+    logger.warn(
+      { workflowType: e.type, workflowId: e.id, seq: e.seq, replyTo: e.replyTo },
+      `not replying: ${JSON.stringify(e.replyTo)} is not a reply subject (allowed prefixes: ${replyPrefixes.join(', ')})`,
+    );
+    return undefined;
+  }
+
   function replyError(e: InboxEntry, err: JetflowError, accepts?: string[]): void {
-    if (!e.replyTo) return;
+    const replyTo = replyOf(e);
+    if (!replyTo) return;
     const data = toErrorData(err);
     effects.reply(
-      e.replyTo,
+      replyTo,
       e.replyEncoding,
       { error: accepts ? { ...data, accepts } : data },
       err.code,
@@ -426,15 +487,48 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     return { kind: 'reject', error, accepts: [] };
   }
 
+  function logDeferred(e: InboxEntry, record: WorkflowRecord | undefined, err: JetflowError): void {
+    stats.deferred++;
+    const what = `${e.type}@${record?.version ?? 'latest'}`;
+    const now = clock.now();
+    const last = deferLogged.get(what);
+    if (last !== undefined && now - last < 30_000) return;
+    deferLogged.set(what, now);
+    logger.error(
+      {
+        workflowType: e.type,
+        workflowId: e.id,
+        version: record?.version,
+        seq: e.seq,
+        code: err.code,
+        deferred: stats.deferred,
+        retryInMs: deferDelayMs,
+      },
+      `${err.message}: the message is left for an engine that has ${what} (register it here, or run an engine that has it); logged at most every 30 s`,
+    );
+  }
+
+  /** The record's `lastSeq` if it counts in the inbox stream incarnation `epoch`, else 0. */
+  function lastSeqIn(record: WorkflowRecord | undefined, epoch: string | undefined): number {
+    if (!record) return 0;
+    if (record.inbox === undefined || epoch === undefined || record.inbox === epoch) {
+      return record.lastSeq;
+    }
+    return 0;
+  }
+
   /**
-   * Apply one message that is known to be next in order for its workflow. Returns false when the
-   * cached record turned out to be stale: the cache now holds the stored one, decide again.
+   * Apply one message that is known to be next in order for its workflow. Resolves `'stale'`
+   * when the cached record turned out to be stale (the cache now holds the stored one: decide
+   * again), `'deferred'` when this engine cannot decide it (the message and every later one of
+   * the workflow wait), `'done'` otherwise.
    */
   async function applyOne(
     e: InboxEntry,
     given: CacheEntry | undefined,
     freshRead: boolean,
-  ): Promise<boolean> {
+    epoch: string | undefined,
+  ): Promise<'done' | 'stale' | 'deferred'> {
     const key = keyOf(e.type, e.id);
     let cur = given;
     let fresh = freshRead;
@@ -453,7 +547,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       decision = decide(
         ctx,
         cur?.stored.record,
-        { type: e.type, id: e.id, seq: e.seq, shard: e.shard, message, now },
+        { type: e.type, id: e.id, seq: e.seq, shard: e.shard, message, now, inbox: epoch },
         cur?.live,
       );
     } catch (err) {
@@ -471,7 +565,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
             { workflowId: e.id, workflowType: e.type, code: ErrorCode.Internal, cause: err },
           ),
         );
-        if (!p) return true;
+        if (!p) return 'done';
         decision = p;
       }
     }
@@ -490,7 +584,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       } catch (err) {
         if (!(err instanceof TerminalError)) throw err;
         const p = await permanent(e, cur, err);
-        if (!p) return true;
+        if (!p) return 'done';
         decision = p;
       }
     }
@@ -501,7 +595,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       !conclusive(cur, message) &&
       !(await confirm(e.type, e.id, cur))
     ) {
-      return false;
+      return 'stale';
+    }
+    if (decision.kind === 'defer') {
+      logDeferred(e, cur?.stored.record, decision.error);
+      return 'deferred';
     }
     if (decision.kind !== 'write') handledWithoutWrite.set(e.seq, true);
     if (decision.kind === 'reject') {
@@ -530,7 +628,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         `${e.type}.${e.id}.rej.${e.seq}`,
       );
       replyError(e, decision.error, decision.accepts);
-      return true;
+      return 'done';
     }
     if (decision.kind === 'ignore') {
       stats.ignored++;
@@ -538,23 +636,24 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         { workflowType: e.type, workflowId: e.id, seq: e.seq, kind: e.kind },
         `ignored: ${decision.reason}`,
       );
-      return true;
+      return 'done';
     }
+    const replyTo = replyOf(e);
     if (decision.kind === 'noop') {
-      if (e.replyTo) effects.reply(e.replyTo, e.replyEncoding, decision.reply);
-      return true;
+      if (replyTo) effects.reply(replyTo, e.replyEncoding, decision.reply);
+      return 'done';
     }
     if (!written) throw new Error('unreachable: a write decision without a written record');
     cache.set(key, written);
     stats.applied++;
     const entry = await settleOutbox(written);
     if (entry === written) {
-      if (e.replyTo) effects.reply(e.replyTo, e.replyEncoding, decision.reply);
+      if (replyTo) effects.reply(replyTo, e.replyEncoding, decision.reply);
     } else {
       replyFailed(e, entry);
     }
     await markDone(entry);
-    return true;
+    return 'done';
   }
 
   /** Error reply for a request whose step was applied but whose workflow then failed. */
@@ -570,23 +669,64 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   }
 
   /** Apply `d` after any earlier unapplied message of the same workflow. */
-  async function apply(d: InboxDelivery): Promise<void> {
+  async function apply(d: InboxDelivery): Promise<'deferred' | undefined> {
+    if (!isToken(d.type) || !isToken(d.id)) {
+      // Not a workflow jetflow can name (nor store: KV keys are tokens). Nothing to notify.
+      stats.rejected++;
+      const err = new BadRequestError(
+        `inbox message for ${JSON.stringify(d.type)}/${JSON.stringify(d.id)}: workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =`,
+        { code: ErrorCode.BadRequest, details: { kind: d.kind, type: d.type, id: d.id } },
+      );
+      logger.warn({ seq: d.seq, shard: d.shard, kind: d.kind }, err.message);
+      replyError(d, err);
+      return undefined;
+    }
     let from = 0;
+    let epoch = identity ? await identity.current() : undefined;
+    let refreshed = false;
     for (;;) {
       const { cur, fresh } = await load(d.type, d.id);
-      const lastSeq = cur?.stored.record.lastSeq ?? 0;
+      const rec = cur?.stored.record;
+      if (rec && rec.shard !== d.shard) {
+        // Not on the workflow's shard: rejected by decide, without comparing sequences.
+        const r = await applyOne(d, cur, fresh, epoch);
+        if (r === 'stale') continue;
+        return r === 'deferred' ? 'deferred' : undefined;
+      }
+      if (identity && !refreshed && rec?.inbox !== undefined && rec.inbox !== epoch) {
+        // Written in another incarnation of the inbox stream, or this engine's view is old.
+        refreshed = true;
+        epoch = await identity.current(true);
+        continue;
+      }
+      const lastSeq = lastSeqIn(rec, epoch);
+      if (lastSeq >= d.seq && identity && !refreshed) {
+        // Looks like a repeat: make sure the stream was not recreated since it was last looked at.
+        refreshed = true;
+        const current = await identity.current(true);
+        if (current !== epoch) {
+          logger.warn(
+            { previous: epoch, current },
+            'the inbox stream was recreated: sequences restart, records are rebased',
+          );
+          handledWithoutWrite.clear();
+          epoch = current;
+          continue;
+        }
+      }
       if (lastSeq >= d.seq) {
         stats.repeats++;
         const entry = await settleOutbox(cur!);
-        if (d.replyTo) {
+        const replyTo = replyOf(d);
+        if (replyTo) {
           const r = entry.stored.record;
           if (entry !== cur) replyFailed(d, entry);
           else if (entry.reply !== undefined && r.lastSeq === d.seq) {
             // A retry of the delivery this engine applied: the requester gets the step's reply.
-            effects.reply(d.replyTo, d.replyEncoding, entry.reply);
+            effects.reply(replyTo, d.replyEncoding, entry.reply);
           } else {
             effects.reply(
-              d.replyTo,
+              replyTo,
               d.replyEncoding,
               d.kind === 'start'
                 ? { id: r.id, type: r.type, version: r.version, created: r.lastSeq === d.seq }
@@ -602,7 +742,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           }
         }
         await markDone(entry);
-        return;
+        return undefined;
       }
       from = Math.max(from, lastSeq + 1);
       const earlier = from < d.seq ? await inbox.firstFrom(d.shard, d.type, d.id, from) : undefined;
@@ -616,10 +756,14 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           { workflowType: d.type, workflowId: d.id, seq: d.seq, earlier: earlier.seq },
           'applying an earlier unapplied message first',
         );
-        if (await applyOne(earlier, cur, fresh)) from = earlier.seq + 1;
+        const r = await applyOne(earlier, cur, fresh, epoch);
+        if (r === 'deferred') return 'deferred';
+        if (r === 'done') from = earlier.seq + 1;
         continue;
       }
-      if (await applyOne(d, cur, fresh)) return;
+      const r = await applyOne(d, cur, fresh, epoch);
+      if (r === 'stale') continue;
+      return r === 'deferred' ? 'deferred' : undefined;
     }
   }
 
@@ -628,7 +772,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     let conflicts = 0;
     for (let attempt = 0; ; attempt++) {
       try {
-        await apply(d);
+        if ((await apply(d)) === 'deferred') {
+          // Not acked: redelivered later, here or (after a shard move) on an engine that knows it.
+          d.nak?.(deferDelayMs);
+          return;
+        }
         await d.ack();
         return;
       } catch (err) {

@@ -4,11 +4,12 @@
  */
 import { createHash } from 'node:crypto';
 import type { AnyMachineSnapshot, AnyStateMachine, EventObject } from 'xstate';
-import type { Registry } from './registry.js';
+import type { Registry, WorkflowDefinition } from './registry.js';
 import * as m from './machine.js';
 import { resolveActivity } from './activity.js';
-import type { Subjects } from '../contracts/subjects.js';
+import { shardOf, type Subjects } from '../contracts/subjects.js';
 import {
+  MSG_ID_MEMORY,
   WIRE_VERSION,
   type Effect,
   type InboxMessage,
@@ -41,12 +42,25 @@ export type Decision =
   /** Nothing to store, nothing to tell: a late or duplicate result or timer. Logged. */
   | { kind: 'ignore'; reason: string }
   /** The message cannot be applied now: nothing stored; notify and reply with the error. */
-  | { kind: 'reject'; error: JetflowError; accepts: string[] };
+  | { kind: 'reject'; error: JetflowError; accepts: string[] }
+  /**
+   * This engine cannot decide: the workflow's `type@version` is not registered here (a rolling
+   * upgrade or rollback, or engines with different registries). Nothing stored, nothing told:
+   * the message is left for an engine that knows the definition.
+   */
+  | { kind: 'defer'; error: JetflowError };
 
 /** What every step needs besides the record and the message. */
 export interface StepContext {
   registry: Registry;
   subjects: Subjects;
+  /**
+   * Shard count of the server's mapping. When given, a start that arrives on a shard other than
+   * the mapping's shard for its type and id is rejected (a forged publish onto a shard subject).
+   */
+  shards?: number;
+  /** Client message ids remembered per workflow (default {@link MSG_ID_MEMORY}). */
+  msgIdMemory?: number;
 }
 
 export interface StepInput {
@@ -58,6 +72,8 @@ export interface StepInput {
   seq: number;
   message: InboxMessage;
   now: number;
+  /** Identity of the inbox stream the message came from; stored with `lastSeq`. */
+  inbox?: string;
 }
 
 function iso(ms: number): string {
@@ -233,6 +249,66 @@ function windDown(w: { type: string; id: string }, p: Pending): Effect[] {
   ];
 }
 
+/** The definition, or a `defer` decision when this engine does not have it. */
+function definitionOf(
+  lookup: () => WorkflowDefinition,
+): { def: WorkflowDefinition } | { defer: Decision } {
+  try {
+    return { def: lookup() };
+  } catch (err) {
+    if (
+      err instanceof BadRequestError &&
+      (err.code === ErrorCode.UnknownType || err.code === ErrorCode.UnknownVersion)
+    ) {
+      return { defer: { kind: 'defer', error: err } };
+    }
+    throw err;
+  }
+}
+
+/** Bounded, fixed-size form of a client message id as remembered in the record. */
+export function msgIdKey(kind: string, msgId: string): string {
+  return createHash('sha256').update(`${kind}.${msgId}`).digest('base64url').slice(0, 16);
+}
+
+/** `ids` plus `key`, keeping the newest `max`. */
+function remember(ids: string[] | undefined, key: string | undefined, max: number): string[] {
+  const out = [...(ids ?? [])];
+  if (key !== undefined) out.push(key);
+  return out.length > max ? out.slice(out.length - max) : out;
+}
+
+/** The events of the timers still pending after a step (see `WorkflowRecord.timerEvents`). */
+function timerEventsOf(
+  prev: Record<string, unknown> | undefined,
+  effects: Effect[],
+  timers: Record<string, number>,
+): Record<string, unknown> | undefined {
+  const out: Record<string, unknown> = {};
+  for (const id of Object.keys(timers)) if (prev && id in prev) out[id] = prev[id];
+  for (const e of effects) if (e.kind === 'timer' && e.timerId in timers) out[e.timerId] = e.event;
+  return Object.keys(out).length > 0 ? out : undefined;
+}
+
+/**
+ * The snapshot without the children whose activity has finished (no longer in `tasks`). XState's
+ * pure API never learns that an activity ended, so without this every spawned child would stay
+ * in the persisted snapshot for good and a workflow that spawns in a loop would grow unbounded.
+ * Every spawned child is an activity with an entry in `tasks` while it runs.
+ */
+function withoutFinishedChildren(
+  snapshot: AnyMachineSnapshot,
+  tasks: Record<string, TaskRef>,
+): AnyMachineSnapshot {
+  const children = snapshot.children as Record<string, unknown>;
+  const finished = Object.keys(children).filter((id) => !(id in tasks));
+  if (finished.length === 0) return snapshot;
+  const kept: Record<string, unknown> = {};
+  for (const [id, child] of Object.entries(children)) if (id in tasks) kept[id] = child;
+  // A snapshot is a plain object; XState's own clone is `{ ...snapshot, ...changes }` as well.
+  return { ...snapshot, children: kept } as AnyMachineSnapshot;
+}
+
 /**
  * Decide what one message does to one workflow. Throws only on programming errors; machine
  * errors (a throwing guard or assign) come back as a rejection with code `machine_error`.
@@ -248,6 +324,24 @@ export function decide(
   const { type, id, seq, shard, message, now } = input;
   const at = iso(now);
   const fields = { workflowId: id, workflowType: type };
+  const inboxId = input.inbox !== undefined ? { inbox: input.inbox } : {};
+
+  // A workflow lives on one shard; a message for it on another shard was not routed by the
+  // server's mapping (a forged publish onto a shard subject). Applying it would also mix inbox
+  // sequences of two shards' consumers in `lastSeq`.
+  const expected =
+    stored?.shard ??
+    (message.kind === 'start' && ctx.shards ? shardOf(type, id, ctx.shards) : shard);
+  if (expected !== shard) {
+    return {
+      kind: 'reject',
+      error: new BadRequestError(
+        `message for workflow ${type}/${id} arrived on shard ${shard}, but the workflow's shard is ${expected}`,
+        { ...fields, code: ErrorCode.BadRequest, details: { shard, expected } },
+      ),
+      accepts: [],
+    };
+  }
 
   if (message.kind === 'start') {
     if (stored) {
@@ -256,9 +350,12 @@ export function decide(
         reply: { id, type, version: stored.version, created: stored.lastSeq === seq },
       };
     }
-    const def = registry.latest(type);
-    const { snapshot, actions } = m.start(def.machine, message.input);
-    const status = statusOf(snapshot);
+    const found = definitionOf(() => registry.latest(type));
+    if ('defer' in found) return found.defer;
+    const def = found.def;
+    const start = m.start(def.machine, message.input);
+    const { actions } = start;
+    const status = statusOf(start.snapshot);
     const head = { type, id, step: 0 };
     const p = materialize(
       def.machine,
@@ -268,6 +365,8 @@ export function decide(
       m.toCommands(actions, 0),
       now,
     );
+    const snapshot = withoutFinishedChildren(start.snapshot, p.tasks);
+    const timerEvents = timerEventsOf(undefined, p.effects, p.timers);
     const rec: WorkflowRecord = {
       v: WIRE_VERSION,
       type,
@@ -279,8 +378,10 @@ export function decide(
       lastSeq: seq,
       outbox: [],
       timers: p.timers,
+      ...(timerEvents ? { timerEvents } : {}),
       tasks: p.tasks,
       shard,
+      ...inboxId,
       createdAt: now,
       updatedAt: now,
     };
@@ -303,6 +404,7 @@ export function decide(
         notification: lifecycle(rec, snapshot, 'xstate.init', at),
       });
       rec.timers = {};
+      delete rec.timerEvents;
       rec.tasks = {};
     }
     return {
@@ -348,6 +450,28 @@ export function decide(
       accepts: [],
     };
   }
+  // A client's retry of a signal or cancel it already sent (same `Nats-Msg-Id`) is a duplicate,
+  // also after the server forgot the id (restart, dedup window passed): the record remembers it.
+  const msgKey =
+    (message.kind === 'signal' || message.kind === 'cancel') && message.msgId !== undefined
+      ? msgIdKey(message.kind, message.msgId)
+      : undefined;
+  if (msgKey !== undefined && stored.msgIds?.includes(msgKey)) {
+    return {
+      kind: 'noop',
+      reply: {
+        id,
+        type,
+        step: stored.step,
+        status: stored.status,
+        value: (stored.snapshot as { value?: unknown } | undefined)?.value,
+        duplicate: true,
+      },
+    };
+  }
+  const msgIds = remember(stored.msgIds, msgKey, ctx.msgIdMemory ?? MSG_ID_MEMORY);
+  const memory = msgIds.length > 0 ? { msgIds } : {};
+
   if (stored.status !== 'running') {
     return {
       kind: 'reject',
@@ -360,7 +484,9 @@ export function decide(
     };
   }
 
-  const def = registry.get(type, stored.version);
+  const found = definitionOf(() => registry.get(type, stored.version));
+  if ('defer' in found) return found.defer;
+  const def = found.def;
   const snapshot = live ?? m.restore(def.machine, stored.snapshot);
   const stepNo = stored.step + 1;
 
@@ -370,11 +496,14 @@ export function decide(
       status: 'canceled',
       step: stepNo,
       lastSeq: seq,
+      ...inboxId,
+      ...memory,
       timers: {},
       tasks: {},
       updatedAt: now,
       outbox: [],
     };
+    delete rec.timerEvents;
     rec.outbox = [
       ...windDown(stored, stored),
       {
@@ -430,7 +559,12 @@ export function decide(
     const timers = { ...before.timers };
     delete timers[message.timerId];
     before = { ...before, timers };
-    const ev = message.event as { type?: string; actorId?: string; taskId?: string };
+    // The event is the one the record stored when the timer was set, not the message's (which
+    // anyone able to publish on the inbox could forge). Records from before `timerEvents`
+    // existed fall back to the message's event.
+    const stuck = stored.timerEvents;
+    const timerEvent = stuck && message.timerId in stuck ? stuck[message.timerId] : message.event;
+    const ev = timerEvent as { type?: string; actorId?: string; taskId?: string };
     if (ev?.type === DEADLINE_EVENT && typeof ev.actorId === 'string') {
       // An activity's schedule-to-close deadline: if the task is still running, it failed.
       const t = before.tasks[ev.actorId];
@@ -451,7 +585,7 @@ export function decide(
         },
       } as unknown as EventObject;
     } else {
-      event = message.event as EventObject;
+      event = timerEvent as EventObject;
     }
   } else {
     event = message.event;
@@ -464,6 +598,21 @@ export function decide(
     // returns the very same snapshot and no actions. One transition instead of can() + transition.
     if (message.kind === 'signal' && next.snapshot === snapshot && next.actions.length === 0) {
       const accepts = m.acceptedEvents(snapshot);
+      if (accepts.includes(event.type)) {
+        // The state handles the event, but every guard of its transitions refused it.
+        return {
+          kind: 'reject',
+          error: new BadRequestError(
+            `workflow ${type}/${id} handles event ${JSON.stringify(event.type)} in state ${JSON.stringify(snapshot.value)}, but its guard refused it (with this event and the context as it is)`,
+            {
+              ...fields,
+              code: ErrorCode.GuardRejected,
+              details: { event: event.type, value: snapshot.value as unknown },
+            },
+          ),
+          accepts,
+        };
+      }
       return {
         kind: 'reject',
         error: new BadRequestError(
@@ -496,17 +645,23 @@ export function decide(
     m.toCommands(next.actions, stepNo),
     now,
   );
+  const after = withoutFinishedChildren(next.snapshot, p.tasks);
+  const timerEvents = timerEventsOf(stored.timerEvents, p.effects, p.timers);
   const rec: WorkflowRecord = {
     ...stored,
     status,
-    snapshot: m.persist(def.machine, next.snapshot),
+    snapshot: m.persist(def.machine, after),
     step: stepNo,
     lastSeq: seq,
+    ...inboxId,
+    ...memory,
     timers: p.timers,
     tasks: p.tasks,
     updatedAt: now,
     outbox: [],
   };
+  if (timerEvents) rec.timerEvents = timerEvents;
+  else delete rec.timerEvents;
   rec.outbox = [...preEffects, ...p.effects];
   if (status !== 'running') {
     if (status === 'completed') rec.output = next.snapshot.output;
@@ -514,15 +669,16 @@ export function decide(
     // Whatever is still pending (e.g. a fire-and-forget activity, a timer of an outer state) ends.
     rec.outbox.push(...windDown(stored, p));
     rec.timers = {};
+    delete rec.timerEvents;
     rec.tasks = {};
   }
-  rec.outbox.push({ kind: 'notify', notification: lifecycle(rec, next.snapshot, event.type, at) });
+  rec.outbox.push({ kind: 'notify', notification: lifecycle(rec, after, event.type, at) });
   return {
     kind: 'write',
     record: rec,
     create: false,
-    reply: { id, type, step: stepNo, status, value: next.snapshot.value as unknown },
-    live: next.snapshot,
+    reply: { id, type, step: stepNo, status, value: after.value as unknown },
+    live: after,
   };
 }
 

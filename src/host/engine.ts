@@ -20,12 +20,14 @@ import {
 } from '../nats/topology.js';
 import { createKvRecordStore } from '../nats/store.js';
 import { createInboxReader } from '../nats/inbox.js';
+import { createInboxIdentity } from '../nats/inbox-identity.js';
 import { openMembership } from '../nats/membership.js';
 import { ShardManager } from './shards.js';
 import { createEffectSink } from '../nats/effects.js';
 import { taskEffectHandlers } from '../nats/tasks.js';
 import { timerEffectHandlers, type TimerHandlers } from '../nats/timers.js';
 import { consumeScheduleTicks } from '../nats/schedules.js';
+import { sweepTimerStrays } from '../nats/timer-strays.js';
 import { startGateway, type Gateway } from '../nats/gateway.js';
 import { createLogger } from './logger.js';
 
@@ -80,6 +82,10 @@ export class Engine implements AsyncDisposable {
         clock,
         logger,
         cacheSize: config.cacheSize,
+        shards: config.shards,
+        msgIdMemory: config.msgIdMemory,
+        replyPrefixes: config.replyPrefixes,
+        inboxIdentity: createInboxIdentity(jsm, names),
       });
       const gateway = startGateway({
         nc,
@@ -90,8 +96,10 @@ export class Engine implements AsyncDisposable {
         sink,
         logger,
         maxInputBytes: config.maxInputBytes,
+        replyPrefixes: config.replyPrefixes,
       });
       const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
+      const strays = await sweepTimerStrays(js, jsm, names, logger);
       const batch = Math.max(1, Math.min(256, config.maxAckPendingPerShard));
       const membership = await openMembership(nc, names, config.failoverMs, config.replicas);
       const shards = new ShardManager({
@@ -126,7 +134,7 @@ export class Engine implements AsyncDisposable {
         nc,
         processor,
         gateway,
-        [shards, ticks],
+        [shards, ticks, strays],
         logger,
         timers,
         shards,

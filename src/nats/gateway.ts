@@ -15,7 +15,12 @@ import type { EffectSink, Logger, RecordStore } from '../engine/ports.js';
 import type { Registry } from '../engine/registry.js';
 import { parseRequest, queryReply } from '../engine/gateway.js';
 import { encodingOf, pack, type BodyEncoding } from '../contracts/codec.js';
-import { isToken, parsePublic } from '../contracts/subjects.js';
+import {
+  DEFAULT_REPLY_PREFIXES,
+  isReplySubject,
+  isToken,
+  parsePublic,
+} from '../contracts/subjects.js';
 import { rejection } from '../engine/step.js';
 import { Header, type InboxMessage } from '../contracts/wire.js';
 import {
@@ -38,6 +43,8 @@ export interface GatewayOptions {
   maxInputBytes: number;
   /** Queue group shared by every engine. */
   queue?: string;
+  /** Reply subjects accepted on start, signal and cancel (default `_INBOX.`). */
+  replyPrefixes?: readonly string[];
 }
 
 export interface Gateway {
@@ -49,6 +56,7 @@ export function startGateway(o: GatewayOptions): Gateway {
   const { nc, js, names, registry, store, sink, logger } = o;
   const queue = o.queue ?? `${names.subjects.prefix}-gateway`;
   const stats = { accepted: 0, rejected: 0, queries: 0 };
+  const replyPrefixes = o.replyPrefixes ?? DEFAULT_REPLY_PREFIXES;
   const inflight = new Set<Promise<void>>();
   const subs: Subscription[] = [];
 
@@ -91,6 +99,13 @@ export function startGateway(o: GatewayOptions): Gateway {
         registry,
         o.maxInputBytes,
       );
+      if (m.reply && !isReplySubject(m.reply, replyPrefixes)) {
+        // The step replies to Jf-Reply-To; only request inboxes may be named there.
+        throw new BadRequestError(
+          `reply subject ${JSON.stringify(m.reply)} is not a request inbox: the engines reply only on subjects starting with ${replyPrefixes.join(', ')} (engine option replyPrefixes)`,
+          { workflowId: p.id, workflowType: p.type, subject: m.subject },
+        );
+      }
     } catch (err) {
       return fail(m, enc, err);
     }
@@ -100,15 +115,17 @@ export function startGateway(o: GatewayOptions): Gateway {
       h.set(Header.ReplyEncoding, enc === 'msgpack' ? 'application/msgpack' : 'application/json');
     }
     const msgId = m.headers?.get(Header.MsgId) || undefined;
+    // The client's msg id travels in the body too: the record remembers it, so a retry is a
+    // duplicate even after the server's dedup window or a server restart.
+    const body =
+      msgId !== undefined && (message.kind === 'signal' || message.kind === 'cancel')
+        ? { ...message, msgId }
+        : message;
     try {
-      const ack = await js.publish(
-        names.subjects.inbox(message.kind, p.type, p.id),
-        pack(message),
-        {
-          headers: h,
-          ...(msgId ? { msgID: `${p.verb}.${p.type}.${p.id}.${msgId}` } : {}),
-        },
-      );
+      const ack = await js.publish(names.subjects.inbox(message.kind, p.type, p.id), pack(body), {
+        headers: h,
+        ...(msgId ? { msgID: `${p.verb}.${p.type}.${p.id}.${msgId}` } : {}),
+      });
       stats.accepted++;
       if (ack.duplicate && m.reply) {
         sink.reply(m.reply, enc, { id: p.id, type: p.type, duplicate: true });
@@ -134,6 +151,12 @@ export function startGateway(o: GatewayOptions): Gateway {
     const p = parsePublic(m.subject);
     if (!p || !m.reply) return;
     try {
+      if (!isToken(p.type) || !isToken(p.id)) {
+        throw new BadRequestError(
+          'workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =',
+          { workflowType: p.type, workflowId: p.id, subject: m.subject },
+        );
+      }
       const stored = await store.get(p.type, p.id);
       if (!stored) {
         throw new BadRequestError(`workflow ${p.type}/${p.id} does not exist`, {

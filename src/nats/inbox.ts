@@ -244,5 +244,6 @@ function deliveryOf(msg: JsMsg): InboxDelivery | undefined {
       return Promise.resolve();
     },
     working: () => msg.working(),
+    nak: (delayMs: number) => msg.nak(delayMs),
   };
 }

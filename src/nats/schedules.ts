@@ -303,11 +303,14 @@ export async function consumeScheduleTicks(
             'schedule fired: start',
           );
         } else {
+          // The tick's id also goes into the body: the workflow's record remembers it, so a
+          // tick redelivered after a server restart (the server forgot the id) is a duplicate.
+          const msgId = `sched.${tick.name}.${m.seq}`;
           await js.publish(
             names.subjects.inbox('signal', a.workflowType, a.workflowId),
-            pack({ event: a.event }),
+            pack({ event: a.event, msgId }),
             {
-              msgID: `sched.${tick.name}.${m.seq}`,
+              msgID: msgId,
               headers: h,
             },
           );

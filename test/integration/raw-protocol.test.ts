@@ -54,7 +54,7 @@ class RawNats {
 
   /** Publish `payload` on `subject` with a fresh reply inbox and resolve with the reply body. */
   request(subject: string, payload: string): Promise<string> {
-    const inbox = `_RAW.${++this.sid}`;
+    const inbox = `_INBOX.raw.${++this.sid}`; // engines reply only on request inboxes
     const sid = this.sid;
     const p = new Promise<string>((ok, fail) => {
       const t = setTimeout(() => fail(new Error(`no reply on ${subject}`)), 10_000);

@@ -77,7 +77,7 @@ describe('decide (the pure step)', () => {
     const { decisions } = run(
       [
         { kind: 'start', input: { total: 10 } },
-        { kind: 'signal', event: { type: 'PAY', amount: 1 } },
+        { kind: 'signal', event: { type: 'SHIP' } },
       ],
       registry,
       'order',
@@ -86,6 +86,25 @@ describe('decide (the pure step)', () => {
     expect(d.kind).toBe('reject');
     if (d.kind === 'reject') {
       expect(d.error.code).toBe('event_not_accepted');
+      expect(d.accepts).toEqual(['CANCEL_ORDER', 'PAY']);
+    }
+  });
+
+  it('L9: an event the state handles but whose guard refused it is guard_rejected, not "cannot take"', () => {
+    const { decisions } = run(
+      [
+        { kind: 'start', input: { total: 10 } },
+        { kind: 'signal', event: { type: 'PAY', amount: 1 } },
+      ],
+      registry,
+      'order',
+    );
+    const d = decisions[1]!;
+    expect(d.kind).toBe('reject');
+    if (d.kind === 'reject') {
+      expect(d.error.code).toBe('guard_rejected');
+      expect(d.error.message).toMatch(/handles event "PAY".*guard refused it/);
+      expect(d.error.message).not.toMatch(/cannot take/);
       expect(d.accepts).toEqual(['CANCEL_ORDER', 'PAY']);
     }
   });
