@@ -21,7 +21,11 @@ export {
   type ActivityOptionsInput,
   type RetryPolicy,
 } from './engine/activity.js';
-export { DEFAULT_QUEUE_SETTINGS, type QueueSettings } from './nats/tasks.js';
+export {
+  DEFAULT_QUEUE_SETTINGS,
+  type QueueSettings,
+  type QueueSettingsInput,
+} from './nats/tasks.js';
 export {
   compileEngineConfig,
   ENGINE_DEFAULTS,

@@ -39,6 +39,13 @@ export interface Subjects {
   workflowFilter(shard: number, type: string, id: string): string;
   /** Activity task of one invocation: `<prefix>.task.<queue>.<taskKey>` (stream `*_TASKS`). */
   task(queue: string, taskKey: string): string;
+  /**
+   * Schedule subject of one task's retry: `<prefix>.task.<queue>.<taskKey>.<attempt>` (in the
+   * tasks stream, outside every queue consumer's filter); the schedule targets `task()`.
+   */
+  taskRetry(queue: string, taskKey: string, attempt: number): string;
+  /** Every pending retry schedule of one task (purged on cancel). */
+  taskRetries(queue: string, taskKey: string): string;
   /** Filter of one queue's consumer. */
   taskFilter(queue: string): string;
   /** Core-NATS subject where the engine tells a queue's workers to abort a task. */
@@ -75,6 +82,8 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     shardFilter: (s: number) => `${p}.in.${s}.>`,
     workflowFilter: (s: number, t: string, i: string) => `${p}.in.${s}.*.${t}.${i}`,
     task: (q: string, k: string) => `${p}.task.${q}.${k}`,
+    taskRetry: (q: string, k: string, a: number) => `${p}.task.${q}.${k}.${a}`,
+    taskRetries: (q: string, k: string) => `${p}.task.${q}.${k}.*`,
     taskFilter: (q: string) => `${p}.task.${q}.*`,
     taskControl: (q: string) => `${p}.taskctl.${q}`,
     tasksWildcard: `${p}.task.>`,

@@ -24,6 +24,12 @@ export const Header = {
   ErrorCode: 'Jf-Error',
   /** Set by the server on a timer schedule message (a plain publish on a timer subject lacks it). */
   Schedule: 'Nats-Schedule',
+  /**
+   * On a task message: the attempt number of its first delivery (absent = 1). A retry or a
+   * released task is a new message whose delivery count starts again at 1, so a worker's attempt
+   * is `Jf-Attempt + delivery count - 1`.
+   */
+  Attempt: 'Jf-Attempt',
 } as const;
 
 /** Lifecycle of a workflow. `running` until the machine reaches a final state or fails. */
@@ -209,7 +215,10 @@ export interface TaskRef {
 /**
  * An activity task: msgpack body of a message on `wf.task.<queue>.<taskKey>` (stream `WF_TASKS`,
  * work-queue retention; header `Nats-Msg-Id: <taskId>`, `Content-Type: application/msgpack`).
- * The attempt number is the JetStream delivery count.
+ * The attempt number is `Jf-Attempt` (absent = 1) plus the JetStream delivery count minus 1: the
+ * engine's first message has no `Jf-Attempt`; a retry waiting out its backoff is a scheduled
+ * message on `wf.task.<queue>.<taskKey>.<attempt>` (`Nats-Msg-Id: <taskId>.a<attempt>`) that the
+ * server publishes to the task subject with `Jf-Attempt: <attempt>` when the backoff has passed.
  */
 export interface TaskMessage {
   v: typeof WIRE_VERSION;

@@ -116,6 +116,8 @@ export class Engine implements AsyncDisposable {
         failoverMs: config.failoverMs,
         batch,
         repairConsumer: (shard) => ensureShardConsumer(jsm, config, shard),
+        // A record cached while the shard was last here may have been changed by another engine.
+        onGained: (shard) => processor.forgetShard(shard),
       });
       await shards.start();
       logger.info(

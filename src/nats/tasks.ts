@@ -6,12 +6,14 @@ import { headers, type NatsConnection } from '@nats-io/transport-node';
 import {
   AckPolicy,
   DeliverPolicy,
+  type ConsumerInfo,
   type JetStreamClient,
   type JetStreamManager,
+  type JsMsg,
 } from '@nats-io/jetstream';
 import type { Logger } from '../engine/ports.js';
 import { MSGPACK, pack } from '../contracts/codec.js';
-import { Header, type Effect, type WorkflowRecord } from '../contracts/wire.js';
+import { Header, type Effect, type TaskMessage, type WorkflowRecord } from '../contracts/wire.js';
 import type { EffectHandler } from './effects.js';
 import type { TopologyNames } from './topology.js';
 
@@ -38,7 +40,10 @@ export function taskEffectHandlers(
     },
     async stopTask(_record: WorkflowRecord, e: Effect) {
       if (e.kind !== 'stopTask') return;
-      // A queued task is removed before any worker starts it; a running attempt is told to abort.
+      // A queued task and its pending retry schedules are removed before any worker starts them
+      // (retries first: a retry that fires in between lands on the task subject, purged next);
+      // a running attempt is told to abort.
+      await jsm.streams.purge(names.tasksStream, { filter: s.taskRetries(e.queue, e.taskKey) });
       await jsm.streams.purge(names.tasksStream, { filter: s.task(e.queue, e.taskKey) });
       nc.publish(s.taskControl(e.queue), pack({ cancel: e.taskId }));
       logger.debug({ taskId: e.taskId }, 'activity canceled');
@@ -50,47 +55,184 @@ export function taskEffectHandlers(
 export interface QueueSettings {
   /**
    * Max tasks of this queue in flight across all workers (consumer `MaxAckPending`): the global
-   * concurrency limit, e.g. "only 2 connections to the bank".
+   * concurrency limit, e.g. "only 2 connections to the bank". Retries waiting out their backoff
+   * are not in flight (they are scheduled messages outside the consumer).
    */
   maxInFlight: number;
   /**
    * How long a task held by a dead worker waits before redelivery (consumer `AckWait`). Live
-   * workers extend it while an attempt runs; heartbeating activities extend it by heartbeat.
+   * workers extend it (every AckWait/3) while an attempt runs; with `heartbeatMs`, while the
+   * activity heartbeats.
    */
   ackWaitMs: number;
 }
+
+/**
+ * What a worker asks of a queue's consumer. Fields left out are not asked for. `force` makes the
+ * given fields overwrite an existing consumer's settings (an operator's deliberate change).
+ */
+export type QueueSettingsInput = Partial<QueueSettings> & { force?: boolean };
 
 export const DEFAULT_QUEUE_SETTINGS: QueueSettings = Object.freeze({
   maxInFlight: 1000,
   ackWaitMs: 30_000,
 });
 
-/** Create or update the durable consumer of one queue. Idempotent; the last writer's settings win. */
+/** The settings a queue consumer actually has. */
+export function settingsOf(info: ConsumerInfo): QueueSettings {
+  return {
+    maxInFlight: info.config.max_ack_pending ?? DEFAULT_QUEUE_SETTINGS.maxInFlight,
+    ackWaitMs:
+      info.config.ack_wait !== undefined
+        ? Math.round(info.config.ack_wait / 1_000_000)
+        : DEFAULT_QUEUE_SETTINGS.ackWaitMs,
+  };
+}
+
+/**
+ * Create the durable consumer of one queue, or adopt the existing one, and return the settings
+ * it actually has. One source of truth for the global limit: the first to create the consumer
+ * sets `maxInFlight` and `ackWaitMs` (given fields over {@link DEFAULT_QUEUE_SETTINGS}). Later
+ * callers never change them: fields they leave out are not compared, and fields that disagree
+ * are logged as a warning and ignored, unless `force` is set, which overwrites them.
+ *
+ * @throws when the consumer can be neither read nor created (stream missing, no permission).
+ */
 export async function ensureQueueConsumer(
   jsm: JetStreamManager,
   names: TopologyNames,
   queue: string,
-  settings: QueueSettings,
-): Promise<void> {
+  requested: QueueSettingsInput = {},
+  logger?: Logger,
+): Promise<QueueSettings> {
   const durable = names.queueConsumer(queue);
-  const config = {
-    durable_name: durable,
-    description: `jetflow activity queue ${queue}`,
-    filter_subject: names.subjects.taskFilter(queue),
-    ack_policy: AckPolicy.Explicit,
-    deliver_policy: DeliverPolicy.All,
-    ack_wait: ms(settings.ackWaitMs),
-    max_ack_pending: settings.maxInFlight,
-    max_deliver: -1,
-  };
-  try {
-    await jsm.consumers.info(names.tasksStream, durable);
-    await jsm.consumers.update(names.tasksStream, durable, {
-      ack_wait: config.ack_wait,
-      max_ack_pending: config.max_ack_pending,
-      description: config.description,
-    });
-  } catch {
-    await jsm.consumers.add(names.tasksStream, config);
+  const { force, ...asked } = requested;
+  const read = () => jsm.consumers.info(names.tasksStream, durable).catch(() => undefined);
+  let info = await read();
+  if (!info) {
+    const initial = { ...DEFAULT_QUEUE_SETTINGS, ...asked };
+    try {
+      info = await jsm.consumers.add(names.tasksStream, {
+        durable_name: durable,
+        description: `jetflow activity queue ${queue}`,
+        filter_subject: names.subjects.taskFilter(queue),
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: ms(initial.ackWaitMs),
+        max_ack_pending: initial.maxInFlight,
+        max_deliver: -1,
+      });
+      return settingsOf(info);
+    } catch (err) {
+      // Another worker created it at the same time with other settings: adopt that one.
+      info = await read();
+      if (!info) throw err;
+    }
   }
+  const actual = settingsOf(info);
+  const differs = (Object.keys(asked) as (keyof QueueSettings)[]).filter(
+    (k) => asked[k] !== undefined && asked[k] !== actual[k],
+  );
+  if (differs.length === 0) return actual;
+  if (!force) {
+    logger?.warn(
+      { queue, asked, actual, differs },
+      'queue settings differ from the existing queue consumer; keeping the existing ones (pass force: true to overwrite)',
+    );
+    return actual;
+  }
+  const next = { ...actual, ...asked };
+  info = await jsm.consumers.update(names.tasksStream, durable, {
+    ack_wait: ms(next.ackWaitMs),
+    max_ack_pending: next.maxInFlight,
+  });
+  logger?.info({ queue, before: actual, after: settingsOf(info) }, 'queue settings overwritten');
+  return settingsOf(info);
+}
+
+/** Attempt number of a delivered task: `Jf-Attempt` (absent = 1) + delivery count - 1. */
+export function taskAttempt(m: JsMsg): number {
+  const raw = m.headers?.get(Header.Attempt);
+  const base = raw ? Number(raw) : 1;
+  return (Number.isInteger(base) && base >= 1 ? base : 1) + m.info.deliveryCount - 1;
+}
+
+function taskHeaders(attempt: number): ReturnType<typeof headers> {
+  const h = headers();
+  h.set(Header.ContentType, MSGPACK);
+  h.set(Header.Attempt, String(attempt));
+  return h;
+}
+
+/**
+ * Durably schedule attempt `attempt` of a task for `dueAt`: a scheduled message on the task's
+ * retry subject, fired by the server onto the task subject. Msg id `<taskId>.a<attempt>`, so two
+ * workers scheduling the same attempt (a redelivered failure) store it once.
+ *
+ * @returns the schedule's stream sequence (for {@link fireRetryNow}).
+ * @throws when the publish is not acknowledged (the caller then keeps the task by `nak`).
+ */
+export async function scheduleRetry(
+  js: JetStreamClient,
+  names: TopologyNames,
+  task: TaskMessage,
+  body: Uint8Array,
+  attempt: number,
+  dueAt: number,
+): Promise<number> {
+  const s = names.subjects;
+  const ack = await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
+    msgID: `${task.taskId}.a${attempt}`,
+    headers: taskHeaders(attempt),
+    schedule: { specification: new Date(dueAt), target: s.task(task.queue, task.taskKey) },
+  });
+  return ack.seq;
+}
+
+/**
+ * Publish a scheduled retry now and cancel its schedule in the same server operation, but only if
+ * the schedule is still stored at `scheduleSeq`: a schedule that already fired or whose task was
+ * canceled (purged) makes this a no-op. Returns whether the retry was published.
+ */
+export async function fireRetryNow(
+  js: JetStreamClient,
+  names: TopologyNames,
+  task: TaskMessage,
+  body: Uint8Array,
+  attempt: number,
+  scheduleSeq: number,
+): Promise<boolean> {
+  const s = names.subjects;
+  const retrySubject = s.taskRetry(task.queue, task.taskKey, attempt);
+  try {
+    await js.publish(s.task(task.queue, task.taskKey), body, {
+      msgID: `${task.taskId}.a${attempt}.now`,
+      headers: taskHeaders(attempt),
+      cancelSchedule: { scheduleSubject: retrySubject },
+      expect: { lastSubjectSequence: scheduleSeq, lastSubjectSequenceSubject: retrySubject },
+    });
+    return true;
+  } catch (err) {
+    if (/wrong last sequence/i.test(String((err as Error)?.message))) return false;
+    throw err;
+  }
+}
+
+/**
+ * Hand a task back to the queue without using up an attempt (forced worker shutdown): the same
+ * body on the task subject with `Jf-Attempt: <attempt>`. Msg id `<taskId>.r<stream seq>`, unique per
+ * released delivery. The caller acks the original afterwards.
+ */
+export async function releaseTask(
+  js: JetStreamClient,
+  names: TopologyNames,
+  task: TaskMessage,
+  body: Uint8Array,
+  attempt: number,
+  seq: number,
+): Promise<void> {
+  await js.publish(names.subjects.task(task.queue, task.taskKey), body, {
+    msgID: `${task.taskId}.r${seq}`,
+    headers: taskHeaders(attempt),
+  });
 }

@@ -113,12 +113,16 @@ export function topology(o: TopologyOptions): {
   const tasks: Partial<StreamConfig> = {
     name: names.tasksStream,
     description: 'jetflow activity tasks (wf.task.<queue>.<taskKey>), one consumer per queue',
+    // Tasks, plus the schedules of retries waiting out their backoff (wf.task.<q>.<key>.<attempt>,
+    // outside every queue consumer's filter, so a waiting retry holds no MaxAckPending slot).
     subjects: [s.tasksWildcard],
+    allow_msg_schedules: true,
     retention: RetentionPolicy.Workqueue,
     storage: StorageType.File,
     num_replicas: o.replicas,
     duplicate_window: ms(o.duplicateWindowMs),
-    discard: DiscardPolicy.New,
+    // No limits are set, so discard never applies; message scheduling requires DiscardOld.
+    discard: DiscardPolicy.Old,
   };
   const consumers = Array.from({ length: o.shards }, (_, i) => ({
     stream: names.inboxStream,

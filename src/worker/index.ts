@@ -5,17 +5,25 @@
  * Failure semantics (per task):
  * - An activity runs **at least once**; design it idempotent (the task id is stable across
  *   attempts: use it as an idempotency key towards external systems).
- * - Retries are JetStream redeliveries: a retryable failure naks with the policy's backoff delay;
- *   attempt = delivery count. Retries exhausted, a `TerminalError`, or an error whose `name` is in
- *   `nonRetryableErrorTypes`: the workflow receives `xstate.error.actor.<id>` with the error data.
+ * - A retryable failure with attempts left is acked and its next attempt is stored as a NATS
+ *   scheduled message due after the policy's backoff, so a waiting retry holds no `maxInFlight`
+ *   slot. attempt = the task message's `Jf-Attempt` header (absent = 1) + delivery count - 1, so
+ *   retries and redeliveries after a dead worker both count. Retries exhausted, a
+ *   `TerminalError`, or an error whose `name` is in `nonRetryableErrorTypes`: the workflow
+ *   receives `xstate.error.actor.<id>` with the error data.
  * - A worker that dies mid-attempt stops extending the task's AckWait; the task is redelivered to
- *   another worker after the queue's `ackWaitMs`.
- * - A result is published with JetStream (msg id `result.<taskId>`) *before* the ack: a crash in
- *   between reruns the activity, and the engine ignores the second result.
+ *   another worker after the queue's `ackWaitMs` (and that counts as an attempt).
+ * - A result (success or final error) is published with JetStream (msg id `result.<taskId>`)
+ *   *before* the ack. A publish that fails is retried with backoff, with the same msg id and the
+ *   lease kept, until it is acknowledged: it is never an activity failure, never an attempt, never
+ *   a nak. Only a forced shutdown gives up; the task is then redelivered after AckWait and runs
+ *   again (the engine applies one result).
  * - Cancellation (the workflow left the state): a running attempt's `signal` aborts and its result
- *   is dropped; a queued task was already removed by the engine.
+ *   is dropped; a queued task and its pending retry were already removed by the engine. Cancels
+ *   are received until the last attempt ended, also during `close()`.
+ * - Forced shutdown (grace expired) releases a running task without using up its attempt.
  */
-import type { NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { headers } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JsMsg, type JetStreamClient } from '@nats-io/jetstream';
 import { LRUCache } from 'lru-cache';
@@ -26,7 +34,17 @@ import { DEFAULT_PREFIX } from '../contracts/subjects.js';
 import { Header, type ResultMessage, type TaskMessage } from '../contracts/wire.js';
 import { ErrorCode, JetflowError, TerminalError, toErrorData, type ErrorData } from '../errors.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
-import { DEFAULT_QUEUE_SETTINGS, ensureQueueConsumer, type QueueSettings } from '../nats/tasks.js';
+import {
+  DEFAULT_QUEUE_SETTINGS,
+  ensureQueueConsumer,
+  fireRetryNow,
+  releaseTask,
+  scheduleRetry,
+  settingsOf,
+  taskAttempt,
+  type QueueSettings,
+  type QueueSettingsInput,
+} from '../nats/tasks.js';
 
 /** What an activity function gets besides its input. */
 export interface ActivityContext {
@@ -57,11 +75,19 @@ export interface WorkerOptions {
   queues?: string[];
   /** Max tasks this worker runs at once, per queue (default 10). */
   concurrency?: number;
-  /** Server-enforced settings of each queue's consumer (global in-flight limit, AckWait). */
-  queueSettings?: Record<string, Partial<QueueSettings>>;
+  /**
+   * Server-enforced settings of each queue's consumer (global in-flight limit, AckWait). They
+   * apply when this worker creates the consumer; an existing consumer keeps its settings (a
+   * disagreeing value is logged as a warning) unless the queue's entry has `force: true`. The
+   * worker then uses the consumer's actual AckWait for lease renewal.
+   */
+  queueSettings?: Record<string, QueueSettingsInput>;
   /** Max tasks started per second by this worker, per queue. */
   rateLimitPerSecond?: Record<string, number>;
-  /** Grace for in-flight tasks on `close()` before they are aborted and released (default 10 s). */
+  /**
+   * Grace for in-flight tasks on `close()` before they are aborted and released (default 10 s).
+   * Result publishes still being retried at that point are given up.
+   */
   shutdownGraceMs?: number;
   logger?: Logger;
 }
@@ -83,6 +109,42 @@ const silent: Logger = {
 };
 
 class AbortReason extends JetflowError {}
+/** The abort reason of a forced shutdown: the attempt is released, not failed. */
+class ShutdownReason extends AbortReason {}
+
+/**
+ * A retry's schedule fires this long after its due time, so that while the worker that stored it
+ * lives, its own timer publishes the retry on time (the server's schedule tick is coarse) and
+ * cancels the schedule first.
+ */
+const RETRY_SCHEDULE_SLACK_MS = 1_000;
+
+/** How often a worker re-reads its queues' consumer settings (AckWait for lease renewal). */
+const SETTINGS_REFRESH_MS = 5_000;
+
+/** How one attempt ended. */
+type Outcome =
+  | { kind: 'ok'; output: unknown }
+  | { kind: 'fail'; error: ErrorData }
+  | { kind: 'retry'; delayMs: number }
+  | { kind: 'canceled' }
+  | { kind: 'release' };
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((done) => {
+    if (signal.aborted) return done();
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      done();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      done();
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
 
 /** A simple token bucket (per worker, per queue). */
 class RateLimiter {
@@ -113,10 +175,16 @@ class RateLimiter {
 
 export class Worker implements AsyncDisposable {
   readonly stats: WorkerStats = { started: 0, succeeded: 0, retried: 0, failed: 0, canceled: 0 };
+  /** Aborted by `close()`: stop fetching. */
   private readonly stop = new AbortController();
+  /** Aborted when the shutdown grace has passed: abort attempts, give up result publishes. */
+  private readonly forced = new AbortController();
   private readonly running = new Map<string, AbortController>();
   private readonly canceled = new LRUCache<string, true>({ max: 10_000 });
   private readonly inflight = new Set<Promise<void>>();
+  /** Local timers that publish scheduled retries on time (the schedules are the durable copy). */
+  private readonly retryTimers = new Set<NodeJS.Timeout>();
+  private readonly controls: Subscription[] = [];
   private loops: Promise<void>[] = [];
   private closing: Promise<void> | undefined;
   private readonly logger: Logger;
@@ -127,47 +195,62 @@ export class Worker implements AsyncDisposable {
     private readonly names: TopologyNames,
     private readonly queues: string[],
     private readonly settings: Map<string, QueueSettings>,
+    /** False on a tasks stream without `allow_msg_schedules` (older topology): retries nak. */
+    private readonly scheduledRetries: boolean,
   ) {
     this.logger = o.logger ?? silent;
   }
 
-  /** Ensure the queues' consumers exist (with the given settings) and start pulling. */
+  /**
+   * Ensure the queues' consumers exist (see {@link WorkerOptions.queueSettings} for whose
+   * settings apply), read their actual settings, and start pulling.
+   *
+   * @throws when the tasks stream is missing (no engine created the topology yet) or a consumer
+   * can be neither read nor created.
+   */
   static async create(o: WorkerOptions): Promise<Worker> {
     const names = topologyNames(o.prefix ?? DEFAULT_PREFIX);
+    const logger = o.logger ?? silent;
     const queues = o.queues ?? [
       ...new Set([...Object.keys(o.activities), ...Object.keys(o.queueSettings ?? {})]),
     ];
     const jsm = await jetstreamManager(o.connection);
     const settings = new Map<string, QueueSettings>();
-    for (const q of queues) {
-      const s = { ...DEFAULT_QUEUE_SETTINGS, ...o.queueSettings?.[q] };
-      settings.set(q, s);
-      await ensureQueueConsumer(jsm, names, q, s);
-    }
-    const w = new Worker(o, jetstream(o.connection), names, queues, settings);
+    for (const q of queues)
+      settings.set(q, await ensureQueueConsumer(jsm, names, q, o.queueSettings?.[q], logger));
+    const stream = await jsm.streams.info(names.tasksStream);
+    const scheduledRetries = stream.config.allow_msg_schedules === true;
+    if (!scheduledRetries)
+      logger.warn(
+        { stream: names.tasksStream },
+        'tasks stream without allow_msg_schedules (start a current engine to update it): retries wait by nak and hold a maxInFlight slot',
+      );
+    const w = new Worker(o, jetstream(o.connection), names, queues, settings, scheduledRetries);
     w.start();
     return w;
   }
 
   private start(): void {
     for (const q of this.queues) {
-      const sub = this.o.connection.subscribe(this.names.subjects.taskControl(q), {
-        callback: (_err, m) => {
-          try {
-            const { cancel } = unpack(m.data) as { cancel?: string };
-            if (typeof cancel !== 'string') return;
-            this.canceled.set(cancel, true);
-            this.running
-              .get(cancel)
-              ?.abort(
-                new AbortReason('activity canceled by its workflow', { code: ErrorCode.Internal }),
+      // Kept until the last attempt has ended (also through close()'s grace period).
+      this.controls.push(
+        this.o.connection.subscribe(this.names.subjects.taskControl(q), {
+          callback: (_err, m) => {
+            try {
+              const { cancel } = unpack(m.data) as { cancel?: string };
+              if (typeof cancel !== 'string') return;
+              this.canceled.set(cancel, true);
+              this.running.get(cancel)?.abort(
+                new AbortReason('activity canceled by its workflow', {
+                  code: ErrorCode.Internal,
+                }),
               );
-          } catch {
-            /* not a control message */
-          }
-        },
-      });
-      this.stop.signal.addEventListener('abort', () => sub.unsubscribe(), { once: true });
+            } catch {
+              /* not a control message */
+            }
+          },
+        }),
+      );
       this.loops.push(this.pull(q));
     }
   }
@@ -181,7 +264,16 @@ export class Worker implements AsyncDisposable {
     const rate = this.o.rateLimitPerSecond?.[queue];
     const limiter = rate ? new RateLimiter(rate) : undefined;
     const mine = new Set<Promise<void>>();
+    let refreshedAt = Date.now();
     while (!this.stop.signal.aborted) {
+      if (Date.now() - refreshedAt >= SETTINGS_REFRESH_MS) {
+        // The consumer is the source of truth: follow an operator's forced change.
+        refreshedAt = Date.now();
+        await consumer
+          .info(false)
+          .then((info) => this.settings.set(queue, settingsOf(info)))
+          .catch((err: unknown) => this.logger.debug({ err, queue }, 'queue settings not re-read'));
+      }
       if (mine.size >= limit) {
         await Promise.race(mine);
         continue;
@@ -213,6 +305,7 @@ export class Worker implements AsyncDisposable {
     }
   }
 
+  /** One publish of a result (JetStream, msg id `result.<taskId>`). */
   private async publishResult(task: TaskMessage, result: ResultMessage): Promise<void> {
     const h = headers();
     h.set(Header.ContentType, MSGPACK);
@@ -220,6 +313,53 @@ export class Worker implements AsyncDisposable {
       msgID: `result.${task.taskId}`,
       headers: h,
     });
+  }
+
+  /**
+   * Publish a result until JetStream acknowledges it: same msg id, backoff up to 5 s. Returns
+   * `published`; `canceled` when the task was canceled meanwhile (the result would be ignored);
+   * `abandoned` when the worker was force-stopped first.
+   */
+  private async deliverResult(
+    task: TaskMessage,
+    result: ResultMessage,
+    log: object,
+  ): Promise<'published' | 'canceled' | 'abandoned'> {
+    const max = this.o.connection.info?.max_payload;
+    if (result.ok && max !== undefined && pack(result).length + 1024 > max) {
+      // Never publishable: report it as the activity's (non-retryable) failure instead.
+      result = {
+        taskId: result.taskId,
+        actorId: result.actorId,
+        ok: false,
+        attempt: result.attempt,
+        error: {
+          type: 'PayloadTooLarge',
+          code: ErrorCode.PayloadTooLarge,
+          message: `output of activity ${task.activity} is larger than the server's max_payload (${max} bytes)`,
+          retryable: false,
+          attempt: result.attempt,
+        },
+      };
+    }
+    for (let i = 0; ; i++) {
+      try {
+        await this.publishResult(task, result);
+        return 'published';
+      } catch (err) {
+        if (this.canceled.has(task.taskId)) return 'canceled';
+        if (this.forced.signal.aborted) {
+          this.logger.warn({ ...log, err }, 'result not published before forced shutdown');
+          return 'abandoned';
+        }
+        const delayMs = Math.min(5_000, 100 * 2 ** Math.min(i, 6));
+        this.logger.warn(
+          { ...log, err, publishAttempt: i + 1, delayMs },
+          'result publish failed; retrying the publish (the activity is not run again)',
+        );
+        await pause(delayMs, this.forced.signal);
+      }
+    }
   }
 
   private async handle(queue: string, m: JsMsg): Promise<void> {
@@ -233,44 +373,80 @@ export class Worker implements AsyncDisposable {
       m.term('malformed task');
       return;
     }
-    const attempt = m.info.deliveryCount;
+    const attempt = taskAttempt(m);
     const log = { taskId: task.taskId, activity: task.activity, attempt };
     if (this.canceled.has(task.taskId)) {
       this.stats.canceled++;
       m.term('canceled');
       return;
     }
-    const finish = async (error: ErrorData) => {
-      this.stats.failed++;
-      await this.publishResult(task, {
-        taskId: task.taskId,
-        actorId: task.actorId,
-        ok: false,
-        error: { ...error, attempt },
-        attempt,
-      });
-      m.ack();
+    const { ackWaitMs } = this.settings.get(queue) ?? DEFAULT_QUEUE_SETTINGS;
+    // The lease: extended every AckWait/3 while this worker holds the task. While the attempt
+    // runs with `heartbeatMs`, only as long as the activity's last heartbeat is recent.
+    const beat = { last: Date.now(), attemptRunning: true };
+    const hb = task.heartbeatMs;
+    // Re-armed each time, so that an AckWait changed by an operator (read by the refresh) applies.
+    let lease: NodeJS.Timeout | undefined;
+    const renew = () => {
+      const now = this.settings.get(queue)?.ackWaitMs ?? ackWaitMs;
+      lease = setTimeout(
+        () => {
+          if (!beat.attemptRunning || !hb || Date.now() - beat.last <= hb) m.working();
+          renew();
+        },
+        Math.max(100, Math.floor(now / 3)),
+      );
     };
+    renew();
+    try {
+      const outcome = await this.runAttempt(queue, task, m, attempt, ackWaitMs, beat);
+      beat.attemptRunning = false;
+      await this.settle(task, m, attempt, outcome, log);
+    } finally {
+      clearTimeout(lease);
+    }
+  }
+
+  /** Run one attempt and classify how it ended. Never throws. */
+  private async runAttempt(
+    queue: string,
+    task: TaskMessage,
+    m: JsMsg,
+    attempt: number,
+    ackWaitMs: number,
+    beat: { last: number },
+  ): Promise<Outcome> {
+    const log = { taskId: task.taskId, activity: task.activity, attempt };
     if (task.deadline !== undefined && Date.now() > task.deadline) {
-      await finish({
-        type: 'ScheduleToCloseTimeout',
-        code: ErrorCode.Timeout,
-        message: `activity ${task.activity} did not complete before its schedule-to-close deadline`,
-        retryable: false,
-      });
-      return;
+      return {
+        kind: 'fail',
+        error: {
+          type: 'ScheduleToCloseTimeout',
+          code: ErrorCode.Timeout,
+          message: `activity ${task.activity} did not complete before its schedule-to-close deadline`,
+          retryable: false,
+        },
+      };
+    }
+    if (task.heartbeatMs !== undefined && task.heartbeatMs >= ackWaitMs) {
+      this.logger.error({ ...log, queue, ackWaitMs }, 'heartbeatMs not below the queue AckWait');
+      return {
+        kind: 'fail',
+        error: {
+          type: 'ConfigError',
+          code: ErrorCode.Config,
+          message:
+            `heartbeatMs of activity ${task.activity} (${task.heartbeatMs} ms) must be below the ` +
+            `AckWait of queue ${queue} (${ackWaitMs} ms): lower heartbeatMs or raise the queue's ackWaitMs`,
+          retryable: false,
+        },
+      };
     }
     const fn = this.o.activities[task.activity];
     const ac = new AbortController();
     this.running.set(task.taskId, ac);
     this.stats.started++;
-    const settings = this.settings.get(queue) ?? DEFAULT_QUEUE_SETTINGS;
     const timers: NodeJS.Timeout[] = [];
-    let lastBeat = Date.now();
-    const heartbeat = () => {
-      lastBeat = Date.now();
-      m.working();
-    };
     timers.push(
       setTimeout(
         () =>
@@ -282,23 +458,22 @@ export class Worker implements AsyncDisposable {
         task.startToCloseMs,
       ),
     );
-    if (task.heartbeatMs) {
-      const hb = task.heartbeatMs;
+    const hb = task.heartbeatMs;
+    if (hb) {
       timers.push(
         setInterval(
           () => {
-            if (Date.now() - lastBeat > hb)
+            if (Date.now() - beat.last > hb)
               ac.abort(new AbortReason(`no heartbeat for ${hb} ms`, { code: ErrorCode.Timeout }));
           },
           Math.max(50, Math.floor(hb / 4)),
         ),
       );
-    } else {
-      // No heartbeat required: keep the lease while this (live) worker runs the attempt.
-      timers.push(
-        setInterval(() => m.working(), Math.max(250, Math.floor(settings.ackWaitMs / 3))),
-      );
     }
+    const heartbeat = () => {
+      beat.last = Date.now();
+      m.working();
+    };
     const aborted = new Promise<never>((_, fail) =>
       ac.signal.addEventListener('abort', () => fail(ac.signal.reason as Error), { once: true }),
     );
@@ -322,48 +497,161 @@ export class Worker implements AsyncDisposable {
         Promise.resolve().then(() => fn(task.input, ctx)),
         aborted,
       ]);
-      clearTimers(timers);
-      this.running.delete(task.taskId);
-      await this.publishResult(task, {
-        taskId: task.taskId,
-        actorId: task.actorId,
-        ok: true,
-        output,
-        attempt,
-      });
-      m.ack();
-      this.stats.succeeded++;
+      return { kind: 'ok', output };
     } catch (err) {
-      clearTimers(timers);
-      this.running.delete(task.taskId);
-      if (this.canceled.has(task.taskId)) {
-        this.stats.canceled++;
-        this.logger.info(log, 'attempt aborted: activity canceled');
-        m.term('canceled');
-        return;
-      }
-      if (this.stop.signal.aborted && ac.signal.aborted) {
-        m.nak(0); // forced shutdown: release the task to another worker
-        return;
-      }
+      if (this.canceled.has(task.taskId)) return { kind: 'canceled' };
+      if (ac.signal.aborted && ac.signal.reason instanceof ShutdownReason)
+        return { kind: 'release' };
       const data = errorData(err);
       const nonRetryable =
         err instanceof TerminalError || task.retry.nonRetryableErrorTypes.includes(data.type);
       if (!nonRetryable && attempt < task.maxAttempts) {
-        const delay = backoffDelayMs({ ...task.retry, maxAttempts: task.maxAttempts }, attempt);
-        if (task.deadline === undefined || Date.now() + delay < task.deadline) {
-          this.stats.retried++;
-          this.logger.info(
-            { ...log, delayMs: delay, error: data.message },
-            'attempt failed; retrying',
-          );
-          m.nak(delay);
-          return;
+        const delayMs = backoffDelayMs({ ...task.retry, maxAttempts: task.maxAttempts }, attempt);
+        if (task.deadline === undefined || Date.now() + delayMs < task.deadline) {
+          this.logger.info({ ...log, delayMs, error: data.message }, 'attempt failed; retrying');
+          return { kind: 'retry', delayMs };
         }
       }
       this.logger.info({ ...log, error: data.message, nonRetryable }, 'activity failed');
-      await finish({ ...data, retryable: false });
+      return { kind: 'fail', error: { ...data, retryable: false } };
+    } finally {
+      clearTimers(timers);
+      this.running.delete(task.taskId);
     }
+  }
+
+  /** Report an attempt's outcome: result, retry, cancel or release; then ack, term or leave. */
+  private async settle(
+    task: TaskMessage,
+    m: JsMsg,
+    attempt: number,
+    outcome: Outcome,
+    log: object,
+  ): Promise<void> {
+    switch (outcome.kind) {
+      case 'ok':
+      case 'fail': {
+        const result: ResultMessage =
+          outcome.kind === 'ok'
+            ? {
+                taskId: task.taskId,
+                actorId: task.actorId,
+                ok: true,
+                output: outcome.output,
+                attempt,
+              }
+            : {
+                taskId: task.taskId,
+                actorId: task.actorId,
+                ok: false,
+                error: { ...outcome.error, attempt },
+                attempt,
+              };
+        const sent = await this.deliverResult(task, result, log);
+        if (sent === 'canceled') {
+          this.stats.canceled++;
+          m.term('canceled');
+        } else if (sent === 'published') {
+          m.ack();
+          if (outcome.kind === 'ok') this.stats.succeeded++;
+          else this.stats.failed++;
+        }
+        // 'abandoned': neither ack nor nak; the task is redelivered after AckWait.
+        return;
+      }
+      case 'canceled':
+        this.stats.canceled++;
+        this.logger.info(log, 'attempt aborted: activity canceled');
+        m.term('canceled');
+        return;
+      case 'retry':
+        this.stats.retried++;
+        await this.retryLater(task, m, attempt + 1, outcome.delayMs, log);
+        return;
+      case 'release':
+        await this.release(task, m, attempt, log);
+        return;
+    }
+  }
+
+  /**
+   * Store attempt `next` as a scheduled message due in `delayMs` and ack this one, so the wait
+   * holds no `maxInFlight` slot. If the schedule cannot be stored (or the stream has no
+   * schedules), fall back to `nak(delayMs)`: the delivery count then makes the next attempt.
+   */
+  private async retryLater(
+    task: TaskMessage,
+    m: JsMsg,
+    next: number,
+    delayMs: number,
+    log: object,
+  ): Promise<void> {
+    if (this.scheduledRetries) {
+      const body = m.data.slice();
+      const dueAt = Date.now() + delayMs;
+      try {
+        const seq = await scheduleRetry(
+          this.js,
+          this.names,
+          task,
+          body,
+          next,
+          dueAt + RETRY_SCHEDULE_SLACK_MS,
+        );
+        m.ack();
+        this.fireOnTime(task, body, next, seq, delayMs);
+        return;
+      } catch (err) {
+        this.logger.warn({ ...log, err }, 'retry schedule not stored; waiting by nak instead');
+      }
+    }
+    m.nak(delayMs);
+  }
+
+  /** Publish a scheduled retry at its due time from here (precise) and cancel its schedule. */
+  private fireOnTime(
+    task: TaskMessage,
+    body: Uint8Array,
+    attempt: number,
+    seq: number,
+    delayMs: number,
+  ): void {
+    if (this.stop.signal.aborted) return; // closing: the schedule fires
+    const t = setTimeout(() => {
+      this.retryTimers.delete(t);
+      if (this.canceled.has(task.taskId)) return;
+      fireRetryNow(this.js, this.names, task, body, attempt, seq).catch((err: unknown) =>
+        this.logger.debug(
+          { err, taskId: task.taskId, attempt },
+          'retry not published early; its schedule fires it',
+        ),
+      );
+    }, delayMs);
+    this.retryTimers.add(t);
+  }
+
+  /**
+   * Forced shutdown: hand the task back with the same attempt number (it does not use up an
+   * attempt), then ack this delivery. If that publish fails, `nak(0)`: the task is not lost, but
+   * the delivery counts as an attempt.
+   */
+  private async release(task: TaskMessage, m: JsMsg, attempt: number, log: object): Promise<void> {
+    try {
+      await releaseTask(this.js, this.names, task, m.data.slice(), attempt, m.seq);
+      m.ack();
+      this.logger.info(log, 'attempt released on forced shutdown');
+    } catch (err) {
+      this.logger.warn({ ...log, err }, 'release publish failed; nak instead');
+      m.nak(0);
+    }
+  }
+
+  /**
+   * The settings of `queue`'s consumer as this worker last read them (at start, then every few
+   * seconds): the global `maxInFlight` and the `ackWaitMs` it renews leases by.
+   */
+  queueSettings(queue: string): Readonly<QueueSettings> | undefined {
+    return this.settings.get(queue);
   }
 
   /** Resolves when the worker stopped (after `close()`). */
@@ -373,18 +661,28 @@ export class Worker implements AsyncDisposable {
   }
 
   /**
-   * Stop fetching, let in-flight attempts finish within the grace period, then abort the rest
-   * and release them for redelivery. Idempotent.
+   * Stop fetching, let in-flight attempts finish within the grace period (they can still be
+   * canceled by their workflows, and results still being published keep being retried), then
+   * abort the rest and release them for another worker without using up their attempt. Pending
+   * retries stay scheduled in JetStream. Idempotent; never rejects.
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.stop.abort();
+      for (const t of this.retryTimers) clearTimeout(t);
+      this.retryTimers.clear();
       await Promise.allSettled(this.loops);
-      const grace = new Promise((r) => setTimeout(r, this.o.shutdownGraceMs ?? 10_000).unref());
+      let graceTimer: NodeJS.Timeout | undefined;
+      const grace = new Promise((r) => {
+        graceTimer = setTimeout(r, this.o.shutdownGraceMs ?? 10_000);
+      });
       await Promise.race([Promise.allSettled([...this.inflight]), grace]);
+      clearTimeout(graceTimer);
+      this.forced.abort();
       for (const ac of this.running.values())
-        ac.abort(new AbortReason('worker shutting down', { code: ErrorCode.Unavailable }));
+        ac.abort(new ShutdownReason('worker shutting down', { code: ErrorCode.Unavailable }));
       await Promise.allSettled([...this.inflight]);
+      for (const sub of this.controls) sub.unsubscribe();
     })();
     return this.closing;
   }
