@@ -33,9 +33,10 @@ export interface EngineConfig {
   /** JetStream dedup window for the inbox and events streams. */
   readonly duplicateWindowMs: number;
   /**
-   * How soon the shards of a dead engine move to the others. Half of it is the membership TTL
-   * (a silent engine is considered gone), half the shard consumers' pinned-client priority
-   * timeout (the server re-pins); the two run concurrently, so this is an upper bound.
+   * How soon the shards of a dead engine move to the others, about: after `failoverMs / 2`
+   * without a heartbeat an engine counts as gone; its shards are then taken, unpinned and
+   * claimed within a pin check (`failoverMs / 4`). Also sets the heartbeat period
+   * (`failoverMs / 10`) and the pull expiry of shard consumers (see `pullExpiryMs`).
    */
   readonly failoverMs: number;
   /** Grace period for a clean stop before it is forced. */

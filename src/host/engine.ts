@@ -15,6 +15,7 @@ import { connectNats } from '../nats/connection.js';
 import {
   ensureShardConsumer,
   ensureTopology,
+  topologyNames,
   verifyShardMapping,
   type TopologyNames,
 } from '../nats/topology.js';
@@ -64,8 +65,9 @@ export class Engine implements AsyncDisposable {
     const clock = deps.clock ?? { now: () => Date.now() };
     const { nc, js, jsm } = await connectNats(config.servers, config.name);
     try {
+      // Before anything is created: a wrong shard count must not leave a stream behind.
+      await verifyShardMapping(nc, topologyNames(config.prefix), config.shards);
       const { names, kv } = await ensureTopology(nc, jsm, config);
-      await verifyShardMapping(nc, names, config.shards);
       const store = createKvRecordStore(kv);
       const timers = timerEffectHandlers(js, jsm, names, logger);
       const sink = createEffectSink(nc, js, names, logger, {
