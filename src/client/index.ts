@@ -81,8 +81,10 @@ export class Client implements AsyncDisposable {
         headers: h,
       },
     );
-    const decoded = decodeBody(reply.data) as { error?: ErrorData } & T;
-    if (reply.headers?.get(Header.ErrorCode) || decoded?.error) {
+    const decoded = decodeBody(reply.data) as { error?: ErrorData; status?: unknown } & T;
+    // An error reply carries the `Jf-Error` header. A query reply of a failed workflow also has
+    // an `error` field (the workflow's error) but a `status`: that is an answer, not an error.
+    if (reply.headers?.get(Header.ErrorCode) || (decoded?.error && decoded.status === undefined)) {
       throw fromErrorData(decoded.error!, { subject });
     }
     return decoded;
