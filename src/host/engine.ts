@@ -28,7 +28,7 @@ import { taskEffectHandlers } from '../nats/tasks.js';
 import { timerEffectHandlers, type TimerHandlers } from '../nats/timers.js';
 import { consumeScheduleTicks } from '../nats/schedules.js';
 import { sweepTimerStrays } from '../nats/timer-strays.js';
-import { startGateway, type Gateway } from '../nats/gateway.js';
+import { startGateway, type Gateway, type GatewayStats } from '../nats/gateway.js';
 import { createLogger } from './logger.js';
 
 export interface EngineDeps {
@@ -66,7 +66,11 @@ export class Engine implements AsyncDisposable {
     try {
       const { names, kv } = await ensureTopology(nc, jsm, config);
       await verifyShardMapping(nc, names, config.shards);
-      const store = createKvRecordStore(kv);
+      const store = createKvRecordStore(kv, {
+        js,
+        bucket: names.bucket,
+        finishedRetentionMs: config.finishedRetentionMs,
+      });
       const timers = timerEffectHandlers(js, jsm, names, logger);
       const sink = createEffectSink(nc, js, names, logger, {
         ...taskEffectHandlers(nc, js, jsm, names, logger),
@@ -82,6 +86,8 @@ export class Engine implements AsyncDisposable {
         clock,
         logger,
         cacheSize: config.cacheSize,
+        cacheMaxBytes: config.cacheMaxBytes,
+        finishedRetentionMs: config.finishedRetentionMs,
         shards: config.shards,
         msgIdMemory: config.msgIdMemory,
         replyPrefixes: config.replyPrefixes,
@@ -97,6 +103,7 @@ export class Engine implements AsyncDisposable {
         logger,
         maxInputBytes: config.maxInputBytes,
         replyPrefixes: config.replyPrefixes,
+        maxInFlight: config.gatewayMaxInFlight,
       });
       const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
       const strays = await sweepTimerStrays(js, jsm, names, logger);
@@ -145,6 +152,11 @@ export class Engine implements AsyncDisposable {
       await nc.close().catch(() => undefined);
       throw err;
     }
+  }
+
+  /** Counters and gauges of the public gateway (requests in flight, waiting, refused). */
+  get gatewayStats(): Readonly<GatewayStats> {
+    return this.gateway.stats;
   }
 
   /** Resolves when the engine has stopped (after `close()`). */
