@@ -63,7 +63,8 @@ async function loadWorkflows(spec: string | undefined): Promise<WorkflowDefiniti
   return defs as WorkflowDefinition[];
 }
 
-function engineOptions(
+/** Engine options from parsed flags, the environment and the `--config` file (in that order). */
+export function engineOptions(
   v: Record<string, string | boolean | undefined>,
   env: NodeJS.ProcessEnv,
 ): EngineOptions {

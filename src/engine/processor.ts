@@ -115,7 +115,7 @@ interface CacheEntry {
  * snapshot kept beside a record this engine wrote. Measured by `npm run bench:memory` (heap
  * growth per cached entry / packed record size, 10 KB contexts): see the README.
  */
-export const CACHE_ENTRY_FACTOR = 4;
+export const CACHE_ENTRY_FACTOR = 3;
 
 /** Estimated heap bytes of a cache entry holding a record of `packedBytes` (at least 1). */
 export function cacheEntryBytes(packedBytes: number): number {

@@ -206,8 +206,23 @@ export function startGateway(o: GatewayOptions): Gateway {
   }
 
   // The bound: at most `maxInFlight` handlers run; the rest wait in a FIFO of bounded bytes.
-  const waiting: { f: (m: Msg) => Promise<void>; m: Msg; weight: number }[] = [];
+  // A FIFO with a head index (Array.shift is O(n) on a long queue), compacted now and then.
+  type Waiting = { f: (m: Msg) => Promise<void>; m: Msg; weight: number };
+  let waiting: (Waiting | undefined)[] = [];
+  let head = 0;
   let queuedBytes = 0;
+  const dequeue = () => {
+    const next = waiting[head];
+    if (!next) return undefined;
+    waiting[head++] = undefined; // let the message be collected
+    if (head >= 1024 && head * 2 >= waiting.length) {
+      waiting = waiting.slice(head);
+      head = 0;
+    }
+    queuedBytes -= next.weight;
+    stats.waiting = waiting.length - head;
+    return next;
+  };
   let idle: (() => void) | undefined;
   const run = (f: (m: Msg) => Promise<void>, m: Msg) => {
     stats.inFlight++;
@@ -217,12 +232,9 @@ export function startGateway(o: GatewayOptions): Gateway {
       .finally(() => {
         inflight.delete(p);
         stats.inFlight--;
-        const next = waiting.shift();
-        if (next) {
-          queuedBytes -= next.weight;
-          stats.waiting = waiting.length;
-          run(next.f, next.m);
-        } else if (stats.inFlight === 0) idle?.();
+        const next = dequeue();
+        if (next) run(next.f, next.m);
+        else if (stats.inFlight === 0) idle?.();
       });
     inflight.add(p);
   };
@@ -236,14 +248,14 @@ export function startGateway(o: GatewayOptions): Gateway {
         m,
         encodingOf(m.headers?.get(Header.ContentType)),
         new RetryableError(
-          `engine overloaded: ${maxInFlight} requests in flight and ${waiting.length} waiting; retry later`,
+          `engine overloaded: ${maxInFlight} requests in flight and ${stats.waiting} waiting; retry later`,
           { code: ErrorCode.Unavailable, subject: m.subject, retryAfterMs: 100 },
         ),
       );
     }
     waiting.push({ f, m, weight });
     queuedBytes += weight;
-    stats.waiting = waiting.length;
+    stats.waiting = waiting.length - head;
   };
   const w = names.subjects.publicWildcards;
   for (const subj of [w.start, w.signal, w.cancel])
