@@ -113,5 +113,31 @@ export const sleeper = defineWorkflow({
   }),
 });
 
-export const workflows: WorkflowDefinition[] = [sequential, fanout, live, sleeper];
+/** A line of an order: what `bench:memory` fills a ~10 KB context with. */
+export interface OrderLine {
+  sku: string;
+  qty: number;
+  price: number;
+  note: string;
+}
+
+/** `bench:memory`: a workflow that keeps its input (order lines) as its context and waits. */
+export const holder = defineWorkflow({
+  type: 'holder',
+  version: 1,
+  machine: setup({
+    types: {
+      input: {} as { lines: OrderLine[] },
+      context: {} as { lines: OrderLine[]; status: string },
+      events: {} as { type: 'CLOSE' },
+    },
+  }).createMachine({
+    id: 'holder',
+    context: ({ input }) => ({ lines: input?.lines ?? [], status: 'open' }),
+    initial: 'open',
+    states: { open: { on: { CLOSE: 'closed' } }, closed: { type: 'final' } },
+  }),
+});
+
+export const workflows: WorkflowDefinition[] = [sequential, fanout, live, sleeper, holder];
 export default workflows;

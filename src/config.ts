@@ -22,14 +22,33 @@ export interface EngineConfig {
   readonly replicas: number;
   /** Max size of a public request body. Keep it below the server's `max_payload`. */
   readonly maxInputBytes: number;
-  /** Records cached in memory (LRU). */
+  /** Records cached in memory (LRU), at most this many. */
   readonly cacheSize: number;
+  /**
+   * Records cached in memory, at most this many bytes (estimated per entry: the packed record's
+   * size times a factor for the decoded record and the live XState snapshot kept beside it; see
+   * `CACHE_ENTRY_FACTOR` in `src/engine/processor.ts`).
+   */
+  readonly cacheMaxBytes: number;
   /** Inbox consumer AckWait: a message held longer by a dead engine is redelivered. */
   readonly ackWaitMs: number;
   /** Max unacknowledged inbox messages per shard (also bounds engine memory). */
   readonly maxAckPendingPerShard: number;
   /** Lifecycle notifications are kept this long in the events stream. */
   readonly eventsMaxAgeMs: number;
+  /** The events stream keeps at most this many bytes; the oldest notifications go first. */
+  readonly eventsMaxBytes: number;
+  /**
+   * Records of finished workflows (`completed`, `failed`, `canceled`) are removed by the server
+   * this long after their last write (per-message TTL). 0 keeps them forever. After removal the
+   * id is free again: a `start` creates a new workflow, a signal gets `not_found`.
+   */
+  readonly finishedRetentionMs: number;
+  /**
+   * Public requests (start, signal, cancel, query) the gateway of this engine works on at once.
+   * Beyond it, further requests wait in the client library's subscription buffer (backpressure).
+   */
+  readonly gatewayMaxInFlight: number;
   /** JetStream dedup window for the inbox and events streams. */
   readonly duplicateWindowMs: number;
   /**
@@ -76,9 +95,13 @@ export const ENGINE_DEFAULTS = Object.freeze({
   replicas: 1,
   maxInputBytes: 256 * 1024,
   cacheSize: 10_000,
+  cacheMaxBytes: 256 * 1024 * 1024,
   ackWaitMs: 30_000,
   maxAckPendingPerShard: 1_000,
   eventsMaxAgeMs: 7 * 24 * 3600_000,
+  eventsMaxBytes: 256 * 1024 * 1024,
+  finishedRetentionMs: 7 * 24 * 3600_000,
+  gatewayMaxInFlight: 1_000,
   duplicateWindowMs: 120_000,
   shutdownGraceMs: 10_000,
   failoverMs: 10_000,
@@ -98,6 +121,14 @@ function int(option: string, v: unknown, min: number, max: number): number {
   if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
     bad(option, `must be an integer in ${min}..${max}`, v);
   }
+  return n;
+}
+
+/** 0 (keep forever) or 1 s .. ~4.4 years: the server's message TTL has a 1 s resolution. */
+function retention(v: unknown): number {
+  const n = int('finishedRetentionMs', v, 0, 2 ** 47);
+  if (n > 0 && n < 1_000)
+    bad('finishedRetentionMs', 'must be 0 (keep forever) or at least 1000', v);
   return n;
 }
 
@@ -176,6 +207,12 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
       64 * 1024 * 1024,
     ),
     cacheSize: int('cacheSize', raw.cacheSize ?? ENGINE_DEFAULTS.cacheSize, 1, 10_000_000),
+    cacheMaxBytes: int(
+      'cacheMaxBytes',
+      raw.cacheMaxBytes ?? ENGINE_DEFAULTS.cacheMaxBytes,
+      1024,
+      2 ** 45,
+    ),
     ackWaitMs: int('ackWaitMs', raw.ackWaitMs ?? ENGINE_DEFAULTS.ackWaitMs, 1_000, 3_600_000),
     maxAckPendingPerShard: int(
       'maxAckPendingPerShard',
@@ -188,6 +225,19 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
       raw.eventsMaxAgeMs ?? ENGINE_DEFAULTS.eventsMaxAgeMs,
       1_000,
       2 ** 47,
+    ),
+    eventsMaxBytes: int(
+      'eventsMaxBytes',
+      raw.eventsMaxBytes ?? ENGINE_DEFAULTS.eventsMaxBytes,
+      1024 * 1024,
+      2 ** 50,
+    ),
+    finishedRetentionMs: retention(raw.finishedRetentionMs ?? ENGINE_DEFAULTS.finishedRetentionMs),
+    gatewayMaxInFlight: int(
+      'gatewayMaxInFlight',
+      raw.gatewayMaxInFlight ?? ENGINE_DEFAULTS.gatewayMaxInFlight,
+      1,
+      1_000_000,
     ),
     duplicateWindowMs: int(
       'duplicateWindowMs',

@@ -31,6 +31,10 @@ engine options (env in brackets):
   --replicas N             stream/bucket replicas [JETFLOW_REPLICAS] (default 1)
   --workflows MODULE       module exporting the workflow definitions [JETFLOW_WORKFLOWS] (default actors/index.ts)
   --cache-size N           records cached in memory [JETFLOW_CACHE_SIZE] (default 10000)
+  --cache-max-bytes N      bytes of cached records (estimated) [JETFLOW_CACHE_MAX_BYTES] (default 268435456)
+  --finished-retention-ms MS  keep finished workflows' records this long, 0 = forever [JETFLOW_FINISHED_RETENTION_MS] (default 604800000)
+  --events-max-bytes N     size bound of the events stream [JETFLOW_EVENTS_MAX_BYTES] (default 268435456)
+  --gateway-max-in-flight N  public requests worked on at once [JETFLOW_GATEWAY_MAX_IN_FLIGHT] (default 1000)
   --ack-wait-ms MS         inbox AckWait [JETFLOW_ACK_WAIT_MS] (default 30000)
   --failover-ms MS         how soon a dead engine's shards move [JETFLOW_FAILOVER_MS] (default 10000)
   --max-input-bytes N      max public request body [JETFLOW_MAX_INPUT_BYTES] (default 262144)
@@ -59,7 +63,8 @@ async function loadWorkflows(spec: string | undefined): Promise<WorkflowDefiniti
   return defs as WorkflowDefinition[];
 }
 
-function engineOptions(
+/** Engine options from parsed flags, the environment and the `--config` file (in that order). */
+export function engineOptions(
   v: Record<string, string | boolean | undefined>,
   env: NodeJS.ProcessEnv,
 ): EngineOptions {
@@ -79,6 +84,10 @@ function engineOptions(
   set('shardIds', pick('shard-ids', 'JETFLOW_SHARD_IDS'));
   set('replicas', num(pick('replicas', 'JETFLOW_REPLICAS')));
   set('cacheSize', num(pick('cache-size', 'JETFLOW_CACHE_SIZE')));
+  set('cacheMaxBytes', num(pick('cache-max-bytes', 'JETFLOW_CACHE_MAX_BYTES')));
+  set('finishedRetentionMs', num(pick('finished-retention-ms', 'JETFLOW_FINISHED_RETENTION_MS')));
+  set('eventsMaxBytes', num(pick('events-max-bytes', 'JETFLOW_EVENTS_MAX_BYTES')));
+  set('gatewayMaxInFlight', num(pick('gateway-max-in-flight', 'JETFLOW_GATEWAY_MAX_IN_FLIGHT')));
   set('ackWaitMs', num(pick('ack-wait-ms', 'JETFLOW_ACK_WAIT_MS')));
   set('failoverMs', num(pick('failover-ms', 'JETFLOW_FAILOVER_MS')));
   set('maxInputBytes', num(pick('max-input-bytes', 'JETFLOW_MAX_INPUT_BYTES')));
@@ -118,6 +127,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       replicas: { type: 'string' },
       workflows: { type: 'string' },
       'cache-size': { type: 'string' },
+      'cache-max-bytes': { type: 'string' },
+      'finished-retention-ms': { type: 'string' },
+      'events-max-bytes': { type: 'string' },
+      'gateway-max-in-flight': { type: 'string' },
       'ack-wait-ms': { type: 'string' },
       'failover-ms': { type: 'string' },
       'max-input-bytes': { type: 'string' },

@@ -10,15 +10,17 @@ import type { Notification, WorkflowRecord } from '../contracts/wire.js';
 export interface StoredRecord {
   record: WorkflowRecord;
   revision: number;
+  /** Size of the stored (encoded) record in bytes: what the engine's cache is bounded by. */
+  bytes: number;
 }
 
 /** Durable record storage with compare-and-set. */
 export interface RecordStore {
   get(type: string, id: string): Promise<StoredRecord | undefined>;
-  /** Create; throws `ConflictError` when the key exists. Returns the revision. */
-  create(record: WorkflowRecord): Promise<number>;
+  /** Create; throws `ConflictError` when the key exists. Returns what was stored. */
+  create(record: WorkflowRecord): Promise<StoredRecord>;
   /** Compare-and-set on `revision`; throws `ConflictError` when the stored revision differs. */
-  update(record: WorkflowRecord, revision: number): Promise<number>;
+  update(record: WorkflowRecord, revision: number): Promise<StoredRecord>;
 }
 
 /** One inbox message as the engine sees it. */

@@ -72,6 +72,16 @@ export interface ProcessorOptions {
   logger: Logger;
   /** Max records kept in memory (LRU). A cached record is never trusted over a failed CAS. */
   cacheSize: number;
+  /**
+   * Max bytes of cached records (estimated: {@link cacheEntryBytes}); the least recently used
+   * go first. Default: unbounded by bytes (only by `cacheSize`).
+   */
+  cacheMaxBytes?: number;
+  /**
+   * Retention of finished records in the store (0: forever). A cached finished record is
+   * forgotten after half of it, so the cache never answers for a record the store removed.
+   */
+  finishedRetentionMs?: number;
   /** Backoff cap for transient failures of one message (it is retried in place). */
   maxBackoffMs?: number;
   /** Shard count of the server's mapping: a start on another shard than its own is rejected. */
@@ -99,6 +109,28 @@ interface CacheEntry {
   reply?: unknown;
 }
 
+/**
+ * Heap bytes a cache entry costs per byte of its packed record: the decoded record (msgpack is
+ * compact; JS objects, property maps and string headers are not) plus the live XState
+ * snapshot kept beside a record this engine wrote. Measured by `npm run bench:memory` (heap
+ * growth per cached entry / packed record size, 10 KB contexts): 1.4 for a record this engine
+ * wrote, 2.5–2.6 for one read back from KV. See the README.
+ */
+export const CACHE_ENTRY_FACTOR = 3;
+
+/** Estimated heap bytes of a cache entry holding a record of `packedBytes` (at least 1). */
+export function cacheEntryBytes(packedBytes: number): number {
+  return Math.max(1, Math.ceil(packedBytes * CACHE_ENTRY_FACTOR) + 256);
+}
+
+/** What the record cache holds now. */
+export interface CacheStats {
+  entries: number;
+  /** Estimated bytes ({@link cacheEntryBytes}); bounded by `cacheMaxBytes`. */
+  bytes: number;
+  maxBytes: number;
+}
+
 export interface ProcessorStats {
   applied: number;
   repeats: number;
@@ -124,6 +156,8 @@ export interface Processor {
   /** Number of workflows with messages in progress. */
   readonly busy: number;
   readonly stats: Readonly<ProcessorStats>;
+  /** Entries and estimated bytes of the record cache. */
+  cacheStats(): CacheStats;
   /** Stop taking new work and wait for in-flight messages (those still failing are left unacked). */
   close(): Promise<void>;
   /**
@@ -246,7 +280,22 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   // Last time an unknown definition was logged, per `type@version` (logged loudly, not per message).
   const deferLogged = new Map<string, number>();
   const maxBackoffMs = opts.maxBackoffMs ?? 5_000;
-  const cache = new LRUCache<string, CacheEntry>({ max: Math.max(1, opts.cacheSize) });
+  const maxBytes = opts.cacheMaxBytes ?? 0;
+  const cache = new LRUCache<string, CacheEntry>({
+    max: Math.max(1, opts.cacheSize),
+    ...(maxBytes > 0
+      ? { maxSize: maxBytes, sizeCalculation: (e: CacheEntry) => cacheEntryBytes(e.stored.bytes) }
+      : {}),
+  });
+  const finishedTtl = Math.floor((opts.finishedRetentionMs ?? 0) / 2);
+  /**
+   * Cache an entry. A finished record leaves the cache after half its retention: the store
+   * removes it after the retention, and a start or signal must then find no workflow.
+   */
+  const remember = (key: string, entry: CacheEntry) => {
+    const finished = entry.stored.record.status !== 'running';
+    cache.set(key, entry, finished && finishedTtl > 0 ? { ttl: finishedTtl } : undefined);
+  };
   const tails = new Map<string, Promise<void>>();
   // Inbox sequences this engine handled without a record write (rejections, ignored results and
   // timers, repeated starts): their acks are asynchronous, so the gap check can still see them.
@@ -282,7 +331,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const stored = await store.get(type, id);
     if (!stored) return { cur: undefined, fresh: true };
     const entry = entryOf(stored);
-    cache.set(key, entry);
+    remember(key, entry);
     return { cur: entry, fresh: true };
   }
 
@@ -295,7 +344,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (latest?.revision === cur?.stored.revision) return true;
     stats.staleRereads++;
     const key = keyOf(type, id);
-    if (latest) cache.set(key, entryOf(latest));
+    if (latest) remember(key, entryOf(latest));
     else cache.delete(key);
     logger.info(
       {
@@ -359,7 +408,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (!entry.effectsDone || !needsMark(record)) return;
     const marked: WorkflowRecord = { ...record, outboxDone: record.step };
     try {
-      entry.stored = { record: marked, revision: await store.update(marked, revision) };
+      entry.stored = await store.update(marked, revision);
       stats.outboxMarks++;
     } catch (err) {
       if (err instanceof ConflictError) cache.delete(keyOf(record.type, record.id));
@@ -382,14 +431,14 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const { record, revision } = cur.stored;
     const error = { ...toErrorData(err), retryable: false };
     const rec = failure(record, error, seq, clock.now());
-    const written = await store.update(rec, revision);
+    const stored = await store.update(rec, revision);
     stats.poisoned++;
     logger.error(
       { workflowType: record.type, workflowId: record.id, seq, step: rec.step, err: error },
       'a step of this workflow can never succeed: the workflow failed',
     );
-    const entry: CacheEntry = { stored: { record: rec, revision: written }, effectsDone: false };
-    cache.set(keyOf(record.type, record.id), entry);
+    const entry: CacheEntry = { stored, effectsDone: false };
+    remember(keyOf(record.type, record.id), entry);
     try {
       await effects.perform(rec);
     } catch (e) {
@@ -572,11 +621,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     let written: CacheEntry | undefined;
     if (decision.kind === 'write') {
       try {
-        const revision = decision.create
+        const stored = decision.create
           ? await store.create(decision.record)
           : await store.update(decision.record, cur!.stored.revision);
         written = {
-          stored: { record: decision.record, revision },
+          stored,
           effectsDone: false,
           live: decision.live,
           reply: decision.reply,
@@ -644,7 +693,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       return 'done';
     }
     if (!written) throw new Error('unreachable: a write decision without a written record');
-    cache.set(key, written);
+    remember(key, written);
     stats.applied++;
     const entry = await settleOutbox(written);
     if (entry === written) {
@@ -855,6 +904,9 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       return tails.size;
     },
     stats,
+    cacheStats() {
+      return { entries: cache.size, bytes: cache.calculatedSize ?? 0, maxBytes };
+    },
     async close() {
       stopping = true;
       while (tails.size > 0) await Promise.allSettled([...tails.values()]);

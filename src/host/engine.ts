@@ -29,7 +29,7 @@ import { taskEffectHandlers } from '../nats/tasks.js';
 import { timerEffectHandlers, type TimerHandlers } from '../nats/timers.js';
 import { consumeScheduleTicks } from '../nats/schedules.js';
 import { sweepTimerStrays } from '../nats/timer-strays.js';
-import { startGateway, type Gateway } from '../nats/gateway.js';
+import { startGateway, type Gateway, type GatewayStats } from '../nats/gateway.js';
 import { createLogger } from './logger.js';
 
 export interface EngineDeps {
@@ -68,7 +68,11 @@ export class Engine implements AsyncDisposable {
       // Before anything is created: a wrong shard count must not leave a stream behind.
       await verifyShardMapping(nc, topologyNames(config.prefix), config.shards);
       const { names, kv } = await ensureTopology(nc, jsm, config);
-      const store = createKvRecordStore(kv);
+      const store = createKvRecordStore(kv, {
+        js,
+        bucket: names.bucket,
+        finishedRetentionMs: config.finishedRetentionMs,
+      });
       const timers = timerEffectHandlers(js, jsm, names, logger);
       const sink = createEffectSink(nc, js, names, logger, {
         ...taskEffectHandlers(nc, js, jsm, names, logger),
@@ -84,6 +88,8 @@ export class Engine implements AsyncDisposable {
         clock,
         logger,
         cacheSize: config.cacheSize,
+        cacheMaxBytes: config.cacheMaxBytes,
+        finishedRetentionMs: config.finishedRetentionMs,
         shards: config.shards,
         msgIdMemory: config.msgIdMemory,
         replyPrefixes: config.replyPrefixes,
@@ -99,6 +105,7 @@ export class Engine implements AsyncDisposable {
         logger,
         maxInputBytes: config.maxInputBytes,
         replyPrefixes: config.replyPrefixes,
+        maxInFlight: config.gatewayMaxInFlight,
       });
       const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
       const strays = await sweepTimerStrays(js, jsm, names, logger);
@@ -147,6 +154,11 @@ export class Engine implements AsyncDisposable {
       await nc.close().catch(() => undefined);
       throw err;
     }
+  }
+
+  /** Counters and gauges of the public gateway (requests in flight, waiting, refused). */
+  get gatewayStats(): Readonly<GatewayStats> {
+    return this.gateway.stats;
   }
 
   /** Resolves when the engine has stopped (after `close()`). */

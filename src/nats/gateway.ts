@@ -45,17 +45,51 @@ export interface GatewayOptions {
   queue?: string;
   /** Reply subjects accepted on start, signal and cancel (default `_INBOX.`). */
   replyPrefixes?: readonly string[];
+  /** Requests worked on at once (default 1,000); more wait, see {@link GATEWAY_WAITING_BYTES}. */
+  maxInFlight?: number;
+}
+
+/**
+ * Requests beyond `maxInFlight` wait in arrival order, up to this many bytes (body + 1 KiB per
+ * request for the message itself). Core NATS has no flow control towards publishers, so waiting
+ * cannot be unbounded: a request that would exceed it is answered `unavailable` (retryable) at
+ * once, or, without a reply subject, notified as rejected.
+ */
+export const GATEWAY_WAITING_BYTES = 64 * 1024 * 1024;
+const WAITING_OVERHEAD = 1024;
+
+export interface GatewayStats {
+  accepted: number;
+  rejected: number;
+  queries: number;
+  /** Requests being worked on now (at most `maxInFlight`). */
+  inFlight: number;
+  /** The most requests ever worked on at once. */
+  inFlightHigh: number;
+  /** Requests waiting for a slot now. */
+  waiting: number;
+  /** Requests refused with `unavailable` because the waiting room was full. */
+  overloaded: number;
 }
 
 export interface Gateway {
   stop(): Promise<void>;
-  readonly stats: { accepted: number; rejected: number; queries: number };
+  readonly stats: Readonly<GatewayStats>;
 }
 
 export function startGateway(o: GatewayOptions): Gateway {
   const { nc, js, names, registry, store, sink, logger } = o;
   const queue = o.queue ?? `${names.subjects.prefix}-gateway`;
-  const stats = { accepted: 0, rejected: 0, queries: 0 };
+  const stats: GatewayStats = {
+    accepted: 0,
+    rejected: 0,
+    queries: 0,
+    inFlight: 0,
+    inFlightHigh: 0,
+    waiting: 0,
+    overloaded: 0,
+  };
+  const maxInFlight = Math.max(1, o.maxInFlight ?? 1_000);
   const replyPrefixes = o.replyPrefixes ?? DEFAULT_REPLY_PREFIXES;
   const inflight = new Set<Promise<void>>();
   const subs: Subscription[] = [];
@@ -171,11 +205,57 @@ export function startGateway(o: GatewayOptions): Gateway {
     }
   }
 
+  // The bound: at most `maxInFlight` handlers run; the rest wait in a FIFO of bounded bytes.
+  // A FIFO with a head index (Array.shift is O(n) on a long queue), compacted now and then.
+  type Waiting = { f: (m: Msg) => Promise<void>; m: Msg; weight: number };
+  let waiting: (Waiting | undefined)[] = [];
+  let head = 0;
+  let queuedBytes = 0;
+  const dequeue = () => {
+    const next = waiting[head];
+    if (!next) return undefined;
+    waiting[head++] = undefined; // let the message be collected
+    if (head >= 1024 && head * 2 >= waiting.length) {
+      waiting = waiting.slice(head);
+      head = 0;
+    }
+    queuedBytes -= next.weight;
+    stats.waiting = waiting.length - head;
+    return next;
+  };
+  let idle: (() => void) | undefined;
+  const run = (f: (m: Msg) => Promise<void>, m: Msg) => {
+    stats.inFlight++;
+    stats.inFlightHigh = Math.max(stats.inFlightHigh, stats.inFlight);
+    const p = f(m)
+      .catch((e: unknown) => logger.error({ err: e }, 'gateway handler failed'))
+      .finally(() => {
+        inflight.delete(p);
+        stats.inFlight--;
+        const next = dequeue();
+        if (next) run(next.f, next.m);
+        else if (stats.inFlight === 0) idle?.();
+      });
+    inflight.add(p);
+  };
   const track = (f: (m: Msg) => Promise<void>) => (err: Error | null, m: Msg) => {
     if (err) return logger.error({ err }, 'gateway subscription error');
-    const p = f(m).catch((e: unknown) => logger.error({ err: e }, 'gateway handler failed'));
-    inflight.add(p);
-    void p.finally(() => inflight.delete(p));
+    if (stats.inFlight < maxInFlight) return run(f, m);
+    const weight = m.data.length + WAITING_OVERHEAD;
+    if (queuedBytes + weight > GATEWAY_WAITING_BYTES) {
+      stats.overloaded++;
+      return fail(
+        m,
+        encodingOf(m.headers?.get(Header.ContentType)),
+        new RetryableError(
+          `engine overloaded: ${maxInFlight} requests in flight and ${stats.waiting} waiting; retry later`,
+          { code: ErrorCode.Unavailable, subject: m.subject, retryAfterMs: 100 },
+        ),
+      );
+    }
+    waiting.push({ f, m, weight });
+    queuedBytes += weight;
+    stats.waiting = waiting.length - head;
   };
   const w = names.subjects.publicWildcards;
   for (const subj of [w.start, w.signal, w.cancel])
@@ -186,6 +266,8 @@ export function startGateway(o: GatewayOptions): Gateway {
     stats,
     async stop() {
       await Promise.all(subs.map((s) => s.drain().catch(() => undefined)));
+      // Every request received is worked on: the waiting ones start as slots free up.
+      if (stats.inFlight > 0) await new Promise<void>((ok) => (idle = ok));
       await Promise.allSettled([...inflight]);
     },
   };

@@ -1,6 +1,6 @@
 /** Workflow records in a JetStream KV bucket, with compare-and-set on the revision. */
 import type { KV } from '@nats-io/kv';
-import { JetStreamApiError } from '@nats-io/jetstream';
+import { JetStreamApiError, type JetStreamClient } from '@nats-io/jetstream';
 import type { RecordStore, StoredRecord } from '../engine/ports.js';
 import { pack, unpack } from '../contracts/codec.js';
 import type { WorkflowRecord } from '../contracts/wire.js';
@@ -31,13 +31,50 @@ function encode(record: WorkflowRecord): Uint8Array {
   }
 }
 
+/** Retention of finished records: written with a per-message TTL (`Nats-TTL`). */
+export interface RecordRetention {
+  js: JetStreamClient;
+  /** The bucket's name (`<prefix>_workflows`); records are on `$KV.<bucket>.<type>.<id>`. */
+  bucket: string;
+  /** TTL of every write of a finished record; 0 keeps finished records forever. */
+  finishedRetentionMs: number;
+}
+
+const FINISHED = new Set(['completed', 'failed', 'canceled']);
+
+/** The server's TTL syntax: whole seconds (its resolution), rounded up. */
+export function ttlOf(ms: number): string {
+  return `${Math.max(1, Math.ceil(ms / 1000))}s`;
+}
+
 /**
  * Records in KV. Reads go to the stream leader when the bucket has `allow_direct: false` (as
  * `ensureTopology` creates it): a follower's direct get may lag. Errors are normalised: a lost
  * compare-and-set is a `ConflictError`, a record over `max_payload` a `TerminalError` with code
  * `payload_too_large`, an outage a `RetryableError`.
+ *
+ * With `retention`, every write of a finished record (`completed`, `failed`, `canceled`) carries
+ * a per-message TTL: the server removes the record `finishedRetentionMs` after the workflow's
+ * last write, and the key is then free (a `start` creates a new workflow with that id).
  */
-export function createKvRecordStore(kv: KV): RecordStore {
+export function createKvRecordStore(kv: KV, retention?: RecordRetention): RecordStore {
+  const ttl =
+    retention && retention.finishedRetentionMs > 0 ? ttlOf(retention.finishedRetentionMs) : '';
+  /**
+   * A write of a finished record: the KV subject written directly, with the TTL and the same
+   * compare-and-set header the KV client sets (`Nats-Expected-Last-Subject-Sequence`; 0 for a
+   * create). The server deletes the record `ttl` after this write; any later write of the
+   * (still finished) record starts the clock again.
+   */
+  const writeFinished = async (record: WorkflowRecord, data: Uint8Array, expected: number) => {
+    const ack = await retention!.js.publish(
+      `$KV.${retention!.bucket}.${recordKey(record.type, record.id)}`,
+      data,
+      { expect: { lastSubjectSequence: expected }, ttl },
+    );
+    return ack.seq;
+  };
+  const expires = (record: WorkflowRecord) => ttl !== '' && FINISHED.has(record.status);
   return {
     async get(type, id): Promise<StoredRecord | undefined> {
       let e;
@@ -47,12 +84,19 @@ export function createKvRecordStore(kv: KV): RecordStore {
         throw toJetflowError(err, { workflowId: id, workflowType: type });
       }
       if (!e || e.operation !== 'PUT' || e.value.length === 0) return undefined;
-      return { record: unpack(e.value) as WorkflowRecord, revision: e.revision };
+      return {
+        record: unpack(e.value) as WorkflowRecord,
+        revision: e.revision,
+        bytes: e.value.length,
+      };
     },
     async create(record) {
       const data = encode(record);
       try {
-        return await kv.create(recordKey(record.type, record.id), data);
+        const revision = expires(record)
+          ? await writeFinished(record, data, 0)
+          : await kv.create(recordKey(record.type, record.id), data);
+        return { record, revision, bytes: data.length };
       } catch (err) {
         if (isCasFailure(err)) {
           throw new ConflictError(`workflow ${record.type}/${record.id} already exists`, {
@@ -67,7 +111,10 @@ export function createKvRecordStore(kv: KV): RecordStore {
     async update(record, revision) {
       const data = encode(record);
       try {
-        return await kv.update(recordKey(record.type, record.id), data, revision);
+        const next = expires(record)
+          ? await writeFinished(record, data, revision)
+          : await kv.update(recordKey(record.type, record.id), data, revision);
+        return { record, revision: next, bytes: data.length };
       } catch (err) {
         if (isCasFailure(err)) {
           throw new ConflictError(

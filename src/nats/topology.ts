@@ -43,6 +43,8 @@ export interface TopologyOptions {
   ackWaitMs: number;
   maxAckPendingPerShard: number;
   eventsMaxAgeMs: number;
+  /** Size bound of the events stream; the oldest notifications are discarded first. */
+  eventsMaxBytes: number;
   duplicateWindowMs: number;
   /** Priority timeout of the shard consumers: how soon a dead engine's pin moves. */
   failoverMs: number;
@@ -107,6 +109,9 @@ export function topology(o: TopologyOptions): {
     storage: StorageType.File,
     num_replicas: o.replicas,
     max_age: ms(o.eventsMaxAgeMs),
+    // Notifications are a feed, not state: at the bound the oldest go, publishers never block.
+    max_bytes: o.eventsMaxBytes,
+    discard: DiscardPolicy.Old,
     duplicate_window: ms(o.duplicateWindowMs),
     allow_direct: true,
   };
@@ -193,18 +198,25 @@ async function ensureTopologyOnce(
   // Records are read from the stream leader, never by direct get: on R3 a follower may answer a
   // direct get and lag, and a stale record must never decide to drop a message. A bucket made
   // by an earlier jetflow (direct gets on) is switched over before it is opened.
+  // Finished records carry a per-message TTL (`finishedRetentionMs`), which needs
+  // `allow_msg_ttl` on the bucket's stream (nats-server 2.11+; it cannot be turned off again).
+  // `Kvm.create` never updates an existing bucket, so both are set here.
   const bucketStream = `KV_${t.names.bucket}`;
-  const existing = await jsm.streams.info(bucketStream).catch((e: unknown) => {
-    if (isNotFound(e)) return undefined;
-    throw topologyError(`bucket ${t.names.bucket}`, e);
-  });
-  if (existing?.config.allow_direct) {
+  const bucketInfo = () =>
+    jsm.streams.info(bucketStream).catch((e: unknown) => {
+      if (isNotFound(e)) return undefined;
+      throw topologyError(`bucket ${t.names.bucket}`, e);
+    });
+  const fixBucket = async (config: StreamConfig | undefined) => {
+    if (!config || (config.allow_direct === false && config.allow_msg_ttl === true)) return;
     await jsm.streams
-      .update(bucketStream, { ...existing.config, allow_direct: false })
+      .update(bucketStream, { ...config, allow_direct: false, allow_msg_ttl: true })
       .catch((e: unknown) => {
         throw topologyError(`bucket ${t.names.bucket}`, e);
       });
-  }
+  };
+  const existing = await bucketInfo();
+  await fixBucket(existing?.config);
   const kv = await new Kvm(nc)
     .create(t.names.bucket, {
       history: 1,
@@ -215,6 +227,7 @@ async function ensureTopologyOnce(
     .catch((e: unknown) => {
       throw topologyError(`bucket ${t.names.bucket}`, e);
     });
+  if (!existing) await fixBucket((await bucketInfo())?.config);
   return { names: t.names, kv };
 }
 

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { compileEngineConfig } from '../../src/config.js';
+import { engineOptions } from '../../src/cli/main.js';
 import { ConfigError } from '../../src/errors.js';
 import { createSubjects, shardMapping } from '../../src/contracts/subjects.js';
 import { createRegistry, defineWorkflow } from '../../src/engine/registry.js';
@@ -18,6 +19,48 @@ describe('engine config', () => {
     expect(raw).toEqual({ servers: 'nats://a:1, nats://b:2', shards: 8 });
   });
 
+  it('bounds storage and memory by default (M8)', () => {
+    const cfg = compileEngineConfig();
+    expect(cfg.finishedRetentionMs).toBe(7 * 24 * 3600_000);
+    expect(cfg.eventsMaxBytes).toBe(256 * 1024 * 1024);
+    expect(cfg.cacheMaxBytes).toBe(256 * 1024 * 1024);
+    expect(cfg.gatewayMaxInFlight).toBe(1_000);
+    expect(compileEngineConfig({ finishedRetentionMs: 0 }).finishedRetentionMs).toBe(0);
+  });
+
+  it('reads the M8 options from flags, env and file', () => {
+    const flags = engineOptions(
+      {
+        'finished-retention-ms': '2000',
+        'events-max-bytes': '1048576',
+        'cache-max-bytes': '65536',
+        'gateway-max-in-flight': '8',
+      },
+      {},
+    );
+    expect(flags).toMatchObject({
+      finishedRetentionMs: 2000,
+      eventsMaxBytes: 1048576,
+      cacheMaxBytes: 65536,
+      gatewayMaxInFlight: 8,
+    });
+    const env = engineOptions(
+      {},
+      {
+        JETFLOW_FINISHED_RETENTION_MS: '0',
+        JETFLOW_EVENTS_MAX_BYTES: '2097152',
+        JETFLOW_CACHE_MAX_BYTES: '131072',
+        JETFLOW_GATEWAY_MAX_IN_FLIGHT: '16',
+      },
+    );
+    expect(compileEngineConfig(env)).toMatchObject({
+      finishedRetentionMs: 0,
+      eventsMaxBytes: 2097152,
+      cacheMaxBytes: 131072,
+      gatewayMaxInFlight: 16,
+    });
+  });
+
   it('parses shard id ranges', () => {
     expect(compileEngineConfig({ shards: 16, shardIds: '0-2,7,7' }).shardIds).toEqual([0, 1, 2, 7]);
   });
@@ -29,6 +72,11 @@ describe('engine config', () => {
     [{ ackWaitMs: 5 }, /invalid ackWaitMs/],
     [{ logLevel: 'loud' as never }, /invalid logLevel/],
     [{ servers: '' }, /invalid servers/],
+    [{ finishedRetentionMs: 500 }, /invalid finishedRetentionMs: must be 0 \(keep forever\)/],
+    [{ finishedRetentionMs: -1 }, /invalid finishedRetentionMs/],
+    [{ eventsMaxBytes: 10 }, /invalid eventsMaxBytes/],
+    [{ cacheMaxBytes: 0 }, /invalid cacheMaxBytes/],
+    [{ gatewayMaxInFlight: 0 }, /invalid gatewayMaxInFlight/],
   ])('rejects %o', (opts, msg) => {
     expect(() => compileEngineConfig(opts)).toThrow(ConfigError);
     expect(() => compileEngineConfig(opts)).toThrow(msg);
