@@ -20,6 +20,12 @@ export interface CliOptions {
   cwd?: string;
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
+  /**
+   * Start in a process group of its own and signal the whole group. Needed for a command run
+   * through `npx`: npm exits on SIGTERM itself without passing it on, so signalling npx alone
+   * would orphan jetflow; the group gets it to jetflow, whose exit code npx then cannot report.
+   */
+  group?: boolean;
 }
 
 function commandOf(o: CliOptions): [string, string[]] {
@@ -67,6 +73,7 @@ export class JetflowProcess {
       cwd: this.o.cwd,
       env: { ...process.env, ...this.o.env },
       stdio: ['ignore', 'pipe', 'pipe'],
+      detached: this.o.group === true,
     });
     this.child = child;
     this.exited = new Promise((ok) => child.once('exit', (code) => ok(code)));
@@ -81,7 +88,7 @@ export class JetflowProcess {
         fail(new Error(`${this.args[0]} exited with ${code} before it was ready:\n${this.log}`)),
       );
     });
-    const timeout = setTimeout(() => child.kill('SIGKILL'), this.o.timeoutMs ?? 60_000);
+    const timeout = setTimeout(() => this.signal('SIGKILL'), this.o.timeoutMs ?? 60_000);
     try {
       await ready;
     } finally {
@@ -94,12 +101,37 @@ export class JetflowProcess {
     return !!this.child && this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** SIGTERM (drain) and wait; SIGKILL after `graceMs`. Returns the exit code. */
+  /** Any process of its group still alive (always false without `group`). */
+  private groupAlive(): boolean {
+    if (!this.o.group || !this.child?.pid) return false;
+    try {
+      process.kill(-this.child.pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private signal(sig: NodeJS.Signals): void {
+    if (this.o.group && this.child?.pid) {
+      try {
+        process.kill(-this.child.pid, sig);
+      } catch {
+        // the group is gone
+      }
+    } else this.child?.kill(sig);
+  }
+
+  /**
+   * SIGTERM (drain) and wait; SIGKILL after `graceMs`. Returns the exit code (with `group`: the
+   * code of the command started, e.g. npx's, once the whole group is gone).
+   */
   async stop(graceMs = 15_000): Promise<number | null> {
-    if (!this.running) return this.child?.exitCode ?? null;
-    this.child!.kill('SIGTERM');
-    const t = setTimeout(() => this.child?.kill('SIGKILL'), graceMs);
+    if (!this.running && !this.groupAlive()) return this.child?.exitCode ?? null;
+    this.signal('SIGTERM');
+    const t = setTimeout(() => this.signal('SIGKILL'), graceMs);
     const code = await this.exited;
+    while (this.groupAlive()) await new Promise((r) => setTimeout(r, 50));
     clearTimeout(t);
     return code;
   }
