@@ -1,8 +1,17 @@
 /** Human output of the service verbs: aligned key/value tables, colour only on a TTY. */
-import { styleText } from 'node:util';
 import type { Notification, WorkflowStatus } from '../contracts/wire.js';
 
-type Style = Parameters<typeof styleText>[0];
+/** ANSI SGR open/close codes of the few styles used. */
+const SGR = {
+  dim: [2, 22],
+  red: [31, 39],
+  green: [32, 39],
+  yellow: [33, 39],
+  blue: [34, 39],
+  magenta: [35, 39],
+  cyan: [36, 39],
+} as const;
+type Style = keyof typeof SGR;
 
 export interface Out {
   line(text: string): void;
@@ -11,10 +20,11 @@ export interface Out {
 }
 
 export function createOut(stream: NodeJS.WriteStream, env: NodeJS.ProcessEnv): Out {
+  // no-color.org: NO_COLOR set to a non-empty value turns colour off.
   const colour = stream.isTTY === true && !env.NO_COLOR && env.TERM !== 'dumb';
   return {
     line: (text) => void stream.write(text + '\n'),
-    paint: (style, text) => (colour ? styleText(style, text) : text),
+    paint: (style, text) => (colour ? `\x1b[${SGR[style][0]}m${text}\x1b[${SGR[style][1]}m` : text),
   };
 }
 

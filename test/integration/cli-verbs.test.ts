@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import type { NatsServer } from '../harness/nats-server.js';
 import { runRoot } from '../harness/nats-server.js';
 import { repoRoot, startServer, TEST_SHARDS, uniquePrefix } from '../harness/jetflow.js';
-import { JetflowProcess, runJetflow, type CliRun } from '../harness/cli.js';
+import { JetflowProcess, repoBin, runJetflow, type CliRun } from '../harness/cli.js';
 
 let server: NatsServer;
 let engine: JetflowProcess;
@@ -184,6 +184,23 @@ describe('query', () => {
       unknown
     >;
     expect(j).toMatchObject({ id: 'q1', status: 'running', value: 'counting', step: 1 });
+  });
+
+  it('colour only on a terminal (a pty through util-linux `script`), never with NO_COLOR', async () => {
+    await cli('start', 'counter', 'q2');
+    const line = `${process.execPath} ${repoBin} query counter q2 --nats-url ${server.url} --prefix ${prefix}`;
+    const tty = await runJetflow(['-qec', line, '/dev/null'], {
+      command: ['script'],
+      env: { TERM: 'xterm' },
+    });
+    expect(tty.code).toBe(0);
+    expect(tty.stdout).toContain('\x1b[36mrunning\x1b[39m');
+    const plain = await runJetflow(['-qec', line, '/dev/null'], {
+      command: ['script'],
+      env: { TERM: 'xterm', NO_COLOR: '1' },
+    });
+    expect(plain.stdout).toContain('running');
+    expect(plain.stdout).not.toContain('\x1b[');
   });
 
   it('exit 3: no such workflow (also with --json); exit 5: no engine answering', async () => {
