@@ -10,7 +10,7 @@ shift
 mkdir -p .loop
 pass=0
 for i in $(seq 1 "$n"); do
-  log=".loop/$(basename "$1" .ts)-$i.log"
+  log=".loop/$(basename "$1" .ts)-${LOOP_TAG:-$(date +%H%M%S)}-$i.log"
   start=$(date +%s)
   if npx vitest run "$@" --no-file-parallelism >"$log" 2>&1; then
     pass=$((pass + 1))

@@ -251,15 +251,34 @@ export class Worker implements AsyncDisposable {
           },
         }),
       );
-      this.loops.push(this.pull(q));
+      this.loops.push(
+        this.pull(q).catch((err: unknown) =>
+          this.logger.error({ err, queue: q }, 'queue loop ended unexpectedly'),
+        ),
+      );
     }
   }
 
+  /**
+   * Fetch and run tasks of one queue until the worker stops. Nothing ends this loop but `close()`:
+   * a failed fetch, or a fetch the server ends with an error (a 409 "server shutdown" when the
+   * server restarts gracefully, missed heartbeats while it is away), is logged and retried.
+   */
   private async pull(queue: string): Promise<void> {
-    const consumer = await this.js.consumers.get(
-      this.names.tasksStream,
-      this.names.queueConsumer(queue),
-    );
+    let consumer;
+    for (;;) {
+      try {
+        consumer = await this.js.consumers.get(
+          this.names.tasksStream,
+          this.names.queueConsumer(queue),
+        );
+        break;
+      } catch (err) {
+        if (this.stop.signal.aborted) return;
+        this.logger.warn({ err, queue }, 'queue consumer not reachable; retrying');
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
     const limit = this.o.concurrency ?? 10;
     const rate = this.o.rateLimitPerSecond?.[queue];
     const limiter = rate ? new RateLimiter(rate) : undefined;
@@ -280,27 +299,26 @@ export class Worker implements AsyncDisposable {
       }
       if (limiter) await limiter.take(this.stop.signal);
       if (this.stop.signal.aborted) break;
-      let batch;
       try {
-        batch = await consumer.fetch({
+        const batch = await consumer.fetch({
           max_messages: limiter ? 1 : limit - mine.size,
           expires: 1000,
         });
+        for await (const m of batch) {
+          const p = this.handle(queue, m).catch((err: unknown) =>
+            this.logger.error({ err, queue }, 'task handler failed'),
+          );
+          mine.add(p);
+          this.inflight.add(p);
+          void p.finally(() => {
+            mine.delete(p);
+            this.inflight.delete(p);
+          });
+        }
       } catch (err) {
+        if (this.stop.signal.aborted) break;
         this.logger.warn({ err, queue }, 'fetch failed; retrying');
         await new Promise((r) => setTimeout(r, 500));
-        continue;
-      }
-      for await (const m of batch) {
-        const p = this.handle(queue, m).catch((err: unknown) =>
-          this.logger.error({ err, queue }, 'task handler failed'),
-        );
-        mine.add(p);
-        this.inflight.add(p);
-        void p.finally(() => {
-          mine.delete(p);
-          this.inflight.delete(p);
-        });
       }
     }
   }

@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { resolve } from 'node:path';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { NatsCluster, runRoot } from '../harness/nats-server.js';
 import { EngineProcess, repoRoot, uniquePrefix } from '../harness/jetflow.js';
@@ -24,12 +25,22 @@ let cluster: NatsCluster;
 let nc: NatsConnection;
 const engines: EngineProcess[] = [];
 const workers: ChildProcess[] = [];
+const workerLogs: string[] = [];
 const prefix = uniquePrefix();
 
 beforeAll(async () => {
   cluster = await NatsCluster.start({ mappings: shardMapping(SHARDS) });
   nc = await connect({ servers: cluster.urls, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
 }, 120_000);
+/** On failure, keep every engine's and worker's log for the post-mortem. */
+function keepLogs(): string {
+  const dir = `/tmp/jetflow-cluster-${prefix}`;
+  mkdirSync(dir, { recursive: true });
+  engines.forEach((e, i) => writeFileSync(`${dir}/engine-${i}.log`, e.log));
+  workerLogs.forEach((l, i) => writeFileSync(`${dir}/worker-${i}.log`, l));
+  return dir;
+}
+
 afterAll(async () => {
   await Promise.all(engines.map((e) => e.kill()));
   for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill('SIGKILL');
@@ -63,8 +74,13 @@ async function startWorker(): Promise<void> {
   );
   workers.push(child);
   let out = '';
-  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
-  child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+  const i = workerLogs.push('') - 1;
+  const onData = (b: Buffer) => {
+    out += b.toString();
+    workerLogs[i] = out.slice(-200_000);
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
   const deadline = Date.now() + 30_000;
   while (!out.includes('worker ready')) {
     if (child.exitCode !== null || Date.now() > deadline)
@@ -99,13 +115,16 @@ async function settled(n: number, timeoutMs = 30_000): Promise<{ st: SystemStatu
   }
 }
 
+/** Retry while no engine answers (a failover, a node restart), for at most two minutes. */
 async function untilAnswered<T>(f: () => Promise<T>): Promise<T> {
+  const giveUpAt = Date.now() + 120_000;
   for (;;) {
     try {
       return await f();
     } catch (err) {
       if (err instanceof JetflowError && err.code !== 'unavailable' && err.code !== 'timeout')
         throw err;
+      if (Date.now() > giveUpAt) throw err;
       await new Promise((r) => setTimeout(r, 200));
     }
   }
@@ -169,14 +188,28 @@ describe('3 engines on a 3-node cluster', () => {
     await load;
     expect(done).toHaveLength(total);
 
+    // Every workflow must finish; one that does not within a minute of the load's end is
+    // reported with its stored state (and the logs kept), not waited for forever.
     const wrong: string[] = [];
+    const deadline = Date.now() + 60_000;
     for (let i = 0; i < total; i++) {
-      const out = await untilAnswered(() =>
-        client.result<{ x: number }>('chain', `load-${i}`, { timeoutMs: 60_000 }),
-      );
-      const q = await untilAnswered(() => client.query('chain', `load-${i}`));
-      if (out.x !== i + 3 || q.step !== 3) wrong.push(`load-${i}: x=${out.x} step=${q.step}`);
+      const id = `load-${i}`;
+      let out: { x: number } | Error;
+      for (;;) {
+        out = await client
+          .result<{ x: number }>('chain', id, { timeoutMs: Math.max(1_000, deadline - Date.now()) })
+          .catch((err: unknown) => err as Error);
+        const retry =
+          out instanceof JetflowError && out.code === 'unavailable' && Date.now() < deadline;
+        if (!retry) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const q = await untilAnswered(() => client.query('chain', id));
+      if (out instanceof Error)
+        wrong.push(`${id}: not finished (${out.message}): ${JSON.stringify(q)}`);
+      else if (out.x !== i + 3 || q.step !== 3) wrong.push(`${id}: x=${out.x} step=${q.step}`);
     }
+    if (wrong.length > 0) console.log('cluster run failed; logs in', keepLogs());
     expect(wrong).toEqual([]);
     console.log('cluster run', JSON.stringify(report));
   }, 300_000);
