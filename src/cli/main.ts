@@ -1,59 +1,47 @@
 /**
- * `jetflow` command line.
+ * `jetflow` command line (commander). Roles: `engine`, `worker`, `dev`, `server`, `status`;
+ * service verbs: `start`, `signal`, `query`, `cancel`, `result`, `watch`. `jetflow --help` and
+ * `jetflow <verb> --help` list the options; the README documents them and the exit codes.
  *
- *   jetflow engine [options]   run an engine (config: flags > env > --config file > defaults)
- *   jetflow dev [--once]       the quick start: local nats-server + engine + the demo workflow
- *   jetflow server             run the local nats-server with nats.conf (provisioned if needed)
+ * The service verbs load only the client (no XState, no engine), so they start fast; the roles
+ * load what they run on demand.
  *
- * Signals: the first SIGINT/SIGTERM drains (finish in-flight steps, then exit 0); a second one
- * forces exit 1.
+ * Signals (engine, worker, dev, server): the first SIGINT/SIGTERM drains (finish in-flight work,
+ * then exit 0); a second one forces exit 1.
  */
-import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Engine } from '../host/engine.js';
-import { createRegistry, type WorkflowDefinition } from '../engine/registry.js';
-import { compileEngineConfig, type EngineOptions } from '../config.js';
-import { connectNats } from '../nats/connection.js';
-import { formatStatus, systemStatus } from '../nats/status.js';
-import { ConfigError, JetflowError } from '../errors.js';
-import { repoRoot, startLocalServer } from '../host/nats-server.js';
-import { runDemo } from './demo.js';
+import { Command, CommanderError, Option } from 'commander';
+import type { EngineOptions } from '../config.js';
+import type { WorkflowDefinition } from '../engine/registry.js';
+import { ConfigError } from '../errors.js';
+import { repoRoot } from '../host/package-root.js';
+import { describeError, errorJson, ExitCode, exitCodeOf } from './exit.js';
+import { importUserModule } from './modules.js';
+import { createOut } from './output.js';
+import {
+  cancelVerb,
+  queryVerb,
+  resultVerb,
+  signalVerb,
+  startVerb,
+  watchVerb,
+  type Io,
+  type ServiceOptions,
+} from './service.js';
+import type { WorkerFlags } from './worker-host.js';
 
-const USAGE = `usage: jetflow <engine|dev|server|status> [options]
-
-engine options (env in brackets):
-  --nats-url URL[,URL]     NATS servers [NATS_URL] (default nats://127.0.0.1:4222)
-  --prefix P               subject prefix [JETFLOW_PREFIX] (default wf)
-  --shards N               shard count, equal to nats.conf's partition() [JETFLOW_SHARDS] (default 16)
-  --shard-ids LIST         shards this engine consumes, e.g. 0-7,12 [JETFLOW_SHARD_IDS] (default all)
-  --replicas N             stream/bucket replicas [JETFLOW_REPLICAS] (default 1)
-  --workflows MODULE       module exporting the workflow definitions [JETFLOW_WORKFLOWS] (default actors/index.ts)
-  --cache-size N           records cached in memory [JETFLOW_CACHE_SIZE] (default 10000)
-  --cache-max-bytes N      bytes of cached records (estimated) [JETFLOW_CACHE_MAX_BYTES] (default 268435456)
-  --finished-retention-ms MS  keep finished workflows' records this long, 0 = forever [JETFLOW_FINISHED_RETENTION_MS] (default 604800000)
-  --events-max-bytes N     size bound of the events stream [JETFLOW_EVENTS_MAX_BYTES] (default 268435456)
-  --gateway-max-in-flight N  public requests worked on at once [JETFLOW_GATEWAY_MAX_IN_FLIGHT] (default 1000)
-  --ack-wait-ms MS         inbox AckWait [JETFLOW_ACK_WAIT_MS] (default 30000)
-  --failover-ms MS         how soon a dead engine's shards move [JETFLOW_FAILOVER_MS] (default 10000)
-  --max-input-bytes N      max public request body [JETFLOW_MAX_INPUT_BYTES] (default 262144)
-  --log-level L            debug|info|warn|error|silent [JETFLOW_LOG_LEVEL] (default info)
-  --name NAME              engine name in logs [JETFLOW_NAME]
-  --reply-prefixes LIST    reply subjects the engine answers on [JETFLOW_REPLY_PREFIXES] (default _INBOX.)
-  --msg-id-memory N        client msg ids remembered per workflow [JETFLOW_MSG_ID_MEMORY] (default 64)
-  --config FILE            JSON file with the same options in camelCase
-status options: --nats-url, --prefix, --shards as for engine; --json for machine output
-dev options:
-  --once                   run the demo and exit instead of serving until Ctrl-C
-`;
+/** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
+const DEFAULT_WORKFLOWS = resolve(
+  import.meta.dirname,
+  '../../actors',
+  import.meta.url.endsWith('.ts') ? 'index.ts' : 'index.js',
+);
 
 async function loadWorkflows(spec: string | undefined): Promise<WorkflowDefinition[]> {
-  const path = resolve(spec ?? resolve(repoRoot, 'actors/index.ts'));
-  const mod = (await import(pathToFileURL(path).href)) as {
-    default?: unknown;
-    workflows?: unknown;
-  };
+  const path = spec ?? DEFAULT_WORKFLOWS;
+  const mod = await importUserModule(path, 'workflows');
   const defs = mod.workflows ?? mod.default;
   if (!Array.isArray(defs)) {
     throw new ConfigError(
@@ -69,7 +57,14 @@ export function engineOptions(
   env: NodeJS.ProcessEnv,
 ): EngineOptions {
   const file = (v.config as string | undefined) ?? env.JETFLOW_CONFIG;
-  const fromFile = file ? (JSON.parse(readFileSync(file, 'utf8')) as EngineOptions) : {};
+  let fromFile: EngineOptions = {};
+  if (file) {
+    try {
+      fromFile = JSON.parse(readFileSync(file, 'utf8')) as EngineOptions;
+    } catch (cause) {
+      throw new ConfigError(`cannot read --config ${file}: ${(cause as Error).message}`, { cause });
+    }
+  }
   // An empty environment variable counts as unset.
   const pick = (flag: string, envName: string) =>
     (v[flag] as string | undefined) ?? (env[envName] || undefined);
@@ -115,129 +110,323 @@ function onSignals(onFirst: () => void): void {
   process.on('SIGTERM', handler);
 }
 
-export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
-  const { positionals, values } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      'nats-url': { type: 'string' },
-      prefix: { type: 'string' },
-      shards: { type: 'string' },
-      'shard-ids': { type: 'string' },
-      replicas: { type: 'string' },
-      workflows: { type: 'string' },
-      'cache-size': { type: 'string' },
-      'cache-max-bytes': { type: 'string' },
-      'finished-retention-ms': { type: 'string' },
-      'events-max-bytes': { type: 'string' },
-      'gateway-max-in-flight': { type: 'string' },
-      'ack-wait-ms': { type: 'string' },
-      'failover-ms': { type: 'string' },
-      'max-input-bytes': { type: 'string' },
-      'log-level': { type: 'string' },
-      name: { type: 'string' },
-      'reply-prefixes': { type: 'string' },
-      'msg-id-memory': { type: 'string' },
-      config: { type: 'string' },
-      once: { type: 'boolean' },
-      json: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-  const cmd = positionals[0];
-  if (values.help || !cmd) {
-    process.stdout.write(USAGE);
-    return cmd || values.help ? 0 : 2;
+/** The option values of `cmd` keyed by their long flag without dashes (`nats-url`). */
+function flagValues(cmd: Command): Record<string, string | boolean | undefined> {
+  const v: Record<string, string | boolean | undefined> = {};
+  for (const o of cmd.options) {
+    if (o.long) v[o.long.slice(2)] = cmd.getOptionValue(o.attributeName()) as string | undefined;
   }
-  switch (cmd) {
-    case 'engine': {
-      const registry = createRegistry(
-        await loadWorkflows(values.workflows ?? env.JETFLOW_WORKFLOWS),
-      );
-      // Handlers first, so a signal during start-up drains too instead of killing.
-      const starting = Engine.create(engineOptions(values, env), { registry });
-      onSignals(() => void starting.then((e) => e.close()).catch(() => undefined));
-      const engine = await starting;
-      await engine.run();
-      return 0;
-    }
-    case 'status': {
-      const o = compileEngineConfig(engineOptions(values, env));
-      const { nc } = await connectNats(o.servers, 'jetflow-status');
-      try {
-        const st = await systemStatus(nc, o.prefix, o.shards, o.failoverMs / 2);
-        process.stdout.write((values.json ? JSON.stringify(st, null, 2) : formatStatus(st)) + '\n');
-      } finally {
-        await nc.close();
-      }
-      return 0;
-    }
-    case 'server': {
-      const server = await startLocalServer(resolve(repoRoot, 'nats.conf'));
-      process.stdout.write(`jetflow: nats-server ready at ${server.url} (Ctrl-C to stop)\n`);
-      await new Promise<void>((ok) => onSignals(ok));
-      await server.stop();
-      return 0;
-    }
-    case 'dev': {
-      const external = values['nats-url'] ?? (env.NATS_URL || undefined);
-      const server = external ? undefined : await startLocalServer(resolve(repoRoot, 'nats.conf'));
-      const url = external ?? server!.url;
-      process.stdout.write(`jetflow: nats-server ${external ? 'at' : 'started at'} ${url}\n`);
-      const registry = createRegistry(
-        await loadWorkflows(values.workflows ?? env.JETFLOW_WORKFLOWS),
-      );
-      let engine: Engine | undefined;
-      let stopping = false;
-      const stop = async () => {
-        stopping = true;
-        await engine?.close();
-        await server?.stop();
-      };
-      onSignals(() => void stop());
-      try {
-        engine = await Engine.create(
-          {
-            ...engineOptions(values, env),
-            servers: url,
-            logLevel: (values['log-level'] as EngineOptions['logLevel']) ?? 'warn',
-          },
-          { registry },
-        );
-        process.stdout.write(`jetflow: engine up (${registry.list().join(', ')})\n`);
-        await runDemo(url, engine.config.prefix, (line) => process.stdout.write(line + '\n'));
-        if (values.once || stopping) {
-          await stop();
-          return 0;
-        }
-        process.stdout.write(
-          'jetflow: serving; try `jetflow` subjects with any NATS client. Ctrl-C to stop.\n',
-        );
-        await engine.run();
-        await server?.stop();
-        return 0;
-      } catch (err) {
-        await stop();
-        throw err;
-      }
-    }
-    default:
-      process.stderr.write(`jetflow: unknown command ${JSON.stringify(cmd)}\n${USAGE}`);
-      return 2;
+  return v;
+}
+
+// [flag, value name, description, env]
+const ENGINE_FLAGS: [string, string, string, string | undefined][] = [
+  ['nats-url', 'url[,url]', 'NATS servers (default nats://127.0.0.1:4222)', 'NATS_URL'],
+  ['prefix', 'p', 'subject prefix (default wf)', 'JETFLOW_PREFIX'],
+  ['shards', 'n', "shard count, equal to nats.conf's partition() (default 16)", 'JETFLOW_SHARDS'],
+  [
+    'shard-ids',
+    'list',
+    'shards this engine consumes, e.g. 0-7,12 (default all)',
+    'JETFLOW_SHARD_IDS',
+  ],
+  ['replicas', 'n', 'stream/bucket replicas (default 1)', 'JETFLOW_REPLICAS'],
+  [
+    'workflows',
+    'module',
+    'module exporting `workflows` (.js/.mjs; .ts through tsx) (default: the demo)',
+    'JETFLOW_WORKFLOWS',
+  ],
+  ['cache-size', 'n', 'records cached in memory (default 10000)', 'JETFLOW_CACHE_SIZE'],
+  [
+    'cache-max-bytes',
+    'n',
+    'bytes of cached records, estimated (default 268435456)',
+    'JETFLOW_CACHE_MAX_BYTES',
+  ],
+  [
+    'finished-retention-ms',
+    'ms',
+    "keep finished workflows' records this long, 0 = forever (default 604800000)",
+    'JETFLOW_FINISHED_RETENTION_MS',
+  ],
+  [
+    'events-max-bytes',
+    'n',
+    'size bound of the events stream (default 268435456)',
+    'JETFLOW_EVENTS_MAX_BYTES',
+  ],
+  [
+    'gateway-max-in-flight',
+    'n',
+    'public requests worked on at once (default 1000)',
+    'JETFLOW_GATEWAY_MAX_IN_FLIGHT',
+  ],
+  ['ack-wait-ms', 'ms', 'inbox AckWait (default 30000)', 'JETFLOW_ACK_WAIT_MS'],
+  [
+    'failover-ms',
+    'ms',
+    "how soon a dead engine's shards move (default 10000)",
+    'JETFLOW_FAILOVER_MS',
+  ],
+  ['max-input-bytes', 'n', 'max public request body (default 262144)', 'JETFLOW_MAX_INPUT_BYTES'],
+  ['log-level', 'level', 'debug|info|warn|error|silent (default info)', 'JETFLOW_LOG_LEVEL'],
+  ['name', 'name', 'engine name in logs', 'JETFLOW_NAME'],
+  [
+    'reply-prefixes',
+    'list',
+    'reply subjects the engine answers on (default _INBOX.)',
+    'JETFLOW_REPLY_PREFIXES',
+  ],
+  [
+    'msg-id-memory',
+    'n',
+    'client msg ids remembered per workflow (default 64)',
+    'JETFLOW_MSG_ID_MEMORY',
+  ],
+  ['config', 'file', 'JSON file with the same options in camelCase', 'JETFLOW_CONFIG'],
+];
+
+function engineFlags(cmd: Command, only?: string[]): Command {
+  for (const [flag, arg, desc, env] of ENGINE_FLAGS) {
+    if (only && !only.includes(flag)) continue;
+    cmd.addOption(new Option(`--${flag} <${arg}>`, env ? `${desc} [${env}]` : desc));
+  }
+  return cmd;
+}
+
+function serviceFlags(cmd: Command): Command {
+  return cmd
+    .option('--nats-url <url[,url]>', 'NATS servers (default nats://127.0.0.1:4222) [NATS_URL]')
+    .option('--prefix <p>', 'subject prefix of the engines (default wf) [JETFLOW_PREFIX]')
+    .option('--json', 'machine-readable output (JSON on stdout)');
+}
+
+const EXIT_CODES = `
+Exit codes (every verb): 0 ok, 1 failed/error (result, watch: the workflow failed or was
+canceled), 2 usage, 3 not found (workflow, or a type no engine has), 4 rejected (event not
+accepted now, bad request, already finished), 5 timeout or no engine answering (or NATS
+unreachable).`;
+
+function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string })
+      .version;
+  } catch {
+    return 'unknown';
   }
 }
 
-/** Run `main` and exit with its code; errors print as one line (`name [code]: message`). */
+function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => void): Command {
+  const program = new Command('jetflow')
+    .description('Durable workflows as XState actors on NATS JetStream')
+    .version(packageVersion())
+    .showSuggestionAfterError()
+    .addHelpText('after', EXIT_CODES)
+    .configureOutput({
+      writeOut: (s) => void process.stdout.write(s),
+      writeErr: (s) => void process.stderr.write(s),
+      outputError: (s, write) => write(`jetflow: ${s.replace(/^error: /, '')}`),
+    })
+    .exitOverride();
+
+  /** A service verb: its errors also print as JSON on stdout with --json. */
+  const service =
+    <A extends unknown[]>(run: (...a: A) => Promise<number>) =>
+    async (...a: A) => {
+      const o = a[a.length - 2] as ServiceOptions;
+      try {
+        done(await run(...a));
+      } catch (err) {
+        if (o.json) io.out.line(JSON.stringify(errorJson(err)));
+        throw err;
+      }
+    };
+
+  engineFlags(
+    program
+      .command('engine')
+      .description('run an engine (config: flags > env > --config > defaults)'),
+  ).action(async (_o: unknown, cmd: Command) => {
+    const v = flagValues(cmd);
+    const [{ Engine }, { createRegistry }] = await Promise.all([
+      import('../host/engine.js'),
+      import('../engine/registry.js'),
+    ]);
+    const registry = createRegistry(
+      await loadWorkflows(
+        (v.workflows as string | undefined) ?? (env.JETFLOW_WORKFLOWS || undefined),
+      ),
+    );
+    // Handlers first, so a signal during start-up drains too instead of killing.
+    const starting = Engine.create(engineOptions(v, env), { registry });
+    onSignals(() => void starting.then((e) => e.close()).catch(() => undefined));
+    const engine = await starting;
+    await engine.run();
+    done(0);
+  });
+
+  program
+    .command('worker')
+    .description('run a worker for an activities module (drains on SIGTERM)')
+    .requiredOption('--activities <module>', 'module exporting `activities` (name -> function)')
+    .option('--queues <a,b>', 'queues to pull from (default: one per activity)')
+    .option('--concurrency <n>', 'tasks run at once, per queue (default 10)')
+    .option('--nats-url <url[,url]>', 'NATS servers (default nats://127.0.0.1:4222) [NATS_URL]')
+    .option('--prefix <p>', 'subject prefix of the engines (default wf) [JETFLOW_PREFIX]')
+    .option('--max-in-flight <n|q=n,…>', 'global in-flight limit per queue (queue consumer)')
+    .option('--ack-wait-ms <n|q=n,…>', 'task lease per queue (queue consumer)')
+    .option('--rate-limit <n|q=n,…>', 'tasks started per second by this worker, per queue')
+    .option('--force-queue-settings', 'apply --max-in-flight/--ack-wait-ms to existing queues too')
+    .option('--shutdown-grace-ms <ms>', 'grace for running attempts on SIGTERM (default 10000)')
+    .option(
+      '--log-level <level>',
+      'debug|info|warn|error|silent (default info) [JETFLOW_LOG_LEVEL]',
+    )
+    .option('--name <name>', 'worker name in logs [JETFLOW_NAME]')
+    .action(async (o: WorkerFlags) => {
+      const { runWorker } = await import('./worker-host.js');
+      done(await runWorker(o, env, onSignals));
+    });
+
+  engineFlags(program.command('status').description('live engines and shard holders'), [
+    'nats-url',
+    'prefix',
+    'shards',
+  ])
+    .option('--json', 'machine-readable output')
+    .action(async (_o: unknown, cmd: Command) => {
+      const v = flagValues(cmd);
+      const [{ compileEngineConfig }, { connectNats }, { formatStatus, systemStatus }] =
+        await Promise.all([
+          import('../config.js'),
+          import('../nats/connection.js'),
+          import('../nats/status.js'),
+        ]);
+      const o = compileEngineConfig(engineOptions(v, env));
+      const { nc } = await connectNats(o.servers, 'jetflow-status');
+      try {
+        const st = await systemStatus(nc, o.prefix, o.shards, o.failoverMs / 2);
+        io.out.line(v.json ? JSON.stringify(st, null, 2) : formatStatus(st));
+      } finally {
+        await nc.close();
+      }
+      done(0);
+    });
+
+  program
+    .command('server')
+    .description("run the local nats-server with jetflow's nats.conf (provisioned if needed)")
+    .action(async () => {
+      const { startLocalServer } = await import('../host/nats-server.js');
+      const server = await startLocalServer(resolve(repoRoot, 'nats.conf'));
+      io.out.line(`jetflow: nats-server ready at ${server.url} (Ctrl-C to stop)`);
+      await new Promise<void>((ok) => onSignals(ok));
+      await server.stop();
+      done(0);
+    });
+
+  engineFlags(
+    program
+      .command('dev')
+      .description('the quick start: local nats-server + engine + the demo workflows'),
+  )
+    .option('--once', 'run the demo and exit instead of serving until Ctrl-C')
+    .action(async (_o: unknown, cmd: Command) => {
+      const v = flagValues(cmd);
+      const { runDev } = await import('./dev.js');
+      done(
+        await runDev(v, env, {
+          loadWorkflows: () =>
+            loadWorkflows(
+              (v.workflows as string | undefined) ?? (env.JETFLOW_WORKFLOWS || undefined),
+            ),
+          engineOptions,
+          onSignals,
+          print: (line) => io.out.line(line),
+        }),
+      );
+    });
+
+  serviceFlags(program.command('start <type> <id>'))
+    .description('start a workflow (idempotent on type/id)')
+    .option('--input <json|@file>', 'the workflow input')
+    .action(
+      service((type: string, id: string, o: ServiceOptions & { input?: string }) =>
+        startVerb(type, id, o, io),
+      ),
+    );
+
+  serviceFlags(program.command('signal <type> <id> <event>'))
+    .description('send an event, e.g. \'{"type":"PAY","amount":10}\' (or @file)')
+    .option('--msg-id <id>', 'Nats-Msg-Id: a retry with the same id is applied once')
+    .action(
+      service((type: string, id: string, event: string, o: ServiceOptions & { msgId?: string }) =>
+        signalVerb(type, id, event, o, io),
+      ),
+    );
+
+  serviceFlags(program.command('query <type> <id>'))
+    .description("a workflow's status, state, context and the events it accepts now")
+    .action(service((type: string, id: string, o: ServiceOptions) => queryVerb(type, id, o, io)));
+
+  serviceFlags(program.command('cancel <type> <id>'))
+    .description('cancel a workflow (stops its activities and timers)')
+    .option('--reason <text>', 'why (stored and notified)')
+    .action(
+      service((type: string, id: string, o: ServiceOptions & { reason?: string }) =>
+        cancelVerb(type, id, o, io),
+      ),
+    );
+
+  serviceFlags(program.command('result <type> <id>'))
+    .description("wait for a workflow's end and print its output")
+    .option('--timeout <duration>', 'how long to wait: 500ms, 30s, 2m (default 60s)')
+    .action(
+      service((type: string, id: string, o: ServiceOptions & { timeout?: string }) =>
+        resultVerb(type, id, o, io),
+      ),
+    );
+
+  serviceFlags(program.command('watch <type> <id>'))
+    .description("one line per notification, from the workflow's start to its end")
+    .action(service((type: string, id: string, o: ServiceOptions) => watchVerb(type, id, o, io)));
+
+  return program;
+}
+
+/** Parse `argv` (without node and script) and run the verb; resolves to the exit code. */
+export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const io: Io = {
+    out: createOut(process.stdout, env),
+    err: createOut(process.stderr, env),
+    env,
+  };
+  let code: number = ExitCode.Ok;
+  const program = buildProgram(io, env, (c) => (code = c));
+  if (argv.length === 0) {
+    process.stderr.write(program.helpInformation());
+    return ExitCode.Usage;
+  }
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      return err.exitCode === 0 ? ExitCode.Ok : ExitCode.Usage;
+    }
+    throw err;
+  }
+  return code;
+}
+
+/** Run `main` and exit with its code; an error prints as one line on stderr (no stack trace). */
 export function runCli(argv: string[]): void {
   main(argv).then(
     (code) => process.exit(code),
     (err: unknown) => {
-      const e =
-        err instanceof JetflowError
-          ? `${err.name} [${err.code}]: ${err.message}`
-          : String((err as Error)?.stack ?? err);
-      process.stderr.write(`jetflow: ${e}\n`);
-      process.exit(1);
+      process.stderr.write(`jetflow: ${describeError(err)}\n`);
+      if (process.env.JETFLOW_DEBUG === '1') process.stderr.write(`${(err as Error)?.stack}\n`);
+      process.exit(exitCodeOf(err));
     },
   );
 }

@@ -23,8 +23,9 @@ import {
   type SignalReply,
   type StartReply,
 } from '../contracts/wire.js';
-import { DEFAULT_PREFIX } from '../contracts/subjects.js';
+import { DEFAULT_PREFIX, isToken } from '../contracts/subjects.js';
 import {
+  BadRequestError,
   ErrorCode,
   fromErrorData,
   JetflowError,
@@ -64,6 +65,21 @@ export class Client implements AsyncDisposable {
     return new Client(nc, opts, true);
   }
 
+  /** Type and id are subject tokens; anything else would reach no engine (or the wrong one). */
+  private check(type: string, id: string): void {
+    for (const [what, v] of [
+      ['type', type],
+      ['id', id],
+    ] as const) {
+      if (!isToken(v)) {
+        throw new BadRequestError(
+          `invalid workflow ${what} ${JSON.stringify(v)}: use 1-256 of A-Z a-z 0-9 _ - =`,
+          { workflowType: type, workflowId: id },
+        );
+      }
+    }
+  }
+
   private async request<T>(
     subject: string,
     body: unknown,
@@ -85,7 +101,10 @@ export class Client implements AsyncDisposable {
     // An error reply carries the `Jf-Error` header. A query reply of a failed workflow also has
     // an `error` field (the workflow's error) but a `status`: that is an answer, not an error.
     if (reply.headers?.get(Header.ErrorCode) || (decoded?.error && decoded.status === undefined)) {
-      throw fromErrorData(decoded.error!, { subject });
+      const e = decoded.error as ErrorData & { accepts?: string[] };
+      // `accepts` (event_not_accepted, guard_rejected) travels in the error's details.
+      const details = e.accepts ? { ...(e.details as object), accepts: e.accepts } : e.details;
+      throw fromErrorData({ ...e, details }, { subject });
     }
     return decoded;
   }
@@ -103,21 +122,23 @@ export class Client implements AsyncDisposable {
   }
 
   /** Start `type/id` with `input`. Idempotent: a second start replies `created: false`. */
-  start(type: string, id: string, input?: unknown): Promise<StartReply> {
-    return this.request(this.names.subjects.start(type, id), { input });
+  async start(type: string, id: string, input?: unknown): Promise<StartReply> {
+    this.check(type, id);
+    return await this.request(this.names.subjects.start(type, id), { input });
   }
 
   /**
    * Deliver an event. Resolves once applied; rejects with code `event_not_accepted` (and the
    * accepted events in `details`) when the workflow cannot take it now.
    */
-  signal(
+  async signal(
     type: string,
     id: string,
     event: { type: string; [k: string]: unknown },
     opts: { msgId?: string } = {},
   ): Promise<SignalReply> {
-    return this.request(
+    this.check(type, id);
+    return await this.request(
       this.names.subjects.signal(type, id),
       event,
       opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
@@ -125,13 +146,15 @@ export class Client implements AsyncDisposable {
   }
 
   /** Current state of the workflow. */
-  query(type: string, id: string): Promise<QueryReply> {
-    return this.request(this.names.subjects.query(type, id), undefined);
+  async query(type: string, id: string): Promise<QueryReply> {
+    this.check(type, id);
+    return await this.request(this.names.subjects.query(type, id), undefined);
   }
 
   /** Cancel: stops activities and timers; final status `canceled`. */
-  cancel(type: string, id: string, reason?: string): Promise<SignalReply> {
-    return this.request(this.names.subjects.cancel(type, id), { reason });
+  async cancel(type: string, id: string, reason?: string): Promise<SignalReply> {
+    this.check(type, id);
+    return await this.request(this.names.subjects.cancel(type, id), { reason });
   }
 
   /**

@@ -7,22 +7,9 @@
 import { fromPromise, type AnyActorLogic, type AnyStateMachine } from 'xstate';
 import { ConfigError } from '../errors.js';
 import { isToken } from '../contracts/subjects.js';
+import { DEFAULT_RETRY, type RetryPolicy } from './retry.js';
 
-/** Retry policy of one activity. Attempts are counted from 1. */
-export interface RetryPolicy {
-  /** Total attempts including the first (1 = no retry). Default 5. */
-  maxAttempts: number;
-  /** Delay before the 2nd attempt. Default 1000 ms. */
-  initialIntervalMs: number;
-  /** Each further delay is the previous one times this. Default 2. */
-  backoffCoefficient: number;
-  /** Cap on one delay. Default 60 s. */
-  maxIntervalMs: number;
-  /** Random spread, 0..1: a delay d becomes d * (1 ± jitter/2). Default 0.2. */
-  jitter: number;
-  /** Error `type`s (names) that fail at once, never retried. `TerminalError` always is. */
-  nonRetryableErrorTypes: string[];
-}
+export { backoffDelayMs, DEFAULT_RETRY, type RetryPolicy } from './retry.js';
 
 /** Everything the engine and the worker need to know about one activity call. */
 export interface ActivityOptions {
@@ -42,15 +29,6 @@ export interface ActivityOptions {
   scheduleToCloseMs: number | undefined;
   retry: RetryPolicy;
 }
-
-export const DEFAULT_RETRY: Readonly<RetryPolicy> = Object.freeze({
-  maxAttempts: 5,
-  initialIntervalMs: 1_000,
-  backoffCoefficient: 2,
-  maxIntervalMs: 60_000,
-  jitter: 0.2,
-  nonRetryableErrorTypes: [],
-});
 
 export type ActivityOptionsInput = Partial<Omit<ActivityOptions, 'retry'>> & {
   retry?: Partial<RetryPolicy>;
@@ -153,21 +131,4 @@ export function resolveActivity(
     retry: { ...base.retry, ...callOptions?.retry },
   };
   return { name, options: resolveActivityOptions(name, merged), input: taskInput };
-}
-
-/**
- * Delay before attempt `attempt + 1` after attempt `attempt` failed (attempt counts from 1).
- * `random` in [0, 1) makes the jitter; 0.5 gives the exact schedule.
- */
-export function backoffDelayMs(
-  policy: RetryPolicy,
-  attempt: number,
-  random = Math.random(),
-): number {
-  const base = Math.min(
-    policy.maxIntervalMs,
-    policy.initialIntervalMs * policy.backoffCoefficient ** Math.max(0, attempt - 1),
-  );
-  const spread = 1 + policy.jitter * (random - 0.5);
-  return Math.max(0, Math.round(base * spread));
 }

@@ -6,8 +6,9 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { connect } from '@nats-io/transport-node';
 import { resolve } from 'node:path';
 import { ConfigError, ErrorCode, RetryableError } from '../errors.js';
+import { repoRoot } from './package-root.js';
 
-export const repoRoot = resolve(import.meta.dirname, '../..');
+export { repoRoot };
 
 /** Path of a nats-server >= 2.12 (provisioned into .nats/ when needed). */
 export function provisionNatsServer(): string {
@@ -34,8 +35,10 @@ export async function startLocalServer(
   url = 'nats://127.0.0.1:4222',
 ): Promise<LocalServer> {
   const bin = provisionNatsServer();
+  // nats.conf stores under ./.data/: the checkout's, or the project's that installed jetflow.
+  const cwd = repoRoot.split(/[\\/]/).includes('node_modules') ? process.cwd() : repoRoot;
   const child: ChildProcess = spawn(bin, ['-c', configFile], {
-    cwd: repoRoot,
+    cwd,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';

@@ -27,7 +27,7 @@ import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { headers } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JsMsg, type JetStreamClient } from '@nats-io/jetstream';
 import { LRUCache } from 'lru-cache';
-import { backoffDelayMs } from '../engine/activity.js';
+import { backoffDelayMs } from '../engine/retry.js';
 import type { Logger } from '../engine/ports.js';
 import { MSGPACK, pack, unpack } from '../contracts/codec.js';
 import { DEFAULT_PREFIX } from '../contracts/subjects.js';

@@ -1,12 +1,47 @@
 /**
- * Vitest global setup: provision nats-server once, give the run one root folder for every
- * server's store, and on teardown assert that no server process or temp dir was left behind.
+ * Vitest global setup: make sure the build (dist/) is current, since the CLI tests run what a
+ * user installs; provision nats-server once; give the run one root folder for every server's
+ * store; and on teardown assert that no server process or temp dir was left behind.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import {
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  existsSync,
+  statSync,
+  utimesSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { natsServerBin } from './nats-server.js';
+
+const repoRoot = resolve(import.meta.dirname, '../..');
+
+function newestMtime(path: string): number {
+  const st = statSync(path);
+  if (!st.isDirectory()) return st.mtimeMs;
+  let newest = st.mtimeMs;
+  for (const e of readdirSync(path)) newest = Math.max(newest, newestMtime(join(path, e)));
+  return newest;
+}
+
+/** Rebuild dist/ (`npm run build`) when a source is newer than the last build. */
+export function ensureBuild(): void {
+  const stamp = join(repoRoot, 'dist/.tsbuildinfo');
+  const sources = ['src', 'actors', 'tsconfig.json', 'tsconfig.build.json', 'package.json'];
+  const newest = Math.max(...sources.map((s) => newestMtime(join(repoRoot, s))));
+  if (existsSync(stamp) && statSync(stamp).mtimeMs >= newest) return;
+  process.stderr.write('global setup: dist/ is older than the sources, building (npm run build)\n');
+  execFileSync(
+    process.execPath,
+    [join(repoRoot, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'],
+    { cwd: repoRoot, stdio: 'inherit' },
+  );
+  const now = new Date();
+  utimesSync(stamp, now, now);
+}
 
 function alive(pid: number): boolean {
   try {
@@ -18,6 +53,7 @@ function alive(pid: number): boolean {
 }
 
 export default function setup(): () => void {
+  ensureBuild();
   const bin = natsServerBin();
   process.env.JETFLOW_NATS_SERVER_RESOLVED = bin;
   const root = mkdtempSync(join(tmpdir(), 'jetflow-test-'));

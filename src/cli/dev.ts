@@ -1,0 +1,61 @@
+/** `jetflow dev`: a local nats-server (unless NATS_URL is set), an engine, and the demo. */
+import { resolve } from 'node:path';
+import type { EngineOptions } from '../config.js';
+import type { WorkflowDefinition } from '../engine/registry.js';
+import { createRegistry } from '../engine/registry.js';
+import { Engine } from '../host/engine.js';
+import { repoRoot, startLocalServer } from '../host/nats-server.js';
+import { runDemo } from './demo.js';
+
+export interface DevDeps {
+  loadWorkflows(): Promise<WorkflowDefinition[]>;
+  engineOptions(
+    v: Record<string, string | boolean | undefined>,
+    env: NodeJS.ProcessEnv,
+  ): EngineOptions;
+  onSignals(first: () => void): void;
+  print: (line: string) => void;
+}
+
+export async function runDev(
+  v: Record<string, string | boolean | undefined>,
+  env: NodeJS.ProcessEnv,
+  d: DevDeps,
+): Promise<number> {
+  const external = (v['nats-url'] as string | undefined) ?? (env.NATS_URL || undefined);
+  const server = external ? undefined : await startLocalServer(resolve(repoRoot, 'nats.conf'));
+  const url = external ?? server!.url;
+  d.print(`jetflow: nats-server ${external ? 'at' : 'started at'} ${url}`);
+  let engine: Engine | undefined;
+  let stopping = false;
+  const stop = async () => {
+    stopping = true;
+    await engine?.close();
+    await server?.stop();
+  };
+  d.onSignals(() => void stop());
+  try {
+    const registry = createRegistry(await d.loadWorkflows());
+    engine = await Engine.create(
+      {
+        ...d.engineOptions(v, env),
+        servers: url,
+        logLevel: (v['log-level'] as EngineOptions['logLevel']) ?? 'warn',
+      },
+      { registry },
+    );
+    d.print(`jetflow: engine up (${registry.list().join(', ')})`);
+    await runDemo(url, engine.config.prefix, d.print);
+    if (v.once || stopping) {
+      await stop();
+      return 0;
+    }
+    d.print('jetflow: serving; try `jetflow query order <id>` or any NATS client. Ctrl-C to stop.');
+    await engine.run();
+    await server?.stop();
+    return 0;
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}

@@ -1,0 +1,81 @@
+/** Human output of the service verbs: aligned key/value tables, colour only on a TTY. */
+import type { Notification, WorkflowStatus } from '../contracts/wire.js';
+
+/** ANSI SGR open/close codes of the few styles used. */
+const SGR = {
+  dim: [2, 22],
+  red: [31, 39],
+  green: [32, 39],
+  yellow: [33, 39],
+  blue: [34, 39],
+  magenta: [35, 39],
+  cyan: [36, 39],
+} as const;
+type Style = keyof typeof SGR;
+
+export interface Out {
+  line(text: string): void;
+  /** `text` styled when this stream is a terminal (and `NO_COLOR` is unset), plain otherwise. */
+  paint(style: Style, text: string): string;
+}
+
+export function createOut(stream: NodeJS.WriteStream, env: NodeJS.ProcessEnv): Out {
+  // no-color.org: NO_COLOR set to a non-empty value turns colour off.
+  const colour = stream.isTTY === true && !env.NO_COLOR && env.TERM !== 'dumb';
+  return {
+    line: (text) => void stream.write(text + '\n'),
+    paint: (style, text) => (colour ? `\x1b[${SGR[style][0]}m${text}\x1b[${SGR[style][1]}m` : text),
+  };
+}
+
+export const STATUS_STYLE: Record<WorkflowStatus, Style> = {
+  running: 'cyan',
+  completed: 'green',
+  failed: 'red',
+  canceled: 'yellow',
+};
+
+/** A value on one line: strings as they are, anything else as compact JSON. */
+export function inline(v: unknown): string {
+  if (typeof v === 'string') return v;
+  return v === undefined ? '-' : JSON.stringify(v);
+}
+
+/** Rows of `key  value`, keys padded to one column; rows whose value is undefined are left out. */
+export function table(out: Out, rows: [string, string | undefined][]): void {
+  const shown = rows.filter((r): r is [string, string] => r[1] !== undefined);
+  const width = Math.max(...shown.map(([k]) => k.length));
+  for (const [k, v] of shown) out.line(`${out.paint('dim', k.padEnd(width))}  ${v}`);
+}
+
+const TYPE_STYLE: Record<Notification['type'], Style> = {
+  started: 'cyan',
+  transitioned: 'blue',
+  completed: 'green',
+  failed: 'red',
+  canceled: 'yellow',
+  rejected: 'magenta',
+};
+
+/** One notification as one line: time, step, type, what happened (columns aligned). */
+export function notificationLine(out: Out, n: Notification): string {
+  const at = typeof n.at === 'string' ? n.at.replace(/^.*T/, '').replace(/Z$/, '') : '';
+  const what = (() => {
+    switch (n.type) {
+      case 'started':
+        return `in ${inline(n.value)}  input ${inline(n.input)}`;
+      case 'transitioned':
+        return `${n.event} -> ${inline(n.value)}`;
+      case 'completed':
+        return `output ${inline(n.output)}`;
+      case 'failed':
+        return `${n.error.code}: ${n.error.message}`;
+      case 'canceled':
+        return n.reason ? `reason ${n.reason}` : '';
+      case 'rejected':
+        return `${n.event}: ${n.error.message}`;
+    }
+  })();
+  const type = out.paint(TYPE_STYLE[n.type], n.type.padEnd(12));
+  return `${at.padEnd(12)}  ${`step ${n.step}`.padEnd(8)}  ${type}  ${what}`.trimEnd();
+}

@@ -1,0 +1,246 @@
+/**
+ * The service verbs: `start`, `signal`, `query`, `cancel`, `result`, `watch`. Each is one call of
+ * the TypeScript client over the public subjects; the CLI only parses and prints. Human output by
+ * default, `--json` for scripts (one JSON document; `watch`: one per line).
+ */
+import { readFileSync } from 'node:fs';
+import { Client, WorkflowFailedError } from '../client/index.js';
+import { DEFAULT_PREFIX } from '../contracts/subjects.js';
+import type { Notification, QueryReply } from '../contracts/wire.js';
+import { ErrorCode, JetflowError } from '../errors.js';
+import { ExitCode, UsageError } from './exit.js';
+import { inline, notificationLine, STATUS_STYLE, table, type Out } from './output.js';
+
+export interface ServiceOptions {
+  natsUrl?: string;
+  prefix?: string;
+  json?: boolean;
+}
+
+export interface Io {
+  out: Out;
+  err: Out;
+  env: NodeJS.ProcessEnv;
+}
+
+/** `JSON` or `@file` (JSON read from a file), named `what` in errors. */
+export function parseJsonArg(text: string, what: string): unknown {
+  let source = text;
+  if (text.startsWith('@')) {
+    try {
+      source = readFileSync(text.slice(1), 'utf8');
+    } catch (err) {
+      throw new UsageError(`cannot read ${what} from ${text.slice(1)}: ${(err as Error).message}`);
+    }
+  }
+  try {
+    return JSON.parse(source) as unknown;
+  } catch (err) {
+    throw new UsageError(`${what} is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+/** `500ms`, `30s`, `2m`; a bare number is seconds. */
+export function parseDuration(text: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
+  if (!m) throw new UsageError(`${what} must be a duration like 30s, 500ms or 2m (got ${text})`);
+  const unit = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[m[2] ?? 's'] ?? 1_000;
+  return Math.round(Number(m[1]) * unit);
+}
+
+async function withClient<T>(
+  o: ServiceOptions,
+  io: Io,
+  run: (c: Client) => Promise<T>,
+): Promise<T> {
+  const url = o.natsUrl ?? (io.env.NATS_URL || 'nats://127.0.0.1:4222');
+  const prefix = o.prefix ?? (io.env.JETFLOW_PREFIX || DEFAULT_PREFIX);
+  const client = await Client.connect(url, { prefix });
+  try {
+    return await run(client);
+  } finally {
+    await client.close();
+  }
+}
+
+function json(io: Io, v: unknown): void {
+  io.out.line(JSON.stringify(v, null, 2));
+}
+
+const ref = (type: string, id: string) => `${type}/${id}`;
+
+export async function startVerb(
+  type: string,
+  id: string,
+  o: ServiceOptions & { input?: string },
+  io: Io,
+): Promise<number> {
+  const input = o.input === undefined ? undefined : parseJsonArg(o.input, '--input');
+  const r = await withClient(o, io, (c) => c.start(type, id, input));
+  if (o.json) json(io, r);
+  else
+    table(io.out, [
+      ['workflow', ref(r.type, r.id)],
+      ['version', String(r.version)],
+      [
+        'created',
+        r.created ? io.out.paint('green', 'yes') : 'no (it existed: start is idempotent)',
+      ],
+    ]);
+  return ExitCode.Ok;
+}
+
+export async function signalVerb(
+  type: string,
+  id: string,
+  eventText: string,
+  o: ServiceOptions & { msgId?: string },
+  io: Io,
+): Promise<number> {
+  const event = parseJsonArg(eventText, 'the event');
+  if (!event || typeof event !== 'object' || typeof (event as { type?: unknown }).type !== 'string')
+    throw new UsageError(
+      'the event must be a JSON object with a string "type", e.g. {"type":"PAY"}',
+    );
+  const r = await withClient(o, io, (c) =>
+    c.signal(type, id, event as { type: string }, o.msgId ? { msgId: o.msgId } : {}),
+  );
+  if (o.json) json(io, r);
+  else {
+    const dup = (r as { duplicate?: boolean }).duplicate;
+    table(io.out, [
+      ['workflow', ref(type, id)],
+      ['event', (event as { type: string }).type],
+      ['applied', dup ? 'no (a repeat of this --msg-id; applied before)' : 'yes'],
+      ['step', r.step === undefined ? undefined : String(r.step)],
+      ['status', r.status && io.out.paint(STATUS_STYLE[r.status], r.status)],
+      ['state', r.value === undefined ? undefined : inline(r.value)],
+    ]);
+  }
+  return ExitCode.Ok;
+}
+
+function queryTable(io: Io, q: QueryReply): void {
+  table(io.out, [
+    ['workflow', `${ref(q.type, q.id)}@${q.version}`],
+    ['status', io.out.paint(STATUS_STYLE[q.status], q.status)],
+    ['state', inline(q.value)],
+    ['step', String(q.step)],
+    ['accepts', q.accepts.length ? q.accepts.join(', ') : '-'],
+    ['tags', q.tags.length ? q.tags.join(', ') : undefined],
+    ['context', inline(q.context)],
+    ['output', q.status === 'completed' ? inline(q.output) : undefined],
+    ['error', q.error ? `${q.error.code}: ${q.error.message}` : undefined],
+    ['created', q.createdAt],
+    ['updated', q.updatedAt],
+  ]);
+}
+
+export async function queryVerb(
+  type: string,
+  id: string,
+  o: ServiceOptions,
+  io: Io,
+): Promise<number> {
+  const q = await withClient(o, io, (c) => c.query(type, id));
+  if (o.json) json(io, q);
+  else queryTable(io, q);
+  return ExitCode.Ok;
+}
+
+export async function cancelVerb(
+  type: string,
+  id: string,
+  o: ServiceOptions & { reason?: string },
+  io: Io,
+): Promise<number> {
+  const r = await withClient(o, io, (c) => c.cancel(type, id, o.reason));
+  if (o.json) json(io, r);
+  else
+    table(io.out, [
+      ['workflow', ref(type, id)],
+      ['status', io.out.paint(STATUS_STYLE.canceled, r.status ?? 'canceled')],
+      ['state', r.value === undefined ? undefined : inline(r.value)],
+      ['step', r.step === undefined ? undefined : String(r.step)],
+    ]);
+  return ExitCode.Ok;
+}
+
+/**
+ * Wait for the workflow's end. stdout gets the output (human: the value itself, JSON for
+ * anything but a string; `--json`: `{status, output}` or `{status, error}`); stderr says what it
+ * waits for. Exit 0 completed, 1 failed or canceled, 5 timed out.
+ */
+export async function resultVerb(
+  type: string,
+  id: string,
+  o: ServiceOptions & { timeout?: string },
+  io: Io,
+): Promise<number> {
+  const timeoutMs = parseDuration(o.timeout ?? '60s', '--timeout');
+  return withClient(o, io, async (c) => {
+    const q = await c.query(type, id);
+    if (q.status === 'running' && !o.json) {
+      io.err.line(
+        `waiting for ${ref(type, id)} (running in ${inline(q.value)}; accepts ${q.accepts.join(', ') || 'nothing'}) up to ${timeoutMs / 1000}s`,
+      );
+    }
+    try {
+      const output = await c.result(type, id, { timeoutMs });
+      if (o.json) json(io, { id, type, status: 'completed', output });
+      else io.out.line(typeof output === 'string' ? output : JSON.stringify(output, null, 2));
+      return ExitCode.Ok;
+    } catch (err) {
+      if (!(err instanceof WorkflowFailedError)) throw err;
+      const final = await c.query(type, id).catch(() => undefined);
+      const status = final?.status ?? 'failed';
+      if (o.json) json(io, { id, type, status, error: final?.error ?? err.details ?? null });
+      io.err.line(`${ref(type, id)} ${status}${final?.error ? `: ${final.error.message}` : ''}`);
+      return ExitCode.Failed;
+    }
+  });
+}
+
+/**
+ * One line per notification (`--json`: one JSON object per line), from the workflow's first,
+ * until its end. A workflow that already finished prints what the events stream still holds.
+ * Exit 0 when it completed, 1 when it failed or was canceled.
+ */
+export async function watchVerb(
+  type: string,
+  id: string,
+  o: ServiceOptions,
+  io: Io,
+): Promise<number> {
+  return withClient(o, io, async (c) => {
+    const q = await c.query(type, id); // not_found (3) before waiting on nothing
+    const ac = new AbortController();
+    let idle: NodeJS.Timeout | undefined;
+    // A finished workflow: stop once the stream has nothing more to give.
+    const arm = () => {
+      if (q.status === 'running') return;
+      clearTimeout(idle);
+      idle = setTimeout(() => ac.abort(), 1_000);
+    };
+    arm();
+    let last: Notification | undefined;
+    try {
+      for await (const n of c.watch(type, id, { signal: ac.signal })) {
+        last = n;
+        io.out.line(o.json ? JSON.stringify(n) : notificationLine(io.out, n));
+        arm();
+      }
+    } finally {
+      clearTimeout(idle);
+    }
+    const status = last?.type === 'completed' ? 'completed' : q.status;
+    if (last && ['failed', 'canceled'].includes(last.type)) return ExitCode.Failed;
+    if (status === 'failed' || status === 'canceled') return ExitCode.Failed;
+    if (status === 'running') {
+      throw new JetflowError(`stopped watching ${ref(type, id)} before it finished`, {
+        code: ErrorCode.Timeout,
+      });
+    }
+    return ExitCode.Ok;
+  });
+}

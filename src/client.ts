@@ -1,0 +1,34 @@
+/**
+ * `jetflow/client`: what a service needs to start, signal, query, cancel and await workflows.
+ * Loads neither XState nor the engine (see the README's "Use it in your service").
+ */
+export { Client, WorkflowFailedError, type ClientOptions } from './client/index.js';
+export type {
+  ScheduleAction,
+  ScheduleDefinition,
+  ScheduleSpec,
+  Schedules,
+} from './nats/schedules.js';
+export {
+  BadRequestError,
+  ConflictError,
+  ErrorCode,
+  JetflowError,
+  RetryableError,
+  TerminalError,
+  type ErrorData,
+} from './errors.js';
+export { createSubjects, DEFAULT_PREFIX, type Subjects } from './contracts/subjects.js';
+export {
+  Header,
+  WIRE_VERSION,
+  type CancelRequest,
+  type ErrorReply,
+  type Notification,
+  type NotificationType,
+  type QueryReply,
+  type SignalReply,
+  type StartReply,
+  type StartRequest,
+  type WorkflowStatus,
+} from './contracts/wire.js';
