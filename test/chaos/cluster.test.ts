@@ -201,9 +201,11 @@ describe('3 engines on a 3-node cluster', () => {
           .catch((err: unknown) => err as Error);
         // No engine answering (a request timed out while the client reconnected after the
         // node kill) is retried; a workflow that does not finish runs out the deadline.
+        // (As in `untilAnswered`: anything but a jetflow error with another code, e.g. the NATS
+        // client's own request timeout, means "not answered yet".)
         const retry =
-          out instanceof JetflowError &&
-          (out.code === 'unavailable' || out.code === 'timeout') &&
+          out instanceof Error &&
+          !(out instanceof JetflowError && out.code !== 'unavailable' && out.code !== 'timeout') &&
           Date.now() < deadline;
         if (!retry) break;
         await new Promise((r) => setTimeout(r, 200));
