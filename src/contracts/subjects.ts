@@ -60,6 +60,18 @@ export interface Subjects {
   readonly publicWildcards: { start: string; signal: string; cancel: string; query: string };
   /** Wildcard of every notification. */
   readonly eventsWildcard: string;
+  /** Journal of one workflow: `<prefix>.journal.<type>.<id>` (stream `<PREFIX>_HISTORY`). */
+  journal(type: string, id: string): string;
+  /** Wildcard of every journal subject (the history stream). */
+  readonly journalWildcard: string;
+  /** Public request/reply: one workflow's journal, `<prefix>.history.<type>.<id>`. */
+  history(type: string, id: string): string;
+  /** Wildcard the history responders subscribe to. */
+  readonly historyWildcard: string;
+  /** Public request/reply: search the visibility index, `<prefix>.search`. */
+  readonly search: string;
+  /** Public request/reply: counts by type, status and state, `<prefix>.search.counts`. */
+  readonly searchCounts: string;
 }
 
 /** Build the subject table for `prefix`. */
@@ -96,6 +108,12 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
       query: `${p}.query.*.*`,
     }),
     eventsWildcard: `${p}.events.>`,
+    journal: (t: string, i: string) => `${p}.journal.${t}.${i}`,
+    journalWildcard: `${p}.journal.>`,
+    history: (t: string, i: string) => `${p}.history.${t}.${i}`,
+    historyWildcard: `${p}.history.*.*`,
+    search: `${p}.search`,
+    searchCounts: `${p}.search.counts`,
   });
 }
 

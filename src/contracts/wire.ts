@@ -132,7 +132,19 @@ export type Effect =
       dueAt: number;
     }
   /** Cancel a timer: purge the schedule subject of the setting being canceled. */
-  | { kind: 'cancelTimer'; timerId: string; timerKey: string };
+  | { kind: 'cancelTimer'; timerId: string; timerKey: string }
+  /**
+   * Append the step's journal entry. The effect holds what the record does not (the event, the
+   * state before, the activity outcome); the performer completes it from the record.
+   */
+  | {
+      kind: 'journal';
+      cause: 'start' | 'signal' | 'cancel' | 'result' | 'timer' | 'failure';
+      seq: number;
+      event: JournalEvent;
+      from?: JournalState;
+      activity?: JournalActivity;
+    };
 
 export type EffectKind = Effect['kind'];
 
@@ -184,6 +196,10 @@ export interface WorkflowRecord {
   /** Epoch ms. */
   createdAt: number;
   updatedAt: number;
+  /** Epoch ms since the state value is what it is now (absent in records from before it). */
+  stateSince?: number;
+  /** The definition's search attributes, read from the context after the last step. */
+  attributes?: Record<string, string | number | boolean | null>;
   output?: unknown;
   error?: ErrorData;
 }
@@ -261,4 +277,131 @@ export interface ResultMessage {
   output?: unknown;
   error?: ErrorData & { attempt?: number };
   attempt: number;
+}
+
+/** An event as the journal keeps it: its type, and its payload unless cut. */
+export interface JournalEvent {
+  type: string;
+  /** The event without `type` (the event object's other fields); absent when cut. */
+  payload?: unknown;
+  /** Set when the payload was cut: its encoded size in bytes (over `journalPayloadMaxBytes`). */
+  truncated?: { bytes: number };
+}
+
+/** State of a workflow as the journal keeps it. */
+export interface JournalState {
+  /** XState state value, e.g. `{ "shipping": "packing" }`. */
+  value: unknown;
+  /** Active leaf state paths, dot-joined, e.g. `["shipping.packing"]` (several when parallel). */
+  paths: string[];
+}
+
+/** One effect a step issued, as the journal lists it. */
+export type JournalEffect =
+  | { kind: 'task'; actorId: string; taskId: string; activity: string; queue: string }
+  | { kind: 'stopTask'; actorId: string; taskId: string }
+  | { kind: 'timer'; timerId: string; dueAt: number; event: string }
+  | { kind: 'cancelTimer'; timerId: string }
+  | { kind: 'notify'; type: NotificationType }
+  /** A message to another workflow (links, children): its subject and event type. */
+  | { kind: 'message'; subject: string; event?: string };
+
+interface JournalBase {
+  v: typeof WIRE_VERSION;
+  workflowType: string;
+  id: string;
+  version: number;
+  /**
+   * Step number: for `step` entries, the step this entry records (0 is the start; contiguous,
+   * one entry per step). For the others, the workflow's step when it happened (unchanged).
+   */
+  step: number;
+  /** Epoch ms. */
+  at: number;
+  /** Engine that wrote the entry. */
+  engine: string;
+  /** Inbox stream sequence of the message (absent for operator actions). */
+  seq?: number;
+}
+
+/** An activity outcome that produced a step (a `result` message). */
+export interface JournalActivity {
+  actorId: string;
+  taskId: string;
+  activity?: string;
+  ok: boolean;
+  /** Attempt that produced the result (1 = first). */
+  attempt: number;
+  /** A failure after every retry was used up (or not retryable): the activity's end. */
+  exhausted?: boolean;
+  error?: ErrorData;
+}
+
+/**
+ * A journal entry: msgpack on `<prefix>.journal.<type>.<id>` in stream `<PREFIX>_HISTORY`, with
+ * `Nats-Msg-Id` `<type>.<id>.<step>.j` for steps (`….rej.<seq>`, `….ign.<seq>` for the others),
+ * so a step re-performed after a crash is journaled once within the stream's dedup window; a
+ * reader drops a step number it has already seen (a re-performance after the window).
+ */
+export type JournalEntry =
+  | (JournalBase & {
+      kind: 'step';
+      /** The message kind that caused it. */
+      cause: 'start' | 'signal' | 'cancel' | 'result' | 'timer' | 'failure';
+      event: JournalEvent;
+      /** State before (absent for the start). */
+      from?: JournalState;
+      to: JournalState;
+      status: WorkflowStatus;
+      /** Epoch ms since the workflow is in its current state (`to`). */
+      stateSince: number;
+      /** The context after the step (in a stored entry it is read from `snapshot.context`). */
+      context?: unknown;
+      /** The persisted XState snapshot after the step: enough to restore the workflow here. */
+      snapshot: unknown;
+      effects: JournalEffect[];
+      /** The definition's search attributes, read from the context after the step. */
+      attributes?: Record<string, string | number | boolean | null>;
+      activity?: JournalActivity;
+      /** For `failed`: the error. */
+      error?: ErrorData;
+      createdAt: number;
+    })
+  | (JournalBase & {
+      kind: 'rejected';
+      event: JournalEvent;
+      error: ErrorData;
+      accepts: string[];
+    })
+  | (JournalBase & {
+      kind: 'ignored';
+      /** `result` or `timer`. */
+      cause: string;
+      reason: string;
+      activity?: JournalActivity;
+      timerId?: string;
+    })
+  | (JournalBase & {
+      kind: 'operator';
+      /** The operator action (e.g. `pause`, `resume`, `retry`, `resolve`) and its parameters. */
+      action: string;
+      params?: unknown;
+      by?: string;
+      reason?: string;
+    });
+
+export type JournalEntryKind = JournalEntry['kind'];
+
+/** Body of `<prefix>.history.<type>.<id>`. */
+export interface HistoryRequest {
+  /** First step to return (default 0). */
+  fromStep?: number;
+  /** Max entries (default 100, max 1,000). */
+  limit?: number;
+}
+
+/** Reply to a history request: entries in order; `next` is the `fromStep` of the next page. */
+export interface HistoryReply {
+  entries: JournalEntry[];
+  next: number | null;
 }

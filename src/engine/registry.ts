@@ -11,6 +11,13 @@ export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine>
   type: string;
   version: number;
   machine: M;
+  /**
+   * Context fields the visibility index can match by equality (`jetflow ls --where key=value`):
+   * after every step their values are read from the context (a dotted path reads a nested
+   * field) and journaled. Strings, numbers, booleans and null are kept as they are; any other
+   * value is kept as its JSON text.
+   */
+  searchAttributes?: readonly string[];
 }
 
 /** Declare a workflow definition (identity helper that checks its shape). */

@@ -55,6 +55,8 @@ export interface TopologyNames {
   subjects: Subjects;
   inboxStream: string;
   eventsStream: string;
+  /** The journal: every step of every workflow (`<prefix>.journal.<type>.<id>`). */
+  historyStream: string;
   tasksStream: string;
   schedulesStream: string;
   bucket: string;
@@ -69,6 +71,7 @@ export function topologyNames(prefix: string): TopologyNames {
     subjects: createSubjects(prefix),
     inboxStream: `${up}_INBOX`,
     eventsStream: `${up}_EVENTS`,
+    historyStream: `${up}_HISTORY`,
     tasksStream: `${up}_TASKS`,
     schedulesStream: `${up}_SCHEDULES`,
     schedulesBucket: `${prefix}_schedules`,
