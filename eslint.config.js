@@ -30,8 +30,14 @@ export default tseslint.config(
     },
   },
   {
-    // The engine core and the actors never touch the broker: only src/nats/ imports @nats-io/*.
-    files: ['src/engine/**/*.ts', 'actors/**/*.ts', 'src/contracts/**/*.ts'],
+    // The engine core, the actors and the index never touch the broker: only src/nats/ imports
+    // @nats-io/*.
+    files: [
+      'src/engine/**/*.ts',
+      'actors/**/*.ts',
+      'src/contracts/**/*.ts',
+      'src/visibility/**/*.ts',
+    ],
     rules: {
       'no-restricted-imports': [
         'error',

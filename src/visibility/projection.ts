@@ -1,0 +1,517 @@
+/**
+ * The visibility index: a projection of the journal (and, on rebuild, of the workflow records)
+ * into one SQLite file (better-sqlite3, WAL). Synchronous and free of NATS: the role feeds it
+ * batches and asks it questions.
+ *
+ * Idempotent: a workflow's row changes only for a step number above the one it holds, so a
+ * redelivered, duplicated or already-reflected entry changes nothing. The journal stream
+ * sequence applied is stored in the same transaction as the rows, so a restart resumes exactly
+ * where the file left off.
+ *
+ * Layout (every query is driven by an index, see `search()`):
+ * - `workflows`: one row per workflow, keyed by `<type>.<id>` (also the pagination tiebreak, so
+ *   that every replica orders rows the same way and a cursor works on any of them);
+ * - `wstates`: one row per active state path (several in parallel states), with the
+ *   workflow's `in_state_since` and `updated_at` copied in, so "in state X for more than 1 h,
+ *   oldest first" is one index range;
+ * - `wattrs`: search attributes, value stored as its JSON text (equality keeps the type);
+ * - `counts` / `totals`: counters kept up to date by every change, so counts are not a scan.
+ */
+import Database from 'better-sqlite3';
+import type { AttributeValue, SearchCountsReply, SearchReply } from '../contracts/search.js';
+import type { JournalEntry, WorkflowRecord, WorkflowStatus } from '../contracts/wire.js';
+import { statePaths } from './paths.js';
+import { attributeText, encodeCursor, type Range, type SearchQuery } from './query.js';
+
+/** Version of the file layout; a file of another version is rebuilt. */
+export const SCHEMA_VERSION = 1;
+
+/** What the index keeps of one workflow. Times are epoch ms. */
+export interface WorkflowState {
+  type: string;
+  id: string;
+  status: WorkflowStatus;
+  step: number;
+  paths: string[];
+  inStateSince: number;
+  createdAt: number;
+  updatedAt: number;
+  error?: { type: string; code: string; message?: string };
+  attributes: Record<string, AttributeValue>;
+}
+
+/** The state a `step` journal entry leaves its workflow in. */
+export function stateOfEntry(e: Extract<JournalEntry, { kind: 'step' }>): WorkflowState {
+  return {
+    type: e.workflowType,
+    id: e.id,
+    status: e.status,
+    step: e.step,
+    paths: e.to.paths,
+    inStateSince: e.stateSince,
+    createdAt: e.createdAt,
+    updatedAt: e.at,
+    ...(e.error
+      ? { error: { type: e.error.type, code: e.error.code, message: e.error.message } }
+      : {}),
+    attributes: e.attributes ?? {},
+  };
+}
+
+/** The state a stored record describes (used by the rebuild). */
+export function stateOfRecord(r: WorkflowRecord): WorkflowState {
+  const value = (r.snapshot as { value?: unknown } | null)?.value;
+  return {
+    type: r.type,
+    id: r.id,
+    status: r.status,
+    step: r.step,
+    paths: statePaths(value),
+    inStateSince: r.stateSince ?? r.updatedAt,
+    createdAt: r.createdAt,
+    updatedAt: r.updatedAt,
+    ...(r.error
+      ? { error: { type: r.error.type, code: r.error.code, message: r.error.message } }
+      : {}),
+    attributes: r.attributes ?? {},
+  };
+}
+
+/** Where the index stands in the journal. */
+export interface JournalPosition {
+  /** Last journal stream sequence applied (0 = none). */
+  seq: number;
+  /** Identity of the journal stream `seq` belongs to (its creation time), if known. */
+  stream: string | undefined;
+}
+
+/** One message of the journal: its stream sequence and the decoded entry (undefined: malformed). */
+export interface JournalItem {
+  seq: number;
+  entry: JournalEntry | undefined;
+}
+
+export interface ApplyResult {
+  /** Step entries that changed a row. */
+  applied: number;
+  /** Step entries at or below the indexed step (already reflected). */
+  stale: number;
+  /** Entries of other kinds (rejected, ignored, operator) and malformed ones. */
+  other: number;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workflows (
+  key TEXT PRIMARY KEY,
+  type TEXT NOT NULL,
+  id TEXT NOT NULL,
+  status TEXT NOT NULL,
+  step INTEGER NOT NULL,
+  states TEXT NOT NULL,
+  in_state_since INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  error_type TEXT,
+  error_code TEXT,
+  error_message TEXT,
+  needs_review INTEGER NOT NULL DEFAULT 0,
+  attributes TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS w_upd ON workflows (updated_at);
+CREATE INDEX IF NOT EXISTS w_iss ON workflows (in_state_since);
+CREATE INDEX IF NOT EXISTS w_status_upd ON workflows (status, updated_at);
+CREATE INDEX IF NOT EXISTS w_status_iss ON workflows (status, in_state_since);
+CREATE INDEX IF NOT EXISTS w_type_upd ON workflows (type, updated_at);
+CREATE INDEX IF NOT EXISTS w_type_iss ON workflows (type, in_state_since);
+CREATE INDEX IF NOT EXISTS w_created ON workflows (created_at);
+CREATE INDEX IF NOT EXISTS w_id ON workflows (id);
+CREATE INDEX IF NOT EXISTS w_err_type ON workflows (error_type) WHERE error_type IS NOT NULL;
+CREATE INDEX IF NOT EXISTS w_err_code ON workflows (error_code) WHERE error_code IS NOT NULL;
+CREATE INDEX IF NOT EXISTS w_review ON workflows (updated_at) WHERE needs_review = 1;
+CREATE TABLE IF NOT EXISTS wstates (
+  wkey TEXT NOT NULL,
+  path TEXT NOT NULL,
+  in_state_since INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (wkey, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS s_iss ON wstates (path, in_state_since);
+CREATE INDEX IF NOT EXISTS s_upd ON wstates (path, updated_at);
+CREATE TABLE IF NOT EXISTS wattrs (
+  wkey TEXT NOT NULL,
+  name TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (wkey, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS a_value ON wattrs (name, value);
+CREATE TABLE IF NOT EXISTS counts (
+  type TEXT NOT NULL, status TEXT NOT NULL, path TEXT NOT NULL, n INTEGER NOT NULL,
+  PRIMARY KEY (type, status, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals (
+  type TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
+  PRIMARY KEY (type, status)
+) WITHOUT ROWID;
+`;
+
+interface StoredRow {
+  key: string;
+  type: string;
+  id: string;
+  status: WorkflowStatus;
+  step: number;
+  states: string;
+  in_state_since: number;
+  created_at: number;
+  updated_at: number;
+  error_type: string | null;
+  error_code: string | null;
+  error_message: string | null;
+  needs_review: number;
+  attributes: string;
+}
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+/** The smallest string above every string starting with `prefix` (ASCII keys). */
+function prefixEnd(prefix: string): string {
+  return prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
+}
+
+export interface VisibilityIndexOptions {
+  /** SQLite page cache in MiB (default 64). */
+  cacheMiB?: number;
+}
+
+export class VisibilityIndex {
+  private readonly db: Database.Database;
+  private readonly statements = new Map<string, Database.Statement>();
+  private closed = false;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+  }
+
+  /**
+   * Open (or create) the index file at `path` (`:memory:` for a throwaway one). A file with
+   * another layout version is emptied (the role then rebuilds it).
+   */
+  static open(path: string, o: VisibilityIndexOptions = {}): VisibilityIndex {
+    const db = new Database(path);
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      db.pragma('temp_store = MEMORY');
+      db.pragma(`cache_size = ${-1024 * (o.cacheMiB ?? 64)}`);
+      const version = db.pragma('user_version', { simple: true }) as number;
+      if (version !== SCHEMA_VERSION) {
+        db.exec(
+          'DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS workflows; DROP TABLE IF EXISTS wstates;' +
+            'DROP TABLE IF EXISTS wattrs; DROP TABLE IF EXISTS counts; DROP TABLE IF EXISTS totals;',
+        );
+        db.exec(SCHEMA);
+        db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      }
+      return new VisibilityIndex(db);
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  }
+
+  private st(sql: string): Database.Statement {
+    let s = this.statements.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      if (this.statements.size > 512) this.statements.clear();
+      this.statements.set(sql, s);
+    }
+    return s;
+  }
+
+  /** Where the index stands in the journal. */
+  position(): JournalPosition {
+    const get = (name: string) =>
+      (this.st('SELECT value FROM meta WHERE name = ?').get(name) as { value: unknown } | undefined)
+        ?.value;
+    const seq = get('journal_seq');
+    const stream = get('journal_stream');
+    return {
+      seq: typeof seq === 'number' ? seq : 0,
+      stream: typeof stream === 'string' ? stream : undefined,
+    };
+  }
+
+  private setMeta(name: string, value: unknown): void {
+    this.st(
+      'INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value',
+    ).run(name, value);
+  }
+
+  /** Empty every table (start of a rebuild); `stream` is the journal identity to remember. */
+  reset(position: JournalPosition): void {
+    this.db.transaction(() => {
+      for (const t of ['workflows', 'wstates', 'wattrs', 'counts', 'totals', 'meta']) {
+        this.db.exec(`DELETE FROM ${t}`);
+      }
+      this.setMeta('journal_seq', position.seq);
+      if (position.stream !== undefined) this.setMeta('journal_stream', position.stream);
+      this.setMeta('rebuilding', 1);
+    })();
+  }
+
+  /** True between `reset()` and `finishRebuild()`: a rebuild that did not complete. */
+  get rebuilding(): boolean {
+    return (
+      (this.st("SELECT value FROM meta WHERE name = 'rebuilding'").get() as
+        { value: unknown } | undefined) !== undefined
+    );
+  }
+
+  /** The records were all loaded: from now on the index follows the journal. */
+  finishRebuild(): void {
+    this.st("DELETE FROM meta WHERE name = 'rebuilding'").run();
+    this.db.pragma('optimize');
+  }
+
+  /** Load workflow states (rebuild from records) in one transaction. */
+  load(states: readonly WorkflowState[]): number {
+    let n = 0;
+    this.db.transaction(() => {
+      for (const s of states) if (this.upsert(s)) n++;
+    })();
+    return n;
+  }
+
+  /**
+   * Apply journal messages in one transaction and remember the last sequence. Only `step`
+   * entries above the indexed step change rows; the others are counted.
+   */
+  apply(items: readonly JournalItem[]): ApplyResult {
+    const r: ApplyResult = { applied: 0, stale: 0, other: 0 };
+    if (items.length === 0) return r;
+    this.db.transaction(() => {
+      let last = 0;
+      for (const { seq, entry } of items) {
+        last = Math.max(last, seq);
+        if (entry?.kind !== 'step') {
+          r.other++;
+          continue;
+        }
+        if (this.upsert(stateOfEntry(entry))) r.applied++;
+        else r.stale++;
+      }
+      this.setMeta('journal_seq', last);
+    })();
+    return r;
+  }
+
+  /** Write one workflow's state unless the index already holds this step or a later one. */
+  private upsert(s: WorkflowState): boolean {
+    const key = `${s.type}.${s.id}`;
+    const old = this.st(
+      'SELECT type, status, step, states, in_state_since, attributes FROM workflows WHERE key = ?',
+    ).get(key) as
+      | Pick<StoredRow, 'type' | 'status' | 'step' | 'states' | 'in_state_since' | 'attributes'>
+      | undefined;
+    if (old && old.step >= s.step) return false;
+    const states = JSON.stringify(s.paths);
+    const attributes = JSON.stringify(s.attributes);
+    this.st(
+      `INSERT INTO workflows (key, type, id, status, step, states, in_state_since, created_at,
+         updated_at, error_type, error_code, error_message, needs_review, attributes)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+       ON CONFLICT (key) DO UPDATE SET status = excluded.status, step = excluded.step,
+         states = excluded.states, in_state_since = excluded.in_state_since,
+         created_at = excluded.created_at, updated_at = excluded.updated_at,
+         error_type = excluded.error_type, error_code = excluded.error_code,
+         error_message = excluded.error_message, attributes = excluded.attributes`,
+    ).run(
+      key,
+      s.type,
+      s.id,
+      s.status,
+      s.step,
+      states,
+      s.inStateSince,
+      s.createdAt,
+      s.updatedAt,
+      s.error?.type ?? null,
+      s.error?.code ?? null,
+      s.error?.message ?? null,
+      attributes,
+    );
+    if (!old || old.states !== states || old.in_state_since !== s.inStateSince) {
+      this.st('DELETE FROM wstates WHERE wkey = ?').run(key);
+      const ins = this.st(
+        'INSERT OR IGNORE INTO wstates (wkey, path, in_state_since, updated_at) VALUES (?, ?, ?, ?)',
+      );
+      for (const p of s.paths) ins.run(key, p, s.inStateSince, s.updatedAt);
+    } else {
+      this.st('UPDATE wstates SET updated_at = ? WHERE wkey = ?').run(s.updatedAt, key);
+    }
+    if (!old || old.attributes !== attributes) {
+      this.st('DELETE FROM wattrs WHERE wkey = ?').run(key);
+      const ins = this.st('INSERT INTO wattrs (wkey, name, value) VALUES (?, ?, ?)');
+      for (const [k, v] of Object.entries(s.attributes)) ins.run(key, k, attributeText(v));
+    }
+    if (!old || old.status !== s.status || old.states !== states) {
+      if (old) this.count(old.type, old.status, JSON.parse(old.states) as string[], -1);
+      this.count(s.type, s.status, s.paths, +1);
+    }
+    return true;
+  }
+
+  private count(type: string, status: string, paths: string[], d: number): void {
+    const bump = (table: 'counts' | 'totals', cols: string, values: unknown[]) =>
+      this.st(
+        `INSERT INTO ${table} (${cols}, n) VALUES (${values.map(() => '?').join(', ')}, ?)
+         ON CONFLICT DO UPDATE SET n = n + excluded.n`,
+      ).run(...values, d);
+    bump('totals', 'type, status', [type, status]);
+    for (const p of new Set(paths)) bump('counts', 'type, status, path', [type, status, p]);
+  }
+
+  /** Answer a validated search. */
+  search(q: SearchQuery): SearchReply {
+    const { sql, args } = searchSql(q);
+    const rows = this.st(sql).all(...args) as (StoredRow & { sort_value: number })[];
+    const more = rows.length > q.limit;
+    if (more) rows.length = q.limit;
+    const last = rows[rows.length - 1];
+    return {
+      workflows: rows.map(toWorkflow),
+      cursor: more && last ? encodeCursor(q, last.sort_value, last.key) : null,
+    };
+  }
+
+  /** The query plan SQLite picks for a search (for tests and the benchmark). */
+  explain(q: SearchQuery): string {
+    const { sql, args } = searchSql(q);
+    return (this.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...args) as { detail: string }[])
+      .map((r) => r.detail)
+      .join('; ');
+  }
+  /** Counts grouped by type, status and state (optionally of one type). */
+  counts(o: { type?: string } = {}): SearchCountsReply {
+    const filter = o.type === undefined ? '' : ' WHERE type = ?';
+    const args = o.type === undefined ? [] : [o.type];
+    const totals = this.st(`SELECT type, status, n FROM totals${filter}`).all(...args) as {
+      type: string;
+      status: WorkflowStatus;
+      n: number;
+    }[];
+    const reply: SearchCountsReply = { total: 0, byType: {}, byStatus: {}, byState: [] };
+    for (const t of totals) {
+      if (t.n <= 0) continue;
+      reply.total += t.n;
+      reply.byType[t.type] = (reply.byType[t.type] ?? 0) + t.n;
+      reply.byStatus[t.status] = (reply.byStatus[t.status] ?? 0) + t.n;
+    }
+    const rows = this.st(
+      `SELECT type, status, path, n FROM counts${filter} ORDER BY type, path, status`,
+    ).all(...args) as { type: string; status: WorkflowStatus; path: string; n: number }[];
+    for (const r of rows) {
+      if (r.n > 0)
+        reply.byState.push({ type: r.type, status: r.status, state: r.path, count: r.n });
+    }
+    return reply;
+  }
+
+  /** Number of workflows indexed. */
+  size(): number {
+    return (this.st('SELECT count(*) AS n FROM workflows').get() as { n: number }).n;
+  }
+
+  /** Refresh the planner's statistics (after a large load). */
+  analyze(): void {
+    this.db.exec('ANALYZE');
+  }
+
+  /** Write the WAL back into the main file (for size measurements and backups). */
+  checkpoint(): void {
+    this.db.pragma('wal_checkpoint(TRUNCATE)');
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.statements.clear();
+    this.db.close();
+  }
+}
+
+/** SQL and parameters of a search; every value is a parameter. */
+function searchSql(q: SearchQuery): { sql: string; args: unknown[] } {
+  const byState = q.state !== undefined && 'exact' in q.state;
+  // Driving table: the state paths for an exact state (an index range on path + sort key),
+  // the workflows otherwise.
+  const col = q.sort === 'updatedAt' ? 'updated_at' : 'in_state_since';
+  const d = byState ? 's' : 'w';
+  const k = byState ? 's.wkey' : 'w.key';
+  const sortCol = `${d}.${col}`;
+  const where: string[] = [];
+  const args: unknown[] = [];
+  const add = (sql: string, ...v: unknown[]) => {
+    where.push(sql);
+    args.push(...v);
+  };
+  if (q.state && 'exact' in q.state) add('s.path = ?', q.state.exact);
+  if (q.state && 'prefix' in q.state) {
+    add(
+      `${k} IN (SELECT wkey FROM wstates WHERE path >= ? AND path < ?)`,
+      q.state.prefix,
+      prefixEnd(q.state.prefix),
+    );
+  }
+  if (q.type !== undefined) add('w.type = ?', q.type);
+  if (q.status !== undefined) add('w.status = ?', q.status);
+  const range = (c: string, r: Range | undefined) => {
+    if (r?.after !== undefined) add(`${c} >= ?`, r.after);
+    if (r?.before !== undefined) add(`${c} < ?`, r.before);
+  };
+  range(`${d}.in_state_since`, q.inStateSince);
+  range(`${d}.updated_at`, q.updatedAt);
+  range('w.created_at', q.createdAt);
+  if (q.errorType !== undefined) add('w.error_type = ?', q.errorType);
+  if (q.errorCode !== undefined) add('w.error_code = ?', q.errorCode);
+  if (q.idPrefix !== undefined) add('w.id >= ? AND w.id < ?', q.idPrefix, prefixEnd(q.idPrefix));
+  if (q.needsReview !== undefined) add('w.needs_review = ?', q.needsReview ? 1 : 0);
+  for (const [name, value] of q.attributes) {
+    add(`${k} IN (SELECT wkey FROM wattrs WHERE name = ? AND value = ?)`, name, value);
+  }
+  const dir = q.order === 'asc' ? 'ASC' : 'DESC';
+  if (q.after)
+    add(`(${sortCol}, ${k}) ${q.order === 'asc' ? '>' : '<'} (?, ?)`, q.after.value, q.after.key);
+  const from = byState ? 'wstates s JOIN workflows w ON w.key = s.wkey' : 'workflows w';
+  const sql =
+    `SELECT w.*, ${sortCol} AS sort_value FROM ${from}` +
+    (where.length ? ` WHERE ${where.join(' AND ')}` : '') +
+    ` ORDER BY ${sortCol} ${dir}, ${k} ${dir} LIMIT ?`;
+  return { sql, args: [...args, q.limit + 1] };
+}
+
+function toWorkflow(r: StoredRow): SearchReply['workflows'][number] {
+  return {
+    type: r.type,
+    id: r.id,
+    status: r.status,
+    states: JSON.parse(r.states) as string[],
+    inStateSince: iso(r.in_state_since),
+    createdAt: iso(r.created_at),
+    updatedAt: iso(r.updated_at),
+    step: r.step,
+    needsReview: r.needs_review === 1,
+    attributes: JSON.parse(r.attributes) as Record<string, AttributeValue>,
+    ...(r.error_type !== null
+      ? {
+          error: {
+            type: r.error_type,
+            code: r.error_code ?? '',
+            ...(r.error_message !== null ? { message: r.error_message } : {}),
+          },
+        }
+      : {}),
+  };
+}
