@@ -32,3 +32,13 @@ export {
   type StartRequest,
   type WorkflowStatus,
 } from './contracts/wire.js';
+export type {
+  AttributeValue,
+  SearchCountsReply,
+  SearchCountsRequest,
+  SearchReply,
+  SearchRequest,
+  SearchSort,
+  SearchWorkflow,
+  TimeRange,
+} from './contracts/search.js';

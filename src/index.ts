@@ -56,6 +56,18 @@ export {
   type Subjects,
 } from './contracts/subjects.js';
 export {
+  SEARCH_DEFAULT_LIMIT,
+  SEARCH_MAX_LIMIT,
+  type AttributeValue,
+  type SearchCountsReply,
+  type SearchCountsRequest,
+  type SearchReply,
+  type SearchRequest,
+  type SearchSort,
+  type SearchWorkflow,
+  type TimeRange,
+} from './contracts/search.js';
+export {
   Header,
   WIRE_VERSION,
   type CancelRequest,

@@ -13,3 +13,8 @@ export { createKvRecordStore } from './nats/store.js';
 export { createInboxReader, consumeShard } from './nats/inbox.js';
 export { createEffectSink } from './nats/effects.js';
 export { pack, unpack, encodeBody, decodeBody } from './contracts/codec.js';
+// The visibility role loads better-sqlite3 (a native addon) when imported: not in the main entry,
+// so that an install without the addon still runs engines, workers and clients.
+export { Visibility, type VisibilityOptions, type VisibilityStats } from './host/visibility.js';
+export { VisibilityIndex } from './visibility/projection.js';
+export { parseSearch, parseCounts } from './visibility/query.js';

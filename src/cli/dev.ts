@@ -1,9 +1,13 @@
-/** `jetflow dev`: a local nats-server (unless NATS_URL is set), an engine, and the demo. */
+/**
+ * `jetflow dev`: a local nats-server (unless NATS_URL is set), an engine, a visibility replica
+ * (so `jetflow ls` answers) and the demo.
+ */
 import { resolve } from 'node:path';
 import type { EngineOptions } from '../config.js';
 import type { WorkflowDefinition } from '../engine/registry.js';
 import { createRegistry } from '../engine/registry.js';
 import { Engine } from '../host/engine.js';
+import { Visibility } from '../host/visibility.js';
 import { repoRoot, startLocalServer } from '../host/nats-server.js';
 import { runDemo } from './demo.js';
 
@@ -27,9 +31,13 @@ export async function runDev(
   const url = external ?? server!.url;
   d.print(`jetflow: nats-server ${external ? 'at' : 'started at'} ${url}`);
   let engine: Engine | undefined;
+  let visibility: Promise<Visibility | undefined> | undefined;
   let stopping = false;
+  const abort = new AbortController();
   const stop = async () => {
     stopping = true;
+    abort.abort();
+    await (await visibility)?.close();
     await engine?.close();
     await server?.stop();
   };
@@ -45,6 +53,28 @@ export async function runDev(
       { registry },
     );
     d.print(`jetflow: engine up (${registry.list().join(', ')})`);
+    // The replica joins the search queue group once built; the demo does not wait for it.
+    const dataDir =
+      (v['data-dir'] as string | undefined) ?? (env.JETFLOW_DATA_DIR || resolve('.jetflow/dev'));
+    visibility = Visibility.create({
+      servers: url,
+      prefix: engine.config.prefix,
+      dataDir,
+      logLevel: (v['log-level'] as string | undefined) ?? 'warn',
+      name: 'jetflow-dev-visibility',
+      signal: abort.signal,
+    }).then(
+      (vis) => {
+        d.print(`jetflow: visibility index at ${vis.file} (try \`jetflow ls\`)`);
+        return vis;
+      },
+      (err: unknown) => {
+        d.print(
+          `jetflow: visibility index not available: ${String((err as Error)?.message ?? err)}`,
+        );
+        return undefined;
+      },
+    );
     await runDemo(url, engine.config.prefix, d.print);
     if (v.once || stopping) {
       await stop();
@@ -52,6 +82,7 @@ export async function runDev(
     }
     d.print('jetflow: serving; try `jetflow query order <id>` or any NATS client. Ctrl-C to stop.');
     await engine.run();
+    await (await visibility)?.close();
     await server?.stop();
     return 0;
   } catch (err) {

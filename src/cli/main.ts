@@ -1,6 +1,6 @@
 /**
- * `jetflow` command line (commander). Roles: `engine`, `worker`, `dev`, `server`, `status`;
- * service verbs: `start`, `signal`, `query`, `cancel`, `result`, `watch`. `jetflow --help` and
+ * `jetflow` command line (commander). Roles: `engine`, `worker`, `visibility`, `dev`, `server`,
+ * `status`; service verbs: `start`, `signal`, `query`, `cancel`, `result`, `watch`, `ls`. `jetflow --help` and
  * `jetflow <verb> --help` list the options; the README documents them and the exit codes.
  *
  * The service verbs load only the client (no XState, no engine), so they start fast; the roles
@@ -31,6 +31,7 @@ import {
   type ServiceOptions,
 } from './service.js';
 import type { WorkerFlags } from './worker-host.js';
+import type { LsOptions } from './ls.js';
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -332,6 +333,10 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       .description('the quick start: local nats-server + engine + the demo workflows'),
   )
     .option('--once', 'run the demo and exit instead of serving until Ctrl-C')
+    .option(
+      '--data-dir <dir>',
+      "folder of dev's visibility replica (default ./.jetflow/dev) [JETFLOW_DATA_DIR]",
+    )
     .action(async (_o: unknown, cmd: Command) => {
       const v = flagValues(cmd);
       const { runDev } = await import('./dev.js');
@@ -347,6 +352,73 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         }),
       );
     });
+
+  program
+    .command('visibility')
+    .description('run a visibility replica: index the journal in SQLite, answer searches')
+    .option('--nats-url <url[,url]>', 'NATS servers (default nats://127.0.0.1:4222) [NATS_URL]')
+    .option('--prefix <p>', 'subject prefix of the engines (default wf) [JETFLOW_PREFIX]')
+    .option(
+      '--data-dir <dir>',
+      'folder of the replica file visibility-<prefix>.db (default ./.jetflow) [JETFLOW_DATA_DIR]',
+    )
+    .option('--file <path>', 'the replica file itself (overrides --data-dir)')
+    .option(
+      '--log-level <level>',
+      'debug|info|warn|error|silent (default info) [JETFLOW_LOG_LEVEL]',
+    )
+    .option('--name <name>', 'replica name in logs [JETFLOW_NAME]')
+    .action(
+      async (o: {
+        natsUrl?: string;
+        prefix?: string;
+        dataDir?: string;
+        file?: string;
+        logLevel?: string;
+        name?: string;
+      }) => {
+        const { Visibility } = await import('../host/visibility.js');
+        const starting = Visibility.create({
+          servers: o.natsUrl ?? (env.NATS_URL || undefined),
+          prefix: o.prefix ?? (env.JETFLOW_PREFIX || undefined),
+          dataDir: o.dataDir ?? (env.JETFLOW_DATA_DIR || undefined),
+          file: o.file,
+          logLevel: o.logLevel ?? (env.JETFLOW_LOG_LEVEL || undefined),
+          name: o.name ?? (env.JETFLOW_NAME || undefined),
+        });
+        onSignals(() => void starting.then((v) => v.close()).catch(() => undefined));
+        const v = await starting;
+        await v.run();
+        done(0);
+      },
+    );
+
+  serviceFlags(program.command('ls'))
+    .description('search workflows in the visibility index (a table; --json for scripts)')
+    .option('--type <type>', 'workflow type')
+    .option('--status <status>', 'running|completed|failed|canceled')
+    .option('--state <path>', 'active state path, or a prefix such as shipping.*')
+    .option('--in-state-longer-than <duration>', 'in the current state for more than, e.g. 1h')
+    .option(
+      '--where <key=value>',
+      'search attribute equal to value (repeatable; numbers, true/false/null as JSON)',
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option('--id-prefix <prefix>', 'ids starting with')
+    .option('--error-type <type>', 'failed with this error type')
+    .option('--error-code <code>', 'failed with this error code')
+    .option('--needs-review', 'only workflows flagged for review')
+    .option('--sort <key>', 'updatedAt (default) or inStateSince')
+    .option('--order <dir>', 'asc or desc')
+    .option('--limit <n>', 'rows per page (default 100, max 1000)')
+    .option('--cursor <cursor>', 'the next page of a previous ls')
+    .option('--counts', 'counts by type, status and state instead of rows')
+    .action(
+      service(async (o: LsOptions) => {
+        const { lsVerb } = await import('./ls.js');
+        return lsVerb(o, io);
+      }),
+    );
 
   serviceFlags(program.command('start <type> <id>'))
     .description('start a workflow (idempotent on type/id)')

@@ -24,6 +24,12 @@ import {
   type StartReply,
 } from '../contracts/wire.js';
 import { DEFAULT_PREFIX, isToken } from '../contracts/subjects.js';
+import type {
+  SearchCountsReply,
+  SearchCountsRequest,
+  SearchReply,
+  SearchRequest,
+} from '../contracts/search.js';
 import {
   BadRequestError,
   ErrorCode,
@@ -155,6 +161,22 @@ export class Client implements AsyncDisposable {
   async cancel(type: string, id: string, reason?: string): Promise<SignalReply> {
     this.check(type, id);
     return await this.request(this.names.subjects.cancel(type, id), { reason });
+  }
+
+  /**
+   * Search the visibility index (`<prefix>.search`, answered by any visibility replica: `jetflow
+   * visibility` or `jetflow dev`). Filters are ANDed; pass the reply's `cursor` back for the
+   * next page. Bad filters reject with code `bad_request`; no replica running rejects with
+   * NATS' no-responders error. The index follows the journal: a step just applied may take a
+   * few milliseconds to be visible.
+   */
+  async search(filters: SearchRequest = {}): Promise<SearchReply> {
+    return await this.request(this.names.subjects.search, filters);
+  }
+
+  /** Counts by type, status and state from the visibility index (`<prefix>.search.counts`). */
+  async searchCounts(filters: SearchCountsRequest = {}): Promise<SearchCountsReply> {
+    return await this.request(this.names.subjects.searchCounts, filters);
   }
 
   /**

@@ -1,0 +1,177 @@
+/**
+ * `jetflow ls`: search the visibility index and print a table (or `--json`); `--counts` prints
+ * counts by type, status and state. The CLI only parses and prints: the search runs in a
+ * visibility replica (`jetflow visibility` or `jetflow dev`).
+ */
+import { Client } from '../client/index.js';
+import type {
+  AttributeValue,
+  SearchCountsReply,
+  SearchReply,
+  SearchRequest,
+} from '../contracts/search.js';
+import { DEFAULT_PREFIX } from '../contracts/subjects.js';
+import type { WorkflowStatus } from '../contracts/wire.js';
+import { ErrorCode, RetryableError } from '../errors.js';
+import { UsageError } from './exit.js';
+import { STATUS_STYLE } from './output.js';
+import { parseDuration, type Io, type ServiceOptions } from './service.js';
+
+export interface LsOptions extends ServiceOptions {
+  type?: string;
+  status?: string;
+  state?: string;
+  inStateLongerThan?: string;
+  where?: string[];
+  idPrefix?: string;
+  errorType?: string;
+  errorCode?: string;
+  needsReview?: boolean;
+  sort?: string;
+  order?: string;
+  limit?: string;
+  cursor?: string;
+  counts?: boolean;
+}
+
+/** `key=value`: the value as JSON when it parses as a number, boolean or null, else the text. */
+export function parseWhere(text: string): [string, AttributeValue] {
+  const i = text.indexOf('=');
+  if (i <= 0) throw new UsageError(`--where must be key=value (got ${text})`);
+  const key = text.slice(0, i);
+  const raw = text.slice(i + 1);
+  let value: AttributeValue = raw;
+  if (/^(true|false|null|-?\d+(\.\d+)?([eE][+-]?\d+)?|".*")$/.test(raw)) {
+    value = JSON.parse(raw) as AttributeValue;
+  }
+  return [key, value];
+}
+
+/** The search body the flags describe (`now` for `--in-state-longer-than`). */
+export function lsRequest(o: LsOptions, now: number): SearchRequest {
+  const r: SearchRequest = {};
+  if (o.type) r.type = o.type;
+  if (o.status) r.status = o.status as WorkflowStatus;
+  if (o.state) r.state = o.state;
+  if (o.inStateLongerThan) {
+    r.inStateSince = { before: now - parseDuration(o.inStateLongerThan, '--in-state-longer-than') };
+    r.sort = 'inStateSince';
+  }
+  if (o.where?.length) r.attributes = Object.fromEntries(o.where.map(parseWhere));
+  if (o.idPrefix) r.idPrefix = o.idPrefix;
+  if (o.errorType) r.errorType = o.errorType;
+  if (o.errorCode) r.errorCode = o.errorCode;
+  if (o.needsReview) r.needsReview = true;
+  if (o.sort) r.sort = o.sort as SearchRequest['sort'];
+  if (o.order) r.order = o.order as SearchRequest['order'];
+  if (o.limit !== undefined) {
+    const n = Number(o.limit);
+    if (!Number.isInteger(n)) throw new UsageError(`--limit must be an integer (got ${o.limit})`);
+    r.limit = n;
+  }
+  if (o.cursor) r.cursor = o.cursor;
+  return r;
+}
+
+/** `3h12m`, `45s`, `2d4h`: the largest two units. */
+export function ago(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const parts: [number, string][] = [
+    [Math.floor(s / 86_400), 'd'],
+    [Math.floor(s / 3_600) % 24, 'h'],
+    [Math.floor(s / 60) % 60, 'm'],
+    [s % 60, 's'],
+  ];
+  const first = parts.findIndex(([n]) => n > 0);
+  if (first < 0) return '0s';
+  return parts
+    .slice(first, first + 2)
+    .filter(([n]) => n > 0)
+    .map(([n, u]) => `${n}${u}`)
+    .join('');
+}
+
+type Style = ((cell: string, row: number) => string) | undefined;
+
+function columns(io: Io, rows: string[][], styles: Style[] = []) {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  rows.forEach((r, i) => {
+    io.out.line(
+      r
+        .map((cell, c) => {
+          const padded = c === r.length - 1 ? cell : cell.padEnd(widths[c]!);
+          if (i === 0) return io.out.paint('dim', padded);
+          const style = styles[c];
+          return style ? style(padded, i) : padded;
+        })
+        .join('  ')
+        .trimEnd(),
+    );
+  });
+}
+
+function printSearch(io: Io, r: SearchReply, now: number): void {
+  if (r.workflows.length === 0) {
+    io.out.line('no workflows match');
+    return;
+  }
+  const rows = [['TYPE', 'ID', 'STATUS', 'STATE', 'IN STATE', 'UPDATED', 'STEP']];
+  for (const w of r.workflows) {
+    rows.push([
+      w.type,
+      w.id,
+      w.status,
+      w.states.join(',') || '-',
+      ago(now - Date.parse(w.inStateSince)),
+      `${ago(now - Date.parse(w.updatedAt))} ago`,
+      String(w.step),
+    ]);
+  }
+  const status = (cell: string, i: number) =>
+    io.out.paint(STATUS_STYLE[r.workflows[i - 1]!.status], cell);
+  columns(io, rows, [undefined, undefined, status]);
+  if (r.cursor) io.out.line(io.out.paint('dim', `more: add --cursor ${r.cursor}`));
+}
+
+function printCounts(io: Io, c: SearchCountsReply): void {
+  io.out.line(
+    `${c.total} workflows` +
+      (Object.keys(c.byStatus).length
+        ? `: ${Object.entries(c.byStatus)
+            .map(([s, n]) => `${n} ${s}`)
+            .join(', ')}`
+        : ''),
+  );
+  if (c.byState.length === 0) return;
+  const rows = [['TYPE', 'STATE', 'STATUS', 'COUNT']];
+  for (const g of c.byState) rows.push([g.type, g.state, g.status, String(g.count)]);
+  columns(io, rows);
+}
+
+export async function lsVerb(o: LsOptions, io: Io): Promise<number> {
+  const now = Date.now();
+  const request = o.counts ? undefined : lsRequest(o, now);
+  const url = o.natsUrl ?? (io.env.NATS_URL || 'nats://127.0.0.1:4222');
+  const prefix = o.prefix ?? (io.env.JETFLOW_PREFIX || DEFAULT_PREFIX);
+  const client = await Client.connect(url, { prefix });
+  try {
+    const reply = request
+      ? await client.search(request)
+      : await client.searchCounts(o.type ? { type: o.type } : {});
+    if (o.json) io.out.line(JSON.stringify(reply, null, 2));
+    else if (request) printSearch(io, reply as SearchReply, now);
+    else printCounts(io, reply as SearchCountsReply);
+    return 0;
+  } catch (err) {
+    const e = err as { name?: string; cause?: { name?: string } };
+    if (e?.name === 'NoRespondersError' || e?.cause?.name === 'NoRespondersError') {
+      throw new RetryableError(
+        `no visibility replica is answering on ${prefix}.search: run \`jetflow visibility --prefix ${prefix}\` (or \`jetflow dev\`)`,
+        { code: ErrorCode.Unavailable, cause: err },
+      );
+    }
+    throw err;
+  } finally {
+    await client.close();
+  }
+}
