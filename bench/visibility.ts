@@ -200,6 +200,22 @@ function main(): void {
         run: (i) => search({ attributes: { merchantId: `m${i % 1000}` } }),
       },
       {
+        name: 'attribute with 5 values (region), page 2',
+        run: () => {
+          const f = { attributes: { region: pick(['eu', 'us', 'apac', 'latam', 'mea']) } };
+          const first = search(f) as { cursor: string | null };
+          return first.cursor ? search({ ...f, cursor: first.cursor }) : first;
+        },
+      },
+      {
+        name: 'two attributes + status',
+        run: (i) =>
+          search({
+            attributes: { merchantId: `m${i % 1000}`, priority: 1 + (i % 5) },
+            status: 'running',
+          }),
+      },
+      {
         name: 'id prefix (1,000 ids)',
         run: (i) => search({ idPrefix: idOf((i * 1000) % N).slice(0, 5) }),
       },
@@ -245,6 +261,10 @@ function main(): void {
           }),
         ),
         attribute: index.explain(parseSearch({ attributes: { merchantId: 'm1' } })),
+        state_prefix: index.explain(parseSearch({ state: 'stage2.*' })),
+        error_code: index.explain(
+          parseSearch({ errorCode: 'timeout', updatedAt: { after: NOW - 24 * HOUR } }),
+        ),
         id_prefix: index.explain(parseSearch({ idPrefix: 'w0001' })),
       },
     };

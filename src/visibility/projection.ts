@@ -11,10 +11,12 @@
  * Layout (every query is driven by an index, see `search()`):
  * - `workflows`: one row per workflow, keyed by `<type>.<id>` (also the pagination tiebreak, so
  *   that every replica orders rows the same way and a cursor works on any of them);
- * - `wstates`: one row per active state path (several in parallel states), with the
- *   workflow's `in_state_since` and `updated_at` copied in, so "in state X for more than 1 h,
- *   oldest first" is one index range;
- * - `wattrs`: search attributes, value stored as its JSON text (equality keeps the type);
+ * - `wstates`: one row per active state path (several in parallel states) and per ancestor
+ *   prefix of one (`shipping.*` for `shipping.packing`), with the workflow's `in_state_since`
+ *   and `updated_at` copied in, so "in state X (or under prefix X) for more than 1 h, oldest
+ *   first" is one index range;
+ * - `wattrs`: search attributes, value stored as its JSON text (equality keeps the type), with
+ *   the sort keys copied in too, so "merchant = m1, newest first" is one index range;
  * - `counts` / `totals`: counters kept up to date by every change, so counts are not a scan.
  */
 import Database from 'better-sqlite3';
@@ -24,7 +26,7 @@ import { statePaths } from './paths.js';
 import { attributeText, encodeCursor, type Range, type SearchQuery } from './query.js';
 
 /** Version of the file layout; a file of another version is rebuilt. */
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 /** What the index keeps of one workflow. Times are epoch ms. */
 export interface WorkflowState {
@@ -126,8 +128,10 @@ CREATE INDEX IF NOT EXISTS w_type_upd ON workflows (type, updated_at);
 CREATE INDEX IF NOT EXISTS w_type_iss ON workflows (type, in_state_since);
 CREATE INDEX IF NOT EXISTS w_created ON workflows (created_at);
 CREATE INDEX IF NOT EXISTS w_id ON workflows (id);
-CREATE INDEX IF NOT EXISTS w_err_type ON workflows (error_type) WHERE error_type IS NOT NULL;
-CREATE INDEX IF NOT EXISTS w_err_code ON workflows (error_code) WHERE error_code IS NOT NULL;
+CREATE INDEX IF NOT EXISTS w_err_type ON workflows (error_type, updated_at)
+  WHERE error_type IS NOT NULL;
+CREATE INDEX IF NOT EXISTS w_err_code ON workflows (error_code, updated_at)
+  WHERE error_code IS NOT NULL;
 CREATE INDEX IF NOT EXISTS w_review ON workflows (updated_at) WHERE needs_review = 1;
 CREATE TABLE IF NOT EXISTS wstates (
   wkey TEXT NOT NULL,
@@ -142,9 +146,12 @@ CREATE TABLE IF NOT EXISTS wattrs (
   wkey TEXT NOT NULL,
   name TEXT NOT NULL,
   value TEXT NOT NULL,
+  in_state_since INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
   PRIMARY KEY (wkey, name)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS a_value ON wattrs (name, value);
+CREATE INDEX IF NOT EXISTS a_upd ON wattrs (name, value, updated_at);
+CREATE INDEX IF NOT EXISTS a_iss ON wattrs (name, value, in_state_since);
 CREATE TABLE IF NOT EXISTS counts (
   type TEXT NOT NULL, status TEXT NOT NULL, path TEXT NOT NULL, n INTEGER NOT NULL,
   PRIMARY KEY (type, status, path)
@@ -173,6 +180,15 @@ interface StoredRow {
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();
+
+/** `a.b.c` → `a.*`, `a.b.*`: the state prefixes a path is under. */
+function ancestors(path: string): string[] {
+  const out: string[] = [];
+  for (let i = path.indexOf('.'); i > 0; i = path.indexOf('.', i + 1)) {
+    out.push(`${path.slice(0, i)}.*`);
+  }
+  return out;
+}
 
 /** The smallest string above every string starting with `prefix` (ASCII keys). */
 function prefixEnd(prefix: string): string {
@@ -347,14 +363,26 @@ export class VisibilityIndex {
       const ins = this.st(
         'INSERT OR IGNORE INTO wstates (wkey, path, in_state_since, updated_at) VALUES (?, ?, ?, ?)',
       );
-      for (const p of s.paths) ins.run(key, p, s.inStateSince, s.updatedAt);
+      for (const p of s.paths) {
+        for (const x of [p, ...ancestors(p)]) ins.run(key, x, s.inStateSince, s.updatedAt);
+      }
     } else {
       this.st('UPDATE wstates SET updated_at = ? WHERE wkey = ?').run(s.updatedAt, key);
     }
     if (!old || old.attributes !== attributes) {
       this.st('DELETE FROM wattrs WHERE wkey = ?').run(key);
-      const ins = this.st('INSERT INTO wattrs (wkey, name, value) VALUES (?, ?, ?)');
-      for (const [k, v] of Object.entries(s.attributes)) ins.run(key, k, attributeText(v));
+      const ins = this.st(
+        'INSERT INTO wattrs (wkey, name, value, in_state_since, updated_at) VALUES (?, ?, ?, ?, ?)',
+      );
+      for (const [k, v] of Object.entries(s.attributes)) {
+        ins.run(key, k, attributeText(v), s.inStateSince, s.updatedAt);
+      }
+    } else if (attributes !== '{}') {
+      this.st('UPDATE wattrs SET in_state_since = ?, updated_at = ? WHERE wkey = ?').run(
+        s.inStateSince,
+        s.updatedAt,
+        key,
+      );
     }
     if (!old || old.status !== s.status || old.states !== states) {
       if (old) this.count(old.type, old.status, JSON.parse(old.states) as string[], -1);
@@ -444,12 +472,13 @@ export class VisibilityIndex {
 
 /** SQL and parameters of a search; every value is a parameter. */
 function searchSql(q: SearchQuery): { sql: string; args: unknown[] } {
-  const byState = q.state !== undefined && 'exact' in q.state;
-  // Driving table: the state paths for an exact state (an index range on path + sort key),
-  // the workflows otherwise.
+  // Driving table, so that the filter most likely to be selective is an index range already in
+  // sort order: the state rows for a state (or state prefix), the attribute rows for an
+  // attribute, the workflows otherwise.
   const col = q.sort === 'updatedAt' ? 'updated_at' : 'in_state_since';
-  const d = byState ? 's' : 'w';
-  const k = byState ? 's.wkey' : 'w.key';
+  const [first, ...attributes] = q.attributes;
+  const d = q.state ? 's' : first ? 'a' : 'w';
+  const k = { s: 's.wkey', a: 'a.wkey', w: 'w.key' }[d];
   const sortCol = `${d}.${col}`;
   const where: string[] = [];
   const args: unknown[] = [];
@@ -457,14 +486,8 @@ function searchSql(q: SearchQuery): { sql: string; args: unknown[] } {
     where.push(sql);
     args.push(...v);
   };
-  if (q.state && 'exact' in q.state) add('s.path = ?', q.state.exact);
-  if (q.state && 'prefix' in q.state) {
-    add(
-      `${k} IN (SELECT wkey FROM wstates WHERE path >= ? AND path < ?)`,
-      q.state.prefix,
-      prefixEnd(q.state.prefix),
-    );
-  }
+  if (q.state) add('s.path = ?', 'exact' in q.state ? q.state.exact : `${q.state.prefix}*`);
+  if (d === 'a' && first) add('a.name = ? AND a.value = ?', ...first);
   if (q.type !== undefined) add('w.type = ?', q.type);
   if (q.status !== undefined) add('w.status = ?', q.status);
   const range = (c: string, r: Range | undefined) => {
@@ -478,13 +501,18 @@ function searchSql(q: SearchQuery): { sql: string; args: unknown[] } {
   if (q.errorCode !== undefined) add('w.error_code = ?', q.errorCode);
   if (q.idPrefix !== undefined) add('w.id >= ? AND w.id < ?', q.idPrefix, prefixEnd(q.idPrefix));
   if (q.needsReview !== undefined) add('w.needs_review = ?', q.needsReview ? 1 : 0);
-  for (const [name, value] of q.attributes) {
+  for (const [name, value] of d === 'a' ? attributes : q.attributes) {
     add(`${k} IN (SELECT wkey FROM wattrs WHERE name = ? AND value = ?)`, name, value);
   }
   const dir = q.order === 'asc' ? 'ASC' : 'DESC';
-  if (q.after)
+  if (q.after) {
     add(`(${sortCol}, ${k}) ${q.order === 'asc' ? '>' : '<'} (?, ?)`, q.after.value, q.after.key);
-  const from = byState ? 'wstates s JOIN workflows w ON w.key = s.wkey' : 'workflows w';
+  }
+  const from = {
+    s: 'wstates s JOIN workflows w ON w.key = s.wkey',
+    a: 'wattrs a JOIN workflows w ON w.key = a.wkey',
+    w: 'workflows w',
+  }[d];
   const sql =
     `SELECT w.*, ${sortCol} AS sort_value FROM ${from}` +
     (where.length ? ` WHERE ${where.join(' AND ')}` : '') +
