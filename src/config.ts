@@ -49,6 +49,17 @@ export interface EngineConfig {
    * Beyond it, further requests wait in the client library's subscription buffer (backpressure).
    */
   readonly gatewayMaxInFlight: number;
+  /**
+   * Journal every step, rejection and ignored message into the history stream. On by default;
+   * off only to measure its cost (history, search and repair need it).
+   */
+  readonly journal: boolean;
+  /** Journal entries are kept this long in the history stream. */
+  readonly journalMaxAgeMs: number;
+  /** The history stream keeps at most this many bytes; the oldest entries go first. */
+  readonly journalMaxBytes: number;
+  /** Event payloads larger than this (encoded) are journaled without the payload, marked. */
+  readonly journalPayloadMaxBytes: number;
   /** JetStream dedup window for the inbox and events streams. */
   readonly duplicateWindowMs: number;
   /**
@@ -74,8 +85,9 @@ export interface EngineConfig {
 }
 
 export type EngineOptions = Partial<
-  Omit<EngineConfig, 'servers' | 'shardIds' | 'staticShards' | 'replyPrefixes'>
+  Omit<EngineConfig, 'servers' | 'shardIds' | 'staticShards' | 'replyPrefixes' | 'journal'>
 > & {
+  journal?: boolean | string;
   servers?: string | readonly string[];
   shardIds?: readonly number[] | string;
   /** Comma-separated or a list. */
@@ -101,6 +113,10 @@ export const ENGINE_DEFAULTS = Object.freeze({
   eventsMaxAgeMs: 7 * 24 * 3600_000,
   eventsMaxBytes: 256 * 1024 * 1024,
   finishedRetentionMs: 7 * 24 * 3600_000,
+  journal: true,
+  journalMaxAgeMs: 30 * 24 * 3600_000,
+  journalMaxBytes: 1024 * 1024 * 1024,
+  journalPayloadMaxBytes: 4096,
   gatewayMaxInFlight: 1_000,
   duplicateWindowMs: 120_000,
   shutdownGraceMs: 10_000,
@@ -122,6 +138,12 @@ function int(option: string, v: unknown, min: number, max: number): number {
     bad(option, `must be an integer in ${min}..${max}`, v);
   }
   return n;
+}
+
+function bool(option: string, v: unknown): boolean {
+  if (v === true || v === 'true' || v === '1') return true;
+  if (v === false || v === 'false' || v === '0') return false;
+  return bad(option, 'must be true or false', v);
 }
 
 /** 0 (keep forever) or 1 s .. ~4.4 years: the server's message TTL has a 1 s resolution. */
@@ -233,6 +255,25 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
       2 ** 50,
     ),
     finishedRetentionMs: retention(raw.finishedRetentionMs ?? ENGINE_DEFAULTS.finishedRetentionMs),
+    journal: bool('journal', raw.journal ?? ENGINE_DEFAULTS.journal),
+    journalMaxAgeMs: int(
+      'journalMaxAgeMs',
+      raw.journalMaxAgeMs ?? ENGINE_DEFAULTS.journalMaxAgeMs,
+      1_000,
+      2 ** 47,
+    ),
+    journalMaxBytes: int(
+      'journalMaxBytes',
+      raw.journalMaxBytes ?? ENGINE_DEFAULTS.journalMaxBytes,
+      1024 * 1024,
+      2 ** 50,
+    ),
+    journalPayloadMaxBytes: int(
+      'journalPayloadMaxBytes',
+      raw.journalPayloadMaxBytes ?? ENGINE_DEFAULTS.journalPayloadMaxBytes,
+      0,
+      1024 * 1024,
+    ),
     gatewayMaxInFlight: int(
       'gatewayMaxInFlight',
       raw.gatewayMaxInFlight ?? ENGINE_DEFAULTS.gatewayMaxInFlight,

@@ -23,6 +23,7 @@ import { createOut } from './output.js';
 import {
   cancelVerb,
   queryVerb,
+  historyVerb,
   resultVerb,
   signalVerb,
   startVerb,
@@ -83,6 +84,14 @@ export function engineOptions(
   set('cacheMaxBytes', num(pick('cache-max-bytes', 'JETFLOW_CACHE_MAX_BYTES')));
   set('finishedRetentionMs', num(pick('finished-retention-ms', 'JETFLOW_FINISHED_RETENTION_MS')));
   set('eventsMaxBytes', num(pick('events-max-bytes', 'JETFLOW_EVENTS_MAX_BYTES')));
+  const journal = pick('journal', 'JETFLOW_JOURNAL');
+  set('journal', journal === 'on' ? true : journal === 'off' ? false : journal);
+  set('journalMaxAgeMs', num(pick('journal-max-age-ms', 'JETFLOW_JOURNAL_MAX_AGE_MS')));
+  set('journalMaxBytes', num(pick('journal-max-bytes', 'JETFLOW_JOURNAL_MAX_BYTES')));
+  set(
+    'journalPayloadMaxBytes',
+    num(pick('journal-payload-max-bytes', 'JETFLOW_JOURNAL_PAYLOAD_MAX_BYTES')),
+  );
   set('gatewayMaxInFlight', num(pick('gateway-max-in-flight', 'JETFLOW_GATEWAY_MAX_IN_FLIGHT')));
   set('ackWaitMs', num(pick('ack-wait-ms', 'JETFLOW_ACK_WAIT_MS')));
   set('failoverMs', num(pick('failover-ms', 'JETFLOW_FAILOVER_MS')));
@@ -156,6 +165,30 @@ const ENGINE_FLAGS: [string, string, string, string | undefined][] = [
     'n',
     'size bound of the events stream (default 268435456)',
     'JETFLOW_EVENTS_MAX_BYTES',
+  ],
+  [
+    'journal',
+    'on|off',
+    'journal every step into the history stream (default on)',
+    'JETFLOW_JOURNAL',
+  ],
+  [
+    'journal-max-age-ms',
+    'ms',
+    'keep journal entries this long (default 2592000000, 30 days)',
+    'JETFLOW_JOURNAL_MAX_AGE_MS',
+  ],
+  [
+    'journal-max-bytes',
+    'n',
+    'size bound of the history stream (default 1073741824)',
+    'JETFLOW_JOURNAL_MAX_BYTES',
+  ],
+  [
+    'journal-payload-max-bytes',
+    'n',
+    'event payloads above this are journaled without payload (default 4096)',
+    'JETFLOW_JOURNAL_PAYLOAD_MAX_BYTES',
   ],
   [
     'gateway-max-in-flight',
@@ -441,6 +474,17 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
   serviceFlags(program.command('query <type> <id>'))
     .description("a workflow's status, state, context and the events it accepts now")
     .action(service((type: string, id: string, o: ServiceOptions) => queryVerb(type, id, o, io)));
+
+  serviceFlags(program.command('history <type> <id>'))
+    .description("a workflow's journal: step, time, event, from -> to, effects, errors")
+    .option('--from-step <n>', 'first step to show (default 0)')
+    .option('--limit <n>', 'one page of at most n entries (default: every page)')
+    .action(
+      service(
+        (type: string, id: string, o: ServiceOptions & { fromStep?: string; limit?: string }) =>
+          historyVerb(type, id, o, io),
+      ),
+    );
 
   serviceFlags(program.command('cancel <type> <id>'))
     .description('cancel a workflow (stops its activities and timers)')

@@ -1,5 +1,11 @@
 /** Human output of the service verbs: aligned key/value tables, colour only on a TTY. */
-import type { Notification, WorkflowStatus } from '../contracts/wire.js';
+import type {
+  JournalEffect,
+  JournalEntry,
+  JournalState,
+  Notification,
+  WorkflowStatus,
+} from '../contracts/wire.js';
 
 /** ANSI SGR open/close codes of the few styles used. */
 const SGR = {
@@ -78,4 +84,75 @@ export function notificationLine(out: Out, n: Notification): string {
   })();
   const type = out.paint(TYPE_STYLE[n.type], n.type.padEnd(12));
   return `${at.padEnd(12)}  ${`step ${n.step}`.padEnd(8)}  ${type}  ${what}`.trimEnd();
+}
+
+const ENTRY_STYLE: Record<JournalEntry['kind'], Style> = {
+  step: 'blue',
+  rejected: 'magenta',
+  ignored: 'dim',
+  operator: 'yellow',
+};
+
+/** What a journaled effect did, short: `task charge(a1)`, `timer reminder @10:00:05`. */
+function effectText(e: JournalEffect): string | undefined {
+  switch (e.kind) {
+    case 'task':
+      return `task ${e.activity}(${e.actorId})`;
+    case 'stopTask':
+      return `stop ${e.actorId}`;
+    case 'timer':
+      return `timer ${e.timerId}${e.event ? ` ${e.event}` : ''} @${new Date(e.dueAt).toISOString()}`;
+    case 'cancelTimer':
+      return `cancel timer ${e.timerId}`;
+    case 'message':
+      return `message ${e.subject}${e.event ? ` ${e.event}` : ''}`;
+    case 'notify':
+      return undefined; // every step notifies: not worth a column
+  }
+}
+
+const paths = (s: JournalState | undefined) => (s ? s.paths.join(',') || inline(s.value) : '');
+
+/**
+ * One journal entry as one or two lines: time, step, kind, event, from -> to, then effects and
+ * errors indented below.
+ */
+export function journalLines(out: Out, e: JournalEntry): string[] {
+  const at = new Date(e.at).toISOString().replace('T', ' ').replace(/Z$/, '');
+  const head = `${at}  ${`step ${e.step}`.padEnd(8)}  ${out.paint(ENTRY_STYLE[e.kind], e.kind.padEnd(8))}`;
+  const lines: string[] = [];
+  const more: string[] = [];
+  switch (e.kind) {
+    case 'step': {
+      const move = e.from ? `${paths(e.from)} -> ${paths(e.to)}` : `-> ${paths(e.to)}`;
+      const status =
+        e.status === 'running' ? '' : `  ${out.paint(STATUS_STYLE[e.status], e.status)}`;
+      lines.push(`${head}  ${e.event.type}  ${move}${status}`);
+      const effects = e.effects.map(effectText).filter((x): x is string => x !== undefined);
+      if (effects.length > 0) more.push(`effects: ${effects.join('; ')}`);
+      if (e.activity) {
+        const a = e.activity;
+        more.push(
+          `activity ${a.activity ?? a.actorId} attempt ${a.attempt}: ${a.ok ? 'ok' : `failed${a.exhausted ? ' (retries exhausted)' : ''}`}`,
+        );
+      }
+      if (e.error) more.push(out.paint('red', `error ${e.error.code}: ${e.error.message}`));
+      break;
+    }
+    case 'rejected':
+      lines.push(`${head}  ${e.event.type}`);
+      more.push(out.paint('red', `error ${e.error.code}: ${e.error.message}`));
+      if (e.accepts.length > 0) more.push(`accepts ${e.accepts.join(', ')}`);
+      break;
+    case 'ignored':
+      lines.push(`${head}  (${e.cause})  ${e.reason}`);
+      break;
+    case 'operator':
+      lines.push(
+        `${head}  ${e.action}${e.by ? ` by ${e.by}` : ''}${e.reason ? `: ${e.reason}` : ''}`,
+      );
+      break;
+  }
+  for (const m of more) lines.push(`${' '.repeat(34)}${m}`);
+  return lines;
 }

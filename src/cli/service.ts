@@ -6,10 +6,10 @@
 import { readFileSync } from 'node:fs';
 import { Client, WorkflowFailedError } from '../client/index.js';
 import { DEFAULT_PREFIX } from '../contracts/subjects.js';
-import type { Notification, QueryReply } from '../contracts/wire.js';
+import type { JournalEntry, Notification, QueryReply } from '../contracts/wire.js';
 import { ErrorCode, JetflowError } from '../errors.js';
 import { ExitCode, UsageError } from './exit.js';
-import { inline, notificationLine, STATUS_STYLE, table, type Out } from './output.js';
+import { inline, journalLines, notificationLine, STATUS_STYLE, table, type Out } from './output.js';
 
 export interface ServiceOptions {
   natsUrl?: string;
@@ -146,6 +146,44 @@ export async function queryVerb(
   if (o.json) json(io, q);
   else queryTable(io, q);
   return ExitCode.Ok;
+}
+
+/** `jetflow history <type> <id>`: the journal as a timeline (every page), or JSON. */
+export async function historyVerb(
+  type: string,
+  id: string,
+  o: ServiceOptions & { fromStep?: string; limit?: string },
+  io: Io,
+): Promise<number> {
+  const fromStep = o.fromStep === undefined ? 0 : intArg(o.fromStep, '--from-step', 0);
+  const limit = o.limit === undefined ? undefined : intArg(o.limit, '--limit', 1);
+  await withClient(o, io, async (c) => {
+    if (limit !== undefined) {
+      // One page, as the request/reply returns it.
+      const page = await c.history(type, id, { fromStep, limit });
+      if (o.json) json(io, page);
+      else {
+        for (const e of page.entries) for (const l of journalLines(io.out, e)) io.out.line(l);
+        if (page.next !== null) io.err.line(`more: --from-step ${page.next}`);
+      }
+      return;
+    }
+    const all: JournalEntry[] = [];
+    for await (const e of c.historyAll(type, id, { fromStep })) {
+      if (o.json) all.push(e);
+      else for (const l of journalLines(io.out, e)) io.out.line(l);
+    }
+    if (o.json) json(io, { entries: all, next: null });
+  });
+  return ExitCode.Ok;
+}
+
+function intArg(text: string, what: string, min: number): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min) {
+    throw new UsageError(`${what} must be an integer >= ${min}, got ${JSON.stringify(text)}`);
+  }
+  return n;
 }
 
 export async function cancelVerb(

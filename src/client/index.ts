@@ -8,6 +8,9 @@
  * - `signal` is at-least-once per call; pass `msgId` to make retries count once (JetStream
  *   dedup window, 2 min by default). Each call resolves after the engine applied the event.
  * - `query` reads the last stored record (never a half-applied step).
+ * - `history` reads the journal: every step is journaled by the step that applied it, with its
+ *   outbox (at-least-once, deduplicated by step number), so a step visible in `query` may take a
+ *   moment to appear in `history`, and never appears twice.
  * - A timeout (`TimeoutError` from NATS) means "unknown": the request may still be applied.
  */
 import { headers, type NatsConnection } from '@nats-io/transport-node';
@@ -18,6 +21,9 @@ import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { decodeBody, encodeBody, JSON_TYPE } from '../contracts/codec.js';
 import {
   Header,
+  type HistoryReply,
+  type HistoryRequest,
+  type JournalEntry,
   type Notification,
   type QueryReply,
   type SignalReply,
@@ -155,6 +161,31 @@ export class Client implements AsyncDisposable {
   async query(type: string, id: string): Promise<QueryReply> {
     this.check(type, id);
     return await this.request(this.names.subjects.query(type, id), undefined);
+  }
+
+  /**
+   * One page of the workflow's journal, oldest first: its steps (event, from → to, effects,
+   * snapshot), rejected events, ignored late results and timers. `next` is the `fromStep` of
+   * the following page (null at the end). Entries older than the history stream's retention
+   * are gone. Rejects with `not_found` when the workflow has neither a record nor a journal.
+   */
+  async history(type: string, id: string, opts: HistoryRequest = {}): Promise<HistoryReply> {
+    this.check(type, id);
+    return await this.request(this.names.subjects.history(type, id), opts);
+  }
+
+  /** Every journal entry of the workflow from `fromStep` on, page by page. */
+  async *historyAll(
+    type: string,
+    id: string,
+    opts: HistoryRequest = {},
+  ): AsyncGenerator<JournalEntry> {
+    let fromStep: number | null = opts.fromStep ?? 0;
+    while (fromStep !== null) {
+      const page = await this.history(type, id, { ...opts, fromStep });
+      yield* page.entries;
+      fromStep = page.next;
+    }
   }
 
   /** Cancel: stops activities and timers; final status `canceled`. */

@@ -35,6 +35,7 @@
 import { LRUCache } from 'lru-cache';
 import type { AnyMachineSnapshot } from 'xstate';
 import { decide, failure, rejection, type Decision } from './step.js';
+import { eventPayload, journalEvent, type JournalOptions } from './journal.js';
 import type { Registry } from './registry.js';
 import type { Subjects } from '../contracts/subjects.js';
 import type {
@@ -49,7 +50,12 @@ import type {
   StoredRecord,
 } from './ports.js';
 import { unpack } from '../contracts/codec.js';
-import type { InboxMessage, ResultMessage, WorkflowRecord } from '../contracts/wire.js';
+import {
+  WIRE_VERSION,
+  type InboxMessage,
+  type ResultMessage,
+  type WorkflowRecord,
+} from '../contracts/wire.js';
 import {
   BadRequestError,
   ConflictError,
@@ -94,6 +100,10 @@ export interface ProcessorOptions {
   inboxIdentity?: InboxIdentity;
   /** Redelivery delay of a message this engine cannot handle (unknown `type@version`). */
   deferDelayMs?: number;
+  /** Journal every step, rejection and ignored message (absent: no journal). */
+  journal?: JournalOptions;
+  /** This engine's name, written into journal entries. */
+  engineName?: string;
 }
 
 interface CacheEntry {
@@ -273,7 +283,9 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     subjects: opts.subjects,
     shards: opts.shards,
     msgIdMemory: opts.msgIdMemory,
+    journal: opts.journal,
   };
+  const engineName = opts.engineName ?? 'engine';
   const replyPrefixes = opts.replyPrefixes ?? DEFAULT_REPLY_PREFIXES;
   const identity = opts.inboxIdentity;
   const deferDelayMs = opts.deferDelayMs ?? 5_000;
@@ -430,7 +442,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   ): Promise<CacheEntry> {
     const { record, revision } = cur.stored;
     const error = { ...toErrorData(err), retryable: false };
-    const rec = failure(record, error, seq, clock.now());
+    const rec = failure(record, error, seq, clock.now(), opts.journal);
     const stored = await store.update(rec, revision);
     stats.poisoned++;
     logger.error(
@@ -664,18 +676,37 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         },
         decision.error.message,
       );
-      await effects.notify(
-        rejection(
-          cur?.stored.record,
-          e.type,
-          e.id,
-          eventType,
-          decision.error,
-          decision.accepts,
-          now,
+      const stored = cur?.stored.record;
+      await Promise.all([
+        effects.notify(
+          rejection(stored, e.type, e.id, eventType, decision.error, decision.accepts, now),
+          `${e.type}.${e.id}.rej.${e.seq}`,
         ),
-        `${e.type}.${e.id}.rej.${e.seq}`,
-      );
+        // A message for a workflow that does not exist has no journal to go into.
+        opts.journal && stored
+          ? effects.journal(
+              {
+                v: WIRE_VERSION,
+                kind: 'rejected',
+                workflowType: e.type,
+                id: e.id,
+                version: stored.version,
+                step: stored.step,
+                at: now,
+                engine: engineName,
+                seq: e.seq,
+                event: journalEvent(
+                  eventType,
+                  message.kind === 'signal' ? eventPayload(message.event) : undefined,
+                  opts.journal.payloadMaxBytes,
+                ),
+                error: toErrorData(decision.error),
+                accepts: decision.accepts,
+              },
+              `${e.type}.${e.id}.rej.${e.seq}`,
+            )
+          : undefined,
+      ]);
       replyError(e, decision.error, decision.accepts);
       return 'done';
     }
@@ -685,6 +716,37 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         { workflowType: e.type, workflowId: e.id, seq: e.seq, kind: e.kind },
         `ignored: ${decision.reason}`,
       );
+      const stored = cur?.stored.record;
+      if (opts.journal && stored) {
+        await effects.journal(
+          {
+            v: WIRE_VERSION,
+            kind: 'ignored',
+            workflowType: e.type,
+            id: e.id,
+            version: stored.version,
+            step: stored.step,
+            at: now,
+            engine: engineName,
+            seq: e.seq,
+            cause: message.kind,
+            reason: decision.reason,
+            ...(message.kind === 'result'
+              ? {
+                  activity: {
+                    actorId: message.actorId,
+                    taskId: message.taskId,
+                    ok: message.ok,
+                    attempt: message.attempt,
+                    ...(message.error ? { error: message.error } : {}),
+                  },
+                }
+              : {}),
+            ...(message.kind === 'timer' ? { timerId: message.timerId } : {}),
+          },
+          `${e.type}.${e.id}.ign.${e.seq}`,
+        );
+      }
       return 'done';
     }
     const replyTo = replyOf(e);

@@ -7,6 +7,14 @@ import type { AnyMachineSnapshot, AnyStateMachine, EventObject } from 'xstate';
 import type { Registry, WorkflowDefinition } from './registry.js';
 import * as m from './machine.js';
 import { resolveActivity } from './activity.js';
+import {
+  eventPayload,
+  journalEvent,
+  journalState,
+  sameState,
+  searchAttributes,
+  type JournalOptions,
+} from './journal.js';
 import { shardOf, type Subjects } from '../contracts/subjects.js';
 import {
   MSG_ID_MEMORY,
@@ -61,6 +69,8 @@ export interface StepContext {
   shards?: number;
   /** Client message ids remembered per workflow (default {@link MSG_ID_MEMORY}). */
   msgIdMemory?: number;
+  /** Journal every step (an outbox `journal` effect); absent: no journal. */
+  journal?: JournalOptions;
 }
 
 export interface StepInput {
@@ -384,7 +394,10 @@ export function decide(
       ...inboxId,
       createdAt: now,
       updatedAt: now,
+      stateSince: now,
     };
+    const attributes = searchAttributes(def.searchAttributes, snapshot.context);
+    if (attributes) rec.attributes = attributes;
     const started: Notification = {
       type: 'started',
       workflowType: type,
@@ -406,6 +419,14 @@ export function decide(
       rec.timers = {};
       delete rec.timerEvents;
       rec.tasks = {};
+    }
+    if (ctx.journal) {
+      rec.outbox.push({
+        kind: 'journal',
+        cause: 'start',
+        seq,
+        event: journalEvent('xstate.init', message.input, ctx.journal.payloadMaxBytes),
+      });
     }
     return {
       kind: 'write',
@@ -519,6 +540,19 @@ export function decide(
         },
       },
     ];
+    if (ctx.journal) {
+      rec.outbox.push({
+        kind: 'journal',
+        cause: 'cancel',
+        seq,
+        event: journalEvent(
+          'jetflow.cancel',
+          message.reason === undefined ? undefined : { reason: message.reason },
+          ctx.journal.payloadMaxBytes,
+        ),
+        from: journalState(snapshot.value),
+      });
+    }
     return {
       kind: 'write',
       record: rec,
@@ -658,8 +692,13 @@ export function decide(
     timers: p.timers,
     tasks: p.tasks,
     updatedAt: now,
+    stateSince: sameState(snapshot.value, after.value)
+      ? (stored.stateSince ?? stored.updatedAt)
+      : now,
     outbox: [],
   };
+  const attributes = searchAttributes(def.searchAttributes, after.context);
+  if (attributes) rec.attributes = attributes;
   if (timerEvents) rec.timerEvents = timerEvents;
   else delete rec.timerEvents;
   rec.outbox = [...preEffects, ...p.effects];
@@ -673,6 +712,28 @@ export function decide(
     rec.tasks = {};
   }
   rec.outbox.push({ kind: 'notify', notification: lifecycle(rec, after, event.type, at) });
+  if (ctx.journal) {
+    rec.outbox.push({
+      kind: 'journal',
+      cause: message.kind,
+      seq,
+      event: journalEvent(event.type, eventPayload(event), ctx.journal.payloadMaxBytes),
+      from: journalState(snapshot.value),
+      ...(message.kind === 'result'
+        ? {
+            activity: {
+              actorId: message.actorId,
+              taskId: message.taskId,
+              activity: stored.tasks[message.actorId]?.activity,
+              ok: message.ok,
+              attempt: message.attempt,
+              ...(message.ok ? {} : { exhausted: true }),
+              ...(message.error ? { error: message.error } : {}),
+            },
+          }
+        : {}),
+    });
+  }
   return {
     kind: 'write',
     record: rec,
@@ -716,6 +777,7 @@ export function failure(
   error: ErrorData,
   seq: number,
   now: number,
+  journal?: JournalOptions,
 ): WorkflowRecord {
   const step = stored.step + 1;
   const rec: WorkflowRecord = {
@@ -745,5 +807,15 @@ export function failure(
       },
     },
   ];
+  if (journal) {
+    const value = (stored.snapshot as { value?: unknown } | undefined)?.value;
+    rec.outbox.push({
+      kind: 'journal',
+      cause: 'failure',
+      seq: rec.lastSeq,
+      event: journalEvent('jetflow.failure', { error }, journal.payloadMaxBytes),
+      from: journalState(value),
+    });
+  }
   return rec;
 }

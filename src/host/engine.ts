@@ -25,6 +25,7 @@ import { createInboxIdentity } from '../nats/inbox-identity.js';
 import { openMembership } from '../nats/membership.js';
 import { ShardManager } from './shards.js';
 import { createEffectSink } from '../nats/effects.js';
+import { createHistoryReader } from '../nats/history.js';
 import { taskEffectHandlers } from '../nats/tasks.js';
 import { timerEffectHandlers, type TimerHandlers } from '../nats/timers.js';
 import { consumeScheduleTicks } from '../nats/schedules.js';
@@ -74,11 +75,18 @@ export class Engine implements AsyncDisposable {
         finishedRetentionMs: config.finishedRetentionMs,
       });
       const timers = timerEffectHandlers(js, jsm, names, logger);
-      const sink = createEffectSink(nc, js, names, logger, {
-        ...taskEffectHandlers(nc, js, jsm, names, logger),
-        timer: timers.timer,
-        cancelTimer: timers.cancelTimer,
-      });
+      const sink = createEffectSink(
+        nc,
+        js,
+        names,
+        logger,
+        {
+          ...taskEffectHandlers(nc, js, jsm, names, logger),
+          timer: timers.timer,
+          cancelTimer: timers.cancelTimer,
+        },
+        config.name,
+      );
       const processor = createProcessor({
         registry: deps.registry,
         subjects: names.subjects,
@@ -94,6 +102,8 @@ export class Engine implements AsyncDisposable {
         msgIdMemory: config.msgIdMemory,
         replyPrefixes: config.replyPrefixes,
         inboxIdentity: createInboxIdentity(jsm, names),
+        engineName: config.name,
+        ...(config.journal ? { journal: { payloadMaxBytes: config.journalPayloadMaxBytes } } : {}),
       });
       const gateway = startGateway({
         nc,
@@ -106,6 +116,7 @@ export class Engine implements AsyncDisposable {
         maxInputBytes: config.maxInputBytes,
         replyPrefixes: config.replyPrefixes,
         maxInFlight: config.gatewayMaxInFlight,
+        history: createHistoryReader(jsm, names),
       });
       const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
       const strays = await sweepTimerStrays(js, jsm, names, logger);

@@ -2,11 +2,13 @@
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { EffectSink, Logger } from '../engine/ports.js';
-import { encodeBody, JSON_TYPE, MSGPACK, type BodyEncoding } from '../contracts/codec.js';
+import { encodeBody, JSON_TYPE, MSGPACK, pack, type BodyEncoding } from '../contracts/codec.js';
+import { journalMsgId, stepEntry } from '../engine/journal.js';
 import {
   Header,
   type Effect,
   type EffectKind,
+  type JournalEntry,
   type Notification,
   type WorkflowRecord,
 } from '../contracts/wire.js';
@@ -50,8 +52,33 @@ export function createEffectSink(
   names: TopologyNames,
   logger: Logger,
   handlers: Partial<Record<EffectKind, EffectHandler>> = {},
+  /** Name written into journal entries. */
+  engine = 'engine',
 ): EffectSink {
   const s = names.subjects;
+  const msgpackHeaders = () => {
+    const h = headers();
+    h.set(Header.ContentType, MSGPACK);
+    return h;
+  };
+  /**
+   * Append a journal entry. An entry over the server's `max_payload` (a record near the limit
+   * plus the event) is journaled without its snapshot and context, marked `snapshotOmitted`:
+   * journaling never fails a step.
+   */
+  const journal = async (entry: JournalEntry, msgId: string): Promise<void> => {
+    let data = pack(entry);
+    const max = nc.info?.max_payload;
+    if (max !== undefined && data.length + 1024 > max && entry.kind === 'step') {
+      const slim = { ...entry, snapshot: undefined, snapshotOmitted: { bytes: data.length } };
+      delete slim.snapshot;
+      data = pack(slim);
+    }
+    await js.publish(s.journal(entry.workflowType, entry.id), data, {
+      msgID: msgId,
+      headers: msgpackHeaders(),
+    });
+  };
   const jsonHeaders = () => {
     const h = headers();
     h.set(Header.ContentType, JSON_TYPE);
@@ -76,6 +103,12 @@ export function createEffectSink(
       const run = async (e: Effect, i: number) => {
         const msgId = `${base}.${i}`;
         if (e.kind === 'notify') return notify(e.notification, msgId);
+        if (e.kind === 'journal') {
+          return journal(
+            stepEntry(record, e, engine),
+            journalMsgId(record.type, record.id, record.step),
+          );
+        }
         const h = handlers[e.kind];
         if (h) return h(record, e, msgId);
         // Not performed, so not done: it stays owed (and the message unacknowledged) until an
@@ -123,6 +156,7 @@ export function createEffectSink(
       );
     },
     notify,
+    journal,
     reply(subject: string, encoding: BodyEncoding, body: unknown, errorCode?: string) {
       const h = headers();
       h.set(Header.ContentType, encoding === 'msgpack' ? MSGPACK : JSON_TYPE);

@@ -14,7 +14,9 @@ import type { JetStreamClient } from '@nats-io/jetstream';
 import type { EffectSink, Logger, RecordStore } from '../engine/ports.js';
 import type { Registry } from '../engine/registry.js';
 import { parseRequest, queryReply } from '../engine/gateway.js';
-import { encodingOf, pack, type BodyEncoding } from '../contracts/codec.js';
+import { decodeBody, encodingOf, pack, type BodyEncoding } from '../contracts/codec.js';
+import { parseHistoryRequest } from '../engine/journal.js';
+import type { HistoryReader } from './history.js';
 import {
   DEFAULT_REPLY_PREFIXES,
   isReplySubject,
@@ -47,6 +49,8 @@ export interface GatewayOptions {
   replyPrefixes?: readonly string[];
   /** Requests worked on at once (default 1,000); more wait, see {@link GATEWAY_WAITING_BYTES}. */
   maxInFlight?: number;
+  /** Reads journals for `<prefix>.history.<type>.<id>` (absent: not answered here). */
+  history?: HistoryReader;
 }
 
 /**
@@ -205,6 +209,42 @@ export function startGateway(o: GatewayOptions): Gateway {
     }
   }
 
+  async function onHistory(m: Msg): Promise<void> {
+    stats.queries++;
+    const enc = encodingOf(m.headers?.get(Header.ContentType));
+    const p = parsePublic(m.subject);
+    if (!p || !m.reply || !o.history) return;
+    try {
+      if (!isToken(p.type) || !isToken(p.id)) {
+        throw new BadRequestError(
+          'workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =',
+          { workflowType: p.type, workflowId: p.id, subject: m.subject },
+        );
+      }
+      let body: unknown;
+      try {
+        body = decodeBody(m.data, enc);
+      } catch (cause) {
+        throw new BadRequestError(
+          `body is not valid ${enc === 'msgpack' ? 'msgpack' : 'JSON'}: ${String((cause as Error)?.message ?? cause)}`,
+          { code: ErrorCode.MalformedBody, subject: m.subject, cause },
+        );
+      }
+      const q = parseHistoryRequest(body);
+      const reply = await o.history(p.type, p.id, q);
+      if (reply.entries.length === 0 && !(await store.get(p.type, p.id))) {
+        throw new BadRequestError(`workflow ${p.type}/${p.id} does not exist`, {
+          code: ErrorCode.NotFound,
+          workflowId: p.id,
+          workflowType: p.type,
+        });
+      }
+      sink.reply(m.reply, enc, reply);
+    } catch (err) {
+      fail(m, enc, err);
+    }
+  }
+
   // The bound: at most `maxInFlight` handlers run; the rest wait in a FIFO of bounded bytes.
   // A FIFO with a head index (Array.shift is O(n) on a long queue), compacted now and then.
   type Waiting = { f: (m: Msg) => Promise<void>; m: Msg; weight: number };
@@ -261,6 +301,9 @@ export function startGateway(o: GatewayOptions): Gateway {
   for (const subj of [w.start, w.signal, w.cancel])
     subs.push(nc.subscribe(subj, { queue, callback: track(onCommand) }));
   subs.push(nc.subscribe(w.query, { queue, callback: track(onQuery) }));
+  if (o.history) {
+    subs.push(nc.subscribe(names.subjects.historyWildcard, { queue, callback: track(onHistory) }));
+  }
 
   return {
     stats,

@@ -46,6 +46,10 @@ export interface TopologyOptions {
   /** Size bound of the events stream; the oldest notifications are discarded first. */
   eventsMaxBytes: number;
   duplicateWindowMs: number;
+  /** Max age of journal entries in the history stream. */
+  journalMaxAgeMs: number;
+  /** Size bound of the history stream; the oldest entries are discarded first. */
+  journalMaxBytes: number;
   /** Priority timeout of the shard consumers: how soon a dead engine's pin moves. */
   failoverMs: number;
 }
@@ -118,6 +122,21 @@ export function topology(o: TopologyOptions): {
     duplicate_window: ms(o.duplicateWindowMs),
     allow_direct: true,
   };
+  const history: Partial<StreamConfig> = {
+    name: names.historyStream,
+    description: 'jetflow journal: every step of every workflow (wf.journal.<type>.<id>)',
+    subjects: [s.journalWildcard],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    max_age: ms(o.journalMaxAgeMs),
+    max_bytes: o.journalMaxBytes,
+    // History is a record of the past: at the bound the oldest entries go, steps never block.
+    discard: DiscardPolicy.Old,
+    duplicate_window: ms(o.duplicateWindowMs),
+    // History reads (one subject at a time) may be served by any replica.
+    allow_direct: true,
+  };
   const tasks: Partial<StreamConfig> = {
     name: names.tasksStream,
     description: 'jetflow activity tasks (wf.task.<queue>.<taskKey>), one consumer per queue',
@@ -152,7 +171,7 @@ export function topology(o: TopologyOptions): {
       priority_timeout: ms(pinTimeoutMs(o.failoverMs)),
     } satisfies Partial<ConsumerConfig>,
   }));
-  return { names, streams: [inbox, events, tasks], consumers };
+  return { names, streams: [inbox, events, history, tasks], consumers };
 }
 
 /**

@@ -99,7 +99,9 @@ export class NatsServer {
     const conf: string[] = [
       `server_name: ${JSON.stringify(name)}`,
       `listen: "127.0.0.1:${port}"`,
-      `jetstream { store_dir: ${JSON.stringify(join(dir, 'store'))}, max_memory_store: 256MB, max_file_store: 4GB }`,
+      // max_file_store only bounds what streams may reserve (max_bytes), not disk use: tests create
+      // many namespaces per server, each reserving its events and history bounds.
+      `jetstream { store_dir: ${JSON.stringify(join(dir, 'store'))}, max_memory_store: 256MB, max_file_store: 1TB }`,
     ];
     if (opts.maxPayload) conf.push(`max_payload: ${opts.maxPayload}`);
     if (opts.mappings) {

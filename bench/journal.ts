@@ -1,0 +1,140 @@
+/**
+ * The journal's cost: `npm run bench:journal`. Workload 1 of `npm run bench` (the `sequential`
+ * workflow: three activities in a row, closed loop at concurrency 64) run alternately against an
+ * engine with the journal off and on, on one nats-server with one worker, several rounds, so both
+ * see the same machine noise. Prints per-round throughput and the median ratio on / off.
+ *
+ * Options: --workflows N (per round and mode, default 2000), --rounds R (default 3).
+ */
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { NatsServer } from '../test/harness/nats-server.js';
+import { shardMapping } from '../src/contracts/subjects.js';
+import { Client } from '../src/client/index.js';
+import { topologyNames } from '../src/nats/topology.js';
+import type { Notification } from '../src/contracts/wire.js';
+import { spawnTs, stopChild } from './processes.js';
+import { percentile, round, runClosedLoop } from './peers/common.js';
+
+const { values } = parseArgs({
+  options: {
+    workflows: { type: 'string', default: '2000' },
+    rounds: { type: 'string', default: '3' },
+  },
+});
+const COUNT = Number(values.workflows);
+const ROUNDS = Number(values.rounds);
+const SHARDS = 16;
+const prefix = 'benchj';
+const root = resolve(import.meta.dirname, '..');
+const log = (s: string) => process.stderr.write(`[bench:journal] ${s}\n`);
+
+function completions(nc: NatsConnection) {
+  const waiters = new Map<string, (n: Notification) => void>();
+  nc.subscribe(`${prefix}.events.*.*`, {
+    callback: (_e, m) => {
+      const n = m.json<Notification>();
+      if (n.type !== 'completed' && n.type !== 'failed') return;
+      waiters.get(`${n.workflowType}.${n.id}`)?.(n);
+    },
+  });
+  return (wf: string, id: string) =>
+    new Promise<Notification>((ok) => waiters.set(`${wf}.${id}`, ok));
+}
+
+async function main(): Promise<void> {
+  const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
+  const nc = await connect({ servers: server.url });
+  const client = new Client(nc, { prefix, timeoutMs: 60_000 });
+  const done = completions(nc);
+  const worker = await spawnTs('bench/worker.ts', [server.url, prefix], 'worker ready');
+  const rows: { round: number; journal: string; throughput: number; p99Ms: number }[] = [];
+  try {
+    for (let r = 1; r <= ROUNDS; r++) {
+      for (const journal of r % 2 === 1 ? ['off', 'on'] : ['on', 'off']) {
+        const engine = await spawnTs(
+          'src/cli/main.ts',
+          [
+            'engine',
+            '--nats-url',
+            server.url,
+            '--prefix',
+            prefix,
+            '--shards',
+            String(SHARDS),
+            '--workflows',
+            resolve(root, 'bench/workflows.ts'),
+            '--journal',
+            journal,
+            '--log-level',
+            'info',
+            '--name',
+            'bench-engine',
+          ],
+          '"engine started"',
+        );
+        try {
+          const run = async (tag: string, n: number) =>
+            runClosedLoop(
+              n,
+              64,
+              async (i) => {
+                const id = `${tag}-${i}`;
+                const w = done('sequential', id);
+                await client.start('sequential', id, { x: i });
+                const out = await w;
+                if (out.type !== 'completed') throw new Error(`${id} ${out.type}`);
+              },
+              600_000,
+            );
+          await run(`warm-${r}-${journal}`, 200);
+          const res = await run(`r${r}-${journal}`, COUNT);
+          const lat = [...res.latenciesMs].sort((a, b) => a - b);
+          const row = {
+            round: r,
+            journal,
+            throughput: round(COUNT / (res.wallMs / 1000), 1),
+            p99Ms: round(percentile(lat, 99), 1),
+          };
+          rows.push(row);
+          log(JSON.stringify(row));
+        } finally {
+          await stopChild(engine);
+        }
+      }
+    }
+    const jsm = await jetstreamManager(nc);
+    const hist = await jsm.streams.info(topologyNames(prefix).historyStream);
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    const on = median(rows.filter((x) => x.journal === 'on').map((x) => x.throughput));
+    const off = median(rows.filter((x) => x.journal === 'off').map((x) => x.throughput));
+    const result = {
+      workload: 'sequential (3 activities), concurrency 64',
+      workflowsPerRound: COUNT,
+      rounds: ROUNDS,
+      medianThroughputOff: off,
+      medianThroughputOn: on,
+      ratioOnOff: round(on / off, 3),
+      lossPercent: round(100 * (1 - on / off), 1),
+      journalEntries: hist.state.messages,
+      journalBytesPerEntry: round(hist.state.bytes / Math.max(1, hist.state.messages), 0),
+      target: 'loss <= 5%',
+      met: on / off >= 0.95,
+    };
+    console.log(JSON.stringify(result));
+  } finally {
+    await stopChild(worker);
+    await nc.close();
+    await server.stop();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,261 @@
+/**
+ * The pure part of the journal: what a step records besides its record (the event, the state
+ * before, the activity outcome), search attributes, and the full entry a performer publishes.
+ * No I/O.
+ */
+import { pack } from '../contracts/codec.js';
+import {
+  WIRE_VERSION,
+  type Effect,
+  type HistoryReply,
+  type JournalEffect,
+  type JournalEntry,
+  type JournalEvent,
+  type JournalState,
+  type WorkflowRecord,
+} from '../contracts/wire.js';
+import { statePaths } from './machine.js';
+import { BadRequestError, ErrorCode } from '../errors.js';
+
+/** Default cut of a journaled event payload, in encoded (msgpack) bytes. */
+export const JOURNAL_PAYLOAD_MAX_BYTES = 4096;
+
+/** Journal options of the step (absent: the journal is off). */
+export interface JournalOptions {
+  /** Event payloads larger than this (msgpack bytes) are journaled without payload, marked. */
+  payloadMaxBytes: number;
+}
+
+/** The event as the journal keeps it: type, payload (the other fields) unless too large. */
+export function journalEvent(type: string, payload: unknown, maxBytes: number): JournalEvent {
+  if (payload === undefined) return { type };
+  let bytes: number;
+  try {
+    bytes = pack(payload).length;
+  } catch {
+    return { type, truncated: { bytes: -1 } };
+  }
+  return bytes > maxBytes ? { type, truncated: { bytes } } : { type, payload };
+}
+
+/** The fields of an event object other than `type` (undefined when there are none). */
+export function eventPayload(event: object): unknown {
+  const rest: Record<string, unknown> = { ...(event as Record<string, unknown>) };
+  delete rest.type;
+  return Object.keys(rest).length > 0 ? rest : undefined;
+}
+
+export function journalState(value: unknown): JournalState {
+  return { value, paths: statePaths(value) };
+}
+
+/** Read `path` (dot-separated) from `context`. */
+function readPath(context: unknown, path: string): unknown {
+  let v: unknown = context;
+  for (const k of path.split('.')) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<string, unknown>)[k];
+  }
+  return v;
+}
+
+/**
+ * The definition's search attributes read from `context`: scalars as they are, anything else
+ * as JSON text, a missing field as null. Undefined when the definition names none.
+ */
+export function searchAttributes(
+  names: readonly string[] | undefined,
+  context: unknown,
+): Record<string, string | number | boolean | null> | undefined {
+  if (!names || names.length === 0) return undefined;
+  const out: Record<string, string | number | boolean | null> = {};
+  for (const name of names) {
+    const v = readPath(context, name);
+    if (v === undefined || v === null) out[name] = null;
+    else if (typeof v === 'string' || typeof v === 'boolean') out[name] = v;
+    else if (typeof v === 'number') out[name] = Number.isFinite(v) ? v : String(v);
+    else out[name] = JSON.stringify(v) ?? null;
+  }
+  return out;
+}
+
+/** How the journal lists an outbox effect (without payloads). */
+export function journalEffect(e: Effect): JournalEffect | undefined {
+  switch (e.kind) {
+    case 'task':
+      return {
+        kind: 'task',
+        actorId: e.task.actorId,
+        taskId: e.task.taskId,
+        activity: e.task.activity,
+        queue: e.task.queue,
+      };
+    case 'stopTask':
+      return { kind: 'stopTask', actorId: e.actorId, taskId: e.taskId };
+    case 'timer': {
+      const ev = e.event as { type?: unknown } | undefined;
+      return {
+        kind: 'timer',
+        timerId: e.timerId,
+        dueAt: e.dueAt,
+        event: typeof ev?.type === 'string' ? ev.type : '',
+      };
+    }
+    case 'cancelTimer':
+      return { kind: 'cancelTimer', timerId: e.timerId };
+    case 'notify':
+      return { kind: 'notify', type: e.notification.type };
+    default:
+      return undefined;
+  }
+}
+
+/** Msg id of the journal entry of a record's step: one entry per step. */
+export function journalMsgId(type: string, id: string, step: number): string {
+  return `${type}.${id}.${step}.j`;
+}
+
+/**
+ * The stored journal entry of `record`'s step, from its `journal` effect. The context is not
+ * repeated: readers take it from `snapshot.context`.
+ */
+export function stepEntry(
+  record: WorkflowRecord,
+  effect: Extract<Effect, { kind: 'journal' }>,
+  engine: string,
+): JournalEntry {
+  const value = (record.snapshot as { value?: unknown } | undefined)?.value;
+  const effects: JournalEffect[] = [];
+  for (const e of record.outbox) {
+    const j = journalEffect(e);
+    if (j) effects.push(j);
+  }
+  return {
+    v: WIRE_VERSION,
+    kind: 'step',
+    workflowType: record.type,
+    id: record.id,
+    version: record.version,
+    step: record.step,
+    at: record.updatedAt,
+    engine,
+    seq: effect.seq,
+    cause: effect.cause,
+    event: effect.event,
+    ...(effect.from ? { from: effect.from } : {}),
+    to: journalState(value),
+    status: record.status,
+    stateSince: record.stateSince ?? record.updatedAt,
+    snapshot: record.snapshot,
+    effects,
+    ...(record.attributes ? { attributes: record.attributes } : {}),
+    ...(effect.activity ? { activity: effect.activity } : {}),
+    ...(record.error ? { error: record.error } : {}),
+    createdAt: record.createdAt,
+  };
+}
+
+/** A journal entry as a reader gets it: the context filled in from the snapshot. */
+export function withContext(entry: JournalEntry): JournalEntry {
+  if (entry.kind !== 'step' || entry.context !== undefined) return entry;
+  const context = (entry.snapshot as { context?: unknown } | undefined)?.context;
+  return context === undefined ? entry : { ...entry, context };
+}
+
+/** True when two state values are the same state (value-equal). */
+export function sameState(a: unknown, b: unknown): boolean {
+  return JSON.stringify(statePaths(a)) === JSON.stringify(statePaths(b));
+}
+
+/** Default and maximum page size of a history request. */
+export const HISTORY_DEFAULT_LIMIT = 100;
+export const HISTORY_MAX_LIMIT = 1000;
+
+/** A validated history request. */
+export interface HistoryQuery {
+  fromStep: number;
+  limit: number;
+}
+
+/** Validate a history request body (already decoded); throws `bad_request` with the reason. */
+export function parseHistoryRequest(body: unknown): HistoryQuery {
+  if (body === undefined) return { fromStep: 0, limit: HISTORY_DEFAULT_LIMIT };
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw new BadRequestError('history request body must be an object', {
+      code: ErrorCode.BadRequest,
+    });
+  }
+  const b = body as Record<string, unknown>;
+  for (const k of Object.keys(b)) {
+    if (k !== 'fromStep' && k !== 'limit') {
+      throw new BadRequestError(
+        `unknown field ${JSON.stringify(k)} in history request (fields: fromStep, limit)`,
+        { code: ErrorCode.BadRequest, details: { field: k } },
+      );
+    }
+  }
+  const int = (k: string, v: unknown, min: number, max: number, dflt: number): number => {
+    if (v === undefined) return dflt;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+      throw new BadRequestError(`${k} must be an integer in ${min}..${max}`, {
+        code: ErrorCode.BadRequest,
+        details: { field: k, value: v },
+      });
+    }
+    return v;
+  };
+  return {
+    fromStep: int('fromStep', b.fromStep, 0, Number.MAX_SAFE_INTEGER, 0),
+    limit: int('limit', b.limit, 1, HISTORY_MAX_LIMIT, HISTORY_DEFAULT_LIMIT),
+  };
+}
+
+/**
+ * Collects one page of a workflow's history from its journal entries in stream order. Step
+ * entries repeated past the dedup window (a re-performed outbox) are dropped; a page never ends
+ * between two entries of the same step number (unless one step alone has more entries than the
+ * limit), so `next` (the `fromStep` of the following page) neither repeats nor skips entries.
+ */
+export class HistoryPage {
+  private readonly entries: JournalEntry[] = [];
+  private readonly steps = new Set<number>();
+  private overflow: number | undefined;
+
+  constructor(private readonly q: HistoryQuery) {}
+
+  /** Offer the next entry in stream order; false once the page is complete. */
+  add(entry: JournalEntry): boolean {
+    if (this.overflow !== undefined) return false;
+    if (entry.step < this.q.fromStep) return true;
+    if (entry.kind === 'step') {
+      if (this.steps.has(entry.step)) return true;
+      this.steps.add(entry.step);
+    }
+    if (this.entries.length >= this.q.limit) {
+      const last = this.entries[this.entries.length - 1]!.step;
+      if (entry.step === last && this.entries.every((e) => e.step === last)) {
+        // One step with more entries than the limit: the page grows rather than loop.
+        this.entries.push(entry);
+        return true;
+      }
+      this.overflow = entry.step;
+      return false;
+    }
+    this.entries.push(entry);
+    return true;
+  }
+
+  /** The reply: entries with context filled in; `next` null when the journal was exhausted. */
+  reply(): HistoryReply {
+    let entries = this.entries;
+    let next: number | null = null;
+    if (this.overflow !== undefined) {
+      const cut = this.overflow;
+      // Entries of the overflowing step number belong to the next page, whole.
+      const keep = entries.filter((e) => e.step < cut);
+      if (keep.length > 0) entries = keep;
+      next = keep.length > 0 ? cut : cut + 1;
+    }
+    return { entries: entries.map(withContext), next };
+  }
+}

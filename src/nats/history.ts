@@ -1,0 +1,56 @@
+/**
+ * Reads one workflow's journal from the history stream (direct gets by subject, in batches; any
+ * replica may answer) and pages it for `<prefix>.history.<type>.<id>`.
+ */
+import type { JetStreamManager, StoredMsg } from '@nats-io/jetstream';
+import { unpack } from '../contracts/codec.js';
+import type { HistoryReply, JournalEntry } from '../contracts/wire.js';
+import { HistoryPage, type HistoryQuery } from '../engine/journal.js';
+import type { TopologyNames } from './topology.js';
+import { toJetflowError } from './connection.js';
+
+const BATCH = 256;
+
+export type HistoryReader = (type: string, id: string, q: HistoryQuery) => Promise<HistoryReply>;
+
+/** True when the server said there is no (further) message for the subject. */
+function isNoMessage(err: unknown): boolean {
+  return err instanceof Error && /no message|not found|404/i.test(err.message);
+}
+
+export function createHistoryReader(jsm: JetStreamManager, names: TopologyNames): HistoryReader {
+  return async (type, id, q) => {
+    const subject = names.subjects.journal(type, id);
+    const page = new HistoryPage(q);
+    let seq = 1;
+    for (;;) {
+      let got = 0;
+      let full = false;
+      try {
+        const it = await jsm.direct.getBatch(names.historyStream, {
+          seq,
+          next_by_subj: subject,
+          batch: BATCH,
+        });
+        for await (const m of it as AsyncIterable<StoredMsg>) {
+          got++;
+          seq = m.seq + 1;
+          let entry: JournalEntry;
+          try {
+            entry = unpack(m.data) as JournalEntry;
+          } catch {
+            continue; // not an entry jetflow wrote: skipped
+          }
+          if (!page.add(entry)) {
+            full = true;
+            break;
+          }
+        }
+      } catch (err) {
+        if (!isNoMessage(err)) throw toJetflowError(err, { workflowType: type, workflowId: id });
+      }
+      if (full || got < BATCH) break;
+    }
+    return page.reply();
+  };
+}
