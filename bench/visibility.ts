@@ -6,6 +6,9 @@
  * the projection module in batches, then times the searches an operator runs, R times each with
  * varying parameters. Reports load rate (steps/s), DB size and p50/p99 per query, and the plan
  * SQLite chose for each. No NATS involved: this measures the SQLite layer the role runs.
+ *
+ * `--db file --keep` keeps the loaded file; a later run with the same `--db` skips the load and
+ * only times the queries.
  */
 import { mkdtempSync, rmSync, statSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -22,6 +25,8 @@ const { values } = parseArgs({
     runs: { type: 'string', default: '200' },
     batch: { type: 'string', default: '1000' },
     keep: { type: 'boolean', default: false },
+    /** Use (and keep) this file; when it already holds workflows, skip the load. */
+    db: { type: 'string' },
   },
 });
 const N = Number(values.workflows);
@@ -158,11 +163,17 @@ type Query = { name: string; run: (i: number) => unknown; plan?: () => string };
 
 function main(): void {
   const dir = mkdtempSync(join(tmpdir(), 'jetflow-bench-vis-'));
-  const file = join(dir, 'visibility.db');
+  const file = values.db ?? join(dir, 'visibility.db');
   const index = VisibilityIndex.open(file);
   try {
-    process.stderr.write(`bench:visibility: loading ${N} workflows into ${file}\n`);
-    const { steps, ms } = load(index);
+    let steps = 0;
+    let ms = Number.NaN;
+    if (index.size() === 0) {
+      process.stderr.write(`bench:visibility: loading ${N} workflows into ${file}\n`);
+      ({ steps, ms } = load(index));
+    } else {
+      process.stderr.write(`bench:visibility: reusing ${file} (${index.size()} workflows)\n`);
+    }
     index.checkpoint();
     index.analyze();
     const bytes = ['', '-wal', '-shm']
@@ -272,7 +283,10 @@ function main(): void {
     console.log(JSON.stringify(report, null, 2));
   } finally {
     index.close();
-    if (!values.keep) rmSync(dir, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
+    if (values.db && !values.keep) {
+      for (const x of ['', '-wal', '-shm']) rmSync(values.db + x, { force: true });
+    }
   }
 }
 

@@ -60,6 +60,7 @@ export async function runDev(
       servers: url,
       prefix: engine.config.prefix,
       dataDir,
+      finishedRetentionMs: engine.config.finishedRetentionMs,
       logLevel: (v['log-level'] as string | undefined) ?? 'warn',
       name: 'jetflow-dev-visibility',
       signal: abort.signal,

@@ -397,6 +397,10 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     )
     .option('--file <path>', 'the replica file itself (overrides --data-dir)')
     .option(
+      '--finished-retention-ms <ms>',
+      "drop finished workflows this long after their last step; match the engines' (default 604800000, 0 = never) [JETFLOW_FINISHED_RETENTION_MS]",
+    )
+    .option(
       '--log-level <level>',
       'debug|info|warn|error|silent (default info) [JETFLOW_LOG_LEVEL]',
     )
@@ -407,6 +411,7 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         prefix?: string;
         dataDir?: string;
         file?: string;
+        finishedRetentionMs?: string;
         logLevel?: string;
         name?: string;
       }) => {
@@ -416,6 +421,9 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
           prefix: o.prefix ?? (env.JETFLOW_PREFIX || undefined),
           dataDir: o.dataDir ?? (env.JETFLOW_DATA_DIR || undefined),
           file: o.file,
+          finishedRetentionMs: ((x) => (x === undefined ? undefined : Number(x)))(
+            o.finishedRetentionMs ?? (env.JETFLOW_FINISHED_RETENTION_MS || undefined),
+          ),
           logLevel: o.logLevel ?? (env.JETFLOW_LOG_LEVEL || undefined),
           name: o.name ?? (env.JETFLOW_NAME || undefined),
         });

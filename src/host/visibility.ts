@@ -53,6 +53,11 @@ export interface VisibilityOptions {
   logger?: Logger;
   /** Where progress lines go (default stderr). */
   progress?: (line: string) => void;
+  /**
+   * Finished workflows leave the replica this long after their last step, as their records leave
+   * KV (set it to the engines' `finishedRetentionMs`; default 7 days, 0 = keep forever).
+   */
+  finishedRetentionMs?: number;
   /** Aborts `create()` while it waits for the journal stream or rebuilds. */
   signal?: AbortSignal;
 }
@@ -68,8 +73,12 @@ export interface VisibilityStats {
   rebuilds: number;
 }
 
+/** How many recent index lags (step time → committed in the replica) are kept for `lag()`. */
+const LAG_SAMPLES = 100_000;
+
 export const VISIBILITY_DEFAULTS = Object.freeze({
   dataDir: '.jetflow',
+  finishedRetentionMs: 7 * 24 * 3_600_000,
   maxBatch: 1_000,
   maxDelayMs: 10,
 });
@@ -78,6 +87,8 @@ const sleep = (ms: number) => new Promise<void>((ok) => setTimeout(ok, ms));
 
 export class Visibility implements AsyncDisposable {
   readonly stats: VisibilityStats = { applied: 0, stale: 0, other: 0, rebuilds: 0 };
+  private lags: number[] = [];
+  private pruner: NodeJS.Timeout | undefined;
   private tail: JournalTail | undefined;
   private responder: SearchResponder | undefined;
   private closing: Promise<void> | undefined;
@@ -95,7 +106,7 @@ export class Visibility implements AsyncDisposable {
     private readonly jsm: JetStreamManager,
     private readonly logger: Logger,
     private readonly progress: (line: string) => void,
-    private readonly o: { maxBatch: number; maxDelayMs: number },
+    private readonly o: { maxBatch: number; maxDelayMs: number; finishedRetentionMs: number },
     private readonly signal?: AbortSignal,
   ) {
     this.done = new Promise((ok) => (this.resolveDone = ok));
@@ -118,6 +129,10 @@ export class Visibility implements AsyncDisposable {
     const maxDelayMs = o.maxDelayMs ?? VISIBILITY_DEFAULTS.maxDelayMs;
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new ConfigError('maxBatch must be ≥ 1');
     if (!(maxDelayMs >= 0)) throw new ConfigError('maxDelayMs must be ≥ 0');
+    const finishedRetentionMs = o.finishedRetentionMs ?? VISIBILITY_DEFAULTS.finishedRetentionMs;
+    if (!Number.isFinite(finishedRetentionMs) || finishedRetentionMs < 0) {
+      throw new ConfigError('finishedRetentionMs must be ≥ 0 (0 = keep forever)');
+    }
     const file = resolve(
       o.file ?? resolve(o.dataDir ?? VISIBILITY_DEFAULTS.dataDir, `visibility-${prefix}.db`),
     );
@@ -135,7 +150,7 @@ export class Visibility implements AsyncDisposable {
         jsm,
         logger,
         o.progress ?? ((line) => void process.stderr.write(`${line}\n`)),
-        { maxBatch, maxDelayMs },
+        { maxBatch, maxDelayMs, finishedRetentionMs },
         o.signal,
       );
       await v.start();
@@ -167,6 +182,12 @@ export class Visibility implements AsyncDisposable {
       this.logger,
     );
     await this.nc.flush(); // the server knows the subscriptions before anyone is told
+    if (this.o.finishedRetentionMs > 0) {
+      this.prune();
+      const every = Math.min(600_000, Math.max(1_000, this.o.finishedRetentionMs / 10));
+      this.pruner = setInterval(() => this.prune(), every);
+      this.pruner.unref();
+    }
     this.logger.info(
       { file: this.file, workflows: this.index.size(), seq: this.index.position().seq },
       'visibility ready',
@@ -189,6 +210,18 @@ export class Visibility implements AsyncDisposable {
       if (this.stopped || this.signal?.aborted) {
         throw new Error('visibility stopped while waiting for the journal');
       }
+    }
+  }
+
+  /** Remove finished workflows past the retention, a bounded number per transaction. */
+  private prune(): void {
+    try {
+      const before = Date.now() - this.o.finishedRetentionMs;
+      let n = 0;
+      for (let k = this.index.prune(before); k > 0; k = this.index.prune(before)) n += k;
+      if (n > 0) this.logger.info({ removed: n }, 'finished workflows past retention removed');
+    } catch (err) {
+      this.logger.warn({ err }, 'pruning finished workflows failed');
     }
   }
 
@@ -258,6 +291,12 @@ export class Visibility implements AsyncDisposable {
       this.index.position().seq + 1,
       (items) => {
         const r = this.index.apply(items);
+        // Searchable from here on: the lag of each step is now minus the step's time.
+        const now = Date.now();
+        for (const { entry } of items) {
+          if (entry?.kind === 'step' && this.lags.length < LAG_SAMPLES)
+            this.lags.push(now - entry.at);
+        }
         this.stats.applied += r.applied;
         this.stats.stale += r.stale;
         this.stats.other += r.other;
@@ -284,6 +323,17 @@ export class Visibility implements AsyncDisposable {
     });
   }
 
+  /**
+   * Index lag of the step entries applied since the last call: milliseconds from the step (its
+   * time in the journal entry, taken by the engine's clock) to its commit in this replica, after
+   * which searches see it. Sorted; at most the last 100,000 steps.
+   */
+  takeLags(): number[] {
+    const out = this.lags.sort((a, b) => a - b);
+    this.lags = [];
+    return out;
+  }
+
   /** Resolves when the role has stopped (after `close()`). */
   run(): Promise<void> {
     return this.done;
@@ -293,6 +343,7 @@ export class Visibility implements AsyncDisposable {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.stopped = true;
+      clearInterval(this.pruner);
       const stage = async (name: string, f: () => Promise<void> | void) => {
         try {
           await f();

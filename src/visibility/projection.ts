@@ -447,6 +447,29 @@ export class VisibilityIndex {
     return reply;
   }
 
+  /**
+   * Remove finished workflows (completed, failed, canceled) whose last step is older than
+   * `before` (epoch ms), at most `limit` per call: the engines' records of those expire after
+   * `finishedRetentionMs`, and a replica rebuilt later would not have them. Returns how many went.
+   */
+  prune(before: number, limit = 10_000): number {
+    let n = 0;
+    this.db.transaction(() => {
+      const rows = this.st(
+        `SELECT key, type, status, states FROM workflows
+         WHERE status IN ('completed', 'failed', 'canceled') AND updated_at < ? LIMIT ?`,
+      ).all(before, limit) as Pick<StoredRow, 'key' | 'type' | 'status' | 'states'>[];
+      for (const r of rows) {
+        this.st('DELETE FROM workflows WHERE key = ?').run(r.key);
+        this.st('DELETE FROM wstates WHERE wkey = ?').run(r.key);
+        this.st('DELETE FROM wattrs WHERE wkey = ?').run(r.key);
+        this.count(r.type, r.status, JSON.parse(r.states) as string[], -1);
+        n++;
+      }
+    })();
+    return n;
+  }
+
   /** Number of workflows indexed. */
   size(): number {
     return (this.st('SELECT count(*) AS n FROM workflows').get() as { n: number }).n;
@@ -501,8 +524,14 @@ function searchSql(q: SearchQuery): { sql: string; args: unknown[] } {
   if (q.errorCode !== undefined) add('w.error_code = ?', q.errorCode);
   if (q.idPrefix !== undefined) add('w.id >= ? AND w.id < ?', q.idPrefix, prefixEnd(q.idPrefix));
   if (q.needsReview !== undefined) add('w.needs_review = ?', q.needsReview ? 1 : 0);
+  // Further attributes: one primary-key probe per candidate row (an IN list would be built
+  // from every workflow with that value, 200k rows for a 5-valued attribute at 1M).
   for (const [name, value] of d === 'a' ? attributes : q.attributes) {
-    add(`${k} IN (SELECT wkey FROM wattrs WHERE name = ? AND value = ?)`, name, value);
+    add(
+      `EXISTS (SELECT 1 FROM wattrs x WHERE x.wkey = ${k} AND x.name = ? AND x.value = ?)`,
+      name,
+      value,
+    );
   }
   const dir = q.order === 'asc' ? 'ASC' : 'DESC';
   if (q.after) {

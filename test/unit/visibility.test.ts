@@ -256,6 +256,20 @@ describe('projection', () => {
   });
 });
 
+describe('prune', () => {
+  it('removes finished workflows older than the bound, with their counts', () => {
+    fleet();
+    // refund/a completed at T0+40m, order/c failed at T0+20m; running ones stay however old.
+    expect(index.prune(T0 + 30 * MIN)).toBe(1);
+    expect(ids({ status: 'failed' })).toEqual([]);
+    expect(ids({ attributes: { merchant: 'm1' } })).toEqual(['order/a']);
+    expect(index.counts().byStatus).toEqual({ running: 3, completed: 1 });
+    expect(index.prune(T0 + 99 * MIN)).toBe(1);
+    expect(index.counts().total).toBe(3);
+    expect(index.size()).toBe(3);
+  });
+});
+
 describe('filters', () => {
   beforeEach(fleet);
 

@@ -1,0 +1,122 @@
+/**
+ * Index lag (`npx tsx bench/visibility-lag.ts [--workflows N]`): workload 1 of `npm run bench`
+ * (the `sequential` workflow, three activities, closed loop at concurrency 64) against an engine
+ * and a worker process, with a visibility replica following the journal. For every step the
+ * replica applies, lag = its commit time (after which searches see it) minus the step's time in
+ * the journal entry (the engine's clock when the step was computed). Same machine, same clock.
+ * The replica runs in this process, next to the load generator (so the lag is pessimistic).
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { NatsServer } from '../test/harness/nats-server.js';
+import { shardMapping } from '../src/contracts/subjects.js';
+import { Client } from '../src/client/index.js';
+import type { Notification } from '../src/contracts/wire.js';
+import { Visibility } from '../src/host/visibility.js';
+import { spawnTs, stopChild } from './processes.js';
+import { percentile, round, runClosedLoop } from './peers/common.js';
+
+const { values } = parseArgs({ options: { workflows: { type: 'string', default: '3000' } } });
+const COUNT = Number(values.workflows);
+const SHARDS = 16;
+const prefix = 'benchv';
+const root = resolve(import.meta.dirname, '..');
+const log = (s: string) => process.stderr.write(`[bench:visibility-lag] ${s}\n`);
+
+function completions(nc: NatsConnection) {
+  const waiters = new Map<string, (n: Notification) => void>();
+  nc.subscribe(`${prefix}.events.*.*`, {
+    callback: (_e, m) => {
+      const n = m.json<Notification>();
+      if (n.type !== 'completed' && n.type !== 'failed') return;
+      waiters.get(`${n.workflowType}.${n.id}`)?.(n);
+    },
+  });
+  return (wf: string, id: string) =>
+    new Promise<Notification>((ok) => waiters.set(`${wf}.${id}`, ok));
+}
+
+async function main(): Promise<void> {
+  const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
+  const nc = await connect({ servers: server.url });
+  const client = new Client(nc, { prefix, timeoutMs: 60_000 });
+  const done = completions(nc);
+  const dir = mkdtempSync(join(tmpdir(), 'jetflow-vis-lag-'));
+  const worker = await spawnTs('bench/worker.ts', [server.url, prefix], 'worker ready');
+  const engine = await spawnTs(
+    'src/cli/main.ts',
+    [
+      'engine',
+      '--nats-url',
+      server.url,
+      '--prefix',
+      prefix,
+      '--shards',
+      String(SHARDS),
+      '--workflows',
+      resolve(root, 'bench/workflows.ts'),
+      '--name',
+      'bench-engine',
+    ],
+    '"engine started"',
+  );
+  const vis = await Visibility.create({
+    servers: server.url,
+    prefix,
+    dataDir: dir,
+    logLevel: 'warn',
+    progress: () => undefined,
+  });
+  try {
+    const run = (tag: string, n: number) =>
+      runClosedLoop(
+        n,
+        64,
+        async (i) => {
+          const id = `${tag}-${i}`;
+          const w = done('sequential', id);
+          await client.start('sequential', id, { x: i });
+          const out = await w;
+          if (out.type !== 'completed') throw new Error(`${id} ${out.type}`);
+        },
+        600_000,
+      );
+    await run('warm', 200);
+    // Let the replica apply the warm-up, then measure only the run.
+    await new Promise((r) => setTimeout(r, 500));
+    vis.takeLags();
+    const res = await run('run', COUNT);
+    await new Promise((r) => setTimeout(r, 500));
+    const lags = vis.takeLags();
+    const hits = await client.search({ type: 'sequential', status: 'completed', limit: 1 });
+    const result = {
+      workload: 'sequential (3 activities), concurrency 64',
+      workflows: COUNT,
+      throughputWfPerSec: round(COUNT / (res.wallMs / 1000), 1),
+      stepsMeasured: lags.length,
+      indexLagP50Ms: percentile(lags, 50),
+      indexLagP99Ms: percentile(lags, 99),
+      indexLagMaxMs: lags[lags.length - 1],
+      searchSeesCompleted: hits.workflows.length === 1,
+    };
+    console.log(JSON.stringify(result));
+  } finally {
+    await vis.close();
+    await stopChild(engine);
+    await stopChild(worker);
+    await nc.close();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    log(String((err as Error)?.stack ?? err));
+    process.exit(1);
+  },
+);
