@@ -148,6 +148,15 @@ function printCounts(io: Io, c: SearchCountsReply): void {
   columns(io, rows);
 }
 
+/** nats.js' no-responders error, as such or as the cause of a request error. */
+function noResponders(err: unknown): boolean {
+  for (let e = err as { name?: unknown; cause?: unknown } | undefined, i = 0; e && i < 4; i++) {
+    if (e.name === 'NoResponders' || e.name === 'NoRespondersError') return true;
+    e = e.cause as typeof e;
+  }
+  return false;
+}
+
 export async function lsVerb(o: LsOptions, io: Io): Promise<number> {
   const now = Date.now();
   const request = o.counts ? undefined : lsRequest(o, now);
@@ -163,8 +172,7 @@ export async function lsVerb(o: LsOptions, io: Io): Promise<number> {
     else printCounts(io, reply as SearchCountsReply);
     return 0;
   } catch (err) {
-    const e = err as { name?: string; cause?: { name?: string } };
-    if (e?.name === 'NoRespondersError' || e?.cause?.name === 'NoRespondersError') {
+    if (noResponders(err)) {
       throw new RetryableError(
         `no visibility replica is answering on ${prefix}.search: run \`jetflow visibility --prefix ${prefix}\` (or \`jetflow dev\`)`,
         { code: ErrorCode.Unavailable, cause: err },

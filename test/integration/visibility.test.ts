@@ -36,7 +36,7 @@ import type { ErrorCode } from '../../src/errors.js';
 import { topologyNames, type TopologyNames } from '../../src/nats/topology.js';
 import { Visibility } from '../../src/host/visibility.js';
 import { quietLogger, uniquePrefix, useServer } from '../harness/jetflow.js';
-import { JetflowProcess } from '../harness/cli.js';
+import { JetflowProcess, runJetflow } from '../harness/cli.js';
 
 const env = useServer();
 const HOUR = 3_600_000;
@@ -281,6 +281,38 @@ describe('search through a visibility role', () => {
     });
     expect(m.headers?.get('Content-Type')).toBe('application/msgpack');
     expect(ids(decodeBody(m.data, 'msgpack') as SearchReply)).toEqual(['order/c3']);
+  });
+
+  it('jetflow ls prints a table, JSON, counts, and exits 4 on bad input', async () => {
+    const flags = ['--nats-url', env.server.url, '--prefix', prefix];
+    const table = await runJetflow([
+      'ls',
+      ...flags,
+      '--state',
+      'shipping.*',
+      '--in-state-longer-than',
+      '1h',
+    ]);
+    expect(table.stderr).toBe('');
+    expect(table.code).toBe(0);
+    const lines = table.stdout.trim().split('\n');
+    expect(lines[0]).toMatch(/^TYPE\s+ID\s+STATUS\s+STATE\s+IN STATE\s+UPDATED\s+STEP$/);
+    expect(lines.slice(1)).toHaveLength(1);
+    expect(lines[1]).toMatch(/^order\s+a1\s+running\s+shipping\.packing\s+2h\d*m?\s/);
+    const json = await runJetflow(['ls', ...flags, '--where', 'merchant=m1', '--json']);
+    expect(ids(JSON.parse(json.stdout) as SearchReply).sort()).toEqual(['order/a1', 'order/c3']);
+    const paged = await runJetflow(['ls', ...flags, '--limit', '2']);
+    expect(paged.stdout).toMatch(/more: add --cursor [A-Za-z0-9_-]+/);
+    const counts = await runJetflow(['ls', ...flags, '--counts']);
+    expect(counts.code).toBe(0);
+    expect(counts.stdout).toMatch(/^5 workflows: /);
+    expect(counts.stdout).toMatch(/order\s+shipping\.packing\s+running\s+1/);
+    const bad = await runJetflow(['ls', ...flags, '--limit', '5000']);
+    expect(bad.code).toBe(4);
+    expect(bad.stderr).toMatch(/bad_request: limit must be an integer from 1 to 1000/);
+    const none = await runJetflow(['ls', '--nats-url', env.server.url, '--prefix', 'nobody']);
+    expect(none.code).toBe(5);
+    expect(none.stderr).toMatch(/no visibility replica is answering/);
   });
 
   it('answers bad input with bad_request and keeps serving', async () => {
