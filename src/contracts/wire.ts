@@ -363,9 +363,13 @@ export type JournalEntry =
       /** The definition's search attributes, read from the context after the step. */
       attributes?: Record<string, string | number | boolean | null>;
       activity?: JournalActivity;
+      /** For `completed`: the workflow's output. */
+      output?: unknown;
       /** For `failed`: the error. */
       error?: ErrorData;
       createdAt: number;
+      /** Set when the entry was too large for the server: snapshot and context were left out. */
+      snapshotOmitted?: { bytes: number };
     })
   | (JournalBase & {
       kind: 'rejected';
