@@ -7,7 +7,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { Client } from '../client/index.js';
 import { createWorker, type Worker } from '../worker/index.js';
 import type { Voucher } from '../../actors/merchant-payment.js';
-import type { Notification } from '../contracts/wire.js';
+import type { JournalEntry } from '../contracts/wire.js';
 
 /** Demo activity implementations (a real deployment runs these in its own worker processes). */
 export function demoActivities(print: (line: string) => void) {
@@ -58,20 +58,22 @@ export async function startDemoWorker(
   });
 }
 
-function describe(n: Notification): string {
-  switch (n.type) {
-    case 'started':
-      return `started in ${JSON.stringify(n.value)}`;
-    case 'transitioned':
-      return `${n.event.replace(/^xstate\.done\.actor\./, 'done: ')} -> ${JSON.stringify(n.value)}`;
-    case 'completed':
-      return `completed: ${JSON.stringify(n.output)}`;
-    case 'failed':
-      return `failed: ${n.error.message}`;
-    case 'canceled':
-      return 'canceled';
+/** One journal entry of the demo as a short line. */
+function describe(e: JournalEntry): string {
+  switch (e.kind) {
+    case 'step': {
+      const to = JSON.stringify(e.to.value);
+      if (e.cause === 'start') return `started in ${to}`;
+      if (e.status === 'completed') return `completed: ${JSON.stringify(e.output)}`;
+      if (e.status !== 'running') return `${e.status}${e.error ? `: ${e.error.message}` : ''}`;
+      return `${e.event.type.replace(/^xstate\.done\.actor\./, 'done: ')} -> ${to}`;
+    }
     case 'rejected':
-      return `rejected ${n.event}: ${n.error.message}`;
+      return `rejected ${e.event.type}: ${e.error.message}`;
+    case 'ignored':
+      return `ignored ${e.cause}: ${e.reason}`;
+    case 'operator':
+      return `operator ${e.action}`;
   }
 }
 
@@ -91,7 +93,8 @@ export async function runDemo(
     await Promise.all(
       merchants.map(async (id) => {
         const watching = (async () => {
-          for await (const n of client.watch('merchantPayment', id)) print(`${id}: ${describe(n)}`);
+          for await (const e of client.follow('merchantPayment', id))
+            print(`${id}: ${describe(e)}`);
         })();
         await client.start('merchantPayment', id, { merchantId: id });
         await watching;

@@ -3,7 +3,6 @@ import type {
   JournalEffect,
   JournalEntry,
   JournalState,
-  Notification,
   WorkflowStatus,
 } from '../contracts/wire.js';
 
@@ -54,38 +53,6 @@ export function table(out: Out, rows: [string, string | undefined][]): void {
   for (const [k, v] of shown) out.line(`${out.paint('dim', k.padEnd(width))}  ${v}`);
 }
 
-const TYPE_STYLE: Record<Notification['type'], Style> = {
-  started: 'cyan',
-  transitioned: 'blue',
-  completed: 'green',
-  failed: 'red',
-  canceled: 'yellow',
-  rejected: 'magenta',
-};
-
-/** One notification as one line: time, step, type, what happened (columns aligned). */
-export function notificationLine(out: Out, n: Notification): string {
-  const at = typeof n.at === 'string' ? n.at.replace(/^.*T/, '').replace(/Z$/, '') : '';
-  const what = (() => {
-    switch (n.type) {
-      case 'started':
-        return `in ${inline(n.value)}  input ${inline(n.input)}`;
-      case 'transitioned':
-        return `${n.event} -> ${inline(n.value)}`;
-      case 'completed':
-        return `output ${inline(n.output)}`;
-      case 'failed':
-        return `${n.error.code}: ${n.error.message}`;
-      case 'canceled':
-        return n.reason ? `reason ${n.reason}` : '';
-      case 'rejected':
-        return `${n.event}: ${n.error.message}`;
-    }
-  })();
-  const type = out.paint(TYPE_STYLE[n.type], n.type.padEnd(12));
-  return `${at.padEnd(12)}  ${`step ${n.step}`.padEnd(8)}  ${type}  ${what}`.trimEnd();
-}
-
 const ENTRY_STYLE: Record<JournalEntry['kind'], Style> = {
   step: 'blue',
   rejected: 'magenta',
@@ -127,7 +94,9 @@ export function journalLines(out: Out, e: JournalEntry): string[] {
       const move = e.from ? `${paths(e.from)} -> ${paths(e.to)}` : `-> ${paths(e.to)}`;
       const status =
         e.status === 'running' ? '' : `  ${out.paint(STATUS_STYLE[e.status], e.status)}`;
-      lines.push(`${head}  ${e.event.type}  ${move}${status}`);
+      const reason = (e.event.payload as { reason?: unknown } | undefined)?.reason;
+      const why = e.cause === 'cancel' && typeof reason === 'string' ? `  reason ${reason}` : '';
+      lines.push(`${head}  ${e.event.type}  ${move}${status}${why}`);
       const effects = e.effects.map(effectText).filter((x): x is string => x !== undefined);
       if (effects.length > 0) more.push(`effects: ${effects.join('; ')}`);
       if (e.activity) {

@@ -6,10 +6,10 @@
 import { readFileSync } from 'node:fs';
 import { Client, WorkflowFailedError } from '../client/index.js';
 import { DEFAULT_PREFIX } from '../contracts/subjects.js';
-import type { JournalEntry, Notification, QueryReply } from '../contracts/wire.js';
+import type { JournalEntry, QueryReply } from '../contracts/wire.js';
 import { ErrorCode, JetflowError } from '../errors.js';
 import { ExitCode, UsageError } from './exit.js';
-import { inline, journalLines, notificationLine, STATUS_STYLE, table, type Out } from './output.js';
+import { inline, journalLines, STATUS_STYLE, table, type Out } from './output.js';
 
 export interface ServiceOptions {
   natsUrl?: string;
@@ -254,25 +254,25 @@ export async function watchVerb(
     const q = await c.query(type, id); // not_found (3) before waiting on nothing
     const ac = new AbortController();
     let idle: NodeJS.Timeout | undefined;
-    // A finished workflow: stop once the stream has nothing more to give.
+    // A finished workflow whose journal no longer reaches its end (retention): stop once the
+    // stream has nothing more to give.
     const arm = () => {
       if (q.status === 'running') return;
       clearTimeout(idle);
       idle = setTimeout(() => ac.abort(), 1_000);
     };
     arm();
-    let last: Notification | undefined;
+    let status = q.status;
     try {
-      for await (const n of c.watch(type, id, { signal: ac.signal })) {
-        last = n;
-        io.out.line(o.json ? JSON.stringify(n) : notificationLine(io.out, n));
+      for await (const e of c.follow(type, id, { signal: ac.signal })) {
+        if (o.json) io.out.line(JSON.stringify(e));
+        else for (const l of journalLines(io.out, e)) io.out.line(l);
+        if (e.kind === 'step') status = e.status;
         arm();
       }
     } finally {
       clearTimeout(idle);
     }
-    const status = last?.type === 'completed' ? 'completed' : q.status;
-    if (last && ['failed', 'canceled'].includes(last.type)) return ExitCode.Failed;
     if (status === 'failed' || status === 'canceled') return ExitCode.Failed;
     if (status === 'running') {
       throw new JetflowError(`stopped watching ${ref(type, id)} before it finished`, {

@@ -18,7 +18,8 @@ import { jetstream, DeliverPolicy } from '@nats-io/jetstream';
 import { Schedules } from '../nats/schedules.js';
 import { connectNats } from '../nats/connection.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
-import { decodeBody, encodeBody, JSON_TYPE } from '../contracts/codec.js';
+import { decodeBody, encodeBody, JSON_TYPE, unpack } from '../contracts/codec.js';
+import { withContext } from '../engine/journal.js';
 import {
   Header,
   type HistoryReply,
@@ -232,6 +233,47 @@ export class Client implements AsyncDisposable {
         const n = m.json<Notification>();
         yield n;
         if (n.type === 'completed' || n.type === 'failed' || n.type === 'canceled') break;
+      }
+    } finally {
+      opts.signal?.removeEventListener('abort', abort);
+      await messages.close();
+    }
+  }
+
+  /**
+   * Follow the workflow's journal live: every entry from the start (or only new ones with
+   * `fromStart: false`), in order, until the step that ends the workflow. Each step appears once
+   * (a step re-journaled after a crash is skipped by its number).
+   */
+  async *follow(
+    type: string,
+    id: string,
+    opts: { fromStart?: boolean; signal?: AbortSignal } = {},
+  ): AsyncGenerator<JournalEntry> {
+    this.check(type, id);
+    const js = jetstream(this.nc);
+    const consumer = await js.consumers.get(this.names.historyStream, {
+      filter_subjects: [this.names.subjects.journal(type, id)],
+      deliver_policy: opts.fromStart === false ? DeliverPolicy.New : DeliverPolicy.All,
+    });
+    const messages = await consumer.consume();
+    const abort = () => void messages.close();
+    opts.signal?.addEventListener('abort', abort, { once: true });
+    const seen = new Set<number>();
+    try {
+      for await (const m of messages) {
+        let e: JournalEntry;
+        try {
+          e = withContext(unpack(m.data) as JournalEntry);
+        } catch {
+          continue;
+        }
+        if (e.kind === 'step') {
+          if (seen.has(e.step)) continue;
+          seen.add(e.step);
+        }
+        yield e;
+        if (e.kind === 'step' && e.status !== 'running') break;
       }
     } finally {
       opts.signal?.removeEventListener('abort', abort);

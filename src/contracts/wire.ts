@@ -363,9 +363,18 @@ export type JournalEntry =
       /** The definition's search attributes, read from the context after the step. */
       attributes?: Record<string, string | number | boolean | null>;
       activity?: JournalActivity;
+      /**
+       * True while the workflow has an activity parked for manual review (retries exhausted with
+       * `onExhausted: 'review'`); the visibility index's `needsReview` follows it.
+       */
+      needsReview?: boolean;
+      /** For `completed`: the workflow's output. */
+      output?: unknown;
       /** For `failed`: the error. */
       error?: ErrorData;
       createdAt: number;
+      /** Set when the entry was too large for the server: snapshot and context were left out. */
+      snapshotOmitted?: { bytes: number };
     })
   | (JournalBase & {
       kind: 'rejected';

@@ -1,7 +1,7 @@
 /**
  * The pure part of the journal: what a step records besides its record (the event, the state
  * before, the activity outcome), search attributes, and the full entry a performer publishes.
- * No I/O.
+ * No I/O, and no XState: clients load it too.
  */
 import { pack } from '../contracts/codec.js';
 import {
@@ -14,7 +14,6 @@ import {
   type JournalState,
   type WorkflowRecord,
 } from '../contracts/wire.js';
-import { statePaths } from './machine.js';
 import { BadRequestError, ErrorCode } from '../errors.js';
 
 /** Default cut of a journaled event payload, in encoded (msgpack) bytes. */
@@ -150,6 +149,7 @@ export function stepEntry(
     effects,
     ...(record.attributes ? { attributes: record.attributes } : {}),
     ...(effect.activity ? { activity: effect.activity } : {}),
+    ...(record.output !== undefined ? { output: record.output } : {}),
     ...(record.error ? { error: record.error } : {}),
     createdAt: record.createdAt,
   };
@@ -258,4 +258,23 @@ export class HistoryPage {
     }
     return { entries: entries.map(withContext), next };
   }
+}
+
+/**
+ * Active leaf state paths of a state value, dot-joined and sorted: `"idle"` → `["idle"]`,
+ * `{ shipping: "packing" }` → `["shipping.packing"]`, parallel regions give one path each.
+ */
+export function statePaths(value: unknown): string[] {
+  const out: string[] = [];
+  const walk = (v: unknown, at: string) => {
+    if (typeof v === 'string') {
+      out.push(at ? `${at}.${v}` : v);
+    } else if (v && typeof v === 'object') {
+      const entries = Object.entries(v as Record<string, unknown>);
+      if (entries.length === 0 && at) out.push(at);
+      for (const [k, child] of entries) walk(child, at ? `${at}.${k}` : k);
+    }
+  };
+  walk(value, '');
+  return out.sort();
 }

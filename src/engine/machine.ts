@@ -104,22 +104,3 @@ export function toCommands(actions: ActionLike[], stepNo: number): Command[] {
   });
   return out;
 }
-
-/**
- * Active leaf state paths of a state value, dot-joined and sorted: `"idle"` → `["idle"]`,
- * `{ shipping: "packing" }` → `["shipping.packing"]`, parallel regions give one path each.
- */
-export function statePaths(value: unknown): string[] {
-  const out: string[] = [];
-  const walk = (v: unknown, at: string) => {
-    if (typeof v === 'string') {
-      out.push(at ? `${at}.${v}` : v);
-    } else if (v && typeof v === 'object') {
-      const entries = Object.entries(v as Record<string, unknown>);
-      if (entries.length === 0 && at) out.push(at);
-      for (const [k, child] of entries) walk(child, at ? `${at}.${k}` : k);
-    }
-  };
-  walk(value, '');
-  return out.sort();
-}

@@ -711,7 +711,12 @@ export function decide(
     delete rec.timerEvents;
     rec.tasks = {};
   }
-  rec.outbox.push({ kind: 'notify', notification: lifecycle(rec, after, event.type, at) });
+  // With the journal on, a transition that neither ends nor starts the workflow is told by its
+  // journal entry alone (`<prefix>.journal.<type>.<id>`): one message per step, not two. The
+  // events stream keeps the lifecycle (started, completed, failed, canceled, rejected).
+  if (status !== 'running' || !ctx.journal) {
+    rec.outbox.push({ kind: 'notify', notification: lifecycle(rec, after, event.type, at) });
+  }
   if (ctx.journal) {
     rec.outbox.push({
       kind: 'journal',

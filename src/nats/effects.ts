@@ -70,8 +70,9 @@ export function createEffectSink(
     let data = pack(entry);
     const max = nc.info?.max_payload;
     if (max !== undefined && data.length + 1024 > max && entry.kind === 'step') {
-      const slim = { ...entry, snapshot: undefined, snapshotOmitted: { bytes: data.length } };
-      delete slim.snapshot;
+      const slim: JournalEntry = { ...entry, snapshotOmitted: { bytes: data.length } };
+      delete (slim as { snapshot?: unknown }).snapshot;
+      delete (slim as { context?: unknown }).context;
       data = pack(slim);
     }
     await js.publish(s.journal(entry.workflowType, entry.id), data, {

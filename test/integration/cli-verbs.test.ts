@@ -289,25 +289,28 @@ describe('result', () => {
 });
 
 describe('watch', () => {
-  it('one aligned line per notification until the end (exit 0); --json: one object per line', async () => {
+  it('one aligned line per journal entry until the end (exit 0); --json: one entry per line', async () => {
     await cli('start', 'counter', 'w1');
     await cli('signal', 'counter', 'w1', '{"type":"SIG","n":2}');
     await cli('signal', 'counter', 'w1', '{"type":"FINISH"}');
     const r = await cli('watch', 'counter', 'w1');
     expect(r.code).toBe(0);
     const lines = r.stdout.trim().split('\n');
-    expect(lines).toHaveLength(3); // FINISH ends it: its step notifies `completed` only
-    expect(lines[0]).toMatch(
-      /^\d\d:\d\d:\d\d\.\d{3} {2}step 0 {4}started {7}in counting {2}input -$/,
-    );
-    expect(lines[1]).toMatch(/ {2}step 1 {4}transitioned {2}SIG -> counting$/);
-    expect(lines[2]).toMatch(/ {2}step 2 {4}completed {5}output \{"seq":\[2\],"label":""\}$/);
+    expect(lines).toHaveLength(3); // one line per step: none of them issued effects
+    const at = '\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d\\.\\d{3}';
+    expect(lines[0]).toMatch(new RegExp(`^${at} {2}step 0 {4}step {6}xstate.init {2}-> counting$`));
+    expect(lines[1]).toMatch(/ {2}step 1 {4}step {6}SIG {2}counting -> counting$/);
+    expect(lines[2]).toMatch(/ {2}step 2 {4}step {6}FINISH {2}counting -> done {2}completed$/);
     const j = await cli('watch', 'counter', 'w1', '--json');
-    const types = j.stdout
+    const entries = j.stdout
       .trim()
       .split('\n')
-      .map((l) => (JSON.parse(l) as { type: string }).type);
-    expect(types).toEqual(['started', 'transitioned', 'completed']);
+      .map((l) => JSON.parse(l) as { kind: string; step: number; status: string });
+    expect(entries.map((e) => [e.kind, e.step, e.status])).toEqual([
+      ['step', 0, 'running'],
+      ['step', 1, 'running'],
+      ['step', 2, 'completed'],
+    ]);
   });
 
   it('follows a running workflow to its end; exit 1 when it is canceled; 3 when none', async () => {
@@ -317,7 +320,9 @@ describe('watch', () => {
     await cli('cancel', 'counter', 'w2', '--reason', 'enough');
     const r = await watching;
     expect(r.code).toBe(1);
-    expect(r.stdout.trim().split('\n').at(-1)).toMatch(/canceled {6}reason enough$/);
+    expect(r.stdout.trim().split('\n').at(-1)).toMatch(
+      /counting -> counting {2}canceled {2}reason enough$/,
+    );
     expect((await cli('watch', 'counter', 'ghost')).code).toBe(3);
   });
 });

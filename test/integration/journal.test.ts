@@ -151,7 +151,9 @@ describe('journal', () => {
       );
       const all = await until('the ignored entry', async () => {
         const r = await client.history('journaled', 'j1');
-        return r.entries.some((e) => e.kind === 'ignored') ? r.entries : undefined;
+        return r.entries.some((e) => e.kind === 'ignored' && e.cause === 'result')
+          ? r.entries
+          : undefined;
       });
 
       const s = steps(all);
