@@ -40,6 +40,8 @@ export interface WorkflowState {
   updatedAt: number;
   error?: { type: string; code: string; message?: string };
   attributes: Record<string, AttributeValue>;
+  /** An activity is parked for manual review. */
+  needsReview?: boolean;
 }
 
 /** The state a `step` journal entry leaves its workflow in. */
@@ -57,10 +59,14 @@ export function stateOfEntry(e: Extract<JournalEntry, { kind: 'step' }>): Workfl
       ? { error: { type: e.error.type, code: e.error.code, message: e.error.message } }
       : {}),
     attributes: e.attributes ?? {},
+    needsReview: e.needsReview === true,
   };
 }
 
-/** The state a stored record describes (used by the rebuild). */
+/**
+ * The state a stored record describes (used by the rebuild). Records do not say yet whether an
+ * activity is parked for review: a rebuilt row has `needsReview` false until its next step.
+ */
 export function stateOfRecord(r: WorkflowRecord): WorkflowState {
   const value = (r.snapshot as { value?: unknown } | null)?.value;
   return {
@@ -337,12 +343,13 @@ export class VisibilityIndex {
     this.st(
       `INSERT INTO workflows (key, type, id, status, step, states, in_state_since, created_at,
          updated_at, error_type, error_code, error_message, needs_review, attributes)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (key) DO UPDATE SET status = excluded.status, step = excluded.step,
          states = excluded.states, in_state_since = excluded.in_state_since,
          created_at = excluded.created_at, updated_at = excluded.updated_at,
          error_type = excluded.error_type, error_code = excluded.error_code,
-         error_message = excluded.error_message, attributes = excluded.attributes`,
+         error_message = excluded.error_message, needs_review = excluded.needs_review,
+         attributes = excluded.attributes`,
     ).run(
       key,
       s.type,
@@ -356,6 +363,7 @@ export class VisibilityIndex {
       s.error?.type ?? null,
       s.error?.code ?? null,
       s.error?.message ?? null,
+      s.needsReview ? 1 : 0,
       attributes,
     );
     if (!old || old.states !== states || old.in_state_since !== s.inStateSince) {

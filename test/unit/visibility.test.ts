@@ -323,6 +323,14 @@ describe('filters', () => {
     expect(ids({ idPrefix: 'a' }).sort()).toEqual(['order/a', 'refund/a']);
     expect(ids({ needsReview: true })).toEqual([]);
     expect(ids({ needsReview: false })).toHaveLength(5);
+    // a step entry with an activity parked for review sets it; the next step clears it
+    index.apply(
+      items({ ...step('order', 'b', 3, { paths: ['shipping.label'] }), needsReview: true }),
+    );
+    expect(ids({ needsReview: true })).toEqual(['order/b']);
+    expect(search({ needsReview: true }).workflows[0]!.needsReview).toBe(true);
+    index.apply(items(step('order', 'b', 4, { paths: ['shipping.label'] })));
+    expect(ids({ needsReview: true })).toEqual([]);
   });
 
   it('attributes: equality with the value type, several ANDed', () => {
