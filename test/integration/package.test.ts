@@ -189,7 +189,8 @@ describe('the tarball', () => {
     expect(
       paths.filter((p) => /^(test|bench|config)\/|eslint|prettier|vitest|tsconfig/.test(p)),
     ).toEqual([]);
-    expect(packed.size).toBeLessThan(150 * 1024);
+    // 200 KiB: the visibility role (SQLite projection, queries, role host) added ~20 KiB packed.
+    expect(packed.size).toBeLessThan(200 * 1024);
     expect(packed.unpackedSize).toBeLessThan(800 * 1024);
   });
 
