@@ -7,7 +7,7 @@ import type { EngineOptions } from '../config.js';
 import type { WorkflowDefinition } from '../engine/registry.js';
 import { createRegistry } from '../engine/registry.js';
 import { Engine } from '../host/engine.js';
-import { Visibility } from '../host/visibility.js';
+import type { Visibility } from '../host/visibility.js';
 import { repoRoot, startLocalServer } from '../host/nats-server.js';
 import { runDemo } from './demo.js';
 
@@ -56,26 +56,32 @@ export async function runDev(
     // The replica joins the search queue group once built; the demo does not wait for it.
     const dataDir =
       (v['data-dir'] as string | undefined) ?? (env.JETFLOW_DATA_DIR || resolve('.jetflow/dev'));
-    visibility = Visibility.create({
-      servers: url,
-      prefix: engine.config.prefix,
-      dataDir,
-      finishedRetentionMs: engine.config.finishedRetentionMs,
-      logLevel: (v['log-level'] as string | undefined) ?? 'warn',
-      name: 'jetflow-dev-visibility',
-      signal: abort.signal,
-    }).then(
-      (vis) => {
-        d.print(`jetflow: visibility index at ${vis.file} (try \`jetflow ls\`)`);
-        return vis;
-      },
-      (err: unknown) => {
-        d.print(
-          `jetflow: visibility index not available: ${String((err as Error)?.message ?? err)}`,
-        );
-        return undefined;
-      },
-    );
+    // Loaded here, not at the top: dev runs without better-sqlite3's addon too (no search then).
+    const { prefix, finishedRetentionMs } = engine.config;
+    visibility = import('../host/visibility.js')
+      .then(({ Visibility }) =>
+        Visibility.create({
+          servers: url,
+          prefix,
+          dataDir,
+          finishedRetentionMs,
+          logLevel: (v['log-level'] as string | undefined) ?? 'warn',
+          name: 'jetflow-dev-visibility',
+          signal: abort.signal,
+        }),
+      )
+      .then(
+        (vis) => {
+          d.print(`jetflow: visibility index at ${vis.file} (try \`jetflow ls\`)`);
+          return vis;
+        },
+        (err: unknown) => {
+          d.print(
+            `jetflow: visibility index not available: ${String((err as Error)?.message ?? err)}`,
+          );
+          return undefined;
+        },
+      );
     await runDemo(url, engine.config.prefix, d.print);
     if (v.once || stopping) {
       await stop();

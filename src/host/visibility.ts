@@ -83,6 +83,25 @@ export const VISIBILITY_DEFAULTS = Object.freeze({
   maxDelayMs: 10,
 });
 
+/**
+ * Open the replica file. better-sqlite3 loads its native addon here; npm builds it only when the
+ * project allows its install script, so a missing addon is explained, not just reported.
+ */
+function openIndex(file: string): VisibilityIndex {
+  try {
+    return VisibilityIndex.open(file);
+  } catch (cause) {
+    const text = String((cause as Error)?.message ?? cause);
+    if (!/better_sqlite3\.node|bindings|NODE_MODULE_VERSION/i.test(text)) throw cause;
+    throw new ConfigError(
+      "the visibility index needs better-sqlite3's native addon, which is not built here: allow " +
+        'its install script (`npm install-scripts approve better-sqlite3`, or "allowScripts" in ' +
+        `package.json) and run \`npm rebuild better-sqlite3\` (${text.split('\n')[0]})`,
+      { cause },
+    );
+  }
+}
+
 const sleep = (ms: number) => new Promise<void>((ok) => setTimeout(ok, ms));
 
 export class Visibility implements AsyncDisposable {
@@ -140,7 +159,7 @@ export class Visibility implements AsyncDisposable {
     const { nc, js, jsm } = await connectNats(servers, name);
     let index: VisibilityIndex | undefined;
     try {
-      index = VisibilityIndex.open(file);
+      index = openIndex(file);
       const v = new Visibility(
         file,
         names,

@@ -152,7 +152,9 @@ beforeAll(async () => {
   writeFileSync(join(app, 'no-ts.mjs'), NO_TS);
   writeFileSync(join(app, 'no-ts-hooks.mjs'), NO_TS_HOOKS);
   server = await startServer();
-}, 180_000);
+  // 300 s: the install compiles better-sqlite3 (the visibility index) when no prebuilt binary
+  // can be fetched, about a minute on an idle 2-core machine, several while the suite runs.
+}, 300_000);
 
 afterAll(async () => {
   await server?.stop();
