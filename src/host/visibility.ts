@@ -107,6 +107,7 @@ const sleep = (ms: number) => new Promise<void>((ok) => setTimeout(ok, ms));
 export class Visibility implements AsyncDisposable {
   readonly stats: VisibilityStats = { applied: 0, stale: 0, other: 0, rebuilds: 0 };
   private lags: number[] = [];
+  private journalLags: number[] = [];
   private pruner: NodeJS.Timeout | undefined;
   private tail: JournalTail | undefined;
   private responder: SearchResponder | undefined;
@@ -312,9 +313,10 @@ export class Visibility implements AsyncDisposable {
         const r = this.index.apply(items);
         // Searchable from here on: the lag of each step is now minus the step's time.
         const now = Date.now();
-        for (const { entry } of items) {
-          if (entry?.kind === 'step' && this.lags.length < LAG_SAMPLES)
-            this.lags.push(now - entry.at);
+        for (const { entry, storedAt } of items) {
+          if (entry?.kind !== 'step' || this.lags.length >= LAG_SAMPLES) continue;
+          this.lags.push(now - entry.at);
+          this.journalLags.push(storedAt - entry.at);
         }
         this.stats.applied += r.applied;
         this.stats.stale += r.stale;
@@ -347,9 +349,14 @@ export class Visibility implements AsyncDisposable {
    * time in the journal entry, taken by the engine's clock) to its commit in this replica, after
    * which searches see it. Sorted; at most the last 100,000 steps.
    */
-  takeLags(): number[] {
-    const out = this.lags.sort((a, b) => a - b);
+  takeLags(): { index: number[]; journal: number[] } {
+    const out = {
+      index: this.lags.sort((a, b) => a - b),
+      // The part before the replica: step time to the entry stored in the journal stream.
+      journal: this.journalLags.sort((a, b) => a - b),
+    };
     this.lags = [];
+    this.journalLags = [];
     return out;
   }
 

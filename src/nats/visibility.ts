@@ -114,7 +114,7 @@ export interface JournalTail {
 
 /**
  * Follow the journal from stream sequence `fromSeq` (an ordered consumer: in stream order, no
- * acks, recreated by the client on a gap). Messages are handed over in batches of up to
+ * acks, recreated by the client on a gap). `storedAt` is when the server stored the message. Messages are handed over in batches of up to
  * `maxBatch`, or whatever arrived within `maxDelayMs` of a batch's first message. A message that
  * does not decode is handed over with `entry: undefined` (its sequence still counts).
  */
@@ -122,7 +122,7 @@ export async function tailJournal(
   js: JetStreamClient,
   names: TopologyNames,
   fromSeq: number,
-  onBatch: (items: { seq: number; entry: JournalEntry | undefined }[]) => void,
+  onBatch: (items: { seq: number; entry: JournalEntry | undefined; storedAt: number }[]) => void,
   o: { maxBatch?: number; maxDelayMs?: number } = {},
 ): Promise<JournalTail> {
   const maxBatch = o.maxBatch ?? 1_000;
@@ -133,7 +133,7 @@ export async function tailJournal(
     opt_start_seq: Math.max(1, fromSeq),
   });
   const messages = await consumer.consume({ max_messages: Math.max(maxBatch, 1_000) });
-  let batch: { seq: number; entry: JournalEntry | undefined }[] = [];
+  let batch: { seq: number; entry: JournalEntry | undefined; storedAt: number }[] = [];
   let timer: NodeJS.Timeout | undefined;
   const flush = () => {
     clearTimeout(timer);
@@ -151,7 +151,7 @@ export async function tailJournal(
       } catch {
         entry = undefined;
       }
-      batch.push({ seq: m.seq, entry });
+      batch.push({ seq: m.seq, entry, storedAt: Number(m.timestampNanos / 1_000_000n) });
       if (batch.length >= maxBatch) flush();
       else timer ??= setTimeout(flush, maxDelayMs);
     }
