@@ -28,9 +28,12 @@ import {
   signalVerb,
   startVerb,
   watchVerb,
+  adminVerb,
+  type AdminOptions,
   type Io,
   type ServiceOptions,
 } from './service.js';
+import type { AdminVerb } from '../contracts/wire.js';
 import type { WorkerFlags } from './worker-host.js';
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
@@ -422,6 +425,31 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         cancelVerb(type, id, o, io),
       ),
     );
+
+  const verbs: [AdminVerb, string][] = [
+    ['pause', "hold the workflow's messages in order, apply none, until resume"],
+    ['resume', 'apply the held messages in order, then continue'],
+    ['retry', 'dispatch a parked activity again with a fresh attempt budget'],
+    ['resolve', "deliver a parked activity's done event with --output"],
+    ['fail', "deliver a parked activity's error event"],
+    ['reset', 'restore the state after step --to-step (from the journal) and continue'],
+    ['terminate', 'end the workflow as canceled (also while paused)'],
+  ];
+  for (const [verb, description] of verbs) {
+    const cmd = serviceFlags(program.command(`${verb} <type> <id>`))
+      .description(`operator: ${description}`)
+      .option('--reason <text>', 'why (required, journaled)')
+      .option('--by <who>', 'who (required, journaled)')
+      .option('--request-id <id>', 'a repeat with the same id is applied once');
+    if (verb === 'retry' || verb === 'resolve' || verb === 'fail')
+      cmd.option('--actor-id <id>', 'the parked activity (see query)');
+    if (verb === 'retry') cmd.option('--attempts <n>', 'attempt budget (default: its own)');
+    if (verb === 'resolve') cmd.option('--output <json|@file>', 'the activity output');
+    if (verb === 'reset') cmd.option('--to-step <n>', 'the step whose state is restored');
+    cmd.action(
+      service((type: string, id: string, o: AdminOptions) => adminVerb(verb, type, id, o, io)),
+    );
+  }
 
   serviceFlags(program.command('result <type> <id>'))
     .description("wait for a workflow's end and print its output")

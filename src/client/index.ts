@@ -22,6 +22,9 @@ import { decodeBody, encodeBody, JSON_TYPE, unpack } from '../contracts/codec.js
 import { withContext } from '../engine/journal.js';
 import {
   Header,
+  type AdminReply,
+  type AdminRequest,
+  type AdminVerb,
   type HistoryReply,
   type HistoryRequest,
   type JournalEntry,
@@ -45,6 +48,13 @@ export interface ClientOptions {
   prefix?: string;
   /** Request timeout (default 10 s). */
   timeoutMs?: number;
+}
+
+/** Who acts and why (journaled), and an optional id that makes a repeat count once. */
+export interface OperatorFields {
+  reason: string;
+  by: string;
+  requestId?: string;
 }
 
 /** Raised by `result()` when the workflow failed or was canceled. */
@@ -187,6 +197,80 @@ export class Client implements AsyncDisposable {
   async cancel(type: string, id: string, reason?: string): Promise<SignalReply> {
     this.check(type, id);
     return await this.request(this.names.subjects.cancel(type, id), { reason });
+  }
+
+  /**
+   * An operator action on `<prefix>.admin.<verb>.<type>.<id>` (see the README's admin contract).
+   * Resolves with what changed once the workflow's step applied it; a repeat with the same
+   * `requestId` is applied once (`duplicate: true`). Errors (unknown workflow, activity not
+   * parked, step out of range, paused) reject with their code. A timeout means "unknown": retry
+   * with the same `requestId`.
+   */
+  async admin(
+    verb: AdminVerb,
+    type: string,
+    id: string,
+    body: AdminRequest,
+    opts: { timeoutMs?: number } = {},
+  ): Promise<AdminReply> {
+    this.check(type, id);
+    return await this.request(
+      this.names.subjects.admin(verb, type, id),
+      body,
+      undefined,
+      opts.timeoutMs,
+    );
+  }
+
+  /** Pause: later messages are held in order, not applied, until `resume`. */
+  pause(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('pause', type, id, who);
+  }
+
+  /** Resume: the held messages are applied in inbox order, then new ones. */
+  resume(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('resume', type, id, who);
+  }
+
+  /** Dispatch a parked activity again with a fresh attempt budget (`attempts`, default its own). */
+  retry(
+    type: string,
+    id: string,
+    actorId: string,
+    who: OperatorFields & { attempts?: number },
+  ): Promise<AdminReply> {
+    return this.admin('retry', type, id, { ...who, actorId });
+  }
+
+  /** Deliver a parked activity's done event with `output` (the operator did its work). */
+  resolve(
+    type: string,
+    id: string,
+    actorId: string,
+    output: unknown,
+    who: OperatorFields,
+  ): Promise<AdminReply> {
+    return this.admin('resolve', type, id, { ...who, actorId, output });
+  }
+
+  /** Deliver a parked activity's error event (its last error unless `error` is given). */
+  fail(
+    type: string,
+    id: string,
+    actorId: string,
+    who: OperatorFields & { error?: AdminRequest['error'] },
+  ): Promise<AdminReply> {
+    return this.admin('fail', type, id, { ...who, actorId });
+  }
+
+  /** Restore the state after step `toStep` (from the journal) and continue from there. */
+  reset(type: string, id: string, toStep: number, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('reset', type, id, { ...who, toStep });
+  }
+
+  /** End the workflow as `canceled` (also while paused: held messages are dropped). */
+  terminate(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('terminate', type, id, who);
   }
 
   /**
