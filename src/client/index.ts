@@ -367,6 +367,8 @@ export class Client implements AsyncDisposable {
     const timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 60_000);
     try {
       for await (const n of this.watch(type, id, { signal: ac.signal })) {
+        // A workflow reset after it ended has the end of its earlier run in its notifications.
+        if (n.step < q.step) continue;
         if (n.type === 'completed') return n.output as T;
         if (n.type === 'failed')
           return finished({ status: 'failed', output: undefined, error: n.error });
