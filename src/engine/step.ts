@@ -1054,9 +1054,8 @@ function hold(
   }
   // The client's msg id is remembered now (`memory`): the released message must not be taken
   // for its own duplicate.
-  const kept: InboxMessage =
-    msg.kind === 'signal' || msg.kind === 'cancel' ? { ...msg, msgId: undefined } : msg;
-  if ('msgId' in kept) delete (kept as { msgId?: string }).msgId;
+  const kept: InboxMessage = { ...msg };
+  if (kept.kind === 'signal' || kept.kind === 'cancel') delete kept.msgId;
   const rec = quietStep(stored, input, memory);
   rec.held = [...held, { seq: input.seq, message: kept }];
   if (ctx.journal) {
