@@ -275,12 +275,13 @@ export class Client implements AsyncDisposable {
 
   /**
    * Lifecycle notifications of one workflow, from its first (default) or only new ones. The
-   * iterator ends when `signal` aborts or a terminal notification was yielded.
+   * iterator ends when `signal` aborts or a terminal notification was yielded. `fromStep` skips
+   * notifications of earlier steps (the end of a run that a reset undid).
    */
   async *watch(
     type: string,
     id: string,
-    opts: { fromStart?: boolean; signal?: AbortSignal } = {},
+    opts: { fromStart?: boolean; signal?: AbortSignal; fromStep?: number } = {},
   ): AsyncGenerator<Notification> {
     const js = jetstream(this.nc);
     const consumer = await js.consumers.get(this.names.eventsStream, {
@@ -293,6 +294,8 @@ export class Client implements AsyncDisposable {
     try {
       for await (const m of messages) {
         const n = m.json<Notification>();
+        // Before `fromStep`: e.g. the end of a run that an operator's reset undid.
+        if (opts.fromStep !== undefined && n.step < opts.fromStep) continue;
         yield n;
         if (n.type === 'completed' || n.type === 'failed' || n.type === 'canceled') break;
       }
@@ -366,9 +369,8 @@ export class Client implements AsyncDisposable {
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 60_000);
     try {
-      for await (const n of this.watch(type, id, { signal: ac.signal })) {
-        // A workflow reset after it ended has the end of its earlier run in its notifications.
-        if (n.step < q.step) continue;
+      // A workflow reset after it ended has the end of its earlier run in its notifications.
+      for await (const n of this.watch(type, id, { signal: ac.signal, fromStep: q.step })) {
         if (n.type === 'completed') return n.output as T;
         if (n.type === 'failed')
           return finished({ status: 'failed', output: undefined, error: n.error });

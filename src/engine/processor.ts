@@ -498,14 +498,14 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   }
 
   /**
-   * True when an ignore or reject decided from `cur` cannot depend on `cur` being stale: a
-   * finished workflow never runs again, and a timer set at a step the record has already reached
-   * can never become pending again (a re-set timer is tagged with a later step).
+   * True when an ignore or reject decided from `cur` cannot depend on `cur` being stale: a timer
+   * set at a step the record has already reached can never become pending again (a re-set or
+   * re-armed timer is tagged with a later step). A finished workflow is not conclusive: an
+   * operator's reset makes it run again.
    */
   function conclusive(cur: CacheEntry | undefined, message: InboxMessage): boolean {
     if (!cur) return false;
     const r = cur.stored.record;
-    if (r.status !== 'running') return true;
     return message.kind === 'timer' && r.step >= message.step;
   }
 

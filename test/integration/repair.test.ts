@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { headers } from '@nats-io/transport-node';
 import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
+import { runJetflow } from '../harness/cli.js';
 import { Client } from '../../src/client/index.js';
 import { createWorker } from '../../src/worker/index.js';
 import { JetflowError } from '../../src/errors.js';
@@ -415,6 +416,70 @@ describe('bad input', () => {
       expect((await errorOf(client.terminate('rpayment', 'b1', who))).code).toBe(
         'already_finished',
       );
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+describe('CLI', () => {
+  it('the operator verbs print what changed, take --json, and use the exit codes', async () => {
+    const bank: Bank = { down: true, calls: {} };
+    const t = await setup(bank);
+    const cli = (...args: string[]) =>
+      runJetflow([...args, '--nats-url', env.server.url, '--prefix', t.prefix]);
+    try {
+      await t.client.start('rpayment', 'c1', { amount: 7 });
+      await t.client.signal('rpayment', 'c1', { type: 'GO' });
+      await until('c1 parked', async () =>
+        (await t.client.query('rpayment', 'c1')).needsReview ? true : undefined,
+      );
+      const q = await cli('query', 'rpayment', 'c1');
+      expect(q.stdout).toMatch(/review\s+bank \(sendToBank, 2 attempts\): bank unreachable/);
+      bank.down = false;
+      const common = ['--reason', 'bank back', '--by', 'cli@test'];
+      const r = await cli(
+        'retry',
+        'rpayment',
+        'c1',
+        '--actor-id',
+        'bank',
+        '--attempts',
+        '3',
+        ...common,
+        '--request-id',
+        'c-1',
+        '--json',
+      );
+      expect(r.code).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({
+        action: 'retry',
+        changed: { actorId: 'bank', attempts: 3 },
+      });
+      const dup = await cli(
+        'retry',
+        'rpayment',
+        'c1',
+        '--actor-id',
+        'bank',
+        ...common,
+        '--request-id',
+        'c-1',
+      );
+      expect(dup.code).toBe(0);
+      expect(dup.stdout).toMatch(/duplicate/);
+      expect((await cli('pause', 'rpayment', 'c1', '--by', 'x')).code).toBe(2); // no --reason
+      expect((await cli('resolve', 'rpayment', 'c1', ...common)).code).toBe(2); // no --actor-id
+      expect((await cli('pause', 'rpayment', 'nope', ...common)).code).toBe(3);
+      expect((await cli('reset', 'rpayment', 'c1', '--to-step', '99', ...common)).code).toBe(4);
+      const paused = await cli('pause', 'rpayment', 'c1', ...common);
+      expect(paused.code).toBe(0);
+      expect(paused.stdout).toMatch(/paused\s+yes/);
+      expect((await cli('resume', 'rpayment', 'c1', ...common)).code).toBe(0);
+      await until('c1 confirming', async () =>
+        (await t.client.query('rpayment', 'c1')).value === 'confirming' ? true : undefined,
+      );
+      expect(bank.calls[7]).toBe(1);
     } finally {
       await t.close();
     }
