@@ -307,7 +307,8 @@ export class Client implements AsyncDisposable {
 
   /**
    * Follow the workflow's journal live: every entry from the start (or only new ones with
-   * `fromStart: false`), in order, until the step that ends the workflow. Each step appears once
+   * `fromStart: false`), in order, until the step that ends the workflow (its last end: a run an
+   * operator's reset undid is followed past its end). Each step appears once
    * (a step re-journaled after a crash is skipped by its number).
    */
   async *follow(
@@ -338,11 +339,26 @@ export class Client implements AsyncDisposable {
           seen.add(e.step);
         }
         yield e;
-        if (e.kind === 'step' && e.status !== 'running') break;
+        if (e.kind === 'step' && e.status !== 'running' && (await this.endsHere(type, id, e.step)))
+          break;
       }
     } finally {
       opts.signal?.removeEventListener('abort', abort);
       await messages.close();
+    }
+  }
+
+  /**
+   * True when the step that finished the workflow is still its last: an operator's reset may
+   * have run it again since (the journal then goes on after this end). A workflow whose record
+   * is gone (retention) ended here.
+   */
+  private async endsHere(type: string, id: string, step: number): Promise<boolean> {
+    try {
+      return (await this.query(type, id)).step <= step;
+    } catch (err) {
+      if (err instanceof JetflowError && err.code === ErrorCode.NotFound) return true;
+      throw err;
     }
   }
 

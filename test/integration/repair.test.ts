@@ -268,6 +268,13 @@ describe('reset', () => {
       await client.signal('fpayment', 'f1', { type: 'NOTE' }, { msgId: 'note-2' });
       expect(await client.result('fpayment', 'f1')).toMatchObject({ notes: 1 });
       expect(bank.calls[10]).toBe(2);
+      // Following the journal from the start goes past the ends that resets undid.
+      const followed: number[] = [];
+      for await (const e of client.follow('fpayment', 'f1'))
+        if (e.kind === 'step') followed.push(e.step);
+      expect(followed).toEqual(
+        Array.from({ length: (await client.query('fpayment', 'f1')).step + 1 }, (_, i) => i),
+      );
     } finally {
       await t.close();
     }
