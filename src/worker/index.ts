@@ -420,7 +420,14 @@ export class Worker implements AsyncDisposable {
     let task: TaskMessage;
     try {
       task = unpack(m.data) as TaskMessage;
-      if (!task || typeof task.taskId !== 'string' || typeof task.resultSubject !== 'string')
+      if (
+        !task ||
+        typeof task.taskId !== 'string' ||
+        typeof task.resultSubject !== 'string' ||
+        // Part of its ledger key: a bad one would fail every take and hold the task forever.
+        typeof task.taskKey !== 'string' ||
+        !/^[A-Za-z0-9_-]+$/.test(task.taskKey)
+      )
         throw new Error('not a task');
     } catch (err) {
       this.logger.error({ err, subject: m.subject }, 'malformed task message; terminated');
@@ -437,7 +444,8 @@ export class Worker implements AsyncDisposable {
     const { ackWaitMs } = this.settings.get(queue) ?? DEFAULT_QUEUE_SETTINGS;
     // The lease: extended every AckWait/3 while this worker holds the task. While the attempt
     // runs with `heartbeatMs`, only as long as the activity's last heartbeat is recent.
-    const beat = { last: Date.now(), attemptRunning: true };
+    // Until the attempt runs (while its ledger entry is taken), the lease is renewed regardless.
+    const beat = { last: Date.now(), attemptRunning: false };
     const hb = task.heartbeatMs;
     // Re-armed each time, so that an AckWait changed by an operator (read by the refresh) applies.
     let lease: NodeJS.Timeout | undefined;
@@ -470,7 +478,12 @@ export class Worker implements AsyncDisposable {
           m.nak(0);
           return;
       }
-      const outcome = await this.runAttempt(queue, task, m, attempt, ackWaitMs, beat);
+      beat.last = Date.now();
+      beat.attemptRunning = true;
+      // Forced to stop while taking it: hand it back unrun (the release gives the entry back).
+      const outcome: Outcome = this.forced.signal.aborted
+        ? { kind: 'release' }
+        : await this.runAttempt(queue, task, m, attempt, ackWaitMs, beat);
       beat.attemptRunning = false;
       await this.settle(task, m, attempt, outcome, log, took.revision);
     } finally {
