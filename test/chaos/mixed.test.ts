@@ -502,6 +502,7 @@ describe('engines, workers and the server failing at once', () => {
 
     const report = {
       seed,
+      t0,
       workflows: WORKFLOWS,
       kills,
       serverRestarts: 1,
