@@ -25,7 +25,9 @@
  * - An attempt number runs at most once: before running attempt N of a task, the worker takes it
  *   in the attempt ledger (KV bucket `<prefix>_attempts`, `kv.create` of
  *   `<taskKey>.<scheduledAt>.<N>`). A delivery whose attempt another delivery already took (a
- *   task queued twice, a retry stored twice) is terminated without running (`stats.duplicates`).
+ *   task queued twice, a retry stored twice) is terminated without running (`stats.duplicates`);
+ *   the same message delivered again under a delivery count already used is not run either, but
+ *   kept (`nak` after AckWait, so it comes back as the next attempt unless it is acked first).
  *   A ledger that cannot be written is retried with backoff while the lease is kept: the attempt
  *   neither runs without its entry nor fails because of the ledger. A forced release gives the
  *   entry back (delete at its revision) before it hands the task back with the same number.
@@ -144,6 +146,7 @@ type Outcome =
 type Take =
   | { kind: 'run'; revision: number }
   | { kind: 'duplicate' }
+  | { kind: 'repeated' }
   | { kind: 'canceled' }
   | { kind: 'forced' };
 
@@ -467,6 +470,12 @@ export class Worker implements AsyncDisposable {
           this.stats.duplicates++;
           m.term('attempt taken by another delivery');
           return;
+        case 'repeated':
+          // The only copy of the task: never terminated. An earlier delivery of it that took this
+          // attempt acks it meanwhile, or it comes back as the next attempt.
+          this.stats.duplicates++;
+          m.nak(ackWaitMs);
+          return;
         case 'canceled':
           this.stats.canceled++;
           m.term('canceled');
@@ -508,6 +517,15 @@ export class Worker implements AsyncDisposable {
       try {
         const took = await this.ledger.take(key, taker);
         if (took.kind === 'taken') return { kind: 'run', revision: took.revision };
+        if (took.by?.seq === m.seq) {
+          // The same message delivered again with a delivery count already used (the server's
+          // consumer state went back, e.g. an unclean restart): not a second copy of the task.
+          this.logger.warn(
+            { ...log, takenBy: took.by },
+            'attempt already taken by an earlier delivery of this message; not run, redelivered as the next attempt',
+          );
+          return { kind: 'repeated' };
+        }
         this.logger.info(
           { ...log, takenBy: took.by },
           'attempt already taken by another delivery (task queued twice); not run',

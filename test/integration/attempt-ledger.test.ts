@@ -16,6 +16,7 @@ import { activity } from '../../src/engine/activity.js';
 import { defineWorkflow } from '../../src/engine/registry.js';
 import { ensureTopology, topologyNames } from '../../src/nats/topology.js';
 import { taskEffectHandlers } from '../../src/nats/tasks.js';
+import { attemptKey, fromAttemptsBucket } from '../../src/nats/attempts.js';
 import { MSGPACK, pack, unpack } from '../../src/contracts/codec.js';
 import { Header, type Effect, type WorkflowRecord } from '../../src/contracts/wire.js';
 import { ENGINE_DEFAULTS } from '../../src/config.js';
@@ -217,6 +218,44 @@ describe('the attempt ledger: one attempt number runs at most once', () => {
       // Both copies of attempt 2 are gone: the copy ran, the scheduled retry was terminated.
       expect(await until(async () => (await t.queued()) === 0)).toBe(true);
       expect(Object.fromEntries(t.runs)).toEqual({ [`${taskId}#1`]: 1, [`${taskId}#2`]: 1 });
+      expect(w.stats.duplicates).toBe(1);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('the same message delivered again under a delivery count already taken (consumer state gone back) is not run and not dropped: it runs as the next attempt', async () => {
+    const t = await setup();
+    try {
+      await t.client.start('retried', 'again');
+      expect(await until(async () => (await t.queued()) === 1)).toBe(true);
+      const effect = await t.taskEffect('retried', 'again');
+      const queued = await t.jsm.streams.getMessage(t.names.tasksStream, {
+        last_by_subj: t.names.subjects.task('ledger', effect.task.taskKey),
+      });
+      // As if an earlier delivery 1 of this very message had taken attempt 1 and the server
+      // then forgot that delivery (an unclean restart): the next delivery is counted 1 again.
+      const ledger = fromAttemptsBucket(await new Kvm(env.nc).open(t.names.attemptsBucket));
+      await ledger.take(attemptKey(effect.task, 1), {
+        worker: 'gone',
+        seq: queued!.seq,
+        delivery: 1,
+        at: Date.now(),
+      });
+      const w = await t.worker({
+        queues: ['ledger'],
+        queueSettings: { ledger: { ackWaitMs: 1_000 } },
+        activities: {
+          transfer: (_i: unknown, ctx) => {
+            t.ran(ctx.taskId, ctx.attempt);
+            return { attempt: ctx.attempt };
+          },
+        },
+      });
+      expect(await t.client.result('retried', 'again', { timeoutMs: 15_000 })).toEqual({
+        attempt: 2,
+      });
+      expect(Object.fromEntries(t.runs)).toEqual({ [`${effect.task.taskId}#2`]: 1 });
       expect(w.stats.duplicates).toBe(1);
     } finally {
       await t.close();
