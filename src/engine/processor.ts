@@ -18,7 +18,8 @@
  * - Effects are at-least-once, made idempotent by msg ids: an outbox read fresh from KV is
  *   performed again before the next step (its first performance may have been cut by a crash),
  *   unless the record says it was performed (`outboxDone === step`, written after performing an
- *   outbox that starts activities or timers).
+ *   outbox that starts activities or timers). Effects that failed are retried only after the
+ *   store confirms that no other engine wrote the record since; if one did, they are its.
  * - No message is dropped on the word of a record that might be stale: before a message is
  *   acknowledged as ignored or rejected, a cached record is re-read from the store (the stream
  *   leader) and the message decided again if it changed. `forgetShard()` drops a gained shard's
