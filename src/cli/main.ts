@@ -85,6 +85,7 @@ export function engineOptions(
   set('cacheSize', num(pick('cache-size', 'JETFLOW_CACHE_SIZE')));
   set('cacheMaxBytes', num(pick('cache-max-bytes', 'JETFLOW_CACHE_MAX_BYTES')));
   set('finishedRetentionMs', num(pick('finished-retention-ms', 'JETFLOW_FINISHED_RETENTION_MS')));
+  set('attemptRetentionMs', num(pick('attempt-retention-ms', 'JETFLOW_ATTEMPT_RETENTION_MS')));
   set('eventsMaxBytes', num(pick('events-max-bytes', 'JETFLOW_EVENTS_MAX_BYTES')));
   const journal = pick('journal', 'JETFLOW_JOURNAL');
   set('journal', journal === 'on' ? true : journal === 'off' ? false : journal);
@@ -161,6 +162,12 @@ const ENGINE_FLAGS: [string, string, string, string | undefined][] = [
     'ms',
     "keep finished workflows' records this long, 0 = forever (default 604800000)",
     'JETFLOW_FINISHED_RETENTION_MS',
+  ],
+  [
+    'attempt-retention-ms',
+    'ms',
+    "keep the attempt ledger's entries this long (default 604800000)",
+    'JETFLOW_ATTEMPT_RETENTION_MS',
   ],
   [
     'events-max-bytes',

@@ -18,7 +18,8 @@
  * - Effects are at-least-once, made idempotent by msg ids: an outbox read fresh from KV is
  *   performed again before the next step (its first performance may have been cut by a crash),
  *   unless the record says it was performed (`outboxDone === step`, written after performing an
- *   outbox that starts activities or timers).
+ *   outbox that starts activities or timers). Effects that failed are retried only after the
+ *   store confirms that no other engine wrote the record since; if one did, they are its.
  * - No message is dropped on the word of a record that might be stale: before a message is
  *   acknowledged as ignored or rejected, a cached record is re-read from the store (the stream
  *   leader) and the message decided again if it changed. `forgetShard()` drops a gained shard's
@@ -348,7 +349,24 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   ): Promise<{ cur: CacheEntry | undefined; fresh: boolean }> {
     const key = keyOf(type, id);
     const hit = cache.get(key);
-    if (hit) return { cur: hit, fresh: false };
+    if (hit && hit.owed === undefined) return { cur: hit, fresh: false };
+    if (hit) {
+      // Effects of this step failed and are about to be retried. If another engine wrote the
+      // record meanwhile (the shard moved while this one retried), that engine took the outbox
+      // over (it performs an unmarked outbox when it loads it): performing these effects now
+      // would be late, e.g. re-publish a timer the new owner has already canceled.
+      const now = await store.get(type, id);
+      if (now && now.revision === hit.stored.revision) return { cur: hit, fresh: true };
+      cache.delete(key);
+      if (!now) return { cur: undefined, fresh: true };
+      logger.info(
+        { workflowType: type, workflowId: id, step: hit.stored.record.step },
+        'record written by another engine while effects of this step were owed; they are left to it',
+      );
+      const entry = entryOf(now);
+      remember(key, entry);
+      return { cur: entry, fresh: true };
+    }
     const stored = await store.get(type, id);
     if (!stored) return { cur: undefined, fresh: true };
     const entry = entryOf(stored);
