@@ -106,8 +106,11 @@ async function streamWrites(nc: NatsConnection): Promise<number> {
     names.eventsStream,
     names.tasksStream,
     `KV_${names.bucket}`,
+    // The attempt ledger: one write per activity attempt (absent before it existed).
+    `KV_${names.attemptsBucket}`,
   ]) {
-    total += (await jsm.streams.info(s)).state.last_seq;
+    const info = await jsm.streams.info(s).catch(() => undefined);
+    total += info?.state.last_seq ?? 0;
   }
   return total;
 }

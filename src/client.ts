@@ -2,7 +2,12 @@
  * `jetflow/client`: what a service needs to start, signal, query, cancel and await workflows.
  * Loads neither XState nor the engine (see the README's "Use it in your service").
  */
-export { Client, WorkflowFailedError, type ClientOptions } from './client/index.js';
+export {
+  Client,
+  WorkflowFailedError,
+  type ClientOptions,
+  type OperatorFields,
+} from './client/index.js';
 export type {
   ScheduleAction,
   ScheduleDefinition,
@@ -34,6 +39,11 @@ export {
   type Notification,
   type NotificationType,
   type QueryReply,
+  type AdminReply,
+  type AdminRequest,
+  type AdminVerb,
+  type JournalOperator,
+  ADMIN_VERBS,
   type SignalReply,
   type StartReply,
   type StartRequest,

@@ -63,6 +63,14 @@ export interface EngineConfig {
   /** JetStream dedup window for the inbox and events streams. */
   readonly duplicateWindowMs: number;
   /**
+   * How long an entry of the attempt ledger (bucket `<prefix>_attempts`, one key per task
+   * attempt a worker took) is kept. It must outlive every copy of a task: a task queued twice
+   * (an outbox performed again after the dedup window) is recognised as long as the entry of
+   * the attempt it repeats exists. At least `duplicateWindowMs` (below it the server's dedup
+   * covers more than the ledger); default 7 days.
+   */
+  readonly attemptRetentionMs: number;
+  /**
    * How soon the shards of a dead engine move to the others, about: after `failoverMs / 2`
    * without a heartbeat an engine counts as gone; its shards are then taken, unpinned and
    * claimed within a pin check (`failoverMs / 4`). Also sets the heartbeat period
@@ -119,6 +127,7 @@ export const ENGINE_DEFAULTS = Object.freeze({
   journalPayloadMaxBytes: 4096,
   gatewayMaxInFlight: 1_000,
   duplicateWindowMs: 120_000,
+  attemptRetentionMs: 7 * 24 * 3600_000,
   shutdownGraceMs: 10_000,
   failoverMs: 10_000,
   logLevel: 'info' as const,
@@ -211,6 +220,12 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
   if (!/^[A-Za-z0-9_-]{1,32}$/.test(prefix))
     bad('prefix', 'must be 1-32 of A-Z a-z 0-9 _ -', prefix);
   const shards = int('shards', raw.shards ?? ENGINE_DEFAULTS.shards, 1, 1024);
+  const duplicateWindowMs = int(
+    'duplicateWindowMs',
+    raw.duplicateWindowMs ?? ENGINE_DEFAULTS.duplicateWindowMs,
+    1_000,
+    86_400_000,
+  );
   const logLevel = raw.logLevel ?? ENGINE_DEFAULTS.logLevel;
   if (!['debug', 'info', 'warn', 'error', 'silent'].includes(logLevel)) {
     bad('logLevel', 'must be debug, info, warn, error or silent', logLevel);
@@ -280,11 +295,12 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
       1,
       1_000_000,
     ),
-    duplicateWindowMs: int(
-      'duplicateWindowMs',
-      raw.duplicateWindowMs ?? ENGINE_DEFAULTS.duplicateWindowMs,
-      1_000,
-      86_400_000,
+    duplicateWindowMs,
+    attemptRetentionMs: int(
+      'attemptRetentionMs',
+      raw.attemptRetentionMs ?? ENGINE_DEFAULTS.attemptRetentionMs,
+      duplicateWindowMs,
+      2 ** 47,
     ),
     failoverMs: int(
       'failoverMs',

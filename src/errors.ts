@@ -24,6 +24,12 @@ export const ErrorCode = {
   Topology: 'topology',
   Conflict: 'conflict',
   Internal: 'internal',
+  /** Admin: the actor id names no activity parked for review. */
+  NotParked: 'not_parked',
+  /** Admin: the verb cannot be applied while the workflow is paused (resume first). */
+  Paused: 'paused',
+  /** Admin: `toStep` is not a step of this workflow, or its journal entry is gone. */
+  StepOutOfRange: 'step_out_of_range',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -28,9 +28,12 @@ import {
   signalVerb,
   startVerb,
   watchVerb,
+  adminVerb,
+  type AdminOptions,
   type Io,
   type ServiceOptions,
 } from './service.js';
+import type { AdminVerb } from '../contracts/wire.js';
 import type { WorkerFlags } from './worker-host.js';
 import type { LsOptions } from './ls.js';
 
@@ -83,6 +86,7 @@ export function engineOptions(
   set('cacheSize', num(pick('cache-size', 'JETFLOW_CACHE_SIZE')));
   set('cacheMaxBytes', num(pick('cache-max-bytes', 'JETFLOW_CACHE_MAX_BYTES')));
   set('finishedRetentionMs', num(pick('finished-retention-ms', 'JETFLOW_FINISHED_RETENTION_MS')));
+  set('attemptRetentionMs', num(pick('attempt-retention-ms', 'JETFLOW_ATTEMPT_RETENTION_MS')));
   set('eventsMaxBytes', num(pick('events-max-bytes', 'JETFLOW_EVENTS_MAX_BYTES')));
   const journal = pick('journal', 'JETFLOW_JOURNAL');
   set('journal', journal === 'on' ? true : journal === 'off' ? false : journal);
@@ -159,6 +163,12 @@ const ENGINE_FLAGS: [string, string, string, string | undefined][] = [
     'ms',
     "keep finished workflows' records this long, 0 = forever (default 604800000)",
     'JETFLOW_FINISHED_RETENTION_MS',
+  ],
+  [
+    'attempt-retention-ms',
+    'ms',
+    "keep the attempt ledger's entries this long (default 604800000)",
+    'JETFLOW_ATTEMPT_RETENTION_MS',
   ],
   [
     'events-max-bytes',
@@ -502,6 +512,31 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         cancelVerb(type, id, o, io),
       ),
     );
+
+  const verbs: [AdminVerb, string][] = [
+    ['pause', "hold the workflow's messages in order, apply none, until resume"],
+    ['resume', 'apply the held messages in order, then continue'],
+    ['retry', 'dispatch a parked activity again with a fresh attempt budget'],
+    ['resolve', "deliver a parked activity's done event with --output"],
+    ['fail', "deliver a parked activity's error event"],
+    ['reset', 'restore the state after step --to-step (from the journal) and continue'],
+    ['terminate', 'end the workflow as canceled (also while paused)'],
+  ];
+  for (const [verb, description] of verbs) {
+    const cmd = serviceFlags(program.command(`${verb} <type> <id>`))
+      .description(`operator: ${description}`)
+      .option('--reason <text>', 'why (required, journaled)')
+      .option('--by <who>', 'who (required, journaled)')
+      .option('--request-id <id>', 'a repeat with the same id is applied once');
+    if (verb === 'retry' || verb === 'resolve' || verb === 'fail')
+      cmd.option('--actor-id <id>', 'the parked activity (see query)');
+    if (verb === 'retry') cmd.option('--attempts <n>', 'attempt budget (default: its own)');
+    if (verb === 'resolve') cmd.option('--output <json|@file>', 'the activity output');
+    if (verb === 'reset') cmd.option('--to-step <n>', 'the step whose state is restored');
+    cmd.action(
+      service((type: string, id: string, o: AdminOptions) => adminVerb(verb, type, id, o, io)),
+    );
+  }
 
   serviceFlags(program.command('result <type> <id>'))
     .description("wait for a workflow's end and print its output")

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { Client, WorkflowFailedError } from '../client/index.js';
 import { DEFAULT_PREFIX } from '../contracts/subjects.js';
-import type { JournalEntry, QueryReply } from '../contracts/wire.js';
+import type { AdminRequest, AdminVerb, JournalEntry, QueryReply } from '../contracts/wire.js';
 import { ErrorCode, JetflowError } from '../errors.js';
 import { ExitCode, UsageError } from './exit.js';
 import { inline, journalLines, STATUS_STYLE, table, type Out } from './output.js';
@@ -131,6 +131,15 @@ function queryTable(io: Io, q: QueryReply): void {
     ['context', inline(q.context)],
     ['output', q.status === 'completed' ? inline(q.output) : undefined],
     ['error', q.error ? `${q.error.code}: ${q.error.message}` : undefined],
+    ['paused', q.paused ? `yes (${q.held ?? 0} held)` : undefined],
+    [
+      'review',
+      q.needsReview?.length
+        ? q.needsReview
+            .map((r) => `${r.actorId} (${r.activity}, ${r.attempts} attempts): ${r.error.message}`)
+            .join('; ')
+        : undefined,
+    ],
     ['created', q.createdAt],
     ['updated', q.updatedAt],
   ]);
@@ -281,4 +290,63 @@ export async function watchVerb(
     }
     return ExitCode.Ok;
   });
+}
+
+/** Flags of the operator verbs. */
+export interface AdminOptions extends ServiceOptions {
+  reason?: string;
+  by?: string;
+  requestId?: string;
+  actorId?: string;
+  output?: string;
+  attempts?: string;
+  toStep?: string;
+}
+
+/**
+ * `jetflow pause|resume|retry|resolve|fail|reset|terminate <type> <id>`: one admin request; prints
+ * what changed. Exit 0 applied (or a duplicate of an applied request), 3 no such workflow, 4
+ * refused (not parked, step out of range, paused, bad request), 5 unavailable.
+ */
+export async function adminVerb(
+  verb: AdminVerb,
+  type: string,
+  id: string,
+  o: AdminOptions,
+  io: Io,
+): Promise<number> {
+  if (!o.reason) throw new UsageError(`${verb} needs --reason <text> (journaled)`);
+  if (!o.by) throw new UsageError(`${verb} needs --by <who> (journaled)`);
+  const body: AdminRequest = {
+    reason: o.reason,
+    by: o.by,
+    ...(o.requestId !== undefined ? { requestId: o.requestId } : {}),
+  };
+  if (verb === 'retry' || verb === 'resolve' || verb === 'fail') {
+    if (!o.actorId) throw new UsageError(`${verb} needs --actor-id <id> (the parked activity)`);
+    body.actorId = o.actorId;
+  }
+  if (verb === 'retry' && o.attempts !== undefined)
+    body.attempts = intArg(o.attempts, '--attempts', 1);
+  if (verb === 'resolve') {
+    if (o.output === undefined) throw new UsageError('resolve needs --output <json|@file>');
+    body.output = parseJsonArg(o.output, '--output');
+  }
+  if (verb === 'reset') {
+    if (o.toStep === undefined) throw new UsageError('reset needs --to-step <n>');
+    body.toStep = intArg(o.toStep, '--to-step', 0);
+  }
+  const r = await withClient(o, io, (c) => c.admin(verb, type, id, body));
+  if (o.json) json(io, r);
+  else
+    table(io.out, [
+      ['workflow', ref(type, id)],
+      ['action', r.duplicate ? `${verb} (duplicate: already applied, nothing changed)` : verb],
+      ['status', r.status ? io.out.paint(STATUS_STYLE[r.status], r.status) : undefined],
+      ['state', r.value === undefined ? undefined : inline(r.value)],
+      ['step', r.step === undefined ? undefined : String(r.step)],
+      ['paused', r.paused === undefined ? undefined : r.paused ? 'yes' : 'no'],
+      ['changed', Object.keys(r.changed ?? {}).length ? inline(r.changed) : '-'],
+    ]);
+  return ExitCode.Ok;
 }

@@ -22,6 +22,9 @@ import { decodeBody, encodeBody, JSON_TYPE, unpack } from '../contracts/codec.js
 import { withContext } from '../engine/journal.js';
 import {
   Header,
+  type AdminReply,
+  type AdminRequest,
+  type AdminVerb,
   type HistoryReply,
   type HistoryRequest,
   type JournalEntry,
@@ -51,6 +54,13 @@ export interface ClientOptions {
   prefix?: string;
   /** Request timeout (default 10 s). */
   timeoutMs?: number;
+}
+
+/** Who acts and why (journaled), and an optional id that makes a repeat count once. */
+export interface OperatorFields {
+  reason: string;
+  by: string;
+  requestId?: string;
 }
 
 /** Raised by `result()` when the workflow failed or was canceled. */
@@ -212,13 +222,88 @@ export class Client implements AsyncDisposable {
   }
 
   /**
+   * An operator action on `<prefix>.admin.<verb>.<type>.<id>` (see the README's admin contract).
+   * Resolves with what changed once the workflow's step applied it; a repeat with the same
+   * `requestId` is applied once (`duplicate: true`). Errors (unknown workflow, activity not
+   * parked, step out of range, paused) reject with their code. A timeout means "unknown": retry
+   * with the same `requestId`.
+   */
+  async admin(
+    verb: AdminVerb,
+    type: string,
+    id: string,
+    body: AdminRequest,
+    opts: { timeoutMs?: number } = {},
+  ): Promise<AdminReply> {
+    this.check(type, id);
+    return await this.request(
+      this.names.subjects.admin(verb, type, id),
+      body,
+      undefined,
+      opts.timeoutMs,
+    );
+  }
+
+  /** Pause: later messages are held in order, not applied, until `resume`. */
+  pause(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('pause', type, id, who);
+  }
+
+  /** Resume: the held messages are applied in inbox order, then new ones. */
+  resume(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('resume', type, id, who);
+  }
+
+  /** Dispatch a parked activity again with a fresh attempt budget (`attempts`, default its own). */
+  retry(
+    type: string,
+    id: string,
+    actorId: string,
+    who: OperatorFields & { attempts?: number },
+  ): Promise<AdminReply> {
+    return this.admin('retry', type, id, { ...who, actorId });
+  }
+
+  /** Deliver a parked activity's done event with `output` (the operator did its work). */
+  resolve(
+    type: string,
+    id: string,
+    actorId: string,
+    output: unknown,
+    who: OperatorFields,
+  ): Promise<AdminReply> {
+    return this.admin('resolve', type, id, { ...who, actorId, output });
+  }
+
+  /** Deliver a parked activity's error event (its last error unless `error` is given). */
+  fail(
+    type: string,
+    id: string,
+    actorId: string,
+    who: OperatorFields & { error?: AdminRequest['error'] },
+  ): Promise<AdminReply> {
+    return this.admin('fail', type, id, { ...who, actorId });
+  }
+
+  /** Restore the state after step `toStep` (from the journal) and continue from there. */
+  reset(type: string, id: string, toStep: number, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('reset', type, id, { ...who, toStep });
+  }
+
+  /** End the workflow as `canceled` (also while paused: held messages are dropped). */
+  terminate(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('terminate', type, id, who);
+  }
+
+  /**
    * Lifecycle notifications of one workflow, from its first (default) or only new ones. The
-   * iterator ends when `signal` aborts or a terminal notification was yielded.
+   * iterator ends when `signal` aborts or a terminal notification was yielded. `fromStep` skips
+   * notifications of earlier steps (the end of a run that a reset undid).
    */
   async *watch(
     type: string,
     id: string,
-    opts: { fromStart?: boolean; signal?: AbortSignal } = {},
+    opts: { fromStart?: boolean; signal?: AbortSignal; fromStep?: number } = {},
   ): AsyncGenerator<Notification> {
     const js = jetstream(this.nc);
     const consumer = await js.consumers.get(this.names.eventsStream, {
@@ -231,6 +316,8 @@ export class Client implements AsyncDisposable {
     try {
       for await (const m of messages) {
         const n = m.json<Notification>();
+        // Before `fromStep`: e.g. the end of a run that an operator's reset undid.
+        if (opts.fromStep !== undefined && n.step < opts.fromStep) continue;
         yield n;
         if (n.type === 'completed' || n.type === 'failed' || n.type === 'canceled') break;
       }
@@ -242,7 +329,8 @@ export class Client implements AsyncDisposable {
 
   /**
    * Follow the workflow's journal live: every entry from the start (or only new ones with
-   * `fromStart: false`), in order, until the step that ends the workflow. Each step appears once
+   * `fromStart: false`), in order, until the step that ends the workflow (its last end: a run an
+   * operator's reset undid is followed past its end). Each step appears once
    * (a step re-journaled after a crash is skipped by its number).
    */
   async *follow(
@@ -273,11 +361,26 @@ export class Client implements AsyncDisposable {
           seen.add(e.step);
         }
         yield e;
-        if (e.kind === 'step' && e.status !== 'running') break;
+        if (e.kind === 'step' && e.status !== 'running' && (await this.endsHere(type, id, e.step)))
+          break;
       }
     } finally {
       opts.signal?.removeEventListener('abort', abort);
       await messages.close();
+    }
+  }
+
+  /**
+   * True when the step that finished the workflow is still its last: an operator's reset may
+   * have run it again since (the journal then goes on after this end). A workflow whose record
+   * is gone (retention) ended here.
+   */
+  private async endsHere(type: string, id: string, step: number): Promise<boolean> {
+    try {
+      return (await this.query(type, id)).step <= step;
+    } catch (err) {
+      if (err instanceof JetflowError && err.code === ErrorCode.NotFound) return true;
+      throw err;
     }
   }
 
@@ -304,7 +407,8 @@ export class Client implements AsyncDisposable {
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 60_000);
     try {
-      for await (const n of this.watch(type, id, { signal: ac.signal })) {
+      // A workflow reset after it ended has the end of its earlier run in its notifications.
+      for await (const n of this.watch(type, id, { signal: ac.signal, fromStep: q.step })) {
         if (n.type === 'completed') return n.output as T;
         if (n.type === 'failed')
           return finished({ status: 'failed', output: undefined, error: n.error });

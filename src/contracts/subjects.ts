@@ -10,7 +10,7 @@ export const DEFAULT_PREFIX = 'wf';
 
 /** Kinds of message that enter a workflow's inbox. */
 /** Kinds of message in the inbox; `claim` is a no-op an engine publishes to get a shard pinned. */
-export type InboxKind = 'start' | 'signal' | 'cancel' | 'timer' | 'result' | 'claim';
+export type InboxKind = 'start' | 'signal' | 'cancel' | 'timer' | 'result' | 'claim' | 'admin';
 
 const TOKEN = /^[A-Za-z0-9_=-]{1,256}$/;
 const PREFIX = /^[A-Za-z0-9_-]{1,32}$/;
@@ -68,6 +68,10 @@ export interface Subjects {
   history(type: string, id: string): string;
   /** Wildcard the history responders subscribe to. */
   readonly historyWildcard: string;
+  /** Operator request/reply: `<prefix>.admin.<verb>.<type>.<id>` (apart from service subjects). */
+  admin(verb: string, type: string, id: string): string;
+  /** Wildcard the engines' admin responders subscribe to: `<prefix>.admin.*.*.*`. */
+  readonly adminWildcard: string;
   /** Public request/reply: search the visibility index, `<prefix>.search`. */
   readonly search: string;
   /** Public request/reply: counts by type, status and state, `<prefix>.search.counts`. */
@@ -112,6 +116,8 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     journalWildcard: `${p}.journal.>`,
     history: (t: string, i: string) => `${p}.history.${t}.${i}`,
     historyWildcard: `${p}.history.*.*`,
+    admin: (v: string, t: string, i: string) => `${p}.admin.${v}.${t}.${i}`,
+    adminWildcard: `${p}.admin.*.*.*`,
     search: `${p}.search`,
     searchCounts: `${p}.search.counts`,
   });
@@ -165,6 +171,16 @@ export function parsePublic(
   const parts = subject.split('.');
   if (parts.length !== 4) return undefined;
   const [prefix, verb, type, id] = parts as [string, string, string, string];
+  return { prefix, verb, type, id };
+}
+
+/** Parse `<prefix>.admin.<verb>.<type>.<id>` — returns undefined for anything else. */
+export function parseAdmin(
+  subject: string,
+): { prefix: string; verb: string; type: string; id: string } | undefined {
+  const parts = subject.split('.');
+  if (parts.length !== 5 || parts[1] !== 'admin') return undefined;
+  const [prefix, , verb, type, id] = parts as [string, string, string, string, string];
   return { prefix, verb, type, id };
 }
 

@@ -79,6 +79,19 @@ export interface QueryReply {
   updatedAt: string;
   output?: unknown;
   error?: ErrorData;
+  /** True while paused by an operator (messages are held, not applied). */
+  paused?: boolean;
+  /** Messages held while paused (applied in order on resume). */
+  held?: number;
+  /** Activities parked for manual review (`onExhausted: 'review'`), by actor id. */
+  needsReview?: {
+    actorId: string;
+    activity: string;
+    taskId: string;
+    error: ErrorData;
+    attempts: number;
+    at: string;
+  }[];
 }
 
 /** Every error reply: `{ "error": { type, code, message, retryable, details? } }`. */
@@ -139,12 +152,96 @@ export type Effect =
    */
   | {
       kind: 'journal';
-      cause: 'start' | 'signal' | 'cancel' | 'result' | 'timer' | 'failure';
+      cause: JournalCause;
       seq: number;
       event: JournalEvent;
       from?: JournalState;
       activity?: JournalActivity;
+      /** For `cause: 'operator'`: the action. */
+      operator?: JournalOperator;
+      /** The message was held (the workflow is paused), not applied. */
+      held?: true;
+      /** A held message applied (or dropped) after a resume. */
+      released?: true;
+      /** A released message that could no longer be applied (rejected or ignored), and why. */
+      dropped?: { reason: string; error?: ErrorData };
     };
+
+/** What caused a step. */
+export type JournalCause =
+  | 'start'
+  | 'signal'
+  | 'cancel'
+  | 'result'
+  | 'timer'
+  | 'failure'
+  /** An operator's admin request (`<prefix>.admin.<verb>.<type>.<id>`). */
+  | 'operator';
+
+/** The operator action a step applied (step entries with `cause: 'operator'`). */
+export interface JournalOperator {
+  action: AdminVerb;
+  by: string;
+  reason: string;
+  requestId?: string;
+  /** The verb's parameters: `actorId`, `attempts`, `output`, `toStep`. */
+  params?: Record<string, unknown>;
+}
+
+/** Operator verbs on `<prefix>.admin.<verb>.<type>.<id>`. */
+export type AdminVerb = 'pause' | 'resume' | 'retry' | 'resolve' | 'fail' | 'reset' | 'terminate';
+
+export const ADMIN_VERBS: readonly AdminVerb[] = Object.freeze([
+  'pause',
+  'resume',
+  'retry',
+  'resolve',
+  'fail',
+  'reset',
+  'terminate',
+]);
+
+/** How many operator request ids a record remembers (see `WorkflowRecord.requestIds`). */
+export const REQUEST_ID_MEMORY = 64;
+
+/** Max messages held in a paused workflow's record by default (signals and cancels beyond it are refused). */
+export const HELD_MAX = 100;
+
+/**
+ * Body of an admin request (JSON or msgpack). `reason` and `by` are free text (journaled);
+ * `requestId` makes a repeat count once. The other fields belong to some verbs only.
+ */
+export interface AdminRequest {
+  reason: string;
+  by: string;
+  requestId?: string;
+  /** retry, resolve, fail: the parked activity (XState actor id). */
+  actorId?: string;
+  /** retry: attempt budget of the new dispatch (default: the activity's `maxAttempts`). */
+  attempts?: number;
+  /** resolve: the activity's output. */
+  output?: unknown;
+  /** fail: the error delivered (default: the parked error). */
+  error?: { type?: string; message?: string; details?: unknown };
+  /** reset: the step whose state is restored. */
+  toStep?: number;
+}
+
+/** Reply to an applied admin request. */
+export interface AdminReply {
+  id: string;
+  type: string;
+  action: AdminVerb;
+  /** Step that applied it (the workflow's current step for a duplicate). */
+  step: number;
+  status: WorkflowStatus;
+  value: unknown;
+  paused: boolean;
+  /** What changed, in words and data (held messages released, task dispatched, …). */
+  changed: Record<string, unknown>;
+  /** True when a request with the same `requestId` was already applied: nothing changed. */
+  duplicate?: boolean;
+}
 
 export type EffectKind = Effect['kind'];
 
@@ -193,6 +290,17 @@ export interface WorkflowRecord {
    * again, so a finished activity is never queued a second time, however late the load.
    */
   outboxDone?: number;
+  /**
+   * Operator request ids (`requestId` of admin requests, hashed) of the last applied ones,
+   * oldest first, at most {@link REQUEST_ID_MEMORY}: a repeat is applied once.
+   */
+  requestIds?: string[];
+  /** Set while paused: messages are held (`held`), not applied, until resume. */
+  paused?: { at: number; by: string; reason: string };
+  /** Messages that arrived while paused, in inbox order; applied one step each after resume. */
+  held?: HeldMessage[];
+  /** Due time (epoch ms) of each pending timer: journaled, so a reset can re-arm them. */
+  timerDue?: Record<string, number>;
   /** Epoch ms. */
   createdAt: number;
   updatedAt: number;
@@ -210,7 +318,8 @@ export type InboxMessage =
   | { kind: 'signal'; event: { type: string; [k: string]: unknown }; msgId?: string }
   | { kind: 'cancel'; reason: string | undefined; msgId?: string }
   | ({ kind: 'result' } & ResultMessage)
-  | ({ kind: 'timer' } & TimerMessage);
+  | ({ kind: 'timer' } & TimerMessage)
+  | ({ kind: 'admin'; verb: AdminVerb } & AdminRequest);
 
 /** Body (msgpack) of a fired timer, delivered to `wf.in.<shard>.timer.<type>.<id>`. */
 export interface TimerMessage {
@@ -226,6 +335,26 @@ export interface TaskRef {
   taskKey: string;
   activity: string;
   queue: string;
+  /** Set when the activity's `onExhausted` is `'review'`: a final failure parks it. */
+  onExhausted?: 'review';
+  /** Set while the activity is parked for manual review (retry, resolve or fail it). */
+  parked?: ParkedActivity;
+}
+
+/** An activity whose retries were exhausted with `onExhausted: 'review'`. */
+export interface ParkedActivity {
+  error: ErrorData;
+  /** Attempts used. */
+  attempts: number;
+  /** Epoch ms. */
+  at: number;
+}
+
+/** A message kept in a paused workflow's record, applied in order on resume. */
+export interface HeldMessage {
+  /** Inbox sequence it arrived with. */
+  seq: number;
+  message: InboxMessage;
 }
 
 /**
@@ -346,8 +475,23 @@ export interface JournalActivity {
 export type JournalEntry =
   | (JournalBase & {
       kind: 'step';
-      /** The message kind that caused it. */
-      cause: 'start' | 'signal' | 'cancel' | 'result' | 'timer' | 'failure';
+      /** The message kind that caused it (`operator`: an admin request). */
+      cause: JournalCause;
+      /** For `cause: 'operator'`: the action, who, why, the request id and parameters. */
+      operator?: JournalOperator;
+      /** The message was held, not applied (the workflow is paused): state unchanged. */
+      held?: true;
+      /** A held message, applied after a resume (its `seq` is older than the resume's). */
+      released?: true;
+      /** A released message that could no longer be applied: state unchanged, and why. */
+      dropped?: { reason: string; error?: ErrorData };
+      /** True while the workflow is paused. */
+      paused?: boolean;
+      /**
+       * Pending timers after the step (timer id → due time and event), so that a reset to this
+       * step can re-arm them with the time they had left.
+       */
+      timers?: Record<string, { dueAt: number; event: unknown }>;
       event: JournalEvent;
       /** State before (absent for the start). */
       from?: JournalState;

@@ -28,6 +28,12 @@ export interface ActivityOptions {
   /** Overall deadline from scheduling to a result, across attempts. Unset: none. */
   scheduleToCloseMs: number | undefined;
   retry: RetryPolicy;
+  /**
+   * What a final failure (retries exhausted, or a non-retryable error) does: `'fail'` delivers
+   * the activity's error event; `'review'` parks the activity for an operator (retry, resolve or
+   * fail it). Unset: the workflow definition's `onExhausted`, else `'fail'`.
+   */
+  onExhausted?: 'fail' | 'review';
 }
 
 export type ActivityOptionsInput = Partial<Omit<ActivityOptions, 'retry'>> & {
@@ -61,7 +67,13 @@ export function resolveActivityOptions(
     heartbeatMs: input.heartbeatMs,
     scheduleToCloseMs: input.scheduleToCloseMs,
     retry,
+    ...(input.onExhausted !== undefined ? { onExhausted: input.onExhausted } : {}),
   };
+  if (o.onExhausted !== undefined && o.onExhausted !== 'fail' && o.onExhausted !== 'review') {
+    throw new ConfigError(
+      `invalid onExhausted for activity ${name}: 'fail' or 'review' (got ${JSON.stringify(o.onExhausted)})`,
+    );
+  }
   if (!isToken(o.queue))
     throw new ConfigError(`invalid queue ${JSON.stringify(o.queue)} for activity ${name}`);
   positive('startToCloseMs', o.startToCloseMs, false);

@@ -104,5 +104,24 @@ export function queryReply(registry: Registry, r: WorkflowRecord): QueryReply {
   };
   if (r.output !== undefined) reply.output = r.output;
   if (r.error !== undefined) reply.error = r.error;
+  if (r.paused) {
+    reply.paused = true;
+    reply.held = r.held?.length ?? 0;
+  }
+  const review = Object.entries(r.tasks).flatMap(([actorId, t]) =>
+    t.parked
+      ? [
+          {
+            actorId,
+            activity: t.activity,
+            taskId: t.taskId,
+            error: t.parked.error,
+            attempts: t.parked.attempts,
+            at: new Date(t.parked.at).toISOString(),
+          },
+        ]
+      : [],
+  );
+  if (review.length > 0) reply.needsReview = review;
   return reply;
 }

@@ -124,6 +124,12 @@ export function stepEntry(
   engine: string,
 ): JournalEntry {
   const value = (record.snapshot as { value?: unknown } | undefined)?.value;
+  const timers: Record<string, { dueAt: number; event: unknown }> = {};
+  for (const timerId of Object.keys(record.timers)) {
+    const dueAt = record.timerDue?.[timerId];
+    // A timer set before `timerDue` existed has no known due time: it cannot be re-armed.
+    if (dueAt !== undefined) timers[timerId] = { dueAt, event: record.timerEvents?.[timerId] };
+  }
   const effects: JournalEffect[] = [];
   for (const e of record.outbox) {
     const j = journalEffect(e);
@@ -140,6 +146,10 @@ export function stepEntry(
     engine,
     seq: effect.seq,
     cause: effect.cause,
+    ...(effect.operator ? { operator: effect.operator } : {}),
+    ...(effect.held ? { held: true as const } : {}),
+    ...(effect.released ? { released: true as const } : {}),
+    ...(effect.dropped ? { dropped: effect.dropped } : {}),
     event: effect.event,
     ...(effect.from ? { from: effect.from } : {}),
     to: journalState(value),
@@ -147,6 +157,9 @@ export function stepEntry(
     stateSince: record.stateSince ?? record.updatedAt,
     snapshot: record.snapshot,
     effects,
+    needsReview: Object.values(record.tasks).some((t) => t.parked !== undefined),
+    ...(record.paused ? { paused: true } : {}),
+    ...(Object.keys(timers).length > 0 ? { timers } : {}),
     ...(record.attributes ? { attributes: record.attributes } : {}),
     ...(effect.activity ? { activity: effect.activity } : {}),
     ...(record.output !== undefined ? { output: record.output } : {}),

@@ -62,7 +62,8 @@ export interface ActionLike {
 
 /** What an XState action asks the engine to do (before it becomes a durable effect). */
 export type Command =
-  | { kind: 'spawn'; actorId: string; src: string; input: unknown }
+  /** `maxAttempts` overrides the activity's retry budget (an operator's retry). */
+  | { kind: 'spawn'; actorId: string; src: string; input: unknown; maxAttempts?: number }
   | { kind: 'stop'; actorId: string }
   | { kind: 'timer'; timerId: string; event: unknown; delayMs: number }
   | { kind: 'cancelTimer'; timerId: string };
@@ -102,5 +103,23 @@ export function toCommands(actions: ActionLike[], stepNo: number): Command[] {
         break;
     }
   });
+  return out;
+}
+
+/**
+ * The running children of a persisted snapshot, as spawn commands: how a restored state (a
+ * reset) or a parked activity (a retry) dispatches its activities again. XState keeps each
+ * child's `src` (the key in `setup({ actors })`) and its input in the persisted snapshot.
+ */
+export function childSpawns(persisted: unknown): Extract<Command, { kind: 'spawn' }>[] {
+  const children = ((persisted as { children?: unknown } | undefined)?.children ?? {}) as Record<
+    string,
+    { src?: unknown; snapshot?: { input?: unknown } }
+  >;
+  const out: Extract<Command, { kind: 'spawn' }>[] = [];
+  for (const [actorId, child] of Object.entries(children)) {
+    if (typeof child?.src !== 'string') continue;
+    out.push({ kind: 'spawn', actorId, src: child.src, input: child.snapshot?.input });
+  }
   return out;
 }

@@ -83,6 +83,12 @@ export interface EffectSink {
   reply(subject: string, encoding: BodyEncoding, body: unknown, errorCode?: string): void;
 }
 
+/** Reads a workflow's journal (the history stream): what a reset restores. */
+export interface JournalReader {
+  /** The step entry of step `step` of workflow type/id, or undefined when the journal has none. */
+  stepEntry(type: string, id: string, step: number): Promise<JournalEntry | undefined>;
+}
+
 export interface Clock {
   now(): number;
 }

@@ -18,7 +18,8 @@
  * - Effects are at-least-once, made idempotent by msg ids: an outbox read fresh from KV is
  *   performed again before the next step (its first performance may have been cut by a crash),
  *   unless the record says it was performed (`outboxDone === step`, written after performing an
- *   outbox that starts activities or timers).
+ *   outbox that starts activities or timers). Effects that failed are retried only after the
+ *   store confirms that no other engine wrote the record since; if one did, they are its.
  * - No message is dropped on the word of a record that might be stale: before a message is
  *   acknowledged as ignored or rejected, a cached record is re-read from the store (the stream
  *   leader) and the message decided again if it changed. `forgetShard()` drops a gained shard's
@@ -34,7 +35,8 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { AnyMachineSnapshot } from 'xstate';
-import { decide, failure, rejection, type Decision } from './step.js';
+import { decide, failure, rejection, release, type Decision } from './step.js';
+import { decodeAdmin } from './admin.js';
 import { eventPayload, journalEvent, type JournalOptions } from './journal.js';
 import type { Registry } from './registry.js';
 import type { Subjects } from '../contracts/subjects.js';
@@ -45,6 +47,7 @@ import type {
   InboxEntry,
   InboxIdentity,
   InboxReader,
+  JournalReader,
   Logger,
   RecordStore,
   StoredRecord,
@@ -104,6 +107,10 @@ export interface ProcessorOptions {
   journal?: JournalOptions;
   /** This engine's name, written into journal entries. */
   engineName?: string;
+  /** Reads journal entries for an operator's reset (absent: reset is refused). */
+  journalReader?: JournalReader;
+  /** Signals and cancels a paused workflow holds at most (default 100). */
+  heldMax?: number;
 }
 
 interface CacheEntry {
@@ -238,6 +245,8 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
       }
       return { kind: 'timer', timerId: b.timerId, step: b.step, event: b.event };
     }
+    case 'admin':
+      return decodeAdmin(b, { workflowType: e.type, workflowId: e.id });
     case 'signal': {
       const ev = b.event as { type?: unknown } | undefined;
       if (!ev || typeof ev !== 'object' || typeof ev.type !== 'string' || ev.type.length === 0) {
@@ -284,6 +293,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     shards: opts.shards,
     msgIdMemory: opts.msgIdMemory,
     journal: opts.journal,
+    heldMax: opts.heldMax,
   };
   const engineName = opts.engineName ?? 'engine';
   const replyPrefixes = opts.replyPrefixes ?? DEFAULT_REPLY_PREFIXES;
@@ -339,7 +349,24 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   ): Promise<{ cur: CacheEntry | undefined; fresh: boolean }> {
     const key = keyOf(type, id);
     const hit = cache.get(key);
-    if (hit) return { cur: hit, fresh: false };
+    if (hit && hit.owed === undefined) return { cur: hit, fresh: false };
+    if (hit) {
+      // Effects of this step failed and are about to be retried. If another engine wrote the
+      // record meanwhile (the shard moved while this one retried), that engine took the outbox
+      // over (it performs an unmarked outbox when it loads it): performing these effects now
+      // would be late, e.g. re-publish a timer the new owner has already canceled.
+      const now = await store.get(type, id);
+      if (now && now.revision === hit.stored.revision) return { cur: hit, fresh: true };
+      cache.delete(key);
+      if (!now) return { cur: undefined, fresh: true };
+      logger.info(
+        { workflowType: type, workflowId: id, step: hit.stored.record.step },
+        'record written by another engine while effects of this step were owed; they are left to it',
+      );
+      const entry = entryOf(now);
+      remember(key, entry);
+      return { cur: entry, fresh: true };
+    }
     const stored = await store.get(type, id);
     if (!stored) return { cur: undefined, fresh: true };
     const entry = entryOf(stored);
@@ -489,14 +516,14 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   }
 
   /**
-   * True when an ignore or reject decided from `cur` cannot depend on `cur` being stale: a
-   * finished workflow never runs again, and a timer set at a step the record has already reached
-   * can never become pending again (a re-set timer is tagged with a later step).
+   * True when an ignore or reject decided from `cur` cannot depend on `cur` being stale: a timer
+   * set at a step the record has already reached can never become pending again (a re-set or
+   * re-armed timer is tagged with a later step). A finished workflow is not conclusive: an
+   * operator's reset makes it run again.
    */
   function conclusive(cur: CacheEntry | undefined, message: InboxMessage): boolean {
     if (!cur) return false;
     const r = cur.stored.record;
-    if (r.status !== 'running') return true;
     return message.kind === 'timer' && r.step >= message.step;
   }
 
@@ -596,19 +623,47 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (cur) {
       cur = await settleOutbox(cur);
       await markDone(cur);
-      if (cur !== given) fresh = true; // this engine just wrote it
+      const drained = await drainHeld(cur);
+      if (cur !== given || drained !== cur) fresh = true; // this engine just wrote it
+      cur = drained;
     }
     let message: InboxMessage = { kind: 'signal', event: { type: `(${e.kind})` } };
     let decision: Decision;
     let decoded = false;
-    const now = clock.now();
+    let decodeError: unknown;
     try {
       message = decodeInbox(e);
       decoded = true;
+    } catch (err) {
+      decodeError = err;
+    }
+    // A reset restores a step's snapshot from the journal: read before the (pure) decision. A
+    // failure to read is transient (retried in place); a missing entry is the decision's to refuse.
+    const restore =
+      decoded &&
+      message.kind === 'admin' &&
+      message.verb === 'reset' &&
+      cur &&
+      opts.journalReader &&
+      message.toStep! < cur.stored.record.step
+        ? await opts.journalReader.stepEntry(e.type, e.id, message.toStep!)
+        : undefined;
+    const now = clock.now();
+    try {
+      if (!decoded) throw decodeError;
       decision = decide(
         ctx,
         cur?.stored.record,
-        { type: e.type, id: e.id, seq: e.seq, shard: e.shard, message, now, inbox: epoch },
+        {
+          type: e.type,
+          id: e.id,
+          seq: e.seq,
+          shard: e.shard,
+          message,
+          now,
+          inbox: epoch,
+          ...(restore ? { restore } : {}),
+        },
         cur?.live,
       );
     } catch (err) {
@@ -764,7 +819,36 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       replyFailed(e, entry);
     }
     await markDone(entry);
+    // A resume: the held messages are applied now, before this message is acknowledged.
+    await drainHeld(entry);
     return 'done';
+  }
+
+  /**
+   * Apply the held messages of a resumed workflow, one step each, in inbox order. Runs before any
+   * later message of the workflow is decided and before a resume is acknowledged, so after a
+   * crash the redelivered resume (or the next message) finishes the job.
+   */
+  async function drainHeld(entry: CacheEntry): Promise<CacheEntry> {
+    let cur = entry;
+    for (;;) {
+      const r = cur.stored.record;
+      if (r.status !== 'running' || r.paused || !r.held?.length) return cur;
+      const decision = release(ctx, r, clock.now(), cur.live);
+      if (decision.kind === 'defer') {
+        throw new RetryableError(
+          `workflow ${r.type}@${r.version} is not registered on this engine: held messages wait`,
+          { workflowType: r.type, workflowId: r.id, code: decision.error.code },
+        );
+      }
+      if (decision.kind !== 'write') throw new Error('unreachable: release decided no write');
+      const stored = await store.update(decision.record, cur.stored.revision);
+      const written: CacheEntry = { stored, effectsDone: false, live: decision.live };
+      remember(keyOf(r.type, r.id), written);
+      stats.applied++;
+      cur = await settleOutbox(written);
+      await markDone(cur);
+    }
   }
 
   /** Error reply for a request whose step was applied but whose workflow then failed. */
@@ -827,7 +911,10 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       }
       if (lastSeq >= d.seq) {
         stats.repeats++;
-        const entry = await settleOutbox(cur!);
+        const settled = await settleOutbox(cur!);
+        await markDone(settled);
+        // A resume redelivered after a crash: what it released may still be held.
+        const entry = settled === cur ? await drainHeld(settled).then(() => settled) : settled;
         const replyTo = replyOf(d);
         if (replyTo) {
           const r = entry.stored.record;

@@ -18,6 +18,12 @@ export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine>
    * value is kept as its JSON text.
    */
   searchAttributes?: readonly string[];
+  /**
+   * Default `onExhausted` of this workflow's activities (an activity's own option wins):
+   * `'review'` parks an activity whose retries are exhausted for an operator instead of
+   * delivering its error event. Default `'fail'`.
+   */
+  onExhausted?: 'fail' | 'review';
 }
 
 /** Declare a workflow definition (identity helper that checks its shape). */

@@ -3,7 +3,7 @@
  * next record and its outbox, or a rejection. No I/O; same inputs give the same outputs.
  */
 import { createHash } from 'node:crypto';
-import type { AnyMachineSnapshot, AnyStateMachine, EventObject } from 'xstate';
+import type { AnyMachineSnapshot, EventObject } from 'xstate';
 import type { Registry, WorkflowDefinition } from './registry.js';
 import * as m from './machine.js';
 import { resolveActivity } from './activity.js';
@@ -17,10 +17,15 @@ import {
 } from './journal.js';
 import { shardOf, type Subjects } from '../contracts/subjects.js';
 import {
+  HELD_MAX,
   MSG_ID_MEMORY,
+  REQUEST_ID_MEMORY,
   WIRE_VERSION,
+  type AdminReply,
   type Effect,
   type InboxMessage,
+  type JournalEntry,
+  type JournalOperator,
   type Notification,
   type TaskRef,
   type WorkflowRecord,
@@ -29,6 +34,7 @@ import {
 import {
   BadRequestError,
   ErrorCode,
+  RetryableError,
   toErrorData,
   type ErrorData,
   type JetflowError,
@@ -71,6 +77,8 @@ export interface StepContext {
   msgIdMemory?: number;
   /** Journal every step (an outbox `journal` effect); absent: no journal. */
   journal?: JournalOptions;
+  /** Signals and cancels a paused workflow holds at most (default {@link HELD_MAX}). */
+  heldMax?: number;
 }
 
 export interface StepInput {
@@ -84,6 +92,11 @@ export interface StepInput {
   now: number;
   /** Identity of the inbox stream the message came from; stored with `lastSeq`. */
   inbox?: string;
+  /**
+   * For an admin `reset`: the journal's step entry of `toStep` (read by the caller; absent when
+   * the journal no longer has it).
+   */
+  restore?: JournalEntry;
 }
 
 function iso(ms: number): string {
@@ -148,13 +161,14 @@ const DEADLINE_EVENT = 'jetflow.deadline';
 
 /** Turn commands into durable effects, tracking pending timers and tasks. */
 function materialize(
-  machine: AnyStateMachine,
+  def: WorkflowDefinition,
   ctx: StepContext,
   rec: { type: string; id: string; step: number },
   before: Pending,
   commands: m.Command[],
   now: number,
 ): Pending & { effects: Effect[] } {
+  const machine = def.machine;
   const timers = { ...before.timers };
   const tasks = { ...before.tasks };
   const effects: Effect[] = [];
@@ -189,7 +203,14 @@ function materialize(
         const a = resolveActivity(machine, c.src, c.input);
         const taskId = `${rec.type}.${rec.id}.${rec.step}.${c.actorId}`;
         const taskKey = taskKeyOf(taskId);
-        tasks[c.actorId] = { taskId, taskKey, activity: a.name, queue: a.options.queue };
+        const review = (a.options.onExhausted ?? def.onExhausted ?? 'fail') === 'review';
+        tasks[c.actorId] = {
+          taskId,
+          taskKey,
+          activity: a.name,
+          queue: a.options.queue,
+          ...(review ? { onExhausted: 'review' as const } : {}),
+        };
         const r = a.options.retry;
         effects.push({
           kind: 'task',
@@ -203,7 +224,7 @@ function materialize(
             activity: a.name,
             queue: a.options.queue,
             input: a.input,
-            maxAttempts: r.maxAttempts,
+            maxAttempts: c.maxAttempts ?? r.maxAttempts,
             retry: {
               initialIntervalMs: r.initialIntervalMs,
               backoffCoefficient: r.backoffCoefficient,
@@ -300,6 +321,18 @@ function timerEventsOf(
   return Object.keys(out).length > 0 ? out : undefined;
 }
 
+/** The due time of the timers still pending after a step (see `WorkflowRecord.timerDue`). */
+function timerDueOf(
+  prev: Record<string, number> | undefined,
+  effects: Effect[],
+  timers: Record<string, number>,
+): Record<string, number> | undefined {
+  const out: Record<string, number> = {};
+  for (const id of Object.keys(timers)) if (prev && id in prev) out[id] = prev[id]!;
+  for (const e of effects) if (e.kind === 'timer' && e.timerId in timers) out[e.timerId] = e.dueAt;
+  return Object.keys(out).length > 0 ? out : undefined;
+}
+
 /**
  * The snapshot without the children whose activity has finished (no longer in `tasks`). XState's
  * pure API never learns that an activity ended, so without this every spawned child would stay
@@ -367,16 +400,10 @@ export function decide(
     const { actions } = start;
     const status = statusOf(start.snapshot);
     const head = { type, id, step: 0 };
-    const p = materialize(
-      def.machine,
-      ctx,
-      head,
-      { timers: {}, tasks: {} },
-      m.toCommands(actions, 0),
-      now,
-    );
+    const p = materialize(def, ctx, head, { timers: {}, tasks: {} }, m.toCommands(actions, 0), now);
     const snapshot = withoutFinishedChildren(start.snapshot, p.tasks);
     const timerEvents = timerEventsOf(undefined, p.effects, p.timers);
+    const timerDue = timerDueOf(undefined, p.effects, p.timers);
     const rec: WorkflowRecord = {
       v: WIRE_VERSION,
       type,
@@ -389,6 +416,7 @@ export function decide(
       outbox: [],
       timers: p.timers,
       ...(timerEvents ? { timerEvents } : {}),
+      ...(timerDue ? { timerDue } : {}),
       tasks: p.tasks,
       shard,
       ...inboxId,
@@ -418,6 +446,7 @@ export function decide(
       });
       rec.timers = {};
       delete rec.timerEvents;
+      delete rec.timerDue;
       rec.tasks = {};
     }
     if (ctx.journal) {
@@ -459,6 +488,9 @@ export function decide(
         reason: `result of task ${message.taskId} which is no longer current (late, duplicate or canceled)`,
       };
     }
+    if (ref.parked) {
+      return { kind: 'ignore', reason: `result of task ${message.taskId}, parked for review` };
+    }
   }
 
   if (!stored) {
@@ -491,9 +523,18 @@ export function decide(
     };
   }
   const msgIds = remember(stored.msgIds, msgKey, ctx.msgIdMemory ?? MSG_ID_MEMORY);
-  const memory = msgIds.length > 0 ? { msgIds } : {};
+  const memory: { msgIds?: string[]; requestIds?: string[] } = msgIds.length > 0 ? { msgIds } : {};
 
-  if (stored.status !== 'running') {
+  // An operator's repeat of a request it already made (same `requestId`) changes nothing more.
+  if (message.kind === 'admin' && message.requestId !== undefined) {
+    const reqKey = msgIdKey('admin', message.requestId);
+    if (stored.requestIds?.includes(reqKey)) {
+      return { kind: 'noop', reply: adminReply(stored, message.verb, {}, true) };
+    }
+    memory.requestIds = remember(stored.requestIds, reqKey, REQUEST_ID_MEMORY);
+  }
+
+  if (stored.status !== 'running' && !(message.kind === 'admin' && message.verb === 'reset')) {
     return {
       kind: 'reject',
       error: new BadRequestError(`workflow ${type}/${id} has already finished (${stored.status})`, {
@@ -511,7 +552,17 @@ export function decide(
   const snapshot = live ?? m.restore(def.machine, stored.snapshot);
   const stepNo = stored.step + 1;
 
-  if (message.kind === 'cancel') {
+  if (stored.paused && message.kind !== 'admin') {
+    return hold(ctx, stored, input, snapshot, memory);
+  }
+  if (message.kind === 'admin' && message.verb !== 'terminate') {
+    const d = operator(ctx, def, stored, input, message, snapshot, memory);
+    if (d) return d;
+  }
+
+  const terminate = message.kind === 'admin' && message.verb === 'terminate';
+  if (message.kind === 'cancel' || terminate) {
+    const reason = message.reason;
     const rec: WorkflowRecord = {
       ...stored,
       status: 'canceled',
@@ -525,6 +576,9 @@ export function decide(
       outbox: [],
     };
     delete rec.timerEvents;
+    delete rec.timerDue;
+    delete rec.paused;
+    delete rec.held;
     rec.outbox = [
       ...windDown(stored, stored),
       {
@@ -536,30 +590,48 @@ export function decide(
           version: rec.version,
           step: stepNo,
           at,
-          reason: message.reason,
+          reason,
         },
       },
     ];
     if (ctx.journal) {
       rec.outbox.push({
         kind: 'journal',
-        cause: 'cancel',
+        cause: message.kind === 'admin' ? 'operator' : 'cancel',
         seq,
         event: journalEvent(
-          'jetflow.cancel',
-          message.reason === undefined ? undefined : { reason: message.reason },
+          message.kind === 'admin' ? 'jetflow.terminate' : 'jetflow.cancel',
+          reason === undefined ? undefined : { reason },
           ctx.journal.payloadMaxBytes,
         ),
         from: journalState(snapshot.value),
+        ...(message.kind === 'admin' ? { operator: operatorOf(message) } : {}),
       });
     }
+    const dropped = stored.held?.length ?? 0;
     return {
       kind: 'write',
       record: rec,
       create: false,
-      reply: { id, type, step: stepNo, status: rec.status, value: snapshot.value as unknown },
+      reply:
+        message.kind === 'admin'
+          ? adminReply(rec, 'terminate', {
+              status: 'canceled',
+              stopped: Object.keys(stored.tasks),
+              timersCanceled: Object.keys(stored.timers).length,
+              ...(dropped ? { heldDropped: dropped } : {}),
+            })
+          : { id, type, step: stepNo, status: rec.status, value: snapshot.value as unknown },
       live: snapshot,
     };
+  }
+
+  if (
+    message.kind === 'result' &&
+    !message.ok &&
+    stored.tasks[message.actorId]?.onExhausted === 'review'
+  ) {
+    return park(ctx, stored, input, message, snapshot, memory);
   }
 
   let event: EventObject;
@@ -621,8 +693,23 @@ export function decide(
     } else {
       event = timerEvent as EventObject;
     }
-  } else {
+  } else if (message.kind === 'admin') {
+    // resolve / fail of a parked activity (`operator` checked it is parked).
+    const actorId = message.actorId!;
+    const parked = stored.tasks[actorId]!.parked!;
+    finishTask(actorId);
+    event = (message.verb === 'resolve'
+      ? { type: `xstate.done.actor.${actorId}`, output: message.output }
+      : {
+          type: `xstate.error.actor.${actorId}`,
+          error: message.error
+            ? { ...parked.error, ...message.error, retryable: false }
+            : parked.error,
+        }) as unknown as EventObject;
+  } else if (message.kind === 'signal') {
     event = message.event;
+  } else {
+    throw new Error('unreachable: a message kind without an event reached the transition');
   }
 
   let next: ReturnType<typeof m.step>;
@@ -672,7 +759,7 @@ export function decide(
   }
   const status = statusOf(next.snapshot);
   const p = materialize(
-    def.machine,
+    def,
     ctx,
     { type, id, step: stepNo },
     before,
@@ -681,6 +768,7 @@ export function decide(
   );
   const after = withoutFinishedChildren(next.snapshot, p.tasks);
   const timerEvents = timerEventsOf(stored.timerEvents, p.effects, p.timers);
+  const timerDue = timerDueOf(stored.timerDue, p.effects, p.timers);
   const rec: WorkflowRecord = {
     ...stored,
     status,
@@ -701,6 +789,8 @@ export function decide(
   if (attributes) rec.attributes = attributes;
   if (timerEvents) rec.timerEvents = timerEvents;
   else delete rec.timerEvents;
+  if (timerDue) rec.timerDue = timerDue;
+  else delete rec.timerDue;
   rec.outbox = [...preEffects, ...p.effects];
   if (status !== 'running') {
     if (status === 'completed') rec.output = next.snapshot.output;
@@ -709,6 +799,7 @@ export function decide(
     rec.outbox.push(...windDown(stored, p));
     rec.timers = {};
     delete rec.timerEvents;
+    delete rec.timerDue;
     rec.tasks = {};
   }
   // With the journal on, a transition that neither ends nor starts the workflow is told by its
@@ -720,10 +811,11 @@ export function decide(
   if (ctx.journal) {
     rec.outbox.push({
       kind: 'journal',
-      cause: message.kind,
+      cause: message.kind === 'admin' ? 'operator' : message.kind,
       seq,
       event: journalEvent(event.type, eventPayload(event), ctx.journal.payloadMaxBytes),
       from: journalState(snapshot.value),
+      ...(message.kind === 'admin' ? { operator: operatorOf(message) } : {}),
       ...(message.kind === 'result'
         ? {
             activity: {
@@ -743,7 +835,14 @@ export function decide(
     kind: 'write',
     record: rec,
     create: false,
-    reply: { id, type, step: stepNo, status, value: after.value as unknown },
+    reply:
+      message.kind === 'admin'
+        ? adminReply(rec, message.verb, {
+            actorId: message.actorId,
+            delivered: event.type,
+            value: after.value as unknown,
+          })
+        : { id, type, step: stepNo, status, value: after.value as unknown },
     live: after,
   };
 }
@@ -797,6 +896,8 @@ export function failure(
     outbox: [],
   };
   delete rec.outboxDone;
+  delete rec.timerEvents;
+  delete rec.timerDue;
   rec.outbox = [
     ...windDown(stored, stored),
     {
@@ -823,4 +924,556 @@ export function failure(
     });
   }
   return rec;
+}
+
+type AdminMessage = Extract<InboxMessage, { kind: 'admin' }>;
+type Memory = { msgIds?: string[]; requestIds?: string[] };
+
+/** The journal's record of an operator action. */
+function operatorOf(msg: AdminMessage): JournalOperator {
+  const params: Record<string, unknown> = {};
+  if (msg.actorId !== undefined) params.actorId = msg.actorId;
+  if (msg.attempts !== undefined) params.attempts = msg.attempts;
+  if ('output' in msg) params.output = msg.output;
+  if (msg.error !== undefined) params.error = msg.error;
+  if (msg.toStep !== undefined) params.toStep = msg.toStep;
+  return {
+    action: msg.verb,
+    by: msg.by,
+    reason: msg.reason,
+    ...(msg.requestId !== undefined ? { requestId: msg.requestId } : {}),
+    ...(Object.keys(params).length > 0 ? { params } : {}),
+  };
+}
+
+/** The reply to an admin request, from the record it left. */
+function adminReply(
+  rec: WorkflowRecord,
+  action: AdminReply['action'],
+  changed: Record<string, unknown>,
+  duplicate = false,
+): AdminReply {
+  return {
+    id: rec.id,
+    type: rec.type,
+    action,
+    step: rec.step,
+    status: rec.status,
+    value: (rec.snapshot as { value?: unknown } | undefined)?.value,
+    paused: rec.paused !== undefined,
+    changed,
+    ...(duplicate ? { duplicate: true } : {}),
+  };
+}
+
+/** The event a message would deliver, as the journal names it (for held messages). */
+function heldEvent(stored: WorkflowRecord, msg: InboxMessage): { type: string; payload?: unknown } {
+  switch (msg.kind) {
+    case 'signal':
+      return { type: msg.event.type, payload: eventPayload(msg.event) };
+    case 'cancel':
+      return { type: 'jetflow.cancel', payload: msg.reason ? { reason: msg.reason } : undefined };
+    case 'result':
+      return {
+        type: `xstate.${msg.ok ? 'done' : 'error'}.actor.${msg.actorId}`,
+        payload: msg.ok ? { output: msg.output } : { error: msg.error },
+      };
+    case 'timer': {
+      const ev = (stored.timerEvents?.[msg.timerId] ?? msg.event) as { type?: unknown };
+      return { type: typeof ev?.type === 'string' ? ev.type : '(timer)' };
+    }
+    default:
+      return { type: `(${msg.kind})` };
+  }
+}
+
+/** A base record for a step that changes no state: step + 1, the message consumed. */
+function quietStep(stored: WorkflowRecord, input: StepInput, memory: Memory): WorkflowRecord {
+  const rec: WorkflowRecord = {
+    ...stored,
+    step: stored.step + 1,
+    lastSeq: input.seq,
+    ...(input.inbox !== undefined ? { inbox: input.inbox } : {}),
+    ...memory,
+    updatedAt: input.now,
+    outbox: [],
+  };
+  return rec;
+}
+
+/**
+ * A message for a paused workflow: kept in the record (`held`, inbox order), not applied. Results
+ * and timers are always held (while paused no step starts an activity or sets a timer, so there
+ * are at most as many as pending tasks and timers); signals and cancels at most `heldMax`, then
+ * refused with a retryable error (nothing stored).
+ */
+function hold(
+  ctx: StepContext,
+  stored: WorkflowRecord,
+  input: StepInput,
+  snapshot: AnyMachineSnapshot,
+  memory: Memory,
+): Decision {
+  const msg = input.message;
+  const held = stored.held ?? [];
+  if (msg.kind === 'signal' || msg.kind === 'cancel') {
+    const max = ctx.heldMax ?? HELD_MAX;
+    const public_ = held.filter((h) => h.message.kind === 'signal' || h.message.kind === 'cancel');
+    if (public_.length >= max) {
+      return {
+        kind: 'reject',
+        error: new RetryableError(
+          `workflow ${input.type}/${input.id} is paused and already holds ${max} signals and cancels; retry after it is resumed`,
+          {
+            workflowType: input.type,
+            workflowId: input.id,
+            code: ErrorCode.Paused,
+            details: { held: held.length, max },
+          },
+        ),
+        accepts: [],
+      };
+    }
+  }
+  if (
+    msg.kind === 'result' &&
+    held.some((h) => h.message.kind === 'result' && h.message.taskId === msg.taskId)
+  ) {
+    return { kind: 'ignore', reason: `result of task ${msg.taskId} is already held` };
+  }
+  if (
+    msg.kind === 'timer' &&
+    held.some(
+      (h) =>
+        h.message.kind === 'timer' &&
+        h.message.timerId === msg.timerId &&
+        h.message.step === msg.step,
+    )
+  ) {
+    return { kind: 'ignore', reason: `timer ${msg.timerId} is already held` };
+  }
+  // The client's msg id is remembered now (`memory`): the released message must not be taken
+  // for its own duplicate.
+  const kept: InboxMessage = { ...msg };
+  if (kept.kind === 'signal' || kept.kind === 'cancel') delete kept.msgId;
+  const rec = quietStep(stored, input, memory);
+  rec.held = [...held, { seq: input.seq, message: kept }];
+  if (ctx.journal) {
+    const ev = heldEvent(stored, msg);
+    rec.outbox.push({
+      kind: 'journal',
+      cause: msg.kind as 'signal' | 'cancel' | 'result' | 'timer',
+      seq: input.seq,
+      event: journalEvent(ev.type, ev.payload, ctx.journal.payloadMaxBytes),
+      from: journalState(snapshot.value),
+      held: true,
+    });
+  }
+  return {
+    kind: 'write',
+    record: rec,
+    create: false,
+    reply: {
+      id: rec.id,
+      type: rec.type,
+      step: rec.step,
+      status: rec.status,
+      value: snapshot.value as unknown,
+      paused: true,
+      held: true,
+    },
+    live: snapshot,
+  };
+}
+
+/** A final failure of an activity with `onExhausted: 'review'`: parked, the machine stays. */
+function park(
+  ctx: StepContext,
+  stored: WorkflowRecord,
+  input: StepInput,
+  msg: Extract<InboxMessage, { kind: 'result' }>,
+  snapshot: AnyMachineSnapshot,
+  memory: Memory,
+): Decision {
+  const ref = stored.tasks[msg.actorId]!;
+  const rec = quietStep(stored, input, memory);
+  const error = msg.error ?? {
+    type: 'Error',
+    code: ErrorCode.Internal,
+    message: 'activity failed',
+    retryable: false,
+  };
+  rec.tasks = {
+    ...stored.tasks,
+    [msg.actorId]: { ...ref, parked: { error, attempts: msg.attempt, at: input.now } },
+  };
+  // The schedule-to-close deadline no longer runs: the operator decides now.
+  const deadline = deadlineTimerId(msg.actorId);
+  const setAt = stored.timers[deadline];
+  if (setAt !== undefined) {
+    rec.timers = { ...stored.timers };
+    delete rec.timers[deadline];
+    rec.outbox.push({
+      kind: 'cancelTimer',
+      timerId: deadline,
+      timerKey: timerKeyOf(stored, deadline, setAt),
+    });
+    if (rec.timerEvents) {
+      rec.timerEvents = { ...rec.timerEvents };
+      delete rec.timerEvents[deadline];
+    }
+    if (rec.timerDue) {
+      rec.timerDue = { ...rec.timerDue };
+      delete rec.timerDue[deadline];
+    }
+  }
+  if (ctx.journal) {
+    rec.outbox.push({
+      kind: 'journal',
+      cause: 'result',
+      seq: input.seq,
+      event: journalEvent('jetflow.review', { actorId: msg.actorId }, ctx.journal.payloadMaxBytes),
+      from: journalState(snapshot.value),
+      activity: {
+        actorId: msg.actorId,
+        taskId: msg.taskId,
+        activity: ref.activity,
+        ok: false,
+        attempt: msg.attempt,
+        exhausted: true,
+        error,
+      },
+    });
+  }
+  return {
+    kind: 'write',
+    record: rec,
+    create: false,
+    reply: undefined,
+    live: snapshot,
+  };
+}
+
+/**
+ * The operator verbs other than terminate. Returns the decision, or undefined for `resolve` and
+ * `fail` once checked (they deliver the activity's done or error event through the machine).
+ */
+function operator(
+  ctx: StepContext,
+  def: WorkflowDefinition,
+  stored: WorkflowRecord,
+  input: StepInput,
+  msg: AdminMessage,
+  snapshot: AnyMachineSnapshot,
+  memory: Memory,
+): Decision | undefined {
+  const fields = { workflowType: stored.type, workflowId: stored.id };
+  const reject = (message: string, code: ErrorCode, details?: unknown): Decision => ({
+    kind: 'reject',
+    error: new BadRequestError(message, { ...fields, code, ...(details ? { details } : {}) }),
+    accepts: [],
+  });
+  const journal = (rec: WorkflowRecord, eventType: string, from: AnyMachineSnapshot) => {
+    if (!ctx.journal) return;
+    rec.outbox.push({
+      kind: 'journal',
+      cause: 'operator',
+      seq: input.seq,
+      event: journalEvent(eventType, undefined, ctx.journal.payloadMaxBytes),
+      from: journalState(from.value),
+      operator: operatorOf(msg),
+    });
+  };
+  const write = (
+    rec: WorkflowRecord,
+    changed: Record<string, unknown>,
+    live: AnyMachineSnapshot,
+  ): Decision => ({
+    kind: 'write',
+    record: rec,
+    create: false,
+    reply: adminReply(rec, msg.verb, changed),
+    live,
+  });
+  const who = `workflow ${stored.type}/${stored.id}`;
+
+  if (msg.verb === 'pause') {
+    if (stored.paused) {
+      return { kind: 'noop', reply: adminReply(stored, 'pause', { alreadyPaused: true }) };
+    }
+    const rec = quietStep(stored, input, memory);
+    rec.paused = { at: input.now, by: msg.by, reason: msg.reason };
+    journal(rec, 'jetflow.pause', snapshot);
+    return write(rec, { paused: true }, snapshot);
+  }
+  if (msg.verb === 'resume') {
+    if (!stored.paused) {
+      return { kind: 'noop', reply: adminReply(stored, 'resume', { notPaused: true }) };
+    }
+    const rec = quietStep(stored, input, memory);
+    delete rec.paused;
+    journal(rec, 'jetflow.resume', snapshot);
+    // The held messages stay in `held`: the engine applies them one step each, in order, right
+    // after this step (and before any later message), see `release`.
+    return write(rec, { paused: false, released: stored.held?.length ?? 0 }, snapshot);
+  }
+  if (stored.paused) {
+    return reject(
+      `${who} is paused: resume it before ${msg.verb} (or terminate it)`,
+      ErrorCode.Paused,
+    );
+  }
+  if (msg.verb === 'reset') return reset(ctx, def, stored, input, msg, snapshot, memory);
+
+  // retry, resolve, fail: a parked activity.
+  const actorId = msg.actorId!;
+  const ref = stored.tasks[actorId];
+  const parked = Object.entries(stored.tasks)
+    .filter(([, t]) => t.parked)
+    .map(([a]) => a);
+  if (!ref || !ref.parked) {
+    return reject(
+      ref
+        ? `${who}: activity ${JSON.stringify(actorId)} is running, not parked for review`
+        : `${who} has no activity ${JSON.stringify(actorId)}; parked for review: ${parked.length ? parked.join(', ') : 'none'}`,
+      ErrorCode.NotParked,
+      { actorId, parked },
+    );
+  }
+  if (msg.verb !== 'retry') return undefined;
+  const spawn = m.childSpawns(stored.snapshot).find((c) => c.actorId === actorId);
+  if (!spawn) {
+    return reject(
+      `${who}: the snapshot has no child ${JSON.stringify(actorId)} to dispatch again`,
+      ErrorCode.NotParked,
+      { actorId },
+    );
+  }
+  const rec = quietStep(stored, input, memory);
+  const tasks = { ...stored.tasks };
+  delete tasks[actorId];
+  const p = materialize(
+    def,
+    ctx,
+    rec,
+    { timers: stored.timers, tasks },
+    [{ ...spawn, ...(msg.attempts !== undefined ? { maxAttempts: msg.attempts } : {}) }],
+    input.now,
+  );
+  rec.tasks = p.tasks;
+  rec.timers = p.timers;
+  const timerEvents = timerEventsOf(stored.timerEvents, p.effects, p.timers);
+  const timerDue = timerDueOf(stored.timerDue, p.effects, p.timers);
+  if (timerEvents) rec.timerEvents = timerEvents;
+  if (timerDue) rec.timerDue = timerDue;
+  rec.outbox.push(...p.effects);
+  journal(rec, 'jetflow.retry', snapshot);
+  const task = p.effects.find((e) => e.kind === 'task');
+  return write(
+    rec,
+    {
+      actorId,
+      taskId: p.tasks[actorId]!.taskId,
+      attempts: task?.kind === 'task' ? task.task.maxAttempts : undefined,
+    },
+    snapshot,
+  );
+}
+
+/**
+ * Restore the state the workflow had after step `toStep` (from its journal entry): the snapshot,
+ * its activities dispatched again with new task ids, its pending timers re-armed with the time
+ * they had left; whatever is pending now is canceled. The step number keeps rising.
+ */
+function reset(
+  ctx: StepContext,
+  def: WorkflowDefinition,
+  stored: WorkflowRecord,
+  input: StepInput,
+  msg: AdminMessage,
+  snapshot: AnyMachineSnapshot,
+  memory: Memory,
+): Decision {
+  const fields = { workflowType: stored.type, workflowId: stored.id };
+  const toStep = msg.toStep!;
+  const who = `workflow ${stored.type}/${stored.id}`;
+  const out = (message: string, details?: unknown): Decision => ({
+    kind: 'reject',
+    error: new BadRequestError(message, {
+      ...fields,
+      code: ErrorCode.StepOutOfRange,
+      details: { toStep, step: stored.step, ...(details as object) },
+    }),
+    accepts: [],
+  });
+  if (toStep >= stored.step) {
+    return out(
+      `${who}: toStep ${toStep} is not an earlier step (the workflow is at step ${stored.step})`,
+    );
+  }
+  const entry = input.restore;
+  if (!entry || entry.kind !== 'step' || entry.step !== toStep) {
+    return out(
+      `${who}: step ${toStep} is not in the journal (the journal is off, or its retention removed the entry)`,
+    );
+  }
+  if (entry.snapshot === undefined || entry.snapshotOmitted) {
+    return out(`${who}: the journal entry of step ${toStep} has no snapshot (it was too large)`);
+  }
+  if (entry.version !== stored.version) {
+    return out(
+      `${who}: step ${toStep} ran on version ${entry.version}, the workflow is on ${stored.version}`,
+    );
+  }
+  let restored: AnyMachineSnapshot;
+  try {
+    restored = m.restore(def.machine, entry.snapshot);
+  } catch (cause) {
+    return {
+      kind: 'reject',
+      error: new BadRequestError(
+        `${who}: the snapshot of step ${toStep} cannot be restored: ${String((cause as Error)?.message ?? cause)}`,
+        { ...fields, code: ErrorCode.MachineError, cause },
+      ),
+      accepts: [],
+    };
+  }
+  const rec = quietStep(stored, input, memory);
+  const stepNo = rec.step;
+  // Timers pending at `toStep`, with the time they had left then (deadlines of activities are
+  // set again with their dispatch).
+  const commands: m.Command[] = m.childSpawns(entry.snapshot);
+  const timerEvents: Record<string, unknown> = {};
+  for (const [timerId, t] of Object.entries(entry.timers ?? {})) {
+    if (timerId.startsWith('jetflow.deadline.')) continue;
+    commands.push({
+      kind: 'timer',
+      timerId,
+      event: t.event,
+      delayMs: Math.max(0, t.dueAt - entry.at),
+    });
+    timerEvents[timerId] = t.event;
+  }
+  const p = materialize(
+    def,
+    ctx,
+    { type: stored.type, id: stored.id, step: stepNo },
+    { timers: {}, tasks: {} },
+    commands,
+    input.now,
+  );
+  rec.status = 'running';
+  rec.snapshot = entry.snapshot;
+  rec.timers = p.timers;
+  rec.tasks = p.tasks;
+  const events = timerEventsOf(undefined, p.effects, p.timers);
+  const due = timerDueOf(undefined, p.effects, p.timers);
+  if (events) rec.timerEvents = events;
+  else delete rec.timerEvents;
+  if (due) rec.timerDue = due;
+  else delete rec.timerDue;
+  delete rec.output;
+  delete rec.error;
+  delete rec.outboxDone;
+  rec.stateSince = input.now;
+  if (entry.attributes) rec.attributes = entry.attributes;
+  else delete rec.attributes;
+  // Cancel what is pending now (a finished workflow has nothing pending), then start anew.
+  rec.outbox.push(...windDown(stored, stored), ...p.effects);
+  if (ctx.journal) {
+    rec.outbox.push({
+      kind: 'journal',
+      cause: 'operator',
+      seq: input.seq,
+      event: journalEvent('jetflow.reset', { toStep }, ctx.journal.payloadMaxBytes),
+      from: journalState(snapshot.value),
+      operator: operatorOf(msg),
+    });
+  }
+  return {
+    kind: 'write',
+    record: rec,
+    create: false,
+    reply: adminReply(rec, 'reset', {
+      toStep,
+      from: { status: stored.status, value: snapshot.value as unknown },
+      to: { status: 'running', value: restored.value as unknown },
+      dispatched: Object.values(p.tasks).map((t) => t.taskId),
+      timers: Object.keys(p.timers),
+      canceled: { tasks: Object.keys(stored.tasks), timers: Object.keys(stored.timers) },
+    }),
+    live: restored,
+  };
+}
+
+/**
+ * The step that applies the first held message of a resumed workflow (`stored.held[0]`). It is
+ * decided as if it arrived now, but keeps its inbox sequence; `lastSeq` does not move back. A
+ * held message that can no longer be applied (a signal the state no longer takes, a timer its
+ * predecessor canceled) is dropped by a step of its own, journaled with the reason.
+ */
+export function release(
+  ctx: StepContext,
+  stored: WorkflowRecord,
+  now: number,
+  live?: AnyMachineSnapshot,
+): Decision {
+  const [head, ...rest] = stored.held ?? [];
+  if (!head) throw new Error('release: nothing held');
+  const base: WorkflowRecord = { ...stored };
+  if (rest.length > 0) base.held = rest;
+  else delete base.held;
+  const input: StepInput = {
+    type: stored.type,
+    id: stored.id,
+    shard: stored.shard,
+    seq: head.seq,
+    message: head.message,
+    now,
+    ...(stored.inbox !== undefined ? { inbox: stored.inbox } : {}),
+  };
+  const d = decide(ctx, base, input, live);
+  if (d.kind === 'write') {
+    d.record.lastSeq = stored.lastSeq;
+    for (const e of d.record.outbox) if (e.kind === 'journal') e.released = true;
+    return { ...d, reply: undefined };
+  }
+  if (d.kind === 'defer') return d;
+  const reason =
+    d.kind === 'reject' ? d.error.message : d.kind === 'ignore' ? d.reason : 'a duplicate';
+  const rec = quietStep(base, { ...input, seq: stored.lastSeq }, {});
+  const snapshot = (stored.snapshot as { value?: unknown } | undefined)?.value;
+  if (d.kind === 'reject') {
+    rec.outbox.push({
+      kind: 'notify',
+      notification: rejection(
+        stored,
+        stored.type,
+        stored.id,
+        heldEvent(stored, head.message).type,
+        d.error,
+        d.accepts,
+        now,
+      ),
+    });
+  }
+  if (ctx.journal) {
+    const ev = heldEvent(stored, head.message);
+    rec.outbox.push({
+      kind: 'journal',
+      cause: head.message.kind as 'signal' | 'cancel' | 'result' | 'timer',
+      seq: head.seq,
+      event: journalEvent(ev.type, ev.payload, ctx.journal.payloadMaxBytes),
+      from: journalState(snapshot),
+      released: true,
+      dropped: { reason, ...(d.kind === 'reject' ? { error: toErrorData(d.error) } : {}) },
+    });
+  }
+  return {
+    kind: 'write',
+    record: rec,
+    create: false,
+    reply: undefined,
+    live: live ?? m.restore(ctx.registry.get(stored.type, stored.version).machine, stored.snapshot),
+  };
 }

@@ -25,7 +25,7 @@ import { createInboxIdentity } from '../nats/inbox-identity.js';
 import { openMembership } from '../nats/membership.js';
 import { ShardManager } from './shards.js';
 import { createEffectSink } from '../nats/effects.js';
-import { createHistoryReader } from '../nats/history.js';
+import { createHistoryReader, createJournalReader } from '../nats/history.js';
 import { taskEffectHandlers } from '../nats/tasks.js';
 import { timerEffectHandlers, type TimerHandlers } from '../nats/timers.js';
 import { consumeScheduleTicks } from '../nats/schedules.js';
@@ -87,6 +87,7 @@ export class Engine implements AsyncDisposable {
         },
         config.name,
       );
+      const history = createHistoryReader(jsm, names);
       const processor = createProcessor({
         registry: deps.registry,
         subjects: names.subjects,
@@ -104,6 +105,7 @@ export class Engine implements AsyncDisposable {
         inboxIdentity: createInboxIdentity(jsm, names),
         engineName: config.name,
         ...(config.journal ? { journal: { payloadMaxBytes: config.journalPayloadMaxBytes } } : {}),
+        journalReader: createJournalReader(history),
       });
       const gateway = startGateway({
         nc,
@@ -116,7 +118,7 @@ export class Engine implements AsyncDisposable {
         maxInputBytes: config.maxInputBytes,
         replyPrefixes: config.replyPrefixes,
         maxInFlight: config.gatewayMaxInFlight,
-        history: createHistoryReader(jsm, names),
+        history,
       });
       const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
       const strays = await sweepTimerStrays(js, jsm, names, logger);

@@ -16,11 +16,13 @@ import type { Registry } from '../engine/registry.js';
 import { parseRequest, queryReply } from '../engine/gateway.js';
 import { decodeBody, encodingOf, pack, type BodyEncoding } from '../contracts/codec.js';
 import { parseHistoryRequest } from '../engine/journal.js';
+import { parseAdminRequest } from '../engine/admin.js';
 import type { HistoryReader } from './history.js';
 import {
   DEFAULT_REPLY_PREFIXES,
   isReplySubject,
   isToken,
+  parseAdmin,
   parsePublic,
 } from '../contracts/subjects.js';
 import { rejection } from '../engine/step.js';
@@ -183,6 +185,79 @@ export function startGateway(o: GatewayOptions): Gateway {
     }
   }
 
+  /**
+   * `<prefix>.admin.<verb>.<type>.<id>`: validated, then written into the workflow's inbox (kind
+   * `admin`) like any message, so it is ordered with the workflow's other messages, applied
+   * once and journaled; the step replies. `requestId` is the JetStream msg id too.
+   */
+  async function onAdmin(m: Msg): Promise<void> {
+    const enc = encodingOf(m.headers?.get(Header.ContentType));
+    const p = parseAdmin(m.subject);
+    let message: InboxMessage;
+    try {
+      if (!p) {
+        throw new BadRequestError(
+          `unexpected admin subject ${m.subject}: use <prefix>.admin.<verb>.<type>.<id>`,
+          { subject: m.subject },
+        );
+      }
+      message = parseAdminRequest(
+        {
+          verb: p.verb,
+          type: p.type,
+          id: p.id,
+          data: m.data,
+          encoding: enc,
+          subject: m.subject,
+          maxBytes: o.maxInputBytes,
+        },
+        registry,
+      );
+      if (m.reply && !isReplySubject(m.reply, replyPrefixes)) {
+        throw new BadRequestError(
+          `reply subject ${JSON.stringify(m.reply)} is not a request inbox: the engines reply only on subjects starting with ${replyPrefixes.join(', ')}`,
+          { workflowId: p.id, workflowType: p.type, subject: m.subject },
+        );
+      }
+    } catch (err) {
+      return fail(m, enc, err);
+    }
+    const h = headers();
+    if (m.reply) {
+      h.set(Header.ReplyTo, m.reply);
+      h.set(Header.ReplyEncoding, enc === 'msgpack' ? 'application/msgpack' : 'application/json');
+    }
+    const requestId = message.kind === 'admin' ? message.requestId : undefined;
+    try {
+      const ack = await js.publish(names.subjects.inbox('admin', p.type, p.id), pack(message), {
+        headers: h,
+        ...(requestId !== undefined ? { msgID: `admin.${p.type}.${p.id}.${requestId}` } : {}),
+      });
+      stats.accepted++;
+      if (ack.duplicate && m.reply) {
+        sink.reply(m.reply, enc, {
+          id: p.id,
+          type: p.type,
+          action: p.verb,
+          changed: {},
+          duplicate: true,
+        });
+      }
+    } catch (err) {
+      fail(
+        m,
+        enc,
+        new RetryableError(`inbox unavailable: ${String((err as Error)?.message ?? err)}`, {
+          code: ErrorCode.Unavailable,
+          workflowId: p.id,
+          workflowType: p.type,
+          subject: m.subject,
+          cause: err,
+        }),
+      );
+    }
+  }
+
   async function onQuery(m: Msg): Promise<void> {
     stats.queries++;
     const enc = encodingOf(m.headers?.get(Header.ContentType));
@@ -301,6 +376,7 @@ export function startGateway(o: GatewayOptions): Gateway {
   for (const subj of [w.start, w.signal, w.cancel])
     subs.push(nc.subscribe(subj, { queue, callback: track(onCommand) }));
   subs.push(nc.subscribe(w.query, { queue, callback: track(onQuery) }));
+  subs.push(nc.subscribe(names.subjects.adminWildcard, { queue, callback: track(onAdmin) }));
   if (o.history) {
     subs.push(nc.subscribe(names.subjects.historyWildcard, { queue, callback: track(onHistory) }));
   }

@@ -5,7 +5,8 @@
 import type { JetStreamManager, StoredMsg } from '@nats-io/jetstream';
 import { unpack } from '../contracts/codec.js';
 import type { HistoryReply, JournalEntry } from '../contracts/wire.js';
-import { HistoryPage, type HistoryQuery } from '../engine/journal.js';
+import { HISTORY_MAX_LIMIT, HistoryPage, type HistoryQuery } from '../engine/journal.js';
+import type { JournalReader } from '../engine/ports.js';
 import type { TopologyNames } from './topology.js';
 import { toJetflowError } from './connection.js';
 
@@ -52,5 +53,15 @@ export function createHistoryReader(jsm: JetStreamManager, names: TopologyNames)
       if (full || got < BATCH) break;
     }
     return page.reply();
+  };
+}
+
+/** The journal as the engine's reset reads it: one step entry, through the history reader. */
+export function createJournalReader(history: HistoryReader): JournalReader {
+  return {
+    async stepEntry(type, id, step) {
+      const page = await history(type, id, { fromStep: step, limit: HISTORY_MAX_LIMIT });
+      return page.entries.find((e) => e.kind === 'step' && e.step === step);
+    },
   };
 }

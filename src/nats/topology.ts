@@ -50,6 +50,8 @@ export interface TopologyOptions {
   journalMaxAgeMs: number;
   /** Size bound of the history stream; the oldest entries are discarded first. */
   journalMaxBytes: number;
+  /** Max age of the attempt ledger's entries (bucket `<prefix>_attempts`). */
+  attemptRetentionMs: number;
   /** Priority timeout of the shard consumers: how soon a dead engine's pin moves. */
   failoverMs: number;
 }
@@ -65,6 +67,11 @@ export interface TopologyNames {
   schedulesStream: string;
   bucket: string;
   schedulesBucket: string;
+  /**
+   * The attempt ledger: one key per task attempt a worker took (`kv.create`), so that a second
+   * copy of the same attempt is never run.
+   */
+  attemptsBucket: string;
   queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
@@ -81,6 +88,7 @@ export function topologyNames(prefix: string): TopologyNames {
     schedulesBucket: `${prefix}_schedules`,
     queueConsumer: (q) => `queue-${q}`,
     bucket: `${prefix}_workflows`,
+    attemptsBucket: `${prefix}_attempts`,
     shardConsumer: (s) => `shard-${s}`,
   };
 }
@@ -250,7 +258,46 @@ async function ensureTopologyOnce(
       throw topologyError(`bucket ${t.names.bucket}`, e);
     });
   if (!existing) await fixBucket((await bucketInfo())?.config);
+  await ensureAttemptsBucket(nc, jsm, t.names, o);
   return { names: t.names, kv };
+}
+
+/**
+ * The attempt ledger: keys expire after `attemptRetentionMs` (the bucket's max age, brought in
+ * line on an existing bucket); read from the stream leader, like the records, because a worker
+ * reads an entry to tell its own take (whose reply was lost) from another delivery's.
+ */
+async function ensureAttemptsBucket(
+  nc: NatsConnection,
+  jsm: JetStreamManager,
+  names: TopologyNames,
+  o: TopologyOptions,
+): Promise<void> {
+  const stream = `KV_${names.attemptsBucket}`;
+  const fail = (e: unknown) => {
+    throw topologyError(`bucket ${names.attemptsBucket}`, e);
+  };
+  const existing = await jsm.streams.info(stream).catch((e: unknown) => {
+    if (isNotFound(e)) return undefined;
+    return fail(e);
+  });
+  if (!existing) {
+    await new Kvm(nc)
+      .create(names.attemptsBucket, {
+        history: 1,
+        replicas: o.replicas,
+        storage: StorageType.File,
+        allow_direct: false,
+        ttl: o.attemptRetentionMs,
+      })
+      .catch(fail);
+    return;
+  }
+  const c = existing.config;
+  if (c.max_age !== ms(o.attemptRetentionMs) || c.allow_direct !== false)
+    await jsm.streams
+      .update(stream, { ...c, max_age: ms(o.attemptRetentionMs), allow_direct: false })
+      .catch(fail);
 }
 
 /**

@@ -64,8 +64,8 @@ export function stateOfEntry(e: Extract<JournalEntry, { kind: 'step' }>): Workfl
 }
 
 /**
- * The state a stored record describes (used by the rebuild). Records do not say yet whether an
- * activity is parked for review: a rebuilt row has `needsReview` false until its next step.
+ * The state a stored record describes (used by the rebuild). `needsReview` as the journal has it:
+ * an activity of the record is parked for manual review.
  */
 export function stateOfRecord(r: WorkflowRecord): WorkflowState {
   const value = (r.snapshot as { value?: unknown } | null)?.value;
@@ -82,6 +82,7 @@ export function stateOfRecord(r: WorkflowRecord): WorkflowState {
       ? { error: { type: r.error.type, code: r.error.code, message: r.error.message } }
       : {}),
     attributes: r.attributes ?? {},
+    needsReview: Object.values(r.tasks ?? {}).some((t) => t.parked !== undefined),
   };
 }
 

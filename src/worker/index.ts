@@ -22,9 +22,18 @@
  *   is dropped; a queued task and its pending retry were already removed by the engine. Cancels
  *   are received until the last attempt ended, also during `close()`.
  * - Forced shutdown (grace expired) releases a running task without using up its attempt.
+ * - An attempt number runs at most once: before running attempt N of a task, the worker takes it
+ *   in the attempt ledger (KV bucket `<prefix>_attempts`, `kv.create` of
+ *   `<taskKey>.<scheduledAt>.<N>`). A delivery whose attempt another delivery already took (a
+ *   task queued twice, a retry stored twice) is terminated without running (`stats.duplicates`);
+ *   the same message delivered again under a delivery count already used is not run either, but
+ *   kept (`nak` after AckWait, so it comes back as the next attempt unless it is acked first).
+ *   A ledger that cannot be written is retried with backoff while the lease is kept: the attempt
+ *   neither runs without its entry nor fails because of the ledger. A forced release gives the
+ *   entry back (delete at its revision) before it hands the task back with the same number.
  */
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { headers } from '@nats-io/transport-node';
+import { headers, nuid } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JsMsg, type JetStreamClient } from '@nats-io/jetstream';
 import { LRUCache } from 'lru-cache';
 import { backoffDelayMs } from '../engine/retry.js';
@@ -34,6 +43,7 @@ import { DEFAULT_PREFIX } from '../contracts/subjects.js';
 import { Header, type ResultMessage, type TaskMessage } from '../contracts/wire.js';
 import { ErrorCode, JetflowError, TerminalError, toErrorData, type ErrorData } from '../errors.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
+import { attemptKey, openAttemptLedger, type AttemptLedger } from '../nats/attempts.js';
 import {
   DEFAULT_QUEUE_SETTINGS,
   ensureQueueConsumer,
@@ -98,6 +108,8 @@ export interface WorkerStats {
   retried: number;
   failed: number;
   canceled: number;
+  /** Deliveries not run because another delivery had taken the same attempt (ledger). */
+  duplicates: number;
 }
 
 const silent: Logger = {
@@ -129,6 +141,14 @@ type Outcome =
   | { kind: 'retry'; delayMs: number }
   | { kind: 'canceled' }
   | { kind: 'release' };
+
+/** How taking an attempt in the ledger ended. */
+type Take =
+  | { kind: 'run'; revision: number }
+  | { kind: 'duplicate' }
+  | { kind: 'repeated' }
+  | { kind: 'canceled' }
+  | { kind: 'forced' };
 
 /** Resolves after `ms`, or at once when `signal` aborts. */
 function pause(ms: number, signal: AbortSignal): Promise<void> {
@@ -174,7 +194,16 @@ class RateLimiter {
 }
 
 export class Worker implements AsyncDisposable {
-  readonly stats: WorkerStats = { started: 0, succeeded: 0, retried: 0, failed: 0, canceled: 0 };
+  readonly stats: WorkerStats = {
+    started: 0,
+    succeeded: 0,
+    retried: 0,
+    failed: 0,
+    canceled: 0,
+    duplicates: 0,
+  };
+  /** This worker instance in the attempt ledger's entries. */
+  private readonly id = nuid.next();
   /** Aborted by `close()`: stop fetching. */
   private readonly stop = new AbortController();
   /** Aborted when the shutdown grace has passed: abort attempts, give up result publishes. */
@@ -197,6 +226,7 @@ export class Worker implements AsyncDisposable {
     private readonly settings: Map<string, QueueSettings>,
     /** False on a tasks stream without `allow_msg_schedules` (older topology): retries nak. */
     private readonly scheduledRetries: boolean,
+    private readonly ledger: AttemptLedger,
   ) {
     this.logger = o.logger ?? silent;
   }
@@ -205,8 +235,8 @@ export class Worker implements AsyncDisposable {
    * Ensure the queues' consumers exist (see {@link WorkerOptions.queueSettings} for whose
    * settings apply), read their actual settings, and start pulling.
    *
-   * @throws when the tasks stream is missing (no engine created the topology yet) or a consumer
-   * can be neither read nor created.
+   * @throws when the tasks stream or the attempt ledger bucket is missing (no current engine
+   * created the topology yet) or a consumer can be neither read nor created.
    */
   static async create(o: WorkerOptions): Promise<Worker> {
     const names = topologyNames(o.prefix ?? DEFAULT_PREFIX);
@@ -225,7 +255,16 @@ export class Worker implements AsyncDisposable {
         { stream: names.tasksStream },
         'tasks stream without allow_msg_schedules (start a current engine to update it): retries wait by nak and hold a maxInFlight slot',
       );
-    const w = new Worker(o, jetstream(o.connection), names, queues, settings, scheduledRetries);
+    const ledger = await openAttemptLedger(o.connection, names);
+    const w = new Worker(
+      o,
+      jetstream(o.connection),
+      names,
+      queues,
+      settings,
+      scheduledRetries,
+      ledger,
+    );
     w.start();
     return w;
   }
@@ -384,7 +423,14 @@ export class Worker implements AsyncDisposable {
     let task: TaskMessage;
     try {
       task = unpack(m.data) as TaskMessage;
-      if (!task || typeof task.taskId !== 'string' || typeof task.resultSubject !== 'string')
+      if (
+        !task ||
+        typeof task.taskId !== 'string' ||
+        typeof task.resultSubject !== 'string' ||
+        // Part of its ledger key: a bad one would fail every take and hold the task forever.
+        typeof task.taskKey !== 'string' ||
+        !/^[A-Za-z0-9_-]+$/.test(task.taskKey)
+      )
         throw new Error('not a task');
     } catch (err) {
       this.logger.error({ err, subject: m.subject }, 'malformed task message; terminated');
@@ -401,7 +447,8 @@ export class Worker implements AsyncDisposable {
     const { ackWaitMs } = this.settings.get(queue) ?? DEFAULT_QUEUE_SETTINGS;
     // The lease: extended every AckWait/3 while this worker holds the task. While the attempt
     // runs with `heartbeatMs`, only as long as the activity's last heartbeat is recent.
-    const beat = { last: Date.now(), attemptRunning: true };
+    // Until the attempt runs (while its ledger entry is taken), the lease is renewed regardless.
+    const beat = { last: Date.now(), attemptRunning: false };
     const hb = task.heartbeatMs;
     // Re-armed each time, so that an AckWait changed by an operator (read by the refresh) applies.
     let lease: NodeJS.Timeout | undefined;
@@ -417,11 +464,83 @@ export class Worker implements AsyncDisposable {
     };
     renew();
     try {
-      const outcome = await this.runAttempt(queue, task, m, attempt, ackWaitMs, beat);
+      const took = await this.takeAttempt(task, m, attempt, log);
+      switch (took.kind) {
+        case 'duplicate':
+          this.stats.duplicates++;
+          m.term('attempt taken by another delivery');
+          return;
+        case 'repeated':
+          // The only copy of the task: never terminated. An earlier delivery of it that took this
+          // attempt acks it meanwhile, or it comes back as the next attempt.
+          this.stats.duplicates++;
+          m.nak(ackWaitMs);
+          return;
+        case 'canceled':
+          this.stats.canceled++;
+          m.term('canceled');
+          return;
+        case 'forced':
+          // Not run, possibly taken (a create whose reply was lost): the redelivery is the next
+          // attempt, which no delivery can have taken.
+          this.logger.warn(log, 'attempt not taken before forced shutdown; nak');
+          m.nak(0);
+          return;
+      }
+      beat.last = Date.now();
+      beat.attemptRunning = true;
+      // Forced to stop while taking it: hand it back unrun (the release gives the entry back).
+      const outcome: Outcome = this.forced.signal.aborted
+        ? { kind: 'release' }
+        : await this.runAttempt(queue, task, m, attempt, ackWaitMs, beat);
       beat.attemptRunning = false;
-      await this.settle(task, m, attempt, outcome, log);
+      await this.settle(task, m, attempt, outcome, log, took.revision);
     } finally {
       clearTimeout(lease);
+    }
+  }
+
+  /**
+   * Take `attempt` of `task` in the attempt ledger. A ledger that cannot be written (timeout,
+   * server restart, leader election) is retried with backoff up to 5 s while the caller keeps
+   * the lease; it gives up only when the task is canceled or the worker is forced to stop.
+   */
+  private async takeAttempt(
+    task: TaskMessage,
+    m: JsMsg,
+    attempt: number,
+    log: object,
+  ): Promise<Take> {
+    const key = attemptKey(task, attempt);
+    const taker = { worker: this.id, seq: m.seq, delivery: m.info.deliveryCount, at: Date.now() };
+    for (let i = 0; ; i++) {
+      try {
+        const took = await this.ledger.take(key, taker);
+        if (took.kind === 'taken') return { kind: 'run', revision: took.revision };
+        if (took.by?.seq === m.seq) {
+          // The same message delivered again with a delivery count already used (the server's
+          // consumer state went back, e.g. an unclean restart): not a second copy of the task.
+          this.logger.warn(
+            { ...log, takenBy: took.by },
+            'attempt already taken by an earlier delivery of this message; not run, redelivered as the next attempt',
+          );
+          return { kind: 'repeated' };
+        }
+        this.logger.info(
+          { ...log, takenBy: took.by },
+          'attempt already taken by another delivery (task queued twice); not run',
+        );
+        return { kind: 'duplicate' };
+      } catch (err) {
+        if (this.canceled.has(task.taskId)) return { kind: 'canceled' };
+        if (this.forced.signal.aborted) return { kind: 'forced' };
+        const delayMs = Math.min(5_000, 100 * 2 ** Math.min(i, 6));
+        this.logger.warn(
+          { ...log, err, ledgerAttempt: i + 1, delayMs },
+          'attempt ledger not written; retrying before the attempt runs',
+        );
+        await pause(delayMs, this.forced.signal);
+      }
     }
   }
 
@@ -545,6 +664,7 @@ export class Worker implements AsyncDisposable {
     attempt: number,
     outcome: Outcome,
     log: object,
+    revision: number,
   ): Promise<void> {
     switch (outcome.kind) {
       case 'ok':
@@ -587,7 +707,7 @@ export class Worker implements AsyncDisposable {
         await this.retryLater(task, m, attempt + 1, outcome.delayMs, log);
         return;
       case 'release':
-        await this.release(task, m, attempt, log);
+        await this.release(task, m, attempt, log, revision);
         return;
     }
   }
@@ -649,11 +769,25 @@ export class Worker implements AsyncDisposable {
   }
 
   /**
-   * Forced shutdown: hand the task back with the same attempt number (it does not use up an
-   * attempt), then ack this delivery. If that publish fails, `nak(0)`: the task is not lost, but
-   * the delivery counts as an attempt.
+   * Forced shutdown: give the attempt back in the ledger (delete its entry at the revision this
+   * worker took), hand the task back with the same attempt number (it does not use up an
+   * attempt), then ack this delivery. If the ledger delete or the publish fails, `nak(0)`: the
+   * task is not lost, but the delivery counts as an attempt.
    */
-  private async release(task: TaskMessage, m: JsMsg, attempt: number, log: object): Promise<void> {
+  private async release(
+    task: TaskMessage,
+    m: JsMsg,
+    attempt: number,
+    log: object,
+    revision: number,
+  ): Promise<void> {
+    try {
+      await this.ledger.giveBack(attemptKey(task, attempt), revision);
+    } catch (err) {
+      this.logger.warn({ ...log, err }, 'attempt not given back in the ledger; nak instead');
+      m.nak(0);
+      return;
+    }
     try {
       await releaseTask(this.js, this.names, task, m.data.slice(), attempt, m.seq);
       m.ack();

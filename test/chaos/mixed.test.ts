@@ -5,17 +5,22 @@
  * attempts fail and are retried, a few calls run longer than the dedup window), take 2-4 signals
  * sent with `Nats-Msg-Id` (some sent twice on purpose), each of which re-sets a durable timer
  * that must finally fire, then run a second activity. Meanwhile engines are SIGKILLed and
- * restarted at random (at least 5 times), shards move on the join and the drain, and the
- * nats-server is restarted once (gracefully, same store).
+ * restarted at random (at least 5 times), a worker is SIGKILLed mid-attempt twice (and
+ * replaced), shards move on the join and the drain, and the nats-server is restarted once
+ * (gracefully, same store).
  *
  * At the end: every workflow completed with the right output and step count; every activity
- * call's runs (the worker counts its side effects in files) are accounted for by its attempts:
- * no attempt number ran twice, the attempt whose result the workflow took ran, and every earlier
- * run was a planned failure (a later run is an at-least-once redelivery whose result is ignored) (workers are never killed here, so no extra run is
- * excused; a worker that dies by itself fails the test and is replaced so the other checks still
- * report). Attempt numbers lost to deliveries no worker received are counted and reported; no signal applied
- * twice (also when every signal is sent once more after the dedup window and the server
- * restart); every timer fired exactly once; nothing is left in the inbox or task queues.
+ * call's side effects (the workers count each run of each (task, attempt) in files) are
+ * accounted for by its attempts: no attempt number of any task ran twice (the attempt ledger;
+ * an engine killed between performing and marking an outbox queues a task twice after the dedup
+ * window), the attempt whose result the workflow took ran, and every earlier run was a planned
+ * failure or ran on a worker that was SIGKILLed (its task was redelivered as the next attempt).
+ * A later run is an at-least-once redelivery whose result is ignored. A worker that dies by
+ * itself fails the test and is replaced so the other checks still report. Attempt numbers lost
+ * to deliveries no worker received are counted and reported, as are the copies the ledger kept
+ * from running; no signal applied twice (also when every signal is sent once more after the
+ * dedup window and the server restart); every timer fired exactly once; nothing is left in the
+ * inbox or task queues.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -54,6 +59,11 @@ let nc: NatsConnection;
 let dir: string;
 const engines: EngineProcess[] = [];
 const workers: ChildProcess[] = [];
+/** The two live worker processes (slot 0 and 1), replaced when one dies or is killed. */
+const workerSlots: ChildProcess[] = [];
+/** Pids of workers SIGKILLed on purpose: their runs may be followed by a redelivery. */
+const killedWorkers = new Set<number>();
+let workerNo = 0;
 
 /** Small seeded PRNG (mulberry32), so that a failing run's fault schedule can be replayed. */
 function prng(seed: number): () => number {
@@ -133,11 +143,12 @@ const workerDeaths: string[] = [];
 let stopping = false;
 
 /**
- * Start worker process `n`. If it ever exits on its own, that is recorded (a failure of the
- * test) and a replacement is started, so that the run goes on and every other check still
- * reports what it finds.
+ * Start a worker process into `slot`. If it ever exits on its own (not killed by the test), that
+ * is recorded (a failure of the test) and a replacement is started, so that the run goes on and
+ * every other check still reports what it finds.
  */
-async function startWorker(prefix: string, n: number): Promise<void> {
+async function startWorker(prefix: string, slot: number): Promise<void> {
+  const n = ++workerNo;
   const child = spawn(
     process.execPath,
     [
@@ -151,6 +162,7 @@ async function startWorker(prefix: string, n: number): Promise<void> {
     { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   workers.push(child);
+  workerSlots[slot] = child;
   const file = join(dir, `worker-${n}.log`);
   let out = '';
   const keep = (b: Buffer) => {
@@ -166,11 +178,11 @@ async function startWorker(prefix: string, n: number): Promise<void> {
     await sleep(50);
   }
   child.once('exit', (code, signal) => {
-    if (stopping) return;
+    if (stopping || killedWorkers.has(child.pid!)) return;
     workerDeaths.push(
       `worker pid ${child.pid} exited by itself (${code ?? signal}); its log ends with: ${out.slice(-1_500)}`,
     );
-    void startWorker(prefix, n + 2).catch((err: unknown) =>
+    void startWorker(prefix, slot).catch((err: unknown) =>
       workerDeaths.push(`replacement worker did not start: ${String(err)}`),
     );
   });
@@ -209,8 +221,8 @@ describe('engines, workers and the server failing at once', () => {
       `mixed chaos: seed ${seed} (MIXED_SEED=${seed} replays the fault schedule's victims and gaps)`,
     );
     const slots: EngineProcess[] = [await startEngine(prefix), await startEngine(prefix)];
+    await startWorker(prefix, 0);
     await startWorker(prefix, 1);
-    await startWorker(prefix, 2);
     const client = new Client(nc, { prefix, timeoutMs: 2_000 });
     const names = topologyNames(prefix);
     const problems: string[] = [];
@@ -269,12 +281,23 @@ describe('engines, workers and the server failing at once', () => {
       await sleep(between(faultRandom, 0, 2_000));
       slots[k] = await startEngine(prefix);
     };
+    // A worker SIGKILLed while it runs attempts: each task it held is redelivered after the
+    // queue's AckWait as the next attempt (at least once on a crash).
+    const killWorker = async () => {
+      const k = between(faultRandom, 0, 2);
+      const victim = workerSlots[k]!;
+      killedWorkers.add(victim.pid!);
+      victim.kill('SIGKILL');
+      faults.push(`worker ${k} SIGKILL +${Math.round((Date.now() - t0) / 1000)}s`);
+      await startWorker(prefix, k);
+    };
     const script: (() => Promise<void>)[] = [
       killOne,
       async () => {
         slots.push(await startEngine(prefix));
         faults.push('third engine joined');
       },
+      killWorker,
       killOne,
       async () => {
         await server.restart();
@@ -287,6 +310,7 @@ describe('engines, workers and the server failing at once', () => {
         if (code !== 0) problems.push(`the draining engine exited with ${code}`);
       },
       killOne,
+      killWorker,
       killOne,
     ];
     for (const fault of script) {
@@ -326,60 +350,84 @@ describe('engines, workers and the server failing at once', () => {
       );
     }
     // Side effects, as the workers counted them: the attempts each activity call ran.
-    const byTask = new Map<string, { wf: string; attempts: number[]; by: string[] }>();
+    type Call = { taskId: string; attempts: number[]; by: string[]; killed: number[] };
+    const byTask = new Map<string, { wf: string } & Omit<Call, 'taskId'>>();
     for (const f of readdirSync(dir).filter((f) => f.startsWith('runs-'))) {
-      const pid = f.slice('runs-'.length, -'.log'.length);
+      const pid = Number(f.slice('runs-'.length, -'.log'.length));
       for (const line of readFileSync(join(dir, f), 'utf8').split('\n')) {
         if (!line) continue;
         const [taskId, attempt, wf] = line.split(' ');
-        const t = byTask.get(taskId!) ?? { wf: wf!, attempts: [], by: [] };
+        const t = byTask.get(taskId!) ?? { wf: wf!, attempts: [], by: [], killed: [] };
         t.attempts.push(Number(attempt));
         t.by.push(`${attempt}@${pid}`);
+        if (killedWorkers.has(pid)) t.killed.push(Number(attempt));
         byTask.set(taskId!, t);
       }
     }
-    const runs = new Map<string, { taskId: string; attempts: number[]; by: string[] }[]>();
+    const runs = new Map<string, Call[]>();
     let activityRuns = 0;
     for (const [taskId, t] of byTask) {
       runs.set(t.wf, [
         ...(runs.get(t.wf) ?? []),
-        { taskId, attempts: t.attempts.sort((a, b) => a - b), by: t.by },
+        { taskId, attempts: t.attempts.sort((a, b) => a - b), by: t.by, killed: t.killed },
       ]);
       activityRuns += t.attempts.length;
+      // The side effects of one (task, attempt): never more than one, whoever ran them.
+      const perAttempt = new Map<number, number>();
+      for (const a of t.attempts) perAttempt.set(a, (perAttempt.get(a) ?? 0) + 1);
+      for (const [a, n] of perAttempt)
+        if (n > 1) problems.push(`${taskId}: attempt ${a} ran ${n} times (${t.by.join(', ')})`);
     }
-    // Each call: no attempt number ran twice (no doubled side effect), the attempt whose result
-    // the workflow took ran exactly once and last, and every earlier run was a planned failure.
+    // Copies the attempt ledger kept from running (a task queued twice, a retry stored twice).
+    let ledgerDuplicates = 0;
+    for (const f of readdirSync(dir).filter((f) => f.startsWith('worker-')))
+      ledgerDuplicates += readFileSync(join(dir, f), 'utf8').split('already taken').length - 1;
+    // Each call: no attempt number ran twice (no doubled side effect, checked above), the
+    // attempt whose result the workflow took ran, and every earlier run was a planned failure or
+    // ran on a worker SIGKILLed mid-attempt (redelivered as the next attempt).
     // An attempt number may be missing: the attempt is JetStream's delivery count, and a delivery
     // the server made but no worker received (in flight when the server restarted) uses one up
     // (README, Activities: attempts count deliveries). Such gaps are counted and reported.
     let skipped = 0;
+    /** Runs before the taken attempt, not planned failures, on a worker that was then killed. */
+    let cutByWorkerKills = 0;
     for (let i = 0; i < WORKFLOWS; i++) {
       const id = ids[i]!;
       const { failUntil } = inputOf(i);
       const calls = runs.get(id) ?? [];
       const took = outputs.get(id)?.out;
-      const bad = (c: { taskId: string; attempts: number[] }): boolean => {
+      const bad = (c: Call): boolean => {
         const a = c.attempts;
         const tookAttempt = c.taskId.endsWith('.first')
           ? took?.first?.attempt
           : took?.second?.attempt;
         // A run after the taken attempt, with a later number, is an at-least-once redelivery
-        // (its ack was lost, e.g. in the server restart): its result is ignored by the task
-        // table. What must never happen: one attempt number run twice (a task queued twice),
-        // the taken attempt not run, or an unplanned failure before it.
+        // (its ack was lost, e.g. in the server restart, or its worker was killed after
+        // publishing the result): its result is ignored by the task table. What must never
+        // happen: one attempt number run twice (a task queued twice), the taken attempt not
+        // run, or an earlier run that neither failed as planned nor died with its worker.
         return (
           new Set(a).size !== a.length ||
           tookAttempt === undefined ||
           !a.includes(tookAttempt) ||
           tookAttempt <= failUntil ||
-          a.filter((n) => n < tookAttempt).some((n) => n > failUntil)
+          a.filter((n) => n < tookAttempt).some((n) => n > failUntil && !c.killed.includes(n))
         );
       };
       if (calls.length !== 2 || calls.some(bad))
         problems.push(
           `${id}: activity runs ${JSON.stringify(calls)} (failUntil ${failUntil}, took ${JSON.stringify([took?.first, took?.second])})`,
         );
-      for (const c of calls) skipped += (c.attempts.at(-1) ?? 0) - new Set(c.attempts).size;
+      for (const c of calls) {
+        skipped += (c.attempts.at(-1) ?? 0) - new Set(c.attempts).size;
+        const tookAttempt = c.taskId.endsWith('.first')
+          ? took?.first?.attempt
+          : took?.second?.attempt;
+        if (tookAttempt !== undefined)
+          cutByWorkerKills += c.attempts.filter(
+            (n) => n < tookAttempt && n > failUntil && c.killed.includes(n),
+          ).length;
+      }
     }
 
     let resets = 0;
@@ -454,6 +502,7 @@ describe('engines, workers and the server failing at once', () => {
 
     const report = {
       seed,
+      t0,
       workflows: WORKFLOWS,
       kills,
       serverRestarts: 1,
@@ -461,6 +510,8 @@ describe('engines, workers and the server failing at once', () => {
       signalsResentOnPurpose: resent,
       timerResets: resets,
       activityRuns,
+      cutByWorkerKills,
+      ledgerDuplicates,
       attemptsSkipped: skipped,
       loadMs,
       totalMs: Date.now() - t0,

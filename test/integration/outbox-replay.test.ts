@@ -72,25 +72,36 @@ async function timerSchedules(prefix: string, type: string, id: string): Promise
 }
 
 /** Processors sharing one namespace; deliveries whose ack deletes the message (work queue). */
-async function processorRig(prefix: string) {
+async function processorRig(prefix: string, topo: { duplicateWindowMs?: number } = {}) {
   const jsm = await jetstreamManager(env.nc);
   const { names, kv } = await ensureTopology(env.nc, jsm, {
     ...ENGINE_DEFAULTS,
+    ...topo,
     prefix,
     shards: TEST_SHARDS,
   });
   const js = jetstream(env.nc);
-  const make = (opts: { jsm?: JetStreamManager; localHorizonMs?: number } = {}) => {
+  const make = (
+    opts: {
+      jsm?: JetStreamManager;
+      localHorizonMs?: number;
+      /** While `on`, every timer publish of this processor fails (a timeout, say). */
+      failTimers?: { on: boolean };
+    } = {},
+  ) => {
     const t = timerEffectHandlers(js, opts.jsm ?? jsm, names, quietLogger, {
       localHorizonMs: opts.localHorizonMs,
     });
+    const fail = opts.failTimers;
+    const timer: typeof t.timer = (...args) =>
+      fail?.on ? Promise.reject(new Error('timeout (test)')) : t.timer(...args);
     const p = createProcessor({
       registry: createRegistry([...workflows, resetterWf]),
       subjects: names.subjects,
       store: createKvRecordStore(kv),
       inbox: createInboxReader(jsm, names),
       effects: createEffectSink(env.nc, js, names, quietLogger, {
-        timer: t.timer,
+        timer,
         cancelTimer: t.cancelTimer,
       }),
       clock: { now: () => Date.now() },
@@ -289,6 +300,42 @@ describe('timers survive re-performance and old owners (C2, M6)', () => {
     await a.p.close();
     await b.p.close();
     a.timers.stop();
+  });
+});
+
+describe('effects retried after another engine moved the workflow on', () => {
+  it('an engine retrying the failed effects of a step that another engine has since superseded does not re-publish the canceled timer', async () => {
+    const prefix = uniquePrefix();
+    const rig = await processorRig(prefix, { duplicateWindowMs: 1_000 });
+    const failing = { on: false };
+    const a = rig.make({ localHorizonMs: 0, failTimers: failing }); // the old owner
+    const b = rig.make({ localHorizonMs: 0 }); // the new owner
+    const start = await rig.js.publish(`${prefix}.inbox.start.resetter.e1`, pack({}));
+    await a.p.handle(await rig.delivery(start.seq));
+    const ping = (n: number) =>
+      rig.js.publish(`${prefix}.inbox.signal.resetter.e1`, pack({ event: { type: 'PING' }, n }));
+    // A applies PING 1 (step 1: cancel the first timer, set it again) but its timer publish
+    // fails: A keeps retrying the step's effects in place.
+    failing.on = true;
+    const p1 = await ping(1);
+    const stuck = a.p.handle(await rig.delivery(p1.seq));
+    await sleep(300);
+    // Meanwhile the shard moved: B loads the record, performs its outbox (the timer of step 1)
+    // and applies PING 2 (step 2: cancels step 1's timer, sets it again).
+    const p2 = await ping(2);
+    await b.p.handle(await rig.delivery(p2.seq));
+    expect((await rig.store.get('resetter', 'e1'))!.record.step).toBe(2);
+    expect(await timerSchedules(prefix, 'resetter', 'e1')).toBe(1);
+    // A's publish works again after the dedup window: its retry must not bring back the timer
+    // of step 1, which B canceled (it would sit in the stream until due, then be ignored).
+    await sleep(1_500);
+    failing.on = false;
+    await stuck;
+    expect(await timerSchedules(prefix, 'resetter', 'e1')).toBe(1);
+    await a.p.close();
+    await b.p.close();
+    a.timers.stop();
+    b.timers.stop();
   });
 });
 

@@ -26,6 +26,15 @@ describe('engine config', () => {
     expect(cfg.cacheMaxBytes).toBe(256 * 1024 * 1024);
     expect(cfg.gatewayMaxInFlight).toBe(1_000);
     expect(compileEngineConfig({ finishedRetentionMs: 0 }).finishedRetentionMs).toBe(0);
+    expect(cfg.attemptRetentionMs).toBe(7 * 24 * 3600_000);
+  });
+
+  it('reads attemptRetentionMs from a flag and the environment', () => {
+    expect(engineOptions({ 'attempt-retention-ms': '3600000' }, {})).toMatchObject({
+      attemptRetentionMs: 3_600_000,
+    });
+    const env = engineOptions({}, { JETFLOW_ATTEMPT_RETENTION_MS: '86400000' });
+    expect(compileEngineConfig(env).attemptRetentionMs).toBe(86_400_000);
   });
 
   it('reads the M8 options from flags, env and file', () => {
@@ -77,6 +86,11 @@ describe('engine config', () => {
     [{ eventsMaxBytes: 10 }, /invalid eventsMaxBytes/],
     [{ cacheMaxBytes: 0 }, /invalid cacheMaxBytes/],
     [{ gatewayMaxInFlight: 0 }, /invalid gatewayMaxInFlight/],
+    [{ attemptRetentionMs: 60_000 }, /invalid attemptRetentionMs: must be an integer in 120000/],
+    [
+      { duplicateWindowMs: 10_000, attemptRetentionMs: 5_000 },
+      /invalid attemptRetentionMs: must be an integer in 10000/,
+    ],
   ])('rejects %o', (opts, msg) => {
     expect(() => compileEngineConfig(opts)).toThrow(ConfigError);
     expect(() => compileEngineConfig(opts)).toThrow(msg);

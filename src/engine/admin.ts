@@ -1,0 +1,200 @@
+/**
+ * Operator requests (`<prefix>.admin.<verb>.<type>.<id>`): validation of the body into an inbox
+ * message. Pure: the NATS side (`src/nats/gateway.ts`) does the I/O, the step applies it.
+ *
+ * A verb acts on one workflow, so a bulk job can call it per workflow; its effect is decided by
+ * the step, in inbox order, exactly once per `requestId`.
+ */
+import { decodeBody, type BodyEncoding } from '../contracts/codec.js';
+import { isToken } from '../contracts/subjects.js';
+import { ADMIN_VERBS, type AdminVerb, type InboxMessage } from '../contracts/wire.js';
+import { BadRequestError, ErrorCode } from '../errors.js';
+import type { Registry } from './registry.js';
+
+/** Fields every verb takes. */
+const COMMON = ['reason', 'by', 'requestId'] as const;
+
+/** Fields each verb takes besides {@link COMMON}. */
+const VERB_FIELDS: Record<AdminVerb, readonly string[]> = {
+  pause: [],
+  resume: [],
+  terminate: [],
+  retry: ['actorId', 'attempts'],
+  resolve: ['actorId', 'output'],
+  fail: ['actorId', 'error'],
+  reset: ['toStep'],
+};
+
+/** Max length of `reason`, `by` and `requestId` (they are journaled). */
+export const ADMIN_TEXT_MAX = 1024;
+
+export interface AdminRequestInput {
+  verb: string;
+  type: string;
+  id: string;
+  data: Uint8Array;
+  encoding: BodyEncoding;
+  subject: string;
+  maxBytes: number;
+}
+
+export function isAdminVerb(v: string): v is AdminVerb {
+  return (ADMIN_VERBS as readonly string[]).includes(v);
+}
+
+/** Validate an admin request; throws {@link BadRequestError} naming the field at fault. */
+export function parseAdminRequest(
+  req: AdminRequestInput,
+  registry: Registry,
+): Extract<InboxMessage, { kind: 'admin' }> {
+  const fields = { workflowType: req.type, workflowId: req.id, subject: req.subject };
+  const bad = (msg: string, details?: unknown, code: ErrorCode = ErrorCode.BadRequest) =>
+    new BadRequestError(msg, { ...fields, code, ...(details ? { details } : {}) });
+  if (!isAdminVerb(req.verb)) {
+    throw bad(`unknown admin verb ${JSON.stringify(req.verb)} (verbs: ${ADMIN_VERBS.join(', ')})`, {
+      verb: req.verb,
+    });
+  }
+  const verb = req.verb;
+  if (!isToken(req.type) || !isToken(req.id)) {
+    throw bad('workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =');
+  }
+  if (req.data.length > req.maxBytes) {
+    throw bad(
+      `body of ${req.data.length} bytes exceeds the limit of ${req.maxBytes} bytes`,
+      { size: req.data.length, limit: req.maxBytes },
+      ErrorCode.PayloadTooLarge,
+    );
+  }
+  let body: unknown;
+  try {
+    body = decodeBody(req.data, req.encoding);
+  } catch (cause) {
+    throw new BadRequestError(
+      `body is not valid ${req.encoding === 'msgpack' ? 'msgpack' : 'JSON'}: ${String((cause as Error)?.message ?? cause)}`,
+      { ...fields, code: ErrorCode.MalformedBody, cause },
+    );
+  }
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw bad('an admin request body must be an object with "reason" and "by"');
+  }
+  const b = body as Record<string, unknown>;
+  const allowed = [...COMMON, ...VERB_FIELDS[verb]];
+  for (const k of Object.keys(b)) {
+    if (!allowed.includes(k)) {
+      throw bad(`unknown field ${JSON.stringify(k)} for ${verb} (fields: ${allowed.join(', ')})`, {
+        field: k,
+      });
+    }
+  }
+  const text = (k: string, required: boolean): string | undefined => {
+    const v = b[k];
+    if (v === undefined && !required) return undefined;
+    if (typeof v !== 'string' || v.trim().length === 0 || v.length > ADMIN_TEXT_MAX) {
+      throw bad(`${k} must be a non-empty string of at most ${ADMIN_TEXT_MAX} characters`, {
+        field: k,
+      });
+    }
+    return v;
+  };
+  const reason = text('reason', true)!;
+  const by = text('by', true)!;
+  const requestId = text('requestId', false);
+  const out: Extract<InboxMessage, { kind: 'admin' }> = {
+    kind: 'admin',
+    verb,
+    reason,
+    by,
+    ...(requestId !== undefined ? { requestId } : {}),
+  };
+  if (verb === 'retry' || verb === 'resolve' || verb === 'fail') {
+    const actorId = b.actorId;
+    if (typeof actorId !== 'string' || actorId.length === 0 || actorId.length > 256) {
+      throw bad(`${verb} needs "actorId": the parked activity's actor id (a string)`, {
+        field: 'actorId',
+      });
+    }
+    out.actorId = actorId;
+  }
+  if (verb === 'retry' && b.attempts !== undefined) {
+    const n = b.attempts;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 1000) {
+      throw bad('attempts must be an integer in 1..1000', { field: 'attempts', value: n });
+    }
+    out.attempts = n;
+  }
+  if (verb === 'resolve') {
+    if (!('output' in b)) {
+      throw bad('resolve needs "output": the activity output to deliver (null allowed)', {
+        field: 'output',
+      });
+    }
+    out.output = b.output;
+  }
+  if (verb === 'fail' && b.error !== undefined) {
+    const e = b.error as Record<string, unknown> | null;
+    if (
+      e === null ||
+      typeof e !== 'object' ||
+      Array.isArray(e) ||
+      Object.keys(e).some((k) => !['type', 'message', 'details'].includes(k)) ||
+      (e.type !== undefined && typeof e.type !== 'string') ||
+      (e.message !== undefined && typeof e.message !== 'string')
+    ) {
+      throw bad('error must be an object with optional string "type", "message" and "details"', {
+        field: 'error',
+      });
+    }
+    out.error = e;
+  }
+  if (verb === 'reset') {
+    const n = b.toStep;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) {
+      throw bad('reset needs "toStep": a step number (integer >= 0)', {
+        field: 'toStep',
+        value: n,
+      });
+    }
+    out.toStep = n;
+  }
+  if (!registry.has(req.type)) registry.latest(req.type); // throws unknown_type with the known list
+  return out;
+}
+
+/** The inbox message of an admin request, checked again when read from the inbox. */
+export function decodeAdmin(
+  body: Record<string, unknown>,
+  fields: { workflowType: string; workflowId: string },
+): Extract<InboxMessage, { kind: 'admin' }> {
+  const verb = body.verb;
+  if (
+    typeof verb !== 'string' ||
+    !isAdminVerb(verb) ||
+    typeof body.reason !== 'string' ||
+    typeof body.by !== 'string'
+  ) {
+    throw new BadRequestError('admin message needs a known verb, reason and by', {
+      ...fields,
+      code: ErrorCode.BadRequest,
+    });
+  }
+  const out: Extract<InboxMessage, { kind: 'admin' }> = {
+    kind: 'admin',
+    verb,
+    reason: body.reason,
+    by: body.by,
+  };
+  if (typeof body.requestId === 'string') out.requestId = body.requestId;
+  if (typeof body.actorId === 'string') out.actorId = body.actorId;
+  if (typeof body.attempts === 'number') out.attempts = body.attempts;
+  if ('output' in body) out.output = body.output;
+  if (body.error && typeof body.error === 'object') out.error = body.error;
+  if (typeof body.toStep === 'number') out.toStep = body.toStep;
+  if ((verb === 'retry' || verb === 'resolve' || verb === 'fail') && out.actorId === undefined) {
+    throw new BadRequestError(`${verb} needs actorId`, { ...fields, code: ErrorCode.BadRequest });
+  }
+  if (verb === 'reset' && out.toStep === undefined) {
+    throw new BadRequestError('reset needs toStep', { ...fields, code: ErrorCode.BadRequest });
+  }
+  return out;
+}
