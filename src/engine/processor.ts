@@ -211,6 +211,37 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
       };
     case 'result': {
+      if (b.progress === 'retrying') {
+        // An attempt notice (E3), on the result subject before the worker's nak.
+        if (
+          typeof b.taskId !== 'string' ||
+          typeof b.actorId !== 'string' ||
+          typeof b.attempt !== 'number'
+        ) {
+          throw new BadRequestError(
+            'attempt notice needs string taskId, actorId, numeric attempt',
+            {
+              code: ErrorCode.BadRequest,
+              workflowId: e.id,
+              workflowType: e.type,
+            },
+          );
+        }
+        return {
+          kind: 'progress',
+          taskId: b.taskId,
+          actorId: b.actorId,
+          progress: 'retrying',
+          attempt: b.attempt,
+          retryAt: typeof b.retryAt === 'number' ? b.retryAt : 0,
+          error: (b.error ?? {
+            type: 'Error',
+            code: ErrorCode.Internal,
+            message: 'attempt failed',
+            retryable: true,
+          }) as ResultMessage['error'] & object,
+        };
+      }
       if (
         typeof b.taskId !== 'string' ||
         typeof b.actorId !== 'string' ||
@@ -233,6 +264,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         output: b.output,
         error: b.error as ResultMessage['error'],
         attempt: typeof b.attempt === 'number' ? b.attempt : 0,
+        ...(b.decisions !== undefined ? { decisions: b.decisions } : {}),
       };
     }
     case 'timer': {

@@ -33,8 +33,12 @@ export type AttemptTake =
  * the engine queued the task tells apart two workflows that had the same id one after the other
  * (a finished workflow's record removed, the id started again): their task ids are equal.
  */
-export function attemptKey(task: TaskMessage, attempt: number): string {
-  const at = Number.isSafeInteger(task.scheduledAt) ? task.scheduledAt : 0;
+export function attemptKey(
+  task: { taskKey: string; scheduledAt?: number },
+  attempt: number,
+): string {
+  const at =
+    task.scheduledAt !== undefined && Number.isSafeInteger(task.scheduledAt) ? task.scheduledAt : 0;
   return `${task.taskKey}.${at}.${attempt}`;
 }
 
