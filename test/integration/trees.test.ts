@@ -463,6 +463,35 @@ describe('activity trees', () => {
     }
   });
 
+  it('a node scheduled 2 s ahead is scheduled, then runs at its time', async () => {
+    const runs: number[] = [];
+    const t = await setup({ later: () => void runs.push(Date.now()) });
+    const w = t.watch('d1');
+    try {
+      await t.client.start(T, 'd1', { signalQueue: 'later' });
+      const fireAt = new Date(Date.now() + 2000).toISOString();
+      await t.client.signal(T, 'd1', { type: 'signal', name: 'later', fireAt });
+      const { text } = await t.client.view<{ text: string }>(T, 'd1', {
+        view: 'tree',
+        format: 'text',
+      });
+      expect(text.split('\n')[1]).toBe(`└─ later [n1] scheduled (blocking, fires at ${fireAt})`);
+      await until(() => w.changes.some((c) => c.to === 'complete'));
+      expect(runs).toHaveLength(1);
+      expect(runs[0]).toBeGreaterThanOrEqual(Date.parse(fireAt));
+      expect(runs[0]).toBeLessThan(Date.parse(fireAt) + 1500);
+      expect(path(w.changes, 'later')).toEqual([
+        'null→ready',
+        'ready→scheduled',
+        'scheduled→running',
+        'running→complete',
+      ]);
+    } finally {
+      w.stop();
+      await t.close();
+    }
+  });
+
   it('a 1,000-child non-blocking fan-out with join completes (node count, record size, time)', async () => {
     const N = 1000;
     const t = await setup({
