@@ -318,7 +318,7 @@ function materialize(
         const options = resolveActivityOptions(t.activity, {
           ...(t.options ?? {}),
           queue: t.queue,
-        } as Parameters<typeof resolveActivityOptions>[1]);
+        });
         pushTask(
           c.key,
           { name: t.activity, options, input: t.input },

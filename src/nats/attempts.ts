@@ -9,7 +9,6 @@ import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
 import { pack, unpack } from '../contracts/codec.js';
-import type { TaskMessage } from '../contracts/wire.js';
 import { ErrorCode, TerminalError } from '../errors.js';
 import type { TopologyNames } from './topology.js';
 

@@ -186,7 +186,7 @@ describe('activity tree reducer: Backbeat cases', () => {
 
   it('onExhausted skip / shutdown / fail', () => {
     const fail = (onExhausted: string) => {
-      let { t } = run(tree(), [
+      const { t } = run(tree(), [
         { type: 'signal', name: 's1', onExhausted, $at: T0 },
         { type: 'signal', name: 's2', $at: T0 },
       ]);
@@ -209,7 +209,7 @@ describe('activity tree reducer: Backbeat cases', () => {
   });
 
   it('invalid decisions park the deciding node with InvalidDecision and create nothing', () => {
-    let { t } = run(tree(), [{ type: 'signal', name: 'sig', $at: T0 }]);
+    const { t } = run(tree(), [{ type: 'signal', name: 'sig', $at: T0 }]);
     const r = run(t, [done(byName(t, 'sig'), [{ name: 'ok' }, { name: 'bad', mode: 'sideways' }])]);
     expect(Object.keys(r.t.nodes)).toEqual(['n1']);
     expect(byName(r.t, 'sig')).toMatchObject({
