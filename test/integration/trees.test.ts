@@ -341,6 +341,10 @@ describe('activity trees', () => {
         (e) => e.kind === 'step' && e.event.type === 'jetflow.task.retrying',
       );
       expect(notices.map((e) => (e.kind === 'step' ? e.activity?.attempt : 0))).toEqual([1, 2]);
+      // One journal entry per step, numbered without gaps (notices are steps like any other).
+      const steps = h.entries.filter((e) => e.kind === 'step').map((e) => e.step);
+      expect(steps).toEqual(steps.map((_, i) => i));
+      expect(steps.length).toBe((await t.client.query(T, 'r1')).step + 1);
     } finally {
       w.stop();
       await t.close();
