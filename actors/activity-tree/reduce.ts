@@ -1037,7 +1037,9 @@ export function reduce(tree: Tree, event: TreeEvent): Result {
     case 'jetflow.task.failed': {
       const found = current(tree, event.key);
       if (!found) return unchanged;
-      exhausted(s, s.node(found.id), errorOf(event.error, event.attempt ?? found.attempt + 1));
+      const error = errorOf(event.error, event.attempt ?? found.attempt + 1);
+      // A result too large for the record (E10) parks the node, whatever its onExhausted.
+      exhausted(s, s.node(found.id), error, error.type === 'RecordTooLarge');
       break;
     }
     case 'jetflow.task.retrying': {

@@ -496,6 +496,54 @@ describe('activity trees', () => {
     }
   });
 
+  it('a result whose decisions would not fit in the record parks its node with RecordTooLarge; the workflow runs on (E10)', async () => {
+    const t = await setup({
+      huge: () =>
+        withDecisions(
+          'too many',
+          Array.from({ length: 2500 }, (_, i) => ({
+            name: 'leaf',
+            mode: 'non_blocking',
+            input: i,
+          })),
+        ),
+      small: () => 'ok',
+    });
+    try {
+      await t.client.start(T, 'huge', { signalQueue: 'huge', maxNodes: 5000 });
+      await t.client.signal(T, 'huge', { type: 'signal', name: 'huge' });
+      const v = await until(async () => {
+        const n = await t.client.view<{ node: Record<string, unknown> }>(T, 'huge', {
+          view: 'node',
+          nodeId: 'n1',
+        });
+        return n.node.status === 'errored' ? n : undefined;
+      });
+      expect(v.node).toMatchObject({
+        error: { type: 'RecordTooLarge', code: 'payload_too_large' },
+        childIds: [],
+      });
+      const q = await t.client.query(T, 'huge');
+      expect(q.status).toBe('running');
+      // Another lane still runs.
+      await t.client.signal(T, 'huge', {
+        type: 'signal',
+        name: 'small',
+        queue: 'small',
+        lane: 'other',
+      });
+      await until(async () => {
+        const n = await t.client.view<{ node: { status: string } }>(T, 'huge', {
+          view: 'node',
+          nodeId: 'n2',
+        });
+        return n.node.status === 'complete' || undefined;
+      });
+    } finally {
+      await t.close();
+    }
+  });
+
   it('a 1,000-child non-blocking fan-out with join completes (node count, record size, time)', async () => {
     const N = 1000;
     const t = await setup({
