@@ -2,6 +2,7 @@
 import type { WorkflowDefinition } from '../src/engine/registry.js';
 import { merchantPayment } from './merchant-payment.js';
 import { order } from './order.js';
+import { activityTree } from './activity-tree.js';
 
-export const workflows: WorkflowDefinition[] = [merchantPayment, order];
+export const workflows: WorkflowDefinition[] = [merchantPayment, order, activityTree()];
 export default workflows;

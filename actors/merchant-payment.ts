@@ -85,7 +85,8 @@ export const merchantPaymentMachine = setup({
       },
     },
     paid: { type: 'final' },
-    failed: { type: 'final' },
+    // Tagged `failed`: the workflow ends with status `failed` (its error from `output.error`).
+    failed: { type: 'final', tags: ['failed'] },
   },
   output: ({ context }) => ({
     merchantId: context.merchantId,

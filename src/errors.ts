@@ -30,6 +30,8 @@ export const ErrorCode = {
   Paused: 'paused',
   /** Admin: `toStep` is not a step of this workflow, or its journal entry is gone. */
   StepOutOfRange: 'step_out_of_range',
+  /** The request does not fit the workflow's current state (a full tree, a node verb's status). */
+  InvalidState: 'invalid_state',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -35,9 +35,21 @@ export {
 export {
   createRegistry,
   defineWorkflow,
+  type QueryView,
   type Registry,
+  type ViewMeta,
   type WorkflowDefinition,
 } from './engine/registry.js';
+export {
+  cancelTask,
+  dispatch,
+  jetflowActions,
+  reject,
+  reply,
+  type DispatchTarget,
+} from './engine/machine.js';
+export { activityTree } from '../actors/activity-tree.js';
+export { withDecisions } from './worker/index.js';
 export {
   BadRequestError,
   ConfigError,

@@ -4,6 +4,7 @@
  */
 export {
   createWorker,
+  withDecisions,
   Worker,
   type ActivityContext,
   type ActivityFn,

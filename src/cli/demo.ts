@@ -1,11 +1,12 @@
 /**
  * The quick start's demo: a worker with the merchant-payment activities, five payments run
  * through get vouchers → calculate → send to bank (throttled to 2 bank connections, the bank
- * failing now and then so retries show), then one `order` driven by signals.
+ * failing now and then so retries show), then one `order` driven by signals, then an activity
+ * tree (Backbeat's model): all three modes, a flag, a scheduled node and a retry.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Client } from '../client/index.js';
-import { createWorker, type Worker } from '../worker/index.js';
+import { createWorker, withDecisions, type Worker } from '../worker/index.js';
 import type { Voucher } from '../../actors/merchant-payment.js';
 import type { JournalEntry } from '../contracts/wire.js';
 
@@ -13,6 +14,7 @@ import type { JournalEntry } from '../contracts/wire.js';
 export function demoActivities(print: (line: string) => void) {
   let connections = 0;
   return {
+    ...treeActivities(print),
     getSoldVouchers: ({ merchantId }: { merchantId: string }): Voucher[] =>
       Array.from({ length: 2 + (merchantId.charCodeAt(merchantId.length - 1) % 4) }, (_, i) => ({
         id: `${merchantId}-v${i}`,
@@ -56,6 +58,39 @@ export async function startDemoWorker(
     concurrency: 8,
     queueSettings: { bank: { maxInFlight: 2 } },
   });
+}
+
+/** The tree demo's activities: each node's queue is its name. */
+function treeActivities(print: (line: string) => void) {
+  const node = (name: string) => () => {
+    print(`  tree: ${name} ran`);
+    return name;
+  };
+  return {
+    importBatch: () =>
+      withDecisions({ batch: 7 }, [
+        { name: 'fetchRows', queue: 'fetchRows', mode: 'non_blocking' },
+        { name: 'validated', kind: 'flag', input: { rows: 3 } },
+        {
+          name: 'storeRows',
+          queue: 'storeRows',
+          mode: 'blocking',
+          retry: { delaysMs: [300], jitter: 0 },
+        },
+        { name: 'reindex', queue: 'reindex', mode: 'non_blocking', delayMs: 1000 },
+        { name: 'notifyTeam', queue: 'notifyTeam', mode: 'fire_and_forget' },
+      ]),
+    fetchRows: node('fetchRows'),
+    storeRows: (_input: unknown, ctx: { attempt: number }) => {
+      if (ctx.attempt === 1) {
+        print('  tree: storeRows failed (attempt 1), retried 300 ms later');
+        throw new Error('database busy');
+      }
+      return node('storeRows')();
+    },
+    reindex: node('reindex (scheduled 1 s after its turn)'),
+    notifyTeam: node('notifyTeam (fire and forget)'),
+  };
 }
 
 /** One journal entry of the demo as a short line. */
@@ -121,6 +156,19 @@ export async function runDemo(
     print(
       `order ${id}: completed with ${JSON.stringify(await client.result('order', id, { timeoutMs: 10_000 }))}`,
     );
+
+    const tree = `import-${run}`;
+    print(`activity tree ${tree}: one signal deciding five children (all modes, a flag, a timer)`);
+    await client.start('activityTree', tree, { signalQueue: 'importBatch' });
+    await client.signal('activityTree', tree, { type: 'signal', name: 'importBatch' });
+    await client.signal('activityTree', tree, { type: 'close' });
+    const out = await client.result('activityTree', tree, { timeoutMs: 20_000 });
+    const view = await client.view<{ text: string }>('activityTree', tree, {
+      view: 'tree',
+      format: 'text',
+    });
+    print(view.text);
+    print(`activity tree ${tree}: completed with ${JSON.stringify(out)}`);
   } finally {
     await worker.close();
     await client.close();

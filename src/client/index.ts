@@ -175,6 +175,19 @@ export class Client implements AsyncDisposable {
   }
 
   /**
+   * A query view the workflow's definition declares (`wf.query` with body `{"view", …}`), e.g.
+   * an activity tree's `tree`, `nodes` or `node`. Rejects `bad_request` for an unknown view.
+   */
+  async view<T = unknown>(
+    type: string,
+    id: string,
+    request: { view: string; [k: string]: unknown },
+  ): Promise<T> {
+    this.check(type, id);
+    return await this.request(this.names.subjects.query(type, id), request);
+  }
+
+  /**
    * One page of the workflow's journal, oldest first: its steps (event, from → to, effects,
    * snapshot), rejected events, ignored late results and timers. `next` is the `fromStep` of
    * the following page (null at the end). Entries older than the history stream's retention

@@ -29,6 +29,8 @@ export interface Subjects {
   query(type: string, id: string): string;
   cancel(type: string, id: string): string;
   events(type: string, id: string): string;
+  /** Alerts of a queue's team: `<prefix>.alerts.<queue>.<type>.<id>` (stream of events). */
+  alerts(queue: string, type: string, id: string): string;
   /** Internal: where the gateway publishes, mapped by the server onto a shard. */
   inbox(kind: InboxKind, type: string, id: string): string;
   /** Internal: the shard-partitioned inbox subject the server maps `inbox()` onto. */
@@ -60,6 +62,7 @@ export interface Subjects {
   readonly publicWildcards: { start: string; signal: string; cancel: string; query: string };
   /** Wildcard of every notification. */
   readonly eventsWildcard: string;
+  readonly alertsWildcard: string;
   /** Journal of one workflow: `<prefix>.journal.<type>.<id>` (stream `<PREFIX>_HISTORY`). */
   journal(type: string, id: string): string;
   /** Wildcard of every journal subject (the history stream). */
@@ -93,6 +96,7 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     query: (t: string, i: string) => `${p}.query.${t}.${i}`,
     cancel: (t: string, i: string) => `${p}.cancel.${t}.${i}`,
     events: (t: string, i: string) => `${p}.events.${t}.${i}`,
+    alerts: (q: string, t: string, i: string) => `${p}.alerts.${q}.${t}.${i}`,
     inbox: (k: InboxKind, t: string, i: string) => `${p}.inbox.${k}.${t}.${i}`,
     shardInbox: (s: number, k: InboxKind, t: string, i: string) => `${p}.in.${s}.${k}.${t}.${i}`,
     shardFilter: (s: number) => `${p}.in.${s}.>`,
@@ -112,6 +116,7 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
       query: `${p}.query.*.*`,
     }),
     eventsWildcard: `${p}.events.>`,
+    alertsWildcard: `${p}.alerts.>`,
     journal: (t: string, i: string) => `${p}.journal.${t}.${i}`,
     journalWildcard: `${p}.journal.>`,
     history: (t: string, i: string) => `${p}.history.${t}.${i}`,

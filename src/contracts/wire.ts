@@ -56,6 +56,8 @@ export interface SignalReply {
   status: WorkflowStatus;
   value: unknown;
   duplicate?: boolean;
+  /** The step's reply value (`jetflow.reply`), e.g. `{nodeId, duplicate}` for a tree signal. */
+  result?: unknown;
 }
 
 /** Body of `wf.cancel.<type>.<id>`. */
@@ -107,6 +109,8 @@ interface NotificationBase {
   step: number;
   /** ISO-8601 time of the step. */
   at: string;
+  /** Events the step emitted with XState `emit()`, in order (e.g. a tree's `nodes` changes). */
+  emitted?: Record<string, unknown>[];
 }
 
 /** Lifecycle notifications on `wf.events.<type>.<id>`, discriminated on `type`. */
@@ -127,7 +131,7 @@ export type NotificationType = Notification['type'];
 export type Effect =
   | { kind: 'notify'; notification: Notification }
   /** Publish an activity task to its queue (msg id = `taskId`). */
-  | { kind: 'task'; task: TaskMessage }
+  | { kind: 'task'; task: StoredTask }
   /** Cancel an activity: purge its queued task and tell a running attempt to abort. */
   | { kind: 'stopTask'; actorId: string; taskId: string; queue: string; taskKey: string }
   /**
@@ -147,6 +151,11 @@ export type Effect =
   /** Cancel a timer: purge the schedule subject of the setting being canceled. */
   | { kind: 'cancelTimer'; timerId: string; timerKey: string }
   /**
+   * An emitted event with `alert: <queue>`: JSON on `wf.alerts.<queue>.<type>.<id>` (stream of
+   * the events), the event plus the base fields `workflowType`, `id`, `version`, `step`, `at`.
+   */
+  | { kind: 'alert'; queue: string; alert: Record<string, unknown> }
+  /**
    * Append the step's journal entry. The effect holds what the record does not (the event, the
    * state before, the activity outcome); the performer completes it from the record.
    */
@@ -165,6 +174,8 @@ export type Effect =
       released?: true;
       /** A released message that could no longer be applied (rejected or ignored), and why. */
       dropped?: { reason: string; error?: ErrorData };
+      /** Events the step emitted (XState `emit()`), in order. */
+      emitted?: Record<string, unknown>[];
     };
 
 /** What caused a step. */
@@ -318,6 +329,7 @@ export type InboxMessage =
   | { kind: 'signal'; event: { type: string; [k: string]: unknown }; msgId?: string }
   | { kind: 'cancel'; reason: string | undefined; msgId?: string }
   | ({ kind: 'result' } & ResultMessage)
+  | ({ kind: 'progress' } & ProgressMessage)
   | ({ kind: 'timer' } & TimerMessage)
   | ({ kind: 'admin'; verb: AdminVerb } & AdminRequest);
 
@@ -339,6 +351,13 @@ export interface TaskRef {
   onExhausted?: 'review';
   /** Set while the activity is parked for manual review (retry, resolve or fail it). */
   parked?: ParkedActivity;
+  /**
+   * Set for a task the machine dispatched with `jetflow.dispatch` (no XState child): its
+   * results are delivered as `jetflow.task.done|failed|retrying` events keyed by actor id.
+   */
+  dispatched?: true;
+  /** The last attempt an attempt notice reported (a notice at or below it is not applied). */
+  noticed?: number;
 }
 
 /** An activity whose retries were exhausted with `onExhausted: 'review'`. */
@@ -385,14 +404,55 @@ export interface TaskMessage {
     maxIntervalMs: number;
     jitter: number;
     nonRetryableErrorTypes: string[];
+    /**
+     * Exact schedule: the delay before attempt `a+1` is `delaysMs[min(a-1, len-1)]`, spread by
+     * `jitter`. Absent: the exponential formula.
+     */
+    delaysMs?: number[];
   };
   startToCloseMs: number;
   heartbeatMs?: number;
   /** Epoch ms after which no attempt starts and the workflow gets a timeout error. */
   deadline?: number;
+  /** For a tree node: the node's identity (ACTIVITY-TREES §2.9.4). */
+  node?: Record<string, unknown>;
   /** Where the worker publishes the result (JetStream): `wf.inbox.result.<type>.<id>`. */
   resultSubject: string;
   scheduledAt: number;
+}
+
+/**
+ * A task as an outbox keeps it. Fields every task of the record shares (`v`, `workflowType`,
+ * `workflowId`, `resultSubject`, `scheduledAt` = the step's time) and retry fields equal to the
+ * defaults may be left out: the performer fills them in ({@link fullTask}). A tree's fan-out of
+ * 1,000 nodes puts 1,000 tasks in one record; this keeps that record well under `max_payload`.
+ */
+export type StoredTask = Omit<
+  TaskMessage,
+  'v' | 'workflowType' | 'workflowId' | 'resultSubject' | 'scheduledAt' | 'retry'
+> &
+  Partial<
+    Pick<TaskMessage, 'v' | 'workflowType' | 'workflowId' | 'resultSubject' | 'scheduledAt'>
+  > & {
+    retry?: Partial<TaskMessage['retry']>;
+  };
+
+/** The task message a stored task stands for (see {@link StoredTask}). */
+export function fullTask(
+  record: Pick<WorkflowRecord, 'type' | 'id' | 'updatedAt'>,
+  t: StoredTask,
+  resultSubject: string,
+  defaults: TaskMessage['retry'],
+): TaskMessage {
+  return {
+    v: WIRE_VERSION,
+    workflowType: record.type,
+    workflowId: record.id,
+    resultSubject,
+    scheduledAt: record.updatedAt,
+    ...t,
+    retry: { ...defaults, ...t.retry },
+  };
 }
 
 /**
@@ -406,6 +466,23 @@ export interface ResultMessage {
   output?: unknown;
   error?: ErrorData & { attempt?: number };
   attempt: number;
+  /** On success of a tree node: the children it decided (ignored elsewhere but passed on). */
+  decisions?: unknown;
+}
+
+/**
+ * An attempt notice: a worker publishes it on `resultSubject` before it naks a failed attempt
+ * that will be retried (msg id `progress.<taskId>.<attempt>`). Informational: the engine applies
+ * it only while the task is current and `attempt` is above the last one it saw.
+ */
+export interface ProgressMessage {
+  taskId: string;
+  actorId: string;
+  progress: 'retrying';
+  attempt: number;
+  /** Epoch ms of the next attempt. */
+  retryAt: number;
+  error: ErrorData & { attempt?: number };
 }
 
 /** An event as the journal keeps it: its type, and its payload unless cut. */
@@ -432,6 +509,8 @@ export type JournalEffect =
   | { kind: 'timer'; timerId: string; dueAt: number; event: string }
   | { kind: 'cancelTimer'; timerId: string }
   | { kind: 'notify'; type: NotificationType }
+  /** An alert published on `wf.alerts.<queue>.<type>.<id>`. */
+  | { kind: 'alert'; queue: string; type: string }
   /** A message to another workflow (links, children): its subject and event type. */
   | { kind: 'message'; subject: string; event?: string };
 
@@ -485,6 +564,8 @@ export type JournalEntry =
       released?: true;
       /** A released message that could no longer be applied: state unchanged, and why. */
       dropped?: { reason: string; error?: ErrorData };
+      /** Events the step emitted (XState `emit()`), in order: a tree's `nodes` changes, alerts. */
+      emitted?: Record<string, unknown>[];
       /** True while the workflow is paused. */
       paused?: boolean;
       /**

@@ -90,6 +90,14 @@ export function resolveActivityOptions(
     throw new ConfigError('invalid retry.backoffCoefficient: must be >= 1');
   if (!(retry.jitter >= 0 && retry.jitter <= 1))
     throw new ConfigError('invalid retry.jitter: must be in 0..1');
+  if (
+    retry.delaysMs !== undefined &&
+    (!Array.isArray(retry.delaysMs) ||
+      retry.delaysMs.length < 1 ||
+      retry.delaysMs.length > 100 ||
+      !retry.delaysMs.every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0))
+  )
+    throw new ConfigError('invalid retry.delaysMs: 1-100 numbers >= 0 (ms)');
   return o;
 }
 

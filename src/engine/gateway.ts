@@ -72,9 +72,9 @@ export function parseRequest(
           fields,
         );
       }
-      if (b.type.startsWith('xstate.')) {
+      if (b.type.startsWith('xstate.') || b.type.startsWith('jetflow.')) {
         throw new BadRequestError(
-          'event types starting with "xstate." are reserved for the engine',
+          'event types starting with "xstate." or "jetflow." are reserved for the engine',
           fields,
         );
       }
@@ -85,17 +85,44 @@ export function parseRequest(
   }
 }
 
-/** Build the reply to `wf.query.<type>.<id>` from a stored record. */
-export function queryReply(registry: Registry, r: WorkflowRecord): QueryReply {
+/**
+ * Build the reply to `wf.query.<type>.<id>` from a stored record. With a body `{"view", …}` the
+ * definition's view answers (E6); an unknown view is `bad_request` with the available names.
+ */
+export function queryReply(registry: Registry, r: WorkflowRecord, body?: unknown): unknown {
   const def = registry.get(r.type, r.version);
   const snapshot = m.restore(def.machine, r.snapshot);
+  if (body !== undefined && body !== null) {
+    const fields = { workflowType: r.type, workflowId: r.id };
+    if (typeof body !== 'object' || Array.isArray(body)) {
+      throw new BadRequestError('query body must be an object', fields);
+    }
+    const b = body as Record<string, unknown>;
+    if (b.view !== undefined) {
+      const views = def.views ?? {};
+      const view = typeof b.view === 'string' ? views[b.view] : undefined;
+      if (!view) {
+        throw new BadRequestError(`unknown view ${JSON.stringify(b.view)}`, {
+          ...fields,
+          details: { views: Object.keys(views) },
+        });
+      }
+      return view(snapshot.context, b, {
+        id: r.id,
+        type: r.type,
+        version: r.version,
+        status: r.status,
+        step: r.step,
+      });
+    }
+  }
   const reply: QueryReply = {
     id: r.id,
     type: r.type,
     version: r.version,
     status: r.status,
     value: snapshot.value,
-    context: snapshot.context,
+    context: def.queryContext ? def.queryContext(snapshot.context) : snapshot.context,
     tags: m.tagsOf(snapshot),
     accepts: r.status === 'running' ? m.acceptedEvents(snapshot) : [],
     step: r.step,

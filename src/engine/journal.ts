@@ -104,6 +104,8 @@ export function journalEffect(e: Effect): JournalEffect | undefined {
       return { kind: 'cancelTimer', timerId: e.timerId };
     case 'notify':
       return { kind: 'notify', type: e.notification.type };
+    case 'alert':
+      return { kind: 'alert', queue: e.queue, type: String(e.alert.type) };
     default:
       return undefined;
   }
@@ -150,6 +152,7 @@ export function stepEntry(
     ...(effect.held ? { held: true as const } : {}),
     ...(effect.released ? { released: true as const } : {}),
     ...(effect.dropped ? { dropped: effect.dropped } : {}),
+    ...emittedOf(record, effect),
     event: effect.event,
     ...(effect.from ? { from: effect.from } : {}),
     to: journalState(value),
@@ -166,6 +169,22 @@ export function stepEntry(
     ...(record.error ? { error: record.error } : {}),
     createdAt: record.createdAt,
   };
+}
+
+/**
+ * The events the step emitted: kept once in the record's outbox, on the step's notification
+ * (a large fan-out's `nodes` changes would otherwise be stored twice in the record).
+ */
+function emittedOf(
+  record: WorkflowRecord,
+  effect: Extract<Effect, { kind: 'journal' }>,
+): { emitted?: Record<string, unknown>[] } {
+  if (effect.emitted) return { emitted: effect.emitted };
+  for (const e of record.outbox) {
+    if (e.kind === 'notify' && e.notification.emitted && e.notification.step === record.step)
+      return { emitted: e.notification.emitted };
+  }
+  return {};
 }
 
 /** A journal entry as a reader gets it: the context filled in from the snapshot. */

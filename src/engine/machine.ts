@@ -45,7 +45,9 @@ export function acceptedEvents(snapshot: AnyMachineSnapshot): string[] {
   if (snapshot.status !== 'active') return [];
   const nodes = (snapshot as unknown as { _nodes: { ownEvents: string[] }[] })._nodes;
   const types = new Set<string>();
-  for (const n of nodes) for (const e of n.ownEvents) if (!e.startsWith('xstate.')) types.add(e);
+  for (const n of nodes)
+    for (const e of n.ownEvents)
+      if (!e.startsWith('xstate.') && !e.startsWith('jetflow.')) types.add(e);
   return [...types].sort();
 }
 
@@ -66,7 +68,52 @@ export type Command =
   | { kind: 'spawn'; actorId: string; src: string; input: unknown; maxAttempts?: number }
   | { kind: 'stop'; actorId: string }
   | { kind: 'timer'; timerId: string; event: unknown; delayMs: number }
-  | { kind: 'cancelTimer'; timerId: string };
+  | { kind: 'cancelTimer'; timerId: string }
+  /** An engine-native activity task keyed by `key` (no XState child): results come back as
+   * `jetflow.task.done|failed|retrying` events. */
+  | { kind: 'dispatch'; key: string; target: DispatchTarget }
+  | { kind: 'cancelTask'; key: string }
+  /** An event the step emitted (XState `emit`): on the notification, and as an alert. */
+  | { kind: 'emit'; event: Record<string, unknown> }
+  /** The step's reply value (the signal reply's `result`). */
+  | { kind: 'reply'; value: unknown }
+  /** The step is a rejection: nothing is stored, the requester gets this error. */
+  | { kind: 'reject'; code: string; message: string; details?: unknown };
+
+/** An activity dispatched by `jetflow.dispatch` (see {@link dispatch}). */
+export interface DispatchTarget {
+  /** Activity name (the task's `activity`). */
+  activity: string;
+  queue: string;
+  input: unknown;
+  /** Per-call options, as `activity()` takes them (plus `retry.delaysMs`). */
+  options?: Record<string, unknown>;
+  /** Tree node facts carried on the task (`node` field). */
+  node?: Record<string, unknown>;
+}
+
+/**
+ * The engine-native actions, for `setup({ actions: { ...jetflowActions } })`. Their
+ * implementations do nothing: the engine reads them from the pure transition's action list.
+ */
+export const jetflowActions = {
+  'jetflow.dispatch': () => {},
+  'jetflow.cancelTask': () => {},
+  'jetflow.reply': () => {},
+  'jetflow.reject': () => {},
+} as const;
+
+/** Dispatch an activity task under `key` (results: `jetflow.task.done|failed|retrying`). */
+export const dispatch = (key: string, target: DispatchTarget) =>
+  ({ type: 'jetflow.dispatch', params: { key, target } }) as const;
+/** Cancel the task dispatched under `key` (purge it, abort a running attempt). */
+export const cancelTask = (key: string) =>
+  ({ type: 'jetflow.cancelTask', params: { key } }) as const;
+/** Set the reply of this step (the signal reply's `result`; the last one wins). */
+export const reply = (value: unknown) => ({ type: 'jetflow.reply', params: { value } }) as const;
+/** Make this step a rejection with a reply code (nothing is stored; a start creates nothing). */
+export const reject = (r: { code: string; message: string; details?: unknown }) =>
+  ({ type: 'jetflow.reject', params: r }) as const;
 
 /**
  * Turn XState actions into engine commands, in order. `stepNo` makes generated timer ids
@@ -98,6 +145,27 @@ export function toCommands(actions: ActionLike[], stepNo: number): Command[] {
       }
       case 'xstate.cancel':
         if (typeof p.sendId === 'string') out.push({ kind: 'cancelTimer', timerId: p.sendId });
+        break;
+      case 'xstate.emit':
+        if (p.event && typeof p.event === 'object')
+          out.push({ kind: 'emit', event: p.event as Record<string, unknown> });
+        break;
+      case 'jetflow.dispatch':
+        out.push({ kind: 'dispatch', key: String(p.key), target: p.target as DispatchTarget });
+        break;
+      case 'jetflow.cancelTask':
+        out.push({ kind: 'cancelTask', key: String(p.key) });
+        break;
+      case 'jetflow.reply':
+        out.push({ kind: 'reply', value: p.value });
+        break;
+      case 'jetflow.reject':
+        out.push({
+          kind: 'reject',
+          code: String(p.code),
+          message: String(p.message),
+          ...(p.details !== undefined ? { details: p.details } : {}),
+        });
         break;
       default:
         break;

@@ -211,6 +211,37 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
       };
     case 'result': {
+      if (b.progress === 'retrying') {
+        // An attempt notice (E3), on the result subject before the worker's nak.
+        if (
+          typeof b.taskId !== 'string' ||
+          typeof b.actorId !== 'string' ||
+          typeof b.attempt !== 'number'
+        ) {
+          throw new BadRequestError(
+            'attempt notice needs string taskId, actorId, numeric attempt',
+            {
+              code: ErrorCode.BadRequest,
+              workflowId: e.id,
+              workflowType: e.type,
+            },
+          );
+        }
+        return {
+          kind: 'progress',
+          taskId: b.taskId,
+          actorId: b.actorId,
+          progress: 'retrying',
+          attempt: b.attempt,
+          retryAt: typeof b.retryAt === 'number' ? b.retryAt : 0,
+          error: (b.error ?? {
+            type: 'Error',
+            code: ErrorCode.Internal,
+            message: 'attempt failed',
+            retryable: true,
+          }) as ResultMessage['error'] & object,
+        };
+      }
       if (
         typeof b.taskId !== 'string' ||
         typeof b.actorId !== 'string' ||
@@ -233,6 +264,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         output: b.output,
         error: b.error as ResultMessage['error'],
         attempt: typeof b.attempt === 'number' ? b.attempt : 0,
+        ...(b.decisions !== undefined ? { decisions: b.decisions } : {}),
       };
     }
     case 'timer': {
@@ -699,9 +731,65 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         };
       } catch (err) {
         if (!(err instanceof TerminalError)) throw err;
-        const p = await permanent(e, cur, err);
-        if (!p) return 'done';
-        decision = p;
+        // E10: a dispatched task's result that would make the record too large (a fan-out too
+        // big for one record) becomes that task's failure, `RecordTooLarge`: the machine (a tree
+        // parks the node and drops its decisions) goes on, instead of the workflow failing.
+        const ref =
+          message.kind === 'result' ? cur?.stored.record.tasks[message.actorId] : undefined;
+        let retried = false;
+        if (
+          err.code === ErrorCode.PayloadTooLarge &&
+          message.kind === 'result' &&
+          ref?.dispatched
+        ) {
+          const failed: InboxMessage = {
+            kind: 'result',
+            taskId: message.taskId,
+            actorId: message.actorId,
+            ok: false,
+            attempt: message.attempt,
+            error: {
+              type: 'RecordTooLarge',
+              code: ErrorCode.PayloadTooLarge,
+              message: `the result of ${ref.activity} would make the workflow record larger than the server accepts (max_payload); its output and decisions were dropped`,
+              retryable: false,
+              attempt: message.attempt,
+            },
+          };
+          const d2 = decide(
+            ctx,
+            cur!.stored.record,
+            {
+              type: e.type,
+              id: e.id,
+              seq: e.seq,
+              shard: e.shard,
+              message: failed,
+              now,
+              inbox: epoch,
+            },
+            cur!.live,
+          );
+          if (d2.kind === 'write') {
+            try {
+              const stored = await store.update(d2.record, cur!.stored.revision);
+              written = { stored, effectsDone: false, live: d2.live, reply: d2.reply };
+              decision = d2;
+              retried = true;
+              logger.warn(
+                { workflowType: e.type, workflowId: e.id, seq: e.seq, actorId: message.actorId },
+                failed.error!.message,
+              );
+            } catch (err2) {
+              if (!(err2 instanceof TerminalError)) throw err2;
+            }
+          }
+        }
+        if (!retried) {
+          const p = await permanent(e, cur, err);
+          if (!p) return 'done';
+          decision = p;
+        }
       }
     }
     // Never drop a message on the word of a record that might be stale.

@@ -24,7 +24,30 @@ export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine>
    * delivering its error event. Default `'fail'`.
    */
   onExhausted?: 'fail' | 'review';
+  /**
+   * Query views (E6): `wf.query.<type>.<id>` with body `{"view": "<name>", …}` replies with
+   * `views[name](context, body, meta)`. A view throws a {@link BadRequestError} to refuse.
+   */
+  views?: Readonly<Record<string, QueryView>>;
+  /** Shape of the plain query reply's `context` (default: the whole context). */
+  queryContext?: (context: unknown) => unknown;
 }
+
+/** What a query view knows besides the context and the request body. */
+export interface ViewMeta {
+  id: string;
+  type: string;
+  version: number;
+  status: string;
+  step: number;
+}
+
+/** A query view: pure, from the stored context to a reply body. */
+export type QueryView = (
+  context: unknown,
+  request: Record<string, unknown>,
+  meta: ViewMeta,
+) => unknown;
 
 /** Declare a workflow definition (identity helper that checks its shape). */
 export function defineWorkflow<M extends AnyStateMachine>(

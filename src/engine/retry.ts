@@ -17,6 +17,11 @@ export interface RetryPolicy {
   jitter: number;
   /** Error `type`s (names) that fail at once, never retried. `TerminalError` always is. */
   nonRetryableErrorTypes: string[];
+  /**
+   * Exact schedule (Backbeat's issue #9): the delay before attempt `a+1` is
+   * `delaysMs[min(a-1, len-1)]`, spread by `jitter`; the exponential fields are then unused.
+   */
+  delaysMs?: number[];
 }
 
 export const DEFAULT_RETRY: Readonly<RetryPolicy> = Object.freeze({
@@ -37,10 +42,14 @@ export function backoffDelayMs(
   attempt: number,
   random = Math.random(),
 ): number {
-  const base = Math.min(
-    policy.maxIntervalMs,
-    policy.initialIntervalMs * policy.backoffCoefficient ** Math.max(0, attempt - 1),
-  );
+  const d = policy.delaysMs;
+  const base =
+    d && d.length > 0
+      ? d[Math.min(Math.max(0, attempt - 1), d.length - 1)]!
+      : Math.min(
+          policy.maxIntervalMs,
+          policy.initialIntervalMs * policy.backoffCoefficient ** Math.max(0, attempt - 1),
+        );
   const spread = 1 + policy.jitter * (random - 0.5);
   return Math.max(0, Math.round(base * spread));
 }

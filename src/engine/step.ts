@@ -6,7 +6,13 @@ import { createHash } from 'node:crypto';
 import type { AnyMachineSnapshot, EventObject } from 'xstate';
 import type { Registry, WorkflowDefinition } from './registry.js';
 import * as m from './machine.js';
-import { resolveActivity } from './activity.js';
+import {
+  DEFAULT_RETRY,
+  resolveActivity,
+  resolveActivityOptions,
+  type ActivityOptions,
+} from './activity.js';
+import { isToken } from '../contracts/subjects.js';
 import {
   eventPayload,
   journalEvent,
@@ -103,13 +109,34 @@ function iso(ms: number): string {
   return new Date(ms).toISOString();
 }
 
+/**
+ * The workflow status a snapshot means. A final state tagged `failed` ends the workflow
+ * `failed` (E11): a machine's own way to say its run failed, with `output.error` as the error.
+ */
 function statusOf(s: AnyMachineSnapshot): WorkflowStatus {
-  if (s.status === 'done') return 'completed';
+  if (s.status === 'done') return s.hasTag('failed') ? 'failed' : 'completed';
   if (s.status === 'error' || s.status === 'stopped') return 'failed';
   return 'running';
 }
 
 function errorOfSnapshot(s: AnyMachineSnapshot): ErrorData {
+  if (s.status === 'done') {
+    // A final state tagged `failed`: the error is the output's `error` when it has one.
+    const e = (s.output as { error?: unknown } | undefined)?.error;
+    const o = (e && typeof e === 'object' ? e : {}) as Record<string, unknown>;
+    return {
+      type: typeof o.type === 'string' ? o.type : 'WorkflowFailed',
+      code: typeof o.code === 'string' ? (o.code as ErrorCode) : ErrorCode.Internal,
+      message:
+        typeof o.message === 'string'
+          ? o.message
+          : typeof e === 'string'
+            ? e
+            : `the workflow reached a final state tagged failed (${JSON.stringify(s.value)})`,
+      retryable: false,
+      ...(o.details !== undefined ? { details: o.details } : {}),
+    };
+  }
   const data = toErrorData(s.error);
   return { ...data, code: ErrorCode.MachineError, retryable: false };
 }
@@ -125,8 +152,16 @@ function lifecycle(
   snapshot: AnyMachineSnapshot,
   event: string,
   at: string,
+  emitted: Record<string, unknown>[] = [],
 ): Notification {
-  const base = { workflowType: rec.type, id: rec.id, version: rec.version, step: rec.step, at };
+  const base = {
+    workflowType: rec.type,
+    id: rec.id,
+    version: rec.version,
+    step: rec.step,
+    at,
+    ...(emitted.length > 0 ? { emitted } : {}),
+  };
   if (rec.status === 'completed') {
     return { ...base, type: 'completed', value: snapshot.value, output: snapshot.output };
   }
@@ -167,8 +202,16 @@ function materialize(
   before: Pending,
   commands: m.Command[],
   now: number,
-): Pending & { effects: Effect[] } {
+): Pending & {
+  effects: Effect[];
+  emitted: Record<string, unknown>[];
+  reply?: { value: unknown };
+  reject?: { code: string; message: string; details?: unknown };
+} {
   const machine = def.machine;
+  const emitted: Record<string, unknown>[] = [];
+  let replied: { value: unknown } | undefined;
+  let rejected: { code: string; message: string; details?: unknown } | undefined;
   const timers = { ...before.timers };
   const tasks = { ...before.tasks };
   const effects: Effect[] = [];
@@ -197,66 +240,112 @@ function materialize(
     }
     effects.push({ kind: 'cancelTimer', timerId, timerKey: timerKeyOf(rec, timerId, setAt) });
   };
-  for (const c of commands) {
-    switch (c.kind) {
-      case 'spawn': {
-        const a = resolveActivity(machine, c.src, c.input);
-        const taskId = `${rec.type}.${rec.id}.${rec.step}.${c.actorId}`;
-        const taskKey = taskKeyOf(taskId);
-        const review = (a.options.onExhausted ?? def.onExhausted ?? 'fail') === 'review';
-        tasks[c.actorId] = {
-          taskId,
-          taskKey,
-          activity: a.name,
-          queue: a.options.queue,
-          ...(review ? { onExhausted: 'review' as const } : {}),
-        };
-        const r = a.options.retry;
-        effects.push({
-          kind: 'task',
-          task: {
+  const pushTask = (
+    actorId: string,
+    a: { name: string; options: ActivityOptions; input: unknown },
+    extra: { maxAttempts?: number; node?: Record<string, unknown>; dispatched?: boolean },
+  ) => {
+    const taskId = `${rec.type}.${rec.id}.${rec.step}.${actorId}`;
+    const taskKey = taskKeyOf(taskId);
+    const review =
+      !extra.dispatched && (a.options.onExhausted ?? def.onExhausted ?? 'fail') === 'review';
+    tasks[actorId] = {
+      taskId,
+      taskKey,
+      activity: a.name,
+      queue: a.options.queue,
+      ...(review ? { onExhausted: 'review' as const } : {}),
+      ...(extra.dispatched ? { dispatched: true as const } : {}),
+    };
+    const r = a.options.retry;
+    const retry = {
+      initialIntervalMs: r.initialIntervalMs,
+      backoffCoefficient: r.backoffCoefficient,
+      maxIntervalMs: r.maxIntervalMs,
+      jitter: r.jitter,
+      nonRetryableErrorTypes: r.nonRetryableErrorTypes,
+      ...(r.delaysMs ? { delaysMs: r.delaysMs } : {}),
+    };
+    const common = {
+      taskId,
+      taskKey,
+      actorId,
+      activity: a.name,
+      queue: a.options.queue,
+      input: a.input,
+      maxAttempts: extra.maxAttempts ?? r.maxAttempts,
+      startToCloseMs: a.options.startToCloseMs,
+      ...(a.options.heartbeatMs ? { heartbeatMs: a.options.heartbeatMs } : {}),
+      ...(a.options.scheduleToCloseMs ? { deadline: now + a.options.scheduleToCloseMs } : {}),
+      ...(extra.node ? { node: extra.node } : {}),
+    };
+    effects.push({
+      kind: 'task',
+      task: extra.dispatched
+        ? // Stored compactly (a tree may dispatch 1,000 at once): the performer fills in the
+          // fields the record implies and the default retry fields (`fullTask`).
+          { ...common, retry: changedRetry(retry) }
+        : {
             v: WIRE_VERSION,
-            taskId,
-            taskKey,
+            ...common,
             workflowType: rec.type,
             workflowId: rec.id,
-            actorId: c.actorId,
-            activity: a.name,
-            queue: a.options.queue,
-            input: a.input,
-            maxAttempts: c.maxAttempts ?? r.maxAttempts,
-            retry: {
-              initialIntervalMs: r.initialIntervalMs,
-              backoffCoefficient: r.backoffCoefficient,
-              maxIntervalMs: r.maxIntervalMs,
-              jitter: r.jitter,
-              nonRetryableErrorTypes: r.nonRetryableErrorTypes,
-            },
-            startToCloseMs: a.options.startToCloseMs,
-            ...(a.options.heartbeatMs ? { heartbeatMs: a.options.heartbeatMs } : {}),
-            ...(a.options.scheduleToCloseMs ? { deadline: now + a.options.scheduleToCloseMs } : {}),
+            retry,
             resultSubject: ctx.subjects.inbox('result', rec.type, rec.id),
             scheduledAt: now,
           },
+    });
+    if (a.options.scheduleToCloseMs) {
+      // The engine's own deadline: fires even when no worker ever picks the task up.
+      setTimer(
+        deadlineTimerId(actorId),
+        { type: DEADLINE_EVENT, actorId, taskId },
+        a.options.scheduleToCloseMs,
+      );
+    }
+  };
+  const stopTask = (actorId: string) => {
+    const t = tasks[actorId];
+    if (!t) return; // already finished: nothing to cancel
+    delete tasks[actorId];
+    effects.push(stopTaskEffect(actorId, t));
+    cancelTimer(deadlineTimerId(actorId));
+  };
+  for (const c of commands) {
+    switch (c.kind) {
+      case 'dispatch': {
+        const t = c.target;
+        const options = resolveActivityOptions(t.activity, {
+          ...(t.options ?? {}),
+          queue: t.queue,
         });
-        if (a.options.scheduleToCloseMs) {
-          // The engine's own deadline: fires even when no worker ever picks the task up.
-          setTimer(
-            deadlineTimerId(c.actorId),
-            { type: DEADLINE_EVENT, actorId: c.actorId, taskId },
-            a.options.scheduleToCloseMs,
-          );
-        }
+        pushTask(
+          c.key,
+          { name: t.activity, options, input: t.input },
+          { dispatched: true, ...(t.node ? { node: t.node } : {}) },
+        );
         break;
       }
-      case 'stop': {
-        const t = tasks[c.actorId];
-        if (!t) break; // already finished: nothing to cancel
-        delete tasks[c.actorId];
-        effects.push(stopTaskEffect(c.actorId, t));
-        cancelTimer(deadlineTimerId(c.actorId));
+      case 'cancelTask':
+        stopTask(c.key);
+        break;
+      case 'emit':
+        emitted.push(c.event);
+        break;
+      case 'reply':
+        replied = { value: c.value };
+        break;
+      case 'reject':
+        rejected ??= { code: c.code, message: c.message, details: c.details };
+        break;
+      case 'spawn': {
+        const a = resolveActivity(machine, c.src, c.input);
+        pushTask(c.actorId, a, c.maxAttempts !== undefined ? { maxAttempts: c.maxAttempts } : {});
         break;
       }
+      case 'stop':
+        stopTask(c.actorId);
+        break;
       case 'timer':
         setTimer(c.timerId, c.event, c.delayMs);
         break;
@@ -265,7 +354,25 @@ function materialize(
         break;
     }
   }
-  return { timers, tasks, effects };
+  return {
+    timers,
+    tasks,
+    effects,
+    emitted,
+    ...(replied ? { reply: replied } : {}),
+    ...(rejected ? { reject: rejected } : {}),
+  };
+}
+
+/** The retry fields that differ from the engine defaults (a stored task leaves the rest out). */
+function changedRetry(r: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const d = DEFAULT_RETRY as unknown as Record<string, unknown>;
+  for (const [k, v] of Object.entries(r)) {
+    if (k === 'maxAttempts') continue;
+    if (JSON.stringify(v) !== JSON.stringify(d[k])) out[k] = v;
+  }
+  return out;
 }
 
 /** Effects that wind down whatever is still pending when a workflow ends. */
@@ -396,11 +503,25 @@ export function decide(
     const found = definitionOf(() => registry.latest(type));
     if ('defer' in found) return found.defer;
     const def = found.def;
-    const start = m.start(def.machine, message.input);
+    let start: ReturnType<typeof m.start>;
+    try {
+      start = m.start(def.machine, message.input);
+    } catch (cause) {
+      return {
+        kind: 'reject',
+        error: new BadRequestError(
+          `workflow ${type}/${id}: the machine threw on start: ${String((cause as Error)?.message ?? cause)}`,
+          { ...fields, code: ErrorCode.MachineError, cause },
+        ),
+        accepts: [],
+      };
+    }
     const { actions } = start;
     const status = statusOf(start.snapshot);
     const head = { type, id, step: 0 };
     const p = materialize(def, ctx, head, { timers: {}, tasks: {} }, m.toCommands(actions, 0), now);
+    // The machine refused its input (`jetflow.reject` in the initial transition): nothing exists.
+    if (p.reject) return machineReject(p.reject, fields, []);
     const snapshot = withoutFinishedChildren(start.snapshot, p.tasks);
     const timerEvents = timerEventsOf(undefined, p.effects, p.timers);
     const timerDue = timerDueOf(undefined, p.effects, p.timers);
@@ -435,8 +556,13 @@ export function decide(
       at,
       value: snapshot.value,
       input: message.input,
+      ...(p.emitted.length > 0 ? { emitted: p.emitted } : {}),
     };
-    rec.outbox = [{ kind: 'notify', notification: started }, ...p.effects];
+    rec.outbox = [
+      { kind: 'notify', notification: started },
+      ...p.effects,
+      ...alertEffects(rec, p.emitted, at),
+    ];
     if (status !== 'running') {
       if (status === 'completed') rec.output = snapshot.output;
       if (status === 'failed') rec.error = errorOfSnapshot(snapshot);
@@ -491,6 +617,28 @@ export function decide(
     if (ref.parked) {
       return { kind: 'ignore', reason: `result of task ${message.taskId}, parked for review` };
     }
+  }
+  if (message.kind === 'progress') {
+    // An attempt notice is information: applied only when it tells something new.
+    if (!stored)
+      return { kind: 'ignore', reason: 'attempt notice for a workflow that does not exist' };
+    if (stored.status !== 'running')
+      return { kind: 'ignore', reason: `attempt notice after the workflow ${stored.status}` };
+    const ref = stored.tasks[message.actorId];
+    if (!ref || ref.taskId !== message.taskId)
+      return {
+        kind: 'ignore',
+        reason: `attempt notice of task ${message.taskId}, no longer current`,
+      };
+    if (!ref.dispatched)
+      return {
+        kind: 'ignore',
+        reason: `attempt ${message.attempt} of ${ref.activity} failed (${message.error?.message ?? 'error'}); retrying`,
+      };
+    if (ref.noticed !== undefined && message.attempt <= ref.noticed)
+      return { kind: 'ignore', reason: `attempt notice ${message.attempt} already applied` };
+    if (stored.paused)
+      return { kind: 'ignore', reason: 'attempt notice while the workflow is paused (not held)' };
   }
 
   if (!stored) {
@@ -629,7 +777,8 @@ export function decide(
   if (
     message.kind === 'result' &&
     !message.ok &&
-    stored.tasks[message.actorId]?.onExhausted === 'review'
+    stored.tasks[message.actorId]?.onExhausted === 'review' &&
+    !stored.tasks[message.actorId]?.dispatched
   ) {
     return park(ctx, stored, input, message, snapshot, memory);
   }
@@ -653,7 +802,40 @@ export function decide(
     before = { timers, tasks };
   };
   const preEffects: Effect[] = [];
-  if (message.kind === 'result') {
+  if (message.kind === 'result' && stored.tasks[message.actorId]?.dispatched) {
+    // A task the machine dispatched itself (`jetflow.dispatch`): a `jetflow.task.*` event.
+    finishTask(message.actorId);
+    event = (message.ok
+      ? {
+          type: 'jetflow.task.done',
+          key: message.actorId,
+          taskId: message.taskId,
+          output: message.output,
+          ...(message.decisions !== undefined ? { decisions: message.decisions } : {}),
+          attempt: message.attempt,
+        }
+      : {
+          type: 'jetflow.task.failed',
+          key: message.actorId,
+          taskId: message.taskId,
+          error: message.error,
+          attempt: message.attempt,
+        }) as unknown as EventObject;
+  } else if (message.kind === 'progress') {
+    const ref = before.tasks[message.actorId]!;
+    before = {
+      ...before,
+      tasks: { ...before.tasks, [message.actorId]: { ...ref, noticed: message.attempt } },
+    };
+    event = {
+      type: 'jetflow.task.retrying',
+      key: message.actorId,
+      taskId: message.taskId,
+      attempt: message.attempt,
+      retryAt: message.retryAt,
+      error: message.error,
+    } as unknown as EventObject;
+  } else if (message.kind === 'result') {
     finishTask(message.actorId);
     event = (message.ok
       ? { type: `xstate.done.actor.${message.actorId}`, output: message.output }
@@ -681,15 +863,15 @@ export function decide(
       delete tasks[actorId];
       before = { ...before, tasks };
       preEffects.push(stopTaskEffect(actorId, t));
-      event = {
-        type: `xstate.error.actor.${actorId}`,
-        error: {
-          type: 'ScheduleToCloseTimeout',
-          code: ErrorCode.Timeout,
-          message: `activity ${t.activity} did not complete before its schedule-to-close deadline`,
-          retryable: false,
-        },
-      } as unknown as EventObject;
+      const error = {
+        type: 'ScheduleToCloseTimeout',
+        code: ErrorCode.Timeout,
+        message: `activity ${t.activity} did not complete before its schedule-to-close deadline`,
+        retryable: false,
+      };
+      event = (t.dispatched
+        ? { type: 'jetflow.task.failed', key: actorId, taskId: t.taskId, error, attempt: 0 }
+        : { type: `xstate.error.actor.${actorId}`, error }) as unknown as EventObject;
     } else {
       event = timerEvent as EventObject;
     }
@@ -712,9 +894,12 @@ export function decide(
     throw new Error('unreachable: a message kind without an event reached the transition');
   }
 
+  // Every delivered event carries the step time (E5): pure machines read time from `$at`, never
+  // from a clock. The journal keeps the event as it came (without `$at`).
+  const delivered = { ...event, $at: now } as EventObject;
   let next: ReturnType<typeof m.step>;
   try {
-    next = m.step(def.machine, snapshot, event);
+    next = m.step(def.machine, snapshot, delivered);
     // Not taken (no handler in the active states, guards false, or an empty handler): XState
     // returns the very same snapshot and no actions. One transition instead of can() + transition.
     if (message.kind === 'signal' && next.snapshot === snapshot && next.actions.length === 0) {
@@ -766,6 +951,7 @@ export function decide(
     m.toCommands(next.actions, stepNo),
     now,
   );
+  if (p.reject) return machineReject(p.reject, fields, m.acceptedEvents(snapshot));
   const after = withoutFinishedChildren(next.snapshot, p.tasks);
   const timerEvents = timerEventsOf(stored.timerEvents, p.effects, p.timers);
   const timerDue = timerDueOf(stored.timerDue, p.effects, p.timers);
@@ -791,7 +977,7 @@ export function decide(
   else delete rec.timerEvents;
   if (timerDue) rec.timerDue = timerDue;
   else delete rec.timerDue;
-  rec.outbox = [...preEffects, ...p.effects];
+  rec.outbox = [...preEffects, ...p.effects, ...alertEffects(rec, p.emitted, at)];
   if (status !== 'running') {
     if (status === 'completed') rec.output = next.snapshot.output;
     if (status === 'failed') rec.error = errorOfSnapshot(next.snapshot);
@@ -805,16 +991,37 @@ export function decide(
   // With the journal on, a transition that neither ends nor starts the workflow is told by its
   // journal entry alone (`<prefix>.journal.<type>.<id>`): one message per step, not two. The
   // events stream keeps the lifecycle (started, completed, failed, canceled, rejected).
-  if (status !== 'running' || !ctx.journal) {
-    rec.outbox.push({ kind: 'notify', notification: lifecycle(rec, after, event.type, at) });
+  // A step that emitted events is told on the events stream too (that is where they are read).
+  if (status !== 'running' || !ctx.journal || p.emitted.length > 0) {
+    rec.outbox.push({
+      kind: 'notify',
+      notification: lifecycle(rec, after, event.type, at, p.emitted),
+    });
   }
   if (ctx.journal) {
     rec.outbox.push({
       kind: 'journal',
-      cause: message.kind === 'admin' ? 'operator' : message.kind,
+      cause:
+        message.kind === 'admin'
+          ? 'operator'
+          : message.kind === 'progress'
+            ? 'result'
+            : message.kind,
       seq,
       event: journalEvent(event.type, eventPayload(event), ctx.journal.payloadMaxBytes),
       from: journalState(snapshot.value),
+      ...(message.kind === 'progress'
+        ? {
+            activity: {
+              actorId: message.actorId,
+              taskId: message.taskId,
+              activity: stored.tasks[message.actorId]?.activity,
+              ok: false,
+              attempt: message.attempt,
+              error: message.error,
+            },
+          }
+        : {}),
       ...(message.kind === 'admin' ? { operator: operatorOf(message) } : {}),
       ...(message.kind === 'result'
         ? {
@@ -842,9 +1049,61 @@ export function decide(
             delivered: event.type,
             value: after.value as unknown,
           })
-        : { id, type, step: stepNo, status, value: after.value as unknown },
+        : {
+            id,
+            type,
+            step: stepNo,
+            status,
+            value: after.value as unknown,
+            ...(p.reply ? { result: p.reply.value } : {}),
+          },
     live: after,
   };
+}
+
+/** A rejection the machine asked for (`jetflow.reject`): nothing is stored. */
+function machineReject(
+  r: { code: string; message: string; details?: unknown },
+  fields: { workflowId: string; workflowType: string },
+  accepts: string[],
+): Decision {
+  return {
+    kind: 'reject',
+    error: new BadRequestError(r.message, {
+      ...fields,
+      code: r.code as ErrorCode,
+      ...(r.details !== undefined ? { details: r.details } : {}),
+    }),
+    accepts,
+  };
+}
+
+/**
+ * The alerts among a step's emitted events (a string `alert` naming a queue): each is published
+ * on `wf.alerts.<queue>.<type>.<id>` with the notification's base fields (E7).
+ */
+function alertEffects(
+  rec: WorkflowRecord,
+  emitted: Record<string, unknown>[],
+  at: string,
+): Effect[] {
+  const out: Effect[] = [];
+  for (const e of emitted) {
+    if (typeof e.alert !== 'string' || !isToken(e.alert)) continue;
+    out.push({
+      kind: 'alert',
+      queue: e.alert,
+      alert: {
+        ...e,
+        workflowType: rec.type,
+        id: rec.id,
+        version: rec.version,
+        step: rec.step,
+        at,
+      },
+    });
+  }
+  return out;
 }
 
 /** The notification for a rejected message (published; nothing stored). */

@@ -9,7 +9,6 @@ import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
 import { pack, unpack } from '../contracts/codec.js';
-import type { TaskMessage } from '../contracts/wire.js';
 import { ErrorCode, TerminalError } from '../errors.js';
 import type { TopologyNames } from './topology.js';
 
@@ -33,8 +32,12 @@ export type AttemptTake =
  * the engine queued the task tells apart two workflows that had the same id one after the other
  * (a finished workflow's record removed, the id started again): their task ids are equal.
  */
-export function attemptKey(task: TaskMessage, attempt: number): string {
-  const at = Number.isSafeInteger(task.scheduledAt) ? task.scheduledAt : 0;
+export function attemptKey(
+  task: { taskKey: string; scheduledAt?: number },
+  attempt: number,
+): string {
+  const at =
+    task.scheduledAt !== undefined && Number.isSafeInteger(task.scheduledAt) ? task.scheduledAt : 0;
   return `${task.taskKey}.${at}.${attempt}`;
 }
 

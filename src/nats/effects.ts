@@ -104,6 +104,14 @@ export function createEffectSink(
       const run = async (e: Effect, i: number) => {
         const msgId = `${base}.${i}`;
         if (e.kind === 'notify') return notify(e.notification, msgId);
+        if (e.kind === 'alert') {
+          await js.publish(
+            s.alerts(e.queue, record.type, record.id),
+            enc.encode(JSON.stringify(e.alert)),
+            { msgID: msgId, headers: jsonHeaders() },
+          );
+          return;
+        }
         if (e.kind === 'journal') {
           return journal(
             stepEntry(record, e, engine),

@@ -162,10 +162,14 @@ export function startGateway(o: GatewayOptions): Gateway {
         ? { ...message, msgId }
         : message;
     try {
-      const ack = await js.publish(names.subjects.inbox(message.kind, p.type, p.id), pack(body), {
-        headers: h,
-        ...(msgId ? { msgID: `${p.verb}.${p.type}.${p.id}.${msgId}` } : {}),
-      });
+      const ack = await js.publish(
+        names.subjects.inbox(message.kind as 'start' | 'signal' | 'cancel', p.type, p.id),
+        pack(body),
+        {
+          headers: h,
+          ...(msgId ? { msgID: `${p.verb}.${p.type}.${p.id}.${msgId}` } : {}),
+        },
+      );
       stats.accepted++;
       if (ack.duplicate && m.reply) {
         sink.reply(m.reply, enc, { id: p.id, type: p.type, duplicate: true });
@@ -278,7 +282,20 @@ export function startGateway(o: GatewayOptions): Gateway {
           workflowType: p.type,
         });
       }
-      sink.reply(m.reply, enc, queryReply(registry, stored.record));
+      let body: unknown;
+      if (m.data.length > 0) {
+        try {
+          body = decodeBody(m.data, enc);
+        } catch (cause) {
+          throw new BadRequestError('query body is not valid JSON or msgpack', {
+            code: ErrorCode.MalformedBody,
+            workflowType: p.type,
+            workflowId: p.id,
+            cause,
+          });
+        }
+      }
+      sink.reply(m.reply, enc, queryReply(registry, stored.record, body));
     } catch (err) {
       fail(m, enc, err);
     }

@@ -13,11 +13,26 @@ import {
 } from '@nats-io/jetstream';
 import type { Logger } from '../engine/ports.js';
 import { MSGPACK, pack } from '../contracts/codec.js';
-import { Header, type Effect, type TaskMessage, type WorkflowRecord } from '../contracts/wire.js';
+import {
+  fullTask,
+  Header,
+  type Effect,
+  type TaskMessage,
+  type WorkflowRecord,
+} from '../contracts/wire.js';
+import { DEFAULT_RETRY } from '../engine/retry.js';
 import type { EffectHandler } from './effects.js';
 import type { TopologyNames } from './topology.js';
 
 const ms = (n: number) => n * 1_000_000;
+
+const RETRY_DEFAULTS = {
+  initialIntervalMs: DEFAULT_RETRY.initialIntervalMs,
+  backoffCoefficient: DEFAULT_RETRY.backoffCoefficient,
+  maxIntervalMs: DEFAULT_RETRY.maxIntervalMs,
+  jitter: DEFAULT_RETRY.jitter,
+  nonRetryableErrorTypes: DEFAULT_RETRY.nonRetryableErrorTypes,
+};
 
 /** Effect handlers for `task` and `stopTask`. */
 export function taskEffectHandlers(
@@ -29,11 +44,17 @@ export function taskEffectHandlers(
 ): Record<'task' | 'stopTask', EffectHandler> {
   const s = names.subjects;
   return {
-    async task(_record: WorkflowRecord, e: Effect) {
+    async task(record: WorkflowRecord, e: Effect) {
       if (e.kind !== 'task') return;
       const h = headers();
       h.set(Header.ContentType, MSGPACK);
-      await js.publish(s.task(e.task.queue, e.task.taskKey), pack(e.task), {
+      const task = fullTask(
+        record,
+        e.task,
+        s.inbox('result', record.type, record.id),
+        RETRY_DEFAULTS,
+      );
+      await js.publish(s.task(e.task.queue, e.task.taskKey), pack(task), {
         msgID: e.task.taskId,
         headers: h,
       });

@@ -119,7 +119,7 @@ export function topology(o: TopologyOptions): {
   const events: Partial<StreamConfig> = {
     name: names.eventsStream,
     description: 'jetflow lifecycle notifications (wf.events.<type>.<id>)',
-    subjects: [s.eventsWildcard],
+    subjects: [s.eventsWildcard, s.alertsWildcard],
     retention: RetentionPolicy.Limits,
     storage: StorageType.File,
     num_replicas: o.replicas,

@@ -40,7 +40,12 @@ import { backoffDelayMs } from '../engine/retry.js';
 import type { Logger } from '../engine/ports.js';
 import { MSGPACK, pack, unpack } from '../contracts/codec.js';
 import { DEFAULT_PREFIX } from '../contracts/subjects.js';
-import { Header, type ResultMessage, type TaskMessage } from '../contracts/wire.js';
+import {
+  Header,
+  type ProgressMessage,
+  type ResultMessage,
+  type TaskMessage,
+} from '../contracts/wire.js';
 import { ErrorCode, JetflowError, TerminalError, toErrorData, type ErrorData } from '../errors.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { attemptKey, openAttemptLedger, type AttemptLedger } from '../nats/attempts.js';
@@ -56,6 +61,25 @@ import {
   type QueueSettingsInput,
 } from '../nats/tasks.js';
 
+const DECISIONS = Symbol.for('jetflow.decisions');
+
+/**
+ * Return this from a tree node's activity to complete it with children: `output` is the node's
+ * output, `decisions` the child nodes (ACTIVITY-TREES §2.9.6), applied with the completion.
+ */
+export function withDecisions(output: unknown, decisions: unknown[]): unknown {
+  return { [DECISIONS]: true, output, decisions };
+}
+
+/** `{output}`, or `{output, decisions}` for a {@link withDecisions} value. */
+function splitDecisions(v: unknown): { output: unknown; decisions?: unknown } {
+  if (v !== null && typeof v === 'object' && (v as Record<symbol, unknown>)[DECISIONS] === true) {
+    const o = v as { output: unknown; decisions: unknown };
+    return { output: o.output, decisions: o.decisions };
+  }
+  return { output: v };
+}
+
 /** What an activity function gets besides its input. */
 export interface ActivityContext {
   /** 1 for the first attempt. */
@@ -70,6 +94,8 @@ export interface ActivityContext {
   signal: AbortSignal;
   /** Report progress: extends the task's lease (JetStream `working()`). */
   heartbeat(): void;
+  /** For a tree node: its identity (`id`, `parentId`, `rootId`, `name`, `mode`, `run`, …). */
+  node?: Record<string, unknown>;
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -138,7 +164,7 @@ const SETTINGS_REFRESH_MS = 5_000;
 type Outcome =
   | { kind: 'ok'; output: unknown }
   | { kind: 'fail'; error: ErrorData }
-  | { kind: 'retry'; delayMs: number }
+  | { kind: 'retry'; delayMs: number; error: ErrorData }
   | { kind: 'canceled' }
   | { kind: 'release' };
 
@@ -359,6 +385,33 @@ export class Worker implements AsyncDisposable {
         this.logger.warn({ err, queue }, 'fetch failed; retrying');
         await new Promise((r) => setTimeout(r, 500));
       }
+    }
+  }
+
+  /** Publish an attempt notice (msg id `progress.<taskId>.<attempt>`); best effort. */
+  private async notice(
+    task: TaskMessage,
+    attempt: number,
+    outcome: Extract<Outcome, { kind: 'retry' }>,
+    log: object,
+  ): Promise<void> {
+    const notice: ProgressMessage = {
+      taskId: task.taskId,
+      actorId: task.actorId,
+      progress: 'retrying',
+      attempt,
+      retryAt: Date.now() + outcome.delayMs,
+      error: { ...outcome.error, retryable: true, attempt },
+    };
+    const h = headers();
+    h.set(Header.ContentType, MSGPACK);
+    try {
+      await this.js.publish(task.resultSubject, pack(notice), {
+        msgID: `progress.${task.taskId}.${attempt}`,
+        headers: h,
+      });
+    } catch (err) {
+      this.logger.warn({ ...log, err }, 'attempt notice not published (the retry goes ahead)');
     }
   }
 
@@ -629,6 +682,7 @@ export class Worker implements AsyncDisposable {
         taskId: task.taskId,
         signal: ac.signal,
         heartbeat,
+        ...(task.node ? { node: task.node } : {}),
       };
       const output = await Promise.race([
         Promise.resolve().then(() => fn(task.input, ctx)),
@@ -646,7 +700,7 @@ export class Worker implements AsyncDisposable {
         const delayMs = backoffDelayMs({ ...task.retry, maxAttempts: task.maxAttempts }, attempt);
         if (task.deadline === undefined || Date.now() + delayMs < task.deadline) {
           this.logger.info({ ...log, delayMs, error: data.message }, 'attempt failed; retrying');
-          return { kind: 'retry', delayMs };
+          return { kind: 'retry', delayMs, error: data };
         }
       }
       this.logger.info({ ...log, error: data.message, nonRetryable }, 'activity failed');
@@ -675,7 +729,7 @@ export class Worker implements AsyncDisposable {
                 taskId: task.taskId,
                 actorId: task.actorId,
                 ok: true,
-                output: outcome.output,
+                ...splitDecisions(outcome.output),
                 attempt,
               }
             : {
@@ -704,6 +758,10 @@ export class Worker implements AsyncDisposable {
         return;
       case 'retry':
         this.stats.retried++;
+        // The attempt notice goes first: it is in the workflow's inbox before any message of
+        // the next attempt. Informational, so a failed publish does not hold the retry. Sent for
+        // tree nodes (tasks with `node`): an invoked activity's engine would only ignore it.
+        if (task.node) await this.notice(task, attempt, outcome, log);
         await this.retryLater(task, m, attempt + 1, outcome.delayMs, log);
         return;
       case 'release':

@@ -1,0 +1,513 @@
+/**
+ * The activity tree's reducer: Backbeat's cases as examples, and the design's properties
+ * (ACTIVITY-TREES §2.3) over random trees, modes, completion orders, failures and timers.
+ */
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import {
+  NODE_STATUSES,
+  initTree,
+  isIdle,
+  isTerminal,
+  keyOf,
+  reduce,
+  type Command,
+  type Mode,
+  type Node,
+  type NodeChange,
+  type NodeStatus,
+  type Tree,
+  type TreeEvent,
+} from '../../actors/activity-tree/reduce.js';
+
+const T0 = Date.parse('2026-11-22T10:00:00.000Z');
+
+function tree(input: unknown = {}): Tree {
+  const t = initTree(input);
+  if (!('nodes' in t)) throw new Error(t.message);
+  return t;
+}
+
+/** Apply events in order; collect commands and changes. */
+function run(t: Tree, events: TreeEvent[]) {
+  const commands: Command[] = [];
+  for (const e of events) {
+    const r = reduce(t, e);
+    if (r.reject) throw new Error(`rejected: ${r.reject.message}`);
+    t = r.tree;
+    commands.push(...r.commands);
+  }
+  return { t, commands };
+}
+
+const byName = (t: Tree, name: string) => Object.values(t.nodes).find((n) => n.name === name)!;
+const status = (t: Tree) =>
+  Object.fromEntries(Object.values(t.nodes).map((n) => [n.name, n.status]));
+const dispatched = (cs: Command[]) =>
+  cs.flatMap((c) => (c.kind === 'dispatch' ? [c.target.activity] : []));
+const done = (n: Node, decisions?: unknown, at = T0): TreeEvent => ({
+  type: 'jetflow.task.done',
+  key: keyOf(n),
+  output: { from: n.name },
+  ...(decisions !== undefined ? { decisions } : {}),
+  $at: at,
+});
+const changesOf = (cs: Command[]) =>
+  cs.flatMap((c) =>
+    c.kind === 'emit' && c.event.type === 'nodes' ? (c.event.changes as NodeChange[]) : [],
+  );
+
+describe('activity tree reducer: Backbeat cases', () => {
+  it('[nb1, b2, nb3, ff4]: nb1 and b2 run together, nb3 and ff4 after b2, the parent completes while ff4 runs', () => {
+    let { t, commands } = run(tree(), [{ type: 'signal', name: 'sig', $at: T0 }]);
+    expect(dispatched(commands)).toEqual(['sig']);
+    ({ t, commands } = run(t, [
+      done(byName(t, 'sig'), [
+        { name: 'nb1', mode: 'non_blocking' },
+        { name: 'b2', mode: 'blocking' },
+        { name: 'nb3', mode: 'non_blocking' },
+        { name: 'ff4', mode: 'fire_and_forget' },
+      ]),
+    ]));
+    expect(dispatched(commands)).toEqual(['nb1', 'b2']);
+    expect(status(t)).toMatchObject({
+      sig: 'awaitingChildren',
+      nb1: 'running',
+      b2: 'running',
+      nb3: 'ready',
+      ff4: 'ready',
+    });
+    ({ t, commands } = run(t, [done(byName(t, 'b2'))]));
+    expect(dispatched(commands)).toEqual(['nb3', 'ff4']);
+    ({ t } = run(t, [done(byName(t, 'nb1')), done(byName(t, 'nb3'))]));
+    expect(status(t)).toMatchObject({ sig: 'complete', ff4: 'running' });
+    // ff4's completion changes nothing else.
+    const before = t.nodes[byName(t, 'sig').id];
+    ({ t } = run(t, [done(byName(t, 'ff4'))]));
+    expect(t.nodes[before!.id]).toEqual(before);
+    expect(byName(t, 'ff4').status).toBe('complete');
+  });
+
+  it('two signals of one lane run one after the other; another lane runs alongside', () => {
+    let { t, commands } = run(tree(), [
+      { type: 'signal', name: 's1', $at: T0 },
+      { type: 'signal', name: 's2', $at: T0 },
+      { type: 'signal', name: 'other', lane: 'b', $at: T0 },
+    ]);
+    expect(dispatched(commands)).toEqual(['s1', 'other']);
+    ({ t, commands } = run(t, [done(byName(t, 's1'))]));
+    expect(dispatched(commands)).toEqual(['s2']);
+    expect(status(t)).toMatchObject({ s1: 'complete', s2: 'running' });
+  });
+
+  it('a flag completes at once, with its input as output, and no task', () => {
+    let { t } = run(tree(), [{ type: 'signal', name: 'sig', $at: T0 }]);
+    const r = run(t, [
+      done(byName(t, 'sig'), [{ name: 'flag', kind: 'flag', input: { ok: 1 } }, { name: 'after' }]),
+    ]);
+    t = r.t;
+    expect(dispatched(r.commands)).toEqual(['after']);
+    expect(byName(t, 'flag')).toMatchObject({
+      status: 'complete',
+      output: { ok: 1 },
+      outcome: 'completed',
+    });
+    expect(
+      changesOf(r.commands)
+        .filter((c) => c.nodeId === byName(t, 'flag').id)
+        .map((c) => [c.from, c.to]),
+    ).toEqual([
+      [null, 'ready'],
+      ['ready', 'complete'],
+    ]);
+  });
+
+  it('a node with delayMs is scheduled with a timer, runs when it fires; a timed blocking node holds later siblings', () => {
+    let { t } = run(tree(), [{ type: 'signal', name: 'sig', $at: T0 }]);
+    const r = run(t, [
+      done(byName(t, 'sig'), [{ name: 'later', delayMs: 2000 }, { name: 'after' }]),
+    ]);
+    t = r.t;
+    expect(r.commands.find((c) => c.kind === 'timer')).toMatchObject({
+      delayMs: 2000,
+      event: { type: 'jetflow.tree.fire', nodeId: byName(t, 'later').id },
+    });
+    expect(status(t)).toMatchObject({ later: 'scheduled', after: 'ready' });
+    const f = run(t, [
+      { type: 'jetflow.tree.fire', nodeId: byName(t, 'later').id, run: 1, $at: T0 + 2000 },
+    ]);
+    expect(dispatched(f.commands)).toEqual(['later']);
+  });
+
+  it('retry notices, then exhaustion parks the node, alerts with the blocked count, and re-alerts', () => {
+    let { t } = run(tree({ defaults: { retry: { maxAttempts: 3 }, realertMs: 60_000 } }), [
+      { type: 'signal', name: 's1', queue: 'bank', $at: T0 },
+      { type: 'signal', name: 's2', $at: T0 },
+      { type: 'signal', name: 's3', $at: T0 },
+    ]);
+    const n = byName(t, 's1');
+    const err = { type: 'BankDown', code: 'internal', message: 'down', retryable: true };
+    let r = run(t, [
+      {
+        type: 'jetflow.task.retrying',
+        key: keyOf(n),
+        attempt: 1,
+        retryAt: T0 + 1000,
+        error: err,
+        $at: T0,
+      },
+    ]);
+    t = r.t;
+    expect(byName(t, 's1')).toMatchObject({ status: 'retrying', attempt: 1, retryAt: T0 + 1000 });
+    r = run(t, [{ type: 'jetflow.task.retrying', key: keyOf(n), attempt: 1, error: err, $at: T0 }]);
+    expect(r.t).toBe(t); // a repeated notice changes nothing
+    r = run(t, [
+      {
+        type: 'jetflow.task.failed',
+        key: keyOf(n),
+        error: { ...err, retryable: false, attempt: 3 },
+        attempt: 3,
+        $at: T0 + 5000,
+      },
+    ]);
+    t = r.t;
+    expect(byName(t, 's1')).toMatchObject({ status: 'errored', attempt: 3 });
+    const alert = r.commands.find((c) => c.kind === 'emit' && c.event.type === 'nodeErrored');
+    expect(alert).toMatchObject({
+      event: { alert: 'bank', nodeId: n.id, blocked: 2, count: 1, attempt: 3, maxAttempts: 3 },
+    });
+    expect(r.commands.find((c) => c.kind === 'timer')).toMatchObject({ delayMs: 60_000 });
+    r = run(t, [{ type: 'jetflow.tree.realert', nodeId: n.id, run: 1, $at: T0 + 65_000 }]);
+    expect(r.commands.find((c) => c.kind === 'emit')).toMatchObject({
+      event: { type: 'nodeErrored', count: 2 },
+    });
+    expect(status(r.t)).toMatchObject({ s2: 'ready', s3: 'ready' });
+  });
+
+  it('onExhausted skip / shutdown / fail', () => {
+    const fail = (onExhausted: string) => {
+      const { t } = run(tree(), [
+        { type: 'signal', name: 's1', onExhausted, $at: T0 },
+        { type: 'signal', name: 's2', $at: T0 },
+      ]);
+      return run(t, [
+        {
+          type: 'jetflow.task.failed',
+          key: keyOf(byName(t, 's1')),
+          error: { type: 'X', message: 'x' },
+          attempt: 5,
+          $at: T0,
+        },
+      ]).t;
+    };
+    expect(status(fail('skip'))).toEqual({ s1: 'complete', s2: 'running' });
+    expect(byName(fail('skip'), 's1').outcome).toBe('skipped');
+    expect(status(fail('shutdown'))).toEqual({ s1: 'complete', s2: 'canceled' });
+    const failed = fail('fail');
+    expect(status(failed)).toEqual({ s1: 'errored', s2: 'ready' });
+    expect(failed.failure).toMatchObject({ type: 'NodeFailed', details: { nodeId: 'n1' } });
+  });
+
+  it('invalid decisions park the deciding node with InvalidDecision and create nothing', () => {
+    const { t } = run(tree(), [{ type: 'signal', name: 'sig', $at: T0 }]);
+    const r = run(t, [done(byName(t, 'sig'), [{ name: 'ok' }, { name: 'bad', mode: 'sideways' }])]);
+    expect(Object.keys(r.t.nodes)).toEqual(['n1']);
+    expect(byName(r.t, 'sig')).toMatchObject({
+      status: 'errored',
+      error: { type: 'InvalidDecision', details: { index: 1, field: 'mode' } },
+    });
+  });
+
+  it('signal keys are idempotent; bad signals and full trees are rejected', () => {
+    let { t } = run(tree({ maxNodes: 2 }), [{ type: 'signal', name: 'a', key: 'k', $at: T0 }]);
+    expect(reduce(t, { type: 'signal', name: 'other', key: 'k', $at: T0 }).reply).toEqual({
+      nodeId: 'n1',
+      duplicate: true,
+    });
+    expect(
+      reduce(t, { type: 'signal', name: 'x', mode: 'non_blocking', $at: T0 }).reject,
+    ).toMatchObject({ code: 'bad_request', details: { field: 'mode' } });
+    expect(reduce(t, { type: 'signal', name: 'x', typo: 1, $at: T0 }).reject).toMatchObject({
+      code: 'bad_request',
+      details: { field: 'typo' },
+    });
+    t = run(t, [{ type: 'signal', name: 'b', $at: T0 }]).t;
+    expect(reduce(t, { type: 'signal', name: 'c', $at: T0 }).reject).toMatchObject({
+      code: 'invalid_state',
+      details: { limit: 'maxNodes' },
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+
+const MODES: Mode[] = ['blocking', 'non_blocking', 'fire_and_forget'];
+
+/** One step of a random scenario; indices pick among the nodes that can take it. */
+type Op =
+  | { op: 'signal'; lane: 0 | 1; delay: boolean }
+  | { op: 'done'; pick: number; kids: { mode: number; flag: boolean; delay: boolean }[] }
+  | { op: 'fail'; pick: number; how: number }
+  | { op: 'notice'; pick: number }
+  | { op: 'fire'; pick: number };
+
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant('signal' as const),
+      lane: fc.constantFrom(0 as const, 1 as const),
+      delay: fc.boolean(),
+    }),
+  },
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      op: fc.constant('done' as const),
+      pick: fc.nat(),
+      kids: fc.array(fc.record({ mode: fc.nat(2), flag: fc.boolean(), delay: fc.boolean() }), {
+        maxLength: 4,
+      }),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({ op: fc.constant('fail' as const), pick: fc.nat(), how: fc.nat(3) }),
+  },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('notice' as const), pick: fc.nat() }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('fire' as const), pick: fc.nat() }) },
+);
+
+const EXHAUST = ['park', 'skip', 'shutdown', 'fail'];
+const ALLOWED: Record<NodeStatus, NodeStatus[]> = {
+  ready: ['scheduled', 'paused', 'running', 'complete', 'canceled'],
+  scheduled: ['paused', 'running', 'awaitingChildren', 'complete', 'canceled'],
+  paused: ['running', 'scheduled', 'awaitingChildren', 'complete', 'canceled'],
+  running: ['retrying', 'errored', 'awaitingChildren', 'complete', 'canceled'],
+  retrying: ['running', 'errored', 'awaitingChildren', 'complete', 'canceled'],
+  errored: ['running', 'awaitingChildren', 'complete', 'canceled'],
+  awaitingChildren: ['complete', 'canceled'],
+  complete: [],
+  canceled: [],
+};
+
+function eventOf(t: Tree, o: Op, now: number): TreeEvent | undefined {
+  const nodes = Object.values(t.nodes);
+  const pick = <X>(xs: X[], i: number) => (xs.length ? xs[i % xs.length] : undefined);
+  switch (o.op) {
+    case 'signal':
+      return {
+        type: 'signal',
+        name: `s${t.seq + 1}`,
+        lane: o.lane ? 'b' : 'default',
+        ...(o.delay ? { delayMs: 1000 } : {}),
+        $at: now,
+      };
+    case 'done': {
+      const n = pick(
+        nodes.filter((x) => x.status === 'running' || x.status === 'retrying'),
+        o.pick,
+      );
+      if (!n) return undefined;
+      const decisions = o.kids.map((k, i) => ({
+        name: `${n.id}.${i}`,
+        mode: MODES[k.mode],
+        ...(k.flag ? { kind: 'flag' } : {}),
+        ...(k.delay && !k.flag ? { delayMs: 500 } : {}),
+        onExhausted: EXHAUST[(i + k.mode) % 4],
+      }));
+      return { type: 'jetflow.task.done', key: keyOf(n), output: n.id, decisions, $at: now };
+    }
+    case 'fail': {
+      const n = pick(
+        nodes.filter((x) => x.status === 'running' || x.status === 'retrying'),
+        o.pick,
+      );
+      return (
+        n && {
+          type: 'jetflow.task.failed',
+          key: keyOf(n),
+          error: { type: 'E', message: 'e' },
+          attempt: n.attempt + 1,
+          $at: now,
+        }
+      );
+    }
+    case 'notice': {
+      const n = pick(
+        nodes.filter((x) => x.status === 'running' || x.status === 'retrying'),
+        o.pick,
+      );
+      return (
+        n && {
+          type: 'jetflow.task.retrying',
+          key: keyOf(n),
+          attempt: n.attempt + 1,
+          retryAt: now + 10,
+          error: { type: 'E' },
+          $at: now,
+        }
+      );
+    }
+    case 'fire': {
+      const n = pick(
+        nodes.filter((x) => x.status === 'scheduled'),
+        o.pick,
+      );
+      return (
+        n && {
+          type: 'jetflow.tree.fire',
+          nodeId: n.id,
+          run: n.run,
+          $at: Math.max(now, n.fireAt ?? now),
+        }
+      );
+    }
+  }
+}
+
+/** Earlier siblings that must be done before `n` may leave `ready` (lane predecessors for roots). */
+function holders(t: Tree, n: Node): Node[] {
+  const ids =
+    n.parentId === null
+      ? t.roots.filter((id) => (t.nodes[id]!.lane ?? 'default') === (n.lane ?? 'default'))
+      : t.nodes[n.parentId]!.children;
+  return ids
+    .map((id) => t.nodes[id]!)
+    .filter((s) => s.seq < n.seq && (s.mode === 'blocking' || s.parentId === null));
+}
+
+/** Check one step's changes, replayed in order against the tree before it. */
+function checkStep(
+  before: Tree,
+  after: Tree,
+  changes: NodeChange[],
+  ev: TreeEvent,
+  completedEver: Set<string>,
+): void {
+  const st = new Map<string, NodeStatus>(Object.values(before.nodes).map((n) => [n.id, n.status]));
+  for (const c of changes) {
+    const prev = st.get(c.nodeId) ?? null;
+    expect(prev, `change ${c.nodeId} from ${c.from}`).toBe(c.from);
+    if (prev !== null) expect(ALLOWED[prev], `${c.nodeId}: ${prev} → ${c.to}`).toContain(c.to);
+    st.set(c.nodeId, c.to);
+    const n = after.nodes[c.nodeId]!;
+    // Property 1: no node is reached before every earlier blocking sibling is done.
+    if (prev === 'ready' && c.to !== 'canceled') {
+      for (const h of holders(after, n)) {
+        expect(isTerminal(st.get(h.id)!), `${n.id} reached while ${h.id} is ${st.get(h.id)}`).toBe(
+          true,
+        );
+      }
+    }
+    // Property 2: a node completes at most once, with its own work done and its non-F&F children done.
+    if (c.to === 'complete') {
+      expect(completedEver.has(n.id), `${n.id} completed twice`).toBe(false);
+      completedEver.add(n.id);
+      expect(n.outcome).toBeDefined();
+      for (const k of n.children) {
+        const kid = after.nodes[k]!;
+        if (kid.mode !== 'fire_and_forget')
+          expect(isTerminal(st.get(k)!), `${n.id} complete with ${k} ${st.get(k)}`).toBe(true);
+      }
+    }
+  }
+  // Every change recorded, and only those: the replayed statuses are the tree's.
+  for (const n of Object.values(after.nodes)) expect(st.get(n.id)).toBe(n.status);
+  // Property 3: a fire-and-forget node's own completion never changes its parent.
+  if (ev.type === 'jetflow.task.done' && !(Array.isArray(ev.decisions) && ev.decisions.length)) {
+    const id = ev.key.split(':')[0]!;
+    const n = after.nodes[id];
+    if (n && n.mode === 'fire_and_forget' && n.parentId)
+      expect(after.nodes[n.parentId]).toEqual(before.nodes[n.parentId]);
+  }
+  // Property 4: per lane at most one top-level node outside ready / complete / canceled.
+  const active = new Map<string, number>();
+  for (const id of after.roots) {
+    const n = after.nodes[id]!;
+    if (n.status !== 'ready' && !isTerminal(n.status))
+      active.set(n.lane ?? 'default', (active.get(n.lane ?? 'default') ?? 0) + 1);
+  }
+  for (const v of active.values()) expect(v).toBeLessThanOrEqual(1);
+  // Property 6: counts equal a recount.
+  const recount = Object.fromEntries(NODE_STATUSES.map((s) => [s, 0])) as Record<
+    NodeStatus,
+    number
+  >;
+  for (const n of Object.values(after.nodes)) recount[n.status] += 1;
+  expect(after.counts).toEqual(recount);
+  // Open-children bookkeeping.
+  for (const n of Object.values(after.nodes)) {
+    const open = n.children.filter(
+      (k) => after.nodes[k]!.mode !== 'fire_and_forget' && !isTerminal(after.nodes[k]!.status),
+    ).length;
+    expect(n.open, `${n.id}.open`).toBe(open);
+  }
+}
+
+function simulate(ops: Op[], failures: boolean) {
+  let t = tree({ maxNodes: 200 });
+  let now = T0;
+  const completed = new Set<string>();
+  const apply = (ev: TreeEvent) => {
+    const r = reduce(t, ev);
+    if (r.reject) return;
+    checkStep(t, r.tree, changesOf(r.commands), ev, completed);
+    t = r.tree;
+  };
+  for (const o of ops) {
+    if (!failures && (o.op === 'fail' || o.op === 'notice')) continue;
+    now += 100;
+    const ev = eventOf(t, o, now);
+    if (ev) apply(ev);
+  }
+  return {
+    get t() {
+      return t;
+    },
+    apply,
+    now: () => (now += 100),
+  };
+}
+
+describe('activity tree reducer: properties', () => {
+  it('ordering, single completion, F&F isolation, one active signal per lane, counts (random scenarios with failures)', () => {
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 80 }), (ops) => {
+        simulate(ops, true);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('property 5: when every task succeeds, every node ends complete', () => {
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 60 }), (ops) => {
+        const sim = simulate(ops, false);
+        // Drain: finish every running node (no more children), fire every timer.
+        for (let guard = 0; guard < 2000; guard++) {
+          const nodes = Object.values(sim.t.nodes);
+          const n =
+            nodes.find((x) => x.status === 'running') ??
+            nodes.find((x) => x.status === 'scheduled');
+          if (!n) break;
+          const now = sim.now();
+          sim.apply(
+            n.status === 'running'
+              ? { type: 'jetflow.task.done', key: keyOf(n), output: null, $at: now }
+              : {
+                  type: 'jetflow.tree.fire',
+                  nodeId: n.id,
+                  run: n.run,
+                  $at: Math.max(now, n.fireAt ?? now),
+                },
+          );
+        }
+        for (const n of Object.values(sim.t.nodes)) expect(n.status, n.id).toBe('complete');
+        expect(isIdle(sim.t)).toBe(true);
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
