@@ -415,8 +415,17 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'debug|info|warn|error|silent (default info) [JETFLOW_LOG_LEVEL]',
     )
     .option('--name <name>', 'replica name in logs [JETFLOW_NAME]')
+    .option('--no-bulk', 'do not create or run bulk operator jobs (<prefix>.admin.bulk)')
+    .option(
+      '--bulk-lease-ms <ms>',
+      'take over a bulk job whose runner has not checkpointed for this long (default 5000)',
+    )
+    .option('--bulk-checkpoint-ms <ms>', 'how often a bulk job stores its cursor (default 500)')
     .action(
       async (o: {
+        bulk?: boolean;
+        bulkLeaseMs?: string;
+        bulkCheckpointMs?: string;
         natsUrl?: string;
         prefix?: string;
         dataDir?: string;
@@ -436,6 +445,13 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
           ),
           logLevel: o.logLevel ?? (env.JETFLOW_LOG_LEVEL || undefined),
           name: o.name ?? (env.JETFLOW_NAME || undefined),
+          bulk:
+            o.bulk === false
+              ? false
+              : {
+                  ...(o.bulkLeaseMs ? { leaseMs: Number(o.bulkLeaseMs) } : {}),
+                  ...(o.bulkCheckpointMs ? { checkpointMs: Number(o.bulkCheckpointMs) } : {}),
+                },
         });
         onSignals(() => void starting.then((v) => v.close()).catch(() => undefined));
         const v = await starting;

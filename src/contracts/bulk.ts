@@ -82,6 +82,8 @@ export interface BulkProgress extends BulkCounters {
   failures: BulkFailure[];
   /** How many times the job was claimed (1 + takeovers after a runner died). */
   runs: number;
+  /** The runner (visibility replica) holding the job now, while it runs. */
+  owner?: string;
 }
 
 /** Failures kept in the job record (all of them are in the notifications). */

@@ -30,7 +30,13 @@ import {
   type BulkOutcome,
 } from '../engine/bulk.js';
 import type { Logger } from '../engine/ports.js';
-import { BadRequestError, ErrorCode, JetflowError, RetryableError } from '../errors.js';
+import {
+  BadRequestError,
+  ConfigError,
+  ErrorCode,
+  JetflowError,
+  RetryableError,
+} from '../errors.js';
 import {
   BULK_CHUNK,
   openBulkStore,
@@ -115,6 +121,22 @@ export class BulkRunner {
 
   /** Open the jobs bucket, answer the bulk subjects, and start claiming jobs. */
   static async start(o: BulkRunnerOptions): Promise<BulkRunner> {
+    for (const k of [
+      'leaseMs',
+      'checkpointMs',
+      'scanMs',
+      'maxMatched',
+      'requestTimeoutMs',
+    ] as const) {
+      const v = o[k];
+      if (v !== undefined && !(Number.isFinite(v) && v > 0)) {
+        throw new ConfigError(`bulk ${k} must be a number > 0 (got ${String(v)})`);
+      }
+    }
+    const lease = o.leaseMs ?? BULK_DEFAULTS.leaseMs;
+    if ((o.checkpointMs ?? BULK_DEFAULTS.checkpointMs) * 2 > lease) {
+      throw new ConfigError('bulk checkpointMs must be at most half of leaseMs');
+    }
     const store = await openBulkStore(o.nc, o.jsm, o.names, { replicas: o.replicas ?? 1 });
     const r = new BulkRunner(o, store);
     r.responder = startBulkResponder(

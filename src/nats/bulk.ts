@@ -73,6 +73,7 @@ export function progressOf(job: BulkJob, failures: BulkFailure[] = job.failures)
     ...(job.finishedAt ? { finishedAt: job.finishedAt } : {}),
     failures,
     runs: job.runs,
+    ...(job.owner !== undefined ? { owner: job.owner } : {}),
   };
 }
 
