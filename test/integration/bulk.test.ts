@@ -18,6 +18,7 @@ import type { BulkProgress } from '../../src/contracts/bulk.js';
 import { quietLogger, startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import { workflows } from '../fixtures/workflows.js';
 import { sequential } from '../../bench/workflows.js';
+import { runJetflow } from '../harness/cli.js';
 
 const env = useServer();
 const who = { by: 'ops@test', reason: 'the bank was down for an hour' };
@@ -269,4 +270,53 @@ describe('bulk retry of workflows parked for review', () => {
     for await (const k of await kv.keys('jobs.*')) jobsAfter.push(k);
     expect(jobsAfter.sort()).toEqual(jobsBefore.sort());
   });
+
+  it('CLI: bulk forms of the verbs, with exit codes as for one workflow', async () => {
+    const conn = ['--nats-url', env.server.url, '--prefix', prefix];
+    const byWho = ['--reason', 'cli test', '--by', 'ops@test'];
+    // Dry run: the count, nothing changed (exit 0).
+    const dry = await runJetflow([
+      'terminate',
+      '--type',
+      'rpayment',
+      '--id-prefix',
+      'p19',
+      '--dry-run',
+      ...byWho,
+      ...conn,
+      '--json',
+    ]);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(JSON.parse(dry.stdout)).toMatchObject({ matched: 111, dryRun: true });
+    // A real job whose every workflow refuses (already finished): failures listed, exit 4.
+    const real = await runJetflow([
+      'terminate',
+      '--where',
+      '{"type":"rpayment","idPrefix":"p19"}',
+      '--status',
+      'completed',
+      '--rate',
+      '500',
+      ...byWho,
+      ...conn,
+    ]);
+    expect(real.code, real.stderr).toBe(4);
+    expect(real.stderr).toMatch(/failed rpayment\/p19\d*: already_finished/);
+    expect(real.stderr).toMatch(/111\/111 done 0 failed 111/);
+    expect(real.stdout).toMatch(/state\s+completed/);
+    // Usage: filters and <type> <id> together, no filters and no id, no reason.
+    for (const args of [
+      ['retry', 'rpayment', 'p1', '--type', 'rpayment', ...byWho],
+      ['retry', ...byWho],
+      ['retry', '--needs-review', '--by', 'x'],
+      ['pause', 'rpayment', 'p1', '--dry-run', ...byWho],
+    ]) {
+      const r = await runJetflow([...args, ...conn]);
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(2);
+    }
+    // Bad filters reach the replica and come back as a bad request: exit 4, nothing started.
+    const badFilter = await runJetflow(['pause', '--status', 'sleeping', ...byWho, ...conn]);
+    expect(badFilter.code).toBe(4);
+    expect(badFilter.stderr).toMatch(/bad_request: query/);
+  }, 120_000);
 });
