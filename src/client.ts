@@ -59,3 +59,13 @@ export type {
   SearchWorkflow,
   TimeRange,
 } from './contracts/search.js';
+export {
+  BULK_DEFAULT_RATE,
+  BULK_MAX_RATE,
+  type BulkCounters,
+  type BulkFailure,
+  type BulkJobState,
+  type BulkProgress,
+  type BulkReply,
+  type BulkRequest,
+} from './contracts/bulk.js';

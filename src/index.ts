@@ -80,6 +80,16 @@ export {
   type TimeRange,
 } from './contracts/search.js';
 export {
+  BULK_DEFAULT_RATE,
+  BULK_MAX_RATE,
+  type BulkCounters,
+  type BulkFailure,
+  type BulkJobState,
+  type BulkProgress,
+  type BulkReply,
+  type BulkRequest,
+} from './contracts/bulk.js';
+export {
   Header,
   WIRE_VERSION,
   type CancelRequest,

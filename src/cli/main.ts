@@ -17,7 +17,7 @@ import type { EngineOptions } from '../config.js';
 import type { WorkflowDefinition } from '../engine/registry.js';
 import { ConfigError } from '../errors.js';
 import { repoRoot } from '../host/package-root.js';
-import { describeError, errorJson, ExitCode, exitCodeOf } from './exit.js';
+import { describeError, errorJson, ExitCode, exitCodeOf, UsageError } from './exit.js';
 import { importUserModule } from './modules.js';
 import { createOut } from './output.js';
 import {
@@ -29,13 +29,13 @@ import {
   startVerb,
   watchVerb,
   adminVerb,
-  type AdminOptions,
   type Io,
   type ServiceOptions,
 } from './service.js';
 import type { AdminVerb } from '../contracts/wire.js';
 import type { WorkerFlags } from './worker-host.js';
 import type { LsOptions } from './ls.js';
+import type { BulkOptions } from './bulk.js';
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -415,8 +415,17 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'debug|info|warn|error|silent (default info) [JETFLOW_LOG_LEVEL]',
     )
     .option('--name <name>', 'replica name in logs [JETFLOW_NAME]')
+    .option('--no-bulk', 'do not create or run bulk operator jobs (<prefix>.admin.bulk)')
+    .option(
+      '--bulk-lease-ms <ms>',
+      'take over a bulk job whose runner has not checkpointed for this long (default 5000)',
+    )
+    .option('--bulk-checkpoint-ms <ms>', 'how often a bulk job stores its cursor (default 500)')
     .action(
       async (o: {
+        bulk?: boolean;
+        bulkLeaseMs?: string;
+        bulkCheckpointMs?: string;
         natsUrl?: string;
         prefix?: string;
         dataDir?: string;
@@ -436,6 +445,13 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
           ),
           logLevel: o.logLevel ?? (env.JETFLOW_LOG_LEVEL || undefined),
           name: o.name ?? (env.JETFLOW_NAME || undefined),
+          bulk:
+            o.bulk === false
+              ? false
+              : {
+                  ...(o.bulkLeaseMs ? { leaseMs: Number(o.bulkLeaseMs) } : {}),
+                  ...(o.bulkCheckpointMs ? { checkpointMs: Number(o.bulkCheckpointMs) } : {}),
+                },
         });
         onSignals(() => void starting.then((v) => v.close()).catch(() => undefined));
         const v = await starting;
@@ -523,20 +539,68 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     ['terminate', 'end the workflow as canceled (also while paused)'],
   ];
   for (const [verb, description] of verbs) {
-    const cmd = serviceFlags(program.command(`${verb} <type> <id>`))
-      .description(`operator: ${description}`)
+    const cmd = serviceFlags(program.command(`${verb} [type] [id]`))
+      .description(
+        `operator: ${description}; with search filters instead of <type> <id>: a bulk job over every match`,
+      )
       .option('--reason <text>', 'why (required, journaled)')
       .option('--by <who>', 'who (required, journaled)')
       .option('--request-id <id>', 'a repeat with the same id is applied once');
     if (verb === 'retry' || verb === 'resolve' || verb === 'fail')
-      cmd.option('--actor-id <id>', 'the parked activity (see query)');
+      cmd.option('--actor-id <id>', 'the parked activity (see query; bulk: default every parked)');
     if (verb === 'retry') cmd.option('--attempts <n>', 'attempt budget (default: its own)');
     if (verb === 'resolve') cmd.option('--output <json|@file>', 'the activity output');
     if (verb === 'reset') cmd.option('--to-step <n>', 'the step whose state is restored');
+    cmd
+      .option(
+        '--where <filter>',
+        'bulk: search attribute key=value (repeatable), or a JSON object of search filters',
+        (v: string, prev: string[] = []) => [...prev, v],
+      )
+      .option('--type <type>', 'bulk: workflow type')
+      .option('--status <status>', 'bulk: running|completed|failed|canceled')
+      .option('--state <path>', 'bulk: active state path, or a prefix such as shipping.*')
+      .option('--in-state-longer-than <duration>', 'bulk: in the current state for more than')
+      .option('--id-prefix <prefix>', 'bulk: ids starting with')
+      .option('--error-type <type>', 'bulk: failed with this error type')
+      .option('--error-code <code>', 'bulk: failed with this error code')
+      .option('--needs-review', 'bulk: only workflows with an activity parked for review')
+      .option('--dry-run', 'bulk: count the matches, change nothing')
+      .option('--rate <n>', 'bulk: workflows per second (default 100)');
     cmd.action(
-      service((type: string, id: string, o: AdminOptions) => adminVerb(verb, type, id, o, io)),
+      service(async (type: string | undefined, id: string | undefined, o: BulkOptions) => {
+        const { bulkVerb, isBulk } = await import('./bulk.js');
+        if (isBulk(o)) {
+          if (type !== undefined) {
+            throw new UsageError(
+              `${verb}: give either <type> <id> (one workflow) or search filters (a bulk job), not both`,
+            );
+          }
+          return bulkVerb(verb, o, io);
+        }
+        if (o.dryRun || o.rate !== undefined) {
+          throw new UsageError(`${verb}: --dry-run and --rate go with search filters (a bulk job)`);
+        }
+        if (type === undefined || id === undefined) {
+          throw new UsageError(
+            `${verb} needs <type> <id>, or search filters (--where, --type, --status, --state, --needs-review, …) for a bulk job`,
+          );
+        }
+        return adminVerb(verb, type, id, o, io);
+      }),
     );
   }
+
+  serviceFlags(program.command('bulk <jobId>'))
+    .description('a bulk job: its progress and first failures (--follow to the end, --cancel)')
+    .option('--follow', 'follow its progress until it ends')
+    .option('--cancel', 'stop it where it is (what was applied stays applied)')
+    .action(
+      service(async (jobId: string, o: BulkOptions & { follow?: boolean; cancel?: boolean }) => {
+        const { bulkJobVerb } = await import('./bulk.js');
+        return bulkJobVerb(jobId, o, io);
+      }),
+    );
 
   serviceFlags(program.command('result <type> <id>'))
     .description("wait for a workflow's end and print its output")

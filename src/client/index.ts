@@ -34,6 +34,7 @@ import {
   type StartReply,
 } from '../contracts/wire.js';
 import { DEFAULT_PREFIX, isToken } from '../contracts/subjects.js';
+import type { BulkProgress, BulkReply, BulkRequest } from '../contracts/bulk.js';
 import type {
   SearchCountsReply,
   SearchCountsRequest,
@@ -306,6 +307,80 @@ export class Client implements AsyncDisposable {
   /** End the workflow as `canceled` (also while paused: held messages are dropped). */
   terminate(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
     return this.admin('terminate', type, id, who);
+  }
+
+  /**
+   * Create a bulk job (`<prefix>.admin.bulk`): apply `verb` to every workflow the search
+   * `query` matches now (the list is taken once, at creation), at `ratePerSec` (default 100),
+   * each with request id `bulk-<jobId>-<type>-<id>` so that nothing is applied twice even when the
+   * job is resumed by another visibility replica after its runner died. `dryRun`: only counts.
+   * Bad input (unknown verb, bad filters, missing reason) rejects with `bad_request`; nothing
+   * starts. Follow it with {@link followBulk}; read it later with {@link bulkStatus}.
+   */
+  async bulk(req: BulkRequest, opts: { timeoutMs?: number } = {}): Promise<BulkReply> {
+    return await this.request(this.names.subjects.bulk, req, undefined, opts.timeoutMs ?? 60_000);
+  }
+
+  /** A bulk job's counters, state and first failures (`<prefix>.admin.bulk.status`). */
+  async bulkStatus(jobId: string): Promise<BulkProgress> {
+    return await this.request(this.names.subjects.bulkStatus, { jobId });
+  }
+
+  /** Cancel a running bulk job where it is; what was applied stays applied. */
+  async bulkCancel(jobId: string): Promise<BulkProgress> {
+    return await this.request(this.names.subjects.bulkCancel, { jobId });
+  }
+
+  /**
+   * Follow a bulk job: its status now, then each progress notification that moved it on (the
+   * counters only grow), until the job ends (the last one yielded has `state` other than
+   * `running`). A notification's `failures` are the failures since the previous one; the
+   * status's are the job's first ones. Ends early when `signal` aborts.
+   */
+  async *followBulk(
+    jobId: string,
+    opts: { signal?: AbortSignal; pollMs?: number } = {},
+  ): AsyncGenerator<BulkProgress> {
+    const queue: BulkProgress[] = [];
+    let wake: (() => void) | undefined;
+    const sub = this.nc.subscribe(this.names.subjects.bulkProgress(jobId), {
+      callback: (err, m) => {
+        if (err) return;
+        try {
+          queue.push(decodeBody(m.data) as BulkProgress);
+        } catch {
+          return;
+        }
+        wake?.();
+      },
+    });
+    const abort = () => wake?.();
+    opts.signal?.addEventListener('abort', abort, { once: true });
+    try {
+      await this.nc.flush(); // subscribed before the status is read: nothing falls in between
+      let last = await this.bulkStatus(jobId);
+      yield last;
+      const pollMs = opts.pollMs ?? 5_000;
+      while (last.state === 'running' && !opts.signal?.aborted) {
+        if (queue.length === 0) {
+          // A notification is core NATS (at most once): poll the status now and then too.
+          const timer = setTimeout(() => wake?.(), pollMs);
+          await new Promise<void>((ok) => (wake = ok));
+          clearTimeout(timer);
+          wake = undefined;
+          if (queue.length === 0 && !opts.signal?.aborted) queue.push(await this.bulkStatus(jobId));
+        }
+        const n = queue.shift();
+        if (!n) continue;
+        const ended = n.state !== 'running';
+        if (n.processed < last.processed || (n.processed === last.processed && !ended)) continue;
+        last = n;
+        yield n;
+      }
+    } finally {
+      opts.signal?.removeEventListener('abort', abort);
+      sub.unsubscribe();
+    }
   }
 
   /**

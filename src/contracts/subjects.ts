@@ -75,6 +75,14 @@ export interface Subjects {
   admin(verb: string, type: string, id: string): string;
   /** Wildcard the engines' admin responders subscribe to: `<prefix>.admin.*.*.*`. */
   readonly adminWildcard: string;
+  /** Operator request/reply: create a bulk job, `<prefix>.admin.bulk`. */
+  readonly bulk: string;
+  /** Operator request/reply: a bulk job's status, `<prefix>.admin.bulk.status` (`{"jobId"}`). */
+  readonly bulkStatus: string;
+  /** Operator request/reply: cancel a bulk job, `<prefix>.admin.bulk.cancel` (`{"jobId"}`). */
+  readonly bulkCancel: string;
+  /** Progress notifications of one bulk job: `<prefix>.admin.bulk.<jobId>`. */
+  bulkProgress(jobId: string): string;
   /** Public request/reply: search the visibility index, `<prefix>.search`. */
   readonly search: string;
   /** Public request/reply: counts by type, status and state, `<prefix>.search.counts`. */
@@ -123,6 +131,10 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     historyWildcard: `${p}.history.*.*`,
     admin: (v: string, t: string, i: string) => `${p}.admin.${v}.${t}.${i}`,
     adminWildcard: `${p}.admin.*.*.*`,
+    bulk: `${p}.admin.bulk`,
+    bulkStatus: `${p}.admin.bulk.status`,
+    bulkCancel: `${p}.admin.bulk.cancel`,
+    bulkProgress: (j: string) => `${p}.admin.bulk.${j}`,
     search: `${p}.search`,
     searchCounts: `${p}.search.counts`,
   });

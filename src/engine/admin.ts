@@ -75,11 +75,31 @@ export function parseAdminRequest(
       { ...fields, code: ErrorCode.MalformedBody, cause },
     );
   }
+  const out = parseAdminFields(verb, body, bad);
+  if (!registry.has(req.type)) registry.latest(req.type); // throws unknown_type with the known list
+  return out;
+}
+
+/** How {@link parseAdminFields} reports a bad field. */
+export type BadField = (msg: string, details?: unknown) => Error;
+
+/**
+ * Validate the body of an admin verb (decoded): `reason`, `by`, `requestId` and the verb's own
+ * fields; throws what `bad` makes, naming the field at fault. Shared with bulk jobs, which take
+ * the same fields (`common`: the fields besides the verb's own; `extra`: fields the caller
+ * checks itself; `actorOptional`: absent means every parked activity).
+ */
+export function parseAdminFields(
+  verb: AdminVerb,
+  body: unknown,
+  bad: BadField,
+  o: { common?: readonly string[]; extra?: readonly string[]; actorOptional?: boolean } = {},
+): Extract<InboxMessage, { kind: 'admin' }> {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw bad('an admin request body must be an object with "reason" and "by"');
   }
   const b = body as Record<string, unknown>;
-  const allowed = [...COMMON, ...VERB_FIELDS[verb]];
+  const allowed = [...(o.common ?? COMMON), ...VERB_FIELDS[verb], ...(o.extra ?? [])];
   for (const k of Object.keys(b)) {
     if (!allowed.includes(k)) {
       throw bad(`unknown field ${JSON.stringify(k)} for ${verb} (fields: ${allowed.join(', ')})`, {
@@ -109,12 +129,15 @@ export function parseAdminRequest(
   };
   if (verb === 'retry' || verb === 'resolve' || verb === 'fail') {
     const actorId = b.actorId;
-    if (typeof actorId !== 'string' || actorId.length === 0 || actorId.length > 256) {
+    if (actorId === undefined && o.actorOptional) {
+      // bulk: every parked activity of each workflow
+    } else if (typeof actorId !== 'string' || actorId.length === 0 || actorId.length > 256) {
       throw bad(`${verb} needs "actorId": the parked activity's actor id (a string)`, {
         field: 'actorId',
       });
+    } else {
+      out.actorId = actorId;
     }
-    out.actorId = actorId;
   }
   if (verb === 'retry' && b.attempts !== undefined) {
     const n = b.attempts;
@@ -157,7 +180,6 @@ export function parseAdminRequest(
     }
     out.toStep = n;
   }
-  if (!registry.has(req.type)) registry.latest(req.type); // throws unknown_type with the known list
   return out;
 }
 

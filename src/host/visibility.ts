@@ -16,7 +16,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/transport-node';
+import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { DEFAULT_PREFIX } from '../contracts/subjects.js';
 import type { Logger } from '../engine/ports.js';
 import { ConfigError } from '../errors.js';
@@ -34,6 +34,7 @@ import {
 import { stateOfRecord, VisibilityIndex, type WorkflowState } from '../visibility/projection.js';
 import { parseCounts, parseSearch } from '../visibility/query.js';
 import { createLogger } from './logger.js';
+import { BulkRunner, type BulkRunnerOptions } from './bulk.js';
 
 export interface VisibilityOptions {
   /** NATS servers (default `nats://127.0.0.1:4222`). */
@@ -60,6 +61,16 @@ export interface VisibilityOptions {
   finishedRetentionMs?: number;
   /** Aborts `create()` while it waits for the journal stream or rebuilds. */
   signal?: AbortSignal;
+  /**
+   * Bulk operator jobs (`<prefix>.admin.bulk`): this replica creates and runs them (default on;
+   * `false` = never; an object tunes the runner: lease, checkpoint and scan intervals).
+   */
+  bulk?:
+    | boolean
+    | Pick<
+        BulkRunnerOptions,
+        'leaseMs' | 'checkpointMs' | 'scanMs' | 'maxMatched' | 'replicas' | 'requestTimeoutMs'
+      >;
 }
 
 export interface VisibilityStats {
@@ -111,6 +122,8 @@ export class Visibility implements AsyncDisposable {
   private pruner: NodeJS.Timeout | undefined;
   private tail: JournalTail | undefined;
   private responder: SearchResponder | undefined;
+  /** The bulk job runner of this replica (absent with `bulk: false`). */
+  bulk: BulkRunner | undefined;
   private closing: Promise<void> | undefined;
   private stopped = false;
   private following: Promise<void> = Promise.resolve();
@@ -128,6 +141,8 @@ export class Visibility implements AsyncDisposable {
     private readonly progress: (line: string) => void,
     private readonly o: { maxBatch: number; maxDelayMs: number; finishedRetentionMs: number },
     private readonly signal?: AbortSignal,
+    private readonly bulkOptions: VisibilityOptions['bulk'] = true,
+    private readonly name = 'jetflow-visibility',
   ) {
     this.done = new Promise((ok) => (this.resolveDone = ok));
   }
@@ -172,6 +187,8 @@ export class Visibility implements AsyncDisposable {
         o.progress ?? ((line) => void process.stderr.write(`${line}\n`)),
         { maxBatch, maxDelayMs, finishedRetentionMs },
         o.signal,
+        o.bulk ?? true,
+        name,
       );
       await v.start();
       return v;
@@ -201,6 +218,18 @@ export class Visibility implements AsyncDisposable {
       },
       this.logger,
     );
+    if (this.bulkOptions !== false) {
+      this.bulk = await BulkRunner.start({
+        ...(typeof this.bulkOptions === 'object' ? this.bulkOptions : {}),
+        nc: this.nc,
+        jsm: this.jsm,
+        names: this.names,
+        logger: this.logger,
+        owner: `${this.name}-${nuid.next()}`,
+        search: (q) => this.index.search(parseSearch(q)),
+        checkQuery: (q) => void parseSearch({ ...q, limit: 1 }),
+      });
+    }
     await this.nc.flush(); // the server knows the subscriptions before anyone is told
     if (this.o.finishedRetentionMs > 0) {
       this.prune();
@@ -377,6 +406,7 @@ export class Visibility implements AsyncDisposable {
           this.logger.warn({ err, stage: name }, 'visibility shutdown stage failed');
         }
       };
+      await stage('bulk', () => this.bulk?.stop());
       await stage('responder', () => this.responder?.stop());
       await stage('tail', () => this.tail?.stop());
       await stage('index', () => this.index.close());

@@ -72,6 +72,8 @@ export interface TopologyNames {
    * copy of the same attempt is never run.
    */
   attemptsBucket: string;
+  /** Bulk operator jobs: the job record (claim, cursor, counters) and its snapshot of ids. */
+  bulkBucket: string;
   queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
@@ -89,6 +91,7 @@ export function topologyNames(prefix: string): TopologyNames {
     queueConsumer: (q) => `queue-${q}`,
     bucket: `${prefix}_workflows`,
     attemptsBucket: `${prefix}_attempts`,
+    bulkBucket: `${prefix}_bulk`,
     shardConsumer: (s) => `shard-${s}`,
   };
 }
