@@ -421,8 +421,13 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'take over a bulk job whose runner has not checkpointed for this long (default 5000)',
     )
     .option('--bulk-checkpoint-ms <ms>', 'how often a bulk job stores its cursor (default 500)')
+    .option(
+      '--replicas <n>',
+      'replicas of the bulk jobs bucket, as the engines use for theirs (default 1) [JETFLOW_REPLICAS]',
+    )
     .action(
       async (o: {
+        replicas?: string;
         bulk?: boolean;
         bulkLeaseMs?: string;
         bulkCheckpointMs?: string;
@@ -451,6 +456,9 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
               : {
                   ...(o.bulkLeaseMs ? { leaseMs: Number(o.bulkLeaseMs) } : {}),
                   ...(o.bulkCheckpointMs ? { checkpointMs: Number(o.bulkCheckpointMs) } : {}),
+                  ...((o.replicas ?? env.JETFLOW_REPLICAS)
+                    ? { replicas: Number(o.replicas ?? env.JETFLOW_REPLICAS) }
+                    : {}),
                 },
         });
         onSignals(() => void starting.then((v) => v.close()).catch(() => undefined));
