@@ -8,13 +8,13 @@
  */
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { NatsServer } from '../test/harness/nats-server.js';
 import { shardMapping } from '../src/contracts/subjects.js';
 import { Client } from '../src/client/index.js';
 import { topologyNames } from '../src/nats/topology.js';
-import type { Notification } from '../src/contracts/wire.js';
+import { completions } from './completions.js';
 import { spawnTs, stopChild } from './processes.js';
 import { cpuSampler, percentile, round, runClosedLoop } from './peers/common.js';
 
@@ -31,24 +31,11 @@ const prefix = 'benchj';
 const root = resolve(import.meta.dirname, '..');
 const log = (s: string) => process.stderr.write(`[bench:journal] ${s}\n`);
 
-function completions(nc: NatsConnection) {
-  const waiters = new Map<string, (n: Notification) => void>();
-  nc.subscribe(`${prefix}.events.*.*`, {
-    callback: (_e, m) => {
-      const n = m.json<Notification>();
-      if (n.type !== 'completed' && n.type !== 'failed') return;
-      waiters.get(`${n.workflowType}.${n.id}`)?.(n);
-    },
-  });
-  return (wf: string, id: string) =>
-    new Promise<Notification>((ok) => waiters.set(`${wf}.${id}`, ok));
-}
-
 async function main(): Promise<void> {
   const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
   const nc = await connect({ servers: server.url });
   const client = new Client(nc, { prefix, timeoutMs: 60_000 });
-  const done = completions(nc);
+  const done = completions(nc, prefix);
   // Started once the first engine has created the topology (the tasks stream).
   let worker: Awaited<ReturnType<typeof spawnTs>> | undefined;
   const rows: {

@@ -10,12 +10,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect } from '@nats-io/transport-node';
 import { NatsServer } from '../test/harness/nats-server.js';
 import { shardMapping } from '../src/contracts/subjects.js';
 import { Client } from '../src/client/index.js';
-import type { Notification } from '../src/contracts/wire.js';
 import { Visibility } from '../src/host/visibility.js';
+import { completions } from './completions.js';
 import { spawnTs, stopChild } from './processes.js';
 import { percentile, round, runClosedLoop } from './peers/common.js';
 
@@ -26,24 +26,11 @@ const prefix = 'benchv';
 const root = resolve(import.meta.dirname, '..');
 const log = (s: string) => process.stderr.write(`[bench:visibility-lag] ${s}\n`);
 
-function completions(nc: NatsConnection) {
-  const waiters = new Map<string, (n: Notification) => void>();
-  nc.subscribe(`${prefix}.events.*.*`, {
-    callback: (_e, m) => {
-      const n = m.json<Notification>();
-      if (n.type !== 'completed' && n.type !== 'failed') return;
-      waiters.get(`${n.workflowType}.${n.id}`)?.(n);
-    },
-  });
-  return (wf: string, id: string) =>
-    new Promise<Notification>((ok) => waiters.set(`${wf}.${id}`, ok));
-}
-
 async function main(): Promise<void> {
   const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
   const nc = await connect({ servers: server.url });
   const client = new Client(nc, { prefix, timeoutMs: 60_000 });
-  const done = completions(nc);
+  const done = completions(nc, prefix);
   const dir = mkdtempSync(join(tmpdir(), 'jetflow-vis-lag-'));
   const engine = await spawnTs(
     'src/cli/main.ts',

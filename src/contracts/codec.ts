@@ -4,6 +4,7 @@
  * reader decodes them).
  */
 import { Packr } from 'msgpackr';
+import { BadRequestError, ErrorCode } from '../errors.js';
 
 export const MSGPACK = 'application/msgpack';
 export const JSON_TYPE = 'application/json';
@@ -43,4 +44,23 @@ export function decodeBody(data: Uint8Array, encoding: BodyEncoding = 'json'): u
   if (data.length === 0) return undefined;
   if (encoding === 'msgpack') return unpack(data);
   return JSON.parse(dec.decode(data)) as unknown;
+}
+
+/**
+ * Decode a public request body (JSON, or msgpack when asked for): `undefined` when empty, a
+ * `malformed_body` error naming the encoding when it cannot be decoded.
+ */
+export function decodeRequestBody(
+  data: Uint8Array,
+  encoding: BodyEncoding,
+  fields: { workflowType?: string; workflowId?: string; subject?: string } = {},
+): unknown {
+  try {
+    return decodeBody(data, encoding);
+  } catch (cause) {
+    throw new BadRequestError(
+      `body is not valid ${encoding === 'msgpack' ? 'msgpack' : 'JSON'}: ${String((cause as Error)?.message ?? cause)}`,
+      { ...fields, code: ErrorCode.MalformedBody, cause },
+    );
+  }
 }

@@ -5,7 +5,7 @@
  * A verb acts on one workflow, so a bulk job can call it per workflow; its effect is decided by
  * the step, in inbox order, exactly once per `requestId`.
  */
-import { decodeBody, type BodyEncoding } from '../contracts/codec.js';
+import { decodeRequestBody, type BodyEncoding } from '../contracts/codec.js';
 import { isToken } from '../contracts/subjects.js';
 import { ADMIN_VERBS, type AdminVerb, type InboxMessage } from '../contracts/wire.js';
 import { BadRequestError, ErrorCode } from '../errors.js';
@@ -66,15 +66,7 @@ export function parseAdminRequest(
       ErrorCode.PayloadTooLarge,
     );
   }
-  let body: unknown;
-  try {
-    body = decodeBody(req.data, req.encoding);
-  } catch (cause) {
-    throw new BadRequestError(
-      `body is not valid ${req.encoding === 'msgpack' ? 'msgpack' : 'JSON'}: ${String((cause as Error)?.message ?? cause)}`,
-      { ...fields, code: ErrorCode.MalformedBody, cause },
-    );
-  }
+  const body = decodeRequestBody(req.data, req.encoding, fields);
   const out = parseAdminFields(verb, body, bad);
   if (!registry.has(req.type)) registry.latest(req.type); // throws unknown_type with the known list
   return out;

@@ -4,7 +4,7 @@
  */
 import type { Registry } from './registry.js';
 import * as m from './machine.js';
-import { decodeBody, type BodyEncoding } from '../contracts/codec.js';
+import { decodeRequestBody, type BodyEncoding } from '../contracts/codec.js';
 import { isToken } from '../contracts/subjects.js';
 import type { InboxMessage, QueryReply, WorkflowRecord } from '../contracts/wire.js';
 import { BadRequestError, ErrorCode } from '../errors.js';
@@ -43,15 +43,7 @@ export function parseRequest(
       },
     );
   }
-  let body: unknown;
-  try {
-    body = decodeBody(req.data, req.encoding);
-  } catch (cause) {
-    throw new BadRequestError(
-      `body is not valid ${req.encoding === 'msgpack' ? 'msgpack' : 'JSON'}: ${String((cause as Error)?.message ?? cause)}`,
-      { ...fields, code: ErrorCode.MalformedBody, cause },
-    );
-  }
+  const body = decodeRequestBody(req.data, req.encoding, fields);
   if (body !== undefined && (body === null || typeof body !== 'object' || Array.isArray(body))) {
     throw new BadRequestError('body must be an object', { ...fields, code: ErrorCode.BadRequest });
   }

@@ -10,7 +10,7 @@ import { StorageType, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { headers, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import {
-  decodeBody,
+  decodeRequestBody,
   encodeBody,
   encodingOf,
   JSON_TYPE,
@@ -196,15 +196,7 @@ export function startBulkResponder(
     const enc = encodingOf(m.headers?.get(Header.ContentType));
     const p = (async () => {
       try {
-        let body: unknown;
-        try {
-          body = decodeBody(m.data, enc);
-        } catch (cause) {
-          throw new BadRequestError(
-            `the request body is not valid ${enc === 'msgpack' ? 'msgpack' : 'JSON'}: ${String((cause as Error)?.message ?? cause)}`,
-            { code: ErrorCode.MalformedBody, subject: m.subject, cause },
-          );
-        }
+        const body = decodeRequestBody(m.data, enc, { subject: m.subject });
         reply(m, enc, await answer(body));
       } catch (e) {
         const je =

@@ -14,7 +14,7 @@ import type { JetStreamClient } from '@nats-io/jetstream';
 import type { EffectSink, Logger, RecordStore } from '../engine/ports.js';
 import type { Registry } from '../engine/registry.js';
 import { parseRequest, queryReply } from '../engine/gateway.js';
-import { decodeBody, encodingOf, pack, type BodyEncoding } from '../contracts/codec.js';
+import { decodeRequestBody, encodingOf, pack, type BodyEncoding } from '../contracts/codec.js';
 import { parseHistoryRequest } from '../engine/journal.js';
 import { parseAdminRequest } from '../engine/admin.js';
 import type { HistoryReader } from './history.js';
@@ -27,6 +27,7 @@ import {
 } from '../contracts/subjects.js';
 import { rejection } from '../engine/step.js';
 import { Header, type InboxMessage } from '../contracts/wire.js';
+import type { InboxKind } from '../contracts/subjects.js';
 import {
   BadRequestError,
   ErrorCode,
@@ -123,6 +124,66 @@ export function startGateway(o: GatewayOptions): Gateway {
     }
   };
 
+  /** Type and id of a read request must be tokens (nothing could be stored under others). */
+  const checkTokens = (m: Msg, p: { type: string; id: string }) => {
+    if (!isToken(p.type) || !isToken(p.id)) {
+      throw new BadRequestError(
+        'workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =',
+        { workflowType: p.type, workflowId: p.id, subject: m.subject },
+      );
+    }
+  };
+
+  /** The step replies to `Jf-Reply-To`: only request inboxes may be named there. */
+  const checkReply = (m: Msg, p: { type: string; id: string }) => {
+    if (m.reply && !isReplySubject(m.reply, replyPrefixes)) {
+      throw new BadRequestError(
+        `reply subject ${JSON.stringify(m.reply)} is not a request inbox: the engines reply only on subjects starting with ${replyPrefixes.join(', ')} (engine option replyPrefixes)`,
+        { workflowId: p.id, workflowType: p.type, subject: m.subject },
+      );
+    }
+  };
+
+  /**
+   * Write a validated message into the workflow's inbox (the step replies, through
+   * `Jf-Reply-To`). A repeat the server deduplicated on `msgId` is answered `duplicate` here.
+   */
+  async function toInbox(
+    m: Msg,
+    enc: BodyEncoding,
+    p: { type: string; id: string },
+    kind: InboxKind,
+    body: unknown,
+    msgId: string | undefined,
+    duplicate: object,
+  ): Promise<void> {
+    const h = headers();
+    if (m.reply) {
+      h.set(Header.ReplyTo, m.reply);
+      h.set(Header.ReplyEncoding, enc === 'msgpack' ? 'application/msgpack' : 'application/json');
+    }
+    try {
+      const ack = await js.publish(names.subjects.inbox(kind, p.type, p.id), pack(body), {
+        headers: h,
+        ...(msgId ? { msgID: msgId } : {}),
+      });
+      stats.accepted++;
+      if (ack.duplicate && m.reply) sink.reply(m.reply, enc, duplicate);
+    } catch (err) {
+      fail(
+        m,
+        enc,
+        new RetryableError(`inbox unavailable: ${String((err as Error)?.message ?? err)}`, {
+          code: ErrorCode.Unavailable,
+          workflowId: p.id,
+          workflowType: p.type,
+          subject: m.subject,
+          cause: err,
+        }),
+      );
+    }
+  }
+
   async function onCommand(m: Msg): Promise<void> {
     const enc = encodingOf(m.headers?.get(Header.ContentType));
     const p = parsePublic(m.subject);
@@ -139,20 +200,9 @@ export function startGateway(o: GatewayOptions): Gateway {
         registry,
         o.maxInputBytes,
       );
-      if (m.reply && !isReplySubject(m.reply, replyPrefixes)) {
-        // The step replies to Jf-Reply-To; only request inboxes may be named there.
-        throw new BadRequestError(
-          `reply subject ${JSON.stringify(m.reply)} is not a request inbox: the engines reply only on subjects starting with ${replyPrefixes.join(', ')} (engine option replyPrefixes)`,
-          { workflowId: p.id, workflowType: p.type, subject: m.subject },
-        );
-      }
+      checkReply(m, p);
     } catch (err) {
       return fail(m, enc, err);
-    }
-    const h = headers();
-    if (m.reply) {
-      h.set(Header.ReplyTo, m.reply);
-      h.set(Header.ReplyEncoding, enc === 'msgpack' ? 'application/msgpack' : 'application/json');
     }
     const msgId = m.headers?.get(Header.MsgId) || undefined;
     // The client's msg id travels in the body too: the record remembers it, so a retry is a
@@ -161,32 +211,15 @@ export function startGateway(o: GatewayOptions): Gateway {
       msgId !== undefined && (message.kind === 'signal' || message.kind === 'cancel')
         ? { ...message, msgId }
         : message;
-    try {
-      const ack = await js.publish(
-        names.subjects.inbox(message.kind as 'start' | 'signal' | 'cancel', p.type, p.id),
-        pack(body),
-        {
-          headers: h,
-          ...(msgId ? { msgID: `${p.verb}.${p.type}.${p.id}.${msgId}` } : {}),
-        },
-      );
-      stats.accepted++;
-      if (ack.duplicate && m.reply) {
-        sink.reply(m.reply, enc, { id: p.id, type: p.type, duplicate: true });
-      }
-    } catch (err) {
-      fail(
-        m,
-        enc,
-        new RetryableError(`inbox unavailable: ${String((err as Error)?.message ?? err)}`, {
-          code: ErrorCode.Unavailable,
-          workflowId: p.id,
-          workflowType: p.type,
-          subject: m.subject,
-          cause: err,
-        }),
-      );
-    }
+    await toInbox(
+      m,
+      enc,
+      p,
+      message.kind as 'start' | 'signal' | 'cancel',
+      body,
+      msgId && `${p.verb}.${p.type}.${p.id}.${msgId}`,
+      { id: p.id, type: p.type, duplicate: true },
+    );
   }
 
   /**
@@ -217,49 +250,20 @@ export function startGateway(o: GatewayOptions): Gateway {
         },
         registry,
       );
-      if (m.reply && !isReplySubject(m.reply, replyPrefixes)) {
-        throw new BadRequestError(
-          `reply subject ${JSON.stringify(m.reply)} is not a request inbox: the engines reply only on subjects starting with ${replyPrefixes.join(', ')}`,
-          { workflowId: p.id, workflowType: p.type, subject: m.subject },
-        );
-      }
+      checkReply(m, p);
     } catch (err) {
       return fail(m, enc, err);
     }
-    const h = headers();
-    if (m.reply) {
-      h.set(Header.ReplyTo, m.reply);
-      h.set(Header.ReplyEncoding, enc === 'msgpack' ? 'application/msgpack' : 'application/json');
-    }
     const requestId = message.kind === 'admin' ? message.requestId : undefined;
-    try {
-      const ack = await js.publish(names.subjects.inbox('admin', p.type, p.id), pack(message), {
-        headers: h,
-        ...(requestId !== undefined ? { msgID: `admin.${p.type}.${p.id}.${requestId}` } : {}),
-      });
-      stats.accepted++;
-      if (ack.duplicate && m.reply) {
-        sink.reply(m.reply, enc, {
-          id: p.id,
-          type: p.type,
-          action: p.verb,
-          changed: {},
-          duplicate: true,
-        });
-      }
-    } catch (err) {
-      fail(
-        m,
-        enc,
-        new RetryableError(`inbox unavailable: ${String((err as Error)?.message ?? err)}`, {
-          code: ErrorCode.Unavailable,
-          workflowId: p.id,
-          workflowType: p.type,
-          subject: m.subject,
-          cause: err,
-        }),
-      );
-    }
+    await toInbox(
+      m,
+      enc,
+      p,
+      'admin',
+      message,
+      requestId !== undefined ? `admin.${p.type}.${p.id}.${requestId}` : undefined,
+      { id: p.id, type: p.type, action: p.verb, changed: {}, duplicate: true },
+    );
   }
 
   async function onQuery(m: Msg): Promise<void> {
@@ -268,12 +272,7 @@ export function startGateway(o: GatewayOptions): Gateway {
     const p = parsePublic(m.subject);
     if (!p || !m.reply) return;
     try {
-      if (!isToken(p.type) || !isToken(p.id)) {
-        throw new BadRequestError(
-          'workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =',
-          { workflowType: p.type, workflowId: p.id, subject: m.subject },
-        );
-      }
+      checkTokens(m, p);
       const stored = await store.get(p.type, p.id);
       if (!stored) {
         throw new BadRequestError(`workflow ${p.type}/${p.id} does not exist`, {
@@ -282,19 +281,7 @@ export function startGateway(o: GatewayOptions): Gateway {
           workflowType: p.type,
         });
       }
-      let body: unknown;
-      if (m.data.length > 0) {
-        try {
-          body = decodeBody(m.data, enc);
-        } catch (cause) {
-          throw new BadRequestError('query body is not valid JSON or msgpack', {
-            code: ErrorCode.MalformedBody,
-            workflowType: p.type,
-            workflowId: p.id,
-            cause,
-          });
-        }
-      }
+      const body = decodeRequestBody(m.data, enc, { subject: m.subject });
       sink.reply(m.reply, enc, queryReply(registry, stored.record, body));
     } catch (err) {
       fail(m, enc, err);
@@ -307,22 +294,8 @@ export function startGateway(o: GatewayOptions): Gateway {
     const p = parsePublic(m.subject);
     if (!p || !m.reply || !o.history) return;
     try {
-      if (!isToken(p.type) || !isToken(p.id)) {
-        throw new BadRequestError(
-          'workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =',
-          { workflowType: p.type, workflowId: p.id, subject: m.subject },
-        );
-      }
-      let body: unknown;
-      try {
-        body = decodeBody(m.data, enc);
-      } catch (cause) {
-        throw new BadRequestError(
-          `body is not valid ${enc === 'msgpack' ? 'msgpack' : 'JSON'}: ${String((cause as Error)?.message ?? cause)}`,
-          { code: ErrorCode.MalformedBody, subject: m.subject, cause },
-        );
-      }
-      const q = parseHistoryRequest(body);
+      checkTokens(m, p);
+      const q = parseHistoryRequest(decodeRequestBody(m.data, enc, { subject: m.subject }));
       const reply = await o.history(p.type, p.id, q);
       if (reply.entries.length === 0 && !(await store.get(p.type, p.id))) {
         throw new BadRequestError(`workflow ${p.type}/${p.id} does not exist`, {

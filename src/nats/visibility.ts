@@ -6,7 +6,7 @@
 import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { headers, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import {
-  decodeBody,
+  decodeRequestBody,
   encodeBody,
   encodingOf,
   JSON_TYPE,
@@ -215,16 +215,7 @@ export function startSearchResponder(
     if (!m.reply) return;
     const enc = encodingOf(m.headers?.get(Header.ContentType));
     try {
-      let body: unknown;
-      try {
-        body = decodeBody(m.data, enc);
-      } catch (cause) {
-        throw new BadRequestError(
-          `the request body is not valid ${enc === 'msgpack' ? 'msgpack' : 'JSON'}: ${String((cause as Error)?.message ?? cause)}`,
-          { subject: m.subject, cause },
-        );
-      }
-      reply(m, enc, answer(body));
+      reply(m, enc, answer(decodeRequestBody(m.data, enc, { subject: m.subject })));
       stats.answered++;
     } catch (e) {
       stats.rejected++;

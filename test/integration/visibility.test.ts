@@ -321,8 +321,11 @@ describe('search through a visibility role', () => {
       return { code: m.headers?.get('Jf-Error'), body: decodeBody(m.data) as ErrorReply };
     };
     const enc = (s: string) => new TextEncoder().encode(s);
+    // Malformed JSON is `malformed_body`, as on every other jetflow subject.
+    const bad = await raw(steps.names.subjects.search, enc('{not json'));
+    expect(bad.code).toBe('malformed_body');
+    expect(bad.body.error.message).toMatch(/not valid JSON/);
     for (const [body, pattern] of [
-      ['{not json', /not valid JSON/],
       ['{"colour":"red"}', /unknown search field "colour"/],
       ['{"status":7}', /status must be one of/],
       ['{"limit":1001}', /limit must be an integer from 1 to 1000/],
