@@ -299,6 +299,33 @@ export class Client implements AsyncDisposable {
     return this.admin('fail', type, id, { ...who, actorId });
   }
 
+  /**
+   * A node verb on an activity tree (`retry`, `resolve`, `shutdown`, `cancel`, `prune`; ACTIVITY-
+   * TREES §2.7): `<prefix>.admin.<verb>.<type>.<id>` with `nodeId`. The reply's `result.changed`
+   * lists every node status change it caused. A node whose status does not allow the verb rejects
+   * with `invalid_state` (`details: {nodeId, status, allowed}`); an unknown node with `not_found`;
+   * a workflow that is not a tree with `event_not_accepted`. Nothing changes on a rejection.
+   */
+  node(
+    verb: 'retry' | 'resolve' | 'shutdown' | 'cancel' | 'prune',
+    type: string,
+    id: string,
+    nodeId: string,
+    who: OperatorFields & { attempts?: number; output?: unknown; decisions?: unknown[] },
+  ): Promise<AdminReply> {
+    return this.admin(verb, type, id, { ...who, nodeId });
+  }
+
+  /** Hold a tree's new dispatches (`pause` with `scope: "dispatch"`): reached nodes wait `paused`. */
+  pauseDispatch(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('pause', type, id, { ...who, scope: 'dispatch' });
+  }
+
+  /** Dispatch a tree's `paused` nodes, in seq order, and the ones reached from now on. */
+  resumeDispatch(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('resume', type, id, { ...who, scope: 'dispatch' });
+  }
+
   /** Restore the state after step `toStep` (from the journal) and continue from there. */
   reset(type: string, id: string, toStep: number, who: OperatorFields): Promise<AdminReply> {
     return this.admin('reset', type, id, { ...who, toStep });
