@@ -489,6 +489,19 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     .option('--limit <n>', 'rows per page (default 100, max 1000)')
     .option('--cursor <cursor>', 'the next page of a previous ls')
     .option('--counts', 'counts by type, status and state instead of rows')
+    .option(
+      '--nodes',
+      'activity-tree nodes instead of workflows: --status/--past-status are node statuses (a,b: any of), --where is node metadata',
+    )
+    .option('--id <id>', '--nodes: of this workflow id')
+    .option('--past-status <s>', '--nodes: entered this status (in [--since, --until) if given)')
+    .option('--name <name>', '--nodes: node name')
+    .option('--queue <queue>', '--nodes: node queue (a,b: any of)')
+    .option(
+      '--since <time>',
+      '--nodes: ISO-8601 or epoch ms (entered --past-status, or status since)',
+    )
+    .option('--until <time>', '--nodes: ISO-8601 or epoch ms, exclusive')
     .action(
       service(async (o: LsOptions) => {
         const { lsVerb } = await import('./ls.js');

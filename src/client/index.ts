@@ -38,6 +38,8 @@ import type { BulkProgress, BulkReply, BulkRequest } from '../contracts/bulk.js'
 import type {
   SearchCountsReply,
   SearchCountsRequest,
+  NodeSearchRequest,
+  NodeSearchReply,
   SearchReply,
   SearchRequest,
 } from '../contracts/search.js';
@@ -228,6 +230,16 @@ export class Client implements AsyncDisposable {
    */
   async search(filters: SearchRequest = {}): Promise<SearchReply> {
     return await this.request(this.names.subjects.search, filters);
+  }
+
+  /**
+   * Search activity-tree nodes in the visibility index (`<prefix>.search.nodes`, ACTIVITY-TREES
+   * §2.9.11): filters `type`, `id`, `status`, `pastStatus`, `name`, `queue` (a value or a list:
+   * any of), `since` / `until`, `metadata`; newest `statusSince` first; pass `next` back as
+   * `cursor` for the next page. Eventually consistent with the steps, like {@link search}.
+   */
+  async searchNodes(filters: NodeSearchRequest = {}): Promise<NodeSearchReply> {
+    return await this.request(this.names.subjects.searchNodes, filters);
   }
 
   /** Counts by type, status and state from the visibility index (`<prefix>.search.counts`). */

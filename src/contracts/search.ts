@@ -85,3 +85,37 @@ export interface SearchCountsReply {
   byStatus: Partial<Record<WorkflowStatus, number>>;
   byState: { type: string; status: WorkflowStatus; state: string; count: number }[];
 }
+
+/** Body of `<prefix>.search.nodes` (ACTIVITY-TREES §2.9.11). A list means "any of". */
+export interface NodeSearchRequest {
+  type?: string;
+  id?: string;
+  status?: string | string[];
+  /** Some node entered it (inside [since, until) when given). */
+  pastStatus?: string | string[];
+  name?: string | string[];
+  queue?: string | string[];
+  /** ISO-8601 or epoch ms. With `pastStatus`: when it was entered; else `statusSince`. */
+  since?: string | number;
+  until?: string | number;
+  metadata?: Record<string, string | number | boolean>;
+  /** 1..1000, default 25. */
+  limit?: number;
+  cursor?: string | null;
+}
+
+/** Reply of `<prefix>.search.nodes`: newest `statusSince` first. */
+export interface NodeSearchReply {
+  results: {
+    type: string;
+    id: string;
+    nodeId: string;
+    name: string;
+    queue: string;
+    status: string;
+    statusSince: string;
+    attempt: number;
+    run: number;
+  }[];
+  next: string | null;
+}
