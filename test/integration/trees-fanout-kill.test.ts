@@ -41,15 +41,21 @@ describe('activity trees: fan-out under engine SIGKILLs', () => {
     let engine = await new EngineProcess(env.server.url, prefix).start();
     const runs = new Map<number, number>();
     const order: string[] = [];
+    // The fan decides only once the join and close signals are applied: otherwise a signal sent
+    // after the fan's result waits in the inbox behind up to 1,000 leaf results (inbox order).
+    let release = () => {};
+    const gate = new Promise<void>((r) => (release = r));
     const worker = await createWorker({
       connection: env.nc,
       prefix,
       activities: {
-        fan: () =>
-          withDecisions(
+        fan: async () => {
+          await gate;
+          return withDecisions(
             'fanned',
             Array.from({ length: N }, (_, i) => ({ name: 'leaf', mode: 'non_blocking', input: i })),
-          ),
+          );
+        },
         leaf: (i: number) => {
           runs.set(i, (runs.get(i) ?? 0) + 1);
           return i * 2;
@@ -74,6 +80,7 @@ describe('activity trees: fan-out under engine SIGKILLs', () => {
       await client.signal(T, 'big', { type: 'signal', name: 'fan' });
       await client.signal(T, 'big', { type: 'signal', name: 'join', queue: 'join' });
       await client.signal(T, 'big', { type: 'close' });
+      release();
       // Kill while results are being applied: after about 150, then 600 of the 1,000.
       for (const at of [150, 600]) {
         await until(async () => (await step()) >= at || undefined);
