@@ -393,7 +393,7 @@ describe('activity trees: node verbs', () => {
         '--json',
         ...conn,
       ]);
-      expect(cli.code).not.toBe(0);
+      expect(cli.code).toBe(4);
       expect(cli.stderr).toContain('invalid_state');
       await t.client.signal(T, 'w', { type: 'signal', name: 'a', fireAt: Date.now() + 60_000 });
       const ok = await runJetflow([
