@@ -41,6 +41,20 @@ export interface SearchRequest {
   needsReview?: boolean;
   /** Search attributes, each matched by equality. */
   attributes?: Record<string, AttributeValue>;
+  /**
+   * Activity trees (ACTIVITY-TREES §2.9.11): some node is in `status` now; some node entered
+   * `pastStatus` (inside [`since`, `until`) when given; without `pastStatus` they bound the
+   * `statusSince` of the node in `status`); some node has `name` / `queue`. Each filter may be met
+   * by a different node. A list means "any of".
+   */
+  node?: {
+    status?: string | string[];
+    pastStatus?: string | string[];
+    name?: string | string[];
+    queue?: string | string[];
+    since?: TimeBound;
+    until?: TimeBound;
+  };
   /** Default `updatedAt`. */
   sort?: SearchSort;
   /** Default `desc` for `updatedAt` (newest first), `asc` for `inStateSince` (longest first). */
@@ -65,6 +79,8 @@ export interface SearchWorkflow {
   needsReview: boolean;
   attributes: Record<string, AttributeValue>;
   error?: { type: string; code: string; message?: string };
+  /** Activity trees: how many nodes are in each status (absent for other workflows). */
+  nodeCounts?: Record<string, number>;
 }
 
 /** Reply to `<prefix>.search`: `cursor` is null on the last page. */

@@ -748,8 +748,16 @@ export class VisibilityIndex {
     const more = rows.length > q.limit;
     if (more) rows.length = q.limit;
     const last = rows[rows.length - 1];
+    const counts = this.st(
+      'SELECT status, count(*) AS n FROM nodes WHERE wkey = ? GROUP BY status',
+    );
     return {
-      workflows: rows.map(toWorkflow),
+      workflows: rows.map((r) => {
+        const w = toWorkflow(r);
+        const c = counts.all(r.key) as { status: string; n: number }[];
+        if (c.length > 0) w.nodeCounts = Object.fromEntries(c.map((x) => [x.status, x.n]));
+        return w;
+      }),
       cursor: more && last ? encodeCursor(q, last.sort_value, last.key) : null,
     };
   }
@@ -873,6 +881,50 @@ function searchSql(q: SearchQuery): { sql: string; args: unknown[] } {
       name,
       value,
     );
+  }
+  // Tree nodes: each filter an EXISTS probe of the workflow's nodes (by its primary key prefix).
+  const nf = q.node;
+  if (nf) {
+    const list = (xs: string[]) => xs.map(() => '?').join(', ');
+    const window = (col: string): [string, unknown[]] => {
+      const sql: string[] = [];
+      const a: unknown[] = [];
+      if (nf.since !== undefined) {
+        sql.push(`${col} >= ?`);
+        a.push(nf.since);
+      }
+      if (nf.until !== undefined) {
+        sql.push(`${col} < ?`);
+        a.push(nf.until);
+      }
+      return [sql.map((x) => ` AND ${x}`).join(''), a];
+    };
+    if (nf.status) {
+      const [w, a] = nf.pastStatus ? ['', []] : window('n.status_since');
+      add(
+        `EXISTS (SELECT 1 FROM nodes n WHERE n.wkey = ${k} AND n.status IN (${list(nf.status)})${w})`,
+        ...nf.status,
+        ...a,
+      );
+    }
+    if (nf.pastStatus) {
+      const [w, a] = window('h.at');
+      add(
+        `EXISTS (SELECT 1 FROM nhist h WHERE h.wkey = ${k} AND h.status IN (${list(nf.pastStatus)})${w})`,
+        ...nf.pastStatus,
+        ...a,
+      );
+    }
+    if (nf.name)
+      add(
+        `EXISTS (SELECT 1 FROM nodes n WHERE n.wkey = ${k} AND n.name IN (${list(nf.name)}))`,
+        ...nf.name,
+      );
+    if (nf.queue)
+      add(
+        `EXISTS (SELECT 1 FROM nodes n WHERE n.wkey = ${k} AND n.queue IN (${list(nf.queue)}))`,
+        ...nf.queue,
+      );
   }
   const dir = q.order === 'asc' ? 'ASC' : 'DESC';
   if (q.after) {

@@ -35,6 +35,15 @@ export interface SearchQuery {
   needsReview?: boolean;
   /** `[name, value as JSON text]`, sorted by name. */
   attributes: [string, string][];
+  /** Activity-tree node filters (each may be met by a different node). */
+  node?: {
+    status?: string[];
+    pastStatus?: string[];
+    name?: string[];
+    queue?: string[];
+    since?: number;
+    until?: number;
+  };
   sort: SearchSort;
   order: 'asc' | 'desc';
   limit: number;
@@ -56,6 +65,7 @@ const FIELDS = new Set([
   'idPrefix',
   'needsReview',
   'attributes',
+  'node',
   'sort',
   'order',
   'limit',
@@ -241,6 +251,7 @@ export function parseSearch(body: unknown): SearchQuery {
       })
       .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
   }
+  if (b.node !== undefined) q.node = parseNodeFilter(b.node);
   if (b.sort !== undefined) {
     if (b.sort !== 'updatedAt' && b.sort !== 'inStateSince') {
       throw bad('sort must be updatedAt or inStateSince', { field: 'sort' });
@@ -280,6 +291,7 @@ export function parseSearch(body: unknown): SearchQuery {
       q.idPrefix,
       q.needsReview,
       q.attributes,
+      q.node,
       q.sort,
       q.order,
     ]),
@@ -495,4 +507,35 @@ export function parseNodeSearch(body: unknown): NodeSearchQuery {
   if (b.cursor !== undefined && b.cursor !== null)
     q.after = decodeNodeCursor(b.cursor, q.fingerprint);
   return q;
+}
+
+/** `wf.search`'s `node` object (ACTIVITY-TREES §2.9.11). */
+function parseNodeFilter(v: unknown): NonNullable<SearchQuery['node']> {
+  if (!isObject(v)) throw bad('node must be an object of node filters', { field: 'node' });
+  const known = ['status', 'pastStatus', 'name', 'queue', 'since', 'until'];
+  for (const k of Object.keys(v)) {
+    if (!known.includes(k)) {
+      throw bad(`unknown node filter ${JSON.stringify(k)}; known: ${known.join(', ')}`, {
+        field: `node.${k}`,
+      });
+    }
+  }
+  const out: NonNullable<SearchQuery['node']> = {};
+  if (v.status !== undefined) out.status = oneOrMany(v.status, 'node.status', nodeStatus);
+  if (v.pastStatus !== undefined)
+    out.pastStatus = oneOrMany(v.pastStatus, 'node.pastStatus', nodeStatus);
+  if (v.name !== undefined) out.name = oneOrMany(v.name, 'node.name', text);
+  if (v.queue !== undefined)
+    out.queue = oneOrMany(v.queue, 'node.queue', (x, f) => {
+      if (!isToken(x)) throw bad(`${f} must be a queue token`, { field: f });
+      return x;
+    });
+  if (v.since !== undefined) out.since = timeBound(v.since, 'node.since');
+  if (v.until !== undefined) out.until = timeBound(v.until, 'node.until');
+  if ((out.since !== undefined || out.until !== undefined) && !out.pastStatus && !out.status) {
+    throw bad('node.since / node.until go with node.pastStatus (or node.status)', {
+      field: out.since !== undefined ? 'node.since' : 'node.until',
+    });
+  }
+  return out;
 }

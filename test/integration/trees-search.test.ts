@@ -100,6 +100,11 @@ it('finds tree nodes by status, past status in a window, name, queue and metadat
     run: 1,
   });
   const since = parked.results[0]!.statusSince;
+  // wf.search: the trees with a parked node, and their node counts.
+  const trees = await client.search({ type: T, node: { status: 'errored' } });
+  expect(trees.workflows.map((w) => [w.id, w.nodeCounts])).toEqual([
+    ['s1', { errored: 1, ready: 1 }],
+  ]);
   // The blocked signal, and the fan-out's leaves, by queue, name and metadata.
   expect(ids(await until({ id: 's1', status: 'ready' }, (r) => r.results.length === 1))).toEqual([
     's1/n2',

@@ -12,7 +12,7 @@ import {
   VisibilityIndex,
   type JournalItem,
 } from '../../src/visibility/projection.js';
-import { parseNodeSearch } from '../../src/visibility/query.js';
+import { parseNodeSearch, parseSearch } from '../../src/visibility/query.js';
 import {
   initTree,
   keyOf,
@@ -215,6 +215,31 @@ describe('visibility index: node search', () => {
     index.apply(items([{ ...w1.entries.at(-1)!, step: w1.n + 1, status: 'completed', at: T0 }]));
     index.prune(T0 + 1);
     expect(keys({ id: 'w1' })).toEqual([]);
+  });
+
+  it("wf.search's node filters find the workflows, each filter met by any node; nodeCounts per tree", () => {
+    const sims = trees();
+    index.apply(items(sims.flatMap((s) => s.entries)));
+    const wf = (node: Record<string, unknown>) =>
+      index
+        .search(parseSearch({ node }))
+        .workflows.map((w) => w.id)
+        .sort();
+    expect(wf({ status: 'errored' })).toEqual(['w1']);
+    expect(wf({ status: ['running', 'errored'] })).toEqual(['w1', 'w2']);
+    expect(wf({ pastStatus: 'complete' })).toEqual(['w2']);
+    expect(wf({ queue: 'leaves', name: 'leaf' })).toEqual(['w2']);
+    // Different nodes may meet different filters: w1 has an errored `pay` and a ready `later`.
+    expect(wf({ status: 'ready', name: 'pay' })).toEqual(['w1']);
+    const errAt = sims[0]!.node('pay').statusSince;
+    expect(wf({ status: 'errored', until: errAt + 1 })).toEqual(['w1']);
+    expect(wf({ status: 'errored', until: errAt })).toEqual([]);
+    expect(wf({ pastStatus: 'errored', since: errAt + 1 })).toEqual([]);
+    const w = index.search(parseSearch({ node: { status: 'errored' } })).workflows[0]!;
+    expect(w.nodeCounts).toEqual({ errored: 1, ready: 1 });
+    expect(() => parseSearch({ node: { since: 1 } })).toThrow(BadRequestError);
+    expect(() => parseSearch({ node: { status: 'stuck' } })).toThrow(BadRequestError);
+    expect(() => parseSearch({ node: { nodeId: 'n1' } })).toThrow(BadRequestError);
   });
 
   it('bad filters are refused naming the field; a cursor belongs to its search', () => {
