@@ -924,7 +924,7 @@ export function decide(
           `workflow ${type}/${id} does not take ${message.verb} ${message.nodeId !== undefined ? 'of a node' : 'with scope "dispatch"'} (${event.type}): only activity trees do`,
           { ...fields, code: ErrorCode.EventNotAccepted, details: { event: event.type } },
         ),
-        accepts: m.acceptedEvents(snapshot),
+        accepts: [],
       };
     }
     if (message.kind === 'signal' && next.snapshot === snapshot && next.actions.length === 0) {
