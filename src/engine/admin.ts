@@ -23,6 +23,9 @@ const VERB_FIELDS: Record<AdminVerb, readonly string[]> = {
   resolve: ['actorId', 'output'],
   fail: ['actorId', 'error'],
   reset: ['toStep'],
+  promote: [],
+  skip: [],
+  release: ['key'],
 };
 
 /** Max length of `reason`, `by` and `requestId` (they are journaled). */
@@ -172,6 +175,12 @@ export function parseAdminFields(
     }
     out.toStep = n;
   }
+  if (verb === 'release' && b.key !== undefined) {
+    if (typeof b.key !== 'string' || b.key.length === 0 || b.key.length > 512) {
+      throw bad('key must be a concurrency key: a string of 1-512 characters', { field: 'key' });
+    }
+    out.key = b.key;
+  }
   return out;
 }
 
@@ -204,6 +213,7 @@ export function decodeAdmin(
   if ('output' in body) out.output = body.output;
   if (body.error && typeof body.error === 'object') out.error = body.error;
   if (typeof body.toStep === 'number') out.toStep = body.toStep;
+  if (typeof body.key === 'string') out.key = body.key;
   if ((verb === 'retry' || verb === 'resolve' || verb === 'fail') && out.actorId === undefined) {
     throw new BadRequestError(`${verb} needs actorId`, { ...fields, code: ErrorCode.BadRequest });
   }
