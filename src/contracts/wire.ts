@@ -399,6 +399,8 @@ export interface Admission {
 export interface AdmitMessage {
   key: string;
   startSeq: number;
+  /** Epoch ms the key record admitted it (journaled: the admission order per key). */
+  at?: number;
 }
 
 /**

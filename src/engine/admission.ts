@@ -213,6 +213,8 @@ export function acquire(
 export interface Admit {
   id: string;
   startSeq: number;
+  /** Epoch ms of the admission (the key record's decision). */
+  at: number;
 }
 
 /**
@@ -232,7 +234,7 @@ export function release(
   if (h < 0 && w < 0) {
     const admits = rec.holders
       .filter((x) => x.via === id)
-      .map((x) => ({ id: x.id, startSeq: x.startSeq }));
+      .map((x) => ({ id: x.id, startSeq: x.startSeq, at: x.at }));
     return { next: undefined, result: { was: 'gone', admits } };
   }
   const next = clone(rec);
@@ -264,7 +266,7 @@ function fill(next: KeyRecord, via: string, now: number): Admit[] {
       ...(w.promoted ? { promoted: true as const } : {}),
     };
     next.holders.push(holder);
-    admits.push({ id: w.id, startSeq: w.startSeq });
+    admits.push({ id: w.id, startSeq: w.startSeq, at: now });
   }
   return admits;
 }

@@ -301,7 +301,12 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
           workflowType: e.type,
         });
       }
-      return { kind: 'admit', key: b.key, startSeq: b.startSeq };
+      return {
+        kind: 'admit',
+        key: b.key,
+        startSeq: b.startSeq,
+        ...(typeof b.at === 'number' ? { at: b.at } : {}),
+      };
     }
     case 'signal': {
       const ev = b.event as { type?: unknown } | undefined;

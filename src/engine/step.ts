@@ -758,7 +758,11 @@ function deferredStep(
           seq: input.seq,
           event: journalEvent(
             'jetflow.admit',
-            { key: a.key, waitedMs: input.now - (a.deferredAt ?? input.now) },
+            {
+              key: a.key,
+              waitedMs: input.now - (a.deferredAt ?? input.now),
+              ...(msg.at !== undefined ? { admittedAt: msg.at } : {}),
+            },
             ctx.journal.payloadMaxBytes,
           ),
           from: journalState(value),

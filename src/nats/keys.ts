@@ -105,7 +105,7 @@ export function createKeyStore(
       admits.map(async (a) => {
         const h = headers();
         h.set(Header.ContentType, MSGPACK);
-        await js.publish(s.inbox('admit', type, a.id), pack({ key, startSeq: a.startSeq }), {
+        await js.publish(s.inbox('admit', type, a.id), pack({ key, startSeq: a.startSeq, at: a.at }), {
           msgID: `admit.${type}.${a.id}.${a.startSeq}`,
           headers: h,
         });
