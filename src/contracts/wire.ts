@@ -653,6 +653,15 @@ interface JournalBase {
   seq?: number;
 }
 
+/** A workflow's admission by its concurrency key, as the journal keeps it (epoch ms). */
+export interface JournalAdmission {
+  key: string;
+  deferredAt?: number;
+  position?: number;
+  /** When the key's record admitted it (the order of these is the admission order per key). */
+  admittedAt?: number;
+}
+
 /** An activity outcome that produced a step (a `result` message). */
 export interface JournalActivity {
   actorId: string;
@@ -709,6 +718,8 @@ export type JournalEntry =
       /** The definition's search attributes, read from the context after the step. */
       attributes?: Record<string, string | number | boolean | null>;
       activity?: JournalActivity;
+      /** Concurrency key, on a `start` and an `admit` entry: deferred at / position, admitted at. */
+      admission?: JournalAdmission;
       /**
        * True while the workflow has an activity parked for manual review (retries exhausted with
        * `onExhausted: 'review'`); the visibility index's `needsReview` follows it.

@@ -100,7 +100,8 @@ export interface AcquireRequest {
 
 /** What the key decided for a start. */
 export type AcquireOutcome =
-  | { kind: 'admitted' }
+  /** `at`: when the key record admitted it (a repeat: the first admission's time). */
+  | { kind: 'admitted'; at: number }
   /** Waits; `position` is 1-based. `cancel`: workflows the start makes cancel (with why). */
   | { kind: 'deferred'; position: number; queuedAt: number; cancel: KeyCancel[] }
   /** `cancel-newest` with a full key: refused, nothing stored. */
@@ -139,9 +140,8 @@ export function acquire(
   req: AcquireRequest,
 ): KeyChange<AcquireOutcome> {
   if (rec) {
-    if (rec.holders.some((h) => h.id === req.id)) {
-      return { next: undefined, result: { kind: 'admitted' } };
-    }
+    const held = rec.holders.find((h) => h.id === req.id);
+    if (held) return { next: undefined, result: { kind: 'admitted', at: held.at } };
     const at = rec.waiters.findIndex((w) => w.id === req.id);
     if (at >= 0) {
       return {
@@ -160,7 +160,7 @@ export function acquire(
   next.updatedAt = req.now;
   if (next.holders.length < next.limit && next.waiters.length === 0) {
     next.holders.push({ id: req.id, startSeq: req.startSeq, at: req.now, queuedAt: req.now });
-    return { next, result: { kind: 'admitted' } };
+    return { next, result: { kind: 'admitted', at: req.now } };
   }
   // Free slots with waiters ahead (a hand-over in flight, or a raised limit): they go first.
   const waiter: KeyWaiter = { id: req.id, startSeq: req.startSeq, queuedAt: req.now };

@@ -714,7 +714,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       onLimit,
       now,
     });
-    if (outcome.kind === 'admitted') return { decision: probe };
+    if (outcome.kind === 'admitted') {
+      // The probe is the decision; the admission time is the key record's.
+      if (probe.record.admission) probe.record.admission.admittedAt = outcome.at;
+      return { decision: probe };
+    }
     if (outcome.kind === 'rejected') {
       return {
         decision: {

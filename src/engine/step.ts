@@ -117,7 +117,7 @@ export interface StepInput {
 
 /** The admission stage's answer for a start with a concurrency key. */
 export type StartAdmission =
-  | { kind: 'admitted'; key: string; keyToken: string }
+  | { kind: 'admitted'; key: string; keyToken: string; at?: number }
   | {
       kind: 'deferred';
       key: string;
@@ -745,7 +745,7 @@ function deferredStep(
         startSeq: a.startSeq,
         deferredAt: a.deferredAt,
         position: a.position,
-        admittedAt: input.now,
+        admittedAt: msg.at ?? input.now,
       };
       if (rec.status !== 'running') {
         rec.outbox.push(...keyReleaseOf(rec));
@@ -959,7 +959,12 @@ export function decide(
     if (began.kind !== 'write') return began;
     const rec = began.record;
     if (adm) {
-      rec.admission = { key: adm.key, keyToken: adm.keyToken, startSeq: seq, admittedAt: now };
+      rec.admission = {
+        key: adm.key,
+        keyToken: adm.keyToken,
+        startSeq: seq,
+        admittedAt: adm.at ?? now,
+      };
       // A machine that ends in its initial transition frees the slot at once.
       if (rec.status !== 'running') rec.outbox.push(...keyReleaseOf(rec));
     }

@@ -105,10 +105,14 @@ export function createKeyStore(
       admits.map(async (a) => {
         const h = headers();
         h.set(Header.ContentType, MSGPACK);
-        await js.publish(s.inbox('admit', type, a.id), pack({ key, startSeq: a.startSeq, at: a.at }), {
-          msgID: `admit.${type}.${a.id}.${a.startSeq}`,
-          headers: h,
-        });
+        await js.publish(
+          s.inbox('admit', type, a.id),
+          pack({ key, startSeq: a.startSeq, at: a.at }),
+          {
+            msgID: `admit.${type}.${a.id}.${a.startSeq}`,
+            headers: h,
+          },
+        );
         stats.admitsSent++;
       }),
     );
@@ -117,7 +121,9 @@ export function createKeyStore(
   return {
     stats,
     acquire(req) {
-      return change(req.type, req.keyToken, (rec) => acquire(rec, req));
+      // The decision's time is taken when it is made (after the read it decides on), so the
+      // admission times of one key follow the order of its record's writes.
+      return change(req.type, req.keyToken, (rec) => acquire(rec, { ...req, now: Date.now() }));
     },
     async release(type, keyToken, id) {
       let key = '';

@@ -24,6 +24,7 @@ describe('concurrency keys under SIGKILL (small)', () => {
         kills: 2,
         killAfterMs: [200, 400],
         waitMs: 120_000,
+        log: (l) => console.log(l),
       });
       // Both kills hit while workflows were still running.
       expect(out.killedAt.length).toBe(2);
