@@ -139,5 +139,38 @@ export const holder = defineWorkflow({
   }),
 });
 
-export const workflows: WorkflowDefinition[] = [sequential, fanout, live, sleeper, holder];
+/**
+ * `bench:keys`: workload 1 with a concurrency key that never waits (limit 1,000, more than the
+ * benchmark's concurrency): what the admission stage costs when nothing is deferred.
+ */
+export const sequentialKeyed = defineWorkflow({
+  type: 'sequentialKeyed',
+  version: 1,
+  machine: sequential.machine,
+  concurrency: { key: (input: { x: number; k?: string }) => input.k ?? 'all', limit: 1_000 },
+});
+
+/** `bench:keys`: holds its key's only slot until CLOSE: the admission latency of the next one. */
+export const gate = defineWorkflow({
+  type: 'gate',
+  version: 1,
+  machine: setup({
+    types: { input: {} as { k: string }, events: {} as { type: 'CLOSE' } },
+  }).createMachine({
+    id: 'gate',
+    initial: 'open',
+    states: { open: { on: { CLOSE: 'closed' } }, closed: { type: 'final' } },
+  }),
+  concurrency: { key: (input: { k: string }) => input.k, limit: 1 },
+});
+
+export const workflows: WorkflowDefinition[] = [
+  sequential,
+  fanout,
+  live,
+  sleeper,
+  holder,
+  sequentialKeyed,
+  gate,
+];
 export default workflows;

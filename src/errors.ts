@@ -32,6 +32,16 @@ export const ErrorCode = {
   StepOutOfRange: 'step_out_of_range',
   /** The request does not fit the workflow's current state (a full tree, a node verb's status). */
   InvalidState: 'invalid_state',
+  /** A start refused by its concurrency key (`onLimit: 'cancel-newest'` and the key is full). */
+  ConcurrencyLimit: 'concurrency_limit',
+  /** The definition's `concurrency.key(input)` threw or returned no usable key. */
+  ConcurrencyKey: 'concurrency_key',
+  /** Admin: the verb needs a deferred workflow (promote, skip). */
+  NotDeferred: 'not_deferred',
+  /** Admin: the workflow is deferred; the verb needs it admitted (pause, resume, retry, …). */
+  Deferred: 'deferred',
+  /** Admin release: the holder still runs; cancel or terminate it (its slot is freed then). */
+  HolderRunning: 'holder_running',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -22,6 +22,7 @@ import { importUserModule } from './modules.js';
 import { createOut } from './output.js';
 import {
   cancelVerb,
+  keysVerb,
   queryVerb,
   historyVerb,
   resultVerb,
@@ -527,6 +528,11 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       ),
     );
 
+  serviceFlags(program.command('keys <type>'))
+    .description('concurrency keys of a type: holders and waiters with positions and wait times')
+    .option('--key <key>', 'one key')
+    .action(service((type: string, o: ServiceOptions & { key?: string }) => keysVerb(type, o, io)));
+
   serviceFlags(program.command('query <type> <id>'))
     .description("a workflow's status, state, context and the events it accepts now")
     .action(service((type: string, id: string, o: ServiceOptions) => queryVerb(type, id, o, io)));
@@ -566,6 +572,9 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     ['terminate', 'end the workflow as canceled (also while paused)'],
     ['shutdown', 'a tree node: complete it as shut down, canceling later siblings (--node)'],
     ['prune', 'a tree node: cancel its open descendants and re-evaluate it (--node)'],
+    ['promote', 'move a deferred workflow to the head of its concurrency key queue'],
+    ['skip', 'cancel a deferred workflow (it leaves its concurrency key queue)'],
+    ['release', 'free the concurrency slot of a holder that has ended (or whose record is gone)'],
   ];
   for (const [verb, description] of verbs) {
     if (verb === 'shutdown' || verb === 'prune') {
@@ -600,6 +609,8 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     if (verb === 'resolve')
       cmd.option('--output <json|@file>', 'the activity output (the node output with --node)');
     if (verb === 'reset') cmd.option('--to-step <n>', 'the step whose state is restored');
+    if (verb === 'release')
+      cmd.option('--key <key>', 'the concurrency key (needed when the record is gone)');
     cmd
       .option(
         '--where <filter>',

@@ -34,6 +34,7 @@ export function createOut(stream: NodeJS.WriteStream, env: NodeJS.ProcessEnv): O
 }
 
 export const STATUS_STYLE: Record<WorkflowStatus, Style> = {
+  deferred: 'magenta',
   running: 'cyan',
   completed: 'green',
   failed: 'red',

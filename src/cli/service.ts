@@ -133,6 +133,13 @@ function queryTable(io: Io, q: QueryReply): void {
     ['error', q.error ? `${q.error.code}: ${q.error.message}` : undefined],
     ['paused', q.paused ? `yes (${q.held ?? 0} held)` : undefined],
     [
+      'deferred',
+      q.deferred
+        ? `position ${q.deferred.position ?? '-'} for concurrency key ${q.deferred.key} since ${q.deferred.since}${q.held ? ` (${q.held} signals held)` : ''}`
+        : undefined,
+    ],
+    ['key', q.concurrencyKey],
+    [
       'review',
       q.needsReview?.length
         ? q.needsReview
@@ -227,6 +234,11 @@ export async function resultVerb(
   const timeoutMs = parseDuration(o.timeout ?? '60s', '--timeout');
   return withClient(o, io, async (c) => {
     const q = await c.query(type, id);
+    if (q.status === 'deferred' && !o.json) {
+      io.err.line(
+        `waiting for ${ref(type, id)} (deferred: position ${q.deferred?.position ?? '?'} for concurrency key ${q.deferred?.key ?? '?'}) up to ${timeoutMs / 1000}s`,
+      );
+    }
     if (q.status === 'running' && !o.json) {
       io.err.line(
         `waiting for ${ref(type, id)} (running in ${inline(q.value)}; accepts ${q.accepts.join(', ') || 'nothing'}) up to ${timeoutMs / 1000}s`,
@@ -266,7 +278,7 @@ export async function watchVerb(
     // A finished workflow whose journal no longer reaches its end (retention): stop once the
     // stream has nothing more to give.
     const arm = () => {
-      if (q.status === 'running') return;
+      if (q.status === 'running' || q.status === 'deferred') return;
       clearTimeout(idle);
       idle = setTimeout(() => ac.abort(), 1_000);
     };
@@ -283,7 +295,7 @@ export async function watchVerb(
       clearTimeout(idle);
     }
     if (status === 'failed' || status === 'canceled') return ExitCode.Failed;
-    if (status === 'running') {
+    if (status === 'running' || status === 'deferred') {
       throw new JetflowError(`stopped watching ${ref(type, id)} before it finished`, {
         code: ErrorCode.Timeout,
       });
@@ -307,6 +319,7 @@ export interface AdminOptions extends ServiceOptions {
   decisions?: string;
   /** pause / resume: `workflow` (default) or `dispatch` (a tree's dispatch). */
   scope?: string;
+  key?: string;
 }
 
 /**
@@ -366,6 +379,7 @@ export async function adminVerb(
     if (o.toStep === undefined) throw new UsageError('reset needs --to-step <n>');
     body.toStep = intArg(o.toStep, '--to-step', 0);
   }
+  if (verb === 'release' && o.key !== undefined) body.key = o.key;
   const r = await withClient(o, io, (c) => c.admin(verb, type, id, body));
   if (o.json) json(io, r);
   else
@@ -396,5 +410,65 @@ export async function adminVerb(
           ] as [string, string | undefined][])
         : []),
     ]);
+  return ExitCode.Ok;
+}
+
+/**
+ * `jetflow keys <type> [--key K]`: the concurrency keys of a type, each with its holders and
+ * its waiters in order (position, how long each has waited or held). Read from the keys bucket.
+ */
+export async function keysVerb(
+  type: string,
+  o: ServiceOptions & { key?: string },
+  io: Io,
+): Promise<number> {
+  const records = await withClient(o, io, (c) => c.keys(type, o.key));
+  const now = Date.now();
+  const rows = records
+    .sort((a, b) => a.key.localeCompare(b.key))
+    .map((r) => ({
+      key: r.key,
+      limit: r.limit,
+      holders: r.holders.map((h) => ({
+        id: h.id,
+        heldMs: now - h.at,
+        waitedMs: h.at - h.queuedAt,
+        ...(h.via ? { via: h.via } : {}),
+        ...(h.canceling ? { canceling: h.canceling } : {}),
+        ...(h.promoted ? { promoted: true } : {}),
+      })),
+      waiters: r.waiters.map((w, i) => ({
+        position: i + 1,
+        id: w.id,
+        waitingMs: now - w.queuedAt,
+        ...(w.promoted ? { promoted: true } : {}),
+      })),
+    }));
+  if (o.json) {
+    json(io, { type, keys: rows });
+    return ExitCode.Ok;
+  }
+  if (rows.length === 0) {
+    io.out.line(
+      o.key === undefined
+        ? `${type}: no concurrency key is held or waited for`
+        : `${type}: key ${o.key} is free (no holder, no waiter)`,
+    );
+    return ExitCode.Ok;
+  }
+  const secs = (ms: number) => `${(ms / 1000).toFixed(1)}s`;
+  for (const r of rows) {
+    io.out.line(
+      `${io.out.paint('cyan', r.key)}  ${r.holders.length}/${r.limit} held, ${r.waiters.length} waiting`,
+    );
+    for (const h of r.holders)
+      io.out.line(
+        `  holder  ${h.id}  held ${secs(h.heldMs)}${h.waitedMs > 0 ? `, waited ${secs(h.waitedMs)}` : ''}${h.canceling ? `, canceling for ${h.canceling}` : ''}`,
+      );
+    for (const w of r.waiters)
+      io.out.line(
+        `  ${String(w.position).padStart(6)}  ${w.id}  waiting ${secs(w.waitingMs)}${w.promoted ? ' (promoted)' : ''}`,
+      );
+  }
   return ExitCode.Ok;
 }

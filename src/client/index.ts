@@ -16,6 +16,9 @@
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, DeliverPolicy } from '@nats-io/jetstream';
 import { Schedules } from '../nats/schedules.js';
+import { listKeyRecords, openKeysBucket } from '../nats/keys.js';
+import { keyTokenOf } from '../engine/admission.js';
+import type { KeyRecord } from '../contracts/wire.js';
 import { connectNats } from '../nats/connection.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { decodeBody, encodeBody, JSON_TYPE, unpack } from '../contracts/codec.js';
@@ -343,6 +346,40 @@ export class Client implements AsyncDisposable {
     return this.admin('reset', type, id, { ...who, toStep });
   }
 
+  /**
+   * Concurrency keys: move deferred workflow `id` to the head of its key's queue (admitted at the
+   * next free slot; the limit still holds). Journaled. `not_deferred` when it is not waiting.
+   */
+  promote(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('promote', type, id, who);
+  }
+
+  /** Concurrency keys: cancel deferred workflow `id` (it leaves the queue), with a reason. */
+  skip(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('skip', type, id, who);
+  }
+
+  /**
+   * Concurrency keys: free the slot of holder `id` that has ended without freeing it, or whose
+   * record is gone (then `key` is needed); the slot goes to the head waiter. Refused with
+   * `holder_running` while it runs (cancel or terminate it instead). Journaled; idempotent.
+   */
+  release(type: string, id: string, who: OperatorFields & { key?: string }): Promise<AdminReply> {
+    return this.admin('release', type, id, who);
+  }
+
+  /**
+   * Concurrency keys of `type` (one key with `key`): holders and waiters in order, read from the
+   * keys bucket. A key nobody holds or waits for has no record.
+   */
+  async keys(type: string, key?: string): Promise<KeyRecord[]> {
+    const kv = await openKeysBucket(this.nc, this.names);
+    if (key === undefined) return listKeyRecords(kv, type);
+    const e = await kv.get(`${type}.${keyTokenOf(key)}`);
+    if (!e || e.operation !== 'PUT' || e.value.length === 0) return [];
+    return [unpack(e.value) as KeyRecord];
+  }
+
   /** End the workflow as `canceled` (also while paused: held messages are dropped). */
   terminate(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
     return this.admin('terminate', type, id, who);
@@ -488,7 +525,12 @@ export class Client implements AsyncDisposable {
           seen.add(e.step);
         }
         yield e;
-        if (e.kind === 'step' && e.status !== 'running' && (await this.endsHere(type, id, e.step)))
+        if (
+          e.kind === 'step' &&
+          e.status !== 'running' &&
+          e.status !== 'deferred' &&
+          (await this.endsHere(type, id, e.step))
+        )
           break;
       }
     } finally {
@@ -530,7 +572,7 @@ export class Client implements AsyncDisposable {
       );
     };
     const q = await this.query(type, id);
-    if (q.status !== 'running') return finished(q);
+    if (q.status !== 'running' && q.status !== 'deferred') return finished(q);
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 60_000);
     try {

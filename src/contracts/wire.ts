@@ -32,20 +32,30 @@ export const Header = {
   Attempt: 'Jf-Attempt',
 } as const;
 
-/** Lifecycle of a workflow. `running` until the machine reaches a final state or fails. */
-export type WorkflowStatus = 'running' | 'completed' | 'failed' | 'canceled';
+/**
+ * Lifecycle of a workflow. `running` until the machine reaches a final state or fails.
+ * `deferred`: started, but waiting for a slot of its concurrency key (the machine has not run
+ * yet); it becomes `running` when admitted, or `canceled` when canceled or skipped while waiting.
+ */
+export type WorkflowStatus = 'deferred' | 'running' | 'completed' | 'failed' | 'canceled';
 
 /** Body of `wf.start.<type>.<id>`. */
 export interface StartRequest {
   input?: unknown;
 }
 
-/** Reply to a start. `created` is false when the workflow already existed (idempotent start). */
+/**
+ * Reply to a start. `created` is false when the workflow already existed (idempotent start).
+ * A start beyond its concurrency key's limit is accepted and waits: `deferred: true` with its
+ * 1-based `position` among the key's waiters.
+ */
 export interface StartReply {
   id: string;
   type: string;
   version: number;
   created: boolean;
+  deferred?: true;
+  position?: number;
 }
 
 /** Reply to a signal that was applied (or recognised as a duplicate). */
@@ -85,6 +95,10 @@ export interface QueryReply {
   paused?: boolean;
   /** Messages held while paused (applied in order on resume). */
   held?: number;
+  /** While `deferred`: its concurrency key, 1-based position among the waiters, since when. */
+  deferred?: { key: string; position: number | null; since: string };
+  /** The concurrency key the workflow holds a slot of (admitted, not finished). */
+  concurrencyKey?: string;
   /** Activities parked for manual review (`onExhausted: 'review'`), by actor id. */
   needsReview?: {
     actorId: string;
@@ -116,6 +130,8 @@ interface NotificationBase {
 /** Lifecycle notifications on `wf.events.<type>.<id>`, discriminated on `type`. */
 export type Notification =
   | (NotificationBase & { type: 'started'; value: unknown; input: unknown })
+  /** The start waits for a slot of its concurrency key (`position` among the waiters, 1-based). */
+  | (NotificationBase & { type: 'deferred'; key: string; position: number; input: unknown })
   | (NotificationBase & { type: 'transitioned'; event: string; value: unknown })
   | (NotificationBase & { type: 'completed'; value: unknown; output: unknown })
   | (NotificationBase & { type: 'failed'; error: ErrorData })
@@ -150,6 +166,19 @@ export type Effect =
     }
   /** Cancel a timer: purge the schedule subject of the setting being canceled. */
   | { kind: 'cancelTimer'; timerId: string; timerKey: string }
+  /**
+   * Concurrency keys: leave the key record of `key` (a holder frees its slot, a waiter leaves
+   * the queue) and send an `admit` to each waiter the freed slots go to. Idempotent: a repeat
+   * finds the workflow gone from the record and only sends the hand-over's admits again.
+   */
+  | { kind: 'keyRelease'; key: string; keyToken: string }
+  /** Concurrency keys: move this waiter to the head of its key's queue (operator `promote`). */
+  | { kind: 'keyPromote'; key: string; keyToken: string }
+  /**
+   * Concurrency keys: cancel workflow `id` of the same type (its inbox, kind `cancel`, with a
+   * msg id the target remembers): `cancel-in-progress` and `replace-queued`.
+   */
+  | { kind: 'keyCancel'; id: string; reason: string }
   /**
    * An emitted event with `alert: <queue>`: JSON on `wf.alerts.<queue>.<type>.<id>` (stream of
    * the events), the event plus the base fields `workflowType`, `id`, `version`, `step`, `at`.
@@ -186,6 +215,8 @@ export type JournalCause =
   | 'result'
   | 'timer'
   | 'failure'
+  /** A deferred workflow was admitted by its concurrency key: its machine starts. */
+  | 'admit'
   /** An operator's admin request (`<prefix>.admin.<verb>.<type>.<id>`). */
   | 'operator';
 
@@ -203,7 +234,7 @@ export interface JournalOperator {
  * Operator verbs on `<prefix>.admin.<verb>.<type>.<id>`. `shutdown`, `cancel` and `prune` act on
  * an activity tree's node only (`nodeId`); `retry` and `resolve` on a node (`nodeId`) or a parked
  * activity (`actorId`); `pause` / `resume` on the workflow or, with `scope: "dispatch"`, on a
- * tree's dispatch.
+ * tree's dispatch. `promote`, `skip` and `release` act on concurrency keys.
  */
 export type AdminVerb =
   | 'pause'
@@ -215,7 +246,13 @@ export type AdminVerb =
   | 'terminate'
   | 'shutdown'
   | 'cancel'
-  | 'prune';
+  | 'prune'
+  /** Concurrency keys: move a deferred workflow to the head of its key's queue. */
+  | 'promote'
+  /** Concurrency keys: cancel a deferred workflow (leaves the queue), with a reason. */
+  | 'skip'
+  /** Concurrency keys: free the slot of a holder that has ended (or whose record is gone). */
+  | 'release';
 
 export const ADMIN_VERBS: readonly AdminVerb[] = Object.freeze([
   'pause',
@@ -228,6 +265,9 @@ export const ADMIN_VERBS: readonly AdminVerb[] = Object.freeze([
   'shutdown',
   'cancel',
   'prune',
+  'promote',
+  'skip',
+  'release',
 ]);
 
 /** The verbs that act on a tree node (`nodeId`), or need it (`shutdown`, `cancel`, `prune`). */
@@ -242,6 +282,9 @@ export const BULK_VERBS: readonly AdminVerb[] = Object.freeze([
   'fail',
   'reset',
   'terminate',
+  'promote',
+  'skip',
+  'release',
 ]);
 
 /** How many operator request ids a record remembers (see `WorkflowRecord.requestIds`). */
@@ -274,6 +317,8 @@ export interface AdminRequest {
   decisions?: unknown[];
   /** pause, resume: `workflow` (default: the whole inbox is held) or `dispatch` (a tree's). */
   scope?: 'workflow' | 'dispatch';
+  /** release: the concurrency key, needed only when the holder's record no longer exists. */
+  key?: string;
 }
 
 /** Reply to an applied admin request. */
@@ -361,6 +406,8 @@ export interface WorkflowRecord {
   held?: HeldMessage[];
   /** Due time (epoch ms) of each pending timer: journaled, so a reset can re-arm them. */
   timerDue?: Record<string, number>;
+  /** Set for a workflow whose definition has a concurrency key (see {@link Admission}). */
+  admission?: Admission;
   /** Epoch ms. */
   createdAt: number;
   updatedAt: number;
@@ -372,6 +419,75 @@ export interface WorkflowRecord {
   error?: ErrorData;
 }
 
+/**
+ * A workflow's place under its concurrency key. While `status` is `deferred` the machine has not
+ * run: `input` is kept for it; the admit message must carry `startSeq`.
+ */
+export interface Admission {
+  /** The concurrency key (the definition's `concurrency.key(input)`). */
+  key: string;
+  /** Subject-safe token of the key (hash): its record is `<type>.<keyToken>` in `<prefix>_keys`. */
+  keyToken: string;
+  /** Inbox sequence of the start: an `admit` names it, so a stale or foreign admit is ignored. */
+  startSeq: number;
+  /** Epoch ms the start was deferred (absent: admitted at once). */
+  deferredAt?: number;
+  /** Position among the waiters when deferred (1-based). */
+  position?: number;
+  /** Epoch ms of admission (absent while deferred). */
+  admittedAt?: number;
+  /** The start input, kept while deferred (dropped on admission). */
+  input?: unknown;
+}
+
+/** Body of an internal `admit` inbox message (msgpack): a freed slot of `key` is this workflow's. */
+export interface AdmitMessage {
+  key: string;
+  startSeq: number;
+  /** Epoch ms the key record admitted it (journaled: the admission order per key). */
+  at?: number;
+}
+
+/**
+ * The durable state of one concurrency key: value of `<type>.<keyToken>` in bucket
+ * `<prefix>_keys`, written only with compare-and-set. `holders` run (at most `limit`);
+ * `waiters` wait in FIFO order.
+ */
+export interface KeyRecord {
+  v: typeof WIRE_VERSION;
+  type: string;
+  key: string;
+  /** The limit of the last definition that acquired a slot. */
+  limit: number;
+  holders: KeyHolder[];
+  waiters: KeyWaiter[];
+  updatedAt: number;
+}
+
+export interface KeyHolder {
+  id: string;
+  /** Inbox sequence of the holder's start (the admit message names it). */
+  startSeq: number;
+  /** Epoch ms admitted. */
+  at: number;
+  /** Epoch ms the start arrived (equal to `at` when admitted at once). */
+  queuedAt: number;
+  /** The holder whose release handed this slot over (absent: admitted at start). */
+  via?: string;
+  /** Set when a `cancel-in-progress` start asked this holder to cancel (the newer start's id). */
+  canceling?: string;
+  /** Set when an operator promoted it. */
+  promoted?: true;
+}
+
+export interface KeyWaiter {
+  id: string;
+  startSeq: number;
+  /** Epoch ms the start arrived. */
+  queuedAt: number;
+  promoted?: true;
+}
+
 /** Body of an internal inbox message (msgpack). */
 export type InboxMessage =
   | { kind: 'start'; input: unknown }
@@ -380,6 +496,7 @@ export type InboxMessage =
   | ({ kind: 'result' } & ResultMessage)
   | ({ kind: 'progress' } & ProgressMessage)
   | ({ kind: 'timer' } & TimerMessage)
+  | ({ kind: 'admit' } & AdmitMessage)
   | ({ kind: 'admin'; verb: AdminVerb } & AdminRequest);
 
 /** Body (msgpack) of a fired timer, delivered to `wf.in.<shard>.timer.<type>.<id>`. */
@@ -581,6 +698,15 @@ interface JournalBase {
   seq?: number;
 }
 
+/** A workflow's admission by its concurrency key, as the journal keeps it (epoch ms). */
+export interface JournalAdmission {
+  key: string;
+  deferredAt?: number;
+  position?: number;
+  /** When the key's record admitted it (the order of these is the admission order per key). */
+  admittedAt?: number;
+}
+
 /** An activity outcome that produced a step (a `result` message). */
 export interface JournalActivity {
   actorId: string;
@@ -637,6 +763,8 @@ export type JournalEntry =
       /** The definition's search attributes, read from the context after the step. */
       attributes?: Record<string, string | number | boolean | null>;
       activity?: JournalActivity;
+      /** Concurrency key, on a `start` and an `admit` entry: deferred at / position, admitted at. */
+      admission?: JournalAdmission;
       /**
        * True while the workflow has an activity parked for manual review (retries exhausted with
        * `onExhausted: 'review'`); the visibility index's `needsReview` follows it.

@@ -26,6 +26,9 @@ const VERB_FIELDS: Record<AdminVerb, readonly string[]> = {
   shutdown: ['nodeId', 'output'],
   cancel: ['nodeId'],
   prune: ['nodeId'],
+  promote: [],
+  skip: [],
+  release: ['key'],
 };
 
 /** The fields of the tree forms (a bulk job takes the workflow forms only). */
@@ -228,6 +231,12 @@ export function parseAdminFields(
     }
     out.toStep = n;
   }
+  if (verb === 'release' && b.key !== undefined) {
+    if (typeof b.key !== 'string' || b.key.length === 0 || b.key.length > 512) {
+      throw bad('key must be a concurrency key: a string of 1-512 characters', { field: 'key' });
+    }
+    out.key = b.key;
+  }
   return out;
 }
 
@@ -260,6 +269,7 @@ export function decodeAdmin(
   if ('output' in body) out.output = body.output;
   if (body.error && typeof body.error === 'object') out.error = body.error;
   if (typeof body.toStep === 'number') out.toStep = body.toStep;
+  if (typeof body.key === 'string') out.key = body.key;
   if (typeof body.nodeId === 'string') out.nodeId = body.nodeId;
   if (Array.isArray(body.decisions)) out.decisions = body.decisions as unknown[];
   if (body.scope === 'dispatch') out.scope = 'dispatch';

@@ -81,8 +81,38 @@ export function parseRequest(
  * Build the reply to `wf.query.<type>.<id>` from a stored record. With a body `{"view", …}` the
  * definition's view answers (E6); an unknown view is `bad_request` with the available names.
  */
-export function queryReply(registry: Registry, r: WorkflowRecord, body?: unknown): unknown {
+export function queryReply(
+  registry: Registry,
+  r: WorkflowRecord,
+  body?: unknown,
+  /** A deferred workflow's current position (null: no longer waiting; undefined: not read). */
+  position?: number | null,
+): unknown {
   const def = registry.get(r.type, r.version);
+  if (r.status === 'deferred') {
+    // Not admitted yet: its machine has not started, there is no state or context.
+    const a = r.admission!;
+    const reply: QueryReply = {
+      id: r.id,
+      type: r.type,
+      version: r.version,
+      status: 'deferred',
+      value: null,
+      context: null,
+      tags: [],
+      accepts: [],
+      step: r.step,
+      createdAt: new Date(r.createdAt).toISOString(),
+      updatedAt: new Date(r.updatedAt).toISOString(),
+      deferred: {
+        key: a.key,
+        position: position === undefined ? (a.position ?? null) : position,
+        since: new Date(a.deferredAt ?? r.createdAt).toISOString(),
+      },
+    };
+    if (r.held?.length) reply.held = r.held.length;
+    return reply;
+  }
   const snapshot = m.restore(def.machine, r.snapshot);
   if (body !== undefined && body !== null) {
     const fields = { workflowType: r.type, workflowId: r.id };
@@ -123,6 +153,7 @@ export function queryReply(registry: Registry, r: WorkflowRecord, body?: unknown
   };
   if (r.output !== undefined) reply.output = r.output;
   if (r.error !== undefined) reply.error = r.error;
+  if (r.admission && r.status === 'running') reply.concurrencyKey = r.admission.key;
   if (r.paused) {
     reply.paused = true;
     reply.held = r.held?.length ?? 0;

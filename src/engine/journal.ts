@@ -6,7 +6,9 @@
 import { pack } from '../contracts/codec.js';
 import {
   WIRE_VERSION,
+  type Admission,
   type Effect,
+  type JournalAdmission,
   type HistoryReply,
   type JournalEffect,
   type JournalEntry,
@@ -165,9 +167,21 @@ export function stepEntry(
     ...(Object.keys(timers).length > 0 ? { timers } : {}),
     ...(record.attributes ? { attributes: record.attributes } : {}),
     ...(effect.activity ? { activity: effect.activity } : {}),
+    ...(record.admission && (effect.cause === 'start' || effect.cause === 'admit')
+      ? { admission: admissionOf(record.admission) }
+      : {}),
     ...(record.output !== undefined ? { output: record.output } : {}),
     ...(record.error ? { error: record.error } : {}),
     createdAt: record.createdAt,
+  };
+}
+
+/** A record's admission as the journal keeps it (the input is not repeated). */
+function admissionOf(a: Admission): JournalAdmission {
+  return {
+    key: a.key,
+    ...(a.deferredAt !== undefined ? { deferredAt: a.deferredAt, position: a.position } : {}),
+    ...(a.admittedAt !== undefined ? { admittedAt: a.admittedAt } : {}),
   };
 }
 

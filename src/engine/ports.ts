@@ -4,7 +4,8 @@
  */
 import type { BodyEncoding } from '../contracts/codec.js';
 import type { InboxKind } from '../contracts/subjects.js';
-import type { JournalEntry, Notification, WorkflowRecord } from '../contracts/wire.js';
+import type { JournalEntry, KeyRecord, Notification, WorkflowRecord } from '../contracts/wire.js';
+import type { AcquireOutcome, AcquireRequest, Admit } from './admission.js';
 
 /** A record with the KV revision it was read or written at. */
 export interface StoredRecord {
@@ -87,6 +88,24 @@ export interface EffectSink {
 export interface JournalReader {
   /** The step entry of step `step` of workflow type/id, or undefined when the journal has none. */
   stepEntry(type: string, id: string, step: number): Promise<JournalEntry | undefined>;
+}
+
+/**
+ * Concurrency keys' records (`<prefix>_keys`), each change a compare-and-set on the revision
+ * read, retried on a lost race: the decisions of `admission.ts` applied linearizably per key.
+ */
+export interface KeyStore {
+  /** A start asks for a slot (idempotent per workflow id). */
+  acquire(req: AcquireRequest & { keyToken: string }): Promise<AcquireOutcome>;
+  /**
+   * Workflow `id` leaves key `keyToken` of `type` (holder or waiter); the freed slots are handed
+   * to the head waiters, each sent an `admit` through its inbox (deterministic msg id). A repeat
+   * sends the same admits again. Resolves once the admits are published.
+   */
+  release(type: string, keyToken: string, id: string): Promise<{ was: string; admits: Admit[] }>;
+  /** Move waiter `id` to the head of the queue. */
+  promote(type: string, keyToken: string, id: string): Promise<{ was: string; from?: number }>;
+  get(type: string, keyToken: string): Promise<KeyRecord | undefined>;
 }
 
 export interface Clock {

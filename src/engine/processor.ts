@@ -35,7 +35,17 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { AnyMachineSnapshot } from 'xstate';
-import { decide, failure, rejection, release, type Decision } from './step.js';
+import {
+  decide,
+  failure,
+  rejection,
+  release,
+  startReply,
+  type Decision,
+  type StartAdmission,
+  type StepInput,
+} from './step.js';
+import { keyOfInput, keyTokenOf } from './admission.js';
 import { decodeAdmin } from './admin.js';
 import { eventPayload, journalEvent, type JournalOptions } from './journal.js';
 import type { Registry } from './registry.js';
@@ -48,6 +58,7 @@ import type {
   InboxIdentity,
   InboxReader,
   JournalReader,
+  KeyStore,
   Logger,
   RecordStore,
   StoredRecord,
@@ -55,6 +66,7 @@ import type {
 import { unpack } from '../contracts/codec.js';
 import {
   WIRE_VERSION,
+  type AdminReply,
   type InboxMessage,
   type ResultMessage,
   type WorkflowRecord,
@@ -111,6 +123,8 @@ export interface ProcessorOptions {
   journalReader?: JournalReader;
   /** Signals and cancels a paused workflow holds at most (default 100). */
   heldMax?: number;
+  /** Concurrency keys' records (absent: a start of a type with a concurrency key is refused). */
+  keys?: KeyStore;
 }
 
 interface CacheEntry {
@@ -279,6 +293,21 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
     }
     case 'admin':
       return decodeAdmin(b, { workflowType: e.type, workflowId: e.id });
+    case 'admit': {
+      if (typeof b.key !== 'string' || typeof b.startSeq !== 'number') {
+        throw new BadRequestError('admit message needs string key and numeric startSeq', {
+          code: ErrorCode.BadRequest,
+          workflowId: e.id,
+          workflowType: e.type,
+        });
+      }
+      return {
+        kind: 'admit',
+        key: b.key,
+        startSeq: b.startSeq,
+        ...(typeof b.at === 'number' ? { at: b.at } : {}),
+      };
+    }
     case 'signal': {
       const ev = b.event as { type?: unknown } | undefined;
       if (!ev || typeof ev !== 'object' || typeof ev.type !== 'string' || ev.type.length === 0) {
@@ -347,7 +376,8 @@ export function createProcessor(opts: ProcessorOptions): Processor {
    * removes it after the retention, and a start or signal must then find no workflow.
    */
   const remember = (key: string, entry: CacheEntry) => {
-    const finished = entry.stored.record.status !== 'running';
+    const st = entry.stored.record.status;
+    const finished = st !== 'running' && st !== 'deferred';
     cache.set(key, entry, finished && finishedTtl > 0 ? { ttl: finishedTtl } : undefined);
   };
   const tails = new Map<string, Promise<void>>();
@@ -628,6 +658,165 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     );
   }
 
+  /**
+   * The admission stage of a new start whose definition has a concurrency key. The start is
+   * first decided as if admitted (pure): a start the machine refuses never takes a slot. Then
+   * the key's record is asked (compare-and-set, idempotent per workflow id, so a start
+   * redelivered after a crash finds its own earlier answer). Undefined: no key (or no key store).
+   * Transient store failures throw (the message is retried in place).
+   */
+  async function admission(
+    e: InboxEntry,
+    input: unknown,
+    now: number,
+    epoch: string | undefined,
+  ): Promise<{ admission: StartAdmission } | { decision: Decision } | undefined> {
+    const keys = opts.keys;
+    if (!keys || !opts.registry.has(e.type)) return undefined;
+    const def = opts.registry.latest(e.type);
+    const c = def.concurrency;
+    if (!c) return undefined;
+    const fields = { workflowType: e.type, workflowId: e.id };
+    let k: { key: string; keyToken: string };
+    try {
+      k = keyOfInput(c, input, fields);
+    } catch (err) {
+      if (err instanceof JetflowError)
+        return { decision: { kind: 'reject', error: err, accepts: [] } };
+      throw err;
+    }
+    const base: StepInput = {
+      type: e.type,
+      id: e.id,
+      seq: e.seq,
+      shard: e.shard,
+      message: { kind: 'start', input },
+      now,
+      inbox: epoch,
+    };
+    const asAdmitted: StartAdmission = { kind: 'admitted', ...k };
+    let probe: Decision;
+    try {
+      probe = decide(ctx, undefined, { ...base, admission: asAdmitted });
+    } catch {
+      // A programming error: the step decides again and reports it the usual way.
+      return { admission: asAdmitted };
+    }
+    if (probe.kind !== 'write') return { decision: probe };
+    const onLimit = c.onLimit ?? 'queue';
+    const outcome = await keys.acquire({
+      type: e.type,
+      key: k.key,
+      keyToken: k.keyToken,
+      id: e.id,
+      startSeq: e.seq,
+      limit: c.limit,
+      onLimit,
+      now,
+    });
+    if (outcome.kind === 'admitted') {
+      // The probe is the decision; the admission time is the key record's.
+      if (probe.record.admission) probe.record.admission.admittedAt = outcome.at;
+      return { decision: probe };
+    }
+    if (outcome.kind === 'rejected') {
+      return {
+        decision: {
+          kind: 'reject',
+          error: new BadRequestError(
+            `workflow ${e.type}/${e.id} not started: concurrency key ${JSON.stringify(k.key)} already runs ${outcome.holders.length} of ${c.limit} (onLimit: cancel-newest)`,
+            {
+              ...fields,
+              code: ErrorCode.ConcurrencyLimit,
+              details: { key: k.key, limit: c.limit, holders: outcome.holders },
+            },
+          ),
+          accepts: [],
+        },
+      };
+    }
+    return {
+      admission: {
+        kind: 'deferred',
+        ...k,
+        position: outcome.position,
+        queuedAt: outcome.queuedAt,
+        cancel: outcome.cancel,
+      },
+    };
+  }
+
+  /**
+   * An operator's `release` of a holder that has ended or whose record is gone: the key's
+   * record lets it go and hands the slot to the head waiter; journaled as an operator entry.
+   * Idempotent: a repeat (a redelivery after a crash) sends the same hand-over again.
+   */
+  async function releaseSlot(
+    e: InboxEntry,
+    msg: Extract<InboxMessage, { kind: 'admin' }>,
+    r: WorkflowRecord | undefined,
+    now: number,
+  ): Promise<void> {
+    const fields = { workflowType: e.type, workflowId: e.id };
+    const key = r?.admission?.key ?? msg.key;
+    if (key === undefined) {
+      stats.rejected++;
+      replyError(
+        e,
+        new BadRequestError(
+          r
+            ? `workflow ${e.type}/${e.id} has no concurrency key`
+            : `workflow ${e.type}/${e.id} does not exist: release needs "key", the concurrency key its slot belongs to`,
+          { ...fields, code: r ? ErrorCode.BadRequest : ErrorCode.NotFound },
+        ),
+      );
+      return;
+    }
+    const keyToken = r?.admission?.keyToken ?? keyTokenOf(key);
+    const out = await opts.keys!.release(e.type, keyToken, e.id);
+    const changed = { key, was: out.was, admitted: out.admits.map((a) => a.id) };
+    logger.warn(
+      { ...fields, by: msg.by, reason: msg.reason, ...changed },
+      'operator released a concurrency slot',
+    );
+    if (opts.journal) {
+      await effects.journal(
+        {
+          v: WIRE_VERSION,
+          kind: 'operator',
+          workflowType: e.type,
+          id: e.id,
+          version: r?.version ?? 0,
+          step: r?.step ?? 0,
+          at: now,
+          engine: engineName,
+          seq: e.seq,
+          action: 'release',
+          params: changed,
+          by: msg.by,
+          reason: msg.reason,
+        },
+        `${e.type}.${e.id}.op.${e.seq}`,
+      );
+    }
+    handledWithoutWrite.set(e.seq, true);
+    const replyTo = replyOf(e);
+    if (replyTo) {
+      const reply: AdminReply = {
+        id: e.id,
+        type: e.type,
+        action: 'release',
+        verb: 'release',
+        step: r?.step ?? 0,
+        status: r?.status ?? 'canceled',
+        value: (r?.snapshot as { value?: unknown } | null | undefined)?.value ?? null,
+        paused: false,
+        changed,
+      };
+      effects.reply(replyTo, e.replyEncoding, reply);
+    }
+  }
+
   /** The record's `lastSeq` if it counts in the inbox stream incarnation `epoch`, else 0. */
   function lastSeqIn(record: WorkflowRecord | undefined, epoch: string | undefined): number {
     if (!record) return 0;
@@ -681,23 +870,42 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         ? await opts.journalReader.stepEntry(e.type, e.id, message.toStep!)
         : undefined;
     const now = clock.now();
+    // An operator's release of a holder that has ended (or whose record is gone): no step of
+    // the workflow, only its key's record (see `releaseSlot`).
+    if (decoded && message.kind === 'admin' && message.verb === 'release' && opts.keys) {
+      const r = cur?.stored.record;
+      if (!r || (r.status !== 'running' && r.status !== 'deferred')) {
+        await releaseSlot(e, message, r, now);
+        return 'done';
+      }
+    }
+    // The admission stage of the start path (concurrency keys): before the step, the key's
+    // record decides whether the start runs now, waits, or is refused.
+    const admitted =
+      decoded && message.kind === 'start' && !cur
+        ? await admission(e, message.input, now, epoch)
+        : undefined;
     try {
       if (!decoded) throw decodeError;
-      decision = decide(
-        ctx,
-        cur?.stored.record,
-        {
-          type: e.type,
-          id: e.id,
-          seq: e.seq,
-          shard: e.shard,
-          message,
-          now,
-          inbox: epoch,
-          ...(restore ? { restore } : {}),
-        },
-        cur?.live,
-      );
+      decision =
+        admitted && 'decision' in admitted
+          ? admitted.decision
+          : decide(
+              ctx,
+              cur?.stored.record,
+              {
+                type: e.type,
+                id: e.id,
+                seq: e.seq,
+                shard: e.shard,
+                message,
+                now,
+                inbox: epoch,
+                ...(restore ? { restore } : {}),
+                ...(admitted ? { admission: admitted.admission } : {}),
+              },
+              cur?.live,
+            );
     } catch (err) {
       if (err instanceof ConflictError) throw err;
       if (err instanceof JetflowError) {
@@ -1015,7 +1223,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
               replyTo,
               d.replyEncoding,
               d.kind === 'start'
-                ? { id: r.id, type: r.type, version: r.version, created: r.lastSeq === d.seq }
+                ? startReply(r, r.lastSeq === d.seq)
                 : {
                     id: r.id,
                     type: r.type,

@@ -5,6 +5,7 @@
 import type { AnyStateMachine } from 'xstate';
 import { ErrorCode, BadRequestError, ConfigError } from '../errors.js';
 import { isToken } from '../contracts/subjects.js';
+import { checkConcurrency, type ConcurrencyOptions } from './admission.js';
 
 /** A workflow definition: an XState v5 machine under a type and an integer version. */
 export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine> {
@@ -31,6 +32,11 @@ export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine>
   views?: Readonly<Record<string, QueryView>>;
   /** Shape of the plain query reply's `context` (default: the whole context). */
   queryContext?: (context: unknown) => unknown;
+  /**
+   * Concurrency key (deferred workflows): at most `limit` workflows of this type with the same
+   * `key(input)` run at once; the slot is held for the whole run. See {@link ConcurrencyOptions}.
+   */
+  concurrency?: ConcurrencyOptions<never>;
 }
 
 /** What a query view knows besides the context and the request body. */
@@ -59,6 +65,7 @@ export function defineWorkflow<M extends AnyStateMachine>(
   if (!Number.isInteger(def.version) || def.version < 1) {
     throw new ConfigError(`workflow ${def.type}: version must be a positive integer`);
   }
+  if (def.concurrency !== undefined) checkConcurrency(def.type, def.concurrency);
   return Object.freeze(def);
 }
 

@@ -23,12 +23,14 @@ import {
   type JournalOptions,
 } from './journal.js';
 import { shardOf, type Subjects } from '../contracts/subjects.js';
+import type { KeyCancel } from './admission.js';
 import {
   HELD_MAX,
   MSG_ID_MEMORY,
   REQUEST_ID_MEMORY,
   WIRE_VERSION,
   type AdminReply,
+  type StartReply,
   type Effect,
   type InboxMessage,
   type JournalEntry,
@@ -55,8 +57,11 @@ export type Decision =
       record: WorkflowRecord;
       create: boolean;
       reply: unknown;
-      /** The live snapshot `record.snapshot` persists (reusable by the next step, saves a restore). */
-      live: AnyMachineSnapshot;
+      /**
+       * The live snapshot `record.snapshot` persists (reusable by the next step, saves a
+       * restore); absent for a deferred workflow (its machine has not started).
+       */
+      live?: AnyMachineSnapshot;
     }
   /** Nothing to store: reply (start of an existing workflow). */
   | { kind: 'noop'; reply: unknown }
@@ -104,7 +109,24 @@ export interface StepInput {
    * the journal no longer has it).
    */
   restore?: JournalEntry;
+  /**
+   * For a start of a definition with a concurrency key: what the admission stage decided (the
+   * key record's answer, see `admission.ts`). Without it such a start is refused.
+   */
+  admission?: StartAdmission;
 }
+
+/** The admission stage's answer for a start with a concurrency key. */
+export type StartAdmission =
+  | { kind: 'admitted'; key: string; keyToken: string; at?: number }
+  | {
+      kind: 'deferred';
+      key: string;
+      keyToken: string;
+      position: number;
+      queuedAt: number;
+      cancel: KeyCancel[];
+    };
 
 function iso(ms: number): string {
   return new Date(ms).toISOString();
@@ -461,6 +483,424 @@ function withoutFinishedChildren(
 }
 
 /**
+ * The record of a workflow whose machine starts now (at its start, or at its admission by a
+ * concurrency key: then `at.step` is the admission's step). No journal effect: the caller adds it.
+ */
+function begin(
+  ctx: StepContext,
+  def: WorkflowDefinition,
+  at: {
+    type: string;
+    id: string;
+    shard: number;
+    seq: number;
+    now: number;
+    step: number;
+    inbox: string | undefined;
+  },
+  input: unknown,
+): Extract<Decision, { kind: 'write' | 'reject' }> {
+  const { type, id, shard, seq, now } = at;
+  const fields = { workflowId: id, workflowType: type };
+  const iat = iso(now);
+  let start: ReturnType<typeof m.start>;
+  try {
+    start = m.start(def.machine, input);
+  } catch (cause) {
+    return {
+      kind: 'reject',
+      error: new BadRequestError(
+        `workflow ${type}/${id}: the machine threw on start: ${String((cause as Error)?.message ?? cause)}`,
+        { ...fields, code: ErrorCode.MachineError, cause },
+      ),
+      accepts: [],
+    };
+  }
+  const { actions } = start;
+  const status = statusOf(start.snapshot);
+  const head = { type, id, step: at.step };
+  const p = materialize(
+    def,
+    ctx,
+    head,
+    { timers: {}, tasks: {} },
+    m.toCommands(actions, at.step),
+    now,
+  );
+  // The machine refused its input (`jetflow.reject` in the initial transition): nothing exists.
+  if (p.reject) return machineReject(p.reject, fields, []) as Extract<Decision, { kind: 'reject' }>;
+  const snapshot = withoutFinishedChildren(start.snapshot, p.tasks);
+  const timerEvents = timerEventsOf(undefined, p.effects, p.timers);
+  const timerDue = timerDueOf(undefined, p.effects, p.timers);
+  const rec: WorkflowRecord = {
+    v: WIRE_VERSION,
+    type,
+    id,
+    version: def.version,
+    status,
+    snapshot: m.persist(def.machine, snapshot),
+    step: at.step,
+    lastSeq: seq,
+    outbox: [],
+    timers: p.timers,
+    ...(timerEvents ? { timerEvents } : {}),
+    ...(timerDue ? { timerDue } : {}),
+    tasks: p.tasks,
+    shard,
+    ...(at.inbox !== undefined ? { inbox: at.inbox } : {}),
+    createdAt: now,
+    updatedAt: now,
+    stateSince: now,
+  };
+  const attributes = searchAttributes(def.searchAttributes, snapshot.context);
+  if (attributes) rec.attributes = attributes;
+  const started: Notification = {
+    type: 'started',
+    workflowType: type,
+    id,
+    version: def.version,
+    step: at.step,
+    at: iat,
+    value: snapshot.value,
+    input,
+    ...(p.emitted.length > 0 ? { emitted: p.emitted } : {}),
+  };
+  rec.outbox = [
+    { kind: 'notify', notification: started },
+    ...p.effects,
+    ...alertEffects(rec, p.emitted, iat),
+  ];
+  if (status !== 'running') {
+    if (status === 'completed') rec.output = snapshot.output;
+    if (status === 'failed') rec.error = errorOfSnapshot(snapshot);
+    rec.outbox.push(...windDown(rec, rec), {
+      kind: 'notify',
+      notification: lifecycle(rec, snapshot, 'xstate.init', iat),
+    });
+    rec.timers = {};
+    delete rec.timerEvents;
+    delete rec.timerDue;
+    rec.tasks = {};
+  }
+  return {
+    kind: 'write',
+    record: rec,
+    create: true,
+    reply: { id, type, version: def.version, created: true },
+    live: snapshot,
+  };
+}
+
+/** The reply to a start (new or repeated) from the workflow's record. */
+export function startReply(rec: WorkflowRecord, created: boolean): StartReply {
+  return {
+    id: rec.id,
+    type: rec.type,
+    version: rec.version,
+    created,
+    ...(rec.status === 'deferred'
+      ? { deferred: true as const, position: rec.admission?.position ?? 0 }
+      : {}),
+  };
+}
+
+/** The effect that frees a workflow's concurrency slot (or place in the queue) when it ends. */
+function keyReleaseOf(rec: WorkflowRecord): Effect[] {
+  const a = rec.admission;
+  return a ? [{ kind: 'keyRelease', key: a.key, keyToken: a.keyToken }] : [];
+}
+
+/**
+ * A start beyond its key's limit: stored as `deferred` (the machine does not run; the input is
+ * kept for the admission), notified `deferred` with its position. Workflows the start makes
+ * cancel (`cancel-in-progress`, `replace-queued`) are sent a cancel by the outbox.
+ */
+function deferStart(
+  ctx: StepContext,
+  def: WorkflowDefinition,
+  input: StepInput,
+  adm: Extract<StartAdmission, { kind: 'deferred' }>,
+): Decision {
+  const { type, id, seq, shard, now } = input;
+  const message = input.message as Extract<InboxMessage, { kind: 'start' }>;
+  const rec: WorkflowRecord = {
+    v: WIRE_VERSION,
+    type,
+    id,
+    version: def.version,
+    status: 'deferred',
+    snapshot: null,
+    step: 0,
+    lastSeq: seq,
+    outbox: [],
+    timers: {},
+    tasks: {},
+    shard,
+    ...(input.inbox !== undefined ? { inbox: input.inbox } : {}),
+    createdAt: now,
+    updatedAt: now,
+    stateSince: now,
+    admission: {
+      key: adm.key,
+      keyToken: adm.keyToken,
+      startSeq: seq,
+      deferredAt: adm.queuedAt,
+      position: adm.position,
+      input: message.input,
+    },
+  };
+  rec.outbox = [
+    {
+      kind: 'notify',
+      notification: {
+        type: 'deferred',
+        workflowType: type,
+        id,
+        version: def.version,
+        step: 0,
+        at: iso(now),
+        key: adm.key,
+        position: adm.position,
+        input: message.input,
+      },
+    },
+    ...adm.cancel.map((c): Effect => ({ kind: 'keyCancel', id: c.id, reason: c.reason })),
+  ];
+  if (ctx.journal) {
+    rec.outbox.push({
+      kind: 'journal',
+      cause: 'start',
+      seq,
+      event: journalEvent('xstate.init', message.input, ctx.journal.payloadMaxBytes),
+    });
+  }
+  return { kind: 'write', record: rec, create: true, reply: startReply(rec, true) };
+}
+
+/**
+ * A message for a deferred workflow (its machine has not started). Signals are kept in order
+ * (`held`, at most `heldMax`) and applied after the admission; a cancel, terminate or an
+ * operator's skip cancels it (it leaves the queue); promote moves it to the head of the queue;
+ * an `admit` carrying its start's sequence starts the machine. Results and timers cannot exist.
+ */
+function deferredStep(
+  ctx: StepContext,
+  stored: WorkflowRecord,
+  input: StepInput,
+  memory: Memory,
+): Decision {
+  const msg = input.message;
+  const a = stored.admission!;
+  const fields = { workflowType: stored.type, workflowId: stored.id };
+  const who = `workflow ${stored.type}/${stored.id}`;
+  const value = null;
+  const reject = (message: string, code: ErrorCode, details?: unknown): Decision => ({
+    kind: 'reject',
+    error: new BadRequestError(message, { ...fields, code, ...(details ? { details } : {}) }),
+    accepts: [],
+  });
+  switch (msg.kind) {
+    case 'admit': {
+      if (msg.startSeq !== a.startSeq) {
+        return {
+          kind: 'ignore',
+          reason: `admit for start ${msg.startSeq}, not this run's (${a.startSeq})`,
+        };
+      }
+      const found = definitionOf(() => ctx.registry.get(stored.type, stored.version));
+      if ('defer' in found) return found.defer;
+      const began = begin(
+        ctx,
+        found.def,
+        {
+          type: stored.type,
+          id: stored.id,
+          shard: stored.shard,
+          seq: input.seq,
+          now: input.now,
+          step: stored.step + 1,
+          inbox: input.inbox ?? stored.inbox,
+        },
+        a.input,
+      );
+      if (began.kind === 'reject') {
+        // The machine refuses the input it was validated with at the start (a new version of
+        // the definition): the workflow fails, and its slot goes to the next waiter.
+        const rec = failure(
+          stored,
+          { ...toErrorData(began.error), retryable: false },
+          input.seq,
+          input.now,
+          ctx.journal,
+        );
+        return { kind: 'write', record: rec, create: false, reply: undefined };
+      }
+      const rec = began.record;
+      rec.createdAt = stored.createdAt;
+      if (stored.msgIds) rec.msgIds = stored.msgIds;
+      if (stored.requestIds) rec.requestIds = stored.requestIds;
+      if (stored.held) rec.held = stored.held;
+      rec.admission = {
+        key: a.key,
+        keyToken: a.keyToken,
+        startSeq: a.startSeq,
+        deferredAt: a.deferredAt,
+        position: a.position,
+        admittedAt: msg.at ?? input.now,
+      };
+      if (rec.status !== 'running') {
+        rec.outbox.push(...keyReleaseOf(rec));
+        delete rec.held;
+      }
+      if (ctx.journal) {
+        rec.outbox.push({
+          kind: 'journal',
+          cause: 'admit',
+          seq: input.seq,
+          event: journalEvent(
+            'jetflow.admit',
+            {
+              key: a.key,
+              waitedMs: input.now - (a.deferredAt ?? input.now),
+              ...(msg.at !== undefined ? { admittedAt: msg.at } : {}),
+            },
+            ctx.journal.payloadMaxBytes,
+          ),
+          from: journalState(value),
+        });
+      }
+      return { ...began, create: false, reply: undefined };
+    }
+    case 'result':
+    case 'progress':
+    case 'timer':
+      return { kind: 'ignore', reason: `${msg.kind} for a deferred workflow (it has not started)` };
+    case 'signal': {
+      const held = stored.held ?? [];
+      const max = ctx.heldMax ?? HELD_MAX;
+      if (held.length >= max) {
+        return {
+          kind: 'reject',
+          error: new RetryableError(
+            `${who} is deferred (waiting for a slot of concurrency key ${JSON.stringify(a.key)}) and already holds ${max} signals; retry after it is admitted`,
+            { ...fields, code: ErrorCode.Deferred, details: { held: held.length, max } },
+          ),
+          accepts: [],
+        };
+      }
+      const kept: InboxMessage = { ...msg };
+      delete kept.msgId;
+      const rec = quietStep(stored, input, memory);
+      rec.held = [...held, { seq: input.seq, message: kept }];
+      if (ctx.journal) {
+        rec.outbox.push({
+          kind: 'journal',
+          cause: 'signal',
+          seq: input.seq,
+          event: journalEvent(msg.event.type, eventPayload(msg.event), ctx.journal.payloadMaxBytes),
+          from: journalState(value),
+          held: true,
+        });
+      }
+      return {
+        kind: 'write',
+        record: rec,
+        create: false,
+        reply: {
+          id: rec.id,
+          type: rec.type,
+          step: rec.step,
+          status: rec.status,
+          value,
+          deferred: true,
+          held: true,
+        },
+      };
+    }
+    case 'cancel':
+    case 'admin': {
+      if (msg.kind === 'admin' && msg.verb === 'promote') {
+        const rec = quietStep(stored, input, memory);
+        rec.outbox.push({ kind: 'keyPromote', key: a.key, keyToken: a.keyToken });
+        if (ctx.journal) {
+          rec.outbox.push({
+            kind: 'journal',
+            cause: 'operator',
+            seq: input.seq,
+            event: journalEvent('jetflow.promote', { key: a.key }, ctx.journal.payloadMaxBytes),
+            from: journalState(value),
+            operator: operatorOf(msg),
+          });
+        }
+        return {
+          kind: 'write',
+          record: rec,
+          create: false,
+          reply: adminReply(rec, 'promote', { key: a.key, promoted: true }),
+        };
+      }
+      if (msg.kind === 'admin' && msg.verb !== 'skip' && msg.verb !== 'terminate') {
+        return reject(
+          `${who} is deferred (waiting for a slot of concurrency key ${JSON.stringify(a.key)}): ${msg.verb} needs an admitted workflow; promote, skip or terminate it`,
+          ErrorCode.Deferred,
+          { key: a.key },
+        );
+      }
+      const rec = quietStep(stored, input, memory);
+      rec.status = 'canceled';
+      rec.stateSince = input.now;
+      const dropped = rec.held?.length ?? 0;
+      delete rec.held;
+      rec.admission = { ...a };
+      delete rec.admission.input;
+      const reason = msg.reason;
+      const action = msg.kind === 'admin' ? `jetflow.${msg.verb}` : 'jetflow.cancel';
+      rec.outbox.push(...keyReleaseOf(rec), {
+        kind: 'notify',
+        notification: {
+          type: 'canceled',
+          workflowType: rec.type,
+          id: rec.id,
+          version: rec.version,
+          step: rec.step,
+          at: iso(input.now),
+          reason,
+        },
+      });
+      if (ctx.journal) {
+        rec.outbox.push({
+          kind: 'journal',
+          cause: msg.kind === 'admin' ? 'operator' : 'cancel',
+          seq: input.seq,
+          event: journalEvent(
+            action,
+            reason === undefined ? undefined : { reason },
+            ctx.journal.payloadMaxBytes,
+          ),
+          from: journalState(value),
+          ...(msg.kind === 'admin' ? { operator: operatorOf(msg) } : {}),
+        });
+      }
+      return {
+        kind: 'write',
+        record: rec,
+        create: false,
+        reply:
+          msg.kind === 'admin'
+            ? adminReply(rec, msg.verb, {
+                status: 'canceled',
+                key: a.key,
+                ...(dropped ? { heldDropped: dropped } : {}),
+              })
+            : { id: rec.id, type: rec.type, step: rec.step, status: rec.status, value },
+      };
+    }
+    default:
+      return { kind: 'ignore', reason: `${msg.kind} for a deferred workflow` };
+  }
+}
+
+/**
  * Decide what one message does to one workflow. Throws only on programming errors; machine
  * errors (a throwing guard or assign) come back as a rejection with code `machine_error`.
  */
@@ -495,86 +935,39 @@ export function decide(
   }
 
   if (message.kind === 'start') {
-    if (stored) {
-      return {
-        kind: 'noop',
-        reply: { id, type, version: stored.version, created: stored.lastSeq === seq },
-      };
-    }
+    if (stored) return { kind: 'noop', reply: startReply(stored, stored.lastSeq === seq) };
     const found = definitionOf(() => registry.latest(type));
     if ('defer' in found) return found.defer;
     const def = found.def;
-    let start: ReturnType<typeof m.start>;
-    try {
-      start = m.start(def.machine, message.input);
-    } catch (cause) {
+    const adm = input.admission;
+    if (def.concurrency && !adm) {
       return {
         kind: 'reject',
-        error: new BadRequestError(
-          `workflow ${type}/${id}: the machine threw on start: ${String((cause as Error)?.message ?? cause)}`,
-          { ...fields, code: ErrorCode.MachineError, cause },
+        error: new RetryableError(
+          `workflow ${type}/${id}: ${type} has a concurrency key but this engine has no key store`,
+          { ...fields, code: ErrorCode.Config },
         ),
         accepts: [],
       };
     }
-    const { actions } = start;
-    const status = statusOf(start.snapshot);
-    const head = { type, id, step: 0 };
-    const p = materialize(def, ctx, head, { timers: {}, tasks: {} }, m.toCommands(actions, 0), now);
-    // The machine refused its input (`jetflow.reject` in the initial transition): nothing exists.
-    if (p.reject) return machineReject(p.reject, fields, []);
-    const snapshot = withoutFinishedChildren(start.snapshot, p.tasks);
-    const timerEvents = timerEventsOf(undefined, p.effects, p.timers);
-    const timerDue = timerDueOf(undefined, p.effects, p.timers);
-    const rec: WorkflowRecord = {
-      v: WIRE_VERSION,
-      type,
-      id,
-      version: def.version,
-      status,
-      snapshot: m.persist(def.machine, snapshot),
-      step: 0,
-      lastSeq: seq,
-      outbox: [],
-      timers: p.timers,
-      ...(timerEvents ? { timerEvents } : {}),
-      ...(timerDue ? { timerDue } : {}),
-      tasks: p.tasks,
-      shard,
-      ...inboxId,
-      createdAt: now,
-      updatedAt: now,
-      stateSince: now,
-    };
-    const attributes = searchAttributes(def.searchAttributes, snapshot.context);
-    if (attributes) rec.attributes = attributes;
-    const started: Notification = {
-      type: 'started',
-      workflowType: type,
-      id,
-      version: def.version,
-      step: 0,
-      at,
-      value: snapshot.value,
-      input: message.input,
-      ...(p.emitted.length > 0 ? { emitted: p.emitted } : {}),
-    };
-    rec.outbox = [
-      { kind: 'notify', notification: started },
-      ...p.effects,
-      ...alertEffects(rec, p.emitted, at),
-    ];
-    if (status !== 'running') {
-      if (status === 'completed') rec.output = snapshot.output;
-      if (status === 'failed') rec.error = errorOfSnapshot(snapshot);
-      rec.outbox.push(...windDown(rec, rec), {
-        kind: 'notify',
-        notification: lifecycle(rec, snapshot, 'xstate.init', at),
-      });
-      rec.timers = {};
-      delete rec.timerEvents;
-      delete rec.timerDue;
-      rec.tasks = {};
+    if (adm?.kind === 'deferred') return deferStart(ctx, def, input, adm);
+    const began = begin(
+      ctx,
+      def,
+      { type, id, shard, seq, now, step: 0, inbox: input.inbox },
+      message.input,
+    );
+    if (began.kind !== 'write') return began;
+    const rec = began.record;
+    if (adm) {
+      rec.admission = {
+        key: adm.key,
+        keyToken: adm.keyToken,
+        startSeq: seq,
+        admittedAt: adm.at ?? now,
+      };
+      // A machine that ends in its initial transition frees the slot at once.
+      if (rec.status !== 'running') rec.outbox.push(...keyReleaseOf(rec));
     }
     if (ctx.journal) {
       rec.outbox.push({
@@ -584,13 +977,7 @@ export function decide(
         event: journalEvent('xstate.init', message.input, ctx.journal.payloadMaxBytes),
       });
     }
-    return {
-      kind: 'write',
-      record: rec,
-      create: true,
-      reply: { id, type, version: def.version, created: true },
-      live: snapshot,
-    };
+    return { ...began, reply: startReply(rec, true) };
   }
 
   if (message.kind === 'timer') {
@@ -618,6 +1005,14 @@ export function decide(
     if (ref.parked) {
       return { kind: 'ignore', reason: `result of task ${message.taskId}, parked for review` };
     }
+  }
+  if (message.kind === 'admit') {
+    if (!stored) return { kind: 'ignore', reason: 'admit of a workflow that does not exist' };
+    if (stored.status !== 'deferred')
+      return {
+        kind: 'ignore',
+        reason: `admit of a workflow that is ${stored.status}, not deferred`,
+      };
   }
   if (message.kind === 'progress') {
     // An attempt notice is information: applied only when it tells something new.
@@ -683,6 +1078,9 @@ export function decide(
     memory.requestIds = remember(stored.requestIds, reqKey, REQUEST_ID_MEMORY);
   }
 
+  // Not admitted yet by its concurrency key: the machine has not started.
+  if (stored.status === 'deferred') return deferredStep(ctx, stored, input, memory);
+
   if (stored.status !== 'running' && !(message.kind === 'admin' && message.verb === 'reset')) {
     return {
       kind: 'reject',
@@ -730,6 +1128,7 @@ export function decide(
     delete rec.held;
     rec.outbox = [
       ...windDown(stored, stored),
+      ...keyReleaseOf(stored),
       {
         kind: 'notify',
         notification: {
@@ -1012,7 +1411,7 @@ export function decide(
     if (status === 'completed') rec.output = next.snapshot.output;
     if (status === 'failed') rec.error = errorOfSnapshot(next.snapshot);
     // Whatever is still pending (e.g. a fire-and-forget activity, a timer of an outer state) ends.
-    rec.outbox.push(...windDown(stored, p));
+    rec.outbox.push(...windDown(stored, p), ...keyReleaseOf(stored));
     rec.timers = {};
     delete rec.timerEvents;
     delete rec.timerDue;
@@ -1196,6 +1595,7 @@ export function failure(
   delete rec.timerDue;
   rec.outbox = [
     ...windDown(stored, stored),
+    ...keyReleaseOf(stored),
     {
       kind: 'notify',
       notification: {
@@ -1536,6 +1936,19 @@ function operator(
       ErrorCode.Paused,
     );
   }
+  if (msg.verb === 'promote' || msg.verb === 'skip') {
+    return reject(
+      `${who} is ${stored.status}, not deferred: ${msg.verb} acts on a workflow waiting for its concurrency key`,
+      ErrorCode.NotDeferred,
+      { status: stored.status },
+    );
+  }
+  if (msg.verb === 'release') {
+    return reject(
+      `${who} is running and holds its slot: cancel or terminate it (the slot is freed when it ends)`,
+      ErrorCode.HolderRunning,
+    );
+  }
   if (msg.verb === 'reset') return reset(ctx, def, stored, input, msg, snapshot, memory);
 
   // retry, resolve, fail: a parked activity.
@@ -1619,6 +2032,17 @@ function reset(
     }),
     accepts: [],
   });
+  if (stored.admission && stored.status !== 'running') {
+    // Running again would need a slot of its key, which it freed when it ended.
+    return {
+      kind: 'reject',
+      error: new BadRequestError(
+        `${who} has ended and freed its slot of concurrency key ${JSON.stringify(stored.admission.key)}: a reset would run it without a slot; start a new workflow instead`,
+        { ...fields, code: ErrorCode.ConcurrencyKey, details: { key: stored.admission.key } },
+      ),
+      accepts: [],
+    };
+  }
   if (toStep >= stored.step) {
     return out(
       `${who}: toStep ${toStep} is not an earlier step (the workflow is at step ${stored.step})`,

@@ -20,6 +20,7 @@ import {
   type TopologyNames,
 } from '../nats/topology.js';
 import { createKvRecordStore } from '../nats/store.js';
+import { createKeyStore, keyEffectHandlers, openKeysBucket } from '../nats/keys.js';
 import { createInboxReader } from '../nats/inbox.js';
 import { createInboxIdentity } from '../nats/inbox-identity.js';
 import { openMembership } from '../nats/membership.js';
@@ -75,6 +76,7 @@ export class Engine implements AsyncDisposable {
         finishedRetentionMs: config.finishedRetentionMs,
       });
       const timers = timerEffectHandlers(js, jsm, names, logger);
+      const keys = createKeyStore(await openKeysBucket(nc, names), js, names, logger);
       const sink = createEffectSink(
         nc,
         js,
@@ -82,6 +84,7 @@ export class Engine implements AsyncDisposable {
         logger,
         {
           ...taskEffectHandlers(nc, js, jsm, names, logger),
+          ...keyEffectHandlers(keys, js, names),
           timer: timers.timer,
           cancelTimer: timers.cancelTimer,
         },
@@ -106,6 +109,7 @@ export class Engine implements AsyncDisposable {
         engineName: config.name,
         ...(config.journal ? { journal: { payloadMaxBytes: config.journalPayloadMaxBytes } } : {}),
         journalReader: createJournalReader(history),
+        keys,
       });
       const gateway = startGateway({
         nc,
@@ -119,6 +123,7 @@ export class Engine implements AsyncDisposable {
         replyPrefixes: config.replyPrefixes,
         maxInFlight: config.gatewayMaxInFlight,
         history,
+        keys,
       });
       const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
       const strays = await sweepTimerStrays(js, jsm, names, logger);

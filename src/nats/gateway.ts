@@ -11,9 +11,10 @@ import {
   type Subscription,
 } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
-import type { EffectSink, Logger, RecordStore } from '../engine/ports.js';
+import type { EffectSink, KeyStore, Logger, RecordStore } from '../engine/ports.js';
 import type { Registry } from '../engine/registry.js';
 import { parseRequest, queryReply } from '../engine/gateway.js';
+import { positionOf } from '../engine/admission.js';
 import { decodeRequestBody, encodingOf, pack, type BodyEncoding } from '../contracts/codec.js';
 import { parseHistoryRequest } from '../engine/journal.js';
 import { parseAdminRequest } from '../engine/admin.js';
@@ -54,6 +55,8 @@ export interface GatewayOptions {
   maxInFlight?: number;
   /** Reads journals for `<prefix>.history.<type>.<id>` (absent: not answered here). */
   history?: HistoryReader;
+  /** Concurrency keys: a deferred workflow's query tells its current position. */
+  keys?: KeyStore;
 }
 
 /**
@@ -282,7 +285,13 @@ export function startGateway(o: GatewayOptions): Gateway {
         });
       }
       const body = decodeRequestBody(m.data, enc, { subject: m.subject });
-      sink.reply(m.reply, enc, queryReply(registry, stored.record, body));
+      const r = stored.record;
+      // A deferred workflow's position changes as the waiters ahead are admitted: read it now.
+      const position =
+        r.status === 'deferred' && r.admission && o.keys
+          ? (positionOf(await o.keys.get(r.type, r.admission.keyToken), r.id) ?? null)
+          : undefined;
+      sink.reply(m.reply, enc, queryReply(registry, r, body, position));
     } catch (err) {
       fail(m, enc, err);
     }

@@ -74,6 +74,11 @@ export interface TopologyNames {
   attemptsBucket: string;
   /** Bulk operator jobs: the job record (claim, cursor, counters) and its snapshot of ids. */
   bulkBucket: string;
+  /**
+   * Concurrency keys: one record per (type, key), `<type>.<keyToken>`, holders and FIFO
+   * waiters, written only with compare-and-set.
+   */
+  keysBucket: string;
   queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
@@ -92,6 +97,7 @@ export function topologyNames(prefix: string): TopologyNames {
     bucket: `${prefix}_workflows`,
     attemptsBucket: `${prefix}_attempts`,
     bulkBucket: `${prefix}_bulk`,
+    keysBucket: `${prefix}_keys`,
     shardConsumer: (s) => `shard-${s}`,
   };
 }
@@ -262,6 +268,7 @@ async function ensureTopologyOnce(
     });
   if (!existing) await fixBucket((await bucketInfo())?.config);
   await ensureAttemptsBucket(nc, jsm, t.names, o);
+  await ensureKeysBucket(nc, jsm, t.names, o);
   return { names: t.names, kv };
 }
 
@@ -301,6 +308,33 @@ async function ensureAttemptsBucket(
     await jsm.streams
       .update(stream, { ...c, max_age: ms(o.attemptRetentionMs), allow_direct: false })
       .catch(fail);
+}
+
+/**
+ * The concurrency keys' bucket: read from the stream leader (a decision on a lagging follower's
+ * copy would lose its compare-and-set anyway, but a listing should be current), no history.
+ */
+async function ensureKeysBucket(
+  nc: NatsConnection,
+  jsm: JetStreamManager,
+  names: TopologyNames,
+  o: TopologyOptions,
+): Promise<void> {
+  const existing = await jsm.streams.info(`KV_${names.keysBucket}`).catch((e: unknown) => {
+    if (isNotFound(e)) return undefined;
+    throw topologyError(`bucket ${names.keysBucket}`, e);
+  });
+  if (existing) return;
+  await new Kvm(nc)
+    .create(names.keysBucket, {
+      history: 1,
+      replicas: o.replicas,
+      storage: StorageType.File,
+      allow_direct: false,
+    })
+    .catch((e: unknown) => {
+      throw topologyError(`bucket ${names.keysBucket}`, e);
+    });
 }
 
 /**

@@ -13,7 +13,13 @@ import { isToken } from '../contracts/subjects.js';
 import type { WorkflowStatus } from '../contracts/wire.js';
 import { BadRequestError } from '../errors.js';
 
-export const STATUSES: readonly WorkflowStatus[] = ['running', 'completed', 'failed', 'canceled'];
+export const STATUSES: readonly WorkflowStatus[] = [
+  'deferred',
+  'running',
+  'completed',
+  'failed',
+  'canceled',
+];
 
 /** Epoch-ms bounds: `after` inclusive, `before` exclusive. */
 export interface Range {
