@@ -304,7 +304,11 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
   program
     .command('worker')
     .description('run a worker for an activities module (drains on SIGTERM)')
-    .requiredOption('--activities <module>', 'module exporting `activities` (name -> function)')
+    .option('--activities <module>', 'module exporting `activities` (name -> function)')
+    .option(
+      '--http',
+      'also run HTTP activities (declared with `http: { url }`) with no code; needs --queues without --activities',
+    )
     .option('--queues <a,b>', 'queues to pull from (default: one per activity)')
     .option('--concurrency <n>', 'tasks run at once, per queue (default 10)')
     .option('--nats-url <url[,url]>', 'NATS servers (default nats://127.0.0.1:4222) [NATS_URL]')

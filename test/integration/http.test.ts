@@ -79,7 +79,8 @@ describe('HTTP ingress routes', () => {
     expect(paid.status).toBe(200);
     const q = await call('GET', '/v1/workflows/order/o1');
     expect(q.status).toBe(200);
-    expect(q.json).toMatchObject({ status: 'running', value: 'paid', accepts: expect.any(Array) });
+    expect(q.json).toMatchObject({ status: 'running', value: 'paid' });
+    expect(q.json.accepts).toEqual(expect.arrayContaining(['PACK']) as unknown);
 
     const running = await call('GET', '/v1/workflows/order/o1/result');
     expect(running.status).toBe(202);
@@ -164,9 +165,9 @@ describe('HTTP errors as application/problem+json', () => {
       400,
       'bad_request',
     );
-    expect(shape.details).toEqual([
-      expect.objectContaining({ why: expect.stringContaining('type') }),
-    ]);
+    const details = shape.details as { field: string; why: string }[];
+    expect(details).toHaveLength(1);
+    expect(details[0]!.why).toContain('type');
     expectProblem(await call('POST', '/v1/workflows/order/b1', { inputt: 1 }), 400, 'bad_request');
     expectProblem(await call('GET', '/v1/workflows/order/bad.id'), 400, 'bad_request');
     expectProblem(await call('GET', '/v1/workflows/order/b1/result?wait=soon'), 400, 'bad_request');
