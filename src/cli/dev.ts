@@ -8,6 +8,8 @@ import type { WorkflowDefinition } from '../engine/registry.js';
 import { createRegistry } from '../engine/registry.js';
 import { Engine } from '../host/engine.js';
 import type { Visibility } from '../host/visibility.js';
+import type { HttpServer } from '../http/server.js';
+import type { Client } from '../client/index.js';
 import { repoRoot, startLocalServer } from '../host/nats-server.js';
 import { runDemo } from './demo.js';
 
@@ -32,11 +34,14 @@ export async function runDev(
   d.print(`jetflow: nats-server ${external ? 'at' : 'started at'} ${url}`);
   let engine: Engine | undefined;
   let visibility: Promise<Visibility | undefined> | undefined;
+  let http: { server: HttpServer; client: Client } | undefined;
   let stopping = false;
   const abort = new AbortController();
   const stop = async () => {
     stopping = true;
     abort.abort();
+    await http?.server.close();
+    await http?.client.close();
     await (await visibility)?.close();
     await engine?.close();
     await server?.stop();
@@ -82,6 +87,7 @@ export async function runDev(
           return undefined;
         },
       );
+    if (v['no-http'] !== false) http = await startDevHttp(v, env, url, prefix, d.print);
     await runDemo(url, engine.config.prefix, d.print);
     if (v.once || stopping) {
       await stop();
@@ -89,11 +95,35 @@ export async function runDev(
     }
     d.print('jetflow: serving; try `jetflow query order <id>` or any NATS client. Ctrl-C to stop.');
     await engine.run();
+    await http?.server.close();
+    await http?.client.close();
     await (await visibility)?.close();
     await server?.stop();
     return 0;
   } catch (err) {
     await stop();
     throw err;
+  }
+}
+
+/** The HTTP ingress of dev; a port already taken is reported, not fatal (dev runs on). */
+async function startDevHttp(
+  v: Record<string, string | boolean | undefined>,
+  env: NodeJS.ProcessEnv,
+  url: string,
+  prefix: string,
+  print: (line: string) => void,
+): Promise<{ server: HttpServer; client: Client } | undefined> {
+  const { Client } = await import('../client/index.js');
+  const { startHttp } = await import('../http/server.js');
+  const client = await Client.connect(url, { prefix });
+  try {
+    const port = Number((v['http-port'] as string | undefined) ?? (env.JETFLOW_HTTP_PORT || 8080));
+    const server = await startHttp({ client, port, log: print });
+    return { server, client };
+  } catch (err) {
+    await client.close();
+    print(`jetflow: http ingress not available: ${String((err as Error)?.message ?? err)}`);
+    return undefined;
   }
 }

@@ -10,13 +10,13 @@
  * then exit 0); a second one forces exit 1.
  */
 import { readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
 import type { EngineOptions } from '../config.js';
 import type { WorkflowDefinition } from '../engine/registry.js';
 import { ConfigError } from '../errors.js';
-import { repoRoot } from '../host/package-root.js';
+import { packageVersion, repoRoot } from '../host/package-root.js';
 import { describeError, errorJson, ExitCode, exitCodeOf, UsageError } from './exit.js';
 import { importUserModule } from './modules.js';
 import { createOut } from './output.js';
@@ -254,15 +254,6 @@ canceled), 2 usage, 3 not found (workflow, or a type no engine has), 4 rejected 
 accepted now, bad request, already finished), 5 timeout or no engine answering (or NATS
 unreachable).`;
 
-function packageVersion(): string {
-  try {
-    return (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string })
-      .version;
-  } catch {
-    return 'unknown';
-  }
-}
-
 function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => void): Command {
   const program = new Command('jetflow')
     .description('Durable workflows as XState actors on NATS JetStream')
@@ -315,7 +306,11 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
   program
     .command('worker')
     .description('run a worker for an activities module (drains on SIGTERM)')
-    .requiredOption('--activities <module>', 'module exporting `activities` (name -> function)')
+    .option('--activities <module>', 'module exporting `activities` (name -> function)')
+    .option(
+      '--http',
+      'also run HTTP activities (declared with `http: { url }`) with no code; needs --queues without --activities',
+    )
     .option('--queues <a,b>', 'queues to pull from (default: one per activity)')
     .option('--concurrency <n>', 'tasks run at once, per queue (default 10)')
     .option('--nats-url <url[,url]>', 'NATS servers (default nats://127.0.0.1:4222) [NATS_URL]')
@@ -382,6 +377,11 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       '--data-dir <dir>',
       "folder of dev's visibility replica (default ./.jetflow/dev) [JETFLOW_DATA_DIR]",
     )
+    .option(
+      '--http-port <port>',
+      'port of the HTTP ingress on 127.0.0.1 (default 8080; 0 = any free port) [JETFLOW_HTTP_PORT]',
+    )
+    .option('--no-http', 'do not serve the HTTP ingress')
     .action(async (_o: unknown, cmd: Command) => {
       const v = flagValues(cmd);
       const { runDev } = await import('./dev.js');
@@ -466,6 +466,54 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         onSignals(() => void starting.then((v) => v.close()).catch(() => undefined));
         const v = await starting;
         await v.run();
+        done(0);
+      },
+    );
+
+  program
+    .command('http')
+    .description('HTTP ingress: start, signal, query, result, cancel and history over HTTP')
+    .option('--nats-url <url[,url]>', 'NATS servers (default nats://127.0.0.1:4222) [NATS_URL]')
+    .option('--prefix <p>', 'subject prefix of the engines (default wf) [JETFLOW_PREFIX]')
+    .option('--port <port>', 'port to listen on (default 8080) [JETFLOW_HTTP_PORT]')
+    .option(
+      '--host <host>',
+      'interface to listen on (default 127.0.0.1; 0.0.0.0 for every interface) [JETFLOW_HTTP_HOST]',
+    )
+    .option('--max-wait <ms>', "upper bound of the result route's ?wait= (default 300000)")
+    .action(
+      async (o: {
+        natsUrl?: string;
+        prefix?: string;
+        port?: string;
+        host?: string;
+        maxWait?: string;
+      }) => {
+        const port = Number(o.port ?? (env.JETFLOW_HTTP_PORT || 8080));
+        if (!Number.isInteger(port) || port < 0 || port > 65535) {
+          throw new UsageError(`--port must be 0-65535, got ${String(o.port)}`);
+        }
+        const { Client } = await import('../client/index.js');
+        const { startHttp } = await import('../http/server.js');
+        const url = o.natsUrl ?? (env.NATS_URL || 'nats://127.0.0.1:4222');
+        const client = await Client.connect(url, {
+          prefix: o.prefix ?? (env.JETFLOW_PREFIX || undefined),
+        });
+        const http = await startHttp({
+          client,
+          port,
+          host: o.host ?? (env.JETFLOW_HTTP_HOST || undefined),
+          ...(o.maxWait ? { maxWaitMs: Number(o.maxWait) } : {}),
+          log: (line) => io.err.line(line),
+        });
+        await new Promise<void>((stopped) =>
+          onSignals(() => {
+            void http
+              .close()
+              .then(() => client.close())
+              .finally(stopped);
+          }),
+        );
         done(0);
       },
     );

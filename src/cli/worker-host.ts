@@ -13,7 +13,8 @@ import { UsageError } from './exit.js';
 import { importUserModule } from './modules.js';
 
 export interface WorkerFlags {
-  activities: string;
+  activities?: string;
+  http?: boolean;
   queues?: string;
   concurrency?: string;
   natsUrl?: string;
@@ -57,8 +58,16 @@ export function perQueue(
 export async function workerOptions(
   f: WorkerFlags,
 ): Promise<Omit<WorkerOptions, 'connection' | 'logger'>> {
-  const mod = await importUserModule(f.activities, 'activities');
-  const activities = (mod.activities ?? mod.default) as Record<string, ActivityFn> | undefined;
+  if (f.activities === undefined && !f.http)
+    throw new UsageError('give --activities <module>, or --http with --queues (or both)');
+  if (f.activities === undefined && f.queues === undefined)
+    throw new UsageError(
+      '--http without --activities needs --queues: the queues of the HTTP activities',
+    );
+  const mod: Record<string, unknown> =
+    f.activities !== undefined ? await importUserModule(f.activities, 'activities') : {};
+  const activities = (f.activities !== undefined ? (mod.activities ?? mod.default) : {}) as
+    Record<string, ActivityFn> | undefined;
   if (
     !activities ||
     typeof activities !== 'object' ||
@@ -86,6 +95,7 @@ export async function workerOptions(
   if (f.forceQueueSettings) for (const q of Object.keys(settings)) settings[q]!.force = true;
   return {
     activities,
+    ...(f.http ? { http: true } : {}),
     queues,
     concurrency:
       f.concurrency !== undefined

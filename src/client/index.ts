@@ -150,10 +150,22 @@ export class Client implements AsyncDisposable {
     return this.schedulesApi;
   }
 
-  /** Start `type/id` with `input`. Idempotent: a second start replies `created: false`. */
-  async start(type: string, id: string, input?: unknown): Promise<StartReply> {
+  /**
+   * Start `type/id` with `input`. Idempotent by id: a second start replies `created: false`.
+   * `msgId` (e.g. an HTTP `Idempotency-Key`) is the message id the server deduplicates on.
+   */
+  async start(
+    type: string,
+    id: string,
+    input?: unknown,
+    opts: { msgId?: string | undefined } = {},
+  ): Promise<StartReply> {
     this.check(type, id);
-    return await this.request(this.names.subjects.start(type, id), { input });
+    return await this.request(
+      this.names.subjects.start(type, id),
+      { input },
+      opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
+    );
   }
 
   /**
@@ -218,10 +230,22 @@ export class Client implements AsyncDisposable {
     }
   }
 
-  /** Cancel: stops activities and timers; final status `canceled`. */
-  async cancel(type: string, id: string, reason?: string): Promise<SignalReply> {
+  /**
+   * Cancel: stops activities and timers; final status `canceled`. A repeat with the same
+   * `msgId` is applied once.
+   */
+  async cancel(
+    type: string,
+    id: string,
+    reason?: string,
+    opts: { msgId?: string | undefined } = {},
+  ): Promise<SignalReply> {
     this.check(type, id);
-    return await this.request(this.names.subjects.cancel(type, id), { reason });
+    return await this.request(
+      this.names.subjects.cancel(type, id),
+      { reason },
+      opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
+    );
   }
 
   /**
@@ -477,6 +501,8 @@ export class Client implements AsyncDisposable {
     const messages = await consumer.consume();
     const abort = () => void messages.close();
     opts.signal?.addEventListener('abort', abort, { once: true });
+    // Aborted while the consumer was being set up: the listener above will never fire.
+    if (opts.signal?.aborted) abort();
     try {
       for await (const m of messages) {
         const n = m.json<Notification>();
@@ -511,6 +537,8 @@ export class Client implements AsyncDisposable {
     const messages = await consumer.consume();
     const abort = () => void messages.close();
     opts.signal?.addEventListener('abort', abort, { once: true });
+    // Aborted while the consumer was being set up: the listener above will never fire.
+    if (opts.signal?.aborted) abort();
     const seen = new Set<number>();
     try {
       for await (const m of messages) {

@@ -582,6 +582,8 @@ export interface TaskMessage {
   deadline?: number;
   /** For a tree node: the node's identity (ACTIVITY-TREES §2.9.4). */
   node?: Record<string, unknown>;
+  /** An HTTP activity's endpoint: run by a worker with `http` enabled, no user code. */
+  http?: { url: string; method?: string; headers?: Record<string, string>; timeoutMs?: number };
   /** Where the worker publishes the result (JetStream): `wf.inbox.result.<type>.<id>`. */
   resultSubject: string;
   scheduledAt: number;

@@ -34,6 +34,23 @@ export interface ActivityOptions {
    * fail it). Unset: the workflow definition's `onExhausted`, else `'fail'`.
    */
   onExhausted?: 'fail' | 'review';
+  /**
+   * An HTTP activity: run by `jetflow worker --http` with no user code. The task is POSTed (or
+   * `method`) as JSON to `url`; see {@link HttpActivitySpec}.
+   */
+  http?: HttpActivitySpec;
+}
+
+/** Where and how an HTTP activity calls its endpoint (carried on the task message). */
+export interface HttpActivitySpec {
+  /** http:// or https:// URL the task input is sent to. */
+  url: string;
+  /** Default `POST`. */
+  method?: 'POST' | 'PUT' | 'PATCH' | 'DELETE' | 'GET';
+  /** Extra request headers (e.g. an API key). */
+  headers?: Record<string, string>;
+  /** Max time of one request (default: the activity's `startToCloseMs`). */
+  timeoutMs?: number;
 }
 
 export type ActivityOptionsInput = Partial<Omit<ActivityOptions, 'retry'>> & {
@@ -68,7 +85,9 @@ export function resolveActivityOptions(
     scheduleToCloseMs: input.scheduleToCloseMs,
     retry,
     ...(input.onExhausted !== undefined ? { onExhausted: input.onExhausted } : {}),
+    ...(input.http !== undefined ? { http: input.http } : {}),
   };
+  if (o.http !== undefined) checkHttpSpec(name, o.http);
   if (o.onExhausted !== undefined && o.onExhausted !== 'fail' && o.onExhausted !== 'review') {
     throw new ConfigError(
       `invalid onExhausted for activity ${name}: 'fail' or 'review' (got ${JSON.stringify(o.onExhausted)})`,
@@ -99,6 +118,31 @@ export function resolveActivityOptions(
   )
     throw new ConfigError('invalid retry.delaysMs: 1-100 numbers >= 0 (ms)');
   return o;
+}
+
+const HTTP_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE', 'GET']);
+
+function checkHttpSpec(name: string, h: HttpActivitySpec): void {
+  let url: URL | undefined;
+  try {
+    url = new URL(h.url);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:'))
+    throw new ConfigError(
+      `invalid http.url for activity ${name}: an http:// or https:// URL (got ${JSON.stringify(h.url)})`,
+    );
+  if (h.method !== undefined && !HTTP_METHODS.has(h.method))
+    throw new ConfigError(
+      `invalid http.method for activity ${name}: one of ${[...HTTP_METHODS].join(', ')}`,
+    );
+  if (
+    h.headers !== undefined &&
+    (typeof h.headers !== 'object' || !Object.values(h.headers).every((v) => typeof v === 'string'))
+  )
+    throw new ConfigError(`invalid http.headers for activity ${name}: an object of strings`);
+  positive('http.timeoutMs', h.timeoutMs, true);
 }
 
 /**

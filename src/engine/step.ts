@@ -301,6 +301,7 @@ function materialize(
       ...(a.options.heartbeatMs ? { heartbeatMs: a.options.heartbeatMs } : {}),
       ...(a.options.scheduleToCloseMs ? { deadline: now + a.options.scheduleToCloseMs } : {}),
       ...(extra.node ? { node: extra.node } : {}),
+      ...(a.options.http ? { http: a.options.http } : {}),
     };
     effects.push({
       kind: 'task',

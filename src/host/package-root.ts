@@ -1,5 +1,5 @@
 /** Where jetflow itself lives on disk, from source or from the build. */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 
 /**
@@ -13,4 +13,12 @@ function findPackageRoot(from: string): string {
     if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'nats.conf'))) return dir;
     if (dirname(dir) === dir) return resolve(from, '../..');
   }
+}
+
+/** The package's version, from its `package.json`. */
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as {
+    version?: string;
+  };
+  return pkg.version ?? '0.0.0';
 }

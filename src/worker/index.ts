@@ -46,7 +46,15 @@ import {
   type ResultMessage,
   type TaskMessage,
 } from '../contracts/wire.js';
-import { ErrorCode, JetflowError, TerminalError, toErrorData, type ErrorData } from '../errors.js';
+import {
+  ErrorCode,
+  JetflowError,
+  RetryableError,
+  TerminalError,
+  toErrorData,
+  type ErrorData,
+} from '../errors.js';
+import { runHttpActivity } from './http.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { attemptKey, openAttemptLedger, type AttemptLedger } from '../nats/attempts.js';
 import {
@@ -107,6 +115,11 @@ export interface WorkerOptions {
   prefix?: string;
   /** Activity implementations by name. */
   activities: Record<string, ActivityFn>;
+  /**
+   * Run HTTP activities (declared with `http: { url }`) that have no function here: one HTTP
+   * request per attempt (see `src/worker/http.ts` for the status-code rules). Default false.
+   */
+  http?: boolean;
   /** Queues to pull from (default: one per activity name, plus every queue in `queueSettings`). */
   queues?: string[];
   /** Max tasks this worker runs at once, per queue (default 10). */
@@ -632,7 +645,13 @@ export class Worker implements AsyncDisposable {
         },
       };
     }
-    const fn = this.o.activities[task.activity];
+    const http = task.http;
+    const fn =
+      this.o.activities[task.activity] ??
+      (http && this.o.http
+        ? (input: unknown, c: ActivityContext) =>
+            runHttpActivity(http, input, c, task.startToCloseMs)
+        : undefined);
     const ac = new AbortController();
     this.running.set(task.taskId, ac);
     this.stats.started++;
@@ -670,9 +689,13 @@ export class Worker implements AsyncDisposable {
     aborted.catch(() => undefined);
     try {
       if (!fn)
-        throw new JetflowError(`no activity ${JSON.stringify(task.activity)} on this worker`, {
-          code: ErrorCode.UnknownType,
-        });
+        throw new JetflowError(
+          `no activity ${JSON.stringify(task.activity)} on this worker` +
+            (http ? ' (an HTTP activity: run a worker with --http)' : ''),
+          {
+            code: ErrorCode.UnknownType,
+          },
+        );
       const ctx: ActivityContext = {
         attempt,
         maxAttempts: task.maxAttempts,
@@ -697,7 +720,11 @@ export class Worker implements AsyncDisposable {
       const nonRetryable =
         err instanceof TerminalError || task.retry.nonRetryableErrorTypes.includes(data.type);
       if (!nonRetryable && attempt < task.maxAttempts) {
-        const delayMs = backoffDelayMs({ ...task.retry, maxAttempts: task.maxAttempts }, attempt);
+        // A `retryAfterMs` (an HTTP 429's Retry-After) is a floor under the policy's delay.
+        const delayMs = Math.max(
+          backoffDelayMs({ ...task.retry, maxAttempts: task.maxAttempts }, attempt),
+          err instanceof RetryableError ? (err.retryAfterMs ?? 0) : 0,
+        );
         if (task.deadline === undefined || Date.now() + delayMs < task.deadline) {
           this.logger.info({ ...log, delayMs, error: data.message }, 'attempt failed; retrying');
           return { kind: 'retry', delayMs, error: data };

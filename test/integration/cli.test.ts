@@ -73,11 +73,15 @@ describe('jetflow engine process', () => {
 
 describe('jetflow dev (the quick start run command)', () => {
   it('starts a local nats-server, runs the demo, and stops everything on Ctrl-C', async () => {
-    const child = spawn(process.execPath, [resolve(repoRoot, 'bin/jetflow.js'), 'dev'], {
-      cwd: repoRoot,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NATS_URL: '' },
-    });
+    const child = spawn(
+      process.execPath,
+      [resolve(repoRoot, 'bin/jetflow.js'), 'dev', '--http-port', '0'],
+      {
+        cwd: repoRoot,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, NATS_URL: '' },
+      },
+    );
     let out = '';
     child.stdout.on('data', (b: Buffer) => (out += b.toString()));
     child.stderr.on('data', (b: Buffer) => (out += b.toString()));
@@ -90,6 +94,13 @@ describe('jetflow dev (the quick start run command)', () => {
       expect(out).toContain('nats-server started at nats://127.0.0.1:4222');
       expect(out.match(/m-\S+: completed: \{"merchantId"/g)).toHaveLength(5);
       expect(out).toMatch(/order demo-\S+: completed with/);
+      // The HTTP ingress answers, on a free port here.
+      const http = /http listening on (http:\/\/\S+) /.exec(out)?.[1];
+      expect(http, out).toBeDefined();
+      const demo = /order (demo-\S+): completed with/.exec(out)![1]!;
+      const q = await fetch(`${http}/v1/workflows/order/${demo}`);
+      expect(q.status).toBe(200);
+      expect(await q.json()).toMatchObject({ status: 'completed', value: 'delivered' });
       child.kill('SIGINT');
       expect(await exited).toBe(0);
       // The server is gone too.
