@@ -360,10 +360,15 @@ describe('jetflow worker', () => {
     expect(worker.log).toContain('"worker stopped"');
   });
 
-  it('exit 2: no --activities, a missing module, a module without activities', async () => {
+  it('exit 2: no --activities (nor --http with --queues), a missing module, a module without activities', async () => {
     const none = await runJetflow(['worker']);
     expect(none.code).toBe(2);
-    expect(oneLine(none)).toContain("required option '--activities <module>' not specified");
+    expect(oneLine(none)).toBe(
+      'jetflow: give --activities <module>, or --http with --queues (or both)',
+    );
+    const httpOnly = await runJetflow(['worker', '--http']);
+    expect(httpOnly.code).toBe(2);
+    expect(oneLine(httpOnly)).toMatch(/--http without --activities needs --queues/);
     const missing = await runJetflow(['worker', '--activities', '/nonexistent/a.mjs']);
     expect(missing.code).toBe(2);
     expect(oneLine(missing)).toBe('jetflow: activities module not found: /nonexistent/a.mjs');
