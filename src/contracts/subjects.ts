@@ -10,7 +10,16 @@ export const DEFAULT_PREFIX = 'wf';
 
 /** Kinds of message that enter a workflow's inbox. */
 /** Kinds of message in the inbox; `claim` is a no-op an engine publishes to get a shard pinned. */
-export type InboxKind = 'start' | 'signal' | 'cancel' | 'timer' | 'result' | 'claim' | 'admin';
+export type InboxKind =
+  | 'start'
+  | 'signal'
+  | 'cancel'
+  | 'timer'
+  | 'result'
+  | 'claim'
+  | 'admin'
+  /** A workflow awaiting this one's end (E8). */
+  | 'watch';
 
 const TOKEN = /^[A-Za-z0-9_=-]{1,256}$/;
 const PREFIX = /^[A-Za-z0-9_-]{1,32}$/;

@@ -123,6 +123,7 @@ export function queryReply(registry: Registry, r: WorkflowRecord, body?: unknown
   };
   if (r.output !== undefined) reply.output = r.output;
   if (r.error !== undefined) reply.error = r.error;
+  if (r.parent) reply.parent = { type: r.parent.type, id: r.parent.id };
   if (r.paused) {
     reply.paused = true;
     reply.held = r.held?.length ?? 0;
