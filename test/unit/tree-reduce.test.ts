@@ -260,6 +260,20 @@ describe('activity tree reducer: Backbeat cases', () => {
     w1 = reduce(w1, { ...(accepted.event as TreeEvent), $from: W2ref, $at: T0 + 2 }).tree;
     expect(byName(w1, 'remote').link).toEqual({ ...W2ref, nodeId: 'n1', status: 'running' });
     expect(status(w1)).toEqual({ L: 'awaitingChildren', remote: 'running' }); // L waits for S
+    // S parked in W2: L′ stays running, its link shows errored (the alert is W2's).
+    const parked = reduce(w1, {
+      type: 'jetflow.tree.linkStatus',
+      nodeId: 'n2',
+      run: 1,
+      status: 'errored',
+      $from: W2ref,
+      $at: T0 + 2,
+    });
+    expect(byName(parked.tree, 'remote')).toMatchObject({
+      status: 'running',
+      link: { nodeId: 'n1', status: 'errored' },
+    });
+    expect(parked.commands.filter((c) => c.kind === 'emit')).toEqual([]);
     // S completes in W2: reported; L′ completes with S's output, and L with it.
     const r3 = reduce(w2, {
       type: 'jetflow.task.done',
