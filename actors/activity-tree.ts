@@ -99,6 +99,14 @@ export function activityTreeMachine(type: string) {
       'jetflow.tree.linkStatus': { actions: 'apply' },
       'jetflow.tree.unlink': { actions: 'apply' },
       'jetflow.send.failed': { actions: 'apply' },
+      // Operator verbs (E9): node verbs, and pause/resume with scope "dispatch".
+      'jetflow.admin.retry': { actions: 'apply' },
+      'jetflow.admin.resolve': { actions: 'apply' },
+      'jetflow.admin.shutdown': { actions: 'apply' },
+      'jetflow.admin.cancel': { actions: 'apply' },
+      'jetflow.admin.prune': { actions: 'apply' },
+      'jetflow.admin.pause': { actions: 'apply' },
+      'jetflow.admin.resume': { actions: 'apply' },
     },
     states: {
       open: {

@@ -4,7 +4,8 @@
  * engine with the journal off and on, on one nats-server with one worker, several rounds, so both
  * see the same machine noise. Prints per-round throughput and the median ratio on / off.
  *
- * Options: --workflows N (per round and mode, default 2000), --rounds R (default 3).
+ * Options: --workflows N (per round and mode, default 2000), --rounds R (default 3), --profile DIR
+ * (V8 CPU profiles of the engine, one per round and mode).
  */
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -22,6 +23,8 @@ const { values } = parseArgs({
   options: {
     workflows: { type: 'string', default: '2000' },
     rounds: { type: 'string', default: '3' },
+    /** Write V8 CPU profiles of the engine (one per round and mode) into this directory. */
+    profile: { type: 'string' },
   },
 });
 const COUNT = Number(values.workflows);
@@ -71,6 +74,9 @@ async function main(): Promise<void> {
             'bench-engine',
           ],
           '"engine started"',
+          values.profile
+            ? ['--cpu-prof', `--cpu-prof-dir=${resolve(values.profile, `engine-r${r}-${journal}`)}`]
+            : [],
         );
         worker ??= await spawnTs('bench/worker.ts', [server.url, prefix], 'worker ready');
         try {

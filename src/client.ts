@@ -53,6 +53,8 @@ export type {
   AttributeValue,
   SearchCountsReply,
   SearchCountsRequest,
+  NodeSearchReply,
+  NodeSearchRequest,
   SearchReply,
   SearchRequest,
   SearchSort,

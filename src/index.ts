@@ -76,6 +76,8 @@ export {
   type AttributeValue,
   type SearchCountsReply,
   type SearchCountsRequest,
+  type NodeSearchReply,
+  type NodeSearchRequest,
   type SearchReply,
   type SearchRequest,
   type SearchSort,

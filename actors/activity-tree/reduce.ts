@@ -7,8 +7,9 @@
  * Built here (steps 1–3 of the design's build order): signals in lanes, decisions on results,
  * the three modes, flags, `fireAt` / `delayMs` as durable timers, attempt notices, exhaustion
  * (`park`, `skip`, `shutdown`, `fail`) with alerts and re-alerts, `close`, link nodes (`linkTo`:
- * a node of another tree, over cross-workflow sends) and child-workflow nodes (`workflow`).
- * Seams for the node verbs: `cancelNode` / `shutdownNode` / `completeOwnWork` / `rerun`.
+ * a node of another tree, over cross-workflow sends), child-workflow nodes (`workflow`), and the
+ * operator's node verbs (step 4, E9: `jetflow.admin.<verb>` events, checked against
+ * {@link VERB_ALLOWED}; `retry` starts run r+1 of any kind through {@link rerunNode}'s path).
  */
 
 export type NodeStatus =
@@ -120,6 +121,8 @@ export interface Node {
   alerts: number;
   /** Alerts sent in the current run (the alert's `count`). */
   runAlerts: number;
+  /** Attempt budget of the current run when an operator's `retry` gave one (`attempts`). */
+  maxAttempts?: number;
   createdAt: number;
   history: StatusChange[];
 }
@@ -162,6 +165,11 @@ export interface NodeChange {
   outcome?: Outcome;
   canceledBy?: CanceledBy;
   attempt?: number;
+  /** At creation: the node's queue (and metadata), for the visibility index. */
+  queue?: string;
+  metadata?: Record<string, Scalar>;
+  /** To `running`: the run dispatched (above 1 after an operator's `retry`). */
+  run?: number;
 }
 
 /** What a node task carries besides the v1 task fields (ACTIVITY-TREES §2.9.4). */
@@ -210,7 +218,7 @@ export type Command =
   | { kind: 'emit'; event: { type: string; [k: string]: unknown } };
 
 export interface Rejection {
-  code: 'bad_request' | 'invalid_state' | 'event_not_accepted';
+  code: 'bad_request' | 'invalid_state' | 'event_not_accepted' | 'not_found';
   message: string;
   details?: unknown;
 }
@@ -273,7 +281,47 @@ export type TreeEvent =
   /** From a linking tree: its link node was canceled; cancel the remote node. */
   | ({ type: 'jetflow.tree.unlink'; nodeId: string; run: number } & At)
   /** A send of this tree could not be delivered (E8). */
-  | ({ type: 'jetflow.send.failed'; to?: WfRef; event?: unknown; error?: unknown } & At);
+  | ({ type: 'jetflow.send.failed'; to?: WfRef; event?: unknown; error?: unknown } & At)
+  | AdminEvent;
+
+/** The node verbs (and `scope: "dispatch"` pause/resume) as the engine delivers them (E9). */
+export type NodeVerb = 'retry' | 'resolve' | 'shutdown' | 'cancel' | 'prune';
+export type AdminEvent = {
+  type: `jetflow.admin.${NodeVerb | 'pause' | 'resume'}`;
+  nodeId?: string;
+  /** retry: the attempt budget of the new run (default: the node's policy). */
+  attempts?: number;
+  /** resolve, shutdown: the node's output (default null). */
+  output?: unknown;
+  /** resolve: children, exactly as from a result. */
+  decisions?: unknown;
+  /** pause, resume: only "dispatch" reaches the tree. */
+  scope?: string;
+  by?: string;
+  reason?: string;
+  requestId?: string;
+} & At;
+
+/**
+ * The node statuses each node verb is allowed in (ACTIVITY-TREES §2.7); any other status gets
+ * `invalid_state` with these as `allowed`.
+ */
+export const VERB_ALLOWED: Readonly<Record<NodeVerb, readonly NodeStatus[]>> = Object.freeze({
+  retry: ['retrying', 'errored'],
+  resolve: ['scheduled', 'paused', 'running', 'retrying', 'errored'],
+  shutdown: ['scheduled', 'paused', 'running', 'retrying', 'errored'],
+  cancel: ['ready', 'scheduled', 'paused', 'running', 'retrying', 'errored', 'awaitingChildren'],
+  prune: [
+    'ready',
+    'scheduled',
+    'paused',
+    'running',
+    'retrying',
+    'errored',
+    'awaitingChildren',
+    'complete',
+  ],
+});
 
 export const DEFAULT_MAX_NODES = 2_000;
 export const MAX_NODES_BOUND = 10_000;
@@ -691,9 +739,14 @@ class Step {
   readonly t: Tree;
   private readonly copied = new Set<string>();
 
+  /** Re-alert timers already canceled in this step (each is canceled once). */
+  private readonly realertStopped = new Set<string>();
+
   constructor(
     tree: Tree,
     readonly now: number,
+    /** The operator whose verb this step applies: set on every history entry it makes. */
+    readonly by?: string,
   ) {
     this.t = { ...tree, nodes: { ...tree.nodes }, counts: { ...tree.counts } };
   }
@@ -721,7 +774,8 @@ class Step {
     this.t.counts[to] += 1;
     n.status = to;
     n.statusSince = this.now;
-    n.history.push({ from, to, at: this.now, ...(extra.by ? { by: extra.by } : {}) });
+    const by = extra.by ?? this.by;
+    n.history.push({ from, to, at: this.now, ...(by ? { by } : {}) });
     if (n.history.length > HISTORY_KEPT) n.history.splice(0, n.history.length - HISTORY_KEPT);
     this.record(n, from, to);
   }
@@ -738,6 +792,8 @@ class Step {
         : {}),
       ...(to === 'canceled' && n.canceledBy ? { canceledBy: n.canceledBy } : {}),
       ...(to === 'retrying' || to === 'errored' ? { attempt: n.attempt } : {}),
+      ...(from === null ? { queue: n.queue, ...(n.metadata ? { metadata: n.metadata } : {}) } : {}),
+      ...(to === 'running' && n.run > 1 ? { run: n.run } : {}),
     });
   }
 
@@ -773,7 +829,7 @@ class Step {
       alerts: 0,
       runAlerts: 0,
       createdAt: this.now,
-      history: [{ from: null, to: 'ready', at: this.now }],
+      history: [{ from: null, to: 'ready', at: this.now, ...(this.by ? { by: this.by } : {}) }],
     };
     t.nodes[id] = n;
     this.copied.add(id);
@@ -893,21 +949,18 @@ class Step {
     this.commands.push({
       kind: 'dispatch',
       key: keyOf(c),
-      target: { activity: c.name, queue: c.queue, input: c.input, options: c.options, node },
+      target: {
+        activity: c.name,
+        queue: c.queue,
+        input: c.input,
+        // An operator's `retry` with `attempts` gives this run its own budget.
+        options:
+          c.maxAttempts === undefined
+            ? c.options
+            : { ...c.options, retry: { ...c.options.retry, maxAttempts: c.maxAttempts } },
+        node,
+      },
     });
-  }
-
-  /**
-   * A new run of a node (the `retry` verb's seam): run `r+1` with a fresh attempt budget, then
-   * dispatched as its kind says: an activity task, a new child workflow `<id>-r<run>` (or the
-   * same attach), a link sent again. The caller stops the old run first.
-   */
-  rerun(n: Node): void {
-    n.run += 1;
-    n.attempt = 0;
-    delete n.retryAt;
-    delete n.error;
-    this.start(n);
   }
 
   /** The node's own work is done: create its children (if any) and complete or await them. */
@@ -946,30 +999,33 @@ class Step {
   /** Cancel a node and its open descendants (deepest first); then re-walk its parent or lane. */
   cancelNode(n: Node, by: CanceledBy, opts: { by?: string } = {}): void {
     if (isTerminal(n.status)) return;
-    for (const cid of [...n.children].reverse()) this.cancelSubtree(this.node(cid), 'ancestor');
+    for (const cid of [...n.children].reverse()) this.cancelSubtree(cid, 'ancestor');
+    n.open = 0;
     n.canceledBy = by;
     this.stopWork(n);
     this.setStatus(n, 'canceled', opts);
     this.afterDone(n);
   }
 
-  private cancelSubtree(n: Node, by: CanceledBy): void {
-    if (isTerminal(n.status)) return;
-    for (const cid of [...n.children].reverse()) this.cancelSubtree(this.node(cid), by);
+  /**
+   * Cancel a node's subtree, deepest first, without re-walking (its ancestor is being canceled
+   * or pruned). A complete node is kept, but its fire-and-forget descendants may still run.
+   */
+  private cancelSubtree(id: string, by: CanceledBy): void {
+    for (const cid of [...this.t.nodes[id]!.children].reverse()) this.cancelSubtree(cid, by);
+    if (isTerminal(this.t.nodes[id]!.status)) return;
+    const n = this.node(id);
+    n.open = 0;
     n.canceledBy = by;
     this.stopWork(n);
     this.setStatus(n, 'canceled');
   }
 
   /** Stop whatever a node has pending: its task, its fire timer, its re-alerts. */
-  /** Stop a node's current run (its task, link or child), for a new run of it. */
-  stopRun(n: Node): void {
-    this.stopWork(n);
-  }
-
-  private stopWork(n: Node): void {
+  stopWork(n: Node): void {
     if ((n.status === 'running' || n.status === 'retrying' || n.status === 'errored') && n.link) {
-      // Canceling a link node cancels the remote node (not when the remote cancel caused it).
+      // Canceling a link node cancels the remote node (not when the remote cancel caused it, and
+      // not after a refused link: there is no remote node then).
       if (n.canceledBy !== 'link' && n.status !== 'errored')
         this.commands.push({
           kind: 'send',
@@ -977,6 +1033,7 @@ class Step {
           event: { type: 'jetflow.tree.unlink', nodeId: n.id, run: n.run },
         });
     } else if (n.status === 'running' || n.status === 'retrying')
+      // An activity's task, or a workflow node's child (canceled: parentClose cancel).
       this.commands.push({ kind: 'cancelTask', key: keyOf(n) });
     if (n.status === 'scheduled')
       this.commands.push({ kind: 'cancelTimer', timerId: fireTimerId(n) });
@@ -984,8 +1041,55 @@ class Step {
   }
 
   private stopRealert(n: Node): void {
-    if (n.status === 'errored' && realertOf(n) > 0)
-      this.commands.push({ kind: 'cancelTimer', timerId: realertTimerId(n) });
+    if (n.status !== 'errored' || realertOf(n) <= 0) return;
+    const id = realertTimerId(n);
+    if (this.realertStopped.has(id)) return;
+    this.realertStopped.add(id);
+    this.commands.push({ kind: 'cancelTimer', timerId: id });
+  }
+
+  /**
+   * The `retry` verb: stop the current run (its task, a pending backoff included, its child
+   * workflow, its link, and its re-alerts), then run `r+1` with a new task key and a fresh attempt
+   * budget, dispatched as its kind says (see `start`): an activity task, a new child workflow
+   * `<id>-r<run>` (the same workflow again when attached), or the link sent again.
+   */
+  rerun(n: Node, attempts: number | undefined): void {
+    this.stopWork(n);
+    n.run += 1;
+    n.attempt = 0;
+    n.runAlerts = 0;
+    delete n.retryAt;
+    delete n.error;
+    if (attempts !== undefined) n.maxAttempts = attempts;
+    else delete n.maxAttempts;
+    this.start(n);
+  }
+
+  /** The `prune` verb: every open descendant canceled; the node re-evaluated at once. */
+  prune(n: Node): void {
+    for (const cid of [...n.children].reverse()) this.cancelSubtree(cid, 'prune');
+    n.open = 0;
+    this.walk(n.id); // awaitingChildren with nothing open → complete
+  }
+
+  /** `resume` of dispatch: every paused node, in seq order, runs (or waits for its fireAt). */
+  resumeDispatch(): void {
+    this.t.dispatchPaused = false;
+    for (let k = 1; k <= this.t.seq; k++) {
+      const n0 = this.t.nodes[`n${k}`];
+      if (!n0 || n0.status !== 'paused') continue;
+      const n = this.node(n0.id);
+      if (n.fireAt !== undefined && n.fireAt > this.now) {
+        this.setStatus(n, 'scheduled');
+        this.commands.push({
+          kind: 'timer',
+          timerId: fireTimerId(n),
+          event: { type: 'jetflow.tree.fire', nodeId: n.id, run: n.run },
+          delayMs: n.fireAt - this.now,
+        });
+      } else this.start(n);
+    }
   }
 
   /** Later siblings (later nodes of the lane for a top-level node), in seq order. */
@@ -1045,7 +1149,8 @@ export const childIdOf = (n: Node) =>
 const fireTimerId = (n: Node) => `jetflow.tree.fire.${n.id}.${n.run}`;
 const realertTimerId = (n: Node) => `jetflow.tree.realert.${n.id}.${n.run}`;
 const realertOf = (n: Node) => n.options.realertMs ?? DEFAULT_REALERT_MS;
-export const maxAttemptsOf = (n: Node) => n.options.retry?.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
+export const maxAttemptsOf = (n: Node) =>
+  n.maxAttempts ?? n.options.retry?.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
 
 function errorOf(v: unknown, fallbackAttempt: number): ErrorData {
   const e = isObj(v) ? v : {};
@@ -1154,7 +1259,8 @@ function exhausted(s: Step, n: Node, error: ErrorData, forcePark = false): void 
  */
 export function reduce(tree: Tree, event: TreeEvent): Result {
   const now = typeof event.$at === 'number' ? event.$at : 0;
-  const s = new Step(tree, now);
+  const admin = event.type.startsWith('jetflow.admin.') ? (event as AdminEvent) : undefined;
+  const s = new Step(tree, now, typeof admin?.by === 'string' ? admin.by : undefined);
   /** A late, stale or repeated event: the very same tree, nothing to do. */
   const unchanged: Result = { tree, commands: [] };
   let reply: unknown;
@@ -1390,8 +1496,12 @@ export function reduce(tree: Tree, event: TreeEvent): Result {
       });
       break;
     }
-    default:
-      return unchanged;
+    default: {
+      if (!admin) return unchanged;
+      const r = adminVerb(s, admin);
+      if ('reject' in r) return { tree, commands: [], reject: r.reject };
+      reply = r.reply;
+    }
   }
   return finish(s, reply);
 }
@@ -1435,14 +1545,95 @@ function finish(s: Step, reply?: unknown): Result {
  * A new run of node `nodeId` (the E9 `retry` verb's seam, for every kind): the old run is
  * stopped (task purged, link unlinked, child canceled), then run `r+1` is dispatched by kind: an
  * activity task, a child workflow `<id>-r<run>` (the same workflow again when attached), or the
- * link sent again. The caller checks the node's status is one `retry` allows.
+ * link sent again. The caller checks the node's status is one `retry` allows. The operator's
+ * `retry` verb (`jetflow.admin.retry`) takes this same path (`Step.rerun`) inside its own step.
  */
 export function rerunNode(tree: Tree, nodeId: string, at: number): Result {
   const s = new Step(tree, at);
-  const n = s.node(nodeId);
-  s.stopRun(n);
-  s.rerun(n);
+  s.rerun(s.node(nodeId), undefined);
   return finish(s);
+}
+
+/**
+ * A node verb (or a dispatch pause/resume) from an operator, checked against
+ * {@link VERB_ALLOWED}: a refusal changes nothing. The reply lists every status change the verb
+ * caused, in order (`changed`, ACTIVITY-TREES §2.9.9).
+ */
+function adminVerb(s: Step, e: AdminEvent): { reply: unknown } | { reject: Rejection } {
+  const verb = e.type.slice('jetflow.admin.'.length);
+  const changed = () => s.changes.map((c) => ({ nodeId: c.nodeId, from: c.from, to: c.to }));
+  if (verb === 'pause' || verb === 'resume') {
+    if (e.scope !== 'dispatch')
+      return {
+        reject: {
+          code: 'bad_request',
+          message: `${verb} reaches the tree only with scope "dispatch"`,
+          details: { field: 'scope' },
+        },
+      };
+    if (verb === 'pause') s.t.dispatchPaused = true;
+    else if (s.t.dispatchPaused) s.resumeDispatch();
+    return { reply: { changed: changed(), dispatchPaused: s.t.dispatchPaused } };
+  }
+  if (!(verb in VERB_ALLOWED))
+    return {
+      reject: { code: 'bad_request', message: `unknown node verb ${JSON.stringify(verb)}` },
+    };
+  const allowed = VERB_ALLOWED[verb as NodeVerb];
+  const id = e.nodeId;
+  const n0 = typeof id === 'string' && /^n\d+$/.test(id) ? s.t.nodes[id] : undefined;
+  if (!n0)
+    return {
+      reject: {
+        code: 'not_found',
+        message: `no node ${JSON.stringify(id)}`,
+        details: { nodeId: id },
+      },
+    };
+  if (!allowed.includes(n0.status))
+    return {
+      reject: {
+        code: 'invalid_state',
+        message: `node ${n0.id} is ${n0.status}: ${verb} is allowed only when ${allowed.join(', ')}`,
+        details: { nodeId: n0.id, status: n0.status, allowed },
+      },
+    };
+  const n = s.node(n0.id);
+  switch (verb as NodeVerb) {
+    case 'retry':
+      s.rerun(n, typeof e.attempts === 'number' ? e.attempts : undefined);
+      break;
+    case 'resolve': {
+      const specs = decisionSpecs(s.t, n, e.decisions);
+      if (!Array.isArray(specs)) {
+        const d = specs.details as { index?: number; field?: string; why?: string } | undefined;
+        return {
+          reject:
+            specs.type === 'TooManyNodes'
+              ? { code: 'invalid_state', message: specs.message, details: specs.details }
+              : {
+                  code: 'bad_request',
+                  message: specs.message,
+                  details: { index: d?.index, field: d?.field, why: d?.why },
+                },
+        };
+      }
+      s.stopWork(n);
+      s.completeOwnWork(n, 'resolved', e.output ?? null, specs);
+      break;
+    }
+    case 'shutdown':
+      s.stopWork(n);
+      s.shutdownNode(n, e.output ?? null);
+      break;
+    case 'cancel':
+      s.cancelNode(n, 'operator');
+      break;
+    case 'prune':
+      s.prune(n);
+      break;
+  }
+  return { reply: { nodeId: n.id, changed: changed() } };
 }
 
 /** True when nothing keeps a closing tree open. */

@@ -37,6 +37,7 @@ const BY_CODE: Partial<Record<ErrorCode, ExitCode>> = {
   [ErrorCode.AlreadyFinished]: ExitCode.Rejected,
   [ErrorCode.NotParked]: ExitCode.Rejected,
   [ErrorCode.StepOutOfRange]: ExitCode.Rejected,
+  [ErrorCode.InvalidState]: ExitCode.Rejected,
   [ErrorCode.Paused]: ExitCode.Rejected,
   [ErrorCode.Timeout]: ExitCode.Unavailable,
   [ErrorCode.Unavailable]: ExitCode.Unavailable,

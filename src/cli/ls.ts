@@ -6,6 +6,8 @@
 import { Client } from '../client/index.js';
 import type {
   AttributeValue,
+  NodeSearchReply,
+  NodeSearchRequest,
   SearchCountsReply,
   SearchReply,
   SearchRequest,
@@ -32,6 +34,87 @@ export interface LsOptions extends ServiceOptions {
   limit?: string;
   cursor?: string;
   counts?: boolean;
+  /** Search activity-tree nodes (`<prefix>.search.nodes`) instead of workflows. */
+  nodes?: boolean;
+  id?: string;
+  pastStatus?: string;
+  name?: string;
+  queue?: string;
+  since?: string;
+  until?: string;
+}
+
+/**
+ * The node search body the flags describe (`--nodes`): `--status` and `--past-status` are node
+ * statuses (comma-separated: any of), `--where` is node metadata, `--in-state-longer-than` bounds
+ * the time in the current status.
+ */
+export function lsNodesRequest(o: LsOptions, now: number): NodeSearchRequest {
+  const r: NodeSearchRequest = {};
+  const list = (v: string) => (v.includes(',') ? v.split(',') : v);
+  if (o.type) r.type = o.type;
+  if (o.id) r.id = o.id;
+  if (o.status) r.status = list(o.status);
+  if (o.pastStatus) r.pastStatus = list(o.pastStatus);
+  if (o.name) r.name = o.name;
+  if (o.queue) r.queue = list(o.queue);
+  const time = (v: string) => (/^\d+$/.test(v) ? Number(v) : v);
+  if (o.since) r.since = time(o.since);
+  if (o.until) r.until = time(o.until);
+  if (o.inStateLongerThan) {
+    if (o.pastStatus || o.until)
+      throw new UsageError('--in-state-longer-than goes without --past-status and --until');
+    r.until = now - parseDuration(o.inStateLongerThan, '--in-state-longer-than');
+  }
+  if (o.where?.length)
+    r.metadata = Object.fromEntries(
+      o.where.map((w) => {
+        const [k, v] = parseWhere(w);
+        if (v === null) throw new UsageError(`--where ${w}: node metadata is never null`);
+        return [k, v];
+      }),
+    );
+  if (o.limit !== undefined) {
+    const n = Number(o.limit);
+    if (!Number.isInteger(n)) throw new UsageError(`--limit must be an integer (got ${o.limit})`);
+    r.limit = n;
+  }
+  if (o.cursor) r.cursor = o.cursor;
+  for (const [flag, set] of [
+    ['--state', o.state],
+    ['--id-prefix', o.idPrefix],
+    ['--error-type', o.errorType],
+    ['--error-code', o.errorCode],
+    ['--needs-review', o.needsReview],
+    ['--sort', o.sort],
+    ['--order', o.order],
+    ['--counts', o.counts],
+  ] as const)
+    if (set) throw new UsageError(`${flag} is a workflow filter: it does not go with --nodes`);
+  return r;
+}
+
+function printNodes(io: Io, r: NodeSearchReply, now: number): void {
+  if (r.results.length === 0) {
+    io.out.line('no nodes match');
+    return;
+  }
+  const rows = [['TYPE', 'ID', 'NODE', 'NAME', 'QUEUE', 'STATUS', 'IN STATUS', 'ATTEMPT', 'RUN']];
+  for (const n of r.results) {
+    rows.push([
+      n.type,
+      n.id,
+      n.nodeId,
+      n.name,
+      n.queue,
+      n.status,
+      ago(now - Date.parse(n.statusSince)),
+      String(n.attempt),
+      String(n.run),
+    ]);
+  }
+  columns(io, rows);
+  if (r.next) io.out.line(io.out.paint('dim', `more: add --cursor ${r.next}`));
 }
 
 /** `key=value`: the value as JSON when it parses as a number, boolean or null, else the text. */
@@ -159,15 +242,21 @@ function noResponders(err: unknown): boolean {
 
 export async function lsVerb(o: LsOptions, io: Io): Promise<number> {
   const now = Date.now();
-  const request = o.counts ? undefined : lsRequest(o, now);
+  const nodes = o.nodes ? lsNodesRequest(o, now) : undefined;
+  if (!o.nodes && (o.id || o.pastStatus || o.name || o.queue || o.since || o.until))
+    throw new UsageError('--id, --past-status, --name, --queue, --since, --until go with --nodes');
+  const request = o.counts || nodes ? undefined : lsRequest(o, now);
   const url = o.natsUrl ?? (io.env.NATS_URL || 'nats://127.0.0.1:4222');
   const prefix = o.prefix ?? (io.env.JETFLOW_PREFIX || DEFAULT_PREFIX);
   const client = await Client.connect(url, { prefix });
   try {
-    const reply = request
-      ? await client.search(request)
-      : await client.searchCounts(o.type ? { type: o.type } : {});
+    const reply = nodes
+      ? await client.searchNodes(nodes)
+      : request
+        ? await client.search(request)
+        : await client.searchCounts(o.type ? { type: o.type } : {});
     if (o.json) io.out.line(JSON.stringify(reply, null, 2));
+    else if (nodes) printNodes(io, reply as NodeSearchReply, now);
     else if (request) printSearch(io, reply as SearchReply, now);
     else printCounts(io, reply as SearchCountsReply);
     return 0;

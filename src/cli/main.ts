@@ -29,6 +29,7 @@ import {
   startVerb,
   watchVerb,
   adminVerb,
+  type AdminOptions,
   type Io,
   type ServiceOptions,
 } from './service.js';
@@ -488,6 +489,19 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     .option('--limit <n>', 'rows per page (default 100, max 1000)')
     .option('--cursor <cursor>', 'the next page of a previous ls')
     .option('--counts', 'counts by type, status and state instead of rows')
+    .option(
+      '--nodes',
+      'activity-tree nodes instead of workflows: --status/--past-status are node statuses (a,b: any of), --where is node metadata',
+    )
+    .option('--id <id>', '--nodes: of this workflow id')
+    .option('--past-status <s>', '--nodes: entered this status (in [--since, --until) if given)')
+    .option('--name <name>', '--nodes: node name')
+    .option('--queue <queue>', '--nodes: node queue (a,b: any of)')
+    .option(
+      '--since <time>',
+      '--nodes: ISO-8601 or epoch ms (entered --past-status, or status since)',
+    )
+    .option('--until <time>', '--nodes: ISO-8601 or epoch ms, exclusive')
     .action(
       service(async (o: LsOptions) => {
         const { lsVerb } = await import('./ls.js');
@@ -529,11 +543,16 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     );
 
   serviceFlags(program.command('cancel <type> <id>'))
-    .description('cancel a workflow (stops its activities and timers)')
-    .option('--reason <text>', 'why (stored and notified)')
+    .description(
+      'cancel a workflow (stops its activities and timers); with --node: operator cancel of a tree node and its subtree',
+    )
+    .option('--reason <text>', 'why (stored and notified; journaled)')
+    .option('--node <nodeId>', 'a tree node: the admin verb cancel (needs --by, --reason)')
+    .option('--by <who>', 'with --node: who (required, journaled)')
+    .option('--request-id <id>', 'with --node: a repeat with the same id is applied once')
     .action(
-      service((type: string, id: string, o: ServiceOptions & { reason?: string }) =>
-        cancelVerb(type, id, o, io),
+      service((type: string, id: string, o: ServiceOptions & AdminOptions) =>
+        o.node !== undefined ? adminVerb('cancel', type, id, o, io) : cancelVerb(type, id, o, io),
       ),
     );
 
@@ -545,8 +564,23 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     ['fail', "deliver a parked activity's error event"],
     ['reset', 'restore the state after step --to-step (from the journal) and continue'],
     ['terminate', 'end the workflow as canceled (also while paused)'],
+    ['shutdown', 'a tree node: complete it as shut down, canceling later siblings (--node)'],
+    ['prune', 'a tree node: cancel its open descendants and re-evaluate it (--node)'],
   ];
   for (const [verb, description] of verbs) {
+    if (verb === 'shutdown' || verb === 'prune') {
+      serviceFlags(program.command(`${verb} <type> <id>`))
+        .description(`operator: ${description}`)
+        .option('--node <nodeId>', 'the tree node (required)')
+        .option('--reason <text>', 'why (required, journaled)')
+        .option('--by <who>', 'who (required, journaled)')
+        .option('--request-id <id>', 'a repeat with the same id is applied once')
+        .option('--output <json|@file>', 'shutdown: the node output (default null)')
+        .action(
+          service((type: string, id: string, o: AdminOptions) => adminVerb(verb, type, id, o, io)),
+        );
+      continue;
+    }
     const cmd = serviceFlags(program.command(`${verb} [type] [id]`))
       .description(
         `operator: ${description}; with search filters instead of <type> <id>: a bulk job over every match`,
@@ -556,8 +590,15 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       .option('--request-id <id>', 'a repeat with the same id is applied once');
     if (verb === 'retry' || verb === 'resolve' || verb === 'fail')
       cmd.option('--actor-id <id>', 'the parked activity (see query; bulk: default every parked)');
+    if (verb === 'retry' || verb === 'resolve')
+      cmd.option('--node <nodeId>', 'a tree node instead of a parked activity (one workflow)');
+    if (verb === 'resolve')
+      cmd.option('--decisions <json|@file>', 'with --node: children, a JSON array of decisions');
+    if (verb === 'pause' || verb === 'resume')
+      cmd.option('--scope <scope>', 'workflow (default) or dispatch (a tree: new dispatches)');
     if (verb === 'retry') cmd.option('--attempts <n>', 'attempt budget (default: its own)');
-    if (verb === 'resolve') cmd.option('--output <json|@file>', 'the activity output');
+    if (verb === 'resolve')
+      cmd.option('--output <json|@file>', 'the activity output (the node output with --node)');
     if (verb === 'reset') cmd.option('--to-step <n>', 'the step whose state is restored');
     cmd
       .option(

@@ -301,6 +301,12 @@ export interface AdminOptions extends ServiceOptions {
   output?: string;
   attempts?: string;
   toStep?: string;
+  /** A tree node (`n<k>`): the node forms of retry, resolve, shutdown, cancel, prune. */
+  node?: string;
+  /** resolve of a node: its children, a JSON array of decisions (or @file). */
+  decisions?: string;
+  /** pause / resume: `workflow` (default) or `dispatch` (a tree's dispatch). */
+  scope?: string;
 }
 
 /**
@@ -322,15 +328,39 @@ export async function adminVerb(
     by: o.by,
     ...(o.requestId !== undefined ? { requestId: o.requestId } : {}),
   };
-  if (verb === 'retry' || verb === 'resolve' || verb === 'fail') {
-    if (!o.actorId) throw new UsageError(`${verb} needs --actor-id <id> (the parked activity)`);
+  const nodeOnly = verb === 'shutdown' || verb === 'cancel' || verb === 'prune';
+  if (o.node !== undefined) {
+    if (o.actorId !== undefined)
+      throw new UsageError(`${verb}: give --node (a tree node) or --actor-id, not both`);
+    body.nodeId = o.node;
+  } else if (nodeOnly) {
+    throw new UsageError(`${verb} needs --node <nodeId> (a tree node, e.g. n3)`);
+  } else if (verb === 'retry' || verb === 'resolve' || verb === 'fail') {
+    if (!o.actorId)
+      throw new UsageError(
+        `${verb} needs --actor-id <id> (the parked activity)${verb === 'fail' ? '' : ' or --node <nodeId> (a tree node)'}`,
+      );
     body.actorId = o.actorId;
   }
   if (verb === 'retry' && o.attempts !== undefined)
     body.attempts = intArg(o.attempts, '--attempts', 1);
-  if (verb === 'resolve') {
+  if (verb === 'resolve' && o.node === undefined) {
     if (o.output === undefined) throw new UsageError('resolve needs --output <json|@file>');
     body.output = parseJsonArg(o.output, '--output');
+  } else if ((verb === 'resolve' || verb === 'shutdown') && o.output !== undefined) {
+    body.output = parseJsonArg(o.output, '--output');
+  }
+  if (o.decisions !== undefined) {
+    if (verb !== 'resolve' || o.node === undefined)
+      throw new UsageError('--decisions goes with resolve --node');
+    const d = parseJsonArg(o.decisions, '--decisions');
+    if (!Array.isArray(d)) throw new UsageError('--decisions must be a JSON array of decisions');
+    body.decisions = d;
+  }
+  if (o.scope !== undefined) {
+    if (o.scope !== 'workflow' && o.scope !== 'dispatch')
+      throw new UsageError('--scope must be workflow or dispatch');
+    body.scope = o.scope;
   }
   if (verb === 'reset') {
     if (o.toStep === undefined) throw new UsageError('reset needs --to-step <n>');
@@ -347,6 +377,24 @@ export async function adminVerb(
       ['step', r.step === undefined ? undefined : String(r.step)],
       ['paused', r.paused === undefined ? undefined : r.paused ? 'yes' : 'no'],
       ['changed', Object.keys(r.changed ?? {}).length ? inline(r.changed) : '-'],
+      ...(r.result
+        ? ([
+            [
+              'nodes',
+              r.result.changed.length
+                ? r.result.changed.map((c) => `${c.nodeId} ${c.from ?? 'new'}→${c.to}`).join(', ')
+                : 'no change',
+            ],
+            [
+              'dispatch',
+              r.result.dispatchPaused === undefined
+                ? undefined
+                : r.result.dispatchPaused
+                  ? 'paused'
+                  : 'running',
+            ],
+          ] as [string, string | undefined][])
+        : []),
     ]);
   return ExitCode.Ok;
 }

@@ -38,6 +38,8 @@ import type { BulkProgress, BulkReply, BulkRequest } from '../contracts/bulk.js'
 import type {
   SearchCountsReply,
   SearchCountsRequest,
+  NodeSearchRequest,
+  NodeSearchReply,
   SearchReply,
   SearchRequest,
 } from '../contracts/search.js';
@@ -230,6 +232,16 @@ export class Client implements AsyncDisposable {
     return await this.request(this.names.subjects.search, filters);
   }
 
+  /**
+   * Search activity-tree nodes in the visibility index (`<prefix>.search.nodes`, ACTIVITY-TREES
+   * §2.9.11): filters `type`, `id`, `status`, `pastStatus`, `name`, `queue` (a value or a list:
+   * any of), `since` / `until`, `metadata`; newest `statusSince` first; pass `next` back as
+   * `cursor` for the next page. Eventually consistent with the steps, like {@link search}.
+   */
+  async searchNodes(filters: NodeSearchRequest = {}): Promise<NodeSearchReply> {
+    return await this.request(this.names.subjects.searchNodes, filters);
+  }
+
   /** Counts by type, status and state from the visibility index (`<prefix>.search.counts`). */
   async searchCounts(filters: SearchCountsRequest = {}): Promise<SearchCountsReply> {
     return await this.request(this.names.subjects.searchCounts, filters);
@@ -297,6 +309,33 @@ export class Client implements AsyncDisposable {
     who: OperatorFields & { error?: AdminRequest['error'] },
   ): Promise<AdminReply> {
     return this.admin('fail', type, id, { ...who, actorId });
+  }
+
+  /**
+   * A node verb on an activity tree (`retry`, `resolve`, `shutdown`, `cancel`, `prune`; ACTIVITY-
+   * TREES §2.7): `<prefix>.admin.<verb>.<type>.<id>` with `nodeId`. The reply's `result.changed`
+   * lists every node status change it caused. A node whose status does not allow the verb rejects
+   * with `invalid_state` (`details: {nodeId, status, allowed}`); an unknown node with `not_found`;
+   * a workflow that is not a tree with `event_not_accepted`. Nothing changes on a rejection.
+   */
+  node(
+    verb: 'retry' | 'resolve' | 'shutdown' | 'cancel' | 'prune',
+    type: string,
+    id: string,
+    nodeId: string,
+    who: OperatorFields & { attempts?: number; output?: unknown; decisions?: unknown[] },
+  ): Promise<AdminReply> {
+    return this.admin(verb, type, id, { ...who, nodeId });
+  }
+
+  /** Hold a tree's new dispatches (`pause` with `scope: "dispatch"`): reached nodes wait `paused`. */
+  pauseDispatch(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('pause', type, id, { ...who, scope: 'dispatch' });
+  }
+
+  /** Dispatch a tree's `paused` nodes, in seq order, and the ones reached from now on. */
+  resumeDispatch(type: string, id: string, who: OperatorFields): Promise<AdminReply> {
+    return this.admin('resume', type, id, { ...who, scope: 'dispatch' });
   }
 
   /** Restore the state after step `toStep` (from the journal) and continue from there. */

@@ -41,6 +41,20 @@ export interface SearchRequest {
   needsReview?: boolean;
   /** Search attributes, each matched by equality. */
   attributes?: Record<string, AttributeValue>;
+  /**
+   * Activity trees (ACTIVITY-TREES §2.9.11): some node is in `status` now; some node entered
+   * `pastStatus` (inside [`since`, `until`) when given; without `pastStatus` they bound the
+   * `statusSince` of the node in `status`); some node has `name` / `queue`. Each filter may be met
+   * by a different node. A list means "any of".
+   */
+  node?: {
+    status?: string | string[];
+    pastStatus?: string | string[];
+    name?: string | string[];
+    queue?: string | string[];
+    since?: TimeBound;
+    until?: TimeBound;
+  };
   /** Default `updatedAt`. */
   sort?: SearchSort;
   /** Default `desc` for `updatedAt` (newest first), `asc` for `inStateSince` (longest first). */
@@ -65,6 +79,8 @@ export interface SearchWorkflow {
   needsReview: boolean;
   attributes: Record<string, AttributeValue>;
   error?: { type: string; code: string; message?: string };
+  /** Activity trees: how many nodes are in each status (absent for other workflows). */
+  nodeCounts?: Record<string, number>;
 }
 
 /** Reply to `<prefix>.search`: `cursor` is null on the last page. */
@@ -84,4 +100,38 @@ export interface SearchCountsReply {
   byType: Record<string, number>;
   byStatus: Partial<Record<WorkflowStatus, number>>;
   byState: { type: string; status: WorkflowStatus; state: string; count: number }[];
+}
+
+/** Body of `<prefix>.search.nodes` (ACTIVITY-TREES §2.9.11). A list means "any of". */
+export interface NodeSearchRequest {
+  type?: string;
+  id?: string;
+  status?: string | string[];
+  /** Some node entered it (inside [since, until) when given). */
+  pastStatus?: string | string[];
+  name?: string | string[];
+  queue?: string | string[];
+  /** ISO-8601 or epoch ms. With `pastStatus`: when it was entered; else `statusSince`. */
+  since?: string | number;
+  until?: string | number;
+  metadata?: Record<string, string | number | boolean>;
+  /** 1..1000, default 25. */
+  limit?: number;
+  cursor?: string | null;
+}
+
+/** Reply of `<prefix>.search.nodes`: newest `statusSince` first. */
+export interface NodeSearchReply {
+  results: {
+    type: string;
+    id: string;
+    nodeId: string;
+    name: string;
+    queue: string;
+    status: string;
+    statusSince: string;
+    attempt: number;
+    run: number;
+  }[];
+  next: string | null;
 }

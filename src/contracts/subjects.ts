@@ -96,6 +96,8 @@ export interface Subjects {
   readonly search: string;
   /** Public request/reply: counts by type, status and state, `<prefix>.search.counts`. */
   readonly searchCounts: string;
+  /** Public request/reply: search activity-tree nodes, `<prefix>.search.nodes`. */
+  readonly searchNodes: string;
 }
 
 /** Build the subject table for `prefix`. */
@@ -146,6 +148,7 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     bulkProgress: (j: string) => `${p}.admin.bulk.${j}`,
     search: `${p}.search`,
     searchCounts: `${p}.search.counts`,
+    searchNodes: `${p}.search.nodes`,
   });
 }
 

@@ -224,10 +224,42 @@ export interface JournalOperator {
   params?: Record<string, unknown>;
 }
 
-/** Operator verbs on `<prefix>.admin.<verb>.<type>.<id>`. */
-export type AdminVerb = 'pause' | 'resume' | 'retry' | 'resolve' | 'fail' | 'reset' | 'terminate';
+/**
+ * Operator verbs on `<prefix>.admin.<verb>.<type>.<id>`. `shutdown`, `cancel` and `prune` act on
+ * an activity tree's node only (`nodeId`); `retry` and `resolve` on a node (`nodeId`) or a parked
+ * activity (`actorId`); `pause` / `resume` on the workflow or, with `scope: "dispatch"`, on a
+ * tree's dispatch.
+ */
+export type AdminVerb =
+  | 'pause'
+  | 'resume'
+  | 'retry'
+  | 'resolve'
+  | 'fail'
+  | 'reset'
+  | 'terminate'
+  | 'shutdown'
+  | 'cancel'
+  | 'prune';
 
 export const ADMIN_VERBS: readonly AdminVerb[] = Object.freeze([
+  'pause',
+  'resume',
+  'retry',
+  'resolve',
+  'fail',
+  'reset',
+  'terminate',
+  'shutdown',
+  'cancel',
+  'prune',
+]);
+
+/** The verbs that act on a tree node (`nodeId`), or need it (`shutdown`, `cancel`, `prune`). */
+export const NODE_ONLY_VERBS: readonly AdminVerb[] = Object.freeze(['shutdown', 'cancel', 'prune']);
+
+/** The verbs a bulk job runs (workflow-level forms only). */
+export const BULK_VERBS: readonly AdminVerb[] = Object.freeze([
   'pause',
   'resume',
   'retry',
@@ -238,7 +270,7 @@ export const ADMIN_VERBS: readonly AdminVerb[] = Object.freeze([
 ]);
 
 /** How many operator request ids a record remembers (see `WorkflowRecord.requestIds`). */
-export const REQUEST_ID_MEMORY = 64;
+export const REQUEST_ID_MEMORY = 100;
 
 /** Max messages held in a paused workflow's record by default (signals and cancels beyond it are refused). */
 export const HELD_MAX = 100;
@@ -261,6 +293,12 @@ export interface AdminRequest {
   error?: { type?: string; message?: string; details?: unknown };
   /** reset: the step whose state is restored. */
   toStep?: number;
+  /** retry, resolve, shutdown, cancel, prune: the activity tree's node (`n<k>`). */
+  nodeId?: string;
+  /** resolve of a node: children created as from a result. */
+  decisions?: unknown[];
+  /** pause, resume: `workflow` (default: the whole inbox is held) or `dispatch` (a tree's). */
+  scope?: 'workflow' | 'dispatch';
 }
 
 /** Reply to an applied admin request. */
@@ -275,6 +313,17 @@ export interface AdminReply {
   paused: boolean;
   /** What changed, in words and data (held messages released, task dispatched, …). */
   changed: Record<string, unknown>;
+  /** The verb (ACTIVITY-TREES §2.9.9's name for `action`). */
+  verb: AdminVerb;
+  /**
+   * A node verb or dispatch pause/resume (§2.9.9): every node status change it caused, in order
+   * (`from: null` for a node it created), and `dispatchPaused` for pause/resume.
+   */
+  result?: {
+    nodeId?: string;
+    changed: { nodeId: string; from: string | null; to: string }[];
+    dispatchPaused?: boolean;
+  };
   /** True when a request with the same `requestId` was already applied: nothing changed. */
   duplicate?: boolean;
 }

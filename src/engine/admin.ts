@@ -16,14 +16,28 @@ const COMMON = ['reason', 'by', 'requestId'] as const;
 
 /** Fields each verb takes besides {@link COMMON}. */
 const VERB_FIELDS: Record<AdminVerb, readonly string[]> = {
-  pause: [],
-  resume: [],
+  pause: ['scope'],
+  resume: ['scope'],
   terminate: [],
-  retry: ['actorId', 'attempts'],
-  resolve: ['actorId', 'output'],
+  retry: ['actorId', 'nodeId', 'attempts'],
+  resolve: ['actorId', 'nodeId', 'output', 'decisions'],
   fail: ['actorId', 'error'],
   reset: ['toStep'],
+  shutdown: ['nodeId', 'output'],
+  cancel: ['nodeId'],
+  prune: ['nodeId'],
 };
+
+/** The fields of the tree forms (a bulk job takes the workflow forms only). */
+const NODE_FIELDS = ['nodeId', 'decisions', 'scope'];
+
+/**
+ * True for a request the workflow's machine decides (a tree's node verb, or pause/resume of
+ * its dispatch): delivered as the event `jetflow.admin.<verb>`.
+ */
+export function isNodeAdmin(msg: { verb: AdminVerb; nodeId?: string; scope?: string }): boolean {
+  return msg.nodeId !== undefined || msg.scope === 'dispatch';
+}
 
 /** Max length of `reason`, `by` and `requestId` (they are journaled). */
 export const ADMIN_TEXT_MAX = 1024;
@@ -85,13 +99,23 @@ export function parseAdminFields(
   verb: AdminVerb,
   body: unknown,
   bad: BadField,
-  o: { common?: readonly string[]; extra?: readonly string[]; actorOptional?: boolean } = {},
+  o: {
+    common?: readonly string[];
+    extra?: readonly string[];
+    actorOptional?: boolean;
+    /** false: the tree forms (`nodeId`, `decisions`, `scope`) are not taken (bulk jobs). */
+    nodes?: boolean;
+  } = {},
 ): Extract<InboxMessage, { kind: 'admin' }> {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw bad('an admin request body must be an object with "reason" and "by"');
   }
   const b = body as Record<string, unknown>;
-  const allowed = [...(o.common ?? COMMON), ...VERB_FIELDS[verb], ...(o.extra ?? [])];
+  const allowed = [
+    ...(o.common ?? COMMON),
+    ...VERB_FIELDS[verb].filter((f) => o.nodes !== false || !NODE_FIELDS.includes(f)),
+    ...(o.extra ?? []),
+  ];
   for (const k of Object.keys(b)) {
     if (!allowed.includes(k)) {
       throw bad(`unknown field ${JSON.stringify(k)} for ${verb} (fields: ${allowed.join(', ')})`, {
@@ -119,7 +143,37 @@ export function parseAdminFields(
     by,
     ...(requestId !== undefined ? { requestId } : {}),
   };
-  if (verb === 'retry' || verb === 'resolve' || verb === 'fail') {
+  if (b.nodeId !== undefined || verb === 'shutdown' || verb === 'cancel' || verb === 'prune') {
+    const nodeId = b.nodeId;
+    if (typeof nodeId !== 'string' || nodeId.length === 0 || nodeId.length > 256) {
+      throw bad(`${verb} needs "nodeId": the tree node (e.g. "n3")`, { field: 'nodeId' });
+    }
+    if (b.actorId !== undefined) {
+      throw bad(`${verb} takes "nodeId" (a tree node) or "actorId" (a parked activity), not both`, {
+        field: 'actorId',
+      });
+    }
+    out.nodeId = nodeId;
+  } else if (b.decisions !== undefined) {
+    throw bad('"decisions" goes with "nodeId" (resolve of a tree node)', { field: 'decisions' });
+  }
+  if (b.decisions !== undefined) {
+    if (!Array.isArray(b.decisions)) {
+      throw bad('decisions must be an array of decisions', { field: 'decisions' });
+    }
+    out.decisions = b.decisions;
+  }
+  if (b.scope !== undefined) {
+    if (b.scope !== 'workflow' && b.scope !== 'dispatch') {
+      throw bad('scope must be "workflow" (default) or "dispatch" (a tree\'s dispatch)', {
+        field: 'scope',
+      });
+    }
+    if (b.scope === 'dispatch') out.scope = 'dispatch';
+  }
+  if (out.nodeId !== undefined) {
+    // A tree node: retry's `attempts`, resolve's / shutdown's optional `output`.
+  } else if (verb === 'retry' || verb === 'resolve' || verb === 'fail') {
     const actorId = b.actorId;
     if (actorId === undefined && o.actorOptional) {
       // bulk: every parked activity of each workflow
@@ -138,7 +192,9 @@ export function parseAdminFields(
     }
     out.attempts = n;
   }
-  if (verb === 'resolve') {
+  if ((verb === 'resolve' || verb === 'shutdown') && out.nodeId !== undefined) {
+    if ('output' in b) out.output = b.output;
+  } else if (verb === 'resolve') {
     if (!('output' in b)) {
       throw bad('resolve needs "output": the activity output to deliver (null allowed)', {
         field: 'output',
@@ -204,8 +260,22 @@ export function decodeAdmin(
   if ('output' in body) out.output = body.output;
   if (body.error && typeof body.error === 'object') out.error = body.error;
   if (typeof body.toStep === 'number') out.toStep = body.toStep;
-  if ((verb === 'retry' || verb === 'resolve' || verb === 'fail') && out.actorId === undefined) {
-    throw new BadRequestError(`${verb} needs actorId`, { ...fields, code: ErrorCode.BadRequest });
+  if (typeof body.nodeId === 'string') out.nodeId = body.nodeId;
+  if (Array.isArray(body.decisions)) out.decisions = body.decisions as unknown[];
+  if (body.scope === 'dispatch') out.scope = 'dispatch';
+  const needs =
+    verb === 'shutdown' || verb === 'cancel' || verb === 'prune'
+      ? out.nodeId
+      : verb === 'retry' || verb === 'resolve'
+        ? (out.nodeId ?? out.actorId)
+        : verb === 'fail'
+          ? out.actorId
+          : '';
+  if (needs === undefined) {
+    throw new BadRequestError(`${verb} needs ${verb === 'fail' ? 'actorId' : 'nodeId'}`, {
+      ...fields,
+      code: ErrorCode.BadRequest,
+    });
   }
   if (verb === 'reset' && out.toStep === undefined) {
     throw new BadRequestError('reset needs toStep', { ...fields, code: ErrorCode.BadRequest });

@@ -11,7 +11,7 @@ import {
   type BulkFailure,
   type BulkRequest,
 } from '../contracts/bulk.js';
-import { ADMIN_VERBS, type AdminVerb } from '../contracts/wire.js';
+import { BULK_VERBS, type AdminVerb } from '../contracts/wire.js';
 import { BadRequestError } from '../errors.js';
 import { isAdminVerb, parseAdminFields } from './admin.js';
 
@@ -36,11 +36,10 @@ export function parseBulkRequest(
   }
   const b = body as Record<string, unknown>;
   const verb = b.verb;
-  if (typeof verb !== 'string' || !isAdminVerb(verb)) {
-    throw bad(
-      `unknown or missing verb ${JSON.stringify(verb)} (verbs: ${ADMIN_VERBS.join(', ')})`,
-      { field: 'verb' },
-    );
+  if (typeof verb !== 'string' || !isAdminVerb(verb) || !BULK_VERBS.includes(verb)) {
+    throw bad(`unknown or missing verb ${JSON.stringify(verb)} (verbs: ${BULK_VERBS.join(', ')})`, {
+      field: 'verb',
+    });
   }
   const q = b.query;
   if (q === null || typeof q !== 'object' || Array.isArray(q)) {
@@ -92,6 +91,7 @@ export function parseBulkRequest(
   const fields = parseAdminFields(verb, rest, bad, {
     common: ['reason', 'by'],
     actorOptional: true,
+    nodes: false,
   });
   const out: BulkRequest & { ratePerSec: number; dryRun: boolean } = {
     verb,

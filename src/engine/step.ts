@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import type { AnyMachineSnapshot, EventObject } from 'xstate';
 import type { Registry, WorkflowDefinition } from './registry.js';
+import { isNodeAdmin } from './admin.js';
 import * as m from './machine.js';
 import {
   DEFAULT_RETRY,
@@ -1249,6 +1250,19 @@ export function decide(
     } else {
       event = timerEvent as EventObject;
     }
+  } else if (message.kind === 'admin' && isNodeAdmin(message)) {
+    // A tree's node verb or dispatch pause/resume (E9): the machine checks it against its table.
+    event = {
+      type: `jetflow.admin.${message.verb}`,
+      ...(message.nodeId !== undefined ? { nodeId: message.nodeId } : {}),
+      ...(message.attempts !== undefined ? { attempts: message.attempts } : {}),
+      ...('output' in message ? { output: message.output } : {}),
+      ...(message.decisions !== undefined ? { decisions: message.decisions } : {}),
+      ...(message.scope !== undefined ? { scope: message.scope } : {}),
+      by: message.by,
+      reason: message.reason,
+      ...(message.requestId !== undefined ? { requestId: message.requestId } : {}),
+    } as EventObject;
   } else if (message.kind === 'admin') {
     // resolve / fail of a parked activity (`operator` checked it is parked).
     const actorId = message.actorId!;
@@ -1284,6 +1298,17 @@ export function decide(
     next = m.step(def.machine, snapshot, delivered);
     // Not taken (no handler in the active states, guards false, or an empty handler): XState
     // returns the very same snapshot and no actions. One transition instead of can() + transition.
+    const nodeAdmin = message.kind === 'admin' && isNodeAdmin(message);
+    if (nodeAdmin && next.snapshot === snapshot && next.actions.length === 0) {
+      return {
+        kind: 'reject',
+        error: new BadRequestError(
+          `workflow ${type}/${id} does not take ${message.verb} ${message.nodeId !== undefined ? 'of a node' : 'with scope "dispatch"'} (${event.type}): only activity trees do`,
+          { ...fields, code: ErrorCode.EventNotAccepted, details: { event: event.type } },
+        ),
+        accepts: [],
+      };
+    }
     if (message.kind === 'signal' && next.snapshot === snapshot && next.actions.length === 0) {
       const accepts = m.acceptedEvents(snapshot);
       if (accepts.includes(event.type)) {
@@ -1333,7 +1358,12 @@ export function decide(
     m.toCommands(next.actions, stepNo),
     now,
   );
-  if (p.reject) return machineReject(p.reject, fields, m.acceptedEvents(snapshot));
+  if (p.reject) {
+    // A node verb the tree refused (invalid_state, not_found, bad decisions): `accepts` is about
+    // signals, not verbs.
+    const accepts = message.kind === 'admin' ? [] : m.acceptedEvents(snapshot);
+    return machineReject(p.reject, fields, accepts);
+  }
   const after = withoutFinishedChildren(next.snapshot, p.tasks);
   const timerEvents = timerEventsOf(stored.timerEvents, p.effects, p.timers);
   const timerDue = timerDueOf(stored.timerDue, p.effects, p.timers);
@@ -1427,11 +1457,18 @@ export function decide(
     create: false,
     reply:
       message.kind === 'admin'
-        ? adminReply(rec, message.verb, {
-            actorId: message.actorId,
-            delivered: event.type,
-            value: after.value as unknown,
-          })
+        ? adminReply(
+            rec,
+            message.verb,
+            {
+              ...(message.actorId !== undefined ? { actorId: message.actorId } : {}),
+              ...(message.nodeId !== undefined ? { nodeId: message.nodeId } : {}),
+              delivered: event.type,
+              value: after.value as unknown,
+            },
+            false,
+            isNodeAdmin(message) ? (p.reply?.value as AdminReply['result']) : undefined,
+          )
         : {
             id,
             type,
@@ -1580,6 +1617,9 @@ function operatorOf(msg: AdminMessage): JournalOperator {
   if ('output' in msg) params.output = msg.output;
   if (msg.error !== undefined) params.error = msg.error;
   if (msg.toStep !== undefined) params.toStep = msg.toStep;
+  if (msg.nodeId !== undefined) params.nodeId = msg.nodeId;
+  if (msg.decisions !== undefined) params.decisions = msg.decisions;
+  if (msg.scope !== undefined) params.scope = msg.scope;
   return {
     action: msg.verb,
     by: msg.by,
@@ -1595,11 +1635,14 @@ function adminReply(
   action: AdminReply['action'],
   changed: Record<string, unknown>,
   duplicate = false,
+  result?: AdminReply['result'],
 ): AdminReply {
   return {
     id: rec.id,
     type: rec.type,
     action,
+    verb: action,
+    ...(result !== undefined ? { result } : {}),
     step: rec.step,
     status: rec.status,
     value: (rec.snapshot as { value?: unknown } | undefined)?.value,
@@ -1857,6 +1900,17 @@ function operator(
   });
   const who = `workflow ${stored.type}/${stored.id}`;
 
+  if (isNodeAdmin(msg)) {
+    // A tree's node verb or dispatch pause/resume: the machine decides (an event), in order
+    // with everything else. While the workflow is paused, refused like the other verbs.
+    if (stored.paused) {
+      return reject(
+        `${who} is paused: resume it before ${msg.verb} (or terminate it)`,
+        ErrorCode.Paused,
+      );
+    }
+    return undefined;
+  }
   if (msg.verb === 'pause') {
     if (stored.paused) {
       return { kind: 'noop', reply: adminReply(stored, 'pause', { alreadyPaused: true }) };

@@ -32,7 +32,7 @@ import {
   type SearchResponder,
 } from '../nats/visibility.js';
 import { stateOfRecord, VisibilityIndex, type WorkflowState } from '../visibility/projection.js';
-import { parseCounts, parseSearch } from '../visibility/query.js';
+import { parseCounts, parseNodeSearch, parseSearch } from '../visibility/query.js';
 import { createLogger } from './logger.js';
 import { BulkRunner, type BulkRunnerOptions } from './bulk.js';
 
@@ -215,6 +215,7 @@ export class Visibility implements AsyncDisposable {
       {
         search: (body) => this.index.search(parseSearch(body)),
         counts: (body) => this.index.counts(parseCounts(body)),
+        nodes: (body) => this.index.searchNodes(parseNodeSearch(body)),
       },
       this.logger,
     );

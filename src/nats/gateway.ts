@@ -262,7 +262,7 @@ export function startGateway(o: GatewayOptions): Gateway {
       'admin',
       message,
       requestId !== undefined ? `admin.${p.type}.${p.id}.${requestId}` : undefined,
-      { id: p.id, type: p.type, action: p.verb, changed: {}, duplicate: true },
+      { id: p.id, type: p.type, action: p.verb, verb: p.verb, changed: {}, duplicate: true },
     );
   }
 

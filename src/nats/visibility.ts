@@ -176,6 +176,7 @@ export async function tailJournal(
 export interface SearchHandlers {
   search(body: unknown): unknown;
   counts(body: unknown): unknown;
+  nodes(body: unknown): unknown;
 }
 
 export interface SearchResponder {
@@ -189,7 +190,8 @@ export function visibilityQueue(names: TopologyNames): string {
 }
 
 /**
- * Answer `<prefix>.search` and `<prefix>.search.counts` in the visibility queue group. Bad input
+ * Answer `<prefix>.search`, `<prefix>.search.counts` and `<prefix>.search.nodes` in the
+ * visibility queue group. Bad input
  * is answered with an error reply (code `bad_request`, header `Jf-Error`); nothing a requester
  * sends stops the responder.
  */
@@ -236,6 +238,10 @@ export function startSearchResponder(
     nc.subscribe(names.subjects.searchCounts, {
       queue,
       callback: handle((b) => handlers.counts(b)),
+    }),
+    nc.subscribe(names.subjects.searchNodes, {
+      queue,
+      callback: handle((b) => handlers.nodes(b)),
     }),
   ];
   return {

@@ -23,10 +23,17 @@ import Database from 'better-sqlite3';
 import type { AttributeValue, SearchCountsReply, SearchReply } from '../contracts/search.js';
 import type { JournalEntry, WorkflowRecord, WorkflowStatus } from '../contracts/wire.js';
 import { statePaths } from './paths.js';
-import { attributeText, encodeCursor, type Range, type SearchQuery } from './query.js';
+import {
+  attributeText,
+  encodeCursor,
+  encodeNodeCursor,
+  type NodeSearchQuery,
+  type Range,
+  type SearchQuery,
+} from './query.js';
 
 /** Version of the file layout; a file of another version is rebuilt. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** What the index keeps of one workflow. Times are epoch ms. */
 export interface WorkflowState {
@@ -42,6 +49,102 @@ export interface WorkflowState {
   attributes: Record<string, AttributeValue>;
   /** An activity is parked for manual review. */
   needsReview?: boolean;
+  /** An activity tree's nodes as they are now: replace the indexed ones (rebuild, reset). */
+  nodes?: NodeRow[];
+  /** An activity tree's node status changes of this step, in order (its `nodes` event). */
+  nodeChanges?: NodeChangeRow[];
+}
+
+/** One activity-tree node as the index keeps it. Times are epoch ms. */
+export interface NodeRow {
+  nodeId: string;
+  seq: number;
+  name: string;
+  queue: string;
+  status: string;
+  statusSince: number;
+  attempt: number;
+  run: number;
+  metadata?: Record<string, string | number | boolean>;
+  /** Statuses the node entered, with when (`pastStatus` searches). */
+  entered: { status: string; at: number }[];
+}
+
+/** One change of a tree's `nodes` event (ACTIVITY-TREES §2.9.10), times in epoch ms. */
+export interface NodeChangeRow {
+  nodeId: string;
+  name: string;
+  from: string | null;
+  to: string;
+  at: number;
+  attempt?: number;
+  run?: number;
+  queue?: string;
+  metadata?: Record<string, string | number | boolean>;
+}
+
+/** The node changes among a step's emitted events (a tree's `nodes` event), if any. */
+function nodeChangesOf(
+  emitted: Record<string, unknown>[] | undefined,
+): NodeChangeRow[] | undefined {
+  const out: NodeChangeRow[] = [];
+  for (const ev of emitted ?? []) {
+    if (ev.type !== 'nodes' || !Array.isArray(ev.changes)) continue;
+    for (const c of ev.changes as Record<string, unknown>[]) {
+      const at = typeof c.at === 'string' ? Date.parse(c.at) : NaN;
+      if (typeof c.nodeId !== 'string' || typeof c.to !== 'string' || !Number.isFinite(at))
+        continue;
+      out.push({
+        nodeId: c.nodeId,
+        name: typeof c.name === 'string' ? c.name : '',
+        from: typeof c.from === 'string' ? c.from : null,
+        to: c.to,
+        at,
+        ...(typeof c.attempt === 'number' ? { attempt: c.attempt } : {}),
+        ...(typeof c.run === 'number' ? { run: c.run } : {}),
+        ...(typeof c.queue === 'string' ? { queue: c.queue } : {}),
+        ...(c.metadata && typeof c.metadata === 'object'
+          ? { metadata: c.metadata as Record<string, string | number | boolean> }
+          : {}),
+      });
+    }
+  }
+  return out.length > 0 ? out : undefined;
+}
+
+/**
+ * The nodes of an activity tree's persisted snapshot (its context is the node table, see
+ * actors/activity-tree/reduce.ts `Tree`), or undefined when it is not a tree. Read structurally:
+ * the index does not depend on the actors.
+ */
+export function treeNodesOf(snapshot: unknown): NodeRow[] | undefined {
+  const ctx = (snapshot as { context?: unknown } | null | undefined)?.context as
+    { nodes?: unknown; roots?: unknown; seq?: unknown } | undefined;
+  if (!ctx || typeof ctx !== 'object' || !Array.isArray(ctx.roots) || typeof ctx.seq !== 'number')
+    return undefined;
+  if (!ctx.nodes || typeof ctx.nodes !== 'object') return undefined;
+  const out: NodeRow[] = [];
+  for (const n of Object.values(ctx.nodes as Record<string, Record<string, unknown>>)) {
+    if (typeof n?.id !== 'string' || typeof n.status !== 'string') continue;
+    const history = Array.isArray(n.history) ? (n.history as { to?: unknown; at?: unknown }[]) : [];
+    out.push({
+      nodeId: n.id,
+      seq: typeof n.seq === 'number' ? n.seq : 0,
+      name: typeof n.name === 'string' ? n.name : '',
+      queue: typeof n.queue === 'string' ? n.queue : '',
+      status: n.status,
+      statusSince: typeof n.statusSince === 'number' ? n.statusSince : 0,
+      attempt: typeof n.attempt === 'number' ? n.attempt : 0,
+      run: typeof n.run === 'number' ? n.run : 1,
+      ...(n.metadata && typeof n.metadata === 'object'
+        ? { metadata: n.metadata as Record<string, string | number | boolean> }
+        : {}),
+      entered: history
+        .filter((h) => typeof h.to === 'string' && typeof h.at === 'number')
+        .map((h) => ({ status: h.to as string, at: h.at as number })),
+    });
+  }
+  return out;
 }
 
 /** The state a `step` journal entry leaves its workflow in. */
@@ -60,7 +163,20 @@ export function stateOfEntry(e: Extract<JournalEntry, { kind: 'step' }>): Workfl
       : {}),
     attributes: e.attributes ?? {},
     needsReview: e.needsReview === true,
+    ...nodesOfEntry(e),
   };
+}
+
+/** What a step entry tells of a tree's nodes: its changes, or (a reset) the whole table. */
+function nodesOfEntry(
+  e: Extract<JournalEntry, { kind: 'step' }>,
+): Pick<WorkflowState, 'nodes' | 'nodeChanges'> {
+  if (e.operator?.action === 'reset') {
+    const nodes = e.snapshotOmitted ? undefined : treeNodesOf(e.snapshot);
+    return nodes ? { nodes } : {};
+  }
+  const nodeChanges = nodeChangesOf(e.emitted);
+  return nodeChanges ? { nodeChanges } : {};
 }
 
 /**
@@ -83,6 +199,10 @@ export function stateOfRecord(r: WorkflowRecord): WorkflowState {
       : {}),
     attributes: r.attributes ?? {},
     needsReview: Object.values(r.tasks ?? {}).some((t) => t.parked !== undefined),
+    ...((): Pick<WorkflowState, 'nodes'> => {
+      const nodes = treeNodesOf(r.snapshot);
+      return nodes ? { nodes } : {};
+    })(),
   };
 }
 
@@ -163,6 +283,40 @@ CREATE TABLE IF NOT EXISTS counts (
   type TEXT NOT NULL, status TEXT NOT NULL, path TEXT NOT NULL, n INTEGER NOT NULL,
   PRIMARY KEY (type, status, path)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+  wkey TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  queue TEXT NOT NULL,
+  status TEXT NOT NULL,
+  status_since INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  run INTEGER NOT NULL,
+  PRIMARY KEY (wkey, node_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS n_since ON nodes (status_since, wkey, seq);
+CREATE INDEX IF NOT EXISTS n_status ON nodes (status, status_since);
+CREATE INDEX IF NOT EXISTS n_name ON nodes (name, status_since);
+CREATE INDEX IF NOT EXISTS n_queue ON nodes (queue, status_since);
+CREATE TABLE IF NOT EXISTS nhist (
+  wkey TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  status TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  PRIMARY KEY (wkey, node_id, status, at)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS h_status ON nhist (status, at);
+CREATE TABLE IF NOT EXISTS nmeta (
+  wkey TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (wkey, node_id, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS m_value ON nmeta (name, value);
 CREATE TABLE IF NOT EXISTS totals (
   type TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
   PRIMARY KEY (type, status)
@@ -202,6 +356,19 @@ function prefixEnd(prefix: string): string {
   return prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
 }
 
+/** One node of a node search's reply. */
+export interface NodeSearchResult {
+  type: string;
+  id: string;
+  nodeId: string;
+  name: string;
+  queue: string;
+  status: string;
+  statusSince: string;
+  attempt: number;
+  run: number;
+}
+
 export interface VisibilityIndexOptions {
   /** SQLite page cache in MiB (default 64). */
   cacheMiB?: number;
@@ -231,7 +398,8 @@ export class VisibilityIndex {
       if (version !== SCHEMA_VERSION) {
         db.exec(
           'DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS workflows; DROP TABLE IF EXISTS wstates;' +
-            'DROP TABLE IF EXISTS wattrs; DROP TABLE IF EXISTS counts; DROP TABLE IF EXISTS totals;',
+            'DROP TABLE IF EXISTS wattrs; DROP TABLE IF EXISTS counts; DROP TABLE IF EXISTS totals;' +
+            'DROP TABLE IF EXISTS nodes; DROP TABLE IF EXISTS nhist; DROP TABLE IF EXISTS nmeta;',
         );
         db.exec(SCHEMA);
         db.pragma(`user_version = ${SCHEMA_VERSION}`);
@@ -275,7 +443,17 @@ export class VisibilityIndex {
   /** Empty every table (start of a rebuild); `stream` is the journal identity to remember. */
   reset(position: JournalPosition): void {
     this.db.transaction(() => {
-      for (const t of ['workflows', 'wstates', 'wattrs', 'counts', 'totals', 'meta']) {
+      for (const t of [
+        'workflows',
+        'wstates',
+        'wattrs',
+        'counts',
+        'totals',
+        'nodes',
+        'nhist',
+        'nmeta',
+        'meta',
+      ]) {
         this.db.exec(`DELETE FROM ${t}`);
       }
       this.setMeta('journal_seq', position.seq);
@@ -397,7 +575,160 @@ export class VisibilityIndex {
       if (old) this.count(old.type, old.status, JSON.parse(old.states) as string[], -1);
       this.count(s.type, s.status, s.paths, +1);
     }
+    if (s.nodes) this.replaceNodes(key, s);
+    if (s.nodeChanges) this.applyNodeChanges(key, s, s.nodeChanges);
     return true;
+  }
+
+  private deleteNodes(key: string): void {
+    for (const t of ['nodes', 'nhist', 'nmeta'])
+      this.st(`DELETE FROM ${t} WHERE wkey = ?`).run(key);
+  }
+
+  /** A tree's whole node table (rebuild from a record, or a reset): replaces what was indexed. */
+  private replaceNodes(key: string, s: WorkflowState): void {
+    this.deleteNodes(key);
+    const ins = this.st(
+      `INSERT INTO nodes (wkey, node_id, type, id, seq, name, queue, status, status_since, attempt, run)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    const hist = this.st(
+      'INSERT OR IGNORE INTO nhist (wkey, node_id, status, at) VALUES (?, ?, ?, ?)',
+    );
+    const meta = this.st(
+      'INSERT OR REPLACE INTO nmeta (wkey, node_id, name, value) VALUES (?, ?, ?, ?)',
+    );
+    for (const n of s.nodes ?? []) {
+      ins.run(
+        key,
+        n.nodeId,
+        s.type,
+        s.id,
+        n.seq,
+        n.name,
+        n.queue,
+        n.status,
+        n.statusSince,
+        n.attempt,
+        n.run,
+      );
+      for (const h of n.entered) hist.run(key, n.nodeId, h.status, h.at);
+      for (const [k, v] of Object.entries(n.metadata ?? {}))
+        meta.run(key, n.nodeId, k, JSON.stringify(v));
+    }
+  }
+
+  /** One step's node changes, in order: creations insert, the others move the status. */
+  private applyNodeChanges(key: string, s: WorkflowState, changes: NodeChangeRow[]): void {
+    const ins = this.st(
+      `INSERT OR REPLACE INTO nodes (wkey, node_id, type, id, seq, name, queue, status, status_since, attempt, run)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1)`,
+    );
+    const move = this.st(
+      `UPDATE nodes SET status = ?, status_since = ?,
+         attempt = CASE WHEN ? IS NOT NULL THEN ? WHEN ? IS NOT NULL THEN 0 ELSE attempt END,
+         run = COALESCE(?, run)
+       WHERE wkey = ? AND node_id = ?`,
+    );
+    const hist = this.st(
+      'INSERT OR IGNORE INTO nhist (wkey, node_id, status, at) VALUES (?, ?, ?, ?)',
+    );
+    const meta = this.st(
+      'INSERT OR REPLACE INTO nmeta (wkey, node_id, name, value) VALUES (?, ?, ?, ?)',
+    );
+    for (const c of changes) {
+      if (c.from === null) {
+        const seq = Number(/^n(\d+)$/.exec(c.nodeId)?.[1] ?? 0);
+        ins.run(key, c.nodeId, s.type, s.id, seq, c.name, c.queue ?? '', c.to, c.at);
+        for (const [k, v] of Object.entries(c.metadata ?? {}))
+          meta.run(key, c.nodeId, k, JSON.stringify(v));
+      } else {
+        const attempt = c.attempt ?? null;
+        const run = c.run ?? null;
+        move.run(c.to, c.at, attempt, attempt, run, run, key, c.nodeId);
+      }
+      hist.run(key, c.nodeId, c.to, c.at);
+    }
+  }
+
+  /** Answer a validated node search (ACTIVITY-TREES §2.9.11, `<prefix>.search.nodes`). */
+  searchNodes(q: NodeSearchQuery): { results: NodeSearchResult[]; next: string | null } {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    const add = (sql: string, ...v: unknown[]) => {
+      where.push(sql);
+      args.push(...v);
+    };
+    const anyOf = (col: string, xs: string[] | undefined) => {
+      if (xs) add(`${col} IN (${xs.map(() => '?').join(', ')})`, ...xs);
+    };
+    if (q.type !== undefined) add('n.type = ?', q.type);
+    if (q.id !== undefined) add('n.id = ?', q.id);
+    anyOf('n.status', q.status);
+    anyOf('n.name', q.name);
+    anyOf('n.queue', q.queue);
+    if (q.pastStatus) {
+      const h = [
+        'h.wkey = n.wkey',
+        'h.node_id = n.node_id',
+        `h.status IN (${q.pastStatus.map(() => '?').join(', ')})`,
+      ];
+      const hargs: unknown[] = [...q.pastStatus];
+      if (q.since !== undefined) {
+        h.push('h.at >= ?');
+        hargs.push(q.since);
+      }
+      if (q.until !== undefined) {
+        h.push('h.at < ?');
+        hargs.push(q.until);
+      }
+      add(`EXISTS (SELECT 1 FROM nhist h WHERE ${h.join(' AND ')})`, ...hargs);
+    } else {
+      if (q.since !== undefined) add('n.status_since >= ?', q.since);
+      if (q.until !== undefined) add('n.status_since < ?', q.until);
+    }
+    for (const [k, v] of q.metadata)
+      add(
+        'EXISTS (SELECT 1 FROM nmeta m WHERE m.wkey = n.wkey AND m.node_id = n.node_id AND m.name = ? AND m.value = ?)',
+        k,
+        v,
+      );
+    if (q.after)
+      add('(n.status_since, n.wkey, n.seq) < (?, ?, ?)', q.after.since, q.after.key, q.after.seq);
+    const sql =
+      'SELECT n.* FROM nodes n' +
+      (where.length ? ` WHERE ${where.join(' AND ')}` : '') +
+      ' ORDER BY n.status_since DESC, n.wkey DESC, n.seq DESC LIMIT ?';
+    const rows = this.st(sql).all(...args, q.limit + 1) as {
+      wkey: string;
+      node_id: string;
+      type: string;
+      id: string;
+      seq: number;
+      name: string;
+      queue: string;
+      status: string;
+      status_since: number;
+      attempt: number;
+      run: number;
+    }[];
+    const more = rows.length > q.limit;
+    if (more) rows.length = q.limit;
+    const last = rows[rows.length - 1];
+    return {
+      results: rows.map((r) => ({
+        type: r.type,
+        id: r.id,
+        nodeId: r.node_id,
+        name: r.name,
+        queue: r.queue,
+        status: r.status,
+        statusSince: iso(r.status_since),
+        attempt: r.attempt,
+        run: r.run,
+      })),
+      next: more && last ? encodeNodeCursor(q, last.status_since, last.wkey, last.seq) : null,
+    };
   }
 
   private count(type: string, status: string, paths: string[], d: number): void {
@@ -417,8 +748,16 @@ export class VisibilityIndex {
     const more = rows.length > q.limit;
     if (more) rows.length = q.limit;
     const last = rows[rows.length - 1];
+    const counts = this.st(
+      'SELECT status, count(*) AS n FROM nodes WHERE wkey = ? GROUP BY status',
+    );
     return {
-      workflows: rows.map(toWorkflow),
+      workflows: rows.map((r) => {
+        const w = toWorkflow(r);
+        const c = counts.all(r.key) as { status: string; n: number }[];
+        if (c.length > 0) w.nodeCounts = Object.fromEntries(c.map((x) => [x.status, x.n]));
+        return w;
+      }),
       cursor: more && last ? encodeCursor(q, last.sort_value, last.key) : null,
     };
   }
@@ -472,6 +811,7 @@ export class VisibilityIndex {
         this.st('DELETE FROM workflows WHERE key = ?').run(r.key);
         this.st('DELETE FROM wstates WHERE wkey = ?').run(r.key);
         this.st('DELETE FROM wattrs WHERE wkey = ?').run(r.key);
+        this.deleteNodes(r.key);
         this.count(r.type, r.status, JSON.parse(r.states) as string[], -1);
         n++;
       }
@@ -541,6 +881,50 @@ function searchSql(q: SearchQuery): { sql: string; args: unknown[] } {
       name,
       value,
     );
+  }
+  // Tree nodes: each filter an EXISTS probe of the workflow's nodes (by its primary key prefix).
+  const nf = q.node;
+  if (nf) {
+    const list = (xs: string[]) => xs.map(() => '?').join(', ');
+    const window = (col: string): [string, unknown[]] => {
+      const sql: string[] = [];
+      const a: unknown[] = [];
+      if (nf.since !== undefined) {
+        sql.push(`${col} >= ?`);
+        a.push(nf.since);
+      }
+      if (nf.until !== undefined) {
+        sql.push(`${col} < ?`);
+        a.push(nf.until);
+      }
+      return [sql.map((x) => ` AND ${x}`).join(''), a];
+    };
+    if (nf.status) {
+      const [w, a] = nf.pastStatus ? ['', []] : window('n.status_since');
+      add(
+        `EXISTS (SELECT 1 FROM nodes n WHERE n.wkey = ${k} AND n.status IN (${list(nf.status)})${w})`,
+        ...nf.status,
+        ...a,
+      );
+    }
+    if (nf.pastStatus) {
+      const [w, a] = window('h.at');
+      add(
+        `EXISTS (SELECT 1 FROM nhist h WHERE h.wkey = ${k} AND h.status IN (${list(nf.pastStatus)})${w})`,
+        ...nf.pastStatus,
+        ...a,
+      );
+    }
+    if (nf.name)
+      add(
+        `EXISTS (SELECT 1 FROM nodes n WHERE n.wkey = ${k} AND n.name IN (${list(nf.name)}))`,
+        ...nf.name,
+      );
+    if (nf.queue)
+      add(
+        `EXISTS (SELECT 1 FROM nodes n WHERE n.wkey = ${k} AND n.queue IN (${list(nf.queue)}))`,
+        ...nf.queue,
+      );
   }
   const dir = q.order === 'asc' ? 'ASC' : 'DESC';
   if (q.after) {

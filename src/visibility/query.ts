@@ -35,6 +35,15 @@ export interface SearchQuery {
   needsReview?: boolean;
   /** `[name, value as JSON text]`, sorted by name. */
   attributes: [string, string][];
+  /** Activity-tree node filters (each may be met by a different node). */
+  node?: {
+    status?: string[];
+    pastStatus?: string[];
+    name?: string[];
+    queue?: string[];
+    since?: number;
+    until?: number;
+  };
   sort: SearchSort;
   order: 'asc' | 'desc';
   limit: number;
@@ -56,6 +65,7 @@ const FIELDS = new Set([
   'idPrefix',
   'needsReview',
   'attributes',
+  'node',
   'sort',
   'order',
   'limit',
@@ -241,6 +251,7 @@ export function parseSearch(body: unknown): SearchQuery {
       })
       .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
   }
+  if (b.node !== undefined) q.node = parseNodeFilter(b.node);
   if (b.sort !== undefined) {
     if (b.sort !== 'updatedAt' && b.sort !== 'inStateSince') {
       throw bad('sort must be updatedAt or inStateSince', { field: 'sort' });
@@ -280,6 +291,7 @@ export function parseSearch(body: unknown): SearchQuery {
       q.idPrefix,
       q.needsReview,
       q.attributes,
+      q.node,
       q.sort,
       q.order,
     ]),
@@ -298,4 +310,232 @@ export function parseCounts(body: unknown): { type?: string } {
   if (body.type === undefined) return {};
   if (!isToken(body.type)) throw bad('type must be a workflow type (1-256 of A-Z a-z 0-9 _ - =)');
   return { type: body.type };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node search (`<prefix>.search.nodes`, ACTIVITY-TREES §2.9.11)
+
+/** Node statuses of activity trees (ACTIVITY-TREES §2.4). */
+export const NODE_STATUSES = [
+  'ready',
+  'scheduled',
+  'paused',
+  'running',
+  'retrying',
+  'errored',
+  'awaitingChildren',
+  'complete',
+  'canceled',
+] as const;
+
+/** A validated node search. Lists mean "any of". */
+export interface NodeSearchQuery {
+  type?: string;
+  id?: string;
+  status?: string[];
+  pastStatus?: string[];
+  name?: string[];
+  queue?: string[];
+  /** With `pastStatus`: when the node entered it; otherwise: `statusSince` (time in status). */
+  since?: number;
+  until?: number;
+  /** `[key, value as JSON text]`, sorted by key. */
+  metadata: [string, string][];
+  limit: number;
+  /** Where the previous page ended: `statusSince`, workflow key, node seq. */
+  after?: { since: number; key: string; seq: number };
+  fingerprint: string;
+}
+
+const NODE_FIELDS = new Set([
+  'type',
+  'id',
+  'status',
+  'pastStatus',
+  'name',
+  'queue',
+  'since',
+  'until',
+  'metadata',
+  'limit',
+  'cursor',
+]);
+export const NODE_SEARCH_DEFAULT_LIMIT = 25;
+export const NODE_SEARCH_MAX_LIMIT = 1_000;
+
+function oneOrMany(v: unknown, field: string, check: (x: unknown, f: string) => string): string[] {
+  const xs = Array.isArray(v) ? v : [v];
+  if (xs.length === 0 || xs.length > 100) {
+    throw bad(`${field} must be a value or a list of 1 to 100 values`, { field });
+  }
+  return [...new Set(xs.map((x, i) => check(x, Array.isArray(v) ? `${field}[${i}]` : field)))];
+}
+
+function nodeStatus(x: unknown, field: string): string {
+  if (typeof x !== 'string' || !(NODE_STATUSES as readonly string[]).includes(x)) {
+    throw bad(`${field} must be a node status: ${NODE_STATUSES.join(', ')}`, { field });
+  }
+  return x;
+}
+
+interface NodeCursorBody {
+  v: 1;
+  f: string;
+  s: number;
+  w: string;
+  q: number;
+}
+
+export function encodeNodeCursor(
+  q: NodeSearchQuery,
+  since: number,
+  key: string,
+  seq: number,
+): string {
+  const body: NodeCursorBody = { v: 1, f: q.fingerprint, s: since, w: key, q: seq };
+  return Buffer.from(JSON.stringify(body)).toString('base64url');
+}
+
+function decodeNodeCursor(
+  cursor: unknown,
+  fingerprint: string,
+): { since: number; key: string; seq: number } {
+  const malformed = () =>
+    bad('cursor is malformed: pass the "next" of the previous reply unchanged', {
+      field: 'cursor',
+    });
+  if (typeof cursor !== 'string' || cursor.length === 0 || cursor.length > 2_048) throw malformed();
+  let c: Partial<NodeCursorBody> | null;
+  try {
+    if (!/^[A-Za-z0-9_-]+$/.test(cursor)) throw new Error('not base64url');
+    c = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as Partial<NodeCursorBody>;
+  } catch {
+    throw malformed();
+  }
+  if (
+    !isObject(c) ||
+    c.v !== 1 ||
+    typeof c.f !== 'string' ||
+    typeof c.s !== 'number' ||
+    typeof c.w !== 'string' ||
+    typeof c.q !== 'number'
+  )
+    throw malformed();
+  if (c.f !== fingerprint) {
+    throw bad('cursor belongs to another search: keep the filters of its page', {
+      field: 'cursor',
+    });
+  }
+  return { since: c.s, key: c.w, seq: c.q };
+}
+
+/**
+ * Validate a decoded node search body (`undefined` = everything, paged). Throws a
+ * {@link BadRequestError} (code `bad_request`) naming the offending field.
+ */
+export function parseNodeSearch(body: unknown): NodeSearchQuery {
+  if (body === undefined || body === null) body = {};
+  if (!isObject(body)) throw bad('the node search body must be an object of filters');
+  for (const k of Object.keys(body)) {
+    if (!NODE_FIELDS.has(k)) {
+      throw bad(
+        `unknown node search field ${JSON.stringify(k)}; known: ${[...NODE_FIELDS].join(', ')}`,
+        { field: k },
+      );
+    }
+  }
+  const b = body;
+  const q: NodeSearchQuery = { metadata: [], limit: NODE_SEARCH_DEFAULT_LIMIT, fingerprint: '' };
+  const token = (x: unknown, field: string): string => {
+    if (!isToken(x)) throw bad(`${field} must be a token (1-256 of A-Z a-z 0-9 _ - =)`, { field });
+    return x;
+  };
+  if (b.type !== undefined) q.type = token(b.type, 'type');
+  if (b.id !== undefined) q.id = token(b.id, 'id');
+  if (b.status !== undefined) q.status = oneOrMany(b.status, 'status', nodeStatus);
+  if (b.pastStatus !== undefined) q.pastStatus = oneOrMany(b.pastStatus, 'pastStatus', nodeStatus);
+  if (b.name !== undefined) q.name = oneOrMany(b.name, 'name', text);
+  if (b.queue !== undefined) q.queue = oneOrMany(b.queue, 'queue', token);
+  if (b.since !== undefined) q.since = timeBound(b.since, 'since');
+  if (b.until !== undefined) q.until = timeBound(b.until, 'until');
+  if (b.metadata !== undefined) {
+    if (!isObject(b.metadata)) throw bad('metadata must be an object { key: value }');
+    const entries = Object.entries(b.metadata);
+    if (entries.length > 16) throw bad('at most 16 metadata keys', { field: 'metadata' });
+    q.metadata = entries
+      .map(([k, v]): [string, string] => {
+        text(k, 'metadata key');
+        if (
+          typeof v !== 'string' &&
+          typeof v !== 'boolean' &&
+          !(typeof v === 'number' && Number.isFinite(v))
+        )
+          throw bad(`metadata.${k} must be a string, a finite number or a boolean`, {
+            field: `metadata.${k}`,
+          });
+        return [k, JSON.stringify(v)];
+      })
+      .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+  }
+  if (b.limit !== undefined) {
+    if (
+      typeof b.limit !== 'number' ||
+      !Number.isInteger(b.limit) ||
+      b.limit < 1 ||
+      b.limit > NODE_SEARCH_MAX_LIMIT
+    ) {
+      throw bad(`limit must be an integer from 1 to ${NODE_SEARCH_MAX_LIMIT}`, {
+        field: 'limit',
+        max: NODE_SEARCH_MAX_LIMIT,
+      });
+    }
+    q.limit = b.limit;
+  }
+  q.fingerprint = fnv(
+    JSON.stringify([
+      q.type,
+      q.id,
+      q.status,
+      q.pastStatus,
+      q.name,
+      q.queue,
+      q.since,
+      q.until,
+      q.metadata,
+    ]),
+  );
+  if (b.cursor !== undefined && b.cursor !== null)
+    q.after = decodeNodeCursor(b.cursor, q.fingerprint);
+  return q;
+}
+
+/** `wf.search`'s `node` object (ACTIVITY-TREES §2.9.11). */
+function parseNodeFilter(v: unknown): NonNullable<SearchQuery['node']> {
+  if (!isObject(v)) throw bad('node must be an object of node filters', { field: 'node' });
+  const known = ['status', 'pastStatus', 'name', 'queue', 'since', 'until'];
+  for (const k of Object.keys(v)) {
+    if (!known.includes(k)) {
+      throw bad(`unknown node filter ${JSON.stringify(k)}; known: ${known.join(', ')}`, {
+        field: `node.${k}`,
+      });
+    }
+  }
+  const out: NonNullable<SearchQuery['node']> = {};
+  if (v.status !== undefined) out.status = oneOrMany(v.status, 'node.status', nodeStatus);
+  if (v.pastStatus !== undefined)
+    out.pastStatus = oneOrMany(v.pastStatus, 'node.pastStatus', nodeStatus);
+  if (v.name !== undefined) out.name = oneOrMany(v.name, 'node.name', text);
+  if (v.queue !== undefined)
+    out.queue = oneOrMany(v.queue, 'node.queue', (x, f) => {
+      if (!isToken(x)) throw bad(`${f} must be a queue token`, { field: f });
+      return x;
+    });
+  if (v.since !== undefined) out.since = timeBound(v.since, 'node.since');
+  if (v.until !== undefined) out.until = timeBound(v.until, 'node.until');
+  if ((out.since !== undefined || out.until !== undefined) && !out.pastStatus && !out.status) {
+    throw bad('node.since / node.until go with node.pastStatus (or node.status)', {
+      field: out.since !== undefined ? 'node.since' : 'node.until',
+    });
+  }
+  return out;
 }

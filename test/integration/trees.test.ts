@@ -546,12 +546,17 @@ describe('activity trees', () => {
 
   it('a 1,000-child non-blocking fan-out with join completes (node count, record size, time)', async () => {
     const N = 1000;
+    // The fan decides once join and close are applied (else they queue behind its leaves' results).
+    let release = () => {};
+    const gate = new Promise<void>((r) => (release = r));
     const t = await setup({
-      fan: () =>
-        withDecisions(
+      fan: async () => {
+        await gate;
+        return withDecisions(
           'fanned',
           Array.from({ length: N }, (_, i) => ({ name: 'leaf', mode: 'non_blocking', input: i })),
-        ),
+        );
+      },
       leaf: (i: number) => i * 2,
       join: () => 'joined',
     });
@@ -561,6 +566,7 @@ describe('activity trees', () => {
       await t.client.signal(T, 'big', { type: 'signal', name: 'fan' });
       await t.client.signal(T, 'big', { type: 'signal', name: 'join', queue: 'join' });
       await t.client.signal(T, 'big', { type: 'close' });
+      release();
       const out = await t.client.result(T, 'big', { timeoutMs: 170_000 });
       const ms = Date.now() - t0;
       expect(out).toEqual({ nodes: N + 2, counts: { complete: N + 2, canceled: 0 } });

@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import {
   NODE_STATUSES,
+  VERB_ALLOWED,
   initTree,
   isIdle,
   isTerminal,
@@ -17,6 +18,7 @@ import {
   type Node,
   type NodeChange,
   type NodeStatus,
+  type NodeVerb,
   type Tree,
   type TreeEvent,
 } from '../../actors/activity-tree/reduce.js';
@@ -415,6 +417,128 @@ describe('activity tree reducer: Backbeat cases', () => {
   });
 });
 
+describe('activity tree reducer: node verbs', () => {
+  const verb = (t: Tree, v: string, body: Record<string, unknown> = {}, at = T0 + 10_000) =>
+    reduce(t, {
+      type: `jetflow.admin.${v}`,
+      by: 'alice',
+      reason: 'r',
+      ...body,
+      $at: at,
+    } as TreeEvent);
+  const parked = () => {
+    const { t } = run(tree({ defaults: { retry: { maxAttempts: 2 } } }), [
+      { type: 'signal', name: 'pay', queue: 'bank', $at: T0 },
+      { type: 'signal', name: 'later', $at: T0 },
+    ]);
+    return run(t, [
+      {
+        type: 'jetflow.task.failed',
+        key: keyOf(byName(t, 'pay')),
+        error: { type: 'BankDown', message: 'down' },
+        attempt: 2,
+        $at: T0 + 1000,
+      },
+    ]).t;
+  };
+
+  it('retry: run 2 with a new key and the given budget; the realert timer is canceled; by is in the history', () => {
+    const r = verb(parked(), 'retry', { nodeId: 'n1', attempts: 7 });
+    expect(r.reply).toEqual({
+      nodeId: 'n1',
+      changed: [{ nodeId: 'n1', from: 'errored', to: 'running' }],
+    });
+    expect(r.commands).toContainEqual({
+      kind: 'cancelTimer',
+      timerId: 'jetflow.tree.realert.n1.1',
+    });
+    const d = r.commands.find((c) => c.kind === 'dispatch');
+    expect(d).toMatchObject({
+      key: 'n1:2',
+      target: { options: { retry: { maxAttempts: 7 } }, node: { run: 2 } },
+    });
+    expect(r.tree.nodes.n1).toMatchObject({ run: 2, attempt: 0, status: 'running' });
+    expect(r.tree.nodes.n1!.history.at(-1)).toMatchObject({
+      from: 'errored',
+      to: 'running',
+      by: 'alice',
+    });
+    // A late result of run 1 no longer matches.
+    expect(reduce(r.tree, { type: 'jetflow.task.done', key: 'n1:1', $at: T0 + 11_000 }).tree).toBe(
+      r.tree,
+    );
+  });
+
+  it('resolve with decisions creates children as a result would; shutdown cancels later signals of the lane', () => {
+    const r = verb(parked(), 'resolve', {
+      nodeId: 'n1',
+      output: { manual: true },
+      decisions: [{ name: 'refund', mode: 'non_blocking' }],
+    });
+    expect((r.reply as { changed: unknown[] }).changed).toEqual([
+      { nodeId: 'n3', from: null, to: 'ready' },
+      { nodeId: 'n1', from: 'errored', to: 'awaitingChildren' },
+      { nodeId: 'n3', from: 'ready', to: 'running' },
+    ]);
+    expect(r.tree.nodes.n1).toMatchObject({ outcome: 'resolved', output: { manual: true } });
+    const bad = verb(parked(), 'resolve', { nodeId: 'n1', decisions: [{ name: 'x', mode: 'up' }] });
+    expect(bad.reject).toMatchObject({ code: 'bad_request', details: { index: 0, field: 'mode' } });
+    const sd = verb(parked(), 'shutdown', { nodeId: 'n1' });
+    expect((sd.reply as { changed: unknown[] }).changed).toEqual([
+      { nodeId: 'n2', from: 'ready', to: 'canceled' },
+      { nodeId: 'n1', from: 'errored', to: 'complete' },
+    ]);
+    expect(sd.tree.nodes.n2!.canceledBy).toBe('shutdown');
+  });
+
+  it('every verb in a wrong state is invalid_state with the allowed statuses; an unknown node is not_found', () => {
+    const t = parked();
+    expect(verb(t, 'retry', { nodeId: 'n2' }).reject).toMatchObject({
+      code: 'invalid_state',
+      details: { nodeId: 'n2', status: 'ready', allowed: ['retrying', 'errored'] },
+    });
+    const c = verb(t, 'cancel', { nodeId: 'n2' }).tree;
+    for (const v of ['retry', 'resolve', 'shutdown', 'cancel', 'prune'])
+      expect(verb(c, v, { nodeId: 'n2' }).reject).toMatchObject({
+        code: 'invalid_state',
+        details: { nodeId: 'n2', status: 'canceled', allowed: VERB_ALLOWED[v as NodeVerb] },
+      });
+    expect(verb(t, 'cancel', { nodeId: 'n9' }).reject).toMatchObject({
+      code: 'not_found',
+      details: { nodeId: 'n9' },
+    });
+  });
+
+  it('pause / resume of dispatch: reached nodes wait paused, resume runs them in seq order; twice changes nothing', () => {
+    let t = tree();
+    let r = verb(t, 'pause', { scope: 'dispatch' }, T0);
+    expect(r.reply).toEqual({ changed: [], dispatchPaused: true });
+    t = r.tree;
+    expect(verb(t, 'pause', { scope: 'dispatch' }).reply).toEqual({
+      changed: [],
+      dispatchPaused: true,
+    });
+    t = run(t, [
+      { type: 'signal', name: 'a', $at: T0 },
+      { type: 'signal', name: 'b', lane: 'x', $at: T0 },
+    ]).t;
+    expect(status(t)).toEqual({ a: 'paused', b: 'paused' });
+    r = verb(t, 'resume', { scope: 'dispatch' });
+    expect(r.reply).toEqual({
+      changed: [
+        { nodeId: 'n1', from: 'paused', to: 'running' },
+        { nodeId: 'n2', from: 'paused', to: 'running' },
+      ],
+      dispatchPaused: false,
+    });
+    expect(dispatched(r.commands)).toEqual(['a', 'b']);
+    expect(verb(r.tree, 'resume', { scope: 'dispatch' }).reply).toEqual({
+      changed: [],
+      dispatchPaused: false,
+    });
+  });
+});
+
 // ---------------------------------------------------------------------------------------------
 // Properties
 
@@ -432,7 +556,9 @@ type Op =
   /** A link node's remote traffic: accepted, remote errored, remote canceled, send failed. */
   | { op: 'link'; pick: number; how: number }
   | { op: 'notice'; pick: number }
-  | { op: 'fire'; pick: number };
+  | { op: 'fire'; pick: number }
+  | { op: 'verb'; verb: number; pick: number; attempts: boolean; kids: number }
+  | { op: 'dispatch'; pause: boolean };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   {
@@ -469,7 +595,24 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
     arbitrary: fc.record({ op: fc.constant('link' as const), pick: fc.nat(), how: fc.nat(3) }),
   },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('fire' as const), pick: fc.nat() }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant('verb' as const),
+      verb: fc.nat(4),
+      pick: fc.nat(),
+      attempts: fc.boolean(),
+      kids: fc.nat(2),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .record({ op: fc.constant('dispatch' as const), pick: fc.constant(0), pause: fc.boolean() })
+      .map(({ pause }) => ({ op: 'dispatch' as const, pause })),
+  },
 );
+const VERBS: NodeVerb[] = ['retry', 'resolve', 'shutdown', 'cancel', 'prune'];
 
 const EXHAUST = ['park', 'skip', 'shutdown', 'fail'];
 const ALLOWED: Record<NodeStatus, NodeStatus[]> = {
@@ -477,8 +620,10 @@ const ALLOWED: Record<NodeStatus, NodeStatus[]> = {
   scheduled: ['paused', 'running', 'awaitingChildren', 'complete', 'canceled'],
   paused: ['running', 'scheduled', 'awaitingChildren', 'complete', 'canceled'],
   running: ['retrying', 'errored', 'awaitingChildren', 'complete', 'canceled'],
-  retrying: ['running', 'errored', 'awaitingChildren', 'complete', 'canceled'],
-  errored: ['running', 'awaitingChildren', 'complete', 'canceled'],
+  // `paused` from retrying / errored: the retry verb while dispatch is paused (§2.7 says so; the
+  // §2.4 table omits it; see the README).
+  retrying: ['running', 'paused', 'errored', 'awaitingChildren', 'complete', 'canceled'],
+  errored: ['running', 'paused', 'awaitingChildren', 'complete', 'canceled'],
   awaitingChildren: ['complete', 'canceled'],
   complete: [],
   canceled: [],
@@ -575,6 +720,36 @@ function eventOf(t: Tree, o: Op, now: number): TreeEvent | undefined {
         }
       );
     }
+    case 'verb': {
+      // Any node, whatever its status: the verb's table decides (a refusal is checked too).
+      const n = pick(nodes, o.pick);
+      const verb = VERBS[o.verb]!;
+      return (
+        n && {
+          type: `jetflow.admin.${verb}`,
+          nodeId: n.id,
+          by: 'op',
+          reason: 'test',
+          ...(verb === 'retry' && o.attempts ? { attempts: 2 } : {}),
+          ...(verb === 'resolve' || verb === 'shutdown' ? { output: { by: 'op' } } : {}),
+          ...(verb === 'resolve' && o.kids
+            ? {
+                decisions: Array.from({ length: o.kids }, (_, i) => ({
+                  name: `${n.id}.r${i}`,
+                  mode: MODES[(i + o.pick) % 3],
+                })),
+              }
+            : {}),
+          $at: now,
+        }
+      );
+    }
+    case 'dispatch':
+      return {
+        type: o.pause ? 'jetflow.admin.pause' : 'jetflow.admin.resume',
+        scope: 'dispatch',
+        $at: now,
+      };
     case 'fire': {
       const n = pick(
         nodes.filter((x) => x.status === 'scheduled'),
@@ -719,18 +894,103 @@ function checkStep(
   }
 }
 
+/**
+ * A verb is refused (`invalid_state`, nothing changed) exactly when the node's status is not in
+ * its published table; accepted, it leaves the node where the verb says, and its reply lists the
+ * step's changes.
+ */
+function checkVerb(before: Tree, ev: TreeEvent, r: ReturnType<typeof reduce>): void {
+  const e = ev as { type: string; nodeId?: string; decisions?: unknown[] };
+  const verb = e.type.slice('jetflow.admin.'.length);
+  const changes = changesOf(r.commands).map((c) => ({ nodeId: c.nodeId, from: c.from, to: c.to }));
+  if (verb === 'pause' || verb === 'resume') {
+    expect(r.reject).toBeUndefined();
+    expect(r.reply).toEqual({ changed: changes, dispatchPaused: verb === 'pause' });
+    if (verb === 'pause' || !before.dispatchPaused) expect(changes).toEqual([]);
+    if (verb === 'resume')
+      for (const n of Object.values(r.tree.nodes)) expect(n.status).not.toBe('paused');
+    return;
+  }
+  const n = before.nodes[e.nodeId!]!;
+  if (!VERB_ALLOWED[verb as NodeVerb].includes(n.status)) {
+    expect(r.reject).toMatchObject({
+      code: 'invalid_state',
+      details: { nodeId: n.id, status: n.status },
+    });
+    expect(r.tree).toBe(before);
+    expect(r.commands).toEqual([]);
+    return;
+  }
+  expect(r.reject).toBeUndefined();
+  expect(r.reply).toEqual({ nodeId: n.id, changed: changes });
+  const after = r.tree.nodes[n.id]!;
+  for (const c of changes) expect(r.tree.nodes[c.nodeId]!.history.at(-1)?.by).toBeDefined();
+  switch (verb) {
+    case 'retry':
+      expect(after.run).toBe(n.run + 1);
+      expect(after.status).toBe(before.dispatchPaused ? 'paused' : 'running');
+      if (n.status === 'retrying')
+        expect(r.commands).toContainEqual({ kind: 'cancelTask', key: keyOf(n) });
+      break;
+    case 'resolve':
+      expect(after.outcome).toBe('resolved');
+      expect(['awaitingChildren', 'complete']).toContain(after.status);
+      expect(after.children).toHaveLength(n.children.length + (e.decisions?.length ?? 0));
+      break;
+    case 'shutdown':
+      expect(after).toMatchObject({ status: 'complete', outcome: 'shutdown' });
+      if (n.mode === 'blocking') {
+        const ids =
+          n.parentId === null
+            ? r.tree.roots.filter(
+                (id) => (r.tree.nodes[id]!.lane ?? 'default') === (n.lane ?? 'default'),
+              )
+            : r.tree.nodes[n.parentId]!.children;
+        for (const id of ids)
+          if (r.tree.nodes[id]!.seq > n.seq)
+            expect(isTerminal(r.tree.nodes[id]!.status)).toBe(true);
+      }
+      break;
+    case 'cancel':
+      expect(after).toMatchObject({ status: 'canceled', canceledBy: 'operator' });
+      expect(openBelow(r.tree, n.id)).toBe(false);
+      break;
+    case 'prune': {
+      expect(openBelow(r.tree, n.id)).toBe(false);
+      if (n.status === 'awaitingChildren') expect(after.status).toBe('complete');
+      break;
+    }
+  }
+  // Whatever the verb stopped is stopped: no task left for a node that is no longer running.
+  for (const c of r.commands)
+    if (c.kind === 'dispatch') expect(r.tree.nodes[c.target.node.id]!.status).toBe('running');
+}
+
+/** True when some descendant of `id` (fire-and-forget ones included) is not done. */
+function openBelow(t: Tree, id: string): boolean {
+  return t.nodes[id]!.children.some((k) => !isTerminal(t.nodes[k]!.status) || openBelow(t, k));
+}
+
 function simulate(ops: Op[], failures: boolean) {
   let t = tree({ maxNodes: 200 });
   let now = T0;
   const completed = new Set<string>();
   const apply = (ev: TreeEvent) => {
     const r = reduce(t, ev);
+    if (ev.type.startsWith('jetflow.admin.')) checkVerb(t, ev, r);
     if (r.reject) return;
     checkStep(t, r.tree, r.commands, ev, completed);
     t = r.tree;
   };
   for (const o of ops) {
-    if (!failures && (o.op === 'fail' || o.op === 'notice' || (o.op === 'link' && o.how > 0)))
+    if (
+      !failures &&
+      (o.op === 'fail' ||
+        o.op === 'notice' ||
+        o.op === 'verb' ||
+        o.op === 'dispatch' ||
+        (o.op === 'link' && o.how > 0))
+    )
       continue;
     now += 100;
     const ev = eventOf(t, o, now);
@@ -746,7 +1006,7 @@ function simulate(ops: Op[], failures: boolean) {
 }
 
 describe('activity tree reducer: properties', () => {
-  it('ordering, single completion, F&F isolation, one active signal per lane, counts (random scenarios with failures)', () => {
+  it('ordering, single completion, F&F isolation, one active signal per lane, counts (random scenarios with failures and operator verbs: every change allowed by the status table, every refusal exactly where the verb table says)', () => {
     fc.assert(
       fc.property(fc.array(opArb, { maxLength: 80 }), (ops) => {
         simulate(ops, true);
