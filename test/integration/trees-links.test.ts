@@ -7,6 +7,7 @@ import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import type { Engine } from '../../src/host/engine.js';
 import { Client } from '../../src/client/index.js';
 import { createWorker, withDecisions, type Worker } from '../../src/worker/index.js';
+import type { AdminReply } from '../../src/contracts/wire.js';
 
 const env = useServer();
 const prefix = uniquePrefix();
@@ -232,5 +233,140 @@ describe('child-workflow nodes', () => {
     });
     await until('alert', () => alerts.find((a) => a.id === 'w5' && a.nodeId === 'n3'));
     expect(await statusOf('w5', 'n1')).toBe('awaitingChildren');
+  });
+});
+
+/** The operator's `retry` (E9) on link and workflow nodes: run r+1 by the node's kind (E8). */
+describe('node verbs on link and workflow nodes', () => {
+  const who = { by: 'ops@test', reason: 'fixed upstream' };
+  const changed = (r: AdminReply) => r.result!.changed.map((c) => `${c.nodeId}:${c.from}→${c.to}`);
+
+  it('a workflow node whose child fails is errored ChildFailed; an operator retry starts a new child <id>-r2, and the node completes with its output', async () => {
+    await client.start(T, 'w6', { signalQueue: 'decider' });
+    await client.signal(T, 'w6', {
+      type: 'signal',
+      name: 'L',
+      input: {
+        decisions: [
+          { name: 'kid', workflow: { type: 'xchild', id: 'k6', input: { label: 'k6' } } },
+        ],
+      },
+    });
+    await until('child k6 started', () => client.query('xchild', 'k6').catch(() => undefined));
+    await client.signal('xchild', 'k6', { type: 'FAIL' });
+    const failed = await until('kid errored', async () => {
+      const v = await node('w6', 'n2');
+      return v.node.status === 'errored' ? v : undefined;
+    });
+    expect(failed.node).toMatchObject({
+      error: { type: 'ChildFailed' },
+      workflow: { type: 'xchild', id: 'k6', status: 'failed' },
+    });
+    // No second child yet: only the operator starts run 2.
+    await expect(client.query('xchild', 'k6-r2')).rejects.toMatchObject({ code: 'not_found' });
+    const r = await client.node('retry', T, 'w6', 'n2', { ...who, requestId: 'retry-w6-n2' });
+    expect(changed(r)).toEqual(['n2:errored→running']);
+    const q = await until('child k6-r2 started', () =>
+      client.query('xchild', 'k6-r2').catch(() => undefined),
+    );
+    expect(q.parent).toEqual({ type: T, id: 'w6' });
+    expect((await client.query('xchild', 'k6')).status).toBe('failed'); // run 1's child as it ended
+    const running = await node('w6', 'n2');
+    // The node object names the child of its current run.
+    expect(running.node).toMatchObject({ status: 'running', run: 2, workflow: { id: 'k6-r2' } });
+    await client.signal('xchild', 'k6-r2', { type: 'DONE', value: 2 });
+    await until('kid complete', async () => (await statusOf('w6', 'n2')) === 'complete');
+    expect((await node('w6', 'n2')).node).toMatchObject({
+      output: { label: 'k6', worked: 2 },
+      workflow: { status: 'completed' },
+    });
+    await until('L complete', async () => (await statusOf('w6', 'n1')) === 'complete');
+    expect(changes.filter((c) => c.wf === 'w6' && c.nodeId === 'n2').map((c) => c.to)).toEqual([
+      'ready',
+      'running',
+      'errored',
+      'running',
+      'complete',
+    ]);
+  });
+
+  it('a refused link (no such tree) is errored LinkRejected; once the tree exists, an operator retry sends the link again and L′ completes with the remote output', async () => {
+    await client.start(T, 'w7', { signalQueue: 'decider' });
+    await client.signal(T, 'w7', {
+      type: 'signal',
+      name: 'L',
+      input: {
+        decisions: [
+          { name: 'S', linkTo: { type: T, id: 'w8' }, queue: 'remote', input: { gate: 'g7' } },
+        ],
+      },
+    });
+    const rejected = await until('LinkRejected', async () => {
+      const v = await node('w7', 'n2').catch(() => undefined); // n2 exists once L has decided
+      return v?.node.status === 'errored' ? v : undefined;
+    });
+    expect(rejected.node.error).toMatchObject({ type: 'LinkRejected', code: 'not_found' });
+    await client.start(T, 'w8', { signalQueue: 'remote' });
+    const r = await client.node('retry', T, 'w7', 'n2', { ...who, requestId: 'retry-w7-n2' });
+    expect(changed(r)).toEqual(['n2:errored→running']);
+    // The remote tree runs S for run 2 of L′; S completes; L′ completes with its output; then L.
+    await until('S runs in w8', () => gates.has('g7'));
+    expect((await node('w8', 'n1')).node).toMatchObject({
+      status: 'running',
+      linkedFrom: { type: T, id: 'w7', nodeId: 'n2' },
+    });
+    await until('linkAccepted', async () => (await node('w7', 'n2')).node.link?.nodeId === 'n1');
+    gates.get('g7')!();
+    await until('L complete', async () => (await statusOf('w7', 'n1')) === 'complete');
+    expect((await node('w7', 'n2')).node).toMatchObject({ status: 'complete', output: 'S out g7' });
+    expect(changes.filter((c) => c.wf === 'w7' && c.nodeId === 'n2').map((c) => c.to)).toEqual([
+      'ready',
+      'running',
+      'errored',
+      'running',
+      'complete',
+    ]);
+    const sDone = change('w8', 'n1', 'complete')!;
+    expect(Date.parse(sDone.at)).toBeLessThanOrEqual(
+      Date.parse(change('w7', 'n1', 'complete')!.at),
+    );
+  });
+
+  it('cancel of a running workflow node cancels the child it started; cancel of a running link node cancels the remote node', async () => {
+    await client.start(T, 'w9', { signalQueue: 'decider' });
+    await client.start(T, 'w10', { signalQueue: 'remote' });
+    await client.signal(T, 'w9', {
+      type: 'signal',
+      name: 'L',
+      input: {
+        decisions: [
+          { name: 'kid', mode: 'non_blocking', workflow: { type: 'xchild', id: 'k9' } },
+          {
+            name: 'S',
+            mode: 'non_blocking',
+            linkTo: { type: T, id: 'w10' },
+            queue: 'remote',
+            input: { gate: 'g9' },
+          },
+        ],
+      },
+    });
+    await until('child k9 started', () => client.query('xchild', 'k9').catch(() => undefined));
+    await until('S runs in w10', () => gates.has('g9'));
+    await until('linkAccepted', async () => (await node('w9', 'n3')).node.link?.nodeId === 'n1');
+    expect(changed(await client.node('cancel', T, 'w9', 'n2', who))).toEqual([
+      'n2:running→canceled',
+    ]);
+    await until(
+      'child k9 canceled',
+      async () => (await client.query('xchild', 'k9')).status === 'canceled',
+    );
+    expect(changed(await client.node('cancel', T, 'w9', 'n3', who))).toEqual([
+      'n3:running→canceled',
+      'n1:awaitingChildren→complete',
+    ]);
+    await until('S canceled in w10', async () => (await statusOf('w10', 'n1')) === 'canceled');
+    expect((await node('w10', 'n1')).node).toMatchObject({ canceledBy: 'link' });
+    expect((await node('w9', 'n3')).node).toMatchObject({ canceledBy: 'operator' });
   });
 });

@@ -550,6 +550,8 @@ type Op =
   | {
       op: 'done';
       pick: number;
+      /** Whether a running link node may be picked (its remote node completes). */
+      links: boolean;
       kids: { mode: number; flag: boolean; delay: boolean; remote: number }[];
     }
   | { op: 'fail'; pick: number; how: number }
@@ -557,61 +559,77 @@ type Op =
   | { op: 'link'; pick: number; how: number }
   | { op: 'notice'; pick: number }
   | { op: 'fire'; pick: number }
-  | { op: 'verb'; verb: number; pick: number; attempts: boolean; kids: number }
+  /** An operator's verb on any node (`among` 0), on a link (1, 3) or workflow (2, 4) node. */
+  | { op: 'verb'; verb: number; pick: number; attempts: boolean; kids: number; among: number }
   | { op: 'dispatch'; pause: boolean };
 
-const opArb: fc.Arbitrary<Op> = fc.oneof(
-  {
-    weight: 2,
-    arbitrary: fc.record({
-      op: fc.constant('signal' as const),
-      lane: fc.constantFrom(0 as const, 1 as const),
-      delay: fc.boolean(),
-    }),
-  },
-  {
-    weight: 6,
-    arbitrary: fc.record({
-      op: fc.constant('done' as const),
-      pick: fc.nat(),
-      kids: fc.array(
-        fc.record({
-          mode: fc.nat(2),
-          flag: fc.boolean(),
-          delay: fc.boolean(),
-          remote: fc.nat(2),
-        }),
-        { maxLength: 4 },
-      ),
-    }),
-  },
-  {
-    weight: 1,
-    arbitrary: fc.record({ op: fc.constant('fail' as const), pick: fc.nat(), how: fc.nat(3) }),
-  },
-  { weight: 1, arbitrary: fc.record({ op: fc.constant('notice' as const), pick: fc.nat() }) },
-  {
-    weight: 2,
-    arbitrary: fc.record({ op: fc.constant('link' as const), pick: fc.nat(), how: fc.nat(3) }),
-  },
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('fire' as const), pick: fc.nat() }) },
-  {
-    weight: 2,
-    arbitrary: fc.record({
-      op: fc.constant('verb' as const),
-      verb: fc.nat(4),
-      pick: fc.nat(),
-      attempts: fc.boolean(),
-      kids: fc.nat(2),
-    }),
-  },
-  {
-    weight: 1,
-    arbitrary: fc
-      .record({ op: fc.constant('dispatch' as const), pick: fc.constant(0), pause: fc.boolean() })
-      .map(({ pause }) => ({ op: 'dispatch' as const, pause })),
-  },
-);
+/**
+ * Random scenario steps. `remote`: every decided child that is not a flag is a link or workflow
+ * node, and every verb picks among link or workflow nodes (E8 × E9: they are rare otherwise).
+ */
+const opsOf = (remote: boolean): fc.Arbitrary<Op> =>
+  fc.oneof(
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        op: fc.constant('signal' as const),
+        lane: fc.constantFrom(0 as const, 1 as const),
+        delay: fc.boolean(),
+      }),
+    },
+    {
+      weight: 6,
+      arbitrary: fc.record({
+        op: fc.constant('done' as const),
+        pick: fc.nat(),
+        // With `remote`, links are mostly left running for the link ops and the verbs.
+        links: remote ? fc.nat(4).map((x) => x === 0) : fc.constant(true),
+        kids: fc.array(
+          fc.record({
+            mode: fc.nat(2),
+            flag: fc.boolean(),
+            delay: fc.boolean(),
+            remote: remote ? fc.integer({ min: 1, max: 3 }) : fc.nat(3),
+          }),
+          { maxLength: 4 },
+        ),
+      }),
+    },
+    {
+      weight: remote ? 3 : 1,
+      arbitrary: fc.record({ op: fc.constant('fail' as const), pick: fc.nat(), how: fc.nat(3) }),
+    },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('notice' as const), pick: fc.nat() }) },
+    {
+      weight: remote ? 3 : 2,
+      arbitrary: fc.record({
+        op: fc.constant('link' as const),
+        pick: fc.nat(),
+        // With `remote`, refused links (send failed) are as likely as the other three together.
+        how: remote ? fc.constantFrom(0, 1, 2, 3, 3, 3) : fc.nat(3),
+      }),
+    },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant('fire' as const), pick: fc.nat() }) },
+    {
+      weight: remote ? 4 : 2,
+      arbitrary: fc.record({
+        op: fc.constant('verb' as const),
+        // With `remote`, retry and cancel (the verbs E8 changes) twice as often as the others.
+        verb: remote ? fc.constantFrom(0, 0, 1, 2, 3, 3, 4) : fc.nat(4),
+        pick: fc.nat(),
+        attempts: fc.boolean(),
+        kids: fc.nat(2),
+        among: remote ? fc.integer({ min: 1, max: 4 }) : fc.nat(2),
+      }),
+    },
+    {
+      weight: 1,
+      arbitrary: fc
+        .record({ op: fc.constant('dispatch' as const), pick: fc.constant(0), pause: fc.boolean() })
+        .map(({ pause }) => ({ op: 'dispatch' as const, pause })),
+    },
+  );
+const opArb = opsOf(false);
 const VERBS: NodeVerb[] = ['retry', 'resolve', 'shutdown', 'cancel', 'prune'];
 
 const EXHAUST = ['park', 'skip', 'shutdown', 'fail'];
@@ -643,7 +661,10 @@ function eventOf(t: Tree, o: Op, now: number): TreeEvent | undefined {
       };
     case 'done': {
       const n = pick(
-        nodes.filter((x) => x.status === 'running' || x.status === 'retrying'),
+        nodes.filter(
+          (x) =>
+            (x.status === 'running' || x.status === 'retrying') && (o.links || x.kind !== 'link'),
+        ),
         o.pick,
       );
       if (!n) return undefined;
@@ -654,6 +675,9 @@ function eventOf(t: Tree, o: Op, now: number): TreeEvent | undefined {
         ...(k.flag ? { kind: 'flag' } : {}),
         ...(!k.flag && k.remote === 1 ? { linkTo: { type: 'activityTree', id: 'w2' } } : {}),
         ...(!k.flag && k.remote === 2 ? { workflow: { type: 'order', id: `o-${n.id}-${i}` } } : {}),
+        ...(!k.flag && k.remote === 3
+          ? { workflow: { type: 'order', id: `o-${n.id}-${i}`, attach: true } }
+          : {}),
         ...(k.delay && !k.flag ? { delayMs: 500 } : {}),
         onExhausted: EXHAUST[(i + k.mode) % 4],
       }));
@@ -722,7 +746,12 @@ function eventOf(t: Tree, o: Op, now: number): TreeEvent | undefined {
     }
     case 'verb': {
       // Any node, whatever its status: the verb's table decides (a refusal is checked too).
-      const n = pick(nodes, o.pick);
+      // Link and workflow nodes are picked on purpose too: they are few among the activities.
+      // (3, 4: a parked one of them first, when there is one.)
+      const kind = (['link', 'workflow', 'link', 'workflow'] as const)[o.among - 1];
+      const among = kind ? nodes.filter((x) => x.kind === kind) : [];
+      const parked = o.among > 2 ? among.filter((x) => x.status === 'errored') : [];
+      const n = pick(parked.length ? parked : among.length ? among : nodes, o.pick);
       const verb = VERBS[o.verb]!;
       return (
         n && {
@@ -816,10 +845,13 @@ function checkStep(
       expect(n.link!.nodeId).toBeNull();
     }
     if (c.to === 'running' && n.kind === 'workflow') {
-      const starts = commands.filter(
-        (x) => x.kind === 'dispatch' && x.key === keyOf(n) && 'workflow' in x.target,
-      );
-      expect(starts, `${n.id} child started once`).toHaveLength(1);
+      const w = n.workflow!;
+      const starts = commands.filter((x) => x.kind === 'dispatch' && x.key === keyOf(n));
+      expect(starts, `${n.id} child started (or watched) once`).toHaveLength(1);
+      const id = w.attach || n.run === 1 ? w.id : `${w.id}-r${n.run}`;
+      expect(starts[0]).toMatchObject({
+        target: w.attach ? { watch: { type: w.type, id } } : { workflow: { type: w.type, id } },
+      });
     }
     if (c.to === 'canceled' && n.kind === 'link' && c.from === 'running') {
       const unlinks = commands.filter(
@@ -926,12 +958,42 @@ function checkVerb(before: Tree, ev: TreeEvent, r: ReturnType<typeof reduce>): v
   const after = r.tree.nodes[n.id]!;
   for (const c of changes) expect(r.tree.nodes[c.nodeId]!.history.at(-1)?.by).toBeDefined();
   switch (verb) {
-    case 'retry':
+    case 'retry': {
       expect(after.run).toBe(n.run + 1);
       expect(after.status).toBe(before.dispatchPaused ? 'paused' : 'running');
       if (n.status === 'retrying')
         expect(r.commands).toContainEqual({ kind: 'cancelTask', key: keyOf(n) });
+      // Run r+1 by kind (E8): a link is sent again, a workflow node starts `<id>-r<run>` (or
+      // awaits the same workflow when attached); nothing when dispatch is paused.
+      const sent = r.commands.filter((c) => c.kind === 'send');
+      const started = r.commands.filter((c) => c.kind === 'dispatch');
+      if (before.dispatchPaused) {
+        expect(sent).toEqual([]);
+        expect(started).toEqual([]);
+      } else if (n.kind === 'link') {
+        expect(sent).toHaveLength(1);
+        expect(sent[0]).toMatchObject({
+          to: { type: n.link!.type, id: n.link!.id },
+          event: { type: 'jetflow.tree.link', nodeId: n.id, run: n.run + 1 },
+        });
+        expect(after.link!.nodeId).toBeNull();
+        expect(started).toEqual([]);
+        verbsOn.add(`retry:link`);
+      } else if (n.kind === 'workflow') {
+        const w = n.workflow!;
+        expect(started).toHaveLength(1);
+        expect(started[0]).toMatchObject(
+          w.attach
+            ? { key: `${n.id}:${n.run + 1}`, target: { watch: { type: w.type, id: w.id } } }
+            : {
+                key: `${n.id}:${n.run + 1}`,
+                target: { workflow: { type: w.type, id: `${w.id}-r${n.run + 1}` } },
+              },
+        );
+        verbsOn.add(`retry:workflow${w.attach ? ':attach' : ''}`);
+      }
       break;
+    }
     case 'resolve':
       expect(after.outcome).toBe('resolved');
       expect(['awaitingChildren', 'complete']).toContain(after.status);
@@ -954,6 +1016,20 @@ function checkVerb(before: Tree, ev: TreeEvent, r: ReturnType<typeof reduce>): v
     case 'cancel':
       expect(after).toMatchObject({ status: 'canceled', canceledBy: 'operator' });
       expect(openBelow(r.tree, n.id)).toBe(false);
+      // A running link node unlinks (its remote node is canceled); a running workflow node
+      // cancels its child (the task entry: parentClose cancel); a refused link sends nothing.
+      if (n.kind === 'link') {
+        const unlinks = r.commands.filter(
+          (c) =>
+            c.kind === 'send' && c.event.type === 'jetflow.tree.unlink' && c.event.nodeId === n.id,
+        );
+        expect(unlinks).toHaveLength(n.status === 'running' ? 1 : 0);
+        if (n.status === 'running') verbsOn.add('cancel:link');
+      }
+      if (n.kind === 'workflow' && n.status === 'running') {
+        expect(r.commands).toContainEqual({ kind: 'cancelTask', key: keyOf(n) });
+        verbsOn.add('cancel:workflow');
+      }
       break;
     case 'prune': {
       expect(openBelow(r.tree, n.id)).toBe(false);
@@ -965,6 +1041,9 @@ function checkVerb(before: Tree, ev: TreeEvent, r: ReturnType<typeof reduce>): v
   for (const c of r.commands)
     if (c.kind === 'dispatch') expect(r.tree.nodes[c.target.node.id]!.status).toBe('running');
 }
+
+/** Which verb × node-kind cases the random scenarios reached (asserted after the property run). */
+const verbsOn = new Set<string>();
 
 /** True when some descendant of `id` (fire-and-forget ones included) is not done. */
 function openBelow(t: Tree, id: string): boolean {
@@ -1013,6 +1092,27 @@ describe('activity tree reducer: properties', () => {
       }),
       { numRuns: 300 },
     );
+  });
+
+  it('the same properties with every decided child a link or workflow node and every verb on one: retry re-sends a link, starts <id>-r<run> (or watches the attached workflow again); cancel unlinks or cancels the child', () => {
+    verbsOn.clear();
+    fc.assert(
+      fc.property(fc.array(opsOf(true), { minLength: 40, maxLength: 80 }), (ops) => {
+        simulate(ops, true);
+      }),
+      // 1,000 runs: each case below is then reached with near certainty (about 1 in 20 of
+      // 300-run batches missed one of them).
+      { numRuns: 1000 },
+    );
+    // The random verbs did reach these cases (else the checks in checkVerb proved nothing).
+    for (const c of [
+      'retry:link',
+      'retry:workflow',
+      'retry:workflow:attach',
+      'cancel:link',
+      'cancel:workflow',
+    ])
+      expect(verbsOn, c).toContain(c);
   });
 
   it('property 5: when every task succeeds, every node ends complete', () => {
