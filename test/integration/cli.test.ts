@@ -90,6 +90,12 @@ describe('jetflow dev (the quick start run command)', () => {
       expect(out).toContain('nats-server started at nats://127.0.0.1:4222');
       expect(out.match(/m-\S+: completed: \{"merchantId"/g)).toHaveLength(5);
       expect(out).toMatch(/order demo-\S+: completed with/);
+      // The tree demo: seven nodes complete, one of them a link into the second tree.
+      expect(out).toMatch(
+        /activity tree import-\S+: completed with \{"nodes":7,"counts":\{"complete":7,"canceled":0\}\}/,
+      );
+      expect(out).toMatch(/auditRows \[n\d+\] complete \(non_blocking, link activityTree\/audit-/);
+      expect(out).toMatch(/activity tree audit-\S+: completed with \{"nodes":1,/);
       child.kill('SIGINT');
       expect(await exited).toBe(0);
       // The server is gone too.
