@@ -953,11 +953,7 @@ class Step {
         activity: c.name,
         queue: c.queue,
         input: c.input,
-        // An operator's `retry` with `attempts` gives this run its own budget.
-        options:
-          c.maxAttempts === undefined
-            ? c.options
-            : { ...c.options, retry: { ...c.options.retry, maxAttempts: c.maxAttempts } },
+        options: taskOptions(c),
         node,
       },
     });
@@ -1140,6 +1136,20 @@ class Step {
       },
     });
   }
+}
+
+/**
+ * The options of a node's task: the retry policy and timeouts only. `onExhausted` and
+ * `realertMs` are the tree's (the engine's activity `onExhausted` is another setting, `fail` or
+ * `review`, and refuses `park`/`skip`/`shutdown`). An operator's `retry` with `attempts` gives
+ * the run its own budget.
+ */
+function taskOptions(c: Node): NodeOptions {
+  const o: NodeOptions = { ...c.options };
+  delete o.onExhausted;
+  delete o.realertMs;
+  if (c.maxAttempts !== undefined) o.retry = { ...o.retry, maxAttempts: c.maxAttempts };
+  return o;
 }
 
 export const keyOf = (n: Pick<Node, 'id' | 'run'>) => `${n.id}:${n.run}`;

@@ -860,6 +860,13 @@ function checkStep(
       );
       expect(unlinks, `${n.id} unlinked`).toHaveLength(n.canceledBy === 'link' ? 0 : 1);
     }
+    // A task carries the retry policy and timeouts, never the tree's onExhausted / realertMs
+    // (the engine refuses an activity onExhausted other than fail / review).
+    for (const x of commands)
+      if (x.kind === 'dispatch' && 'activity' in x.target) {
+        expect(x.target.options).not.toHaveProperty('onExhausted');
+        expect(x.target.options).not.toHaveProperty('realertMs');
+      }
     if (n.kind === 'link' || n.kind === 'workflow')
       expect(
         commands.some((x) => x.kind === 'dispatch' && x.key === keyOf(n) && 'activity' in x.target),
