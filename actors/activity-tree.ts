@@ -10,7 +10,14 @@
  */
 import { enqueueActions, setup } from 'xstate';
 import { defineWorkflow, type WorkflowDefinition } from '../src/engine/registry.js';
-import { cancelTask, dispatch, jetflowActions, reject, reply } from '../src/engine/machine.js';
+import {
+  cancelTask,
+  dispatch,
+  jetflowActions,
+  reject,
+  reply,
+  sendToWorkflow,
+} from '../src/engine/machine.js';
 import {
   initTree,
   isIdle,
@@ -51,6 +58,14 @@ export function activityTreeMachine(type: string) {
           else if (c.kind === 'timer')
             enqueue.raise(c.event as never, { delay: c.delayMs, id: c.timerId });
           else if (c.kind === 'cancelTimer') enqueue.cancel(c.timerId);
+          else if (c.kind === 'send')
+            enqueue(
+              sendToWorkflow(
+                c.to,
+                c.event,
+                c.startIfAbsent ? { startIfAbsent: c.startIfAbsent } : {},
+              ) as never,
+            );
           else enqueue.emit(c.event as never);
         }
         if (r.reply !== undefined) enqueue(reply(r.reply));
@@ -79,6 +94,11 @@ export function activityTreeMachine(type: string) {
       'jetflow.task.retrying': { actions: 'apply' },
       'jetflow.tree.fire': { actions: 'apply' },
       'jetflow.tree.realert': { actions: 'apply' },
+      // Link traffic between trees (E8 sends): answers and reports, also while closing.
+      'jetflow.tree.linkAccepted': { actions: 'apply' },
+      'jetflow.tree.linkStatus': { actions: 'apply' },
+      'jetflow.tree.unlink': { actions: 'apply' },
+      'jetflow.send.failed': { actions: 'apply' },
       // Operator verbs (E9): node verbs, and pause/resume with scope "dispatch".
       'jetflow.admin.retry': { actions: 'apply' },
       'jetflow.admin.resolve': { actions: 'apply' },
@@ -93,6 +113,8 @@ export function activityTreeMachine(type: string) {
         always: { guard: 'failed', target: 'failed' },
         on: {
           signal: { actions: 'apply' },
+          // Another tree's link node becomes a top-level node here (only while open).
+          'jetflow.tree.link': { actions: 'apply' },
           close: { target: 'closing', actions: 'apply' },
         },
       },

@@ -46,8 +46,11 @@ export {
   jetflowActions,
   reject,
   reply,
+  sendToWorkflow,
   type DispatchTarget,
+  type SendOptions,
 } from './engine/machine.js';
+export { workflow, type ChildWorkflowInput, type ChildWorkflowOptions } from './engine/child.js';
 export { activityTree } from '../actors/activity-tree.js';
 export { withDecisions } from './worker/index.js';
 export {

@@ -4,11 +4,12 @@
  * (times come from the event's `$at`, the engine's step time). `reduce(tree, event)` returns the
  * next tree and the commands the machine turns into engine effects, or a rejection.
  *
- * Built here (steps 1–2 of the design's build order): signals in lanes, decisions on results,
+ * Built here (steps 1–3 of the design's build order): signals in lanes, decisions on results,
  * the three modes, flags, `fireAt` / `delayMs` as durable timers, attempt notices, exhaustion
- * (`park`, `skip`, `shutdown`, `fail`) with alerts and re-alerts, `close`, and the operator's
- * node verbs (step 4, E9: `jetflow.admin.<verb>` events, checked against {@link VERB_ALLOWED}).
- * `link` / `workflow` kinds are refused as decisions until cross-workflow effects exist.
+ * (`park`, `skip`, `shutdown`, `fail`) with alerts and re-alerts, `close`, link nodes (`linkTo`:
+ * a node of another tree, over cross-workflow sends), child-workflow nodes (`workflow`), and the
+ * operator's node verbs (step 4, E9: `jetflow.admin.<verb>` events, checked against
+ * {@link VERB_ALLOWED}; `retry` starts run r+1 of any kind through {@link rerunNode}'s path).
  */
 
 export type NodeStatus =
@@ -105,6 +106,18 @@ export interface Node {
   children: string[];
   /** Non-fire-and-forget children not yet complete or canceled. */
   open: number;
+  /** A link node: the remote tree, its node once accepted, and that node's last status. */
+  link?: {
+    type: string;
+    id: string;
+    nodeId: string | null;
+    status?: NodeStatus;
+    start?: { input: unknown };
+  };
+  /** A node created by another tree's link: where its status changes are reported. */
+  linkedFrom?: { type: string; id: string; nodeId: string; run: number };
+  /** A child-workflow node: the workflow it starts (run 1: `id`; run r: `<id>-r<r>`) or attaches to. */
+  workflow?: { type: string; id: string; attach: boolean; input?: unknown; status?: string };
   alerts: number;
   /** Alerts sent in the current run (the alert's `count`). */
   runAlerts: number;
@@ -174,7 +187,7 @@ export interface NodeRef {
 }
 
 /** What the engine needs to dispatch one node run as an activity task. */
-export interface DispatchTarget {
+export interface ActivityTarget {
   activity: string;
   queue: string;
   input: unknown;
@@ -182,8 +195,23 @@ export interface DispatchTarget {
   node: NodeRef;
 }
 
+/** One node run: an activity task, a child workflow, or the await of an existing workflow. */
+export type DispatchTarget =
+  | ActivityTarget
+  | { workflow: { type: string; id: string; input: unknown }; node: NodeRef }
+  | { watch: { type: string; id: string }; node: NodeRef };
+
+type WfRef = { type: string; id: string };
+
 export type Command =
   | { kind: 'dispatch'; key: string; target: DispatchTarget }
+  /** An event to another workflow (a link's traffic), exactly once. */
+  | {
+      kind: 'send';
+      to: WfRef;
+      event: { type: string; [k: string]: unknown };
+      startIfAbsent?: { input: unknown };
+    }
   | { kind: 'cancelTask'; key: string }
   | { kind: 'timer'; timerId: string; event: TreeEvent; delayMs: number }
   | { kind: 'cancelTimer'; timerId: string }
@@ -202,7 +230,7 @@ export interface Result {
   reject?: Rejection;
 }
 
-type At = { $at?: number };
+type At = { $at?: number; $from?: WfRef };
 export type TreeEvent =
   | ({ type: 'signal' } & Record<string, unknown> & At)
   | ({ type: 'close' } & At)
@@ -231,6 +259,29 @@ export type TreeEvent =
     } & At)
   | ({ type: 'jetflow.tree.fire'; nodeId: string; run: number } & At)
   | ({ type: 'jetflow.tree.realert'; nodeId: string; run: number } & At)
+  /** From a linking tree: create a top-level node for its link node `nodeId` (run `run`). */
+  | ({ type: 'jetflow.tree.link'; nodeId: string; run: number; spec: unknown } & At)
+  /** To the linking tree: the remote node exists. */
+  | ({
+      type: 'jetflow.tree.linkAccepted';
+      nodeId: string;
+      run: number;
+      remoteNodeId: string;
+      status: NodeStatus;
+    } & At)
+  /** To the linking tree: the remote node became errored, complete or canceled (or left errored). */
+  | ({
+      type: 'jetflow.tree.linkStatus';
+      nodeId: string;
+      run: number;
+      status: NodeStatus;
+      output?: unknown;
+      error?: unknown;
+    } & At)
+  /** From a linking tree: its link node was canceled; cancel the remote node. */
+  | ({ type: 'jetflow.tree.unlink'; nodeId: string; run: number } & At)
+  /** A send of this tree could not be delivered (E8). */
+  | ({ type: 'jetflow.send.failed'; to?: WfRef; event?: unknown; error?: unknown } & At)
   | AdminEvent;
 
 /** The node verbs (and `scope: "dispatch"` pause/resume) as the engine delivers them (E9). */
@@ -452,6 +503,9 @@ interface Spec {
   options: NodeOptions;
   fireAt?: number;
   delayMs?: number;
+  link?: { type: string; id: string; start?: { input: unknown } };
+  workflow?: { type: string; id: string; attach: boolean; input?: unknown };
+  linkedFrom?: { type: string; id: string; nodeId: string; run: number };
 }
 
 const SIGNAL_FIELDS = new Set([
@@ -529,18 +583,21 @@ function decisionSpec(t: Tree, parent: Node, d: unknown): Spec {
   for (const k of Object.keys(d))
     if (!DECISION_FIELDS.has(k)) throw new Invalid(k, 'unknown field');
   const n = name(d.name);
-  if (
-    d.linkTo !== undefined ||
-    d.workflow !== undefined ||
-    d.kind === 'link' ||
-    d.kind === 'workflow'
-  )
-    throw new Invalid(
-      d.linkTo !== undefined ? 'linkTo' : d.workflow !== undefined ? 'workflow' : 'kind',
-      'link and workflow nodes need cross-workflow effects, not available in this version',
-    );
-  const kind = (d.kind ?? 'activity') as Kind;
-  if (kind !== 'activity' && kind !== 'flag') throw new Invalid('kind', 'must be activity or flag');
+  if (d.linkTo !== undefined && d.workflow !== undefined)
+    throw new Invalid('workflow', 'linkTo and workflow exclude each other');
+  const implied: Kind | undefined =
+    d.linkTo !== undefined ? 'link' : d.workflow !== undefined ? 'workflow' : undefined;
+  const kind = (d.kind ?? implied ?? 'activity') as Kind;
+  if (!['activity', 'flag', 'link', 'workflow'].includes(kind))
+    throw new Invalid('kind', 'must be activity, flag, link or workflow');
+  if (implied !== undefined && kind !== implied)
+    throw new Invalid('kind', `contradicts ${implied === 'link' ? 'linkTo' : 'workflow'}`);
+  if (kind === 'link' && d.linkTo === undefined)
+    throw new Invalid('linkTo', 'required for kind link');
+  if (kind === 'workflow' && d.workflow === undefined)
+    throw new Invalid('workflow', 'required for kind workflow');
+  const link = d.linkTo !== undefined ? linkTo(d.linkTo) : undefined;
+  const child = d.workflow !== undefined ? childWorkflow(d.workflow) : undefined;
   const mode = (d.mode ?? 'blocking') as Mode;
   if (!MODES.has(mode))
     throw new Invalid('mode', 'must be blocking, non_blocking or fire_and_forget');
@@ -557,6 +614,63 @@ function decisionSpec(t: Tree, parent: Node, d: unknown): Spec {
     ...(metadata ? { metadata } : {}),
     options: mergeOptions(t.defaults, nodeOptions(d)),
     ...timing(d),
+    ...(link ? { link } : {}),
+    ...(child ? { workflow: child } : {}),
+  };
+}
+
+/** A workflow reference `{type, id}` (both tokens) at `field`. */
+function wfRef(v: Record<string, unknown>, field: string): WfRef {
+  if (typeof v.type !== 'string' || !TOKEN.test(v.type))
+    throw new Invalid(`${field}.type`, 'must be a workflow type (token)');
+  if (typeof v.id !== 'string' || !TOKEN.test(v.id))
+    throw new Invalid(`${field}.id`, 'must be a workflow id (token)');
+  return { type: v.type, id: v.id };
+}
+
+function linkTo(v: unknown): NonNullable<Spec['link']> {
+  if (!isObj(v)) throw new Invalid('linkTo', 'must be {type, id, start?}');
+  for (const k of Object.keys(v))
+    if (!['type', 'id', 'start'].includes(k)) throw new Invalid(`linkTo.${k}`, 'unknown field');
+  const ref = wfRef(v, 'linkTo');
+  if (v.start === undefined) return ref;
+  if (!isObj(v.start)) throw new Invalid('linkTo.start', 'must be {input?}');
+  for (const k of Object.keys(v.start))
+    if (k !== 'input') throw new Invalid(`linkTo.start.${k}`, 'unknown field');
+  return { ...ref, start: { input: v.start.input ?? null } };
+}
+
+function childWorkflow(v: unknown): NonNullable<Spec['workflow']> {
+  if (!isObj(v)) throw new Invalid('workflow', 'must be {type, id, input?, attach?}');
+  for (const k of Object.keys(v))
+    if (!['type', 'id', 'input', 'attach'].includes(k))
+      throw new Invalid(`workflow.${k}`, 'unknown field');
+  const ref = wfRef(v, 'workflow');
+  if (v.attach !== undefined && typeof v.attach !== 'boolean')
+    throw new Invalid('workflow.attach', 'must be a boolean');
+  const attach = v.attach === true;
+  if (attach && v.input !== undefined)
+    throw new Invalid('workflow.input', 'an attached workflow is not started: no input');
+  return { ...ref, attach, ...(attach ? {} : { input: v.input ?? null }) };
+}
+
+/** The spec of the node a linking tree asks for (its link node's name, queue, input, options). */
+function linkedSpec(t: Tree, v: unknown): Spec {
+  if (!isObj(v)) throw new Invalid('spec', 'must be an object');
+  const n = name(v.name);
+  const queue = v.queue ?? t.signalQueue;
+  if (typeof queue !== 'string' || !TOKEN.test(queue))
+    throw new Invalid('queue', 'must be a token');
+  const metadata = scalars(v.metadata, 'metadata');
+  return {
+    name: n,
+    kind: 'activity',
+    mode: 'blocking',
+    queue,
+    lane: 'default',
+    input: v.input ?? null,
+    ...(metadata ? { metadata } : {}),
+    options: mergeOptions(t.defaults, nodeOptions(isObj(v.options) ? v.options : {})),
   };
 }
 
@@ -702,6 +816,9 @@ class Step {
       options: spec.options,
       ...(spec.fireAt !== undefined ? { fireAt: spec.fireAt } : {}),
       ...(spec.delayMs !== undefined ? { delayMs: spec.delayMs } : {}),
+      ...(spec.link ? { link: { ...spec.link, nodeId: null } } : {}),
+      ...(spec.workflow ? { workflow: spec.workflow } : {}),
+      ...(spec.linkedFrom ? { linkedFrom: spec.linkedFrom } : {}),
       status: 'ready',
       statusSince: this.now,
       run: 1,
@@ -781,10 +898,54 @@ class Step {
       return;
     }
     this.setStatus(c, 'running');
-    // E8 HOOK (links and child workflows): dispatch by kind here. A `link` node sends
-    // `jetflow.tree.link` to its target tree, a `workflow` node starts its child (run r > 1, after
-    // an operator's `retry`: a new child `<id>-r<run>`, or re-attach when `attach` is set).
-    // Only `activity` nodes reach this point on this branch (decisions refuse the other kinds).
+    const node: NodeRef = {
+      id: c.id,
+      parentId: c.parentId,
+      rootId: c.rootId,
+      name: c.name,
+      kind: c.kind,
+      mode: c.mode,
+      run: c.run,
+      seq: c.seq,
+      ...(c.lane !== undefined ? { lane: c.lane } : {}),
+      ...(c.metadata ? { metadata: c.metadata } : {}),
+    };
+    if (c.kind === 'link' && c.link) {
+      // The remote tree creates the node (`jetflow.tree.link`) and reports on it.
+      c.link = { ...c.link, nodeId: null };
+      delete c.link.status;
+      this.commands.push({
+        kind: 'send',
+        to: { type: c.link.type, id: c.link.id },
+        event: {
+          type: 'jetflow.tree.link',
+          nodeId: c.id,
+          run: c.run,
+          spec: {
+            name: c.name,
+            queue: c.queue,
+            input: c.input,
+            ...(c.metadata ? { metadata: c.metadata } : {}),
+            options: c.options,
+          },
+        },
+        ...(c.link.start ? { startIfAbsent: c.link.start } : {}),
+      });
+      return;
+    }
+    if (c.kind === 'workflow' && c.workflow) {
+      const w = c.workflow;
+      c.workflow = { ...w };
+      delete c.workflow.status;
+      this.commands.push({
+        kind: 'dispatch',
+        key: keyOf(c),
+        target: w.attach
+          ? { watch: { type: w.type, id: w.id }, node }
+          : { workflow: { type: w.type, id: childIdOf(c), input: w.input ?? null }, node },
+      });
+      return;
+    }
     this.commands.push({
       kind: 'dispatch',
       key: keyOf(c),
@@ -792,22 +953,8 @@ class Step {
         activity: c.name,
         queue: c.queue,
         input: c.input,
-        options:
-          c.maxAttempts === undefined
-            ? c.options
-            : { ...c.options, retry: { ...c.options.retry, maxAttempts: c.maxAttempts } },
-        node: {
-          id: c.id,
-          parentId: c.parentId,
-          rootId: c.rootId,
-          name: c.name,
-          kind: c.kind,
-          mode: c.mode,
-          run: c.run,
-          seq: c.seq,
-          ...(c.lane !== undefined ? { lane: c.lane } : {}),
-          ...(c.metadata ? { metadata: c.metadata } : {}),
-        },
+        options: taskOptions(c),
+        node,
       },
     });
   }
@@ -850,8 +997,8 @@ class Step {
     if (isTerminal(n.status)) return;
     for (const cid of [...n.children].reverse()) this.cancelSubtree(cid, 'ancestor');
     n.open = 0;
-    this.stopWork(n);
     n.canceledBy = by;
+    this.stopWork(n);
     this.setStatus(n, 'canceled', opts);
     this.afterDone(n);
   }
@@ -865,14 +1012,24 @@ class Step {
     if (isTerminal(this.t.nodes[id]!.status)) return;
     const n = this.node(id);
     n.open = 0;
-    this.stopWork(n);
     n.canceledBy = by;
+    this.stopWork(n);
     this.setStatus(n, 'canceled');
   }
 
   /** Stop whatever a node has pending: its task, its fire timer, its re-alerts. */
   stopWork(n: Node): void {
-    if (n.status === 'running' || n.status === 'retrying')
+    if ((n.status === 'running' || n.status === 'retrying' || n.status === 'errored') && n.link) {
+      // Canceling a link node cancels the remote node (not when the remote cancel caused it, and
+      // not after a refused link: there is no remote node then).
+      if (n.canceledBy !== 'link' && n.status !== 'errored')
+        this.commands.push({
+          kind: 'send',
+          to: { type: n.link.type, id: n.link.id },
+          event: { type: 'jetflow.tree.unlink', nodeId: n.id, run: n.run },
+        });
+    } else if (n.status === 'running' || n.status === 'retrying')
+      // An activity's task, or a workflow node's child (canceled: parentClose cancel).
       this.commands.push({ kind: 'cancelTask', key: keyOf(n) });
     if (n.status === 'scheduled')
       this.commands.push({ kind: 'cancelTimer', timerId: fireTimerId(n) });
@@ -888,8 +1045,10 @@ class Step {
   }
 
   /**
-   * The `retry` verb: stop the current run (its task, a pending backoff included, and its
-   * re-alerts), then run `r+1` with a new task key and a fresh attempt budget.
+   * The `retry` verb: stop the current run (its task, a pending backoff included, its child
+   * workflow, its link, and its re-alerts), then run `r+1` with a new task key and a fresh attempt
+   * budget, dispatched as its kind says (see `start`): an activity task, a new child workflow
+   * `<id>-r<run>` (the same workflow again when attached), or the link sent again.
    */
   rerun(n: Node, attempts: number | undefined): void {
     this.stopWork(n);
@@ -900,8 +1059,6 @@ class Step {
     delete n.error;
     if (attempts !== undefined) n.maxAttempts = attempts;
     else delete n.maxAttempts;
-    // E8 HOOK (links and child workflows): `start` dispatches by kind; a link node re-sends, a
-    // workflow node starts a new child `<id>-r<run>` (or re-attaches). See `start`.
     this.start(n);
   }
 
@@ -981,7 +1138,24 @@ class Step {
   }
 }
 
+/**
+ * The options of a node's task: the retry policy and timeouts only. `onExhausted` and
+ * `realertMs` are the tree's (the engine's activity `onExhausted` is another setting, `fail` or
+ * `review`, and refuses `park`/`skip`/`shutdown`). An operator's `retry` with `attempts` gives
+ * the run its own budget.
+ */
+function taskOptions(c: Node): NodeOptions {
+  const o: NodeOptions = { ...c.options };
+  delete o.onExhausted;
+  delete o.realertMs;
+  if (c.maxAttempts !== undefined) o.retry = { ...o.retry, maxAttempts: c.maxAttempts };
+  return o;
+}
+
 export const keyOf = (n: Pick<Node, 'id' | 'run'>) => `${n.id}:${n.run}`;
+/** The child workflow id of a workflow node's run: `id`, then `<id>-r<run>` for later runs. */
+export const childIdOf = (n: Node) =>
+  n.workflow!.attach || n.run === 1 ? n.workflow!.id : `${n.workflow!.id}-r${n.run}`;
 const fireTimerId = (n: Node) => `jetflow.tree.fire.${n.id}.${n.run}`;
 const realertTimerId = (n: Node) => `jetflow.tree.realert.${n.id}.${n.run}`;
 const realertOf = (n: Node) => n.options.realertMs ?? DEFAULT_REALERT_MS;
@@ -998,6 +1172,14 @@ function errorOf(v: unknown, fallbackAttempt: number): ErrorData {
     attempt: typeof e.attempt === 'number' ? e.attempt : fallbackAttempt,
     ...(e.details !== undefined ? { details: e.details } : {}),
   };
+}
+
+/** The link node `nodeId` in run `run`, if it still waits for its remote node. */
+function linkNode(t: Tree, nodeId: unknown, run: unknown): Node | undefined {
+  if (typeof nodeId !== 'string') return undefined;
+  const n = t.nodes[nodeId];
+  if (!n || n.kind !== 'link' || !n.link || n.run !== run) return undefined;
+  return n.status === 'running' ? n : undefined;
 }
 
 /** The node whose current run the key `n<k>:<r>` names, if it is still waiting for a result. */
@@ -1144,6 +1326,7 @@ export function reduce(tree: Tree, event: TreeEvent): Result {
       const found = current(tree, event.key);
       if (!found) return unchanged;
       const n = s.node(found.id);
+      if (n.workflow) n.workflow = { ...n.workflow, status: 'completed' };
       const specs = decisionSpecs(s.t, n, event.decisions);
       if (!Array.isArray(specs)) {
         exhausted(s, n, { ...specs, attempt: event.attempt ?? n.attempt }, true);
@@ -1156,8 +1339,23 @@ export function reduce(tree: Tree, event: TreeEvent): Result {
       const found = current(tree, event.key);
       if (!found) return unchanged;
       const error = errorOf(event.error, event.attempt ?? found.attempt + 1);
-      // A result too large for the record (E10) parks the node, whatever its onExhausted.
-      exhausted(s, s.node(found.id), error, error.type === 'RecordTooLarge');
+      if (found.workflow) {
+        const status =
+          error.type === 'ChildFailed'
+            ? 'failed'
+            : error.type === 'ChildCanceled'
+              ? 'canceled'
+              : undefined;
+        if (status) s.node(found.id).workflow = { ...found.workflow, status };
+      }
+      // A result too large for the record (E10) parks the node, whatever its onExhausted; so does
+      // a child workflow that failed, was canceled, or could not be started or found.
+      exhausted(
+        s,
+        s.node(found.id),
+        error,
+        error.type === 'RecordTooLarge' || found.kind === 'workflow',
+      );
       break;
     }
     case 'jetflow.task.retrying': {
@@ -1177,6 +1375,122 @@ export function reduce(tree: Tree, event: TreeEvent): Result {
       const n0 = tree.nodes[event.nodeId];
       if (!n0 || n0.status !== 'scheduled' || n0.run !== event.run) return unchanged;
       s.start(s.node(n0.id));
+      break;
+    }
+    case 'jetflow.tree.link': {
+      // Another tree's link node: a top-level node here, serialized in its lane like a signal.
+      const from = event.$from;
+      if (!from || typeof event.nodeId !== 'string' || typeof event.run !== 'number')
+        return {
+          tree,
+          commands: [],
+          reject: { code: 'bad_request', message: 'a link needs its sender, nodeId and run' },
+        };
+      let spec: Spec;
+      try {
+        spec = linkedSpec(tree, event.spec);
+      } catch (err) {
+        if (!(err instanceof Invalid)) throw err;
+        return {
+          tree,
+          commands: [],
+          reject: {
+            code: 'bad_request',
+            message: `invalid link: ${err.message}`,
+            details: { field: err.field, why: err.why },
+          },
+        };
+      }
+      if (tree.closed)
+        return {
+          tree,
+          commands: [],
+          reject: { code: 'event_not_accepted', message: 'the tree is closing' },
+        };
+      if (Object.keys(tree.nodes).length >= tree.maxNodes)
+        return {
+          tree,
+          commands: [],
+          reject: {
+            code: 'invalid_state',
+            message: `the tree is full (maxNodes ${tree.maxNodes})`,
+            details: { limit: 'maxNodes' },
+          },
+        };
+      spec.linkedFrom = { type: from.type, id: from.id, nodeId: event.nodeId, run: event.run };
+      const n = s.create(spec, null);
+      s.commands.push({
+        kind: 'send',
+        to: { type: from.type, id: from.id },
+        event: {
+          type: 'jetflow.tree.linkAccepted',
+          nodeId: event.nodeId,
+          run: event.run,
+          remoteNodeId: n.id,
+          status: 'ready',
+        },
+      });
+      const accepted = s.commands[s.commands.length - 1] as { event: { status: NodeStatus } };
+      s.walkLane('default');
+      accepted.event.status = s.t.nodes[n.id]!.status;
+      reply = { nodeId: n.id };
+      break;
+    }
+    case 'jetflow.tree.linkAccepted': {
+      const n0 = linkNode(tree, event.nodeId, event.run);
+      if (!n0 || typeof event.remoteNodeId !== 'string') return unchanged;
+      const n = s.node(n0.id);
+      n.link = { ...n.link!, nodeId: event.remoteNodeId, status: event.status };
+      break;
+    }
+    case 'jetflow.tree.linkStatus': {
+      const n0 = linkNode(tree, event.nodeId, event.run);
+      if (!n0) return unchanged;
+      const n = s.node(n0.id);
+      n.link = { ...n.link!, status: event.status };
+      if (event.status === 'complete') s.completeOwnWork(n, 'completed', event.output ?? null, []);
+      else if (event.status === 'canceled') s.cancelNode(n, 'link');
+      // errored (the alert comes from the remote tree), or back from errored: L′ stays running.
+      break;
+    }
+    case 'jetflow.tree.unlink': {
+      const from = event.$from;
+      if (!from) return unchanged;
+      const id = Object.keys(tree.nodes).find((k) => {
+        const lf = tree.nodes[k]!.linkedFrom;
+        return (
+          lf !== undefined &&
+          lf.type === from.type &&
+          lf.id === from.id &&
+          lf.nodeId === event.nodeId &&
+          lf.run === event.run
+        );
+      });
+      if (!id || isTerminal(tree.nodes[id]!.status)) return unchanged;
+      s.cancelNode(s.node(id), 'link');
+      break;
+    }
+    case 'jetflow.send.failed': {
+      // A link this tree sent was refused (absent without start, closing, finished, …).
+      const sent = (isObj(event.event) ? event.event : {}) as Record<string, unknown>;
+      if (sent.type !== 'jetflow.tree.link') return unchanged;
+      const n0 = linkNode(tree, sent.nodeId, sent.run);
+      if (!n0 || n0.link!.nodeId !== null) return unchanged;
+      const e = isObj(event.error) ? event.error : {};
+      const code = typeof e.code === 'string' ? e.code : 'internal';
+      exhausted(
+        s,
+        s.node(n0.id),
+        {
+          type: 'LinkRejected',
+          code,
+          message: `link to ${n0.link!.type}/${n0.link!.id} refused: ${typeof e.message === 'string' ? e.message : code}`,
+          retryable: false,
+          attempt: n0.attempt,
+          details: { type: n0.link!.type, id: n0.link!.id, code },
+        },
+        true,
+      );
       break;
     }
     case 'jetflow.tree.realert': {
@@ -1199,6 +1513,31 @@ export function reduce(tree: Tree, event: TreeEvent): Result {
       reply = r.reply;
     }
   }
+  return finish(s, reply);
+}
+
+/** The step's result: linked-node reports, then one `nodes` event, then the alerts. */
+function finish(s: Step, reply?: unknown): Result {
+  // A node another tree linked to reports its errored / complete / canceled (and leaving errored).
+  for (const c of s.changes) {
+    const n = s.t.nodes[c.nodeId];
+    if (!n?.linkedFrom) continue;
+    if (c.to !== 'errored' && c.to !== 'complete' && c.to !== 'canceled' && c.from !== 'errored')
+      continue;
+    if (c.from === null) continue;
+    s.commands.push({
+      kind: 'send',
+      to: { type: n.linkedFrom.type, id: n.linkedFrom.id },
+      event: {
+        type: 'jetflow.tree.linkStatus',
+        nodeId: n.linkedFrom.nodeId,
+        run: n.linkedFrom.run,
+        status: c.to,
+        ...(c.to === 'complete' ? { output: n.output ?? null } : {}),
+        ...(c.to === 'errored' && n.error ? { error: n.error } : {}),
+      },
+    });
+  }
   const commands = s.commands;
   // One `nodes` event per step, before the alerts it explains.
   if (s.changes.length > 0)
@@ -1210,6 +1549,19 @@ export function reduce(tree: Tree, event: TreeEvent): Result {
     ...commands.filter((c) => c.kind === 'emit' && c.event.type !== 'nodes'),
   ];
   return { tree: s.t, commands: ordered, ...(reply !== undefined ? { reply } : {}) };
+}
+
+/**
+ * A new run of node `nodeId` (the E9 `retry` verb's seam, for every kind): the old run is
+ * stopped (task purged, link unlinked, child canceled), then run `r+1` is dispatched by kind: an
+ * activity task, a child workflow `<id>-r<run>` (the same workflow again when attached), or the
+ * link sent again. The caller checks the node's status is one `retry` allows. The operator's
+ * `retry` verb (`jetflow.admin.retry`) takes this same path (`Step.rerun`) inside its own step.
+ */
+export function rerunNode(tree: Tree, nodeId: string, at: number): Result {
+  const s = new Step(tree, at);
+  s.rerun(s.node(nodeId), undefined);
+  return finish(s);
 }
 
 /**

@@ -5,7 +5,14 @@
  */
 import { BadRequestError, ErrorCode } from '../../src/errors.js';
 import type { QueryView, ViewMeta } from '../../src/engine/registry.js';
-import { blockedBy, maxAttemptsOf, NODE_STATUSES, type Node, type Tree } from './reduce.js';
+import {
+  blockedBy,
+  childIdOf,
+  maxAttemptsOf,
+  NODE_STATUSES,
+  type Node,
+  type Tree,
+} from './reduce.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -35,6 +42,31 @@ function wireNode(t: Tree, n: Node): Record<string, unknown> {
     ...(n.output !== undefined ? { output: n.output } : {}),
     ...(n.metadata ? { metadata: n.metadata } : {}),
     ...(by ? { blockedBy: by } : {}),
+    ...(n.link
+      ? {
+          link: {
+            type: n.link.type,
+            id: n.link.id,
+            nodeId: n.link.nodeId,
+            ...(n.link.status ? { status: n.link.status } : {}),
+          },
+        }
+      : {}),
+    ...(n.linkedFrom
+      ? {
+          linkedFrom: { type: n.linkedFrom.type, id: n.linkedFrom.id, nodeId: n.linkedFrom.nodeId },
+        }
+      : {}),
+    ...(n.workflow
+      ? {
+          workflow: {
+            type: n.workflow.type,
+            id: childIdOf(n),
+            attach: n.workflow.attach,
+            ...(n.workflow.status ? { status: n.workflow.status } : {}),
+          },
+        }
+      : {}),
     alerts: n.alerts,
     createdAt: iso(n.createdAt),
   };
@@ -97,6 +129,8 @@ export function nodeLine(t: Tree, n: Node): string {
   if (n.status === 'scheduled' && n.fireAt !== undefined) parts.push(`fires at ${iso(n.fireAt)}`);
   const by = blockedBy(t, n);
   if (by) parts.push(`blocked by ${by}`);
+  if (n.link) parts.push(`link ${n.link.type}/${n.link.id}/${n.link.nodeId ?? '-'}`);
+  if (n.workflow) parts.push(`child ${n.workflow.type}/${childIdOf(n)}`);
   const outcome =
     n.outcome &&
     n.outcome !== 'completed' &&

@@ -2,7 +2,8 @@
  * The quick start's demo: a worker with the merchant-payment activities, five payments run
  * through get vouchers → calculate → send to bank (throttled to 2 bank connections, the bank
  * failing now and then so retries show), then one `order` driven by signals, then an activity
- * tree (Backbeat's model): all three modes, a flag, a scheduled node and a retry.
+ * tree (Backbeat's model): all three modes, a flag, a scheduled node, a retry, and a link to a
+ * node of a second tree (started by the link).
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Client } from '../client/index.js';
@@ -67,7 +68,7 @@ function treeActivities(print: (line: string) => void) {
     return name;
   };
   return {
-    importBatch: () =>
+    importBatch: ({ audit }: { audit: string }) =>
       withDecisions({ batch: 7 }, [
         { name: 'fetchRows', queue: 'fetchRows', mode: 'non_blocking' },
         { name: 'validated', kind: 'flag', input: { rows: 3 } },
@@ -79,6 +80,14 @@ function treeActivities(print: (line: string) => void) {
         },
         { name: 'reindex', queue: 'reindex', mode: 'non_blocking', delayMs: 1000 },
         { name: 'notifyTeam', queue: 'notifyTeam', mode: 'fire_and_forget' },
+        // A link: node auditRows runs in tree `audit` (started by the link if absent); this
+        // node completes with its output, and importBatch waits for it.
+        {
+          name: 'auditRows',
+          queue: 'auditRows',
+          mode: 'non_blocking',
+          linkTo: { type: 'activityTree', id: audit, start: { input: { signalQueue: 'audit' } } },
+        },
       ]),
     fetchRows: node('fetchRows'),
     storeRows: (_input: unknown, ctx: { attempt: number }) => {
@@ -90,6 +99,7 @@ function treeActivities(print: (line: string) => void) {
     },
     reindex: node('reindex (scheduled 1 s after its turn)'),
     notifyTeam: node('notifyTeam (fire and forget)'),
+    auditRows: node('auditRows (in the linked tree)'),
   };
 }
 
@@ -158,17 +168,29 @@ export async function runDemo(
     );
 
     const tree = `import-${run}`;
-    print(`activity tree ${tree}: one signal deciding five children (all modes, a flag, a timer)`);
+    const audit = `audit-${run}`;
+    print(
+      `activity tree ${tree}: one signal deciding six children (all modes, a flag, a timer, a link to tree ${audit})`,
+    );
     await client.start('activityTree', tree, { signalQueue: 'importBatch' });
-    await client.signal('activityTree', tree, { type: 'signal', name: 'importBatch' });
+    await client.signal('activityTree', tree, {
+      type: 'signal',
+      name: 'importBatch',
+      input: { audit },
+    });
     await client.signal('activityTree', tree, { type: 'close' });
     const out = await client.result('activityTree', tree, { timeoutMs: 20_000 });
-    const view = await client.view<{ text: string }>('activityTree', tree, {
-      view: 'tree',
-      format: 'text',
-    });
-    print(view.text);
+    for (const id of [tree, audit]) {
+      const view = await client.view<{ text: string }>('activityTree', id, {
+        view: 'tree',
+        format: 'text',
+      });
+      print(view.text);
+    }
     print(`activity tree ${tree}: completed with ${JSON.stringify(out)}`);
+    await client.signal('activityTree', audit, { type: 'close' });
+    const audited = await client.result('activityTree', audit, { timeoutMs: 10_000 });
+    print(`activity tree ${audit}: completed with ${JSON.stringify(audited)}`);
   } finally {
     await worker.close();
     await client.close();

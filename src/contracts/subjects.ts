@@ -10,9 +10,18 @@ export const DEFAULT_PREFIX = 'wf';
 
 /** Kinds of message that enter a workflow's inbox. */
 /** Kinds of message in the inbox; `claim` is a no-op an engine publishes to get a shard pinned. */
-/** `admit`: a concurrency key's slot handed to a deferred workflow (engine to engine). */
 export type InboxKind =
-  'start' | 'signal' | 'cancel' | 'timer' | 'result' | 'claim' | 'admin' | 'admit';
+  | 'start'
+  | 'signal'
+  | 'cancel'
+  | 'timer'
+  | 'result'
+  | 'claim'
+  | 'admin'
+  /** A concurrency key's slot handed to a deferred workflow (engine to engine). */
+  | 'admit'
+  /** A workflow awaiting this one's end (E8). */
+  | 'watch';
 
 const TOKEN = /^[A-Za-z0-9_=-]{1,256}$/;
 const PREFIX = /^[A-Za-z0-9_-]{1,32}$/;

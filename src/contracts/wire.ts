@@ -99,6 +99,8 @@ export interface QueryReply {
   deferred?: { key: string; position: number | null; since: string };
   /** The concurrency key the workflow holds a slot of (admitted, not finished). */
   concurrencyKey?: string;
+  /** The workflow that started this one as its child (E8). */
+  parent?: WorkflowRef;
   /** Activities parked for manual review (`onExhausted: 'review'`), by actor id. */
   needsReview?: {
     actorId: string;
@@ -129,7 +131,13 @@ interface NotificationBase {
 
 /** Lifecycle notifications on `wf.events.<type>.<id>`, discriminated on `type`. */
 export type Notification =
-  | (NotificationBase & { type: 'started'; value: unknown; input: unknown })
+  | (NotificationBase & {
+      type: 'started';
+      value: unknown;
+      input: unknown;
+      /** The workflow that started this one as its child (E8). */
+      parent?: WorkflowRef;
+    })
   /** The start waits for a slot of its concurrency key (`position` among the waiters, 1-based). */
   | (NotificationBase & { type: 'deferred'; key: string; position: number; input: unknown })
   | (NotificationBase & { type: 'transitioned'; event: string; value: unknown })
@@ -180,6 +188,21 @@ export type Effect =
    */
   | { kind: 'keyCancel'; id: string; reason: string }
   /**
+   * A message to another workflow's inbox (E8, ACTIVITY-TREES §2.9.12): msgpack `body` on
+   * `wf.inbox.<inbox>.<to.type>.<to.id>`, msg id `msgId` when given (a child's result:
+   * `result.<taskId>`), else the effect's own id `<type>.<id>.<step>.<index>`. With `stamp`, the
+   * performer adds `from: {type, id, step, index}` (this workflow, this effect) to the body: the
+   * receiver's watermark. Messages to one target are performed in outbox order.
+   */
+  | {
+      kind: 'message';
+      inbox: CrossInboxKind;
+      to: WorkflowRef;
+      body: Record<string, unknown>;
+      msgId?: string;
+      stamp?: true;
+    }
+  /**
    * An emitted event with `alert: <queue>`: JSON on `wf.alerts.<queue>.<type>.<id>` (stream of
    * the events), the event plus the base fields `workflowType`, `id`, `version`, `step`, `at`.
    */
@@ -218,7 +241,9 @@ export type JournalCause =
   /** A deferred workflow was admitted by its concurrency key: its machine starts. */
   | 'admit'
   /** An operator's admin request (`<prefix>.admin.<verb>.<type>.<id>`). */
-  | 'operator';
+  | 'operator'
+  /** Another workflow started awaiting this one's end (`wf.inbox.watch`, E8). */
+  | 'watch';
 
 /** The operator action a step applied (step entries with `cause: 'operator'`). */
 export interface JournalOperator {
@@ -350,6 +375,34 @@ export interface AdminReply {
 
 export type EffectKind = Effect['kind'];
 
+/** A workflow, by type and id. */
+export interface WorkflowRef {
+  type: string;
+  id: string;
+}
+
+/** Inbox kinds one workflow's engine writes into another's inbox (E8). */
+export type CrossInboxKind = 'signal' | 'start' | 'watch' | 'result' | 'cancel';
+
+/** Where a cross-workflow send comes from: the sender and its outbox effect (the watermark). */
+export interface SendOrigin extends WorkflowRef {
+  step: number;
+  index: number;
+}
+
+/** The parent (or watcher) of a workflow: the task of its record that awaits the end. */
+export interface ParentRef extends WorkflowRef {
+  taskId: string;
+  /** The parent's task key (XState actor id, or a tree node's run key). */
+  key: string;
+}
+
+/** Senders remembered per workflow in `inbound` (least recently applied ones are forgotten). */
+export const INBOUND_MEMORY = 10_000;
+
+/** Reserved event a sender receives when a send of it could not be delivered (E8). */
+export const SEND_FAILED_EVENT = 'jetflow.send.failed';
+
 /** The durable state of one workflow: value of key `<type>.<id>` in the workflows bucket. */
 export interface WorkflowRecord {
   v: typeof WIRE_VERSION;
@@ -417,6 +470,17 @@ export interface WorkflowRecord {
   attributes?: Record<string, string | number | boolean | null>;
   output?: unknown;
   error?: ErrorData;
+  /** Set when another workflow started this one as its child: told of the end (E8). */
+  parent?: ParentRef;
+  /** Workflows awaiting this one's end (`wf.inbox.watch`), by their task id. */
+  watchers?: Record<string, ParentRef>;
+  /**
+   * Per-sender watermarks of cross-workflow sends, `"<type>.<id>"` → `[step, index]` of the last
+   * applied send (a send at or below it is a repeat), least recently applied first, at most
+   * {@link INBOUND_MEMORY}. `"<type>.<id>/failed"` keys track the `jetflow.send.failed`
+   * messages about this workflow's own sends to that target (their `[step, index]`).
+   */
+  inbound?: Record<string, [number, number]>;
 }
 
 /**
@@ -490,9 +554,23 @@ export interface KeyWaiter {
 
 /** Body of an internal inbox message (msgpack). */
 export type InboxMessage =
-  | { kind: 'start'; input: unknown }
-  | { kind: 'signal'; event: { type: string; [k: string]: unknown }; msgId?: string }
-  | { kind: 'cancel'; reason: string | undefined; msgId?: string }
+  | { kind: 'start'; input: unknown; parent?: ParentRef }
+  | {
+      kind: 'signal';
+      event: { type: string; [k: string]: unknown };
+      msgId?: string;
+      /** A cross-workflow send (E8): its sender and outbox effect. */
+      from?: SendOrigin;
+      /** With `from`: start the workflow with this input if it does not exist. */
+      startIfAbsent?: { input: unknown };
+      /**
+       * A `jetflow.send.failed` from the target of one of this workflow's sends: the target and
+       * the failed send's own `[step, index]` (deduplicated by the `/failed` watermark).
+       */
+      undeliverable?: SendOrigin;
+    }
+  | { kind: 'cancel'; reason: string | undefined; msgId?: string; from?: ParentRef }
+  | { kind: 'watch'; watcher: ParentRef }
   | ({ kind: 'result' } & ResultMessage)
   | ({ kind: 'progress' } & ProgressMessage)
   | ({ kind: 'timer' } & TimerMessage)
@@ -524,6 +602,12 @@ export interface TaskRef {
   dispatched?: true;
   /** The last attempt an attempt notice reported (a notice at or below it is not applied). */
   noticed?: number;
+  /** `workflow`: a child workflow this one started; `watch`: one it awaits. Absent: activity. */
+  kind?: 'activity' | 'workflow' | 'watch';
+  /** For `workflow` and `watch`: the awaited workflow. */
+  target?: WorkflowRef;
+  /** For `workflow`: what leaving the invoking state (or ending) does to the child. */
+  parentClose?: 'cancel' | 'abandon';
 }
 
 /** An activity whose retries were exhausted with `onExhausted: 'review'`. */
@@ -636,6 +720,8 @@ export interface ResultMessage {
   attempt: number;
   /** On success of a tree node: the children it decided (ignored elsewhere but passed on). */
   decisions?: unknown;
+  /** A child's or watched workflow's end (E8): the workflow that ended. */
+  from?: WorkflowRef;
 }
 
 /**

@@ -154,6 +154,7 @@ export function queryReply(
   if (r.output !== undefined) reply.output = r.output;
   if (r.error !== undefined) reply.error = r.error;
   if (r.admission && r.status === 'running') reply.concurrencyKey = r.admission.key;
+  if (r.parent) reply.parent = { type: r.parent.type, id: r.parent.id };
   if (r.paused) {
     reply.paused = true;
     reply.held = r.held?.length ?? 0;

@@ -108,6 +108,15 @@ export function journalEffect(e: Effect): JournalEffect | undefined {
       return { kind: 'notify', type: e.notification.type };
     case 'alert':
       return { kind: 'alert', queue: e.queue, type: String(e.alert.type) };
+    case 'message': {
+      // The subject without the prefix (the journal does not know it): `inbox.<kind>.<type>.<id>`.
+      const ev = e.body.event as { type?: unknown } | undefined;
+      return {
+        kind: 'message',
+        subject: `inbox.${e.inbox}.${e.to.type}.${e.to.id}`,
+        ...(typeof ev?.type === 'string' ? { event: ev.type } : {}),
+      };
+    }
     default:
       return undefined;
   }

@@ -72,6 +72,13 @@ export type Command =
   /** An engine-native activity task keyed by `key` (no XState child): results come back as
    * `jetflow.task.done|failed|retrying` events. */
   | { kind: 'dispatch'; key: string; target: DispatchTarget }
+  /** An event to another workflow (E8), exactly once; optionally starting it. */
+  | {
+      kind: 'send';
+      to: { type: string; id: string };
+      event: { type: string; [k: string]: unknown };
+      startIfAbsent?: { input: unknown };
+    }
   | { kind: 'cancelTask'; key: string }
   /** An event the step emitted (XState `emit`): on the notification, and as an alert. */
   | { kind: 'emit'; event: Record<string, unknown> }
@@ -80,8 +87,27 @@ export type Command =
   /** The step is a rejection: nothing is stored, the requester gets this error. */
   | { kind: 'reject'; code: string; message: string; details?: unknown };
 
-/** An activity dispatched by `jetflow.dispatch` (see {@link dispatch}). */
-export interface DispatchTarget {
+/**
+ * What `jetflow.dispatch` starts under a key (see {@link dispatch}): an activity task, a child
+ * workflow (`workflow`), or the await of an existing workflow (`watch`). All three report back
+ * through the same task table, as `jetflow.task.done|failed` events.
+ */
+export type DispatchTarget = ActivityTarget | ChildTarget | WatchTarget;
+
+/** A child workflow started under a dispatch key; canceled when the key is canceled. */
+export interface ChildTarget {
+  workflow: { type: string; id: string; input?: unknown };
+  node?: Record<string, unknown>;
+}
+
+/** An existing workflow awaited under a dispatch key (its end is reported; nothing else). */
+export interface WatchTarget {
+  watch: { type: string; id: string };
+  node?: Record<string, unknown>;
+}
+
+/** An activity dispatched by `jetflow.dispatch`. */
+export interface ActivityTarget {
   /** Activity name (the task's `activity`). */
   activity: string;
   queue: string;
@@ -101,7 +127,58 @@ export const jetflowActions = {
   'jetflow.cancelTask': () => {},
   'jetflow.reply': () => {},
   'jetflow.reject': () => {},
+  'jetflow.send': () => {},
 } as const;
+
+/** Action arguments a dynamic value is computed from. */
+export interface ActionArgs {
+  // XState's own action arguments are typed `any` for context and event in custom actions.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  context: any;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  event: any;
+}
+/** A value, or a function of the action's context and event that computes it. */
+export type Dynamic<T> = T | ((args: ActionArgs) => T);
+
+const valueOf = <T>(v: Dynamic<T>, args: ActionArgs): T =>
+  typeof v === 'function' ? (v as (a: ActionArgs) => T)(args) : v;
+
+/** Options of {@link sendToWorkflow}. */
+export interface SendOptions {
+  /** Start the target with this input when it does not exist (then deliver the event). */
+  startIfAbsent?: Dynamic<{ input?: unknown }>;
+}
+
+/**
+ * Send an event to another workflow, exactly once (E8). The send is an outbox effect of this
+ * step with a deterministic msg id, and the receiver keeps a per-sender watermark, so a repeat
+ * (a re-performed outbox after a crash, even after JetStream's dedup window) is applied once.
+ * Sends from one workflow to one target arrive in the order they were made. When the event
+ * cannot be delivered (the target does not exist and `startIfAbsent` is not given, it has
+ * finished, or it does not accept the event now), this workflow receives `jetflow.send.failed`
+ * `{to, event, error}` (exactly once as well). `target`, its fields, `event` and
+ * `startIfAbsent` may be functions of `{context, event}`.
+ */
+export function sendToWorkflow(
+  target: Dynamic<{ type: string; id: string }> | { type: Dynamic<string>; id: Dynamic<string> },
+  event: Dynamic<{ type: string; [k: string]: unknown }>,
+  options: SendOptions = {},
+) {
+  return {
+    type: 'jetflow.send',
+    params: (args: ActionArgs) => {
+      const t = valueOf(target as Dynamic<{ type: Dynamic<string>; id: Dynamic<string> }>, args);
+      const start =
+        options.startIfAbsent !== undefined ? valueOf(options.startIfAbsent, args) : undefined;
+      return {
+        to: { type: valueOf(t.type, args), id: valueOf(t.id, args) },
+        event: valueOf(event, args),
+        ...(start !== undefined ? { startIfAbsent: { input: start.input } } : {}),
+      };
+    },
+  } as const;
+}
 
 /** Dispatch an activity task under `key` (results: `jetflow.task.done|failed|retrying`). */
 export const dispatch = (key: string, target: DispatchTarget) =>
@@ -156,6 +233,18 @@ export function toCommands(actions: ActionLike[], stepNo: number): Command[] {
       case 'jetflow.cancelTask':
         out.push({ kind: 'cancelTask', key: String(p.key) });
         break;
+      case 'jetflow.send': {
+        const to = (p.to ?? {}) as { type?: unknown; id?: unknown };
+        out.push({
+          kind: 'send',
+          to: { type: String(to.type), id: String(to.id) },
+          event: p.event as { type: string },
+          ...(p.startIfAbsent !== undefined
+            ? { startIfAbsent: p.startIfAbsent as { input: unknown } }
+            : {}),
+        });
+        break;
+      }
       case 'jetflow.reply':
         out.push({ kind: 'reply', value: p.value });
         break;

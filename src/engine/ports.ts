@@ -4,7 +4,13 @@
  */
 import type { BodyEncoding } from '../contracts/codec.js';
 import type { InboxKind } from '../contracts/subjects.js';
-import type { JournalEntry, KeyRecord, Notification, WorkflowRecord } from '../contracts/wire.js';
+import type {
+  Effect,
+  JournalEntry,
+  KeyRecord,
+  Notification,
+  WorkflowRecord,
+} from '../contracts/wire.js';
 import type { AcquireOutcome, AcquireRequest, Admit } from './admission.js';
 
 /** A record with the KV revision it was read or written at. */
@@ -78,6 +84,11 @@ export interface EffectSink {
   perform(record: WorkflowRecord, only?: readonly number[]): Promise<void>;
   /** Publish a notification outside a record write (a rejection), deduplicated by `msgId`. */
   notify(notification: Notification, msgId: string): Promise<void>;
+  /**
+   * Publish a message to another workflow's inbox outside a record write (E8: a child start or
+   * watch answered at once, a send that could not be applied), deduplicated by its `msgId`.
+   */
+  message(m: Extract<Effect, { kind: 'message' }> & { msgId: string }): Promise<void>;
   /** Append a journal entry outside a record write (a rejection, an ignored message). */
   journal(entry: JournalEntry, msgId: string): Promise<void>;
   /** Reply to a requester (core NATS, best effort). */

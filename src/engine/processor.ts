@@ -37,13 +37,16 @@ import { LRUCache } from 'lru-cache';
 import type { AnyMachineSnapshot } from 'xstate';
 import {
   decide,
+  errorResult,
   failure,
   rejection,
   release,
+  sendFailed,
   startReply,
   type Decision,
   type StartAdmission,
   type StepInput,
+  type Tell,
 } from './step.js';
 import { keyOfInput, keyTokenOf } from './admission.js';
 import { decodeAdmin } from './admin.js';
@@ -68,8 +71,11 @@ import {
   WIRE_VERSION,
   type AdminReply,
   type InboxMessage,
+  type ParentRef,
   type ResultMessage,
+  type SendOrigin,
   type WorkflowRecord,
+  type WorkflowRef,
 } from '../contracts/wire.js';
 import {
   BadRequestError,
@@ -201,6 +207,18 @@ export interface Processor {
 const keyOf = (type: string, id: string) => `${type}.${id}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+const isRef = (v: unknown): v is WorkflowRef =>
+  typeof v === 'object' &&
+  v !== null &&
+  isToken((v as WorkflowRef).type) &&
+  isToken((v as WorkflowRef).id);
+const isParentRef = (v: unknown): v is ParentRef =>
+  isRef(v) &&
+  typeof (v as ParentRef).taskId === 'string' &&
+  typeof (v as ParentRef).key === 'string';
+const isOrigin = (v: unknown): v is SendOrigin =>
+  isRef(v) && Number.isInteger((v as SendOrigin).step) && Number.isInteger((v as SendOrigin).index);
+
 /** Decode an inbox body, checking its shape against its subject's kind. */
 export function decodeInbox(e: InboxEntry): InboxMessage {
   let body: unknown;
@@ -215,15 +233,33 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
     });
   }
   const b = (body ?? {}) as Record<string, unknown>;
+  const bad = (message: string) =>
+    new BadRequestError(message, {
+      code: ErrorCode.BadRequest,
+      workflowId: e.id,
+      workflowType: e.type,
+    });
   switch (e.kind) {
     case 'start':
-      return { kind: 'start', input: b.input };
+      if (b.parent !== undefined && !isParentRef(b.parent))
+        throw bad('a child start needs parent {type, id, taskId, key}');
+      return {
+        kind: 'start',
+        input: b.input,
+        ...(b.parent !== undefined ? { parent: b.parent } : {}),
+      };
     case 'cancel':
+      if (b.from !== undefined && !isParentRef(b.from))
+        throw bad("a parent's cancel needs from {type, id, taskId, key}");
       return {
         kind: 'cancel',
         reason: typeof b.reason === 'string' ? b.reason : undefined,
         ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
+        ...(b.from !== undefined ? { from: b.from } : {}),
       };
+    case 'watch':
+      if (!isParentRef(b.watcher)) throw bad('a watch needs watcher {type, id, taskId, key}');
+      return { kind: 'watch', watcher: b.watcher };
     case 'result': {
       if (b.progress === 'retrying') {
         // An attempt notice (E3), on the result subject before the worker's nak.
@@ -279,6 +315,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         error: b.error as ResultMessage['error'],
         attempt: typeof b.attempt === 'number' ? b.attempt : 0,
         ...(b.decisions !== undefined ? { decisions: b.decisions } : {}),
+        ...(isRef(b.from) ? { from: { type: b.from.type, id: b.from.id } } : {}),
       };
     }
     case 'timer': {
@@ -328,10 +365,20 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
           },
         );
       }
+      if (b.from !== undefined && !isOrigin(b.from))
+        throw bad('a send needs from {type, id, step, index}');
+      if (b.undeliverable !== undefined && !isOrigin(b.undeliverable))
+        throw bad('a send failure needs undeliverable {type, id, step, index}');
+      const start = b.startIfAbsent as { input?: unknown } | undefined;
+      if (start !== undefined && (typeof start !== 'object' || start === null || !b.from))
+        throw bad('startIfAbsent must be {input} on a send with from');
       return {
         kind: 'signal',
         event: ev as { type: string },
         ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
+        ...(b.from !== undefined ? { from: b.from } : {}),
+        ...(start !== undefined ? { startIfAbsent: { input: start.input ?? null } } : {}),
+        ...(b.undeliverable !== undefined ? { undeliverable: b.undeliverable } : {}),
       };
     }
     default:
@@ -1013,6 +1060,15 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       logDeferred(e, cur?.stored.record, decision.error);
       return 'deferred';
     }
+    // Messages to other workflows this message owes without a record write (E8): a child start
+    // or watch answered at once, a send that could not be applied. Idempotent by msg id.
+    const tells: Tell[] =
+      decision.kind === 'noop' || decision.kind === 'ignore'
+        ? (decision.tell ?? [])
+        : decision.kind === 'reject'
+          ? rejectTells(e, message, decision.error)
+          : [];
+    if (tells.length > 0) await Promise.all(tells.map((t) => effects.message(t)));
     if (decision.kind !== 'write') handledWithoutWrite.set(e.seq, true);
     if (decision.kind === 'reject') {
       stats.rejected++;
@@ -1109,6 +1165,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     remember(key, written);
     stats.applied++;
     const entry = await settleOutbox(written);
+    if (decision.again && entry === written) {
+      // Started by a send's `startIfAbsent`: the send itself is applied next, to this record.
+      await markDone(entry);
+      return 'stale';
+    }
     if (entry === written) {
       if (replyTo) effects.reply(replyTo, e.replyEncoding, decision.reply);
     } else {
@@ -1145,6 +1206,34 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       cur = await settleOutbox(written);
       await markDone(cur);
     }
+  }
+
+  /**
+   * What a rejected message owes other workflows: a cross-workflow send tells its sender
+   * (`jetflow.send.failed`); a child start tells its parent (the invoke fails with `ChildFailed`).
+   */
+  function rejectTells(e: InboxEntry, message: InboxMessage, error: JetflowError): Tell[] {
+    const target = { type: e.type, id: e.id };
+    if (message.kind === 'signal' && message.from) {
+      return [
+        sendFailed(target, message.from, message.event, {
+          type: 'SendFailed',
+          code: error.code,
+          message: error.message,
+        }),
+      ];
+    }
+    if (message.kind === 'start' && message.parent) {
+      return [
+        errorResult(message.parent, target, {
+          type: 'ChildFailed',
+          code: error.code,
+          message: `workflow ${e.type}/${e.id} could not be started: ${error.message}`,
+          details: { type: e.type, id: e.id, code: error.code },
+        }),
+      ];
+    }
+    return [];
   }
 
   /** Error reply for a request whose step was applied but whose workflow then failed. */

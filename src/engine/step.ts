@@ -14,6 +14,7 @@ import {
   type ActivityOptions,
 } from './activity.js';
 import { isToken } from '../contracts/subjects.js';
+import { resolveChild, type ChildSpawn } from './child.js';
 import {
   eventPayload,
   journalEvent,
@@ -26,7 +27,9 @@ import { shardOf, type Subjects } from '../contracts/subjects.js';
 import type { KeyCancel } from './admission.js';
 import {
   HELD_MAX,
+  INBOUND_MEMORY,
   MSG_ID_MEMORY,
+  SEND_FAILED_EVENT,
   REQUEST_ID_MEMORY,
   WIRE_VERSION,
   type AdminReply,
@@ -36,7 +39,10 @@ import {
   type JournalEntry,
   type JournalOperator,
   type Notification,
+  type ParentRef,
+  type SendOrigin,
   type TaskRef,
+  type WorkflowRef,
   type WorkflowRecord,
   type WorkflowStatus,
 } from '../contracts/wire.js';
@@ -48,6 +54,13 @@ import {
   type ErrorData,
   type JetflowError,
 } from '../errors.js';
+
+/**
+ * A message to another workflow owed by a decision that writes no record (a child start that
+ * finds a workflow of another parent, a watch of a finished one): performed before the message
+ * is acknowledged, idempotent by its msg id.
+ */
+export type Tell = Extract<Effect, { kind: 'message' }> & { msgId: string };
 
 /** What a step decided. */
 export type Decision =
@@ -62,11 +75,16 @@ export type Decision =
        * restore); absent for a deferred workflow (its machine has not started).
        */
       live?: AnyMachineSnapshot;
+      /**
+       * The message is not consumed by this write (a send with `startIfAbsent` created the
+       * workflow, `lastSeq` stays below the message): decide it again, now against this record.
+       */
+      again?: true;
     }
   /** Nothing to store: reply (start of an existing workflow). */
-  | { kind: 'noop'; reply: unknown }
+  | { kind: 'noop'; reply: unknown; tell?: Tell[] }
   /** Nothing to store, nothing to tell: a late or duplicate result or timer. Logged. */
-  | { kind: 'ignore'; reason: string }
+  | { kind: 'ignore'; reason: string; tell?: Tell[] }
   /** The message cannot be applied now: nothing stored; notify and reply with the error. */
   | { kind: 'reject'; error: JetflowError; accepts: string[] }
   /**
@@ -212,6 +230,164 @@ function stopTaskEffect(actorId: string, t: TaskRef): Effect {
   return { kind: 'stopTask', actorId, taskId: t.taskId, queue: t.queue, taskKey: t.taskKey };
 }
 
+/**
+ * The effects that stop what `t` awaits: an activity's task is purged and aborted; a child
+ * workflow is canceled (`parentClose: cancel`, the default) or left running (`abandon`); a
+ * watched workflow is left alone (its end, when reported, is no longer current).
+ */
+function stopEffects(w: WorkflowRef, actorId: string, t: TaskRef): Effect[] {
+  if (t.kind === 'watch') return [];
+  if (t.kind === 'workflow') {
+    if (t.parentClose === 'abandon' || !t.target) return [];
+    return [
+      {
+        kind: 'message',
+        inbox: 'cancel',
+        to: t.target,
+        body: {
+          reason: `parent ${w.type}/${w.id} left ${actorId}`,
+          from: { type: w.type, id: w.id, taskId: t.taskId, key: actorId },
+        },
+      },
+    ];
+  }
+  return [stopTaskEffect(actorId, t)];
+}
+
+/** The result message that tells a parent or watcher how workflow `rec` ended. */
+export function endResult(
+  rec: Pick<WorkflowRecord, 'type' | 'id' | 'status' | 'output' | 'error'>,
+  to: ParentRef,
+  reason?: string,
+): Tell {
+  const who = `${rec.type}/${rec.id}`;
+  const body: Record<string, unknown> = {
+    taskId: to.taskId,
+    actorId: to.key,
+    ok: rec.status === 'completed',
+    attempt: 1,
+    from: { type: rec.type, id: rec.id },
+  };
+  if (rec.status === 'completed') body.output = rec.output ?? null;
+  else if (rec.status === 'canceled')
+    body.error = {
+      type: 'ChildCanceled',
+      code: 'canceled',
+      message: `workflow ${who} was canceled${reason ? `: ${reason}` : ''}`,
+      retryable: false,
+      details: { type: rec.type, id: rec.id, ...(reason ? { reason } : {}) },
+    };
+  else
+    body.error = {
+      type: 'ChildFailed',
+      code: rec.error?.code ?? ErrorCode.Internal,
+      message: `workflow ${who} failed: ${rec.error?.message ?? 'unknown error'}`,
+      retryable: false,
+      details: { type: rec.type, id: rec.id, ...(rec.error ? { error: rec.error } : {}) },
+    };
+  return {
+    kind: 'message',
+    inbox: 'result',
+    to: { type: to.type, id: to.id },
+    body,
+    msgId: `result.${to.taskId}`,
+  };
+}
+
+/** An error result for a parent or watcher (the child could not be started or found). */
+export function errorResult(
+  to: ParentRef,
+  from: WorkflowRef,
+  error: { type: string; code: string; message: string; details?: unknown },
+): Tell {
+  return {
+    kind: 'message',
+    inbox: 'result',
+    to: { type: to.type, id: to.id },
+    body: {
+      taskId: to.taskId,
+      actorId: to.key,
+      ok: false,
+      attempt: 1,
+      error: { ...error, retryable: false },
+      from,
+    },
+    msgId: `result.${to.taskId}`,
+  };
+}
+
+/**
+ * A workflow that ends tells its parent and its watchers (E8): one result message each, with
+ * msg id `result.<their taskId>`; their task tables apply it at most once.
+ */
+function endEffects(rec: WorkflowRecord, reason?: string): Effect[] {
+  if (rec.status === 'running') return [];
+  const out: Effect[] = [];
+  if (rec.parent) out.push(endResult(rec, rec.parent, reason));
+  for (const w of Object.values(rec.watchers ?? {})) out.push(endResult(rec, w, reason));
+  delete rec.watchers;
+  return out;
+}
+
+/**
+ * `jetflow.send.failed` for the sender of a cross-workflow send that could not be applied: a
+ * signal to the sender's inbox, deduplicated there by its `/failed` watermark (the failed send's
+ * `[step, index]`) and here by its msg id.
+ */
+export function sendFailed(
+  target: WorkflowRef,
+  from: SendOrigin,
+  event: { type: string; [k: string]: unknown },
+  error: { type: string; code: string; message: string; details?: unknown },
+): Tell {
+  return {
+    kind: 'message',
+    inbox: 'signal',
+    to: { type: from.type, id: from.id },
+    body: {
+      event: {
+        type: SEND_FAILED_EVENT,
+        to: { type: target.type, id: target.id },
+        event,
+        error: { type: error.type, code: error.code, message: error.message, retryable: false },
+      },
+      undeliverable: { type: target.type, id: target.id, step: from.step, index: from.index },
+    },
+    msgId: `sendfail.${target.type}.${target.id}.${from.type}.${from.id}.${from.step}.${from.index}`,
+  };
+}
+
+/** `[step, index]` is at or below `mark`. */
+const atOrBelow = (step: number, index: number, mark: [number, number] | undefined) =>
+  mark !== undefined && (step < mark[0] || (step === mark[0] && index <= mark[1]));
+
+/** `inbound` with `key` moved to the newest place at `[step, index]`, bounded. */
+function withInbound(
+  inbound: Record<string, [number, number]> | undefined,
+  key: string,
+  step: number,
+  index: number,
+): Record<string, [number, number]> {
+  const out = { ...(inbound ?? {}) };
+  delete out[key];
+  out[key] = [step, index];
+  const keys = Object.keys(out);
+  for (let i = 0; i < keys.length - INBOUND_MEMORY; i++) delete out[keys[i]!];
+  return out;
+}
+
+/** The watermark key a message is deduplicated by (cross-workflow sends and their failures). */
+function inboundKey(msg: InboxMessage): { key: string; step: number; index: number } | undefined {
+  if (msg.kind !== 'signal') return undefined;
+  if (msg.from)
+    return { key: `${msg.from.type}.${msg.from.id}`, step: msg.from.step, index: msg.from.index };
+  if (msg.undeliverable) {
+    const u = msg.undeliverable;
+    return { key: `${u.type}.${u.id}/failed`, step: u.step, index: u.index };
+  }
+  return undefined;
+}
+
 /** Internal timer id of an activity's schedule-to-close deadline. */
 const deadlineTimerId = (actorId: string) => `jetflow.deadline.${actorId}`;
 /** Event type of a fired activity deadline. */
@@ -332,13 +508,98 @@ function materialize(
     const t = tasks[actorId];
     if (!t) return; // already finished: nothing to cancel
     delete tasks[actorId];
-    effects.push(stopTaskEffect(actorId, t));
+    effects.push(...stopEffects(rec, actorId, t));
     cancelTimer(deadlineTimerId(actorId));
+  };
+  const checkRef = (what: string, r: { type?: unknown; id?: unknown }) => {
+    if (!isToken(r.type) || !isToken(r.id))
+      throw new BadRequestError(
+        `workflow ${rec.type}/${rec.id}: ${what} needs a type and an id of 1-256 characters of A-Z a-z 0-9 _ - = (got ${JSON.stringify(r.type)}/${JSON.stringify(r.id)})`,
+        {
+          workflowType: rec.type,
+          workflowId: rec.id,
+          code: ErrorCode.BadRequest,
+          details: { type: r.type, id: r.id },
+        },
+      );
+  };
+  /** Start (or attach to) a child workflow under `actorId`: a task of kind workflow or watch. */
+  const pushChild = (actorId: string, c: ChildSpawn, dispatched: boolean) => {
+    checkRef('a child workflow', c);
+    const taskId = `${rec.type}.${rec.id}.${rec.step}.${actorId}`;
+    const ref: ParentRef = { type: rec.type, id: rec.id, taskId, key: actorId };
+    tasks[actorId] = {
+      taskId,
+      taskKey: taskKeyOf(taskId),
+      activity: c.type,
+      queue: '',
+      kind: c.attach ? 'watch' : 'workflow',
+      target: { type: c.type, id: c.id },
+      ...(c.attach ? {} : { parentClose: c.parentClose }),
+      ...(dispatched ? { dispatched: true as const } : {}),
+    };
+    effects.push(
+      c.attach
+        ? {
+            kind: 'message',
+            inbox: 'watch',
+            to: { type: c.type, id: c.id },
+            body: { watcher: ref },
+          }
+        : {
+            kind: 'message',
+            inbox: 'start',
+            to: { type: c.type, id: c.id },
+            body: { input: c.input ?? null, parent: ref },
+          },
+    );
   };
   for (const c of commands) {
     switch (c.kind) {
+      case 'send': {
+        checkRef('sendToWorkflow', c.to);
+        const ev = c.event as { type?: unknown } | undefined;
+        if (
+          !ev ||
+          typeof ev !== 'object' ||
+          typeof ev.type !== 'string' ||
+          ev.type.length === 0 ||
+          ev.type.startsWith('xstate.')
+        )
+          throw new BadRequestError(
+            `workflow ${rec.type}/${rec.id}: sendToWorkflow needs an event with a type (not xstate.*)`,
+            { workflowType: rec.type, workflowId: rec.id, code: ErrorCode.BadRequest },
+          );
+        effects.push({
+          kind: 'message',
+          inbox: 'signal',
+          to: { type: c.to.type, id: c.to.id },
+          body: {
+            event: c.event,
+            ...(c.startIfAbsent ? { startIfAbsent: { input: c.startIfAbsent.input ?? null } } : {}),
+          },
+          stamp: true,
+        });
+        break;
+      }
       case 'dispatch': {
         const t = c.target;
+        if ('workflow' in t) {
+          pushChild(
+            c.key,
+            { ...t.workflow, attach: false, input: t.workflow.input, parentClose: 'cancel' },
+            true,
+          );
+          break;
+        }
+        if ('watch' in t) {
+          pushChild(
+            c.key,
+            { ...t.watch, attach: true, input: undefined, parentClose: 'cancel' },
+            true,
+          );
+          break;
+        }
         const options = resolveActivityOptions(t.activity, {
           ...(t.options ?? {}),
           queue: t.queue,
@@ -363,6 +624,11 @@ function materialize(
         rejected ??= { code: c.code, message: c.message, details: c.details };
         break;
       case 'spawn': {
+        const child = resolveChild(machine, c.src, c.input);
+        if (child) {
+          pushChild(c.actorId, child, false);
+          break;
+        }
         const a = resolveActivity(machine, c.src, c.input);
         pushTask(c.actorId, a, c.maxAttempts !== undefined ? { maxAttempts: c.maxAttempts } : {});
         break;
@@ -402,7 +668,7 @@ function changedRetry(r: Record<string, unknown>): Record<string, unknown> {
 /** Effects that wind down whatever is still pending when a workflow ends. */
 function windDown(w: { type: string; id: string }, p: Pending): Effect[] {
   return [
-    ...Object.entries(p.tasks).map(([actorId, t]) => stopTaskEffect(actorId, t)),
+    ...Object.entries(p.tasks).flatMap(([actorId, t]) => stopEffects(w, actorId, t)),
     ...Object.entries(p.timers).map(([timerId, setAt]): Effect => ({
       kind: 'cancelTimer',
       timerId,
@@ -498,6 +764,8 @@ function begin(
     now: number;
     step: number;
     inbox: string | undefined;
+    /** The workflow that started this one as its child (E8). */
+    parent?: WorkflowRecord['parent'];
   },
   input: unknown,
 ): Extract<Decision, { kind: 'write' | 'reject' }> {
@@ -552,6 +820,7 @@ function begin(
     createdAt: now,
     updatedAt: now,
     stateSince: now,
+    ...(at.parent ? { parent: at.parent } : {}),
   };
   const attributes = searchAttributes(def.searchAttributes, snapshot.context);
   if (attributes) rec.attributes = attributes;
@@ -564,6 +833,7 @@ function begin(
     at: iat,
     value: snapshot.value,
     input,
+    ...(at.parent ? { parent: { type: at.parent.type, id: at.parent.id } } : {}),
     ...(p.emitted.length > 0 ? { emitted: p.emitted } : {}),
   };
   rec.outbox = [
@@ -574,10 +844,14 @@ function begin(
   if (status !== 'running') {
     if (status === 'completed') rec.output = snapshot.output;
     if (status === 'failed') rec.error = errorOfSnapshot(snapshot);
-    rec.outbox.push(...windDown(rec, rec), {
-      kind: 'notify',
-      notification: lifecycle(rec, snapshot, 'xstate.init', iat),
-    });
+    rec.outbox.push(
+      ...windDown(rec, rec),
+      {
+        kind: 'notify',
+        notification: lifecycle(rec, snapshot, 'xstate.init', iat),
+      },
+      ...endEffects(rec),
+    );
     rec.timers = {};
     delete rec.timerEvents;
     delete rec.timerDue;
@@ -638,6 +912,7 @@ function deferStart(
     tasks: {},
     shard,
     ...(input.inbox !== undefined ? { inbox: input.inbox } : {}),
+    ...(message.parent ? { parent: message.parent } : {}),
     createdAt: now,
     updatedAt: now,
     stateSince: now,
@@ -721,6 +996,7 @@ function deferredStep(
           now: input.now,
           step: stored.step + 1,
           inbox: input.inbox ?? stored.inbox,
+          ...(stored.parent ? { parent: stored.parent } : {}),
         },
         a.input,
       );
@@ -936,7 +1212,35 @@ export function decide(
   }
 
   if (message.kind === 'start') {
-    if (stored) return { kind: 'noop', reply: startReply(stored, stored.lastSeq === seq) };
+    if (stored) {
+      const reply = startReply(stored, stored.lastSeq === seq);
+      const parent = message.parent;
+      // A child start again for the same parent task (a re-performed outbox): nothing more.
+      if (!parent || stored.parent?.taskId === parent.taskId) return { kind: 'noop', reply };
+      return {
+        kind: 'noop',
+        reply,
+        tell: [
+          errorResult(
+            parent,
+            { type, id },
+            {
+              type: 'ChildAlreadyExists',
+              code: ErrorCode.Conflict,
+              message: `workflow ${type}/${id} already exists${stored.parent ? ` as the child of ${stored.parent.type}/${stored.parent.id}` : ''}`,
+              details: {
+                type,
+                id,
+                status: stored.status,
+                ...(stored.parent
+                  ? { parent: { type: stored.parent.type, id: stored.parent.id } }
+                  : {}),
+              },
+            },
+          ),
+        ],
+      };
+    }
     const found = definitionOf(() => registry.latest(type));
     if ('defer' in found) return found.defer;
     const def = found.def;
@@ -955,7 +1259,7 @@ export function decide(
     const began = begin(
       ctx,
       def,
-      { type, id, shard, seq, now, step: 0, inbox: input.inbox },
+      { type, id, shard, seq, now, step: 0, inbox: input.inbox, parent: message.parent },
       message.input,
     );
     if (began.kind !== 'write') return began;
@@ -1038,6 +1342,56 @@ export function decide(
       return { kind: 'ignore', reason: 'attempt notice while the workflow is paused (not held)' };
   }
 
+  if (message.kind === 'signal' && message.startIfAbsent && message.from && !stored) {
+    // A send with `startIfAbsent` to a workflow that does not exist: start it (this write), then
+    // apply the send against the new record (`again`: the message stays unconsumed until then).
+    const d = decide(ctx, undefined, {
+      ...input,
+      message: { kind: 'start', input: message.startIfAbsent.input },
+    });
+    if (d.kind !== 'write') return d;
+    d.record.lastSeq = seq - 1;
+    return { ...d, reply: undefined, again: true };
+  }
+  if (message.kind === 'watch') {
+    const w = message.watcher;
+    if (!stored) {
+      return {
+        kind: 'ignore',
+        reason: `watch by ${w.type}/${w.id} of a workflow that does not exist`,
+        tell: [
+          errorResult(
+            w,
+            { type, id },
+            {
+              type: 'ChildNotFound',
+              code: ErrorCode.NotFound,
+              message: `workflow ${type}/${id} does not exist`,
+              details: { type, id },
+            },
+          ),
+        ],
+      };
+    }
+    // An already finished workflow answers at once; a watcher already registered needs nothing.
+    if (stored.status !== 'running')
+      return { kind: 'noop', reply: undefined, tell: [endResult(stored, w)] };
+    if (stored.watchers?.[w.taskId]) return { kind: 'noop', reply: undefined };
+  }
+  if (message.kind === 'cancel' && message.from) {
+    // A parent's cancel (parent close): only the parent task that started this workflow may.
+    if (!stored) return { kind: 'ignore', reason: 'cancel from a parent: no such workflow' };
+    if (stored.parent?.taskId !== message.from.taskId)
+      return {
+        kind: 'ignore',
+        reason: `cancel from ${message.from.type}/${message.from.id}, which did not start this workflow (task ${message.from.taskId})`,
+      };
+    if (stored.status !== 'running')
+      return {
+        kind: 'ignore',
+        reason: `cancel from the parent after the workflow ${stored.status}`,
+      };
+  }
   if (!stored) {
     return {
       kind: 'reject',
@@ -1046,6 +1400,15 @@ export function decide(
         code: ErrorCode.NotFound,
       }),
       accepts: [],
+    };
+  }
+  // A cross-workflow send (or a failure report) at or below its sender's watermark is a repeat:
+  // a re-performed outbox, also after the server's dedup window has passed.
+  const mark = inboundKey(message);
+  if (mark && atOrBelow(mark.step, mark.index, stored.inbound?.[mark.key])) {
+    return {
+      kind: 'ignore',
+      reason: `repeat of send ${mark.key} [${mark.step}, ${mark.index}] (watermark [${stored.inbound?.[mark.key]?.join(', ')}])`,
     };
   }
   // A client's retry of a signal or cancel it already sent (same `Nats-Msg-Id`) is a duplicate,
@@ -1100,6 +1463,25 @@ export function decide(
   const snapshot = live ?? m.restore(def.machine, stored.snapshot);
   const stepNo = stored.step + 1;
 
+  if (message.kind === 'watch') {
+    // Registered even while paused: it changes nothing the machine sees.
+    const rec = quietStep(stored, input, memory);
+    rec.watchers = { ...stored.watchers, [message.watcher.taskId]: message.watcher };
+    if (ctx.journal) {
+      rec.outbox.push({
+        kind: 'journal',
+        cause: 'watch',
+        seq,
+        event: journalEvent(
+          'jetflow.watch',
+          { watcher: message.watcher },
+          ctx.journal.payloadMaxBytes,
+        ),
+        from: journalState(snapshot.value),
+      });
+    }
+    return { kind: 'write', record: rec, create: false, reply: undefined, live: snapshot };
+  }
   if (stored.paused && message.kind !== 'admin') {
     return hold(ctx, stored, input, snapshot, memory);
   }
@@ -1142,6 +1524,7 @@ export function decide(
           reason,
         },
       },
+      ...endEffects(rec, reason),
     ];
     if (ctx.journal) {
       rec.outbox.push({
@@ -1310,7 +1693,15 @@ export function decide(
 
   // Every delivered event carries the step time (E5): pure machines read time from `$at`, never
   // from a clock. The journal keeps the event as it came (without `$at`).
-  const delivered = { ...event, $at: now } as EventObject;
+  // An event sent by another workflow also carries its sender, `$from` (set by the engine only).
+  const plain = { ...event } as EventObject & { $from?: unknown };
+  delete plain.$from;
+  const from = message.kind === 'signal' ? message.from : undefined;
+  const delivered = {
+    ...plain,
+    $at: now,
+    ...(from ? { $from: { type: from.type, id: from.id } } : {}),
+  } as EventObject;
   let next: ReturnType<typeof m.step>;
   try {
     next = m.step(def.machine, snapshot, delivered);
@@ -1407,12 +1798,13 @@ export function decide(
   else delete rec.timerEvents;
   if (timerDue) rec.timerDue = timerDue;
   else delete rec.timerDue;
+  if (mark) rec.inbound = withInbound(stored.inbound, mark.key, mark.step, mark.index);
   rec.outbox = [...preEffects, ...p.effects, ...alertEffects(rec, p.emitted, at)];
   if (status !== 'running') {
     if (status === 'completed') rec.output = next.snapshot.output;
     if (status === 'failed') rec.error = errorOfSnapshot(next.snapshot);
     // Whatever is still pending (e.g. a fire-and-forget activity, a timer of an outer state) ends.
-    rec.outbox.push(...windDown(stored, p), ...keyReleaseOf(stored));
+    rec.outbox.push(...windDown(stored, p), ...endEffects(rec), ...keyReleaseOf(stored));
     rec.timers = {};
     delete rec.timerEvents;
     delete rec.timerDue;
@@ -1609,6 +2001,7 @@ export function failure(
         error,
       },
     },
+    ...endEffects(rec),
   ];
   if (journal) {
     const value = (stored.snapshot as { value?: unknown } | undefined)?.value;
@@ -1743,6 +2136,23 @@ function hold(
     held.some((h) => h.message.kind === 'result' && h.message.taskId === msg.taskId)
   ) {
     return { kind: 'ignore', reason: `result of task ${msg.taskId} is already held` };
+  }
+  const sender = msg.kind === 'signal' ? (msg.from ?? msg.undeliverable) : undefined;
+  if (
+    sender &&
+    held.some((h) => {
+      const o =
+        h.message.kind === 'signal' ? (h.message.from ?? h.message.undeliverable) : undefined;
+      return (
+        o !== undefined &&
+        o.type === sender.type &&
+        o.id === sender.id &&
+        o.step === sender.step &&
+        o.index === sender.index
+      );
+    })
+  ) {
+    return { kind: 'ignore', reason: 'this send is already held' };
   }
   if (
     msg.kind === 'timer' &&
@@ -2181,6 +2591,15 @@ export function release(
     d.kind === 'reject' ? d.error.message : d.kind === 'ignore' ? d.reason : 'a duplicate';
   const rec = quietStep(base, { ...input, seq: stored.lastSeq }, {});
   const snapshot = (stored.snapshot as { value?: unknown } | undefined)?.value;
+  if (d.kind === 'reject' && head.message.kind === 'signal' && head.message.from) {
+    rec.outbox.push(
+      sendFailed(stored, head.message.from, head.message.event, {
+        type: 'SendFailed',
+        code: d.error.code,
+        message: d.error.message,
+      }),
+    );
+  }
   if (d.kind === 'reject') {
     rec.outbox.push({
       kind: 'notify',

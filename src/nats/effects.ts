@@ -41,6 +41,9 @@ function orderKey(e: Effect): string | undefined {
       return `task:${e.task.taskKey}`;
     case 'stopTask':
       return `task:${e.taskKey}`;
+    case 'message':
+      // Sends, starts, cancels and results to one workflow arrive in outbox order.
+      return `send:${e.to.type}.${e.to.id}`;
     default:
       return undefined;
   }
@@ -92,6 +95,18 @@ export function createEffectSink(
       { msgID: msgId, headers: jsonHeaders() },
     );
   };
+  /** Publish a message to another workflow's inbox (JetStream; msg id dedups a repeat). */
+  const message = async (
+    e: Extract<Effect, { kind: 'message' }>,
+    msgId: string,
+    from?: { type: string; id: string; step: number; index: number },
+  ): Promise<void> => {
+    const body = from ? { ...e.body, from } : e.body;
+    await js.publish(s.inbox(e.inbox, e.to.type, e.to.id), pack(body), {
+      msgID: e.msgId ?? msgId,
+      headers: msgpackHeaders(),
+    });
+  };
   return {
     async perform(record, only) {
       const base = `${record.type}.${record.id}.${record.step}`;
@@ -111,6 +126,13 @@ export function createEffectSink(
             { msgID: msgId, headers: jsonHeaders() },
           );
           return;
+        }
+        if (e.kind === 'message') {
+          return message(
+            e,
+            msgId,
+            e.stamp ? { type: record.type, id: record.id, step: record.step, index: i } : undefined,
+          );
         }
         if (e.kind === 'journal') {
           return journal(
@@ -166,6 +188,7 @@ export function createEffectSink(
     },
     notify,
     journal,
+    message: (m) => message(m, m.msgId),
     reply(subject: string, encoding: BodyEncoding, body: unknown, errorCode?: string) {
       const h = headers();
       h.set(Header.ContentType, encoding === 'msgpack' ? MSGPACK : JSON_TYPE);

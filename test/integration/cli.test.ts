@@ -101,6 +101,12 @@ describe('jetflow dev (the quick start run command)', () => {
       const q = await fetch(`${http}/v1/workflows/order/${demo}`);
       expect(q.status).toBe(200);
       expect(await q.json()).toMatchObject({ status: 'completed', value: 'delivered' });
+      // The tree demo: seven nodes complete, one of them a link into the second tree.
+      expect(out).toMatch(
+        /activity tree import-\S+: completed with \{"nodes":7,"counts":\{"complete":7,"canceled":0\}\}/,
+      );
+      expect(out).toMatch(/auditRows \[n\d+\] complete \(non_blocking, link activityTree\/audit-/);
+      expect(out).toMatch(/activity tree audit-\S+: completed with \{"nodes":1,/);
       child.kill('SIGINT');
       expect(await exited).toBe(0);
       // The server is gone too.

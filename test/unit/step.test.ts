@@ -4,7 +4,11 @@ import { decide, type Decision } from '../../src/engine/step.js';
 import { createRegistry } from '../../src/engine/registry.js';
 import { createSubjects } from '../../src/contracts/subjects.js';
 import { pack, unpack } from '../../src/contracts/codec.js';
-import type { InboxMessage, WorkflowRecord } from '../../src/contracts/wire.js';
+import {
+  INBOUND_MEMORY,
+  type InboxMessage,
+  type WorkflowRecord,
+} from '../../src/contracts/wire.js';
 import { counter, versionedV1, versionedV2 } from '../fixtures/workflows.js';
 import { order } from '../../actors/order.js';
 
@@ -53,6 +57,54 @@ describe('decide (the pure step)', () => {
       kind: 'notify',
       notification: { type: 'started', input: { label: 'L' } },
     });
+  });
+
+  it('cross-workflow sends: the per-sender watermark drops repeats and keeps the 10,000 most recent senders', () => {
+    const send = (sender: string, step: number, index: number, n: number): InboxMessage => ({
+      kind: 'signal',
+      event: { type: 'SIG', n },
+      from: { type: 'counter', id: sender, step, index },
+    });
+    const { record, decisions } = run([
+      { kind: 'start', input: {} },
+      send('a', 3, 1, 1),
+      send('a', 3, 1, 2), // the same send again: a repeat
+      send('a', 2, 9, 3), // older than the watermark: a repeat
+      send('a', 3, 2, 4),
+      send('b', 1, 0, 5),
+    ]);
+    expect(decisions.map((d) => d.kind)).toEqual([
+      'write',
+      'write',
+      'ignore',
+      'ignore',
+      'write',
+      'write',
+    ]);
+    expect((record!.snapshot as { context: { seq: number[] } }).context.seq).toEqual([1, 4, 5]);
+    expect(record!.inbound).toEqual({ 'counter.a': [3, 2], 'counter.b': [1, 0] });
+    const full: WorkflowRecord = {
+      ...record!,
+      inbound: Object.fromEntries(
+        Array.from({ length: INBOUND_MEMORY }, (_, i) => [
+          `counter.s${i}`,
+          [1, 0] as [number, number],
+        ]),
+      ),
+    };
+    const d = decide({ registry, subjects }, full, {
+      type: 'counter',
+      id: 'x',
+      seq: 100,
+      shard: 0,
+      message: send('new', 1, 0, 6),
+      now: NOW,
+    });
+    if (d.kind !== 'write') throw new Error(d.kind);
+    const keys = Object.keys(d.record.inbound!);
+    expect(keys).toHaveLength(INBOUND_MEMORY);
+    expect(keys[0]).toBe('counter.s1'); // the least recently applied sender is forgotten
+    expect(keys.at(-1)).toBe('counter.new');
   });
 
   it('a signal advances step and lastSeq, and FINISH completes with output', () => {

@@ -12,6 +12,7 @@ import {
   isTerminal,
   keyOf,
   reduce,
+  rerunNode,
   type Command,
   type Mode,
   type Node,
@@ -46,7 +47,7 @@ const byName = (t: Tree, name: string) => Object.values(t.nodes).find((n) => n.n
 const status = (t: Tree) =>
   Object.fromEntries(Object.values(t.nodes).map((n) => [n.name, n.status]));
 const dispatched = (cs: Command[]) =>
-  cs.flatMap((c) => (c.kind === 'dispatch' ? [c.target.activity] : []));
+  cs.flatMap((c) => (c.kind === 'dispatch' && 'activity' in c.target ? [c.target.activity] : []));
 const done = (n: Node, decisions?: unknown, at = T0): TreeEvent => ({
   type: 'jetflow.task.done',
   key: keyOf(n),
@@ -220,6 +221,181 @@ describe('activity tree reducer: Backbeat cases', () => {
     });
   });
 
+  it('a link across two trees: L′ sends, the remote node S runs there, L′ completes with its output, L waits', () => {
+    const W1 = { type: 'activityTree', id: 'w1' };
+    const W2ref = { type: 'activityTree', id: 'w2' };
+    let { t: w1 } = run(tree(), [{ type: 'signal', name: 'L', $at: T0 }]);
+    const r1 = run(w1, [
+      done(byName(w1, 'L'), [{ name: 'remote', linkTo: W2ref, queue: 'bank', input: { a: 1 } }]),
+    ]);
+    w1 = r1.t;
+    expect(status(w1)).toEqual({ L: 'awaitingChildren', remote: 'running' });
+    expect(byName(w1, 'remote')).toMatchObject({ kind: 'link', link: { ...W2ref, nodeId: null } });
+    const link = r1.commands.find((c) => c.kind === 'send')!;
+    if (link.kind !== 'send') throw new Error('no send');
+    expect(link.to).toEqual(W2ref);
+    expect(link.event).toMatchObject({ type: 'jetflow.tree.link', nodeId: 'n2', run: 1 });
+    expect(dispatched(r1.commands)).toEqual([]); // a link node is no task here
+    // W2 creates S as a top-level node, runs it, and accepts.
+    let w2 = tree();
+    const r2 = reduce(w2, { ...(link.event as TreeEvent), $from: W1, $at: T0 + 1 });
+    w2 = r2.tree;
+    const S = w2.nodes.n1!;
+    expect(S).toMatchObject({
+      name: 'remote',
+      queue: 'bank',
+      input: { a: 1 },
+      status: 'running',
+      linkedFrom: { ...W1, nodeId: 'n2', run: 1 },
+    });
+    const accepted = r2.commands.find((c) => c.kind === 'send')!;
+    if (accepted.kind !== 'send') throw new Error('no send');
+    expect(accepted).toMatchObject({
+      to: W1,
+      event: {
+        type: 'jetflow.tree.linkAccepted',
+        nodeId: 'n2',
+        remoteNodeId: 'n1',
+        status: 'running',
+      },
+    });
+    w1 = reduce(w1, { ...(accepted.event as TreeEvent), $from: W2ref, $at: T0 + 2 }).tree;
+    expect(byName(w1, 'remote').link).toEqual({ ...W2ref, nodeId: 'n1', status: 'running' });
+    expect(status(w1)).toEqual({ L: 'awaitingChildren', remote: 'running' }); // L waits for S
+    // S parked in W2: L′ stays running, its link shows errored (the alert is W2's).
+    const parked = reduce(w1, {
+      type: 'jetflow.tree.linkStatus',
+      nodeId: 'n2',
+      run: 1,
+      status: 'errored',
+      $from: W2ref,
+      $at: T0 + 2,
+    });
+    expect(byName(parked.tree, 'remote')).toMatchObject({
+      status: 'running',
+      link: { nodeId: 'n1', status: 'errored' },
+    });
+    expect(parked.commands.filter((c) => c.kind === 'emit')).toEqual([]);
+    // S completes in W2: reported; L′ completes with S's output, and L with it.
+    const r3 = reduce(w2, {
+      type: 'jetflow.task.done',
+      key: keyOf(S),
+      output: 'paid',
+      $at: T0 + 3,
+    });
+    const report = r3.commands.find((c) => c.kind === 'send')!;
+    if (report.kind !== 'send') throw new Error('no report');
+    expect(report.event).toMatchObject({
+      type: 'jetflow.tree.linkStatus',
+      status: 'complete',
+      output: 'paid',
+    });
+    w1 = reduce(w1, { ...(report.event as TreeEvent), $from: W2ref, $at: T0 + 4 }).tree;
+    expect(status(w1)).toEqual({ L: 'complete', remote: 'complete' });
+    expect(byName(w1, 'remote').output).toBe('paid');
+  });
+
+  it('a refused link parks L′ with LinkRejected and an alert; a remote cancel cancels L′; canceling L′ unlinks', () => {
+    const W2ref = { type: 'activityTree', id: 'w2' };
+    const { t } = run(tree(), [{ type: 'signal', name: 'L', $at: T0 }]);
+    const w1 = run(t, [
+      done(byName(t, 'L'), [
+        { name: 'a', linkTo: W2ref, mode: 'non_blocking' },
+        { name: 'b', linkTo: W2ref, mode: 'non_blocking' },
+      ]),
+    ]).t;
+    const refused = reduce(w1, {
+      type: 'jetflow.send.failed',
+      to: W2ref,
+      event: { type: 'jetflow.tree.link', nodeId: 'n2', run: 1 },
+      error: { code: 'not_found', message: 'no such workflow' },
+      $at: T0 + 1,
+    });
+    expect(refused.tree.nodes.n2).toMatchObject({
+      status: 'errored',
+      error: { type: 'LinkRejected', code: 'not_found' },
+    });
+    expect(refused.commands.some((c) => c.kind === 'emit' && c.event.type === 'nodeErrored')).toBe(
+      true,
+    );
+    const canceled = reduce(w1, {
+      type: 'jetflow.tree.linkStatus',
+      nodeId: 'n3',
+      run: 1,
+      status: 'canceled',
+      $at: T0 + 1,
+    });
+    expect(canceled.tree.nodes.n3).toMatchObject({ status: 'canceled', canceledBy: 'link' });
+    expect(canceled.commands.filter((c) => c.kind === 'send')).toEqual([]);
+    // An ancestor's cancel (L shut down by onExhausted) unlinks the running link nodes.
+    const w2 = tree();
+    const made = reduce(w2, {
+      type: 'jetflow.tree.link',
+      nodeId: 'n2',
+      run: 1,
+      spec: { name: 'a' },
+      $from: { type: 'activityTree', id: 'w1' },
+      $at: T0,
+    }).tree;
+    const unlinked = reduce(made, {
+      type: 'jetflow.tree.unlink',
+      nodeId: 'n2',
+      run: 1,
+      $from: { type: 'activityTree', id: 'w1' },
+      $at: T0 + 1,
+    });
+    expect(unlinked.tree.nodes.n1).toMatchObject({ status: 'canceled', canceledBy: 'link' });
+    expect(unlinked.commands).toContainEqual({ kind: 'cancelTask', key: 'n1:1' });
+  });
+
+  it('a workflow node starts a child, completes with its output, parks on ChildFailed; a new run is <id>-r<run>', () => {
+    const { t } = run(tree(), [{ type: 'signal', name: 'P', $at: T0 }]);
+    const r = run(t, [
+      done(byName(t, 'P'), [
+        {
+          name: 'kid',
+          workflow: { type: 'order', id: 'o-1', input: { total: 1 } },
+          onExhausted: 'skip',
+        },
+        { name: 'watch', workflow: { type: 'order', id: 'o-0', attach: true } },
+      ]),
+    ]);
+    expect(
+      r.commands.filter((c) => c.kind === 'dispatch').map((c) => c.kind === 'dispatch' && c.target),
+    ).toMatchObject([{ workflow: { type: 'order', id: 'o-1', input: { total: 1 } } }]);
+    const kid = byName(r.t, 'kid');
+    const failed = reduce(r.t, {
+      type: 'jetflow.task.failed',
+      key: keyOf(kid),
+      error: { type: 'ChildFailed', code: 'internal', message: 'child failed' },
+      attempt: 1,
+      $at: T0 + 1,
+    });
+    // Parked whatever its onExhausted: an operator decides.
+    expect(failed.tree.nodes[kid.id]).toMatchObject({
+      status: 'errored',
+      error: { type: 'ChildFailed' },
+      workflow: { type: 'order', id: 'o-1', attach: false, status: 'failed' },
+    });
+    // The retry verb's seam: run 2 starts a new child `o-1-r2`.
+    const again = rerunNode(failed.tree, kid.id, T0 + 2);
+    expect(again.tree.nodes[kid.id]).toMatchObject({ status: 'running', run: 2 });
+    const start = again.commands.find((c) => c.kind === 'dispatch');
+    expect(start?.kind === 'dispatch' && start.key).toBe(`${kid.id}:2`);
+    expect(start?.kind === 'dispatch' && start.target).toMatchObject({
+      workflow: { type: 'order', id: 'o-1-r2', input: { total: 1 } },
+    });
+    const ok = reduce(r.t, { type: 'jetflow.task.done', key: keyOf(kid), output: 7, $at: T0 + 1 });
+    expect(ok.tree.nodes[kid.id]).toMatchObject({ status: 'complete', output: 7 });
+    const bad = reduce(t, {
+      ...done(byName(t, 'P'), [{ name: 'x', kind: 'flag', linkTo: { type: 'a', id: 'b' } }]),
+    });
+    expect(bad.tree.nodes.n1).toMatchObject({
+      status: 'errored',
+      error: { type: 'InvalidDecision', details: { field: 'kind' } },
+    });
+  });
+
   it('signal keys are idempotent; bad signals and full trees are rejected', () => {
     let { t } = run(tree({ maxNodes: 2 }), [{ type: 'signal', name: 'a', key: 'k', $at: T0 }]);
     expect(reduce(t, { type: 'signal', name: 'other', key: 'k', $at: T0 }).reply).toEqual({
@@ -371,55 +547,89 @@ const MODES: Mode[] = ['blocking', 'non_blocking', 'fire_and_forget'];
 /** One step of a random scenario; indices pick among the nodes that can take it. */
 type Op =
   | { op: 'signal'; lane: 0 | 1; delay: boolean }
-  | { op: 'done'; pick: number; kids: { mode: number; flag: boolean; delay: boolean }[] }
+  | {
+      op: 'done';
+      pick: number;
+      /** Whether a running link node may be picked (its remote node completes). */
+      links: boolean;
+      kids: { mode: number; flag: boolean; delay: boolean; remote: number }[];
+    }
   | { op: 'fail'; pick: number; how: number }
+  /** A link node's remote traffic: accepted, remote errored, remote canceled, send failed. */
+  | { op: 'link'; pick: number; how: number }
   | { op: 'notice'; pick: number }
   | { op: 'fire'; pick: number }
-  | { op: 'verb'; verb: number; pick: number; attempts: boolean; kids: number }
+  /** An operator's verb on any node (`among` 0), on a link (1, 3) or workflow (2, 4) node. */
+  | { op: 'verb'; verb: number; pick: number; attempts: boolean; kids: number; among: number }
   | { op: 'dispatch'; pause: boolean };
 
-const opArb: fc.Arbitrary<Op> = fc.oneof(
-  {
-    weight: 2,
-    arbitrary: fc.record({
-      op: fc.constant('signal' as const),
-      lane: fc.constantFrom(0 as const, 1 as const),
-      delay: fc.boolean(),
-    }),
-  },
-  {
-    weight: 6,
-    arbitrary: fc.record({
-      op: fc.constant('done' as const),
-      pick: fc.nat(),
-      kids: fc.array(fc.record({ mode: fc.nat(2), flag: fc.boolean(), delay: fc.boolean() }), {
-        maxLength: 4,
+/**
+ * Random scenario steps. `remote`: every decided child that is not a flag is a link or workflow
+ * node, and every verb picks among link or workflow nodes (E8 × E9: they are rare otherwise).
+ */
+const opsOf = (remote: boolean): fc.Arbitrary<Op> =>
+  fc.oneof(
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        op: fc.constant('signal' as const),
+        lane: fc.constantFrom(0 as const, 1 as const),
+        delay: fc.boolean(),
       }),
-    }),
-  },
-  {
-    weight: 1,
-    arbitrary: fc.record({ op: fc.constant('fail' as const), pick: fc.nat(), how: fc.nat(3) }),
-  },
-  { weight: 1, arbitrary: fc.record({ op: fc.constant('notice' as const), pick: fc.nat() }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('fire' as const), pick: fc.nat() }) },
-  {
-    weight: 2,
-    arbitrary: fc.record({
-      op: fc.constant('verb' as const),
-      verb: fc.nat(4),
-      pick: fc.nat(),
-      attempts: fc.boolean(),
-      kids: fc.nat(2),
-    }),
-  },
-  {
-    weight: 1,
-    arbitrary: fc
-      .record({ op: fc.constant('dispatch' as const), pick: fc.constant(0), pause: fc.boolean() })
-      .map(({ pause }) => ({ op: 'dispatch' as const, pause })),
-  },
-);
+    },
+    {
+      weight: 6,
+      arbitrary: fc.record({
+        op: fc.constant('done' as const),
+        pick: fc.nat(),
+        // With `remote`, links are mostly left running for the link ops and the verbs.
+        links: remote ? fc.nat(4).map((x) => x === 0) : fc.constant(true),
+        kids: fc.array(
+          fc.record({
+            mode: fc.nat(2),
+            flag: fc.boolean(),
+            delay: fc.boolean(),
+            remote: remote ? fc.integer({ min: 1, max: 3 }) : fc.nat(3),
+          }),
+          { maxLength: 4 },
+        ),
+      }),
+    },
+    {
+      weight: remote ? 3 : 1,
+      arbitrary: fc.record({ op: fc.constant('fail' as const), pick: fc.nat(), how: fc.nat(3) }),
+    },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('notice' as const), pick: fc.nat() }) },
+    {
+      weight: remote ? 3 : 2,
+      arbitrary: fc.record({
+        op: fc.constant('link' as const),
+        pick: fc.nat(),
+        // With `remote`, refused links (send failed) are as likely as the other three together.
+        how: remote ? fc.constantFrom(0, 1, 2, 3, 3, 3) : fc.nat(3),
+      }),
+    },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant('fire' as const), pick: fc.nat() }) },
+    {
+      weight: remote ? 4 : 2,
+      arbitrary: fc.record({
+        op: fc.constant('verb' as const),
+        // With `remote`, retry and cancel (the verbs E8 changes) twice as often as the others.
+        verb: remote ? fc.constantFrom(0, 0, 1, 2, 3, 3, 4) : fc.nat(4),
+        pick: fc.nat(),
+        attempts: fc.boolean(),
+        kids: fc.nat(2),
+        among: remote ? fc.integer({ min: 1, max: 4 }) : fc.nat(2),
+      }),
+    },
+    {
+      weight: 1,
+      arbitrary: fc
+        .record({ op: fc.constant('dispatch' as const), pick: fc.constant(0), pause: fc.boolean() })
+        .map(({ pause }) => ({ op: 'dispatch' as const, pause })),
+    },
+  );
+const opArb = opsOf(false);
 const VERBS: NodeVerb[] = ['retry', 'resolve', 'shutdown', 'cancel', 'prune'];
 
 const EXHAUST = ['park', 'skip', 'shutdown', 'fail'];
@@ -451,22 +661,59 @@ function eventOf(t: Tree, o: Op, now: number): TreeEvent | undefined {
       };
     case 'done': {
       const n = pick(
-        nodes.filter((x) => x.status === 'running' || x.status === 'retrying'),
+        nodes.filter(
+          (x) =>
+            (x.status === 'running' || x.status === 'retrying') && (o.links || x.kind !== 'link'),
+        ),
         o.pick,
       );
       if (!n) return undefined;
+      if (n.kind === 'link') return linkStatus(n, 'complete', now); // a link completes with its remote node
       const decisions = o.kids.map((k, i) => ({
         name: `${n.id}.${i}`,
         mode: MODES[k.mode],
         ...(k.flag ? { kind: 'flag' } : {}),
+        ...(!k.flag && k.remote === 1 ? { linkTo: { type: 'activityTree', id: 'w2' } } : {}),
+        ...(!k.flag && k.remote === 2 ? { workflow: { type: 'order', id: `o-${n.id}-${i}` } } : {}),
+        ...(!k.flag && k.remote === 3
+          ? { workflow: { type: 'order', id: `o-${n.id}-${i}`, attach: true } }
+          : {}),
         ...(k.delay && !k.flag ? { delayMs: 500 } : {}),
         onExhausted: EXHAUST[(i + k.mode) % 4],
       }));
       return { type: 'jetflow.task.done', key: keyOf(n), output: n.id, decisions, $at: now };
     }
+    case 'link': {
+      const n = pick(
+        nodes.filter((x) => x.kind === 'link' && x.status === 'running'),
+        o.pick,
+      );
+      if (!n) return undefined;
+      if (o.how === 0)
+        return {
+          type: 'jetflow.tree.linkAccepted',
+          nodeId: n.id,
+          run: n.run,
+          remoteNodeId: `n${n.seq}`,
+          status: 'running',
+          $from: W2,
+          $at: now,
+        };
+      if (o.how === 1) return linkStatus(n, 'errored', now);
+      if (o.how === 2) return linkStatus(n, 'canceled', now);
+      return {
+        type: 'jetflow.send.failed',
+        to: W2,
+        event: { type: 'jetflow.tree.link', nodeId: n.id, run: n.run },
+        error: { code: 'not_found', message: 'no such workflow' },
+        $at: now,
+      };
+    }
     case 'fail': {
       const n = pick(
-        nodes.filter((x) => x.status === 'running' || x.status === 'retrying'),
+        nodes.filter(
+          (x) => (x.status === 'running' || x.status === 'retrying') && x.kind !== 'link',
+        ),
         o.pick,
       );
       return (
@@ -481,7 +728,9 @@ function eventOf(t: Tree, o: Op, now: number): TreeEvent | undefined {
     }
     case 'notice': {
       const n = pick(
-        nodes.filter((x) => x.status === 'running' || x.status === 'retrying'),
+        nodes.filter(
+          (x) => (x.status === 'running' || x.status === 'retrying') && x.kind === 'activity',
+        ),
         o.pick,
       );
       return (
@@ -497,7 +746,12 @@ function eventOf(t: Tree, o: Op, now: number): TreeEvent | undefined {
     }
     case 'verb': {
       // Any node, whatever its status: the verb's table decides (a refusal is checked too).
-      const n = pick(nodes, o.pick);
+      // Link and workflow nodes are picked on purpose too: they are few among the activities.
+      // (3, 4: a parked one of them first, when there is one.)
+      const kind = (['link', 'workflow', 'link', 'workflow'] as const)[o.among - 1];
+      const among = kind ? nodes.filter((x) => x.kind === kind) : [];
+      const parked = o.among > 2 ? among.filter((x) => x.status === 'errored') : [];
+      const n = pick(parked.length ? parked : among.length ? among : nodes, o.pick);
       const verb = VERBS[o.verb]!;
       return (
         n && {
@@ -542,6 +796,19 @@ function eventOf(t: Tree, o: Op, now: number): TreeEvent | undefined {
   }
 }
 
+const W2 = { type: 'activityTree', id: 'w2' };
+function linkStatus(n: Node, status: NodeStatus, now: number): TreeEvent {
+  return {
+    type: 'jetflow.tree.linkStatus',
+    nodeId: n.id,
+    run: n.run,
+    status,
+    ...(status === 'complete' ? { output: `remote of ${n.id}` } : {}),
+    $from: W2,
+    $at: now,
+  };
+}
+
 /** Earlier siblings that must be done before `n` may leave `ready` (lane predecessors for roots). */
 function holders(t: Tree, n: Node): Node[] {
   const ids =
@@ -557,10 +824,55 @@ function holders(t: Tree, n: Node): Node[] {
 function checkStep(
   before: Tree,
   after: Tree,
-  changes: NodeChange[],
+  commands: Command[],
   ev: TreeEvent,
   completedEver: Set<string>,
 ): void {
+  const changes = changesOf(commands);
+  // Links and child workflows: a node that starts running sends its link, or starts its child
+  // (run r: `<id>-r<r>`); a link node canceled from here (not by its remote node) unlinks.
+  for (const c of changes) {
+    const n = after.nodes[c.nodeId]!;
+    if (c.to === 'running' && n.kind === 'link') {
+      const sends = commands.filter(
+        (x) =>
+          x.kind === 'send' &&
+          x.event.type === 'jetflow.tree.link' &&
+          x.event.nodeId === n.id &&
+          x.event.run === n.run,
+      );
+      expect(sends, `${n.id} link sent once`).toHaveLength(1);
+      expect(n.link!.nodeId).toBeNull();
+    }
+    if (c.to === 'running' && n.kind === 'workflow') {
+      const w = n.workflow!;
+      const starts = commands.filter((x) => x.kind === 'dispatch' && x.key === keyOf(n));
+      expect(starts, `${n.id} child started (or watched) once`).toHaveLength(1);
+      const id = w.attach || n.run === 1 ? w.id : `${w.id}-r${n.run}`;
+      expect(starts[0]).toMatchObject({
+        target: w.attach ? { watch: { type: w.type, id } } : { workflow: { type: w.type, id } },
+      });
+    }
+    if (c.to === 'canceled' && n.kind === 'link' && c.from === 'running') {
+      const unlinks = commands.filter(
+        (x) =>
+          x.kind === 'send' && x.event.type === 'jetflow.tree.unlink' && x.event.nodeId === n.id,
+      );
+      expect(unlinks, `${n.id} unlinked`).toHaveLength(n.canceledBy === 'link' ? 0 : 1);
+    }
+    // A task carries the retry policy and timeouts, never the tree's onExhausted / realertMs
+    // (the engine refuses an activity onExhausted other than fail / review).
+    for (const x of commands)
+      if (x.kind === 'dispatch' && 'activity' in x.target) {
+        expect(x.target.options).not.toHaveProperty('onExhausted');
+        expect(x.target.options).not.toHaveProperty('realertMs');
+      }
+    if (n.kind === 'link' || n.kind === 'workflow')
+      expect(
+        commands.some((x) => x.kind === 'dispatch' && x.key === keyOf(n) && 'activity' in x.target),
+        `${n.id} (${n.kind}) dispatched as an activity`,
+      ).toBe(false);
+  }
   const st = new Map<string, NodeStatus>(Object.values(before.nodes).map((n) => [n.id, n.status]));
   for (const c of changes) {
     const prev = st.get(c.nodeId) ?? null;
@@ -653,12 +965,42 @@ function checkVerb(before: Tree, ev: TreeEvent, r: ReturnType<typeof reduce>): v
   const after = r.tree.nodes[n.id]!;
   for (const c of changes) expect(r.tree.nodes[c.nodeId]!.history.at(-1)?.by).toBeDefined();
   switch (verb) {
-    case 'retry':
+    case 'retry': {
       expect(after.run).toBe(n.run + 1);
       expect(after.status).toBe(before.dispatchPaused ? 'paused' : 'running');
       if (n.status === 'retrying')
         expect(r.commands).toContainEqual({ kind: 'cancelTask', key: keyOf(n) });
+      // Run r+1 by kind (E8): a link is sent again, a workflow node starts `<id>-r<run>` (or
+      // awaits the same workflow when attached); nothing when dispatch is paused.
+      const sent = r.commands.filter((c) => c.kind === 'send');
+      const started = r.commands.filter((c) => c.kind === 'dispatch');
+      if (before.dispatchPaused) {
+        expect(sent).toEqual([]);
+        expect(started).toEqual([]);
+      } else if (n.kind === 'link') {
+        expect(sent).toHaveLength(1);
+        expect(sent[0]).toMatchObject({
+          to: { type: n.link!.type, id: n.link!.id },
+          event: { type: 'jetflow.tree.link', nodeId: n.id, run: n.run + 1 },
+        });
+        expect(after.link!.nodeId).toBeNull();
+        expect(started).toEqual([]);
+        verbsOn.add(`retry:link`);
+      } else if (n.kind === 'workflow') {
+        const w = n.workflow!;
+        expect(started).toHaveLength(1);
+        expect(started[0]).toMatchObject(
+          w.attach
+            ? { key: `${n.id}:${n.run + 1}`, target: { watch: { type: w.type, id: w.id } } }
+            : {
+                key: `${n.id}:${n.run + 1}`,
+                target: { workflow: { type: w.type, id: `${w.id}-r${n.run + 1}` } },
+              },
+        );
+        verbsOn.add(`retry:workflow${w.attach ? ':attach' : ''}`);
+      }
       break;
+    }
     case 'resolve':
       expect(after.outcome).toBe('resolved');
       expect(['awaitingChildren', 'complete']).toContain(after.status);
@@ -681,6 +1023,20 @@ function checkVerb(before: Tree, ev: TreeEvent, r: ReturnType<typeof reduce>): v
     case 'cancel':
       expect(after).toMatchObject({ status: 'canceled', canceledBy: 'operator' });
       expect(openBelow(r.tree, n.id)).toBe(false);
+      // A running link node unlinks (its remote node is canceled); a running workflow node
+      // cancels its child (the task entry: parentClose cancel); a refused link sends nothing.
+      if (n.kind === 'link') {
+        const unlinks = r.commands.filter(
+          (c) =>
+            c.kind === 'send' && c.event.type === 'jetflow.tree.unlink' && c.event.nodeId === n.id,
+        );
+        expect(unlinks).toHaveLength(n.status === 'running' ? 1 : 0);
+        if (n.status === 'running') verbsOn.add('cancel:link');
+      }
+      if (n.kind === 'workflow' && n.status === 'running') {
+        expect(r.commands).toContainEqual({ kind: 'cancelTask', key: keyOf(n) });
+        verbsOn.add('cancel:workflow');
+      }
       break;
     case 'prune': {
       expect(openBelow(r.tree, n.id)).toBe(false);
@@ -692,6 +1048,9 @@ function checkVerb(before: Tree, ev: TreeEvent, r: ReturnType<typeof reduce>): v
   for (const c of r.commands)
     if (c.kind === 'dispatch') expect(r.tree.nodes[c.target.node.id]!.status).toBe('running');
 }
+
+/** Which verb × node-kind cases the random scenarios reached (asserted after the property run). */
+const verbsOn = new Set<string>();
 
 /** True when some descendant of `id` (fire-and-forget ones included) is not done. */
 function openBelow(t: Tree, id: string): boolean {
@@ -706,13 +1065,17 @@ function simulate(ops: Op[], failures: boolean) {
     const r = reduce(t, ev);
     if (ev.type.startsWith('jetflow.admin.')) checkVerb(t, ev, r);
     if (r.reject) return;
-    checkStep(t, r.tree, changesOf(r.commands), ev, completed);
+    checkStep(t, r.tree, r.commands, ev, completed);
     t = r.tree;
   };
   for (const o of ops) {
     if (
       !failures &&
-      (o.op === 'fail' || o.op === 'notice' || o.op === 'verb' || o.op === 'dispatch')
+      (o.op === 'fail' ||
+        o.op === 'notice' ||
+        o.op === 'verb' ||
+        o.op === 'dispatch' ||
+        (o.op === 'link' && o.how > 0))
     )
       continue;
     now += 100;
@@ -738,6 +1101,27 @@ describe('activity tree reducer: properties', () => {
     );
   });
 
+  it('the same properties with every decided child a link or workflow node and every verb on one: retry re-sends a link, starts <id>-r<run> (or watches the attached workflow again); cancel unlinks or cancels the child', () => {
+    verbsOn.clear();
+    fc.assert(
+      fc.property(fc.array(opsOf(true), { minLength: 40, maxLength: 80 }), (ops) => {
+        simulate(ops, true);
+      }),
+      // 1,000 runs: each case below is then reached with near certainty (about 1 in 20 of
+      // 300-run batches missed one of them).
+      { numRuns: 1000 },
+    );
+    // The random verbs did reach these cases (else the checks in checkVerb proved nothing).
+    for (const c of [
+      'retry:link',
+      'retry:workflow',
+      'retry:workflow:attach',
+      'cancel:link',
+      'cancel:workflow',
+    ])
+      expect(verbsOn, c).toContain(c);
+  });
+
   it('property 5: when every task succeeds, every node ends complete', () => {
     fc.assert(
       fc.property(fc.array(opArb, { maxLength: 60 }), (ops) => {
@@ -751,14 +1135,16 @@ describe('activity tree reducer: properties', () => {
           if (!n) break;
           const now = sim.now();
           sim.apply(
-            n.status === 'running'
-              ? { type: 'jetflow.task.done', key: keyOf(n), output: null, $at: now }
-              : {
-                  type: 'jetflow.tree.fire',
-                  nodeId: n.id,
-                  run: n.run,
-                  $at: Math.max(now, n.fireAt ?? now),
-                },
+            n.status === 'running' && n.kind === 'link'
+              ? linkStatus(n, 'complete', now)
+              : n.status === 'running'
+                ? { type: 'jetflow.task.done', key: keyOf(n), output: null, $at: now }
+                : {
+                    type: 'jetflow.tree.fire',
+                    nodeId: n.id,
+                    run: n.run,
+                    $at: Math.max(now, n.fireAt ?? now),
+                  },
           );
         }
         for (const n of Object.values(sim.t.nodes)) expect(n.status, n.id).toBe('complete');
