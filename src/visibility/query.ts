@@ -132,6 +132,14 @@ export function attributeText(v: AttributeValue): string {
 }
 
 /** 32-bit FNV-1a of a string, as 8 hex digits. */
+/** A page size: an integer from 1 to `max`, else `bad_request` naming the field and the max. */
+function parseLimit(limit: unknown, max: number): number {
+  if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > max) {
+    throw bad(`limit must be an integer from 1 to ${max}`, { field: 'limit', max });
+  }
+  return limit;
+}
+
 function fnv(s: string): string {
   let h = 0x811c9dc5;
   for (let i = 0; i < s.length; i++) {
@@ -269,20 +277,7 @@ export function parseSearch(body: unknown): SearchQuery {
     if (b.order !== 'asc' && b.order !== 'desc') throw bad('order must be asc or desc');
     q.order = b.order;
   }
-  if (b.limit !== undefined) {
-    if (
-      typeof b.limit !== 'number' ||
-      !Number.isInteger(b.limit) ||
-      b.limit < 1 ||
-      b.limit > SEARCH_MAX_LIMIT
-    ) {
-      throw bad(`limit must be an integer from 1 to ${SEARCH_MAX_LIMIT}`, {
-        field: 'limit',
-        max: SEARCH_MAX_LIMIT,
-      });
-    }
-    q.limit = b.limit;
-  }
+  if (b.limit !== undefined) q.limit = parseLimit(b.limit, SEARCH_MAX_LIMIT);
   // Everything but the limit: a cursor may be used with another page size.
   q.fingerprint = fnv(
     JSON.stringify([
@@ -483,20 +478,7 @@ export function parseNodeSearch(body: unknown): NodeSearchQuery {
       })
       .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
   }
-  if (b.limit !== undefined) {
-    if (
-      typeof b.limit !== 'number' ||
-      !Number.isInteger(b.limit) ||
-      b.limit < 1 ||
-      b.limit > NODE_SEARCH_MAX_LIMIT
-    ) {
-      throw bad(`limit must be an integer from 1 to ${NODE_SEARCH_MAX_LIMIT}`, {
-        field: 'limit',
-        max: NODE_SEARCH_MAX_LIMIT,
-      });
-    }
-    q.limit = b.limit;
-  }
+  if (b.limit !== undefined) q.limit = parseLimit(b.limit, NODE_SEARCH_MAX_LIMIT);
   q.fingerprint = fnv(
     JSON.stringify([
       q.type,
