@@ -47,8 +47,10 @@ export {
   type SignalReply,
   type StartReply,
   type StartRequest,
+  type WaitingTask,
   type WorkflowStatus,
 } from './contracts/wire.js';
+export { WHY_STAGES, type WhyReply, type WhyStage, type WhyWait } from './engine/why.js';
 export type {
   AttributeValue,
   SearchCountsReply,

@@ -24,6 +24,7 @@ import {
   cancelVerb,
   keysVerb,
   queryVerb,
+  whyVerb,
   historyVerb,
   resultVerb,
   signalVerb,
@@ -584,6 +585,12 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
   serviceFlags(program.command('query <type> <id>'))
     .description("a workflow's status, state, context and the events it accepts now")
     .action(service((type: string, id: string, o: ServiceOptions) => queryVerb(type, id, o, io)));
+
+  serviceFlags(program.command('why <type> <id>'))
+    .description(
+      'why a workflow has not moved on: the stage that holds it (pause, concurrency key, review, dispatch, backoff, attempt, child, timer, event) and all it awaits',
+    )
+    .action(service((type: string, id: string, o: ServiceOptions) => whyVerb(type, id, o, io)));
 
   serviceFlags(program.command('history <type> <id>'))
     .description("a workflow's journal: step, time, event, from -> to, effects, errors")

@@ -164,6 +164,28 @@ export async function queryVerb(
   return ExitCode.Ok;
 }
 
+/**
+ * `jetflow why <type> <id>`: the stage that holds the workflow and everything it awaits, one line
+ * each (`--json`: the `WhyReply`). Read-only.
+ */
+export async function whyVerb(
+  type: string,
+  id: string,
+  o: ServiceOptions,
+  io: Io,
+): Promise<number> {
+  const w = await withClient(o, io, (c) => c.why(type, id));
+  if (o.json) {
+    json(io, w);
+    return ExitCode.Ok;
+  }
+  const status = io.out.paint(STATUS_STYLE[w.status], w.status);
+  io.out.line(`${ref(type, id)}  ${status}  step ${w.step}`);
+  io.out.line(w.stage === null ? w.summary : `held by ${io.out.paint('cyan', w.stage)}`);
+  for (const x of w.waits) io.out.line(`  ${x.stage.padEnd(15)}  ${x.what}`);
+  return ExitCode.Ok;
+}
+
 /** `jetflow history <type> <id>`: the journal as a timeline (every page), or JSON. */
 export async function historyVerb(
   type: string,

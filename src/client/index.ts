@@ -18,6 +18,8 @@ import { jetstream, DeliverPolicy } from '@nats-io/jetstream';
 import { Schedules } from '../nats/schedules.js';
 import { listKeyRecords, openKeysBucket } from '../nats/keys.js';
 import { keyTokenOf } from '../engine/admission.js';
+import { explainWhy, type WhyReply } from '../engine/why.js';
+import { observeWhy } from '../nats/why.js';
 import type { KeyRecord } from '../contracts/wire.js';
 import { connectNats } from '../nats/connection.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
@@ -402,6 +404,18 @@ export class Client implements AsyncDisposable {
     const e = await kv.get(`${type}.${keyTokenOf(key)}`);
     if (!e || e.operation !== 'PUT' || e.value.length === 0) return [];
     return [unpack(e.value) as KeyRecord];
+  }
+
+  /**
+   * Why has `type/id` not moved on? The stage that holds it (an operator's pause, its
+   * concurrency key, an activity parked for review, a task no worker has taken, a retry's
+   * backoff, a running attempt, a child workflow, a timer, an event from outside) and every
+   * other thing it awaits, from its record and what the server knows of its tasks. Read-only:
+   * it changes nothing. Rejects with `not_found` for an unknown workflow.
+   */
+  async why(type: string, id: string): Promise<WhyReply> {
+    const q = await this.query(type, id);
+    return explainWhy(await observeWhy(this.nc, this.names, q));
   }
 
   /** End the workflow as `canceled` (also while paused: held messages are dropped). */

@@ -110,6 +110,30 @@ export interface QueryReply {
     attempts: number;
     at: string;
   }[];
+  /**
+   * What the running workflow awaits now, from its record: its pending activities, child
+   * workflows and watches (one per invoking actor), and its timers with their due times. Absent
+   * once finished. `jetflow why` adds what the server knows of each (queued, running, backoff).
+   */
+  waiting?: {
+    tasks: WaitingTask[];
+    timers: { id: string; dueAt: string | null }[];
+  };
+}
+
+/** One pending activity, child workflow or watch of a running workflow (see `QueryReply`). */
+export interface WaitingTask {
+  actorId: string;
+  kind: 'activity' | 'workflow' | 'watch';
+  taskId: string;
+  /** Activities: the activity name, its queue and the task's subject token. */
+  activity?: string;
+  queue?: string;
+  taskKey?: string;
+  /** Child workflows and watches: the awaited workflow. */
+  target?: WorkflowRef;
+  /** Parked for manual review (`onExhausted: 'review'`). */
+  parked?: boolean;
 }
 
 /** Every error reply: `{ "error": { type, code, message, retryable, details? } }`. */

@@ -6,7 +6,7 @@ import type { Registry } from './registry.js';
 import * as m from './machine.js';
 import { decodeRequestBody, type BodyEncoding } from '../contracts/codec.js';
 import { isToken } from '../contracts/subjects.js';
-import type { InboxMessage, QueryReply, WorkflowRecord } from '../contracts/wire.js';
+import type { InboxMessage, QueryReply, WaitingTask, WorkflowRecord } from '../contracts/wire.js';
 import { BadRequestError, ErrorCode } from '../errors.js';
 
 export type PublicVerb = 'start' | 'signal' | 'cancel';
@@ -174,5 +174,27 @@ export function queryReply(
       : [],
   );
   if (review.length > 0) reply.needsReview = review;
+  if (r.status === 'running') reply.waiting = waitingOf(r);
   return reply;
+}
+
+/** The record's pending tasks and timers, for `QueryReply.waiting`. */
+function waitingOf(r: WorkflowRecord): NonNullable<QueryReply['waiting']> {
+  const tasks: WaitingTask[] = Object.entries(r.tasks).map(([actorId, t]) => {
+    const kind = t.kind ?? 'activity';
+    const w: WaitingTask = { actorId, kind, taskId: t.taskId };
+    if (kind === 'activity') {
+      w.activity = t.activity;
+      w.queue = t.queue;
+      w.taskKey = t.taskKey;
+    }
+    if (t.target) w.target = { type: t.target.type, id: t.target.id };
+    if (t.parked) w.parked = true;
+    return w;
+  });
+  const timers = Object.keys(r.timers).map((id) => {
+    const due = r.timerDue?.[id];
+    return { id, dueAt: due === undefined ? null : new Date(due).toISOString() };
+  });
+  return { tasks, timers };
 }
