@@ -66,6 +66,11 @@ export interface SignalReply {
   status: WorkflowStatus;
   value: unknown;
   duplicate?: boolean;
+  /**
+   * The signal was debounced: kept in window `key` (with `count` signals so far), applied at
+   * `applyAt` (ISO) unless another one moves the window on.
+   */
+  debounced?: { key: string; count: number; applyAt: string };
   /** The step's reply value (`jetflow.reply`), e.g. `{nodeId, duplicate}` for a tree signal. */
   result?: unknown;
 }
@@ -118,6 +123,8 @@ export interface QueryReply {
   waiting?: {
     tasks: WaitingTask[];
     timers: { id: string; dueAt: string | null }[];
+    /** Open debounce windows: signals kept, applied when the window's timer fires. */
+    debounced?: { key: string; count: number; since: string }[];
   };
 }
 
@@ -246,6 +253,8 @@ export type Effect =
       operator?: JournalOperator;
       /** The message was held (the workflow is paused), not applied. */
       held?: true;
+      /** A debounced signal: kept in its window, not applied (see `WorkflowRecord.debounced`). */
+      debounced?: JournalDebounce;
       /** A held message applied (or dropped) after a resume. */
       released?: true;
       /** A released message that could no longer be applied (rejected or ignored), and why. */
@@ -253,6 +262,16 @@ export type Effect =
       /** Events the step emitted (XState `emit()`), in order. */
       emitted?: Record<string, unknown>[];
     };
+
+/** A debounce window as the journal tells it. */
+export interface JournalDebounce {
+  key: string;
+  /** Signals the window took so far (with this one). */
+  count: number;
+  /** When its event is applied if no further signal comes (epoch ms); absent once applied. */
+  applyAt?: number;
+  applied?: true;
+}
 
 /** What caused a step. */
 export type JournalCause =
@@ -443,6 +462,12 @@ export interface WorkflowRecord {
   /** Timers set and not yet fired or cancelled: timer id → step that set it. */
   timers: Record<string, number>;
   /**
+   * Debounced signals waiting for their window to close, by window key (`<event type>` or
+   * `<event type>.<key>`): the event to apply (last, first or the fold so far), how many signals
+   * the window took, and when it opened. Its timer is `jetflow.debounce.<window key>`.
+   */
+  debounced?: Record<string, DebouncedWindow>;
+  /**
    * The event of each pending timer (timer id → event). A fired timer applies this event, not the
    * one in the timer message, so a forged timer message cannot inject an event. Absent in records
    * written before it existed (their timers fall back to the message's event).
@@ -607,6 +632,14 @@ export interface TimerMessage {
   /** Step that set the timer: a fired timer whose id was since re-set is recognised as stale. */
   step: number;
   event: unknown;
+}
+
+/** One open debounce window of a workflow (see `WorkflowRecord.debounced`). */
+export interface DebouncedWindow {
+  event: unknown;
+  count: number;
+  /** Epoch ms of the window's first signal. */
+  since: number;
 }
 
 /** What a record remembers of a running activity. */
@@ -847,6 +880,11 @@ export type JournalEntry =
       operator?: JournalOperator;
       /** The message was held, not applied (the workflow is paused): state unchanged. */
       held?: true;
+      /**
+       * A debounced signal kept in its window (state unchanged), or, on the step that applies a
+       * window's event, `applied: true` with how many signals it stands for.
+       */
+      debounced?: JournalDebounce;
       /** A held message, applied after a resume (its `seq` is older than the resume's). */
       released?: true;
       /** A released message that could no longer be applied: state unchanged, and why. */

@@ -196,5 +196,10 @@ function waitingOf(r: WorkflowRecord): NonNullable<QueryReply['waiting']> {
     const due = r.timerDue?.[id];
     return { id, dueAt: due === undefined ? null : new Date(due).toISOString() };
   });
-  return { tasks, timers };
+  const windows = Object.entries(r.debounced ?? {}).map(([key, w]) => ({
+    key,
+    count: w.count,
+    since: new Date(w.since).toISOString(),
+  }));
+  return { tasks, timers, ...(windows.length > 0 ? { debounced: windows } : {}) };
 }

@@ -161,6 +161,7 @@ export function stepEntry(
     cause: effect.cause,
     ...(effect.operator ? { operator: effect.operator } : {}),
     ...(effect.held ? { held: true as const } : {}),
+    ...(effect.debounced ? { debounced: effect.debounced } : {}),
     ...(effect.released ? { released: true as const } : {}),
     ...(effect.dropped ? { dropped: effect.dropped } : {}),
     ...emittedOf(record, effect),

@@ -37,6 +37,66 @@ export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine>
    * `key(input)` run at once; the slot is held for the whole run. See {@link ConcurrencyOptions}.
    */
   concurrency?: ConcurrencyOptions<never>;
+  /**
+   * Debounce of signals, by event type: a signal of a listed type is not applied at once; it is
+   * kept in the record and a durable timer is set `ms` ahead, moved again by every further signal
+   * of the same type (and `key`). When `ms` pass with no new one, one event is applied: the
+   * `last` (default), the `first`, or the fold of the window by `keep(acc, event)`. See
+   * {@link DebounceOptions}.
+   */
+  debounce?: Readonly<Record<string, DebounceOptions<never>>>;
+}
+
+/**
+ * How signals of one event type are debounced (trailing edge). Every function here is pure and
+ * deterministic: it runs inside the step, again when a step is re-decided after a conflict.
+ */
+export interface DebounceOptions<E = { type: string; [k: string]: unknown }> {
+  /** Quiet time after the last signal before the event is applied (10 ms to 24 h). */
+  ms: number;
+  /**
+   * Which event of the window is applied: `'last'` (default), `'first'`, or a fold
+   * `(acc, event) => event` over the window's events in inbox order (the first is the seed).
+   * The fold must return an event of the same type (checked at each signal: else refused).
+   */
+  keep?: 'last' | 'first' | ((acc: E, event: E) => unknown);
+  /**
+   * Splits the event type into independent windows (e.g. per SKU): a string from the event.
+   * Default: one window per event type.
+   */
+  key?: (event: E) => string;
+}
+
+export const DEBOUNCE_MIN_MS = 10;
+export const DEBOUNCE_MAX_MS = 86_400_000;
+
+function checkDebounce(
+  type: string,
+  debounce: Readonly<Record<string, DebounceOptions<never>>>,
+): void {
+  for (const [event, o] of Object.entries(debounce)) {
+    const where = `workflow ${type}: debounce of ${JSON.stringify(event)}`;
+    if (event.startsWith('xstate.') || event.startsWith('jetflow.')) {
+      throw new ConfigError(`${where}: only signals can be debounced, not internal events`);
+    }
+    if (typeof o !== 'object' || o === null) throw new ConfigError(`${where}: must be an object`);
+    if (!Number.isInteger(o.ms) || o.ms < DEBOUNCE_MIN_MS || o.ms > DEBOUNCE_MAX_MS) {
+      throw new ConfigError(
+        `${where}: ms must be an integer from ${DEBOUNCE_MIN_MS} to ${DEBOUNCE_MAX_MS} (got ${String(o.ms)})`,
+      );
+    }
+    if (
+      o.keep !== undefined &&
+      o.keep !== 'last' &&
+      o.keep !== 'first' &&
+      typeof o.keep !== 'function'
+    ) {
+      throw new ConfigError(`${where}: keep must be 'last', 'first' or a function (acc, event)`);
+    }
+    if (o.key !== undefined && typeof o.key !== 'function') {
+      throw new ConfigError(`${where}: key must be a function (event) => string`);
+    }
+  }
 }
 
 /** What a query view knows besides the context and the request body. */
@@ -66,6 +126,7 @@ export function defineWorkflow<M extends AnyStateMachine>(
     throw new ConfigError(`workflow ${def.type}: version must be a positive integer`);
   }
   if (def.concurrency !== undefined) checkConcurrency(def.type, def.concurrency);
+  if (def.debounce !== undefined) checkDebounce(def.type, def.debounce);
   return Object.freeze(def);
 }
 

@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { AnyMachineSnapshot, EventObject } from 'xstate';
-import type { Registry, WorkflowDefinition } from './registry.js';
+import type { DebounceOptions, Registry, WorkflowDefinition } from './registry.js';
 import { isNodeAdmin } from './admin.js';
 import * as m from './machine.js';
 import {
@@ -392,6 +392,8 @@ function inboundKey(msg: InboxMessage): { key: string; step: number; index: numb
 const deadlineTimerId = (actorId: string) => `jetflow.deadline.${actorId}`;
 /** Event type of a fired activity deadline. */
 const DEADLINE_EVENT = 'jetflow.deadline';
+/** The event of a debounce window's timer: `{type, key}` (the record holds the window). */
+const DEBOUNCE_EVENT = 'jetflow.debounce';
 
 /** Turn commands into durable effects, tracking pending timers and tasks. */
 function materialize(
@@ -1485,6 +1487,12 @@ export function decide(
   if (stored.paused && message.kind !== 'admin') {
     return hold(ctx, stored, input, snapshot, memory);
   }
+  if (message.kind === 'signal') {
+    const debounce = def.debounce?.[message.event.type] as DebounceOptions | undefined;
+    if (debounce) {
+      return debounceSignal(ctx, debounce, stored, input, message, snapshot, memory, mark);
+    }
+  }
   if (message.kind === 'admin' && message.verb !== 'terminate') {
     const d = operator(ctx, def, stored, input, message, snapshot, memory);
     if (d) return d;
@@ -1568,6 +1576,8 @@ export function decide(
   }
 
   let event: EventObject;
+  /** Set when this step applies a closed debounce window's event. */
+  let closedWindow: { key: string; count: number } | undefined;
   let before: Pending = { timers: stored.timers, tasks: stored.tasks };
   const finishTask = (actorId: string) => {
     const tasks = { ...before.tasks };
@@ -1636,8 +1646,14 @@ export function decide(
     // existed fall back to the message's event.
     const stuck = stored.timerEvents;
     const timerEvent = stuck && message.timerId in stuck ? stuck[message.timerId] : message.event;
-    const ev = timerEvent as { type?: string; actorId?: string; taskId?: string };
-    if (ev?.type === DEADLINE_EVENT && typeof ev.actorId === 'string') {
+    const ev = timerEvent as { type?: string; actorId?: string; taskId?: string; key?: string };
+    if (ev?.type === DEBOUNCE_EVENT && typeof ev.key === 'string') {
+      // A debounce window closed: apply the event it kept (its record entry goes with this step).
+      const w = stored.debounced?.[ev.key];
+      if (!w) return { kind: 'ignore', reason: `debounce window ${ev.key} is not open` };
+      closedWindow = { key: ev.key, count: w.count };
+      event = w.event as EventObject;
+    } else if (ev?.type === DEADLINE_EVENT && typeof ev.actorId === 'string') {
       // An activity's schedule-to-close deadline: if the task is still running, it failed.
       const t = before.tasks[ev.actorId];
       if (!t || t.taskId !== ev.taskId)
@@ -1798,6 +1814,12 @@ export function decide(
   else delete rec.timerEvents;
   if (timerDue) rec.timerDue = timerDue;
   else delete rec.timerDue;
+  if (closedWindow) {
+    const open = { ...stored.debounced };
+    delete open[closedWindow.key];
+    if (Object.keys(open).length > 0) rec.debounced = open;
+    else delete rec.debounced;
+  }
   if (mark) rec.inbound = withInbound(stored.inbound, mark.key, mark.step, mark.index);
   rec.outbox = [...preEffects, ...p.effects, ...alertEffects(rec, p.emitted, at)];
   if (status !== 'running') {
@@ -1809,6 +1831,8 @@ export function decide(
     delete rec.timerEvents;
     delete rec.timerDue;
     rec.tasks = {};
+    // Open debounce windows end with the workflow (their timers were canceled above).
+    delete rec.debounced;
   }
   // With the journal on, a transition that neither ends nor starts the workflow is told by its
   // journal entry alone (`<prefix>.journal.<type>.<id>`): one message per step, not two. The
@@ -1845,6 +1869,11 @@ export function decide(
           }
         : {}),
       ...(message.kind === 'admin' ? { operator: operatorOf(message) } : {}),
+      ...(closedWindow
+        ? {
+            debounced: { key: closedWindow.key, count: closedWindow.count, applied: true as const },
+          }
+        : {}),
       ...(message.kind === 'result'
         ? {
             activity: {
@@ -2095,6 +2124,123 @@ function quietStep(stored: WorkflowRecord, input: StepInput, memory: Memory): Wo
     outbox: [],
   };
   return rec;
+}
+
+/**
+ * A signal of a debounced event type: kept in its window (`debounced`), not applied. The window's
+ * durable timer is moved `ms` ahead (the previous setting canceled); when it fires, the step
+ * applies the window's event. A signal the current state does not take is refused at once, as an
+ * undebounced one would be (a guard is only asked when the window's event is applied).
+ */
+function debounceSignal(
+  ctx: StepContext,
+  opts: DebounceOptions,
+  stored: WorkflowRecord,
+  input: StepInput,
+  message: Extract<InboxMessage, { kind: 'signal' }>,
+  snapshot: AnyMachineSnapshot,
+  memory: Memory,
+  mark: { key: string; step: number; index: number } | undefined,
+): Decision {
+  const fields = { workflowType: input.type, workflowId: input.id };
+  const event = message.event;
+  const accepts = m.acceptedEvents(snapshot);
+  if (!accepts.includes(event.type)) {
+    return {
+      kind: 'reject',
+      error: new BadRequestError(
+        `workflow ${input.type}/${input.id} cannot take event ${JSON.stringify(event.type)} in state ${JSON.stringify(snapshot.value)}; it accepts ${accepts.length ? accepts.join(', ') : 'no events'} now`,
+        {
+          ...fields,
+          code: ErrorCode.EventNotAccepted,
+          details: { event: event.type, value: snapshot.value as unknown },
+        },
+      ),
+      accepts,
+    };
+  }
+  let windowKey = event.type;
+  let kept: unknown;
+  try {
+    if (opts.key) {
+      const k = opts.key(event);
+      if (typeof k !== 'string' || k.length === 0 || k.length > 128) {
+        throw new Error(`debounce key must be a string of 1 to 128 characters (got ${String(k)})`);
+      }
+      windowKey = `${event.type}.${k}`;
+    }
+    const open = stored.debounced?.[windowKey];
+    kept =
+      !open || opts.keep === undefined || opts.keep === 'last'
+        ? event
+        : opts.keep === 'first'
+          ? open.event
+          : opts.keep(open.event as EventObject, event);
+    const folded = kept as { type?: unknown } | null;
+    if (typeof folded !== 'object' || folded === null || folded.type !== event.type) {
+      throw new Error(`debounce fold must return an event of type ${JSON.stringify(event.type)}`);
+    }
+  } catch (cause) {
+    return {
+      kind: 'reject',
+      error: new BadRequestError(
+        `workflow ${input.type}/${input.id}: debounce of ${JSON.stringify(event.type)} threw: ${String((cause as Error)?.message ?? cause)}`,
+        { ...fields, code: ErrorCode.MachineError, cause },
+      ),
+      accepts,
+    };
+  }
+  const open = stored.debounced?.[windowKey];
+  const count = (open?.count ?? 0) + 1;
+  const rec = quietStep(stored, input, memory);
+  const timerId = `${DEBOUNCE_EVENT}.${windowKey}`;
+  const dueAt = input.now + opts.ms;
+  const setAt = stored.timers[timerId];
+  if (setAt !== undefined) {
+    rec.outbox.push({ kind: 'cancelTimer', timerId, timerKey: timerKeyOf(rec, timerId, setAt) });
+  }
+  const timerEvent = { type: DEBOUNCE_EVENT, key: windowKey };
+  rec.outbox.push({
+    kind: 'timer',
+    timerId,
+    timerKey: timerKeyOf(rec, timerId, rec.step),
+    step: rec.step,
+    event: timerEvent,
+    delayMs: opts.ms,
+    dueAt,
+  });
+  rec.timers = { ...stored.timers, [timerId]: rec.step };
+  rec.timerEvents = { ...stored.timerEvents, [timerId]: timerEvent };
+  rec.timerDue = { ...stored.timerDue, [timerId]: dueAt };
+  rec.debounced = {
+    ...stored.debounced,
+    [windowKey]: { event: kept, count, since: open?.since ?? input.now },
+  };
+  if (mark) rec.inbound = withInbound(stored.inbound, mark.key, mark.step, mark.index);
+  if (ctx.journal) {
+    rec.outbox.push({
+      kind: 'journal',
+      cause: 'signal',
+      seq: input.seq,
+      event: journalEvent(event.type, eventPayload(event), ctx.journal.payloadMaxBytes),
+      from: journalState(snapshot.value),
+      debounced: { key: windowKey, count, applyAt: dueAt },
+    });
+  }
+  return {
+    kind: 'write',
+    record: rec,
+    create: false,
+    reply: {
+      id: rec.id,
+      type: rec.type,
+      step: rec.step,
+      status: rec.status,
+      value: snapshot.value as unknown,
+      debounced: { key: windowKey, count, applyAt: new Date(dueAt).toISOString() },
+    },
+    live: snapshot,
+  };
 }
 
 /**

@@ -9,12 +9,13 @@ import type { KeyRecord, QueryReply, WorkflowRef } from '../contracts/wire.js';
 
 /**
  * The stages a workflow can wait in, in the order `why` reports them (the first is the one that
- * holds it): an operator's pause, its concurrency key, an activity parked for review, a task not
+ * holds it): an operator's pause, a debounce window of its signals, its concurrency key, an activity parked for review, a task not
  * yet handed to a worker, a retry's backoff, an attempt a worker runs, a child workflow, a timer,
  * and last an event from outside.
  */
 export const WHY_STAGES = [
   'paused',
+  'debounce',
   'concurrency-key',
   'review',
   'dispatch',
@@ -233,8 +234,22 @@ export function explainWhy(input: WhyInput): WhyReply {
       taskWait(q, t, input.tasks[t.actorId], t.queue ? input.queues[t.queue] : undefined, now),
     );
   }
+  const windows = new Map(
+    (q.waiting?.debounced ?? []).map((w) => [`jetflow.debounce.${w.key}`, w]),
+  );
   for (const t of q.waiting?.timers ?? []) {
     const due = t.dueAt === null ? null : Date.parse(t.dueAt);
+    const w = windows.get(t.id);
+    if (w) {
+      waits.push({
+        stage: 'debounce',
+        what: `signals ${w.key} debounced: ${w.count} kept since ${w.since}; one is applied at ${t.dueAt ?? '?'}${due === null ? '' : ` (in ${ago(due - now)})`} unless another comes`,
+        since: w.since,
+        ...(t.dueAt === null ? {} : { until: t.dueAt }),
+        data: { key: w.key, count: w.count },
+      });
+      continue;
+    }
     waits.push({
       stage: 'timer',
       what:
