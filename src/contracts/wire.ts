@@ -30,6 +30,11 @@ export const Header = {
    * is `Jf-Attempt + delivery count - 1`.
    */
   Attempt: 'Jf-Attempt',
+  /**
+   * On a task postponed by its activity's rate limit: the epoch ms of the slot it holds. The
+   * worker runs it at that time without taking another slot.
+   */
+  RateSlot: 'Jf-Rate-Slot',
 } as const;
 
 /**
@@ -725,6 +730,11 @@ export interface TaskMessage {
   node?: Record<string, unknown>;
   /** An HTTP activity's endpoint: run by a worker with `http` enabled, no user code. */
   http?: { url: string; method?: string; headers?: Record<string, string>; timeoutMs?: number };
+  /**
+   * The activity's global rate limit, its key computed by the engine from the input: at most
+   * `limit` attempts of (activity, key) start in any `periodMs` (see `ActivityOptions.rateLimit`).
+   */
+  rateLimit?: { key: string; limit: number; periodMs: number };
   /** Where the worker publishes the result (JetStream): `wf.inbox.result.<type>.<id>`. */
   resultSubject: string;
   scheduledAt: number;

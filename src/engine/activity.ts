@@ -39,6 +39,36 @@ export interface ActivityOptions {
    * `method`) as JSON to `url`; see {@link HttpActivitySpec}.
    */
   http?: HttpActivitySpec;
+  /**
+   * A global rate limit: at most `limit` attempts of this activity (per `key(input)`, default
+   * one key) start in any window of `periodMs`, across all workers. Held by the server (a
+   * record of recent grants per key in the `<prefix>_rates` bucket, updated by compare-and-set);
+   * a task over the limit is postponed to its slot as a scheduled message, using no attempt.
+   */
+  rateLimit?: RateLimitSpec;
+}
+
+/** See {@link ActivityOptions.rateLimit}. */
+export interface RateLimitSpec {
+  /** The key the limit applies to (e.g. a provider or tenant); pure. Default: one for all. */
+  key?: (input: never) => string;
+  /** Attempts per window: 1 to 10,000. */
+  limit: number;
+  /** Window length in ms: 10 ms to 24 h. */
+  periodMs: number;
+}
+
+export const RATE_LIMIT_MAX = 10_000;
+
+/** The task's rate-limit key: `key(input)`, `*` without a key function or when it fails. */
+export function rateKeyOf(spec: RateLimitSpec, input: unknown): string {
+  if (!spec.key) return '*';
+  try {
+    const k = (spec.key as (i: unknown) => unknown)(input);
+    return typeof k === 'string' && k.length > 0 && k.length <= 256 ? k : '*';
+  } catch {
+    return '*';
+  }
 }
 
 /** Where and how an HTTP activity calls its endpoint (carried on the task message). */
@@ -86,8 +116,10 @@ export function resolveActivityOptions(
     retry,
     ...(input.onExhausted !== undefined ? { onExhausted: input.onExhausted } : {}),
     ...(input.http !== undefined ? { http: input.http } : {}),
+    ...(input.rateLimit !== undefined ? { rateLimit: input.rateLimit } : {}),
   };
   if (o.http !== undefined) checkHttpSpec(name, o.http);
+  if (o.rateLimit !== undefined) checkRateLimit(name, o.rateLimit);
   if (o.onExhausted !== undefined && o.onExhausted !== 'fail' && o.onExhausted !== 'review') {
     throw new ConfigError(
       `invalid onExhausted for activity ${name}: 'fail' or 'review' (got ${JSON.stringify(o.onExhausted)})`,
@@ -118,6 +150,25 @@ export function resolveActivityOptions(
   )
     throw new ConfigError('invalid retry.delaysMs: 1-100 numbers >= 0 (ms)');
   return o;
+}
+
+function checkRateLimit(name: string, r: RateLimitSpec): void {
+  if (typeof r !== 'object' || r === null)
+    throw new ConfigError(
+      `invalid rateLimit for activity ${name}: an object {limit, periodMs, key?}`,
+    );
+  if (!Number.isInteger(r.limit) || r.limit < 1 || r.limit > RATE_LIMIT_MAX)
+    throw new ConfigError(
+      `invalid rateLimit.limit for activity ${name}: an integer from 1 to ${RATE_LIMIT_MAX} (got ${JSON.stringify(r.limit)})`,
+    );
+  if (!Number.isInteger(r.periodMs) || r.periodMs < 10 || r.periodMs > 86_400_000)
+    throw new ConfigError(
+      `invalid rateLimit.periodMs for activity ${name}: an integer from 10 to 86400000 ms (got ${JSON.stringify(r.periodMs)})`,
+    );
+  if (r.key !== undefined && typeof r.key !== 'function')
+    throw new ConfigError(
+      `invalid rateLimit.key for activity ${name}: a function (input) => string`,
+    );
 }
 
 const HTTP_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE', 'GET']);

@@ -10,6 +10,7 @@ import * as m from './machine.js';
 import {
   DEFAULT_RETRY,
   resolveActivity,
+  rateKeyOf,
   resolveActivityOptions,
   type ActivityOptions,
 } from './activity.js';
@@ -480,6 +481,15 @@ function materialize(
       ...(a.options.scheduleToCloseMs ? { deadline: now + a.options.scheduleToCloseMs } : {}),
       ...(extra.node ? { node: extra.node } : {}),
       ...(a.options.http ? { http: a.options.http } : {}),
+      ...(a.options.rateLimit
+        ? {
+            rateLimit: {
+              key: rateKeyOf(a.options.rateLimit, a.input),
+              limit: a.options.rateLimit.limit,
+              periodMs: a.options.rateLimit.periodMs,
+            },
+          }
+        : {}),
     };
     effects.push({
       kind: 'task',

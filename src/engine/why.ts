@@ -9,13 +9,15 @@ import type { KeyRecord, QueryReply, WorkflowRef } from '../contracts/wire.js';
 
 /**
  * The stages a workflow can wait in, in the order `why` reports them (the first is the one that
- * holds it): an operator's pause, a debounce window of its signals, its concurrency key, an activity parked for review, a task not
+ * holds it): an operator's pause, a debounce window of its signals, an activity's rate limit,
+ * its concurrency key, an activity parked for review, a task not
  * yet handed to a worker, a retry's backoff, an attempt a worker runs, a child workflow, a timer,
  * and last an event from outside.
  */
 export const WHY_STAGES = [
   'paused',
   'debounce',
+  'rate-limit',
   'concurrency-key',
   'review',
   'dispatch',
@@ -33,6 +35,8 @@ export interface TaskObservation {
   queued?: { seq: number; delivered: boolean; at: number };
   /** A retry waiting out its backoff: its attempt and due time (null: not readable). */
   retry?: { attempt: number; dueAt: number | null };
+  /** Postponed by its activity's rate limit to the slot it holds. */
+  postponed?: { attempt: number; dueAt: number | null };
   /** The latest attempt a worker took (attempt ledger). */
   taken?: { attempt: number; worker: string; at: number };
 }
@@ -155,6 +159,17 @@ function taskWait(
     ...(seen ?? {}),
     ...(queue ? { queueState: queue } : {}),
   };
+  if (seen?.postponed) {
+    const due = seen.postponed.dueAt;
+    return {
+      stage: 'rate-limit',
+      what:
+        `${name}: attempt ${seen.postponed.attempt} postponed by its rate limit` +
+        (due === null ? '' : ` to its slot at ${iso(due)} (in ${ago(due - now)})`),
+      ...(due === null ? {} : { until: iso(due) }),
+      data,
+    };
+  }
   if (seen?.retry) {
     const due = seen.retry.dueAt;
     return {

@@ -211,6 +211,33 @@ export async function scheduleRetry(
 }
 
 /**
+ * Postpone attempt `attempt` of a task to `at`, the slot its activity's rate limit reserved for
+ * it: a scheduled message (fired at `fireAt`, default `at`) on the task's retry subject carrying `Jf-Attempt: <attempt>` (the same
+ * attempt: a postponement uses none) and `Jf-Rate-Slot: <at>` (the worker that gets it runs it
+ * in that slot without taking another). Msg id `<taskId>.a<attempt>.s<at>`.
+ *
+ * @throws when the publish is not acknowledged (the caller keeps the task).
+ */
+export async function postponeTask(
+  js: JetStreamClient,
+  names: TopologyNames,
+  task: TaskMessage,
+  body: Uint8Array,
+  attempt: number,
+  at: number,
+  fireAt: number = at,
+): Promise<void> {
+  const s = names.subjects;
+  const h = taskHeaders(attempt);
+  h.set(Header.RateSlot, String(at));
+  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
+    msgID: `${task.taskId}.a${attempt}.s${at}`,
+    headers: h,
+    schedule: { specification: new Date(fireAt), target: s.task(task.queue, task.taskKey) },
+  });
+}
+
+/**
  * Publish a scheduled retry now and cancel its schedule in the same server operation, but only if
  * the schedule is still stored at `scheduleSeq`: a schedule that already fired or whose task was
  * canceled (purged) makes this a no-op. Returns whether the retry was published.

@@ -79,6 +79,8 @@ export interface TopologyNames {
    * waiters, written only with compare-and-set.
    */
   keysBucket: string;
+  /** Activity rate limits: one record of recent grants per (activity, key). */
+  ratesBucket: string;
   queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
@@ -98,6 +100,7 @@ export function topologyNames(prefix: string): TopologyNames {
     attemptsBucket: `${prefix}_attempts`,
     bulkBucket: `${prefix}_bulk`,
     keysBucket: `${prefix}_keys`,
+    ratesBucket: `${prefix}_rates`,
     shardConsumer: (s) => `shard-${s}`,
   };
 }
@@ -268,7 +271,8 @@ async function ensureTopologyOnce(
     });
   if (!existing) await fixBucket((await bucketInfo())?.config);
   await ensureAttemptsBucket(nc, jsm, t.names, o);
-  await ensureKeysBucket(nc, jsm, t.names, o);
+  await ensureKeysBucket(nc, jsm, t.names.keysBucket, o);
+  await ensureKeysBucket(nc, jsm, t.names.ratesBucket, o);
   return { names: t.names, kv };
 }
 
@@ -311,29 +315,30 @@ async function ensureAttemptsBucket(
 }
 
 /**
- * The concurrency keys' bucket: read from the stream leader (a decision on a lagging follower's
- * copy would lose its compare-and-set anyway, but a listing should be current), no history.
+ * A compare-and-set bucket (the concurrency keys', the activity rate limits'): read from the
+ * stream leader (a decision on a lagging follower's copy would lose its compare-and-set anyway,
+ * but a listing should be current), no history.
  */
 async function ensureKeysBucket(
   nc: NatsConnection,
   jsm: JetStreamManager,
-  names: TopologyNames,
+  bucket: string,
   o: TopologyOptions,
 ): Promise<void> {
-  const existing = await jsm.streams.info(`KV_${names.keysBucket}`).catch((e: unknown) => {
+  const existing = await jsm.streams.info(`KV_${bucket}`).catch((e: unknown) => {
     if (isNotFound(e)) return undefined;
-    throw topologyError(`bucket ${names.keysBucket}`, e);
+    throw topologyError(`bucket ${bucket}`, e);
   });
   if (existing) return;
   await new Kvm(nc)
-    .create(names.keysBucket, {
+    .create(bucket, {
       history: 1,
       replicas: o.replicas,
       storage: StorageType.File,
       allow_direct: false,
     })
     .catch((e: unknown) => {
-      throw topologyError(`bucket ${names.keysBucket}`, e);
+      throw topologyError(`bucket ${bucket}`, e);
     });
 }
 

@@ -9,7 +9,7 @@ import { Kvm } from '@nats-io/kv';
 import { jetstreamManager, type ConsumerInfo } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { unpack } from '../contracts/codec.js';
-import type { KeyRecord, QueryReply, TaskMessage } from '../contracts/wire.js';
+import { Header, type KeyRecord, type QueryReply, type TaskMessage } from '../contracts/wire.js';
 import { keyTokenOf } from '../engine/admission.js';
 import type { QueueObservation, TaskObservation, WhyInput } from '../engine/why.js';
 import type { AttemptTaker } from './attempts.js';
@@ -107,10 +107,9 @@ export async function observeWhy(
           last_by_subj: s.taskRetry(queue, taskKey, retryAttempt),
         }),
       );
-      seen.retry = {
-        attempt: retryAttempt,
-        dueAt: scheduleTime(sched?.header.get('Nats-Schedule')),
-      };
+      const dueAt = scheduleTime(sched?.header.get('Nats-Schedule'));
+      if (sched?.header.get(Header.RateSlot)) seen.postponed = { attempt: retryAttempt, dueAt };
+      else seen.retry = { attempt: retryAttempt, dueAt };
     }
     // The latest attempt taken: ledger keys `<taskKey>.<scheduledAt>.<attempt>` (the task's own
     // `scheduledAt` when its message is at hand: an earlier run of the same id is left out).

@@ -57,10 +57,15 @@ import {
 import { runHttpActivity } from './http.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { attemptKey, openAttemptLedger, type AttemptLedger } from '../nats/attempts.js';
+import { openRateLimiter, type RateLimiter as GlobalRateLimiter } from '../nats/rates.js';
+
+/** A rate-limit slot less than this far ahead is waited for in place, not postponed. */
+const RATE_WAIT_IN_PLACE_MS = 1_000;
 import {
   DEFAULT_QUEUE_SETTINGS,
   ensureQueueConsumer,
   fireRetryNow,
+  postponeTask,
   releaseTask,
   scheduleRetry,
   settingsOf,
@@ -104,6 +109,11 @@ export interface ActivityContext {
   heartbeat(): void;
   /** For a tree node: its identity (`id`, `parentId`, `rootId`, `name`, `mode`, `run`, …). */
   node?: Record<string, unknown>;
+  /**
+   * With a `rateLimit`: the slot (epoch ms) this attempt was granted. It starts at or after it;
+   * no window of the limit's period holds more than `limit` slots of one key.
+   */
+  rateSlot?: number;
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -149,6 +159,8 @@ export interface WorkerStats {
   canceled: number;
   /** Deliveries not run because another delivery had taken the same attempt (ledger). */
   duplicates: number;
+  /** Tasks postponed to a later slot by their activity's rate limit (no attempt used). */
+  postponed: number;
 }
 
 const silent: Logger = {
@@ -240,7 +252,10 @@ export class Worker implements AsyncDisposable {
     failed: 0,
     canceled: 0,
     duplicates: 0,
+    postponed: 0,
   };
+  /** The rate limits' bucket, opened at the first rate-limited task. */
+  private rates: Promise<GlobalRateLimiter> | undefined;
   /** This worker instance in the attempt ledger's entries. */
   private readonly id = nuid.next();
   /** Aborted by `close()`: stop fetching. */
@@ -530,6 +545,12 @@ export class Worker implements AsyncDisposable {
     };
     renew();
     try {
+      let rateSlot: number | undefined;
+      if (task.rateLimit) {
+        const gate = await this.rateGate(task, m, attempt, log);
+        if (gate === 'postponed') return;
+        rateSlot = gate;
+      }
       const took = await this.takeAttempt(task, m, attempt, log);
       switch (took.kind) {
         case 'duplicate':
@@ -558,12 +579,84 @@ export class Worker implements AsyncDisposable {
       // Forced to stop while taking it: hand it back unrun (the release gives the entry back).
       const outcome: Outcome = this.forced.signal.aborted
         ? { kind: 'release' }
-        : await this.runAttempt(queue, task, m, attempt, ackWaitMs, beat);
+        : await this.runAttempt(queue, task, m, attempt, ackWaitMs, beat, rateSlot);
       beat.attemptRunning = false;
       await this.settle(task, m, attempt, outcome, log, took.revision);
     } finally {
       clearTimeout(lease);
     }
+  }
+
+  /**
+   * The activity's rate limit, before the attempt is taken: reserve a slot (or use the one a
+   * postponed task carries); run now when it is due, wait in place (keeping the lease) when it is
+   * under a second away, else postpone the task to its slot as a scheduled message and ack this
+   * delivery. Resolves the slot to run in, or `postponed` when the task was postponed (or the
+   * worker is stopping and the task went back to the queue).
+   */
+  private async rateGate(
+    task: TaskMessage,
+    m: JsMsg,
+    attempt: number,
+    log: Record<string, unknown>,
+  ): Promise<number | 'postponed'> {
+    const spec = task.rateLimit!;
+    const slotHeader = m.headers?.get(Header.RateSlot) ?? '';
+    const held = slotHeader === '' ? NaN : Number(slotHeader);
+    let at: number;
+    // A postponed task's first delivery holds its slot; a redelivery (its worker died) takes a new one.
+    if (Number.isSafeInteger(held) && m.info.deliveryCount === 1) at = held;
+    else {
+      for (let i = 0; ; i++) {
+        try {
+          const rates = (this.rates ??= openRateLimiter(this.o.connection, this.names));
+          at = await (await rates).reserve(task.activity, spec);
+          break;
+        } catch (err) {
+          this.rates = undefined;
+          if (this.canceled.has(task.taskId) || this.forced.signal.aborted) {
+            m.nak(0);
+            return 'postponed';
+          }
+          const delayMs = Math.min(5_000, 100 * 2 ** Math.min(i, 6));
+          this.logger.warn(
+            { ...log, err, delayMs },
+            'rate limit not readable; retrying before the attempt runs',
+          );
+          await pause(delayMs, this.forced.signal);
+        }
+      }
+    }
+    const wait = at - Date.now();
+    if (wait <= 0) return at;
+    if (wait <= RATE_WAIT_IN_PLACE_MS) {
+      // A timer may fire a millisecond early: never start before the slot.
+      for (let left = wait; left > 0 && !this.forced.signal.aborted; left = at - Date.now())
+        await pause(left, this.forced.signal);
+      return at;
+    }
+    try {
+      // Fired a little ahead of its slot (the server's schedules may fire late), then waited for
+      // in place: the attempt starts at its slot, not at whenever the schedule fired.
+      await postponeTask(
+        this.js,
+        this.names,
+        task,
+        m.data.slice(),
+        attempt,
+        at,
+        at - RATE_WAIT_IN_PLACE_MS,
+      );
+    } catch (err) {
+      // Not postponed: the task comes back (a new delivery, a new slot).
+      this.logger.warn({ ...log, err }, 'rate-limited task not postponed; nak');
+      m.nak(1_000);
+      return 'postponed';
+    }
+    this.stats.postponed++;
+    this.logger.debug({ ...log, at: new Date(at).toISOString() }, 'postponed by its rate limit');
+    m.ack();
+    return 'postponed';
   }
 
   /**
@@ -618,6 +711,7 @@ export class Worker implements AsyncDisposable {
     attempt: number,
     ackWaitMs: number,
     beat: { last: number },
+    rateSlot?: number,
   ): Promise<Outcome> {
     const log = { taskId: task.taskId, activity: task.activity, attempt };
     if (task.deadline !== undefined && Date.now() > task.deadline) {
@@ -706,6 +800,7 @@ export class Worker implements AsyncDisposable {
         signal: ac.signal,
         heartbeat,
         ...(task.node ? { node: task.node } : {}),
+        ...(rateSlot !== undefined ? { rateSlot } : {}),
       };
       const output = await Promise.race([
         Promise.resolve().then(() => fn(task.input, ctx)),
