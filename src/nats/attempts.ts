@@ -57,6 +57,13 @@ export interface AttemptLedger {
    * @throws when the delete is not acknowledged.
    */
   giveBack(key: string, revision: number): Promise<void>;
+  /**
+   * Who took attempt `key`: undefined when nobody did, `null` when taken by an unreadable entry.
+   * Used to tell a stale second copy of a task from the live one (see the worker's take).
+   *
+   * @throws on a read that fails.
+   */
+  takerOf(key: string): Promise<AttemptTaker | null | undefined>;
 }
 
 const sameTaker = (a: AttemptTaker | undefined, b: AttemptTaker) =>
@@ -96,6 +103,15 @@ export function fromAttemptsBucket(kv: KV): AttemptLedger {
     },
     async giveBack(key, revision) {
       await kv.delete(key, { previousSeq: revision });
+    },
+    async takerOf(key) {
+      const e = await kv.get(key);
+      if (!e || e.operation !== 'PUT') return undefined;
+      try {
+        return unpack(e.value) as AttemptTaker;
+      } catch {
+        return null;
+      }
     },
   };
 }

@@ -197,6 +197,7 @@ type Outcome =
 type Take =
   | { kind: 'run'; revision: number }
   | { kind: 'duplicate' }
+  | { kind: 'superseded' }
   | { kind: 'repeated' }
   | { kind: 'canceled' }
   | { kind: 'forced' };
@@ -545,17 +546,15 @@ export class Worker implements AsyncDisposable {
     };
     renew();
     try {
-      let rateSlot: number | undefined;
-      if (task.rateLimit) {
-        const gate = await this.rateGate(task, m, attempt, log);
-        if (gate === 'postponed') return;
-        rateSlot = gate;
-      }
       const took = await this.takeAttempt(task, m, attempt, log);
       switch (took.kind) {
         case 'duplicate':
           this.stats.duplicates++;
           m.term('attempt taken by another delivery');
+          return;
+        case 'superseded':
+          // A later delivery of this very message holds it: settling this one would settle that.
+          this.stats.duplicates++;
           return;
         case 'repeated':
           // The only copy of the task: never terminated. An earlier delivery of it that took this
@@ -574,6 +573,14 @@ export class Worker implements AsyncDisposable {
           m.nak(0);
           return;
       }
+      // The rate limit's slot is reserved once the attempt is taken, so that the attempt starts
+      // right at its slot (not a ledger round trip later).
+      let rateSlot: number | undefined;
+      if (task.rateLimit) {
+        const gate = await this.rateGate(task, m, attempt, log, took.revision);
+        if (gate === 'postponed') return;
+        rateSlot = gate;
+      }
       beat.last = Date.now();
       beat.attemptRunning = true;
       // Forced to stop while taking it: hand it back unrun (the release gives the entry back).
@@ -588,10 +595,10 @@ export class Worker implements AsyncDisposable {
   }
 
   /**
-   * The activity's rate limit, before the attempt is taken: reserve a slot (or use the one a
+   * The activity's rate limit, once the attempt is taken: reserve a slot (or use the one a
    * postponed task carries); run now when it is due, wait in place (keeping the lease) when it is
-   * under a second away, else postpone the task to its slot as a scheduled message and ack this
-   * delivery. Resolves the slot to run in, or `postponed` when the task was postponed (or the
+   * under a second away, else give the attempt back, postpone the task to its slot as a scheduled
+   * message and ack this delivery. Resolves the slot to run in, or `postponed` when the task was postponed (or the
    * worker is stopping and the task went back to the queue).
    */
   private async rateGate(
@@ -599,6 +606,7 @@ export class Worker implements AsyncDisposable {
     m: JsMsg,
     attempt: number,
     log: Record<string, unknown>,
+    revision: number,
   ): Promise<number | 'postponed'> {
     const spec = task.rateLimit!;
     const slotHeader = m.headers?.get(Header.RateSlot) ?? '';
@@ -632,6 +640,23 @@ export class Worker implements AsyncDisposable {
     if (wait <= RATE_WAIT_IN_PLACE_MS) {
       // A timer may fire a millisecond early: never start before the slot.
       for (let left = wait; left > 0 && !this.forced.signal.aborted; left = at - Date.now())
+        await pause(left, this.forced.signal);
+      return at;
+    }
+    // Postponed: the attempt is given back first (the postponed copy takes it again). When the
+    // entry cannot be given back, the postponed copy could not take it: wait in place instead.
+    try {
+      await this.ledger.giveBack(attemptKey(task, attempt), revision);
+    } catch (err) {
+      this.logger.warn(
+        { ...log, err },
+        'attempt not given back; waiting for the rate-limit slot in place',
+      );
+      for (
+        let left = at - Date.now();
+        left > 0 && !this.forced.signal.aborted;
+        left = at - Date.now()
+      )
         await pause(left, this.forced.signal);
       return at;
     }
@@ -671,10 +696,30 @@ export class Worker implements AsyncDisposable {
     log: object,
   ): Promise<Take> {
     const key = attemptKey(task, attempt);
+    const nextKey = attemptKey(task, attempt + 1);
     const taker = { worker: this.id, seq: m.seq, delivery: m.info.deliveryCount, at: Date.now() };
     for (let i = 0; ; i++) {
       try {
-        const took = await this.ledger.take(key, taker);
+        // Read beside the take (no added latency): is the next attempt taken already?
+        const [took, next] = await Promise.all([
+          this.ledger.take(key, taker),
+          this.ledger.takerOf(nextKey),
+        ]);
+        if (next !== undefined) {
+          // Attempts only go up: a later attempt of this task was taken, so this delivery is not
+          // to run. Of the same message (this delivery outlived its lease and the message went
+          // to another worker): leave it to that delivery, touch nothing. Of another message: a
+          // stale copy of the task (queued again after the server's dedup window forgot it, e.g.
+          // by an outbox re-performed after a timeout): terminated like any duplicate.
+          const same = next?.seq === m.seq;
+          this.logger.info(
+            { ...log, next: attempt + 1, takenBy: next },
+            same
+              ? 'a later delivery of this message took the next attempt; not run'
+              : 'a later attempt of this task is already taken (stale copy); not run',
+          );
+          return { kind: same ? 'superseded' : 'duplicate' };
+        }
         if (took.kind === 'taken') return { kind: 'run', revision: took.revision };
         if (took.by?.seq === m.seq) {
           // The same message delivered again with a delivery count already used (the server's

@@ -187,6 +187,43 @@ describe('the attempt ledger: one attempt number runs at most once', () => {
     }
   });
 
+  it('a stale copy behind a later attempt (attempt 2 ran, its first delivery lost; the copy queued after the dedup window comes as attempt 1): not run', async () => {
+    const t = await setup();
+    try {
+      await t.client.start('bank', 'stale');
+      expect(await until(async () => (await t.queued()) === 1)).toBe(true);
+      const effect = await t.taskEffect('bank', 'stale');
+      const subject = t.names.subjects.task('bank', effect.task.taskKey);
+      // The live copy as its second delivery would be (the first lost in a server restart).
+      await t.jsm.streams.purge(t.names.tasksStream, { filter: subject });
+      const h = headers();
+      h.set(Header.ContentType, MSGPACK);
+      h.set(Header.Attempt, '2');
+      await t.js.publish(subject, pack(effect.task), { headers: h });
+      const w = await t.worker({
+        queues: ['bank'],
+        activities: {
+          sendToBank: (_i: unknown, ctx) => {
+            t.ran(ctx.taskId, ctx.attempt);
+            return 'sent';
+          },
+        },
+      });
+      expect(await t.client.result('bank', 'stale', { timeoutMs: 15_000 })).toMatchObject({
+        output: 'sent',
+      });
+      // The outbox performed again after the dedup window: a second copy, attempt 1 (no header).
+      await sleep(1_500);
+      const nats = taskEffectHandlers(env.nc, t.js, t.jsm, t.names, quietLogger);
+      await nats.task({} as WorkflowRecord, effect, effect.task.taskId);
+      expect(await until(async () => (await t.queued()) === 0)).toBe(true);
+      expect(Object.fromEntries(t.runs)).toEqual({ [`${effect.task.taskId}#2`]: 1 });
+      expect(w.stats).toMatchObject({ started: 1, succeeded: 1, duplicates: 1 });
+    } finally {
+      await t.close();
+    }
+  });
+
   it('a retry stored twice (Jf-Attempt 2 queued again beside its schedule): attempt 2 runs once', async () => {
     const t = await setup();
     try {
