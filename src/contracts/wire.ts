@@ -30,6 +30,14 @@ export const Header = {
    * is `Jf-Attempt + delivery count - 1`.
    */
   Attempt: 'Jf-Attempt',
+  /**
+   * W3C Trace Context (optional, on start, signal and cancel requests): carried through the
+   * inbox into the step's span, onto the tasks the step publishes, into the worker's attempt
+   * span and back on the result, so one causal chain is one trace.
+   */
+  TraceParent: 'traceparent',
+  /** W3C Trace Context vendor state, carried with `traceparent`. */
+  TraceState: 'tracestate',
 } as const;
 
 /**
@@ -583,6 +591,8 @@ export interface TimerMessage {
   /** Step that set the timer: a fired timer whose id was since re-set is recognised as stale. */
   step: number;
   event: unknown;
+  /** When the timer was due (epoch ms): the timer's lateness is measured from it. */
+  dueAt?: number;
 }
 
 /** What a record remembers of a running activity. */

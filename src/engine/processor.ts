@@ -56,6 +56,8 @@ import type { Subjects } from '../contracts/subjects.js';
 import type {
   Clock,
   EffectSink,
+  EngineMetrics,
+  StepTracing,
   InboxDelivery,
   InboxEntry,
   InboxIdentity,
@@ -131,6 +133,10 @@ export interface ProcessorOptions {
   heldMax?: number;
   /** Concurrency keys' records (absent: a start of a type with a concurrency key is refused). */
   keys?: KeyStore;
+  /** Counters and timings of the steps (absent: none are kept beyond {@link ProcessorStats}). */
+  metrics?: EngineMetrics;
+  /** Spans around steps (absent: no tracing, at no cost). */
+  tracing?: StepTracing;
 }
 
 interface CacheEntry {
@@ -326,7 +332,13 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
           workflowType: e.type,
         });
       }
-      return { kind: 'timer', timerId: b.timerId, step: b.step, event: b.event };
+      return {
+        kind: 'timer',
+        timerId: b.timerId,
+        step: b.step,
+        event: b.event,
+        ...(typeof b.dueAt === 'number' ? { dueAt: b.dueAt } : {}),
+      };
     }
     case 'admin':
       return decodeAdmin(b, { workflowType: e.type, workflowId: e.id });
@@ -395,6 +407,21 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
 
 export function createProcessor(opts: ProcessorOptions): Processor {
   const { store, inbox, effects, clock, logger } = opts;
+  const metrics = opts.metrics;
+  const tracing = opts.tracing;
+  /** Seconds since `t0` (a `performance.now()`), for the phase histograms. */
+  const since = (t0: number) => (performance.now() - t0) / 1000;
+  /** Count an applied write: the step, and the lifecycle change from `before` to `after`. */
+  const countWrite = (before: WorkflowRecord | undefined, after: WorkflowRecord) => {
+    stats.applied++;
+    if (!metrics) return;
+    metrics.step(after.type, 'applied');
+    const was = before?.status;
+    if (was === undefined) metrics.lifecycle(after.type, 'started');
+    if (was === after.status) return;
+    if (after.status === 'completed' || after.status === 'failed' || after.status === 'canceled')
+      metrics.lifecycle(after.type, after.status);
+  };
   const ctx = {
     registry: opts.registry,
     subjects: opts.subjects,
@@ -456,8 +483,22 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     type: string,
     id: string,
   ): Promise<{ cur: CacheEntry | undefined; fresh: boolean }> {
+    if (!metrics) return loadRecord(type, id);
+    const t0 = performance.now();
+    try {
+      return await loadRecord(type, id);
+    } finally {
+      metrics.phase('load', since(t0));
+    }
+  }
+
+  async function loadRecord(
+    type: string,
+    id: string,
+  ): Promise<{ cur: CacheEntry | undefined; fresh: boolean }> {
     const key = keyOf(type, id);
     const hit = cache.get(key);
+    metrics?.cache(hit !== undefined);
     if (hit && hit.owed === undefined) return { cur: hit, fresh: false };
     if (hit) {
       // Effects of this step failed and are about to be retried. If another engine wrote the
@@ -518,8 +559,17 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (entry.effectsDone) return entry;
     const { record } = entry.stored;
     if (record.outbox.length > 0) {
+      const t0 = metrics ? performance.now() : 0;
       try {
         await effects.perform(record, entry.owed);
+        if (metrics) {
+          metrics.phase('effects', since(t0));
+          for (const [i, e] of record.outbox.entries()) {
+            if (entry.owed && !entry.owed.includes(i)) continue;
+            if (e.kind === 'task') metrics.taskPublished(e.task.queue);
+            else if (e.kind === 'timer') metrics.timerSet();
+          }
+        }
       } catch (err) {
         if (!(err instanceof EffectsError)) throw err;
         entry.owed = err.failed;
@@ -581,6 +631,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const rec = failure(record, error, seq, clock.now(), opts.journal);
     const stored = await store.update(rec, revision);
     stats.poisoned++;
+    if (metrics && record.status !== 'failed') metrics.lifecycle(record.type, 'failed');
     logger.error(
       { workflowType: record.type, workflowId: record.id, seq, step: rec.step, err: error },
       'a step of this workflow can never succeed: the workflow failed',
@@ -808,6 +859,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const key = r?.admission?.key ?? msg.key;
     if (key === undefined) {
       stats.rejected++;
+      metrics?.step(e.type, 'rejected');
       replyError(
         e,
         new BadRequestError(
@@ -932,6 +984,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       decoded && message.kind === 'start' && !cur
         ? await admission(e, message.input, now, epoch)
         : undefined;
+    const decideStart = metrics ? performance.now() : 0;
     try {
       if (!decoded) throw decodeError;
       decision =
@@ -972,8 +1025,10 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         decision = p;
       }
     }
+    if (metrics) metrics.phase('decide', since(decideStart));
     let written: CacheEntry | undefined;
     if (decision.kind === 'write') {
+      const persistStart = metrics ? performance.now() : 0;
       try {
         const stored = decision.create
           ? await store.create(decision.record)
@@ -984,6 +1039,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           live: decision.live,
           reply: decision.reply,
         };
+        if (metrics) metrics.phase('persist', since(persistStart));
       } catch (err) {
         if (!(err instanceof TerminalError)) throw err;
         // E10: a dispatched task's result that would make the record too large (a fan-out too
@@ -1072,6 +1128,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (decision.kind !== 'write') handledWithoutWrite.set(e.seq, true);
     if (decision.kind === 'reject') {
       stats.rejected++;
+      metrics?.step(e.type, 'rejected');
       const eventType = message.kind === 'signal' ? message.event.type : `(${message.kind})`;
       logger.warn(
         {
@@ -1119,6 +1176,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     }
     if (decision.kind === 'ignore') {
       stats.ignored++;
+      metrics?.step(e.type, 'ignored');
       logger.info(
         { workflowType: e.type, workflowId: e.id, seq: e.seq, kind: e.kind },
         `ignored: ${decision.reason}`,
@@ -1163,7 +1221,9 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     }
     if (!written) throw new Error('unreachable: a write decision without a written record');
     remember(key, written);
-    stats.applied++;
+    countWrite(cur?.stored.record, written.stored.record);
+    if (metrics && message.kind === 'timer')
+      metrics.timerFired(message.dueAt === undefined ? undefined : (now - message.dueAt) / 1000);
     const entry = await settleOutbox(written);
     if (decision.again && entry === written) {
       // Started by a send's `startIfAbsent`: the send itself is applied next, to this record.
@@ -1202,7 +1262,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       const stored = await store.update(decision.record, cur.stored.revision);
       const written: CacheEntry = { stored, effectsDone: false, live: decision.live };
       remember(keyOf(r.type, r.id), written);
-      stats.applied++;
+      countWrite(r, stored.record);
       cur = await settleOutbox(written);
       await markDone(cur);
     }
@@ -1253,6 +1313,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (!isToken(d.type) || !isToken(d.id)) {
       // Not a workflow jetflow can name (nor store: KV keys are tokens). Nothing to notify.
       stats.rejected++;
+      metrics?.step('(invalid)', 'rejected');
       const err = new BadRequestError(
         `inbox message for ${JSON.stringify(d.type)}/${JSON.stringify(d.id)}: workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =`,
         { code: ErrorCode.BadRequest, details: { kind: d.kind, type: d.type, id: d.id } },
@@ -1296,6 +1357,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       }
       if (lastSeq >= d.seq) {
         stats.repeats++;
+        metrics?.step(d.type, 'repeated');
         const settled = await settleOutbox(cur!);
         await markDone(settled);
         // A resume redelivered after a crash: what it released may still be held.
@@ -1367,6 +1429,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         if (!(err instanceof EffectsError)) cache.delete(key);
         if (err instanceof ConflictError) {
           stats.conflicts++;
+          metrics?.step(d.type, 'conflict');
           logger.debug(
             { workflowType: d.type, workflowId: d.id, seq: d.seq },
             'compare-and-set lost; retrying from the stored record',
@@ -1381,6 +1444,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           // Not expected here (permanent failures are handled where they happen); retrying in
           // place would wedge the workflow and its shard. Drop the message, loudly.
           stats.rejected++;
+          metrics?.step(d.type, 'rejected');
           logger.error(
             { workflowType: d.type, workflowId: d.id, seq: d.seq, err: toErrorData(err) },
             'STUCK: a step can never succeed; message dropped',
@@ -1426,7 +1490,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     handle(d) {
       const key = keyOf(d.type, d.id);
       const prev = tails.get(key) ?? Promise.resolve();
-      const next = prev.then(() => run(d));
+      const next = prev.then(() => (tracing ? tracing.step(d, () => run(d)) : run(d)));
       const tail = next.catch(() => undefined);
       tails.set(key, tail);
       void tail.then(() => {
