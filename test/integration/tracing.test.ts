@@ -1,0 +1,88 @@
+/**
+ * Traces (issue 16): one client request that starts a three-activity workflow is one trace: the
+ * client span, each step span and each attempt span, each the child of the span that caused it.
+ * The engine, the worker and the client run in this process with the OpenTelemetry SDK and an
+ * in-memory exporter; the trace context crosses NATS in the messages' `traceparent` headers.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { context, trace, SpanKind } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import {
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+  TracerProvider,
+  type ReadableSpan,
+} from '@opentelemetry/sdk-trace';
+import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
+import { Client } from '../../src/client/index.js';
+import { createWorker } from '../../src/worker/index.js';
+
+const env = useServer();
+const exporter = new InMemorySpanExporter();
+const provider = new TracerProvider({
+  spanProcessors: [new SimpleSpanProcessor({ exporter })],
+});
+
+beforeAll(() => {
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  trace.setGlobalTracerProvider(provider);
+});
+afterAll(async () => {
+  await provider.shutdown();
+  trace.disable();
+  context.disable();
+});
+
+const parentOf = (s: ReadableSpan) => s.parentSpanContext?.spanId;
+
+describe('tracing', () => {
+  it('a start of a three-activity workflow is one trace: client → step → attempt → step …', async () => {
+    const prefix = uniquePrefix();
+    const engine = await startEngine(env.server.url, prefix);
+    const worker = await createWorker({
+      connection: env.nc,
+      prefix,
+      activities: { inc: ({ x }: { x: number }) => x + 1 },
+    });
+    const client = new Client(env.nc, { prefix });
+    try {
+      await client.start('chain', 't1', { x: 1 });
+      expect(await client.result('chain', 't1')).toEqual({ x: 4 });
+      await provider.forceFlush();
+      const spans = exporter.getFinishedSpans();
+      const root = spans.find((s) => s.name === 'start chain');
+      expect(root?.kind).toBe(SpanKind.CLIENT);
+      const traceId = root!.spanContext().traceId;
+      const mine = spans.filter((s) => s.spanContext().traceId === traceId);
+      const steps = mine
+        .filter((s) => s.name === 'step chain')
+        .sort(
+          (a, b) =>
+            Number(a.attributes['jetflow.inbox.seq']) - Number(b.attributes['jetflow.inbox.seq']),
+        );
+      const attempts = mine
+        .filter((s) => s.name === 'attempt inc')
+        .sort((a, b) => a.startTime[0] - b.startTime[0] || a.startTime[1] - b.startTime[1]);
+      // The start, then one step per result; three attempts; nothing else in the trace.
+      expect(steps.map((s) => s.attributes['jetflow.inbox.kind'])).toEqual([
+        'start',
+        'result',
+        'result',
+        'result',
+      ]);
+      expect(attempts).toHaveLength(3);
+      expect(mine).toHaveLength(1 + 4 + 3);
+      expect(parentOf(root!)).toBeUndefined();
+      expect(parentOf(steps[0]!)).toBe(root!.spanContext().spanId);
+      for (let i = 0; i < 3; i++) {
+        expect(parentOf(attempts[i]!)).toBe(steps[i]!.spanContext().spanId);
+        expect(parentOf(steps[i + 1]!)).toBe(attempts[i]!.spanContext().spanId);
+        expect(attempts[i]!.attributes['jetflow.attempt.outcome']).toBe('ok');
+      }
+      for (const s of steps) expect(s.attributes['jetflow.workflow.id']).toBe('t1');
+    } finally {
+      await worker.close();
+      await engine.close();
+    }
+  });
+});
