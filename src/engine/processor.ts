@@ -478,6 +478,15 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     effectsDone: stored.record.outboxDone === stored.record.step,
   });
 
+  /** The workflow's step as cached here (for log lines; undefined when not cached). */
+  const stepOf = (type: string, id: string) => cache.peek(keyOf(type, id))?.stored.record.step;
+  /** The fields every log line about a workflow carries (the trace id comes from the logger). */
+  const wf = (type: string, id: string) => ({
+    workflowType: type,
+    workflowId: id,
+    step: stepOf(type, id),
+  });
+
   /** The cached record, or the stored one (`fresh`: read from the store by this call). */
   async function load(
     type: string,
@@ -537,8 +546,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     else cache.delete(key);
     logger.info(
       {
-        workflowType: type,
-        workflowId: id,
+        ...wf(type, id),
         cached: cur?.stored.revision,
         stored: latest?.revision,
       },
@@ -611,7 +619,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     } catch (err) {
       if (err instanceof ConflictError) cache.delete(keyOf(record.type, record.id));
       logger.debug(
-        { workflowType: record.type, workflowId: record.id, err: toErrorData(err) },
+        { ...wf(record.type, record.id), err: toErrorData(err) },
         'outbox performed but not marked; a later load may perform it again',
       );
     }
@@ -644,7 +652,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       if (e instanceof EffectsError) entry.owed = e.failed;
       if (!(e instanceof EffectsError) || !e.terminal) throw e;
       logger.error(
-        { workflowType: record.type, workflowId: record.id, err: toErrorData(e) },
+        { ...wf(record.type, record.id), err: toErrorData(e) },
         'the wind-down of a failed workflow cannot be performed; left as it is',
       );
     }
@@ -657,7 +665,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (!e.replyTo) return undefined;
     if (isReplySubject(e.replyTo, replyPrefixes)) return e.replyTo;
     logger.warn(
-      { workflowType: e.type, workflowId: e.id, seq: e.seq, replyTo: e.replyTo },
+      { ...wf(e.type, e.id), seq: e.seq, replyTo: e.replyTo },
       `not replying: ${JSON.stringify(e.replyTo)} is not a reply subject (allowed prefixes: ${replyPrefixes.join(', ')})`,
     );
     return undefined;
@@ -707,6 +715,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         logger.error(
           {
             ...fields,
+            step: stepOf(fields.workflowType, fields.workflowId),
             seq: e.seq,
             kind: e.kind,
             err: toErrorData(err),
@@ -744,8 +753,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     deferLogged.set(what, now);
     logger.error(
       {
-        workflowType: e.type,
-        workflowId: e.id,
+        ...wf(e.type, e.id),
         version: record?.version,
         seq: e.seq,
         code: err.code,
@@ -875,7 +883,13 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const out = await opts.keys!.release(e.type, keyToken, e.id);
     const changed = { key, was: out.was, admitted: out.admits.map((a) => a.id) };
     logger.warn(
-      { ...fields, by: msg.by, reason: msg.reason, ...changed },
+      {
+        ...fields,
+        step: stepOf(fields.workflowType, fields.workflowId),
+        by: msg.by,
+        reason: msg.reason,
+        ...changed,
+      },
       'operator released a concurrency slot',
     );
     if (opts.journal) {
@@ -1088,7 +1102,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
               decision = d2;
               retried = true;
               logger.warn(
-                { workflowType: e.type, workflowId: e.id, seq: e.seq, actorId: message.actorId },
+                { ...wf(e.type, e.id), seq: e.seq, actorId: message.actorId },
                 failed.error!.message,
               );
             } catch (err2) {
@@ -1132,8 +1146,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       const eventType = message.kind === 'signal' ? message.event.type : `(${message.kind})`;
       logger.warn(
         {
-          workflowType: e.type,
-          workflowId: e.id,
+          ...wf(e.type, e.id),
           seq: e.seq,
           code: decision.error.code,
           event: eventType,
@@ -1177,10 +1190,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (decision.kind === 'ignore') {
       stats.ignored++;
       metrics?.step(e.type, 'ignored');
-      logger.info(
-        { workflowType: e.type, workflowId: e.id, seq: e.seq, kind: e.kind },
-        `ignored: ${decision.reason}`,
-      );
+      logger.info({ ...wf(e.type, e.id), seq: e.seq, kind: e.kind }, `ignored: ${decision.reason}`);
       const stored = cur?.stored.record;
       if (opts.journal && stored) {
         await effects.journal(
@@ -1398,7 +1408,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       if (earlier && earlier.seq < d.seq) {
         stats.gapFills++;
         logger.info(
-          { workflowType: d.type, workflowId: d.id, seq: d.seq, earlier: earlier.seq },
+          { ...wf(d.type, d.id), seq: d.seq, earlier: earlier.seq },
           'applying an earlier unapplied message first',
         );
         const r = await applyOne(earlier, cur, fresh, epoch);
@@ -1431,7 +1441,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           stats.conflicts++;
           metrics?.step(d.type, 'conflict');
           logger.debug(
-            { workflowType: d.type, workflowId: d.id, seq: d.seq },
+            { ...wf(d.type, d.id), seq: d.seq },
             'compare-and-set lost; retrying from the stored record',
           );
           // A little jittered backoff, growing with repeated conflicts (a lagging reader or a
@@ -1446,7 +1456,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           stats.rejected++;
           metrics?.step(d.type, 'rejected');
           logger.error(
-            { workflowType: d.type, workflowId: d.id, seq: d.seq, err: toErrorData(err) },
+            { ...wf(d.type, d.id), seq: d.seq, err: toErrorData(err) },
             'STUCK: a step can never succeed; message dropped',
           );
           replyError(d, err);
@@ -1462,7 +1472,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         stats.transientErrors++;
         if (stopping) {
           logger.warn(
-            { err: toErrorData(err), seq: d.seq },
+            { ...wf(d.type, d.id), err: toErrorData(err), seq: d.seq },
             'stopping: message left for redelivery',
           );
           return;
@@ -1471,8 +1481,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         const delay = Math.max(retryAfter, Math.min(maxBackoffMs, 50 * 2 ** Math.min(attempt, 10)));
         logger.warn(
           {
-            workflowType: d.type,
-            workflowId: d.id,
+            ...wf(d.type, d.id),
             seq: d.seq,
             attempt,
             err: toErrorData(err),

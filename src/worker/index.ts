@@ -536,7 +536,14 @@ export class Worker implements AsyncDisposable {
       return;
     }
     const attempt = taskAttempt(m);
-    const log = { taskId: task.taskId, activity: task.activity, attempt };
+    const log = {
+      workflowType: task.workflowType,
+      workflowId: task.workflowId,
+      step: stepOfTask(task.taskId),
+      taskId: task.taskId,
+      activity: task.activity,
+      attempt,
+    };
     if (this.canceled.has(task.taskId)) {
       this.stats.canceled++;
       m.term('canceled');
@@ -679,7 +686,14 @@ export class Worker implements AsyncDisposable {
     ackWaitMs: number,
     beat: { last: number },
   ): Promise<Outcome> {
-    const log = { taskId: task.taskId, activity: task.activity, attempt };
+    const log = {
+      workflowType: task.workflowType,
+      workflowId: task.workflowId,
+      step: stepOfTask(task.taskId),
+      taskId: task.taskId,
+      activity: task.activity,
+      attempt,
+    };
     if (task.deadline !== undefined && Date.now() > task.deadline) {
       return {
         kind: 'fail',
@@ -1012,6 +1026,12 @@ export class Worker implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/** The step that scheduled a task: its id is `<type>.<id>.<step>.<actorId>`. */
+function stepOfTask(taskId: string): number | undefined {
+  const n = Number(taskId.split('.')[2]);
+  return Number.isInteger(n) ? n : undefined;
 }
 
 /** The W3C trace context a task message carries (kept on its retries). */
