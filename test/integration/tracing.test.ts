@@ -85,4 +85,28 @@ describe('tracing', () => {
       await engine.close();
     }
   });
+
+  it('a timer continues the trace of the step that set it', async () => {
+    const prefix = uniquePrefix();
+    const engine = await startEngine(env.server.url, prefix);
+    const client = new Client(env.nc, { prefix });
+    try {
+      exporter.reset();
+      await client.start('sleeper', 'z1', { ms: 200 });
+      await client.result('sleeper', 'z1');
+      await provider.forceFlush();
+      const spans = exporter.getFinishedSpans();
+      const root = spans.find((s) => s.name === 'start sleeper')!;
+      const steps = spans.filter(
+        (s) => s.name === 'step sleeper' && s.attributes['jetflow.workflow.id'] === 'z1',
+      );
+      const start = steps.find((s) => s.attributes['jetflow.inbox.kind'] === 'start')!;
+      const fired = steps.find((s) => s.attributes['jetflow.inbox.kind'] === 'timer')!;
+      expect(parentOf(start)).toBe(root.spanContext().spanId);
+      expect(fired.spanContext().traceId).toBe(root.spanContext().traceId);
+      expect(parentOf(fired)).toBe(start.spanContext().spanId);
+    } finally {
+      await engine.close();
+    }
+  });
 });
