@@ -35,6 +35,23 @@ afterAll(async () => {
 
 const parentOf = (s: ReadableSpan) => s.parentSpanContext?.spanId;
 
+/**
+ * The finished spans once `done` holds. A step's span ends after the step acknowledged its
+ * message, a moment after the notification `result()` waits for: wait for it (10 s at most).
+ */
+async function spansWhen(done: (spans: ReadableSpan[]) => boolean): Promise<ReadableSpan[]> {
+  const end = Date.now() + 10_000;
+  for (;;) {
+    await provider.forceFlush();
+    const spans = exporter.getFinishedSpans();
+    if (done(spans) || Date.now() > end) return spans;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const stepsOf = (spans: ReadableSpan[], type: string, id: string) =>
+  spans.filter((s) => s.name === `step ${type}` && s.attributes['jetflow.workflow.id'] === id);
+
 describe('tracing', () => {
   it('a start of a three-activity workflow is one trace: client → step → attempt → step …', async () => {
     const prefix = uniquePrefix();
@@ -48,8 +65,8 @@ describe('tracing', () => {
     try {
       await client.start('chain', 't1', { x: 1 });
       expect(await client.result('chain', 't1')).toEqual({ x: 4 });
-      await provider.forceFlush();
-      const spans = exporter.getFinishedSpans();
+      // The start and one step per result.
+      const spans = await spansWhen((all) => stepsOf(all, 'chain', 't1').length >= 4);
       const root = spans.find((s) => s.name === 'start chain');
       expect(root?.kind).toBe(SpanKind.CLIENT);
       const traceId = root!.spanContext().traceId;
@@ -94,12 +111,9 @@ describe('tracing', () => {
       exporter.reset();
       await client.start('sleeper', 'z1', { ms: 200 });
       await client.result('sleeper', 'z1');
-      await provider.forceFlush();
-      const spans = exporter.getFinishedSpans();
+      const spans = await spansWhen((all) => stepsOf(all, 'sleeper', 'z1').length >= 2);
       const root = spans.find((s) => s.name === 'start sleeper')!;
-      const steps = spans.filter(
-        (s) => s.name === 'step sleeper' && s.attributes['jetflow.workflow.id'] === 'z1',
-      );
+      const steps = stepsOf(spans, 'sleeper', 'z1');
       const start = steps.find((s) => s.attributes['jetflow.inbox.kind'] === 'start')!;
       const fired = steps.find((s) => s.attributes['jetflow.inbox.kind'] === 'timer')!;
       expect(parentOf(start)).toBe(root.spanContext().spanId);
