@@ -163,7 +163,8 @@ describe('readiness', () => {
       // Exactly one holds the shard; the other says why it is not ready.
       await until('one ready engine and one without shards', async () => {
         const [ra, rb] = await states();
-        return (ra!.status === 200) !== (rb!.status === 200);
+        const idle = [ra!, rb!].filter((r) => r.status === 503);
+        return idle.length === 1 && /holding no shard/.test(idle[0]!.text);
       });
       const [ra, rb] = await states();
       const idle = ra!.status === 200 ? 1 : 0;
