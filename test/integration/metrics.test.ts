@@ -19,6 +19,10 @@ import { trackConnection } from '../../src/nats/connection.js';
 import { Client } from '../../src/client/index.js';
 import { createWorker } from '../../src/worker/index.js';
 import { workflows } from '../fixtures/workflows.js';
+import { Visibility } from '../../src/host/visibility.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { resolve } from 'node:path';
 
 const env = useServer();
 
@@ -71,6 +75,18 @@ describe('metrics', () => {
       metrics: workerObs.workerMetrics()!,
     });
     workerObs.worker(worker, trackConnection(env.nc));
+    const visObs = await Observability.start({ name: 'v', metricsPort: 0, logger: quietLogger });
+    const dataDir = mkdtempSync(resolve(tmpdir(), 'jf-metrics-'));
+    const vis = await Visibility.create({
+      servers: env.server.url,
+      prefix,
+      dataDir,
+      logger: quietLogger,
+      progress: () => undefined,
+      bulk: false,
+      metrics: visObs.visibilityMetrics()!,
+    });
+    visObs.visibility(vis);
     const client = new Client(env.nc, { prefix });
     const e = engineObs.server!.port;
     const w = workerObs.server!.port;
@@ -124,7 +140,24 @@ describe('metrics', () => {
       ).toBe(1);
       expect((await get(w, '/readyz')).status).toBe(200);
       expect((await get(e, '/readyz')).status).toBe(200);
+
+      // The replica projected every step of the run (2 of flaky, 2 of counter).
+      const v = visObs.server!.port;
+      await until('the replica caught up', async () => {
+        const vm = await scrape(v);
+        return (
+          vm.get('jetflow_visibility_behind_messages') === 0 &&
+          vm.get('jetflow_visibility_entries_applied_total') === taken + 2
+        );
+      });
+      const vm = await scrape(v);
+      expect(vm.get('jetflow_visibility_lag_seconds_count')).toBe(taken + 2);
+      expect(vm.get('jetflow_journal_lag_seconds_count')).toBe(taken + 2);
+      expect((await get(v, '/readyz')).status).toBe(200);
     } finally {
+      await vis.close();
+      await visObs.close();
+      rmSync(dataDir, { recursive: true, force: true });
       await worker.close();
       await engine.close();
       await engineObs.close();
