@@ -1411,7 +1411,10 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           { ...wf(d.type, d.id), seq: d.seq, earlier: earlier.seq },
           'applying an earlier unapplied message first',
         );
-        const r = await applyOne(earlier, cur, fresh, epoch);
+        // The earlier message's own trace, not the one of the message that found it.
+        const r = await (tracing
+          ? tracing.step(earlier, () => applyOne(earlier, cur, fresh, epoch))
+          : applyOne(earlier, cur, fresh, epoch));
         if (r === 'deferred') return 'deferred';
         if (r === 'done') from = earlier.seq + 1;
         continue;

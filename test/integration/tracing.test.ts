@@ -103,6 +103,28 @@ describe('tracing', () => {
     }
   });
 
+  it('a send to another workflow continues the trace into its step', async () => {
+    const prefix = uniquePrefix();
+    const engine = await startEngine(env.server.url, prefix);
+    const client = new Client(env.nc, { prefix });
+    try {
+      await client.start('xsender', 's1');
+      await client.start('xreceiver', 'r1');
+      exporter.reset();
+      const to = { type: 'xreceiver', id: 'r1' };
+      await client.signal('xsender', 's1', { type: 'SEND', to, event: { type: 'PING', n: 1 } });
+      const spans = await spansWhen((all) => stepsOf(all, 'xreceiver', 'r1').length >= 1);
+      const root = spans.find((s) => s.name === 'signal xsender')!;
+      const sent = stepsOf(spans, 'xsender', 's1')[0]!;
+      const received = stepsOf(spans, 'xreceiver', 'r1')[0]!;
+      expect(parentOf(sent)).toBe(root.spanContext().spanId);
+      expect(received.spanContext().traceId).toBe(root.spanContext().traceId);
+      expect(parentOf(received)).toBe(sent.spanContext().spanId);
+    } finally {
+      await engine.close();
+    }
+  });
+
   it('a timer continues the trace of the step that set it', async () => {
     const prefix = uniquePrefix();
     const engine = await startEngine(env.server.url, prefix);
