@@ -19,6 +19,7 @@ export function spawnTs(
   args: string[],
   ready: string,
   extraNode: string[] = [],
+  env?: Record<string, string>,
 ): Promise<ChildProcess> {
   const child = spawn(
     process.execPath,
@@ -26,6 +27,7 @@ export function spawnTs(
     {
       cwd: root,
       stdio: ['ignore', 'pipe', 'pipe'],
+      ...(env ? { env: { ...process.env, ...env } } : {}),
     },
   );
   children.push(child);

@@ -6,7 +6,9 @@
  * Prints one JSON line per system and workload, then a markdown table and the targets (met /
  * not met). Writes the same to `.bench/latest.json` and `.bench/latest.md`.
  *
- * Options: --smoke, --skip-peers, --profile (engine CPU profile of workload 1, summarised).
+ * Options: --smoke, --skip-peers, --profile (engine CPU profile of workload 1, summarised),
+ * --observability [--rounds n] (only workload 1, with metrics off, on, and on with tracing at
+ * 100% sampling, interleaved in the same run: see `bench/observability.ts`).
  */
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -32,6 +34,10 @@ const { values } = parseArgs({
     profile: { type: 'boolean', default: false },
     /** Comma-separated subset: fanout,signals,timers,idle (sequential always runs). */
     only: { type: 'string' },
+    /** Only workload 1, metrics off / on / on with tracing (bench/observability.ts). */
+    observability: { type: 'boolean', default: false },
+    /** Rounds of --observability (default 3, smoke 1). */
+    rounds: { type: 'string' },
   },
 });
 const smoke = values.smoke;
@@ -168,6 +174,29 @@ async function main(): Promise<void> {
   const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
   const profileDir = resolve(outDir, 'profile');
   rmSync(profileDir, { recursive: true, force: true });
+  if (values.observability) {
+    try {
+      const { runObservabilityBench } = await import('./observability.js');
+      const md = await runObservabilityBench({
+        server,
+        shards: SHARDS,
+        root,
+        rounds: Number(values.rounds ?? (smoke ? 1 : 3)),
+        seq64: N.seq64,
+        seq1: N.seq1,
+        emit,
+      });
+      const text = md.join('\n');
+      process.stdout.write('\n' + text + '\n');
+      const name = smoke ? 'observability-smoke' : 'observability';
+      writeFileSync(resolve(outDir, `${name}.md`), text + '\n');
+      writeFileSync(resolve(outDir, `${name}.json`), JSON.stringify({ rows }, null, 2));
+    } finally {
+      for (const c of spawnedChildren()) if (c.exitCode === null) c.kill('SIGKILL');
+      await server.stop();
+    }
+    return;
+  }
   try {
     const engineArgs = [
       'engine',

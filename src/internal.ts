@@ -18,3 +18,18 @@ export { pack, unpack, encodeBody, decodeBody } from './contracts/codec.js';
 export { Visibility, type VisibilityOptions, type VisibilityStats } from './host/visibility.js';
 export { VisibilityIndex } from './visibility/projection.js';
 export { parseSearch, parseCounts } from './visibility/query.js';
+// Metrics (prom-client) and the process endpoint; tracing helpers (@opentelemetry/api).
+export {
+  createEngineMetrics,
+  createMetricsRegistry,
+  createVisibilityMetrics,
+  createWorkerMetrics,
+  MetricsServer,
+  type EngineMetricsHandle,
+  type Readiness,
+  type VisibilityMetricsHandle,
+  type WorkerMetricsHandle,
+} from './metrics/index.js';
+export { Observability, DEV_METRICS_PORT } from './host/observability.js';
+export { createStepTracing, injectTrace, contextOf, traceHeaders } from './tracing/index.js';
+export { startTracingFromEnv, tracesWanted } from './tracing/sdk.js';

@@ -8,6 +8,8 @@ export {
   Worker,
   type ActivityContext,
   type ActivityFn,
+  type AttemptOutcome,
+  type WorkerMetrics,
   type WorkerOptions,
   type WorkerStats,
 } from './worker/index.js';

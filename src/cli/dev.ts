@@ -12,6 +12,8 @@ import type { HttpServer } from '../http/server.js';
 import type { Client } from '../client/index.js';
 import { repoRoot, startLocalServer } from '../host/nats-server.js';
 import { runDemo } from './demo.js';
+import { DEV_METRICS_PORT } from '../host/observability.js';
+import { pickMetricsPort, startObservability } from './observe.js';
 
 export interface DevDeps {
   loadWorkflows(): Promise<WorkflowDefinition[]>;
@@ -33,6 +35,21 @@ export async function runDev(
   const url = external ?? server!.url;
   d.print(`jetflow: nats-server ${external ? 'at' : 'started at'} ${url}`);
   let engine: Engine | undefined;
+  const obs = await startObservability(
+    'jetflow-dev',
+    pickMetricsPort(v['metrics-port'] as string | undefined, env, DEV_METRICS_PORT),
+    (v['log-level'] as string | undefined) ?? 'warn',
+    '127.0.0.1',
+  ).catch(async (err: unknown) => {
+    // A taken port is reported, not fatal (dev runs on without the endpoint).
+    d.print(`jetflow: metrics endpoint not available: ${String((err as Error)?.message ?? err)}`);
+    return startObservability('jetflow-dev', undefined, 'warn');
+  });
+  if (obs.server) {
+    d.print(
+      `jetflow: metrics at http://127.0.0.1:${obs.server.port}/metrics (health: /healthz, /readyz)`,
+    );
+  }
   let visibility: Promise<Visibility | undefined> | undefined;
   let http: { server: HttpServer; client: Client } | undefined;
   let stopping = false;
@@ -44,19 +61,22 @@ export async function runDev(
     await http?.client.close();
     await (await visibility)?.close();
     await engine?.close();
+    await obs.close();
     await server?.stop();
   };
   d.onSignals(() => void stop());
   try {
     const registry = createRegistry(await d.loadWorkflows());
+    const metrics = obs.engineMetrics();
     engine = await Engine.create(
       {
         ...d.engineOptions(v, env),
         servers: url,
         logLevel: (v['log-level'] as EngineOptions['logLevel']) ?? 'warn',
       },
-      { registry },
+      { registry, ...(metrics ? { metrics } : {}) },
     );
+    obs.engine(engine);
     d.print(`jetflow: engine up (${registry.list().join(', ')})`);
     // The replica joins the search queue group once built; the demo does not wait for it.
     const dataDir =
@@ -73,6 +93,7 @@ export async function runDev(
           logLevel: (v['log-level'] as string | undefined) ?? 'warn',
           name: 'jetflow-dev-visibility',
           signal: abort.signal,
+          ...(obs.visibilityMetrics() ? { metrics: obs.visibilityMetrics() } : {}),
         }),
       )
       .then(
@@ -98,6 +119,7 @@ export async function runDev(
     await http?.server.close();
     await http?.client.close();
     await (await visibility)?.close();
+    await obs.close();
     await server?.stop();
     return 0;
   } catch (err) {

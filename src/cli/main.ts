@@ -20,6 +20,7 @@ import { packageVersion, repoRoot } from '../host/package-root.js';
 import { describeError, errorJson, ExitCode, exitCodeOf, UsageError } from './exit.js';
 import { importUserModule } from './modules.js';
 import { createOut } from './output.js';
+import { pickMetricsPort, startObservability } from './observe.js';
 import {
   cancelVerb,
   keysVerb,
@@ -232,6 +233,12 @@ const ENGINE_FLAGS: [string, string, string, string | undefined][] = [
     'JETFLOW_MSG_ID_MEMORY',
   ],
   ['config', 'file', 'JSON file with the same options in camelCase', 'JETFLOW_CONFIG'],
+  [
+    'metrics-port',
+    'port|off',
+    'serve /metrics, /healthz, /readyz on this port (default off; dev: 9464)',
+    'JETFLOW_METRICS_PORT',
+  ],
 ];
 
 function engineFlags(cmd: Command, only?: string[]): Command {
@@ -296,11 +303,23 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         (v.workflows as string | undefined) ?? (env.JETFLOW_WORKFLOWS || undefined),
       ),
     );
+    const options = engineOptions(v, env);
+    const obs = await startObservability(
+      options.name ?? 'jetflow-engine',
+      pickMetricsPort(v['metrics-port'] as string | undefined, env),
+      options.logLevel,
+    );
     // Handlers first, so a signal during start-up drains too instead of killing.
-    const starting = Engine.create(engineOptions(v, env), { registry });
+    const metrics = obs.engineMetrics();
+    const starting = Engine.create(options, { registry, ...(metrics ? { metrics } : {}) });
     onSignals(() => void starting.then((e) => e.close()).catch(() => undefined));
-    const engine = await starting;
+    const engine = await starting.catch(async (err: unknown) => {
+      await obs.close();
+      throw err;
+    });
+    obs.engine(engine);
     await engine.run();
+    await obs.close();
     done(0);
   });
 
@@ -326,6 +345,10 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'debug|info|warn|error|silent (default info) [JETFLOW_LOG_LEVEL]',
     )
     .option('--name <name>', 'worker name in logs [JETFLOW_NAME]')
+    .option(
+      '--metrics-port <port|off>',
+      'serve /metrics, /healthz, /readyz on this port (default off) [JETFLOW_METRICS_PORT]',
+    )
     .action(async (o: WorkerFlags) => {
       const { runWorker } = await import('./worker-host.js');
       done(await runWorker(o, env, onSignals));
@@ -418,6 +441,10 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'debug|info|warn|error|silent (default info) [JETFLOW_LOG_LEVEL]',
     )
     .option('--name <name>', 'replica name in logs [JETFLOW_NAME]')
+    .option(
+      '--metrics-port <port|off>',
+      'serve /metrics, /healthz, /readyz on this port (default off) [JETFLOW_METRICS_PORT]',
+    )
     .option('--no-bulk', 'do not create or run bulk operator jobs (<prefix>.admin.bulk)')
     .option(
       '--bulk-lease-ms <ms>',
@@ -441,9 +468,17 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         finishedRetentionMs?: string;
         logLevel?: string;
         name?: string;
+        metricsPort?: string;
       }) => {
         const { Visibility } = await import('../host/visibility.js');
+        const obs = await startObservability(
+          o.name ?? (env.JETFLOW_NAME || 'jetflow-visibility'),
+          pickMetricsPort(o.metricsPort, env),
+          o.logLevel ?? (env.JETFLOW_LOG_LEVEL || undefined),
+        );
+        const metrics = obs.visibilityMetrics();
         const starting = Visibility.create({
+          ...(metrics ? { metrics } : {}),
           servers: o.natsUrl ?? (env.NATS_URL || undefined),
           prefix: o.prefix ?? (env.JETFLOW_PREFIX || undefined),
           dataDir: o.dataDir ?? (env.JETFLOW_DATA_DIR || undefined),
@@ -465,8 +500,13 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
                 },
         });
         onSignals(() => void starting.then((v) => v.close()).catch(() => undefined));
-        const v = await starting;
+        const v = await starting.catch(async (err: unknown) => {
+          await obs.close();
+          throw err;
+        });
+        obs.visibility(v);
         await v.run();
+        await obs.close();
         done(0);
       },
     );

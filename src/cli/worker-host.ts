@@ -5,12 +5,13 @@
  * of the same names); flags override the module.
  */
 import { ConfigError } from '../errors.js';
-import { connectNats } from '../nats/connection.js';
+import { connectNats, trackConnection } from '../nats/connection.js';
 import { createLogger } from '../host/logger.js';
 import { createWorker, type ActivityFn, type WorkerOptions } from '../worker/index.js';
 import type { QueueSettingsInput } from '../nats/tasks.js';
 import { UsageError } from './exit.js';
 import { importUserModule } from './modules.js';
+import { pickMetricsPort, startObservability } from './observe.js';
 
 export interface WorkerFlags {
   activities?: string;
@@ -26,6 +27,7 @@ export interface WorkerFlags {
   shutdownGraceMs?: string;
   logLevel?: string;
   name?: string;
+  metricsPort?: string;
 }
 
 function positiveInt(text: string, flag: string): number {
@@ -135,14 +137,26 @@ export async function runWorker(
     stopped = true;
     stop?.();
   });
-  const { nc } = await connectNats(servers, 'jetflow-worker');
+  const obs = await startObservability(
+    f.name ?? (env.JETFLOW_NAME || 'jetflow-worker'),
+    pickMetricsPort(f.metricsPort, env),
+    f.logLevel ?? (env.JETFLOW_LOG_LEVEL || undefined),
+  );
+  const metrics = obs.workerMetrics();
+  const { nc } = await connectNats(servers, 'jetflow-worker').catch(async (err: unknown) => {
+    await obs.close();
+    throw err;
+  });
+  const connection = trackConnection(nc);
   try {
     const worker = await createWorker({
       ...opts,
       ...(prefix ? { prefix } : {}),
+      ...(metrics ? { metrics } : {}),
       connection: nc,
       logger,
     });
+    obs.worker(worker, connection);
     stop = () => void worker.close();
     if (stopped) stop();
     logger.info(
@@ -153,6 +167,7 @@ export async function runWorker(
     logger.info({ stats: worker.stats }, 'worker stopped');
   } finally {
     await nc.drain().catch(() => undefined);
+    await obs.close();
   }
   return 0;
 }

@@ -39,6 +39,8 @@ import {
   type StartReply,
 } from '../contracts/wire.js';
 import { DEFAULT_PREFIX, isToken } from '../contracts/subjects.js';
+import { context } from '@opentelemetry/api';
+import { inSpan, injectTrace, SpanKind, tracingActive } from '../tracing/index.js';
 import type { BulkProgress, BulkReply, BulkRequest } from '../contracts/bulk.js';
 import type {
   SearchCountsReply,
@@ -111,6 +113,21 @@ export class Client implements AsyncDisposable {
     }
   }
 
+  /**
+   * Run a start, signal or cancel in a client span (`<verb> <type>`) when a tracer provider is
+   * registered; its context travels with the request (`traceparent`) into the step.
+   */
+  private traced<T>(verb: string, type: string, id: string, f: () => Promise<T>): Promise<T> {
+    if (!tracingActive()) return f();
+    return inSpan(
+      `${verb} ${type}`,
+      SpanKind.CLIENT,
+      context.active(),
+      { 'messaging.system': 'nats', 'jetflow.workflow.type': type, 'jetflow.workflow.id': id },
+      () => f(),
+    );
+  }
+
   private async request<T>(
     subject: string,
     body: unknown,
@@ -120,6 +137,8 @@ export class Client implements AsyncDisposable {
     const h = headers();
     h.set(Header.ContentType, JSON_TYPE);
     for (const [k, v] of Object.entries(extra ?? {})) h.set(k, v);
+    // W3C trace context of the active span (a no-op without one): the step continues it.
+    injectTrace(h);
     const reply = await this.nc.request(
       subject,
       body === undefined ? new Uint8Array() : encodeBody(body),
@@ -163,10 +182,12 @@ export class Client implements AsyncDisposable {
     opts: { msgId?: string | undefined } = {},
   ): Promise<StartReply> {
     this.check(type, id);
-    return await this.request(
-      this.names.subjects.start(type, id),
-      { input },
-      opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
+    return await this.traced('start', type, id, () =>
+      this.request<StartReply>(
+        this.names.subjects.start(type, id),
+        { input },
+        opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
+      ),
     );
   }
 
@@ -181,10 +202,12 @@ export class Client implements AsyncDisposable {
     opts: { msgId?: string } = {},
   ): Promise<SignalReply> {
     this.check(type, id);
-    return await this.request(
-      this.names.subjects.signal(type, id),
-      event,
-      opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
+    return await this.traced('signal', type, id, () =>
+      this.request<SignalReply>(
+        this.names.subjects.signal(type, id),
+        event,
+        opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
+      ),
     );
   }
 
@@ -243,10 +266,12 @@ export class Client implements AsyncDisposable {
     opts: { msgId?: string | undefined } = {},
   ): Promise<SignalReply> {
     this.check(type, id);
-    return await this.request(
-      this.names.subjects.cancel(type, id),
-      { reason },
-      opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
+    return await this.traced('cancel', type, id, () =>
+      this.request<SignalReply>(
+        this.names.subjects.cancel(type, id),
+        { reason },
+        opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
+      ),
     );
   }
 

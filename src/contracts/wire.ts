@@ -35,6 +35,14 @@ export const Header = {
    * worker runs it at that time without taking another slot.
    */
   RateSlot: 'Jf-Rate-Slot',
+  /**
+   * W3C Trace Context (optional, on start, signal and cancel requests): carried through the
+   * inbox into the step's span, onto the tasks the step publishes, into the worker's attempt
+   * span and back on the result, so one causal chain is one trace.
+   */
+  TraceParent: 'traceparent',
+  /** W3C Trace Context vendor state, carried with `traceparent`. */
+  TraceState: 'tracestate',
 } as const;
 
 /**
@@ -637,6 +645,8 @@ export interface TimerMessage {
   /** Step that set the timer: a fired timer whose id was since re-set is recognised as stale. */
   step: number;
   event: unknown;
+  /** When the timer was due (epoch ms): the timer's lateness is measured from it. */
+  dueAt?: number;
 }
 
 /** One open debounce window of a workflow (see `WorkflowRecord.debounced`). */

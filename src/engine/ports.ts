@@ -42,6 +42,10 @@ export interface InboxEntry {
   data: Uint8Array;
   replyTo: string | undefined;
   replyEncoding: BodyEncoding;
+  /** W3C trace context the message carried (its `traceparent`/`tracestate` headers), if any. */
+  trace?: TraceCarrier;
+  /** When the message was stored in the inbox (epoch ms), if known: the inbox lag's start. */
+  storedAt?: number;
 }
 
 /** A delivered inbox message: an entry plus its acknowledgement. */
@@ -130,4 +134,53 @@ export interface Logger {
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
   child(bindings: object): Logger;
+}
+
+/** The parts of a step timed by {@link EngineMetrics.phase}. */
+export type StepPhase = 'load' | 'decide' | 'persist' | 'effects';
+
+/** How the engine counted one inbox message (or one compare-and-set lost). */
+export type StepOutcome = 'applied' | 'rejected' | 'repeated' | 'ignored' | 'conflict';
+
+/** Lifecycle changes counted per workflow type. */
+export type LifecycleEvent = 'started' | 'completed' | 'failed' | 'canceled';
+
+/**
+ * What the step reports to a metrics backend (`src/metrics/` implements it with prom-client).
+ * Every method is called on the step's path: implementations must be cheap and never throw.
+ */
+export interface EngineMetrics {
+  step(workflowType: string, outcome: StepOutcome): void;
+  /** Seconds spent in one phase of a step. */
+  phase(phase: StepPhase, seconds: number): void;
+  /** A record load answered by the cache (true) or by the store (false). */
+  cache(hit: boolean): void;
+  lifecycle(workflowType: string, event: LifecycleEvent): void;
+  /** An activity task published to `queue` (an outbox performed). */
+  taskPublished(queue: string): void;
+  timerSet(): void;
+  /** A timer applied; `latenessSeconds` from its due time to the step (undefined: unknown). */
+  timerFired(latenessSeconds: number | undefined): void;
+}
+
+/**
+ * Trace context of one message (W3C Trace Context: the `traceparent` and `tracestate` headers).
+ */
+export interface TraceCarrier {
+  traceparent?: string;
+  tracestate?: string;
+}
+
+/**
+ * Spans around steps (`src/tracing/` implements it with `@opentelemetry/api`). Absent when no
+ * tracer is configured, so that tracing costs nothing then.
+ */
+export interface StepTracing {
+  /**
+   * Run `f` (one message's step) inside a span whose parent is the message's trace context;
+   * whatever `f` publishes carries the span's context.
+   */
+  step<T>(entry: InboxEntry, f: () => Promise<T>): Promise<T>;
+  /** The current trace id, for log lines (undefined outside a traced step). */
+  traceId(): string | undefined;
 }

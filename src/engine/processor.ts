@@ -56,6 +56,8 @@ import type { Subjects } from '../contracts/subjects.js';
 import type {
   Clock,
   EffectSink,
+  EngineMetrics,
+  StepTracing,
   InboxDelivery,
   InboxEntry,
   InboxIdentity,
@@ -131,6 +133,10 @@ export interface ProcessorOptions {
   heldMax?: number;
   /** Concurrency keys' records (absent: a start of a type with a concurrency key is refused). */
   keys?: KeyStore;
+  /** Counters and timings of the steps (absent: none are kept beyond {@link ProcessorStats}). */
+  metrics?: EngineMetrics;
+  /** Spans around steps (absent: no tracing, at no cost). */
+  tracing?: StepTracing;
 }
 
 interface CacheEntry {
@@ -326,7 +332,13 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
           workflowType: e.type,
         });
       }
-      return { kind: 'timer', timerId: b.timerId, step: b.step, event: b.event };
+      return {
+        kind: 'timer',
+        timerId: b.timerId,
+        step: b.step,
+        event: b.event,
+        ...(typeof b.dueAt === 'number' ? { dueAt: b.dueAt } : {}),
+      };
     }
     case 'admin':
       return decodeAdmin(b, { workflowType: e.type, workflowId: e.id });
@@ -395,6 +407,21 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
 
 export function createProcessor(opts: ProcessorOptions): Processor {
   const { store, inbox, effects, clock, logger } = opts;
+  const metrics = opts.metrics;
+  const tracing = opts.tracing;
+  /** Seconds since `t0` (a `performance.now()`), for the phase histograms. */
+  const since = (t0: number) => (performance.now() - t0) / 1000;
+  /** Count an applied write: the step, and the lifecycle change from `before` to `after`. */
+  const countWrite = (before: WorkflowRecord | undefined, after: WorkflowRecord) => {
+    stats.applied++;
+    if (!metrics) return;
+    metrics.step(after.type, 'applied');
+    const was = before?.status;
+    if (was === undefined) metrics.lifecycle(after.type, 'started');
+    if (was === after.status) return;
+    if (after.status === 'completed' || after.status === 'failed' || after.status === 'canceled')
+      metrics.lifecycle(after.type, after.status);
+  };
   const ctx = {
     registry: opts.registry,
     subjects: opts.subjects,
@@ -451,13 +478,36 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     effectsDone: stored.record.outboxDone === stored.record.step,
   });
 
+  /** The workflow's step as cached here (for log lines; undefined when not cached). */
+  const stepOf = (type: string, id: string) => cache.peek(keyOf(type, id))?.stored.record.step;
+  /** The fields every log line about a workflow carries (the trace id comes from the logger). */
+  const wf = (type: string, id: string) => ({
+    workflowType: type,
+    workflowId: id,
+    step: stepOf(type, id),
+  });
+
   /** The cached record, or the stored one (`fresh`: read from the store by this call). */
   async function load(
     type: string,
     id: string,
   ): Promise<{ cur: CacheEntry | undefined; fresh: boolean }> {
+    if (!metrics) return loadRecord(type, id);
+    const t0 = performance.now();
+    try {
+      return await loadRecord(type, id);
+    } finally {
+      metrics.phase('load', since(t0));
+    }
+  }
+
+  async function loadRecord(
+    type: string,
+    id: string,
+  ): Promise<{ cur: CacheEntry | undefined; fresh: boolean }> {
     const key = keyOf(type, id);
     const hit = cache.get(key);
+    metrics?.cache(hit !== undefined);
     if (hit && hit.owed === undefined) return { cur: hit, fresh: false };
     if (hit) {
       // Effects of this step failed and are about to be retried. If another engine wrote the
@@ -496,8 +546,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     else cache.delete(key);
     logger.info(
       {
-        workflowType: type,
-        workflowId: id,
+        ...wf(type, id),
         cached: cur?.stored.revision,
         stored: latest?.revision,
       },
@@ -518,8 +567,17 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (entry.effectsDone) return entry;
     const { record } = entry.stored;
     if (record.outbox.length > 0) {
+      const t0 = metrics ? performance.now() : 0;
       try {
         await effects.perform(record, entry.owed);
+        if (metrics) {
+          metrics.phase('effects', since(t0));
+          for (const [i, e] of record.outbox.entries()) {
+            if (entry.owed && !entry.owed.includes(i)) continue;
+            if (e.kind === 'task') metrics.taskPublished(e.task.queue);
+            else if (e.kind === 'timer') metrics.timerSet();
+          }
+        }
       } catch (err) {
         if (!(err instanceof EffectsError)) throw err;
         entry.owed = err.failed;
@@ -561,7 +619,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     } catch (err) {
       if (err instanceof ConflictError) cache.delete(keyOf(record.type, record.id));
       logger.debug(
-        { workflowType: record.type, workflowId: record.id, err: toErrorData(err) },
+        { ...wf(record.type, record.id), err: toErrorData(err) },
         'outbox performed but not marked; a later load may perform it again',
       );
     }
@@ -581,6 +639,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const rec = failure(record, error, seq, clock.now(), opts.journal);
     const stored = await store.update(rec, revision);
     stats.poisoned++;
+    if (metrics && record.status !== 'failed') metrics.lifecycle(record.type, 'failed');
     logger.error(
       { workflowType: record.type, workflowId: record.id, seq, step: rec.step, err: error },
       'a step of this workflow can never succeed: the workflow failed',
@@ -593,7 +652,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       if (e instanceof EffectsError) entry.owed = e.failed;
       if (!(e instanceof EffectsError) || !e.terminal) throw e;
       logger.error(
-        { workflowType: record.type, workflowId: record.id, err: toErrorData(e) },
+        { ...wf(record.type, record.id), err: toErrorData(e) },
         'the wind-down of a failed workflow cannot be performed; left as it is',
       );
     }
@@ -606,7 +665,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (!e.replyTo) return undefined;
     if (isReplySubject(e.replyTo, replyPrefixes)) return e.replyTo;
     logger.warn(
-      { workflowType: e.type, workflowId: e.id, seq: e.seq, replyTo: e.replyTo },
+      { ...wf(e.type, e.id), seq: e.seq, replyTo: e.replyTo },
       `not replying: ${JSON.stringify(e.replyTo)} is not a reply subject (allowed prefixes: ${replyPrefixes.join(', ')})`,
     );
     return undefined;
@@ -656,6 +715,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         logger.error(
           {
             ...fields,
+            step: stepOf(fields.workflowType, fields.workflowId),
             seq: e.seq,
             kind: e.kind,
             err: toErrorData(err),
@@ -693,8 +753,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     deferLogged.set(what, now);
     logger.error(
       {
-        workflowType: e.type,
-        workflowId: e.id,
+        ...wf(e.type, e.id),
         version: record?.version,
         seq: e.seq,
         code: err.code,
@@ -808,6 +867,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const key = r?.admission?.key ?? msg.key;
     if (key === undefined) {
       stats.rejected++;
+      metrics?.step(e.type, 'rejected');
       replyError(
         e,
         new BadRequestError(
@@ -823,7 +883,13 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const out = await opts.keys!.release(e.type, keyToken, e.id);
     const changed = { key, was: out.was, admitted: out.admits.map((a) => a.id) };
     logger.warn(
-      { ...fields, by: msg.by, reason: msg.reason, ...changed },
+      {
+        ...fields,
+        step: stepOf(fields.workflowType, fields.workflowId),
+        by: msg.by,
+        reason: msg.reason,
+        ...changed,
+      },
       'operator released a concurrency slot',
     );
     if (opts.journal) {
@@ -932,6 +998,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       decoded && message.kind === 'start' && !cur
         ? await admission(e, message.input, now, epoch)
         : undefined;
+    const decideStart = metrics ? performance.now() : 0;
     try {
       if (!decoded) throw decodeError;
       decision =
@@ -972,8 +1039,10 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         decision = p;
       }
     }
+    if (metrics) metrics.phase('decide', since(decideStart));
     let written: CacheEntry | undefined;
     if (decision.kind === 'write') {
+      const persistStart = metrics ? performance.now() : 0;
       try {
         const stored = decision.create
           ? await store.create(decision.record)
@@ -984,6 +1053,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           live: decision.live,
           reply: decision.reply,
         };
+        if (metrics) metrics.phase('persist', since(persistStart));
       } catch (err) {
         if (!(err instanceof TerminalError)) throw err;
         // E10: a dispatched task's result that would make the record too large (a fan-out too
@@ -1032,7 +1102,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
               decision = d2;
               retried = true;
               logger.warn(
-                { workflowType: e.type, workflowId: e.id, seq: e.seq, actorId: message.actorId },
+                { ...wf(e.type, e.id), seq: e.seq, actorId: message.actorId },
                 failed.error!.message,
               );
             } catch (err2) {
@@ -1072,11 +1142,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (decision.kind !== 'write') handledWithoutWrite.set(e.seq, true);
     if (decision.kind === 'reject') {
       stats.rejected++;
+      metrics?.step(e.type, 'rejected');
       const eventType = message.kind === 'signal' ? message.event.type : `(${message.kind})`;
       logger.warn(
         {
-          workflowType: e.type,
-          workflowId: e.id,
+          ...wf(e.type, e.id),
           seq: e.seq,
           code: decision.error.code,
           event: eventType,
@@ -1119,10 +1189,8 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     }
     if (decision.kind === 'ignore') {
       stats.ignored++;
-      logger.info(
-        { workflowType: e.type, workflowId: e.id, seq: e.seq, kind: e.kind },
-        `ignored: ${decision.reason}`,
-      );
+      metrics?.step(e.type, 'ignored');
+      logger.info({ ...wf(e.type, e.id), seq: e.seq, kind: e.kind }, `ignored: ${decision.reason}`);
       const stored = cur?.stored.record;
       if (opts.journal && stored) {
         await effects.journal(
@@ -1163,7 +1231,9 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     }
     if (!written) throw new Error('unreachable: a write decision without a written record');
     remember(key, written);
-    stats.applied++;
+    countWrite(cur?.stored.record, written.stored.record);
+    if (metrics && message.kind === 'timer')
+      metrics.timerFired(message.dueAt === undefined ? undefined : (now - message.dueAt) / 1000);
     const entry = await settleOutbox(written);
     if (decision.again && entry === written) {
       // Started by a send's `startIfAbsent`: the send itself is applied next, to this record.
@@ -1202,7 +1272,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       const stored = await store.update(decision.record, cur.stored.revision);
       const written: CacheEntry = { stored, effectsDone: false, live: decision.live };
       remember(keyOf(r.type, r.id), written);
-      stats.applied++;
+      countWrite(r, stored.record);
       cur = await settleOutbox(written);
       await markDone(cur);
     }
@@ -1253,6 +1323,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (!isToken(d.type) || !isToken(d.id)) {
       // Not a workflow jetflow can name (nor store: KV keys are tokens). Nothing to notify.
       stats.rejected++;
+      metrics?.step('(invalid)', 'rejected');
       const err = new BadRequestError(
         `inbox message for ${JSON.stringify(d.type)}/${JSON.stringify(d.id)}: workflow type and id must be 1-256 characters of A-Z a-z 0-9 _ - =`,
         { code: ErrorCode.BadRequest, details: { kind: d.kind, type: d.type, id: d.id } },
@@ -1296,6 +1367,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       }
       if (lastSeq >= d.seq) {
         stats.repeats++;
+        metrics?.step(d.type, 'repeated');
         const settled = await settleOutbox(cur!);
         await markDone(settled);
         // A resume redelivered after a crash: what it released may still be held.
@@ -1336,10 +1408,13 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       if (earlier && earlier.seq < d.seq) {
         stats.gapFills++;
         logger.info(
-          { workflowType: d.type, workflowId: d.id, seq: d.seq, earlier: earlier.seq },
+          { ...wf(d.type, d.id), seq: d.seq, earlier: earlier.seq },
           'applying an earlier unapplied message first',
         );
-        const r = await applyOne(earlier, cur, fresh, epoch);
+        // The earlier message's own trace, not the one of the message that found it.
+        const r = await (tracing
+          ? tracing.step(earlier, () => applyOne(earlier, cur, fresh, epoch))
+          : applyOne(earlier, cur, fresh, epoch));
         if (r === 'deferred') return 'deferred';
         if (r === 'done') from = earlier.seq + 1;
         continue;
@@ -1367,8 +1442,9 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         if (!(err instanceof EffectsError)) cache.delete(key);
         if (err instanceof ConflictError) {
           stats.conflicts++;
+          metrics?.step(d.type, 'conflict');
           logger.debug(
-            { workflowType: d.type, workflowId: d.id, seq: d.seq },
+            { ...wf(d.type, d.id), seq: d.seq },
             'compare-and-set lost; retrying from the stored record',
           );
           // A little jittered backoff, growing with repeated conflicts (a lagging reader or a
@@ -1381,8 +1457,9 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           // Not expected here (permanent failures are handled where they happen); retrying in
           // place would wedge the workflow and its shard. Drop the message, loudly.
           stats.rejected++;
+          metrics?.step(d.type, 'rejected');
           logger.error(
-            { workflowType: d.type, workflowId: d.id, seq: d.seq, err: toErrorData(err) },
+            { ...wf(d.type, d.id), seq: d.seq, err: toErrorData(err) },
             'STUCK: a step can never succeed; message dropped',
           );
           replyError(d, err);
@@ -1398,7 +1475,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         stats.transientErrors++;
         if (stopping) {
           logger.warn(
-            { err: toErrorData(err), seq: d.seq },
+            { ...wf(d.type, d.id), err: toErrorData(err), seq: d.seq },
             'stopping: message left for redelivery',
           );
           return;
@@ -1407,8 +1484,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         const delay = Math.max(retryAfter, Math.min(maxBackoffMs, 50 * 2 ** Math.min(attempt, 10)));
         logger.warn(
           {
-            workflowType: d.type,
-            workflowId: d.id,
+            ...wf(d.type, d.id),
             seq: d.seq,
             attempt,
             err: toErrorData(err),
@@ -1426,7 +1502,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     handle(d) {
       const key = keyOf(d.type, d.id);
       const prev = tails.get(key) ?? Promise.resolve();
-      const next = prev.then(() => run(d));
+      const next = prev.then(() => (tracing ? tracing.step(d, () => run(d)) : run(d)));
       const tail = next.catch(() => undefined);
       tails.set(key, tail);
       void tail.then(() => {

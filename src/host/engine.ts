@@ -7,11 +7,13 @@
  * same msg ids (JetStream drops the duplicates within the dedup window).
  */
 import type { NatsConnection } from '@nats-io/transport-node';
+import type { JetStreamManager } from '@nats-io/jetstream';
 import { compileEngineConfig, type EngineConfig, type EngineOptions } from '../config.js';
 import { createProcessor, type Processor } from '../engine/processor.js';
 import type { Registry } from '../engine/registry.js';
-import type { Clock, Logger } from '../engine/ports.js';
-import { connectNats } from '../nats/connection.js';
+import type { Clock, EngineMetrics, Logger, StepTracing } from '../engine/ports.js';
+import { connectNats, trackConnection, type ConnectionState } from '../nats/connection.js';
+import { createStepTracing, tracingActive } from '../tracing/index.js';
 import {
   ensureShardConsumer,
   ensureTopology,
@@ -38,6 +40,12 @@ export interface EngineDeps {
   registry: Registry;
   logger?: Logger;
   clock?: Clock;
+  /** Step counters and timings (`createEngineMetrics` of `src/metrics/`); absent: none. */
+  metrics?: EngineMetrics & { lag?(shard: number, seconds: number): void };
+  /**
+   * Step spans. Default: on when a tracer provider is registered globally (`false`: off).
+   */
+  tracing?: StepTracing | false;
 }
 
 export class Engine implements AsyncDisposable {
@@ -56,6 +64,8 @@ export class Engine implements AsyncDisposable {
     private readonly timers: TimerHandlers,
     /** The shards this engine holds and the membership it keeps. */
     readonly shardManager: ShardManager,
+    private readonly jsm: JetStreamManager,
+    private readonly connection: ConnectionState,
   ) {
     this.done = new Promise((ok) => (this.resolveDone = ok));
   }
@@ -66,6 +76,11 @@ export class Engine implements AsyncDisposable {
     const logger = deps.logger ?? createLogger(config.name, config.logLevel);
     const clock = deps.clock ?? { now: () => Date.now() };
     const { nc, js, jsm } = await connectNats(config.servers, config.name);
+    const connection = trackConnection(nc);
+    const tracing =
+      deps.tracing === false
+        ? undefined
+        : (deps.tracing ?? (tracingActive() ? createStepTracing() : undefined));
     try {
       // Before anything is created: a wrong shard count must not leave a stream behind.
       await verifyShardMapping(nc, topologyNames(config.prefix), config.shards);
@@ -110,6 +125,8 @@ export class Engine implements AsyncDisposable {
         ...(config.journal ? { journal: { payloadMaxBytes: config.journalPayloadMaxBytes } } : {}),
         journalReader: createJournalReader(history),
         keys,
+        ...(deps.metrics ? { metrics: deps.metrics } : {}),
+        ...(tracing ? { tracing } : {}),
       });
       const gateway = startGateway({
         nc,
@@ -145,6 +162,7 @@ export class Engine implements AsyncDisposable {
         repairConsumer: (shard) => ensureShardConsumer(jsm, config, shard),
         // A record cached while the shard was last here may have been changed by another engine.
         onGained: (shard) => processor.forgetShard(shard),
+        ...(deps.metrics?.lag ? { lag: deps.metrics.lag.bind(deps.metrics) } : {}),
       });
       await shards.start();
       logger.info(
@@ -167,11 +185,41 @@ export class Engine implements AsyncDisposable {
         logger,
         timers,
         shards,
+        jsm,
+        connection,
       );
     } catch (err) {
       await nc.close().catch(() => undefined);
       throw err;
     }
+  }
+
+  /**
+   * Ready: connected to NATS and holding at least one shard (an engine beyond the shard count,
+   * or one whose shards were all taken over, holds none and does no work). Not ready once
+   * closing.
+   */
+  readiness(): { ready: boolean; reason: string } {
+    if (this.closing) return { ready: false, reason: 'stopping' };
+    if (!this.connection.connected) return { ready: false, reason: 'NATS connection down' };
+    const held = this.shardManager.shards.length;
+    if (held === 0) return { ready: false, reason: 'holding no shard' };
+    return { ready: true, reason: `holding ${held} of ${this.config.shards} shards` };
+  }
+
+  /** Per held shard: inbox messages not yet acknowledged (one consumer info request each). */
+  async inboxPending(): Promise<Map<number, number>> {
+    const out = new Map<number, number>();
+    await Promise.all(
+      this.shardManager.shards.map(async (shard) => {
+        const ci = await this.jsm.consumers.info(
+          this.names.inboxStream,
+          this.names.shardConsumer(shard),
+        );
+        out.set(shard, ci.num_pending + ci.num_ack_pending);
+      }),
+    );
+    return out;
   }
 
   /** Counters and gauges of the public gateway (requests in flight, waiting, refused). */

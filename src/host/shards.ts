@@ -45,6 +45,8 @@ export interface ShardManagerOptions {
   repairConsumer?: (shard: number) => Promise<void>;
   /** Called when a shard is gained, before its first message is handled. */
   onGained?: (shard: number) => void;
+  /** Inbox lag of each delivered message (see `consumeShard`). */
+  lag?: (shard: number, seconds: number) => void;
 }
 
 /** What the pin check did, for tests and logs. */

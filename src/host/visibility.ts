@@ -20,7 +20,7 @@ import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { DEFAULT_PREFIX } from '../contracts/subjects.js';
 import type { Logger } from '../engine/ports.js';
 import { ConfigError } from '../errors.js';
-import { connectNats } from '../nats/connection.js';
+import { connectNats, trackConnection, type ConnectionState } from '../nats/connection.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import {
   journalStreamInfo,
@@ -52,6 +52,8 @@ export interface VisibilityOptions {
   name?: string;
   logLevel?: string;
   logger?: Logger;
+  /** Lag histograms of the projection (`createVisibilityMetrics` of `src/metrics/`). */
+  metrics?: { projected(journalSeconds: number, visibilitySeconds: number): void };
   /** Where progress lines go (default stderr). */
   progress?: (line: string) => void;
   /**
@@ -129,6 +131,7 @@ export class Visibility implements AsyncDisposable {
   private following: Promise<void> = Promise.resolve();
   private readonly done: Promise<void>;
   private resolveDone!: () => void;
+  private readonly connection: ConnectionState;
 
   private constructor(
     readonly file: string,
@@ -143,7 +146,9 @@ export class Visibility implements AsyncDisposable {
     private readonly signal?: AbortSignal,
     private readonly bulkOptions: VisibilityOptions['bulk'] = true,
     private readonly name = 'jetflow-visibility',
+    private readonly metrics?: VisibilityOptions['metrics'],
   ) {
+    this.connection = trackConnection(nc);
     this.done = new Promise((ok) => (this.resolveDone = ok));
   }
 
@@ -189,6 +194,7 @@ export class Visibility implements AsyncDisposable {
         o.signal,
         o.bulk ?? true,
         name,
+        o.metrics,
       );
       await v.start();
       return v;
@@ -344,6 +350,8 @@ export class Visibility implements AsyncDisposable {
         // Searchable from here on: the lag of each step is now minus the step's time.
         const now = Date.now();
         for (const { entry, storedAt } of items) {
+          if (entry?.kind === 'step' && this.metrics)
+            this.metrics.projected((storedAt - entry.at) / 1000, (now - entry.at) / 1000);
           if (entry?.kind !== 'step' || this.lags.length >= LAG_SAMPLES) continue;
           this.lags.push(now - entry.at);
           this.journalLags.push(storedAt - entry.at);
@@ -388,6 +396,20 @@ export class Visibility implements AsyncDisposable {
     this.lags = [];
     this.journalLags = [];
     return out;
+  }
+
+  /** Journal entries stored but not yet committed to this replica (one stream info request). */
+  async behind(): Promise<number> {
+    const info = await journalStreamInfo(this.jsm, this.names);
+    return Math.max(0, (info?.lastSeq ?? 0) - this.index.position().seq);
+  }
+
+  /** Ready while connected and answering searches (it answers once caught up at start). */
+  readiness(): { ready: boolean; reason: string } {
+    if (this.closing) return { ready: false, reason: 'stopping' };
+    if (!this.connection.connected) return { ready: false, reason: 'NATS connection down' };
+    if (!this.responder) return { ready: false, reason: 'catching up with the journal' };
+    return { ready: true, reason: 'answering searches' };
   }
 
   /** Resolves when the role has stopped (after `close()`). */

@@ -95,3 +95,25 @@ export function toJetflowError(err: unknown, fields: JetflowErrorFields = {}): J
     code: timeout ? ErrorCode.Timeout : ErrorCode.Unavailable,
   });
 }
+
+/** Whether a connection is up now, followed from its status events (for `/readyz`). */
+export interface ConnectionState {
+  readonly connected: boolean;
+}
+
+/** Follow `nc`'s status: down from a disconnect until a reconnect, and for good once closed. */
+export function trackConnection(nc: NatsConnection): ConnectionState {
+  let connected = !nc.isClosed();
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect' || s.type === 'close') connected = false;
+      else if (s.type === 'reconnect') connected = true;
+    }
+  })().catch(() => undefined);
+  void nc.closed().then(() => (connected = false));
+  return {
+    get connected() {
+      return connected && !nc.isClosed();
+    },
+  };
+}

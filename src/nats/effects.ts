@@ -1,4 +1,5 @@
 /** Performs outbox effects over NATS, each with a deterministic `Nats-Msg-Id`. */
+import { injectTrace } from '../tracing/index.js';
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { EffectSink, Logger } from '../engine/ports.js';
@@ -102,9 +103,12 @@ export function createEffectSink(
     from?: { type: string; id: string; step: number; index: number },
   ): Promise<void> => {
     const body = from ? { ...e.body, from } : e.body;
+    const h = msgpackHeaders();
+    // The sending step's span (when traced): the other workflow's step continues the trace.
+    injectTrace(h);
     await js.publish(s.inbox(e.inbox, e.to.type, e.to.id), pack(body), {
       msgID: e.msgId ?? msgId,
-      headers: msgpackHeaders(),
+      headers: h,
     });
   };
   return {

@@ -161,6 +161,13 @@ export function startGateway(o: GatewayOptions): Gateway {
     duplicate: object,
   ): Promise<void> {
     const h = headers();
+    // W3C trace context: carried through the inbox to the step (see `Header.TraceParent`).
+    const traceparent = m.headers?.get(Header.TraceParent);
+    if (traceparent) {
+      h.set(Header.TraceParent, traceparent);
+      const tracestate = m.headers?.get(Header.TraceState);
+      if (tracestate) h.set(Header.TraceState, tracestate);
+    }
     if (m.reply) {
       h.set(Header.ReplyTo, m.reply);
       h.set(Header.ReplyEncoding, enc === 'msgpack' ? 'application/msgpack' : 'application/json');

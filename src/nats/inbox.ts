@@ -23,6 +23,7 @@ function entryOf(
 ): InboxEntry | undefined {
   const p = parseShardInbox(subject);
   if (!p) return undefined;
+  const traceparent = h?.get(Header.TraceParent);
   return {
     seq,
     shard: p.shard,
@@ -32,6 +33,9 @@ function entryOf(
     data,
     replyTo: h?.get(Header.ReplyTo) || undefined,
     replyEncoding: encodingOf(h?.get(Header.ReplyEncoding)),
+    ...(traceparent
+      ? { trace: { traceparent, tracestate: h?.get(Header.TraceState) || undefined } }
+      : {}),
   };
 }
 
@@ -70,6 +74,8 @@ export interface ShardConsumerOptions {
    * from the topology table if it is missing or wrong.
    */
   repair?: () => Promise<void>;
+  /** Called with each delivered message's inbox lag (seconds from stored to delivered). */
+  lag?: (shard: number, seconds: number) => void;
 }
 
 export interface ShardHandle {
@@ -128,6 +134,7 @@ export async function consumeShard(o: ShardConsumerOptions): Promise<ShardHandle
     for await (const msg of messages) {
       pinId = msg.headers?.get('Nats-Pin-Id') || pinId;
       const d = deliveryOf(msg);
+      if (o.lag) o.lag(o.shard, Math.max(0, Date.now() - msg.info.timestampNanos / 1e6) / 1000);
       if (d?.kind === 'claim') {
         msg.ack();
         continue;

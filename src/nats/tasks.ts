@@ -11,7 +11,8 @@ import {
   type JetStreamManager,
   type JsMsg,
 } from '@nats-io/jetstream';
-import type { Logger } from '../engine/ports.js';
+import type { Logger, TraceCarrier } from '../engine/ports.js';
+import { injectTrace } from '../tracing/index.js';
 import { MSGPACK, pack } from '../contracts/codec.js';
 import {
   fullTask,
@@ -48,6 +49,8 @@ export function taskEffectHandlers(
       if (e.kind !== 'task') return;
       const h = headers();
       h.set(Header.ContentType, MSGPACK);
+      // The step's span (when traced): the worker's attempt span continues it.
+      injectTrace(h);
       const task = fullTask(
         record,
         e.task,
@@ -178,10 +181,14 @@ export function taskAttempt(m: JsMsg): number {
   return (Number.isInteger(base) && base >= 1 ? base : 1) + m.info.deliveryCount - 1;
 }
 
-function taskHeaders(attempt: number): ReturnType<typeof headers> {
+function taskHeaders(attempt: number, trace?: TraceCarrier): ReturnType<typeof headers> {
   const h = headers();
   h.set(Header.ContentType, MSGPACK);
   h.set(Header.Attempt, String(attempt));
+  if (trace?.traceparent) {
+    h.set(Header.TraceParent, trace.traceparent);
+    if (trace.tracestate) h.set(Header.TraceState, trace.tracestate);
+  }
   return h;
 }
 
@@ -200,11 +207,12 @@ export async function scheduleRetry(
   body: Uint8Array,
   attempt: number,
   dueAt: number,
+  trace?: TraceCarrier,
 ): Promise<number> {
   const s = names.subjects;
   const ack = await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
     msgID: `${task.taskId}.a${attempt}`,
-    headers: taskHeaders(attempt),
+    headers: taskHeaders(attempt, trace),
     schedule: { specification: new Date(dueAt), target: s.task(task.queue, task.taskKey) },
   });
   return ack.seq;
@@ -226,9 +234,10 @@ export async function postponeTask(
   attempt: number,
   at: number,
   fireAt: number = at,
+  trace?: TraceCarrier,
 ): Promise<void> {
   const s = names.subjects;
-  const h = taskHeaders(attempt);
+  const h = taskHeaders(attempt, trace);
   h.set(Header.RateSlot, String(at));
   await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
     msgID: `${task.taskId}.a${attempt}.s${at}`,
@@ -249,13 +258,14 @@ export async function fireRetryNow(
   body: Uint8Array,
   attempt: number,
   scheduleSeq: number,
+  trace?: TraceCarrier,
 ): Promise<boolean> {
   const s = names.subjects;
   const retrySubject = s.taskRetry(task.queue, task.taskKey, attempt);
   try {
     await js.publish(s.task(task.queue, task.taskKey), body, {
       msgID: `${task.taskId}.a${attempt}.now`,
-      headers: taskHeaders(attempt),
+      headers: taskHeaders(attempt, trace),
       cancelSchedule: { scheduleSubject: retrySubject },
       expect: { lastSubjectSequence: scheduleSeq, lastSubjectSequenceSubject: retrySubject },
     });
@@ -278,9 +288,10 @@ export async function releaseTask(
   body: Uint8Array,
   attempt: number,
   seq: number,
+  trace?: TraceCarrier,
 ): Promise<void> {
   await js.publish(names.subjects.task(task.queue, task.taskKey), body, {
     msgID: `${task.taskId}.r${seq}`,
-    headers: taskHeaders(attempt),
+    headers: taskHeaders(attempt, trace),
   });
 }

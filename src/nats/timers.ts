@@ -20,6 +20,7 @@
 import { headers } from '@nats-io/transport-node';
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import { MSGPACK, pack } from '../contracts/codec.js';
+import { injectTrace } from '../tracing/index.js';
 import { Header, type Effect, type TimerMessage, type WorkflowRecord } from '../contracts/wire.js';
 import type { Logger } from '../engine/ports.js';
 import type { EffectHandler } from './effects.js';
@@ -52,6 +53,8 @@ export function timerEffectHandlers(
   const msgpackHeaders = () => {
     const h = headers();
     h.set(Header.ContentType, MSGPACK);
+    // The setting step's span (when traced): the step that applies the timer continues it.
+    injectTrace(h);
     return h;
   };
   return {
@@ -61,6 +64,7 @@ export function timerEffectHandlers(
         timerId: e.timerId,
         step: e.step,
         event: e.event,
+        dueAt: e.dueAt,
       } satisfies TimerMessage);
       const subject = s.timer(record.type, record.id, e.timerKey);
       const target = s.shardInbox(record.shard, 'timer', record.type, record.id);

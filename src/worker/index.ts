@@ -55,6 +55,14 @@ import {
   type ErrorData,
 } from '../errors.js';
 import { runHttpActivity } from './http.js';
+import {
+  contextOf,
+  inSpan,
+  injectTrace,
+  SpanKind,
+  tracingActive,
+  type TraceCarrier,
+} from '../tracing/index.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { attemptKey, openAttemptLedger, type AttemptLedger } from '../nats/attempts.js';
 import { openRateLimiter, type RateLimiter as GlobalRateLimiter } from '../nats/rates.js';
@@ -149,6 +157,26 @@ export interface WorkerOptions {
    */
   shutdownGraceMs?: number;
   logger?: Logger;
+  /** Attempt counts and durations (e.g. `createWorkerMetrics` of `jetflow/internal`). */
+  metrics?: WorkerMetrics;
+  /**
+   * Trace attempts (a span per attempt, child of the step that published the task; its context
+   * goes back with the result). Default: on when a tracer provider is registered globally.
+   */
+  tracing?: boolean;
+}
+
+/**
+ * How an attempt ended, as counted by {@link WorkerMetrics}: `ok`; `timeout` (start-to-close,
+ * heartbeat or schedule-to-close timeout, retried or not); `retry` (failed otherwise, another
+ * attempt follows); `error` (failed for good); `canceled` (its workflow canceled it). An attempt
+ * released on a forced shutdown is not counted (it runs again as the same attempt).
+ */
+export type AttemptOutcome = 'ok' | 'retry' | 'error' | 'timeout' | 'canceled';
+
+/** What a worker reports to a metrics backend (`src/metrics/` implements it with prom-client). */
+export interface WorkerMetrics {
+  attempt(activity: string, outcome: AttemptOutcome, seconds: number): void;
 }
 
 export interface WorkerStats {
@@ -272,6 +300,7 @@ export class Worker implements AsyncDisposable {
   private loops: Promise<void>[] = [];
   private closing: Promise<void> | undefined;
   private readonly logger: Logger;
+  private readonly tracing: boolean;
 
   private constructor(
     private readonly o: WorkerOptions,
@@ -284,6 +313,7 @@ export class Worker implements AsyncDisposable {
     private readonly ledger: AttemptLedger,
   ) {
     this.logger = o.logger ?? silent;
+    this.tracing = o.tracing ?? tracingActive();
   }
 
   /**
@@ -434,6 +464,7 @@ export class Worker implements AsyncDisposable {
     };
     const h = headers();
     h.set(Header.ContentType, MSGPACK);
+    if (this.tracing) injectTrace(h);
     try {
       await this.js.publish(task.resultSubject, pack(notice), {
         msgID: `progress.${task.taskId}.${attempt}`,
@@ -448,6 +479,7 @@ export class Worker implements AsyncDisposable {
   private async publishResult(task: TaskMessage, result: ResultMessage): Promise<void> {
     const h = headers();
     h.set(Header.ContentType, MSGPACK);
+    if (this.tracing) injectTrace(h);
     await this.js.publish(task.resultSubject, pack(result), {
       msgID: `result.${task.taskId}`,
       headers: h,
@@ -520,7 +552,14 @@ export class Worker implements AsyncDisposable {
       return;
     }
     const attempt = taskAttempt(m);
-    const log = { taskId: task.taskId, activity: task.activity, attempt };
+    const log = {
+      workflowType: task.workflowType,
+      workflowId: task.workflowId,
+      step: stepOfTask(task.taskId),
+      taskId: task.taskId,
+      activity: task.activity,
+      attempt,
+    };
     if (this.canceled.has(task.taskId)) {
       this.stats.canceled++;
       m.term('canceled');
@@ -581,14 +620,42 @@ export class Worker implements AsyncDisposable {
         if (gate === 'postponed') return;
         rateSlot = gate;
       }
-      beat.last = Date.now();
-      beat.attemptRunning = true;
-      // Forced to stop while taking it: hand it back unrun (the release gives the entry back).
-      const outcome: Outcome = this.forced.signal.aborted
-        ? { kind: 'release' }
-        : await this.runAttempt(queue, task, m, attempt, ackWaitMs, beat, rateSlot);
-      beat.attemptRunning = false;
-      await this.settle(task, m, attempt, outcome, log, took.revision);
+      const attemptAndSettle = async (): Promise<AttemptOutcome | undefined> => {
+        beat.last = Date.now();
+        beat.attemptRunning = true;
+        const t0 = performance.now();
+        // Forced to stop while taking it: hand it back unrun (the release gives the entry back).
+        const outcome: Outcome = this.forced.signal.aborted
+          ? { kind: 'release' }
+          : await this.runAttempt(queue, task, m, attempt, ackWaitMs, beat, rateSlot);
+        beat.attemptRunning = false;
+        const counted = countedOutcome(outcome);
+        if (counted && this.o.metrics)
+          this.o.metrics.attempt(task.activity, counted, (performance.now() - t0) / 1000);
+        await this.settle(task, m, attempt, outcome, log, took.revision);
+        return counted;
+      };
+      if (!this.tracing) {
+        await attemptAndSettle();
+        return;
+      }
+      await inSpan(
+        `attempt ${task.activity}`,
+        SpanKind.CONSUMER,
+        contextOf(traceOf(m)),
+        {
+          'messaging.system': 'nats',
+          'jetflow.activity': task.activity,
+          'jetflow.attempt': attempt,
+          'jetflow.task.id': task.taskId,
+          'jetflow.workflow.type': task.workflowType,
+          'jetflow.workflow.id': task.workflowId,
+        },
+        async (span) => {
+          const outcome = await attemptAndSettle();
+          if (outcome) span.setAttribute('jetflow.attempt.outcome', outcome);
+        },
+      );
     } finally {
       clearTimeout(lease);
     }
@@ -671,6 +738,7 @@ export class Worker implements AsyncDisposable {
         attempt,
         at,
         at - RATE_WAIT_IN_PLACE_MS,
+        traceOf(m),
       );
     } catch (err) {
       // Not postponed: the task comes back (a new delivery, a new slot).
@@ -758,7 +826,14 @@ export class Worker implements AsyncDisposable {
     beat: { last: number },
     rateSlot?: number,
   ): Promise<Outcome> {
-    const log = { taskId: task.taskId, activity: task.activity, attempt };
+    const log = {
+      workflowType: task.workflowType,
+      workflowId: task.workflowId,
+      step: stepOfTask(task.taskId),
+      taskId: task.taskId,
+      activity: task.activity,
+      attempt,
+    };
     if (task.deadline !== undefined && Date.now() > task.deadline) {
       return {
         kind: 'fail',
@@ -953,6 +1028,7 @@ export class Worker implements AsyncDisposable {
       const body = m.data.slice();
       const dueAt = Date.now() + delayMs;
       try {
+        const trace = traceOf(m);
         const seq = await scheduleRetry(
           this.js,
           this.names,
@@ -960,9 +1036,10 @@ export class Worker implements AsyncDisposable {
           body,
           next,
           dueAt + RETRY_SCHEDULE_SLACK_MS,
+          trace,
         );
         m.ack();
-        this.fireOnTime(task, body, next, seq, delayMs);
+        this.fireOnTime(task, body, next, seq, delayMs, trace);
         return;
       } catch (err) {
         this.logger.warn({ ...log, err }, 'retry schedule not stored; waiting by nak instead');
@@ -978,12 +1055,13 @@ export class Worker implements AsyncDisposable {
     attempt: number,
     seq: number,
     delayMs: number,
+    trace: TraceCarrier | undefined,
   ): void {
     if (this.stop.signal.aborted) return; // closing: the schedule fires
     const t = setTimeout(() => {
       this.retryTimers.delete(t);
       if (this.canceled.has(task.taskId)) return;
-      fireRetryNow(this.js, this.names, task, body, attempt, seq).catch((err: unknown) =>
+      fireRetryNow(this.js, this.names, task, body, attempt, seq, trace).catch((err: unknown) =>
         this.logger.debug(
           { err, taskId: task.taskId, attempt },
           'retry not published early; its schedule fires it',
@@ -1014,7 +1092,7 @@ export class Worker implements AsyncDisposable {
       return;
     }
     try {
-      await releaseTask(this.js, this.names, task, m.data.slice(), attempt, m.seq);
+      await releaseTask(this.js, this.names, task, m.data.slice(), attempt, m.seq, traceOf(m));
       m.ack();
       this.logger.info(log, 'attempt released on forced shutdown');
     } catch (err) {
@@ -1029,6 +1107,28 @@ export class Worker implements AsyncDisposable {
    */
   queueSettings(queue: string): Readonly<QueueSettings> | undefined {
     return this.settings.get(queue);
+  }
+
+  /**
+   * Per queue of this worker: tasks waiting (`num_pending`) and delivered but not acknowledged
+   * (`num_ack_pending`), read from the queue consumers now (one request per queue).
+   */
+  async queueStats(): Promise<{ queue: string; pending: number; inFlight: number }[]> {
+    return await Promise.all(
+      this.queues.map(async (queue) => {
+        const c = await this.js.consumers.get(
+          this.names.tasksStream,
+          this.names.queueConsumer(queue),
+        );
+        const info = await c.info(true);
+        return { queue, pending: info.num_pending, inFlight: info.num_ack_pending };
+      }),
+    );
+  }
+
+  /** True once `close()` was called. */
+  get stopping(): boolean {
+    return this.closing !== undefined;
   }
 
   /** Resolves when the worker stopped (after `close()`). */
@@ -1066,6 +1166,35 @@ export class Worker implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+}
+
+/** The step that scheduled a task: its id is `<type>.<id>.<step>.<actorId>`. */
+function stepOfTask(taskId: string): number | undefined {
+  const n = Number(taskId.split('.')[2]);
+  return Number.isInteger(n) ? n : undefined;
+}
+
+/** The W3C trace context a task message carries (kept on its retries). */
+function traceOf(m: JsMsg): TraceCarrier | undefined {
+  const traceparent = m.headers?.get(Header.TraceParent);
+  if (!traceparent) return undefined;
+  return { traceparent, tracestate: m.headers?.get(Header.TraceState) || undefined };
+}
+
+/** The outcome an attempt is counted under (undefined: released, not counted). */
+function countedOutcome(o: Outcome): AttemptOutcome | undefined {
+  switch (o.kind) {
+    case 'ok':
+      return 'ok';
+    case 'canceled':
+      return 'canceled';
+    case 'release':
+      return undefined;
+    case 'retry':
+    case 'fail':
+      if (o.error.code === ErrorCode.Timeout) return 'timeout';
+      return o.kind === 'retry' ? 'retry' : 'error';
   }
 }
 

@@ -75,7 +75,7 @@ describe('jetflow dev (the quick start run command)', () => {
   it('starts a local nats-server, runs the demo, and stops everything on Ctrl-C', async () => {
     const child = spawn(
       process.execPath,
-      [resolve(repoRoot, 'bin/jetflow.js'), 'dev', '--http-port', '0'],
+      [resolve(repoRoot, 'bin/jetflow.js'), 'dev', '--http-port', '0', '--metrics-port', '0'],
       {
         cwd: repoRoot,
         stdio: ['ignore', 'pipe', 'pipe'],
@@ -107,6 +107,13 @@ describe('jetflow dev (the quick start run command)', () => {
       );
       expect(out).toMatch(/auditRows \[n\d+\] complete \(non_blocking, link activityTree\/audit-/);
       expect(out).toMatch(/activity tree audit-\S+: completed with \{"nodes":1,/);
+      // The metrics endpoint (default 9464; any free port here) counts the demo's steps.
+      const metrics = /metrics at (http:\/\/\S+)\/metrics/.exec(out)?.[1];
+      expect(metrics, out).toBeDefined();
+      expect((await fetch(`${metrics}/readyz`)).status).toBe(200);
+      const text = await (await fetch(`${metrics}/metrics`)).text();
+      expect(text).toMatch(/^jetflow_workflows_completed_total\{workflow_type="order"\} [1-9]/m);
+      expect(text).toMatch(/^jetflow_visibility_lag_seconds_count \d+/m);
       child.kill('SIGINT');
       expect(await exited).toBe(0);
       // The server is gone too.
