@@ -33,6 +33,12 @@ import { consumeScheduleTicks } from '../nats/schedules.js';
 import { sweepTimerStrays } from '../nats/timer-strays.js';
 import { startGateway, type Gateway, type GatewayStats } from '../nats/gateway.js';
 import { createLogger } from './logger.js';
+import {
+  BatchService,
+  batchEffectHandlers,
+  openBatchesBucket,
+  startBatchResponder,
+} from '../nats/batches.js';
 
 export interface EngineDeps {
   registry: Registry;
@@ -77,6 +83,17 @@ export class Engine implements AsyncDisposable {
       });
       const timers = timerEffectHandlers(js, jsm, names, logger);
       const keys = createKeyStore(await openKeysBucket(nc, names), js, names, logger);
+      const batches = new BatchService(await openBatchesBucket(nc, names), {
+        nc,
+        js,
+        jsm,
+        names,
+        registry: deps.registry,
+        store,
+        logger,
+        maxInputBytes: config.maxInputBytes,
+        owner: `${config.name}-${Math.random().toString(36).slice(2, 10)}`,
+      });
       const sink = createEffectSink(
         nc,
         js,
@@ -85,6 +102,7 @@ export class Engine implements AsyncDisposable {
         {
           ...taskEffectHandlers(nc, js, jsm, names, logger),
           ...keyEffectHandlers(keys, js, names),
+          ...batchEffectHandlers(batches),
           timer: timers.timer,
           cancelTimer: timers.cancelTimer,
         },
@@ -147,6 +165,9 @@ export class Engine implements AsyncDisposable {
         onGained: (shard) => processor.forgetShard(shard),
       });
       await shards.start();
+      const batchResponder = startBatchResponder(nc, names, batches, logger);
+      const batchTracker = batches.startTracker();
+      await nc.flush(); // the server has the responder's subscription before anyone is told we run
       logger.info(
         {
           engineId: shards.id,
@@ -163,7 +184,7 @@ export class Engine implements AsyncDisposable {
         nc,
         processor,
         gateway,
-        [shards, ticks, strays],
+        [shards, ticks, strays, batchResponder, batchTracker],
         logger,
         timers,
         shards,

@@ -79,6 +79,8 @@ export interface TopologyNames {
    * waiters, written only with compare-and-set.
    */
   keysBucket: string;
+  /** Batches (issue 23): `<id>.meta`, `<id>.counts` and one ledger key per item, `<id>.i.<key>`. */
+  batchesBucket: string;
   queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
@@ -98,6 +100,7 @@ export function topologyNames(prefix: string): TopologyNames {
     attemptsBucket: `${prefix}_attempts`,
     bulkBucket: `${prefix}_bulk`,
     keysBucket: `${prefix}_keys`,
+    batchesBucket: `${prefix}_batches`,
     shardConsumer: (s) => `shard-${s}`,
   };
 }
@@ -269,6 +272,7 @@ async function ensureTopologyOnce(
   if (!existing) await fixBucket((await bucketInfo())?.config);
   await ensureAttemptsBucket(nc, jsm, t.names, o);
   await ensureKeysBucket(nc, jsm, t.names, o);
+  await ensureBucket(nc, jsm, t.names.batchesBucket, o);
   return { names: t.names, kv };
 }
 
@@ -308,6 +312,30 @@ async function ensureAttemptsBucket(
     await jsm.streams
       .update(stream, { ...c, max_age: ms(o.attemptRetentionMs), allow_direct: false })
       .catch(fail);
+}
+
+/** A plain bucket (no history, read from the leader), created when missing. */
+async function ensureBucket(
+  nc: NatsConnection,
+  jsm: JetStreamManager,
+  bucket: string,
+  o: TopologyOptions,
+): Promise<void> {
+  const existing = await jsm.streams.info(`KV_${bucket}`).catch((e: unknown) => {
+    if (isNotFound(e)) return undefined;
+    throw topologyError(`bucket ${bucket}`, e);
+  });
+  if (existing) return;
+  await new Kvm(nc)
+    .create(bucket, {
+      history: 1,
+      replicas: o.replicas,
+      storage: StorageType.File,
+      allow_direct: false,
+    })
+    .catch((e: unknown) => {
+      throw topologyError(`bucket ${bucket}`, e);
+    });
 }
 
 /**
