@@ -3,8 +3,12 @@
  * callback (signal and start, exactly once), resumable submission, never-sealed and empty
  * batches, retry-failed, cancel, pause/resume, and bad input.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
+import { runJetflow } from '../harness/cli.js';
 import { Client } from '../../src/client/index.js';
 import { JetflowError } from '../../src/errors.js';
 import { workflows } from '../fixtures/workflows.js';
@@ -13,7 +17,7 @@ import type { BatchStatus } from '../../src/contracts/batch.js';
 const env = useServer();
 const open: { close(): Promise<void> }[] = [];
 
-afterEach(async () => {
+afterAll(async () => {
   for (const o of open.splice(0).reverse()) await o.close();
 });
 
@@ -37,7 +41,14 @@ async function errorOf(p: Promise<unknown>): Promise<JetflowError> {
   throw new Error('expected an error reply');
 }
 
+let shared: Awaited<ReturnType<typeof setupOnce>> | undefined;
+/** One engine for the file (every test uses its own batch ids). */
 async function setup() {
+  shared ??= await setupOnce();
+  return shared;
+}
+
+async function setupOnce() {
   const prefix = uniquePrefix();
   const engine = await startEngine(env.server.url, prefix, { workflows });
   open.push(engine);
@@ -359,5 +370,50 @@ describe('batches', () => {
     );
     expect(cb.code).toBe('not_found');
     expect((await errorOf(client.batches.status('y'))).code).toBe('not_found');
+  });
+
+  it('CLI: batch create streams an NDJSON file, status --json, items --status failed', async () => {
+    const { prefix, client, done } = await setup();
+    const dir = mkdtempSync(join(tmpdir(), 'jf-batch-'));
+    const file = join(dir, 'users.ndjson');
+    writeFileSync(
+      file,
+      Array.from({ length: 12 }, (_, i) => JSON.stringify({ userId: `u${i}`, fail: i === 4 })).join(
+        '\n',
+      ) + '\n',
+    );
+    const flags = ['--nats-url', env.server.url, '--prefix', prefix];
+    const created = await runJetflow([
+      'batch',
+      'create',
+      '--id',
+      'cli',
+      '--type',
+      'batchItem',
+      '--items',
+      file,
+      '--key-field',
+      'userId',
+      '--chunk-size',
+      '5',
+      '--json',
+      ...flags,
+    ]);
+    expect(created.code, created.stderr).toBe(0);
+    const body = JSON.parse(created.stdout) as { submitted: { accepted: number }; sealed: boolean };
+    expect(body.submitted.accepted).toBe(12);
+    expect(body.sealed).toBe(true);
+    await done('cli');
+    const st = await runJetflow(['batch', 'status', 'cli', '--json', ...flags]);
+    expect(JSON.parse(st.stdout)).toMatchObject({
+      outcome: 'completedWithErrors',
+      counts: { total: 12, succeeded: 11, failed: 1 },
+    });
+    const failed = await runJetflow(['batch', 'items', 'cli', '--status', 'failed', ...flags]);
+    expect(failed.stdout.trim().split('\n')).toHaveLength(1);
+    expect(failed.stdout).toMatch(/^u4\tfailed\tcli=u4\tattempts 1/);
+    expect((await client.batches.items('cli', { limit: 5 })).cursor).toBeDefined();
+    const missing = await runJetflow(['batch', 'status', 'nope', ...flags]);
+    expect(missing.code).toBe(3);
   });
 });
