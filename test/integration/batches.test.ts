@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import { runJetflow } from '../harness/cli.js';
+import { createWorker } from '../../src/worker/index.js';
 import { Client } from '../../src/client/index.js';
 import { JetflowError } from '../../src/errors.js';
 import { workflows } from '../fixtures/workflows.js';
@@ -415,5 +416,63 @@ describe('batches', () => {
     expect((await client.batches.items('cli', { limit: 5 })).cursor).toBeDefined();
     const missing = await runJetflow(['batch', 'status', 'nope', ...flags]);
     expect(missing.code).toBe(3);
+  });
+
+  it('nesting: three levels of batches, each parent item ends after its child batch completed', async () => {
+    const { prefix, client, watcher, done } = await setup();
+    const worker = await createWorker({
+      connection: env.nc,
+      prefix,
+      queues: ['nested'],
+      activities: {
+        createChildBatch: async (
+          { depth, width }: { depth: number; width: number },
+          ctx: { workflowId: string; workflowType: string },
+        ) => {
+          const id = `${ctx.workflowId}-c`;
+          await client.batches.create(
+            {
+              id,
+              type: 'nestedBatch',
+              items: Array.from({ length: width }, () => ({ depth: depth - 1, width })),
+              onComplete: { signal: { type: ctx.workflowType, id: ctx.workflowId } },
+            },
+            { seal: true },
+          );
+          return { batch: id };
+        },
+      },
+    });
+    open.push(worker);
+    const w = await watcher('wn');
+    await client.batches.create(
+      {
+        id: 'n',
+        type: 'nestedBatch',
+        items: [
+          { depth: 2, width: 2 },
+          { depth: 2, width: 2 },
+        ],
+        onComplete: { signal: { type: 'batchWatcher', id: 'wn' } },
+      },
+      { seal: true },
+    );
+    const top = await done('n');
+    expect(top.outcome).toBe('succeeded');
+    // Every level below was done (and had sent its callback) before the top could complete.
+    const levels = ['n=0-c', 'n=1-c', 'n=0-c=0-c', 'n=0-c=1-c', 'n=1-c=0-c', 'n=1-c=1-c'];
+    for (const id of levels) {
+      const s = await client.batches.status(id);
+      expect(s, id).toMatchObject({ state: 'done', outcome: 'succeeded', notified: true });
+      expect(s.counts).toMatchObject({ total: 2, succeeded: 2 });
+      expect(Date.parse(s.updatedAt)).toBeLessThanOrEqual(Date.parse(top.updatedAt));
+    }
+    const item = await client.query('nestedBatch', 'n=0');
+    expect(item.output).toMatchObject({ outcome: 'succeeded', counts: { succeeded: 2 } });
+    const events = await until('top callback', async () => {
+      const e = await w.events();
+      return e.length ? e : undefined;
+    });
+    expect(events).toHaveLength(1);
   });
 });
