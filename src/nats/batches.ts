@@ -333,8 +333,18 @@ export class BatchService {
         } catch (err) {
           if (!isCasFailure(err)) throw err;
           const there = valueOf<BatchItem>(await this.kv.get(itemKey(id, k)));
-          if (there && there.index === index) accepted.push({ key: k, input });
-          else reply.duplicates.push({ key: k, index, firstIndex: there?.index ?? -1 });
+          if (there && there.index === index) {
+            // This chunk again (its reply was lost, or its acceptance lost a race): the item
+            // takes the batch's mode now (started, or kept pending while paused).
+            accepted.push({ key: k, input });
+            const want = paused ? 'pending' : 'running';
+            const other = paused ? 'running' : 'pending';
+            if (there.status === other) {
+              await this.setItem(id, k, (x) =>
+                x.status === other ? { ...x, status: want } : undefined,
+              );
+            }
+          } else reply.duplicates.push({ key: k, index, firstIndex: there?.index ?? -1 });
         }
       }),
     );
@@ -353,6 +363,14 @@ export class BatchService {
         throw new BadRequestError(`batch ${id} was sealed meanwhile`, {
           code: ErrorCode.InvalidState,
         });
+      }
+      if (!!m.paused !== paused) {
+        throw new ConflictError(
+          `batch ${id} was paused or resumed meanwhile; send the chunk again`,
+          {
+            details: { id, next: m.next },
+          },
+        );
       }
       m.next = end;
       m.total += accepted.length;
