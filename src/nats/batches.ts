@@ -114,6 +114,8 @@ export class BatchService {
   private readonly now: () => number;
   private readonly stream: string;
   private readonly leaseMs: number;
+  /** Batches whose last tracker pass changed nothing (the next pass may wait longer). */
+  private readonly idle = new Set<string>();
 
   constructor(
     private readonly kv: KV,
@@ -694,10 +696,12 @@ export class BatchService {
       cur.c.owner !== this.o.owner &&
       this.now() - cur.c.updatedAt < this.leaseMs
     ) {
+      this.idle.add(id);
       return true; // another tracker holds it (its heartbeat is recent)
     }
     let c = counterFor(meta.gen, cur?.c, this.now());
     let revision = cur?.revision;
+    let progressed = false;
     // A new counter, or the rollover to a new generation, is written even with nothing to fold.
     let dirty = !cur || cur.c.gen !== c.gen;
     for (;;) {
@@ -711,6 +715,7 @@ export class BatchService {
       const next = structuredClone(c);
       const now = this.now();
       for (const [seq, it] of page) fold(next, seq, it, now);
+      if (page.length > 0) progressed = true;
       const heartbeat = c.owner !== this.o.owner || now - c.updatedAt > this.leaseMs / 3;
       if (page.length === 0 && !dirty && !heartbeat) break;
       next.owner = this.o.owner;
@@ -731,6 +736,7 @@ export class BatchService {
     // The outcome, the policy's cancel, the callback.
     const outcome = decideOutcome(meta, c);
     if (outcome && !meta.outcome) {
+      progressed = true;
       meta = await this.mutate(id, (x) => {
         if (x.outcome || x.gen !== meta.gen) return undefined;
         x.outcome = outcome;
@@ -747,6 +753,8 @@ export class BatchService {
         x.gen === meta.gen && x.notified !== x.gen ? ((x.notified = x.gen), x) : undefined,
       );
     }
+    if (progressed) this.idle.delete(id);
+    else this.idle.add(id);
     const n = batchStatus(meta, c, this.now()).counts;
     return !(meta.outcome && meta.notified === meta.gen && n.running + n.pending === 0);
   }
@@ -782,22 +790,34 @@ export class BatchService {
 
   /**
    * Track every batch that needs it: watches the batch records (`*.meta`) and runs `track`
-   * for each open one every `intervalMs`. Returns a stop function.
+   * for each open one every `intervalMs`, backing off to `idleMs` while passes change nothing
+   * (a change of the batch record wakes it at once). Returns a stop function.
    */
-  startTracker(intervalMs = 200): { stop(): Promise<void> } {
+  startTracker(intervalMs = 200, idleMs = 2_000): { stop(): Promise<void> } {
     let stopped = false;
     const open = new Set<string>();
     const loops = new Map<string, Promise<void>>();
+    const wakers = new Map<string, () => void>();
     const stopRef: { w?: { stop(): void } } = {};
     const loop = async (id: string) => {
+      let delay = intervalMs;
       while (!stopped && open.has(id)) {
         try {
           if (!(await this.track(id))) open.delete(id);
         } catch (err) {
           if (!stopped) this.o.logger.warn({ err, batch: id }, 'batch tracker pass failed');
         }
-        await sleep(intervalMs);
+        delay = this.idle.has(id) ? Math.min(idleMs, delay * 2) : intervalMs;
+        await new Promise<void>((ok) => {
+          const t = setTimeout(ok, delay);
+          wakers.set(id, () => {
+            clearTimeout(t);
+            ok();
+          });
+        });
+        wakers.delete(id);
       }
+      this.idle.delete(id);
       loops.delete(id);
     };
     const watching = (async () => {
@@ -810,6 +830,7 @@ export class BatchService {
             const meta = valueOf<BatchMeta>(e);
             if (!meta) continue;
             open.add(meta.id);
+            wakers.get(meta.id)?.();
             if (!loops.has(meta.id)) loops.set(meta.id, loop(meta.id));
           }
         } catch (err) {
@@ -822,6 +843,7 @@ export class BatchService {
       stop: async () => {
         stopped = true;
         stopRef.w?.stop();
+        for (const wake of wakers.values()) wake();
         await watching.catch(() => undefined);
         await Promise.allSettled([...loops.values()]);
       },
