@@ -73,3 +73,22 @@ export {
   type BulkReply,
   type BulkRequest,
 } from './contracts/bulk.js';
+export type {
+  BatchAddReply,
+  BatchCallback,
+  BatchCompletedEvent,
+  BatchCounts,
+  BatchItem,
+  BatchItemStatus,
+  BatchItemsReply,
+  BatchOutcome,
+  BatchPolicy,
+  BatchStatus,
+} from './contracts/batch.js';
+export type {
+  Batches,
+  BatchCreateOptions,
+  BatchCreateResult,
+  BatchSubmitOptions,
+  BatchSubmitProgress,
+} from './client/batches.js';

@@ -94,6 +94,25 @@ export {
   type BulkReply,
   type BulkRequest,
 } from './contracts/bulk.js';
+export type {
+  BatchAddReply,
+  BatchCallback,
+  BatchCompletedEvent,
+  BatchCounts,
+  BatchItem,
+  BatchItemStatus,
+  BatchItemsReply,
+  BatchOutcome,
+  BatchPolicy,
+  BatchStatus,
+} from './contracts/batch.js';
+export type {
+  Batches,
+  BatchCreateOptions,
+  BatchCreateResult,
+  BatchSubmitOptions,
+  BatchSubmitProgress,
+} from './client/batches.js';
 export {
   Header,
   WIRE_VERSION,

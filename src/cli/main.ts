@@ -40,6 +40,7 @@ import type { AdminVerb } from '../contracts/wire.js';
 import type { WorkerFlags } from './worker-host.js';
 import type { LsOptions } from './ls.js';
 import type { BulkOptions } from './bulk.js';
+import type { BatchCreateFlags, BatchVerbFlags } from './batch.js';
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -756,6 +757,59 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         return bulkJobVerb(jobId, o, io);
       }),
     );
+
+  const batch = program
+    .command('batch')
+    .description('batches of workflows with one callback (create, status, items, retry-failed…)');
+  serviceFlags(batch.command('create'))
+    .description('create (or resume) a batch, stream its items from an NDJSON file, seal it')
+    .option('--id <id>', 'batch id (run again with the same id to resume; default generated)')
+    .option('--type <type>', 'workflow type of every item')
+    .option('--items <file>', 'items, one JSON value a line (- for stdin)')
+    .option('--key-field <field>', "an item's key field (default: its line position)")
+    .option('--on-complete-signal <type/id[/EVENT]>', 'signal this workflow when done')
+    .option('--on-complete-start <type[/id]>', 'start this workflow when done')
+    .option(
+      '--policy <policy>',
+      'complete-with-errors (default), all-must-succeed or fail-if-more-than:<fraction>',
+    )
+    .option('--cancel-rest', 'all-must-succeed: cancel the running items when it fails')
+    .option('--no-seal', 'leave the batch open for more items (it cannot complete until sealed)')
+    .option('--chunk-size <n>', 'items per request (default 500)')
+    .option('--watch', 'after submitting, follow it to its end')
+    .action(
+      service(async (o: BatchCreateFlags) => {
+        const { batchCreateVerb } = await import('./batch.js');
+        return batchCreateVerb(o, io);
+      }),
+    );
+  for (const [verb, description] of [
+    ['status', 'counts, rate and ETA (--watch to follow it to its end)'],
+    ['items', 'a page of items (--status failed, --cursor, --limit)'],
+    ['seal', 'close it to new items: it completes once every item ended'],
+    ['retry-failed', 'run the failed items again (fresh attempts); the callback fires again'],
+    ['cancel', 'cancel the items not ended; no more items'],
+    ['pause', 'stop starting items (new ones wait as pending)'],
+    ['resume', 'start the pending items and new ones again'],
+  ] as const) {
+    const cmd = serviceFlags(batch.command(`${verb} <id>`)).description(description);
+    if (verb === 'status') cmd.option('--watch', 'follow it to its end');
+    if (verb === 'items') {
+      cmd
+        .option('--status <status>', 'pending|running|succeeded|failed|canceled')
+        .option('--cursor <n>', 'the page after a previous one')
+        .option('--limit <n>', 'items per page (default 100, at most 1000)');
+    }
+    if (['retry-failed', 'cancel', 'pause', 'resume'].includes(verb)) {
+      cmd.option('--reason <text>', 'why (kept with the batch)').option('--by <who>', 'who');
+    }
+    cmd.action(
+      service(async (id: string, o: BatchVerbFlags) => {
+        const { batchVerb } = await import('./batch.js');
+        return batchVerb(verb, id, o, io);
+      }),
+    );
+  }
 
   serviceFlags(program.command('result <type> <id>'))
     .description("wait for a workflow's end and print its output")

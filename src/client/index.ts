@@ -16,6 +16,7 @@
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, DeliverPolicy } from '@nats-io/jetstream';
 import { Schedules } from '../nats/schedules.js';
+import { Batches } from './batches.js';
 import { listKeyRecords, openKeysBucket } from '../nats/keys.js';
 import { keyTokenOf } from '../engine/admission.js';
 import { explainWhy, type WhyReply } from '../engine/why.js';
@@ -160,6 +161,20 @@ export class Client implements AsyncDisposable {
   }
 
   private schedulesApi: Schedules | undefined;
+  private batchesApi: Batches | undefined;
+
+  /**
+   * Batches (issue 23): `create` (chunked, resumable submission), `seal`, `status`, `items`,
+   * `retryFailed`, `cancel`, `pause`, `resume`. Needs an engine to answer.
+   */
+  get batches(): Batches {
+    this.batchesApi ??= new Batches(
+      <R>(subject: string, body: unknown, timeoutMs?: number) =>
+        this.request<R>(subject, body, undefined, timeoutMs),
+      (verb) => this.names.subjects.batch(verb),
+    );
+    return this.batchesApi;
+  }
 
   /**
    * Scheduled and recurring starts/signals (`create`, `list`, `get`, `pause`, `resume`,

@@ -94,6 +94,15 @@ export interface Subjects {
   readonly bulkCancel: string;
   /** Progress notifications of one bulk job: `<prefix>.admin.bulk.<jobId>`. */
   bulkProgress(jobId: string): string;
+  /**
+   * Operator request/reply of batches (issue 23): `<prefix>.admin.batch.<verb>` with verb
+   * `create`, `add`, `seal`, `status`, `items`, `retry-failed`, `cancel`, `pause`, `resume`.
+   */
+  batch(verb: string): string;
+  /** Wildcard the engines' batch responders subscribe to: `<prefix>.admin.batch.*`. */
+  readonly batchWildcard: string;
+  /** Core-NATS notice of a batch's completion (each generation): `<prefix>.batch.<id>`. */
+  batchEvents(id: string): string;
   /** Public request/reply: search the visibility index, `<prefix>.search`. */
   readonly search: string;
   /** Public request/reply: counts by type, status and state, `<prefix>.search.counts`. */
@@ -148,6 +157,9 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     bulkStatus: `${p}.admin.bulk.status`,
     bulkCancel: `${p}.admin.bulk.cancel`,
     bulkProgress: (j: string) => `${p}.admin.bulk.${j}`,
+    batch: (v: string) => `${p}.admin.batch.${v}`,
+    batchWildcard: `${p}.admin.batch.*`,
+    batchEvents: (id: string) => `${p}.batch.${id}`,
     search: `${p}.search`,
     searchCounts: `${p}.search.counts`,
     searchNodes: `${p}.search.nodes`,

@@ -247,6 +247,17 @@ export type Effect =
       stamp?: true;
     }
   /**
+   * The end of a batch item's workflow (issue 23): move ledger key `<batch.id>.i.<batch.item>`
+   * of `<prefix>_batches` to `status` with compare-and-set, once per generation (a repeat finds
+   * it terminal, a stale generation finds a newer one): the batch's counters fold that change.
+   */
+  | {
+      kind: 'batchItem';
+      batch: BatchRef;
+      status: 'succeeded' | 'failed' | 'canceled';
+      error?: ErrorData;
+    }
+  /**
    * An emitted event with `alert: <queue>`: JSON on `wf.alerts.<queue>.<type>.<id>` (stream of
    * the events), the event plus the base fields `workflowType`, `id`, `version`, `step`, `at`.
    */
@@ -440,6 +451,13 @@ export interface WorkflowRef {
 /** Inbox kinds one workflow's engine writes into another's inbox (E8). */
 export type CrossInboxKind = 'signal' | 'start' | 'watch' | 'result' | 'cancel';
 
+/** A batch item's workflow: its batch, item key and generation (issue 23). */
+export interface BatchRef {
+  id: string;
+  item: string;
+  gen: number;
+}
+
 /** Where a cross-workflow send comes from: the sender and its outbox effect (the watermark). */
 export interface SendOrigin extends WorkflowRef {
   step: number;
@@ -534,6 +552,8 @@ export interface WorkflowRecord {
   error?: ErrorData;
   /** Set when another workflow started this one as its child: told of the end (E8). */
   parent?: ParentRef;
+  /** Set for an item of a batch: its end moves the item's ledger key (issue 23). */
+  batch?: BatchRef;
   /** Workflows awaiting this one's end (`wf.inbox.watch`), by their task id. */
   watchers?: Record<string, ParentRef>;
   /**
@@ -616,7 +636,7 @@ export interface KeyWaiter {
 
 /** Body of an internal inbox message (msgpack). */
 export type InboxMessage =
-  | { kind: 'start'; input: unknown; parent?: ParentRef }
+  | { kind: 'start'; input: unknown; parent?: ParentRef; batch?: BatchRef }
   | {
       kind: 'signal';
       event: { type: string; [k: string]: unknown };

@@ -72,6 +72,7 @@ import { unpack } from '../contracts/codec.js';
 import {
   WIRE_VERSION,
   type AdminReply,
+  type BatchRef,
   type InboxMessage,
   type ParentRef,
   type ResultMessage,
@@ -222,6 +223,13 @@ const isParentRef = (v: unknown): v is ParentRef =>
   isRef(v) &&
   typeof (v as ParentRef).taskId === 'string' &&
   typeof (v as ParentRef).key === 'string';
+const isBatchRef = (v: unknown): v is BatchRef =>
+  typeof v === 'object' &&
+  v !== null &&
+  isToken((v as BatchRef).id) &&
+  isToken((v as BatchRef).item) &&
+  Number.isInteger((v as BatchRef).gen) &&
+  (v as BatchRef).gen >= 1;
 const isOrigin = (v: unknown): v is SendOrigin =>
   isRef(v) && Number.isInteger((v as SendOrigin).step) && Number.isInteger((v as SendOrigin).index);
 
@@ -249,10 +257,13 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
     case 'start':
       if (b.parent !== undefined && !isParentRef(b.parent))
         throw bad('a child start needs parent {type, id, taskId, key}');
+      if (b.batch !== undefined && !isBatchRef(b.batch))
+        throw bad('a batch item start needs batch {id, item, gen}');
       return {
         kind: 'start',
         input: b.input,
         ...(b.parent !== undefined ? { parent: b.parent } : {}),
+        ...(b.batch !== undefined ? { batch: b.batch } : {}),
       };
     case 'cancel':
       if (b.from !== undefined && !isParentRef(b.from))

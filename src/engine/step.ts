@@ -327,7 +327,23 @@ function endEffects(rec: WorkflowRecord, reason?: string): Effect[] {
   if (rec.parent) out.push(endResult(rec, rec.parent, reason));
   for (const w of Object.values(rec.watchers ?? {})) out.push(endResult(rec, w, reason));
   delete rec.watchers;
+  if (rec.batch) out.push(batchItemEffect(rec));
   return out;
+}
+
+/**
+ * The end of a batch item (issue 23): its ledger key moves to the terminal status. Only in the
+ * step that ends the workflow, so the item counts once (DESIGN: terminal steps, not messages).
+ */
+function batchItemEffect(rec: WorkflowRecord): Effect {
+  const status =
+    rec.status === 'completed' ? 'succeeded' : rec.status === 'canceled' ? 'canceled' : 'failed';
+  return {
+    kind: 'batchItem',
+    batch: rec.batch!,
+    status,
+    ...(status === 'failed' && rec.error ? { error: rec.error } : {}),
+  };
 }
 
 /**
@@ -778,6 +794,8 @@ function begin(
     inbox: string | undefined;
     /** The workflow that started this one as its child (E8). */
     parent?: WorkflowRecord['parent'];
+    /** The batch this workflow is an item of (issue 23). */
+    batch?: WorkflowRecord['batch'];
   },
   input: unknown,
 ): Extract<Decision, { kind: 'write' | 'reject' }> {
@@ -833,6 +851,7 @@ function begin(
     updatedAt: now,
     stateSince: now,
     ...(at.parent ? { parent: at.parent } : {}),
+    ...(at.batch ? { batch: at.batch } : {}),
   };
   const attributes = searchAttributes(def.searchAttributes, snapshot.context);
   if (attributes) rec.attributes = attributes;
@@ -925,6 +944,7 @@ function deferStart(
     shard,
     ...(input.inbox !== undefined ? { inbox: input.inbox } : {}),
     ...(message.parent ? { parent: message.parent } : {}),
+    ...(message.batch ? { batch: message.batch } : {}),
     createdAt: now,
     updatedAt: now,
     stateSince: now,
@@ -1009,6 +1029,7 @@ function deferredStep(
           step: stored.step + 1,
           inbox: input.inbox ?? stored.inbox,
           ...(stored.parent ? { parent: stored.parent } : {}),
+          ...(stored.batch ? { batch: stored.batch } : {}),
         },
         a.input,
       );
@@ -1144,6 +1165,7 @@ function deferredStep(
       delete rec.admission.input;
       const reason = msg.reason;
       const action = msg.kind === 'admin' ? `jetflow.${msg.verb}` : 'jetflow.cancel';
+      if (rec.batch) rec.outbox.push(batchItemEffect(rec));
       rec.outbox.push(...keyReleaseOf(rec), {
         kind: 'notify',
         notification: {
@@ -1271,7 +1293,17 @@ export function decide(
     const began = begin(
       ctx,
       def,
-      { type, id, shard, seq, now, step: 0, inbox: input.inbox, parent: message.parent },
+      {
+        type,
+        id,
+        shard,
+        seq,
+        now,
+        step: 0,
+        inbox: input.inbox,
+        parent: message.parent,
+        ...(message.batch ? { batch: message.batch } : {}),
+      },
       message.input,
     );
     if (began.kind !== 'write') return began;

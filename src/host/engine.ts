@@ -35,6 +35,12 @@ import { consumeScheduleTicks } from '../nats/schedules.js';
 import { sweepTimerStrays } from '../nats/timer-strays.js';
 import { startGateway, type Gateway, type GatewayStats } from '../nats/gateway.js';
 import { createLogger } from './logger.js';
+import {
+  BatchService,
+  batchEffectHandlers,
+  openBatchesBucket,
+  startBatchResponder,
+} from '../nats/batches.js';
 
 export interface EngineDeps {
   registry: Registry;
@@ -92,6 +98,17 @@ export class Engine implements AsyncDisposable {
       });
       const timers = timerEffectHandlers(js, jsm, names, logger);
       const keys = createKeyStore(await openKeysBucket(nc, names), js, names, logger);
+      const batches = new BatchService(await openBatchesBucket(nc, names), {
+        nc,
+        js,
+        jsm,
+        names,
+        registry: deps.registry,
+        store,
+        logger,
+        maxInputBytes: config.maxInputBytes,
+        owner: `${config.name}-${Math.random().toString(36).slice(2, 10)}`,
+      });
       const sink = createEffectSink(
         nc,
         js,
@@ -100,6 +117,7 @@ export class Engine implements AsyncDisposable {
         {
           ...taskEffectHandlers(nc, js, jsm, names, logger),
           ...keyEffectHandlers(keys, js, names),
+          ...batchEffectHandlers(batches),
           timer: timers.timer,
           cancelTimer: timers.cancelTimer,
         },
@@ -165,6 +183,9 @@ export class Engine implements AsyncDisposable {
         ...(deps.metrics?.lag ? { lag: deps.metrics.lag.bind(deps.metrics) } : {}),
       });
       await shards.start();
+      const batchResponder = startBatchResponder(nc, names, batches, logger);
+      const batchTracker = batches.startTracker();
+      await nc.flush(); // the server has the responder's subscription before anyone is told we run
       logger.info(
         {
           engineId: shards.id,
@@ -181,7 +202,7 @@ export class Engine implements AsyncDisposable {
         nc,
         processor,
         gateway,
-        [shards, ticks, strays],
+        [shards, ticks, strays, batchResponder, batchTracker],
         logger,
         timers,
         shards,

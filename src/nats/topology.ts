@@ -81,6 +81,8 @@ export interface TopologyNames {
   keysBucket: string;
   /** Activity rate limits: one record of recent grants per (activity, key). */
   ratesBucket: string;
+  /** Batches (issue 23): `<id>.meta`, `<id>.counts` and one ledger key per item, `<id>.i.<key>`. */
+  batchesBucket: string;
   queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
@@ -101,6 +103,7 @@ export function topologyNames(prefix: string): TopologyNames {
     bulkBucket: `${prefix}_bulk`,
     keysBucket: `${prefix}_keys`,
     ratesBucket: `${prefix}_rates`,
+    batchesBucket: `${prefix}_batches`,
     shardConsumer: (s) => `shard-${s}`,
   };
 }
@@ -271,8 +274,10 @@ async function ensureTopologyOnce(
     });
   if (!existing) await fixBucket((await bucketInfo())?.config);
   await ensureAttemptsBucket(nc, jsm, t.names, o);
-  await ensureKeysBucket(nc, jsm, t.names.keysBucket, o);
-  await ensureKeysBucket(nc, jsm, t.names.ratesBucket, o);
+  // Compare-and-set buckets: the concurrency keys', the activity rate limits', the batches'.
+  await ensureBucket(nc, jsm, t.names.keysBucket, o);
+  await ensureBucket(nc, jsm, t.names.ratesBucket, o);
+  await ensureBucket(nc, jsm, t.names.batchesBucket, o);
   return { names: t.names, kv };
 }
 
@@ -314,12 +319,8 @@ async function ensureAttemptsBucket(
       .catch(fail);
 }
 
-/**
- * A compare-and-set bucket (the concurrency keys', the activity rate limits'): read from the
- * stream leader (a decision on a lagging follower's copy would lose its compare-and-set anyway,
- * but a listing should be current), no history.
- */
-async function ensureKeysBucket(
+/** A plain bucket (no history, read from the leader), created when missing. */
+async function ensureBucket(
   nc: NatsConnection,
   jsm: JetStreamManager,
   bucket: string,

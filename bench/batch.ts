@@ -1,0 +1,270 @@
+/**
+ * Batches (issue 23): `npm run bench:batch` (`-- --smoke` for a tiny run that proves it works).
+ *
+ * jetflow (nats-server and one engine as separate processes, this process submits):
+ * 1. Submission rate: `--submit N` items (default 1,000,000) into a **paused** batch, so what is
+ *    measured is the submission itself (ledger key created, chunk accepted) and not the items
+ *    running beside it; the engine's RSS is sampled every second meanwhile (flat = nothing per
+ *    item held in memory).
+ * 2. End to end: `--e2e N` trivial items (default 100,000; `batchItem`, which completes in its
+ *    first step) from `create` to the `batch.completed` callback.
+ *
+ * BullMQ, same machine, same run (redis-server with `appendonly yes`, as `npm run bench`'s peer;
+ * the worker in this process, concurrency 64): `Queue.addBulk` of the submission count (in
+ * chunks of 1,000) — its rate; and a flow parent with the end-to-end count of trivial children,
+ * from `FlowProducer.add` to the parent's completion (the parent runs once its children did).
+ *
+ * Prints one JSON line per measurement and a summary table.
+ */
+import { spawnSync } from 'node:child_process';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { connect } from '@nats-io/transport-node';
+import { FlowProducer, Queue, QueueEvents, Worker } from 'bullmq';
+import { Redis } from 'ioredis';
+import { NatsServer } from '../test/harness/nats-server.js';
+import { shardMapping } from '../src/contracts/subjects.js';
+import { Client } from '../src/client/index.js';
+import { spawnTs, stopChild } from './processes.js';
+import {
+  freePort,
+  makeTempDir,
+  readRssMb,
+  round,
+  spawnManaged,
+  stopManaged,
+  waitForOutput,
+  type Managed,
+} from './peers/common.js';
+
+const { values } = parseArgs({
+  options: {
+    submit: { type: 'string', default: '1000000' },
+    e2e: { type: 'string', default: '100000' },
+    smoke: { type: 'boolean', default: false },
+    'skip-peers': { type: 'boolean', default: false },
+  },
+});
+const smoke = values.smoke;
+const SUBMIT = smoke ? 2_000 : Number(values.submit);
+const E2E = smoke ? 500 : Number(values.e2e);
+const SHARDS = 16;
+const prefix = 'benchb';
+const root = resolve(import.meta.dirname, '..');
+const log = (s: string) => process.stderr.write(`[bench:batch] ${s}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const results: Record<string, unknown>[] = [];
+const report = (r: Record<string, unknown>) => {
+  results.push(r);
+  process.stdout.write(JSON.stringify(r) + '\n');
+};
+
+async function jetflow(): Promise<void> {
+  const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
+  const nc = await connect({ servers: server.url });
+  const client = new Client(nc, { prefix, timeoutMs: 60_000 });
+  const engine = await spawnTs(
+    'src/cli/main.ts',
+    [
+      'engine',
+      '--nats-url',
+      server.url,
+      '--prefix',
+      prefix,
+      '--shards',
+      String(SHARDS),
+      '--workflows',
+      resolve(root, 'test/fixtures/batch-workflows.ts'),
+      '--name',
+      'bench-batch-engine',
+    ],
+    '"engine started"',
+  );
+  try {
+    // 1. Submission into a paused batch.
+    await client.batches.create({ id: 'sub', type: 'batchItem' });
+    await client.batches.pause('sub', { by: 'bench', reason: 'measure submission alone' });
+    const rss: number[] = [];
+    const sampler = setInterval(() => rss.push(round(readRssMb(engine.pid!), 1)), 1_000);
+    function* items() {
+      for (let i = 0; i < SUBMIT; i++) yield { n: i };
+    }
+    let t0 = Date.now();
+    let lastLog = t0;
+    await client.batches.create(
+      { id: 'sub', type: 'batchItem', items: items() },
+      {
+        onProgress: (p) => {
+          if (Date.now() - lastLog > 5_000) {
+            lastLog = Date.now();
+            log(`submitted ${p.next} (${Math.round(p.next / ((Date.now() - t0) / 1000))}/s)`);
+          }
+        },
+      },
+    );
+    const subMs = Date.now() - t0;
+    clearInterval(sampler);
+    rss.push(round(readRssMb(engine.pid!), 1));
+    report({
+      system: 'jetflow',
+      measure: 'submission (paused batch)',
+      items: SUBMIT,
+      ms: subMs,
+      itemsPerSec: Math.round(SUBMIT / (subMs / 1000)),
+      engineRssMb: { first: rss[0], max: Math.max(...rss), last: rss[rss.length - 1] },
+    });
+    await client.batches.cancel('sub', { by: 'bench', reason: 'measured' });
+
+    // 2. End to end.
+    t0 = Date.now();
+    await client.batches.create(
+      { id: 'e2e', type: 'batchItem', items: Array.from({ length: E2E }, (_, n) => ({ n })) },
+      { seal: true },
+    );
+    const submittedMs = Date.now() - t0;
+    for (;;) {
+      const s = await client.batches.status('e2e');
+      if (s.state === 'done' && s.notified) {
+        if (s.counts.succeeded !== E2E) throw new Error(`e2e: ${JSON.stringify(s.counts)}`);
+        break;
+      }
+      await sleep(200);
+    }
+    const e2eMs = Date.now() - t0;
+    report({
+      system: 'jetflow',
+      measure: 'end to end (trivial items, create to callback)',
+      items: E2E,
+      ms: e2eMs,
+      submittedMs,
+      itemsPerSec: Math.round(E2E / (e2eMs / 1000)),
+    });
+  } finally {
+    await stopChild(engine);
+    await nc.close();
+    await server.stop();
+  }
+}
+
+async function bullmq(): Promise<void> {
+  const prov = spawnSync('bash', [resolve(root, 'bench/peers/provision-redis.sh')], {
+    encoding: 'utf8',
+    timeout: 600_000,
+  });
+  const bin = prov.stdout?.trim().split('\n').pop();
+  if (prov.status !== 0 || !bin) {
+    report({ system: 'bullmq', notMeasured: (prov.stderr ?? '').trim() || 'no redis-server' });
+    return;
+  }
+  const temp = await makeTempDir('jf-bullmq-batch-');
+  const port = await freePort();
+  let redis: Managed | undefined;
+  const conns: Redis[] = [];
+  const closers: { close(): Promise<void> }[] = [];
+  try {
+    redis = await spawnManaged('redis-server', bin, [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--dir',
+      temp.path,
+      '--appendonly',
+      'yes',
+      '--appendfsync',
+      'everysec',
+      '--save',
+      '',
+      '--daemonize',
+      'no',
+      '--logfile',
+      '',
+    ]);
+    await waitForOutput(redis, /Ready to accept connections/, 20_000);
+    const conn = () => {
+      const c = new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: null });
+      conns.push(c);
+      return c;
+    };
+    // 1. addBulk.
+    const queue = new Queue('bulk', { connection: conn() });
+    closers.push(queue);
+    let t0 = Date.now();
+    for (let i = 0; i < SUBMIT; i += 1_000) {
+      const n = Math.min(1_000, SUBMIT - i);
+      await queue.addBulk(
+        Array.from({ length: n }, (_, j) => ({ name: 'item', data: { n: i + j } })),
+      );
+    }
+    const subMs = Date.now() - t0;
+    report({
+      system: 'bullmq',
+      measure: 'Queue.addBulk (chunks of 1,000)',
+      items: SUBMIT,
+      ms: subMs,
+      itemsPerSec: Math.round(SUBMIT / (subMs / 1000)),
+      redisRssMb: round(readRssMb(redis.pid), 1),
+    });
+    await queue.obliterate({ force: true });
+
+    // 2. A flow parent with E2E trivial children.
+    const worker = new Worker('flow', () => Promise.resolve({ ok: true }), {
+      connection: conn(),
+      concurrency: 64,
+    });
+    closers.push(worker);
+    const events = new QueueEvents('flow', { connection: conn() });
+    closers.push(events);
+    await events.waitUntilReady();
+    const flow = new FlowProducer({ connection: conn() });
+    closers.push(flow);
+    t0 = Date.now();
+    const node = await flow.add({
+      name: 'parent',
+      queueName: 'flow',
+      children: Array.from({ length: E2E }, (_, n) => ({
+        name: 'child',
+        queueName: 'flow',
+        data: { n },
+      })),
+    });
+    const submittedMs = Date.now() - t0;
+    await node.job.waitUntilFinished(events, 3_600_000);
+    const e2eMs = Date.now() - t0;
+    report({
+      system: 'bullmq',
+      measure: 'flow parent with trivial children (add to parent done)',
+      items: E2E,
+      ms: e2eMs,
+      submittedMs,
+      itemsPerSec: Math.round(E2E / (e2eMs / 1000)),
+    });
+  } catch (err) {
+    report({ system: 'bullmq', notMeasured: String((err as Error)?.message ?? err) });
+  } finally {
+    for (const c of closers.reverse()) await c.close().catch(() => undefined);
+    for (const c of conns) c.disconnect();
+    await stopManaged(redis);
+    await temp.release();
+  }
+}
+
+async function main(): Promise<void> {
+  log(`submission ${SUBMIT} items, end to end ${E2E} items${smoke ? ' (smoke)' : ''}`);
+  await jetflow();
+  if (!values['skip-peers']) await bullmq();
+  log('results:');
+  for (const r of results) {
+    log(
+      `  ${String(r.system).padEnd(8)} ${String(r.measure ?? 'not measured').padEnd(56)} ${r.itemsPerSec ?? r.notMeasured} items/s`,
+    );
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    log(`failed: ${String((err as Error)?.stack ?? err)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,976 @@
+/**
+ * Batches (issue 23) over JetStream KV: bucket `<prefix>_batches` (see `contracts/batch.ts` for
+ * its keys), the `batchItem` effect, the verbs behind `<prefix>.admin.batch.<verb>` and the
+ * tracker that folds ledger changes into the counters and sends the callback.
+ *
+ * Exactly once, and why:
+ * - An item is accepted once: its ledger key is created with `create` (compare-and-set on "no
+ *   key"); a key that exists at another position is a duplicate (reported, not started), at the
+ *   same position a resubmission (started again: the start is idempotent on `type/id`).
+ * - A chunk is accepted by one compare-and-set of the batch record that moves the watermark
+ *   `next` over it and adds its accepted items to `total`, with the chunk's keys as `inflight`
+ *   until their starts are published: anyone who finds `inflight` set publishes them again.
+ * - An item's end counts once: its last step's `batchItem` effect moves the ledger key to a
+ *   terminal status with compare-and-set (a repeat finds it terminal, a stale generation a newer
+ *   one), and the tracker folds ledger changes in stream order with a sequence watermark stored
+ *   in the same compare-and-set as the counts.
+ * - The callback is published with msg id `batch.<id>.completed.<gen>` (a signal's target
+ *   remembers it in its record; a start is idempotent on its id) before the batch record says
+ *   `notified`; a crash between repeats the publish, never skips it.
+ */
+import { headers, type Msg, type NatsConnection } from '@nats-io/transport-node';
+import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
+import { DeliverPolicy } from '@nats-io/jetstream';
+import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
+import type {
+  BatchAddReply,
+  BatchCounter,
+  BatchItem,
+  BatchItemsReply,
+  BatchMeta,
+  BatchStatus,
+} from '../contracts/batch.js';
+import {
+  JSON_TYPE,
+  MSGPACK,
+  decodeRequestBody,
+  encodeBody,
+  encodingOf,
+  pack,
+  unpack,
+  type BodyEncoding,
+} from '../contracts/codec.js';
+import { Header, type Effect, type WorkflowRecord } from '../contracts/wire.js';
+import {
+  batchStatus,
+  callbackStartId,
+  checkBatchId,
+  completedEvent,
+  counterFor,
+  decideOutcome,
+  fold,
+  isTerminal,
+  itemKeyProblem,
+  itemWorkflowId,
+  parseCreate,
+  parseItemStatus,
+} from '../engine/batch.js';
+import type { Logger, RecordStore } from '../engine/ports.js';
+import type { Registry } from '../engine/registry.js';
+import {
+  BadRequestError,
+  ConflictError,
+  ErrorCode,
+  JetflowError,
+  RetryableError,
+  toErrorData,
+} from '../errors.js';
+import type { EffectHandler } from './effects.js';
+import { isCasFailure } from './store.js';
+import type { TopologyNames } from './topology.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const MAX_CAS = 100;
+/** Items per page of a ledger scan. */
+const SCAN_FETCH = 1_000;
+
+export const metaKey = (id: string) => `${id}.meta`;
+export const counterKey = (id: string) => `${id}.counts`;
+export const itemKey = (id: string, key: string) => `${id}.i.${key}`;
+
+function valueOf<T>(e: KvEntry | null): T | undefined {
+  if (!e || e.operation !== 'PUT' || e.value.length === 0) return undefined;
+  return unpack(e.value) as T;
+}
+
+const notFound = (id: string) =>
+  new JetflowError(`batch ${id} does not exist`, { code: ErrorCode.NotFound, details: { id } });
+
+export interface BatchServiceOptions {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  names: TopologyNames;
+  registry: Registry;
+  /** The workflows' records: a signal callback's target must exist. */
+  store: RecordStore;
+  logger: Logger;
+  /** Largest item input (encoded), as the gateway's limit for a start. */
+  maxInputBytes: number;
+  /** This process in tracker leases. */
+  owner: string;
+  /** A tracker whose counter did not change for this long is replaced (default 5 s). */
+  leaseMs?: number;
+  now?: () => number;
+}
+
+/** Open the batches bucket (created by `ensureTopology`). */
+export async function openBatchesBucket(nc: NatsConnection, names: TopologyNames): Promise<KV> {
+  return new Kvm(nc).open(names.batchesBucket);
+}
+
+export class BatchService {
+  readonly stats = { itemsAccepted: 0, itemsEnded: 0, folds: 0, conflicts: 0, callbacks: 0 };
+  private readonly now: () => number;
+  private readonly stream: string;
+  private readonly leaseMs: number;
+  /** Batches whose last tracker pass changed nothing (the next pass may wait longer). */
+  private readonly idle = new Set<string>();
+
+  constructor(
+    private readonly kv: KV,
+    private readonly o: BatchServiceOptions,
+  ) {
+    this.now = o.now ?? (() => Date.now());
+    this.stream = `KV_${o.names.batchesBucket}`;
+    this.leaseMs = o.leaseMs ?? 5_000;
+  }
+
+  // --- records ---------------------------------------------------------------------------
+
+  async meta(id: string): Promise<{ meta: BatchMeta; revision: number } | undefined> {
+    const e = await this.kv.get(metaKey(id));
+    const meta = valueOf<BatchMeta>(e);
+    return meta && e ? { meta, revision: e.revision } : undefined;
+  }
+
+  async counter(id: string): Promise<{ c: BatchCounter; revision: number } | undefined> {
+    const e = await this.kv.get(counterKey(id));
+    const c = valueOf<BatchCounter>(e);
+    return c && e ? { c, revision: e.revision } : undefined;
+  }
+
+  /**
+   * Change the batch record with compare-and-set: `f` gets the current record and returns the
+   * new one (or undefined: nothing to write). Decided again on a lost race.
+   */
+  private async mutate(id: string, f: (m: BatchMeta) => BatchMeta | undefined): Promise<BatchMeta> {
+    for (let i = 0; i < MAX_CAS; i++) {
+      const cur = await this.meta(id);
+      if (!cur) throw notFound(id);
+      const next = f(structuredClone(cur.meta));
+      if (!next) return cur.meta;
+      next.updatedAt = this.now();
+      try {
+        await this.kv.update(metaKey(id), pack(next), cur.revision);
+        return next;
+      } catch (err) {
+        if (!isCasFailure(err)) throw err;
+        this.stats.conflicts++;
+      }
+    }
+    throw new ConflictError(`batch ${id}: too many concurrent changes`, { details: { id } });
+  }
+
+  // --- the item effect ---------------------------------------------------------------------
+
+  /** The `batchItem` effect: the item's ledger key moves to its terminal status, once. */
+  async itemEnded(
+    e: Extract<Effect, { kind: 'batchItem' }>,
+    record: WorkflowRecord,
+  ): Promise<void> {
+    const k = itemKey(e.batch.id, e.batch.item);
+    for (let i = 0; i < MAX_CAS; i++) {
+      const entry = await this.kv.get(k);
+      const cur = valueOf<BatchItem>(entry);
+      if (cur && (cur.gen > e.batch.gen || (cur.gen === e.batch.gen && isTerminal(cur.status)))) {
+        return; // counted already, or a newer generation runs
+      }
+      const next: BatchItem = {
+        key: e.batch.item,
+        wf: record.id,
+        index: cur?.index ?? -1,
+        gen: e.batch.gen,
+        status: e.status,
+        attempts: cur?.attempts ?? 1,
+        ...(e.error ? { error: e.error } : {}),
+        at: this.now(),
+      };
+      if (cur?.input !== undefined) next.input = cur.input;
+      try {
+        if (entry && cur) await this.kv.update(k, pack(next), entry.revision);
+        else await this.kv.create(k, pack(next));
+        this.stats.itemsEnded++;
+        return;
+      } catch (err) {
+        if (!isCasFailure(err)) throw err;
+        this.stats.conflicts++;
+      }
+    }
+    throw new ConflictError(`batch item ${k}: too many concurrent changes`);
+  }
+
+  // --- verbs ---------------------------------------------------------------------------------
+
+  /** Declare a batch, or find it again (same id and type): the reply's `next` is where to resume. */
+  async create(body: unknown): Promise<BatchStatus> {
+    const req = parseCreate(body);
+    const existing = await this.meta(req.id);
+    if (existing) {
+      if (existing.meta.type !== req.type) {
+        throw new BadRequestError(
+          `batch ${req.id} exists with type ${existing.meta.type}, not ${req.type}`,
+          { code: ErrorCode.Conflict, details: { id: req.id, type: existing.meta.type } },
+        );
+      }
+      return this.status({ id: req.id });
+    }
+    if (!this.o.registry.has(req.type)) this.o.registry.latest(req.type); // unknown_type, with the list
+    const cb = req.onComplete;
+    if (cb && 'signal' in cb) {
+      const target = await this.o.store.get(cb.signal.type, cb.signal.id);
+      if (!target) {
+        throw new JetflowError(
+          `batch ${req.id}: the onComplete target workflow ${cb.signal.type}/${cb.signal.id} does not exist`,
+          { code: ErrorCode.NotFound, details: { onComplete: cb } },
+        );
+      }
+    } else if (cb && 'start' in cb && !this.o.registry.has(cb.start.type)) {
+      this.o.registry.latest(cb.start.type);
+    }
+    const now = this.now();
+    const meta: BatchMeta = {
+      v: 1,
+      id: req.id,
+      type: req.type,
+      policy: req.policy ?? 'complete-with-errors',
+      ...(req.cancelRest ? { cancelRest: true } : {}),
+      ...(cb ? { onComplete: cb } : {}),
+      sealed: false,
+      next: 0,
+      total: 0,
+      pending: 0,
+      duplicates: 0,
+      rejected: 0,
+      gen: 1,
+      createdAt: now,
+      updatedAt: now,
+    };
+    try {
+      await this.kv.create(metaKey(req.id), pack(meta));
+    } catch (err) {
+      if (!isCasFailure(err)) throw err;
+      return this.create(body); // created meanwhile: compare the type
+    }
+    return batchStatus(meta, undefined, now);
+  }
+
+  /** Add one chunk of items at positions `from`… (see the module comment). */
+  async add(body: unknown): Promise<BatchAddReply> {
+    const b = (body ?? {}) as { id?: unknown; from?: unknown; items?: unknown };
+    const id = checkBatchId(b.id);
+    if (!Number.isInteger(b.from) || (b.from as number) < 0 || !Array.isArray(b.items)) {
+      throw new BadRequestError(`batch ${id}: add needs { from: position, items: [{key, input}] }`);
+    }
+    const from = b.from as number;
+    const items = b.items as { key?: unknown; input?: unknown }[];
+    const cur = await this.meta(id);
+    if (!cur) throw notFound(id);
+    let meta = cur.meta;
+    if (meta.inflight) meta = await this.flushInflight(meta);
+    if (meta.canceled || meta.sealed || meta.outcome) {
+      throw new BadRequestError(
+        `batch ${id} is ${meta.canceled ? 'canceled' : meta.sealed ? 'sealed' : 'decided'}: it takes no more items`,
+        { code: ErrorCode.InvalidState, details: { id, next: meta.next } },
+      );
+    }
+    if (from > meta.next) {
+      throw new BadRequestError(
+        `batch ${id}: items from position ${from}, but the batch has ${meta.next} (resume from there)`,
+        { code: ErrorCode.Conflict, details: { id, next: meta.next } },
+      );
+    }
+    const skip = meta.next - from;
+    const reply: BatchAddReply = { id, next: meta.next, accepted: 0, duplicates: [], rejected: [] };
+    if (skip >= items.length) return reply;
+    const paused = !!meta.paused;
+    const gen = meta.gen;
+    const now = this.now();
+    const accepted: { key: string; input: unknown }[] = [];
+    await Promise.all(
+      items.slice(skip).map(async (it, j) => {
+        const index = from + skip + j;
+        const key = it?.key;
+        const problem = itemKeyProblem(key);
+        if (problem) {
+          reply.rejected.push({
+            key: String(key),
+            index,
+            error: toErrorData(new BadRequestError(problem, { details: { index } })),
+          });
+          return;
+        }
+        const k = key as string;
+        const input = it.input ?? null;
+        const size = pack(input).length;
+        if (size > this.o.maxInputBytes) {
+          reply.rejected.push({
+            key: k,
+            index,
+            error: toErrorData(
+              new BadRequestError(
+                `item ${k}: input of ${size} bytes exceeds the limit of ${this.o.maxInputBytes} bytes`,
+                {
+                  code: ErrorCode.PayloadTooLarge,
+                  details: { size, limit: this.o.maxInputBytes },
+                },
+              ),
+            ),
+          });
+          return;
+        }
+        const item: BatchItem = {
+          key: k,
+          wf: itemWorkflowId(id, k, gen),
+          index,
+          gen,
+          status: paused ? 'pending' : 'running',
+          attempts: 1,
+          input,
+          at: now,
+        };
+        try {
+          await this.kv.create(itemKey(id, k), pack(item));
+          accepted.push({ key: k, input });
+        } catch (err) {
+          if (!isCasFailure(err)) throw err;
+          const there = valueOf<BatchItem>(await this.kv.get(itemKey(id, k)));
+          if (there && there.index === index) {
+            // This chunk again (its reply was lost, or its acceptance lost a race): the item
+            // takes the batch's mode now (started, or kept pending while paused).
+            accepted.push({ key: k, input });
+            const want = paused ? 'pending' : 'running';
+            const other = paused ? 'running' : 'pending';
+            if (there.status === other) {
+              await this.setItem(id, k, (x) =>
+                x.status === other ? { ...x, status: want } : undefined,
+              );
+            }
+          } else reply.duplicates.push({ key: k, index, firstIndex: there?.index ?? -1 });
+        }
+      }),
+    );
+    // Two keys equal within the chunk: the one at the lower position is the item.
+    reply.duplicates.sort((x, y) => x.index - y.index);
+    reply.rejected.sort((x, y) => x.index - y.index);
+    const end = from + items.length;
+    const after = await this.mutate(id, (m) => {
+      if (m.next !== meta.next) {
+        throw new ConflictError(
+          `batch ${id}: another submitter moved the batch to position ${m.next}; resume from there`,
+          { details: { id, next: m.next } },
+        );
+      }
+      if (m.sealed || m.canceled) {
+        throw new BadRequestError(`batch ${id} was sealed meanwhile`, {
+          code: ErrorCode.InvalidState,
+        });
+      }
+      if (!!m.paused !== paused) {
+        throw new ConflictError(
+          `batch ${id} was paused or resumed meanwhile; send the chunk again`,
+          {
+            details: { id, next: m.next },
+          },
+        );
+      }
+      m.next = end;
+      m.total += accepted.length;
+      m.duplicates += reply.duplicates.length;
+      m.rejected += reply.rejected.length;
+      if (paused) m.pending += accepted.length;
+      else if (accepted.length > 0) m.inflight = { keys: accepted.map((a) => a.key) };
+      return m;
+    });
+    if (after.inflight) await this.flushInflight(after, accepted);
+    this.stats.itemsAccepted += accepted.length;
+    reply.next = end;
+    reply.accepted = accepted.length;
+    return reply;
+  }
+
+  /** Publish the starts of an accepted chunk (again: each is idempotent), then clear `inflight`. */
+  private async flushInflight(
+    meta: BatchMeta,
+    known?: { key: string; input: unknown }[],
+  ): Promise<BatchMeta> {
+    const keys = meta.inflight?.keys ?? [];
+    const inputs = new Map(known?.map((k) => [k.key, k.input]));
+    await Promise.all(
+      keys.map(async (k) => {
+        let input = inputs.get(k);
+        let gen = meta.gen;
+        if (!inputs.has(k)) {
+          const it = valueOf<BatchItem>(await this.kv.get(itemKey(meta.id, k)));
+          if (!it) return;
+          input = it.input;
+          gen = it.gen;
+        }
+        await this.publishStart(meta, k, input, gen);
+      }),
+    );
+    const want = JSON.stringify(keys);
+    return this.mutate(meta.id, (m) => {
+      if (!m.inflight || JSON.stringify(m.inflight.keys) !== want) return undefined;
+      delete m.inflight;
+      return m;
+    });
+  }
+
+  private async publishStart(meta: BatchMeta, key: string, input: unknown, gen: number) {
+    const s = this.o.names.subjects;
+    const wf = itemWorkflowId(meta.id, key, gen);
+    const h = headers();
+    h.set(Header.ContentType, MSGPACK);
+    await this.o.js.publish(
+      s.inbox('start', meta.type, wf),
+      pack({ kind: 'start', input, batch: { id: meta.id, item: key, gen } }),
+      { msgID: `batch.${meta.id}.${gen}.${key}`, headers: h },
+    );
+  }
+
+  /** Close the batch to new items: it completes once every item is terminal. */
+  async seal(body: unknown): Promise<BatchStatus> {
+    const id = checkBatchId((body as { id?: unknown })?.id);
+    const cur = await this.meta(id);
+    if (!cur) throw notFound(id);
+    if (cur.meta.inflight) await this.flushInflight(cur.meta);
+    await this.mutate(id, (m) => (m.sealed ? undefined : ((m.sealed = true), m)));
+    return this.status({ id });
+  }
+
+  async status(body: unknown): Promise<BatchStatus> {
+    const id = checkBatchId((body as { id?: unknown })?.id);
+    const [m, c] = await Promise.all([this.meta(id), this.counter(id)]);
+    if (!m) throw notFound(id);
+    const counter = c && c.c.gen === m.meta.gen ? c.c : counterFor(m.meta.gen, c?.c, this.now());
+    return batchStatus(m.meta, counter, this.now());
+  }
+
+  /** A page of the ledger (in stream order), optionally of one status. */
+  async items(body: unknown): Promise<BatchItemsReply> {
+    const b = (body ?? {}) as { id?: unknown; status?: unknown; cursor?: unknown; limit?: unknown };
+    const id = checkBatchId(b.id);
+    if (!(await this.meta(id))) throw notFound(id);
+    const status = parseItemStatus(b.status);
+    const limit =
+      b.limit === undefined
+        ? 100
+        : Number.isInteger(b.limit)
+          ? Math.min(1000, b.limit as number)
+          : 0;
+    if (limit < 1) throw new BadRequestError('limit must be an integer from 1 to 1000');
+    const start = Number.isInteger(b.cursor) ? (b.cursor as number) : 1;
+    const items: BatchItem[] = [];
+    let cursor: number | undefined;
+    await this.scan(id, start, (seq, it) => {
+      if (items.length >= limit) {
+        cursor = seq;
+        return false;
+      }
+      if (!status || it.status === status) {
+        const listed = { ...it };
+        delete listed.input;
+        items.push(listed);
+      }
+      return true;
+    });
+    return { id, items, ...(cursor !== undefined ? { cursor } : {}) };
+  }
+
+  /** Whether the ledger of batch `id` has a change after stream sequence `seq` (one direct read). */
+  private async hasAfter(id: string, seq: number): Promise<boolean> {
+    try {
+      // The server's message get takes `next_by_subj` (typed only for direct gets).
+      const query = { seq: seq + 1, next_by_subj: `$KV.${this.o.names.batchesBucket}.${id}.i.>` };
+      const m = await this.o.jsm.streams.getMessage(this.stream, query);
+      return m !== null;
+    } catch (err) {
+      if (err instanceof Error && /no message found|not found/i.test(err.message)) return false;
+      throw err;
+    }
+  }
+
+  /**
+   * Every ledger key of batch `id` from stream sequence `fromSeq`, in stream order (the bucket
+   * keeps one message per key: the latest), until `f` returns false or the end is reached.
+   */
+  private async scan(
+    id: string,
+    fromSeq: number,
+    f: (seq: number, item: BatchItem) => boolean | Promise<boolean>,
+  ): Promise<void> {
+    const c = await this.o.js.consumers.get(this.stream, {
+      filter_subjects: `$KV.${this.o.names.batchesBucket}.${id}.i.>`,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: Math.max(1, fromSeq),
+    });
+    try {
+      let pending = (await c.info(true)).num_pending;
+      while (pending > 0) {
+        const batch = await c.fetch({
+          max_messages: Math.min(SCAN_FETCH, pending),
+          expires: 5_000,
+        });
+        let got = 0;
+        for await (const m of batch) {
+          got++;
+          pending = m.info.pending;
+          const it = itemOf(m);
+          if (it && !(await f(m.seq, it))) return;
+          if (pending === 0) break;
+        }
+        if (got === 0) break;
+      }
+    } finally {
+      await c.delete().catch(() => undefined);
+    }
+  }
+
+  async pause(body: unknown): Promise<BatchStatus> {
+    const { id, by, reason } = who(body);
+    await this.mutate(id, (m) =>
+      m.paused ? undefined : ((m.paused = { at: this.now(), by, reason }), m),
+    );
+    return this.status({ id });
+  }
+
+  /** Start the items accepted while paused, then admit new items again. */
+  async resume(body: unknown): Promise<BatchStatus> {
+    const { id } = who(body);
+    const meta = await this.mutate(id, (m) => (m.paused ? (delete m.paused, m) : undefined));
+    let started = 0;
+    if (meta.pending > 0 && !meta.canceled) {
+      await this.scan(id, 1, async (_seq, it) => {
+        if (it.status !== 'pending') return true;
+        await this.publishStart(meta, it.key, it.input, it.gen);
+        await this.setItem(id, it.key, (x) =>
+          x.status === 'pending' ? { ...x, status: 'running', at: this.now() } : undefined,
+        );
+        started++;
+        return true;
+      });
+      await this.mutate(id, (m) => ((m.pending = Math.max(0, m.pending - started)), m));
+    }
+    return { ...(await this.status({ id })), changed: { started } };
+  }
+
+  /** Cancel the items not ended yet; the batch takes no more items. */
+  async cancel(body: unknown): Promise<BatchStatus> {
+    const { id, by, reason } = who(body);
+    const meta = await this.mutate(id, (m) => {
+      if (m.canceled) return m;
+      m.canceled = { at: this.now(), by, reason };
+      m.sealed = true;
+      return m;
+    });
+    const changed = await this.cancelRest(meta, reason);
+    return { ...(await this.status({ id })), changed };
+  }
+
+  /** Cancel every item still pending or running (each through its workflow's inbox). */
+  private async cancelRest(meta: BatchMeta, reason: string) {
+    let canceled = 0;
+    let pendingCanceled = 0;
+    const s = this.o.names.subjects;
+    await this.scan(meta.id, 1, async (_seq, it) => {
+      if (it.status === 'running') {
+        const h = headers();
+        h.set(Header.ContentType, MSGPACK);
+        const msgId = `batch.${meta.id}.cancel.${it.gen}.${it.key}`;
+        await this.o.js.publish(
+          s.inbox('cancel', meta.type, it.wf),
+          pack({ kind: 'cancel', reason: `batch ${meta.id}: ${reason}`, msgId }),
+          { msgID: msgId, headers: h },
+        );
+        canceled++;
+      } else if (it.status === 'pending') {
+        await this.setItem(meta.id, it.key, (x) =>
+          x.status === 'pending' ? { ...x, status: 'canceled', at: this.now() } : undefined,
+        );
+        pendingCanceled++;
+      }
+      return true;
+    });
+    if (pendingCanceled > 0) {
+      await this.mutate(
+        meta.id,
+        (m) => ((m.pending = Math.max(0, m.pending - pendingCanceled)), m),
+      );
+    }
+    return { canceled, pendingCanceled };
+  }
+
+  /**
+   * Run the failed items again, each as a new workflow `<id>=<key>=<gen>` with a fresh attempt
+   * budget; the batch is open again and its callback fires again with the new counts. Only for
+   * a decided batch whose items are all terminal. A retry-failed that stopped half way (crash)
+   * finishes when run again.
+   */
+  async retryFailed(body: unknown): Promise<BatchStatus> {
+    const { id } = who(body);
+    const [m, c] = await Promise.all([this.meta(id), this.counter(id)]);
+    if (!m) throw notFound(id);
+    let meta = m.meta;
+    if (!meta.retrying) {
+      const n = batchStatus(meta, c?.c, this.now()).counts;
+      if (!meta.outcome || n.running + n.pending > 0 || meta.canceled) {
+        throw new BadRequestError(
+          `batch ${id}: retry-failed needs a decided batch whose items all ended (${n.running} running, ${n.pending} pending${meta.canceled ? ', canceled' : ''})`,
+          { code: ErrorCode.InvalidState, details: { id, counts: n } },
+        );
+      }
+      if (n.failed === 0) return { ...(await this.status({ id })), changed: { restarted: 0 } };
+      meta = await this.mutate(id, (x) => {
+        if (x.gen !== meta.gen || x.retrying) return undefined;
+        x.gen++;
+        x.retrying = true;
+        delete x.outcome;
+        delete x.decidedAt;
+        return x;
+      });
+    }
+    const gen = meta.gen;
+    let restarted = 0;
+    await this.scan(id, 1, async (_seq, it) => {
+      if (it.status !== 'failed' || it.gen >= gen) return true;
+      await this.publishStart(meta, it.key, it.input, gen);
+      await this.setItem(id, it.key, (x) =>
+        x.status === 'failed' && x.gen < gen
+          ? {
+              ...x,
+              gen,
+              wf: itemWorkflowId(id, x.key, gen),
+              status: 'running',
+              attempts: x.attempts + 1,
+              at: this.now(),
+            }
+          : undefined,
+      );
+      restarted++;
+      return true;
+    });
+    await this.mutate(id, (x) => (x.retrying ? (delete x.retrying, x) : undefined));
+    return { ...(await this.status({ id })), changed: { restarted } };
+  }
+
+  private async setItem(
+    id: string,
+    key: string,
+    f: (x: BatchItem) => BatchItem | undefined,
+  ): Promise<void> {
+    const k = itemKey(id, key);
+    for (let i = 0; i < MAX_CAS; i++) {
+      const e = await this.kv.get(k);
+      const cur = valueOf<BatchItem>(e);
+      if (!cur || !e) return;
+      const next = f(cur);
+      if (!next) return;
+      try {
+        await this.kv.update(k, pack(next), e.revision);
+        return;
+      } catch (err) {
+        if (!isCasFailure(err)) throw err;
+      }
+    }
+  }
+
+  // --- the tracker -----------------------------------------------------------------------------
+
+  /**
+   * One pass of the tracker over batch `id`: fold the ledger changes after the counter's
+   * watermark (one compare-and-set per page), decide the outcome, cancel the rest when the
+   * policy says so, publish the callback. Returns whether the batch still needs tracking.
+   * Safe to run anywhere and concurrently: every write is a compare-and-set.
+   */
+  async track(id: string): Promise<boolean> {
+    const m = await this.meta(id);
+    if (!m) return false;
+    let meta = m.meta;
+    if (meta.inflight && this.now() - meta.updatedAt > this.leaseMs) {
+      meta = await this.flushInflight(meta);
+    }
+    const cur = await this.counter(id);
+    if (
+      cur?.c.owner &&
+      cur.c.owner !== this.o.owner &&
+      this.now() - cur.c.updatedAt < this.leaseMs
+    ) {
+      this.idle.add(id);
+      return true; // another tracker holds it (its heartbeat is recent)
+    }
+    let c = counterFor(meta.gen, cur?.c, this.now());
+    let revision = cur?.revision;
+    let progressed = false;
+    // A new counter, or the rollover to a new generation, is written even with nothing to fold.
+    let dirty = !cur || cur.c.gen !== c.gen;
+    for (;;) {
+      const page: [number, BatchItem | undefined][] = [];
+      if (await this.hasAfter(id, c.lastSeq)) {
+        await this.scan(id, c.lastSeq + 1, (seq, it) => {
+          page.push([seq, it]);
+          return page.length < SCAN_FETCH * 5;
+        });
+      }
+      const next = structuredClone(c);
+      const now = this.now();
+      for (const [seq, it] of page) fold(next, seq, it, now);
+      if (page.length > 0) progressed = true;
+      const heartbeat = c.owner !== this.o.owner || now - c.updatedAt > this.leaseMs / 3;
+      if (page.length === 0 && !dirty && !heartbeat) break;
+      next.owner = this.o.owner;
+      next.updatedAt = now;
+      try {
+        if (revision === undefined) revision = await this.kv.create(counterKey(id), pack(next));
+        else revision = await this.kv.update(counterKey(id), pack(next), revision);
+        this.stats.folds++;
+      } catch (err) {
+        if (!isCasFailure(err)) throw err;
+        this.stats.conflicts++;
+        return true; // another tracker moved it: next pass
+      }
+      c = next;
+      dirty = false;
+      if (page.length < SCAN_FETCH * 5) break;
+    }
+    // The outcome, the policy's cancel, the callback.
+    const outcome = decideOutcome(meta, c);
+    if (outcome && !meta.outcome) {
+      progressed = true;
+      meta = await this.mutate(id, (x) => {
+        if (x.outcome || x.gen !== meta.gen) return undefined;
+        x.outcome = outcome;
+        x.decidedAt = this.now();
+        return x;
+      });
+      if (outcome === 'failed' && meta.cancelRest && !meta.canceled) {
+        await this.cancelRest(meta, 'the batch failed (all-must-succeed)');
+      }
+    }
+    if (meta.outcome && meta.notified !== meta.gen && meta.gen === c.gen) {
+      await this.notify(meta, c);
+      meta = await this.mutate(id, (x) =>
+        x.gen === meta.gen && x.notified !== x.gen ? ((x.notified = x.gen), x) : undefined,
+      );
+    }
+    if (progressed) this.idle.delete(id);
+    else this.idle.add(id);
+    const n = batchStatus(meta, c, this.now()).counts;
+    return !(meta.outcome && meta.notified === meta.gen && n.running + n.pending === 0);
+  }
+
+  private async notify(meta: BatchMeta, c: BatchCounter): Promise<void> {
+    const cb = meta.onComplete;
+    const event = completedEvent(meta, c);
+    const msgId = `batch.${meta.id}.completed.${meta.gen}`;
+    const s = this.o.names.subjects;
+    const h = headers();
+    h.set(Header.ContentType, MSGPACK);
+    if (cb && 'signal' in cb) {
+      await this.o.js.publish(
+        s.inbox('signal', cb.signal.type, cb.signal.id),
+        pack({ kind: 'signal', event, msgId }),
+        { msgID: msgId, headers: h },
+      );
+    } else if (cb && 'start' in cb) {
+      await this.o.js.publish(
+        s.inbox('start', cb.start.type, callbackStartId(meta, cb.start.id)),
+        pack({ kind: 'start', input: event }),
+        { msgID: msgId, headers: h },
+      );
+    }
+    // Every batch's end is also published for watchers (`jetflow batch status --watch`, tests).
+    this.o.nc.publish(s.batchEvents(meta.id), pack(event));
+    this.stats.callbacks++;
+    this.o.logger.info(
+      { batch: meta.id, outcome: meta.outcome, counts: event.counts },
+      'batch completed',
+    );
+  }
+
+  /**
+   * Track every batch that needs it: watches the batch records (`*.meta`) and runs `track`
+   * for each open one every `intervalMs`, backing off to `idleMs` while passes change nothing
+   * (a change of the batch record wakes it at once). Returns a stop function.
+   */
+  startTracker(intervalMs = 200, idleMs = 2_000): { stop(): Promise<void> } {
+    let stopped = false;
+    const open = new Set<string>();
+    const loops = new Map<string, Promise<void>>();
+    const wakers = new Map<string, () => void>();
+    const stopRef: { w?: { stop(): void } } = {};
+    const loop = async (id: string) => {
+      let delay = intervalMs;
+      while (!stopped && open.has(id)) {
+        try {
+          if (!(await this.track(id))) open.delete(id);
+        } catch (err) {
+          if (!stopped) this.o.logger.warn({ err, batch: id }, 'batch tracker pass failed');
+        }
+        delay = this.idle.has(id) ? Math.min(idleMs, delay * 2) : intervalMs;
+        await new Promise<void>((ok) => {
+          const t = setTimeout(ok, delay);
+          wakers.set(id, () => {
+            clearTimeout(t);
+            ok();
+          });
+        });
+        wakers.delete(id);
+      }
+      this.idle.delete(id);
+      loops.delete(id);
+    };
+    const watching = (async () => {
+      while (!stopped) {
+        try {
+          const w = await this.kv.watch({ key: '*.meta' });
+          stopRef.w = w;
+          for await (const e of w) {
+            if (stopped) break;
+            const meta = valueOf<BatchMeta>(e);
+            if (!meta) continue;
+            open.add(meta.id);
+            wakers.get(meta.id)?.();
+            if (!loops.has(meta.id)) loops.set(meta.id, loop(meta.id));
+          }
+        } catch (err) {
+          if (!stopped) this.o.logger.warn({ err }, 'batch watch failed; again');
+        }
+        if (!stopped) await sleep(500);
+      }
+    })();
+    return {
+      stop: async () => {
+        stopped = true;
+        stopRef.w?.stop();
+        for (const wake of wakers.values()) wake();
+        await watching.catch(() => undefined);
+        await Promise.allSettled([...loops.values()]);
+      },
+    };
+  }
+}
+
+function itemOf(m: JsMsg): BatchItem | undefined {
+  const op = m.headers?.get('KV-Operation');
+  if (op === 'DEL' || op === 'PURGE' || m.data.length === 0) return undefined;
+  return unpack(m.data) as BatchItem;
+}
+
+function who(body: unknown): { id: string; by: string; reason: string } {
+  const b = (body ?? {}) as { id?: unknown; by?: unknown; reason?: unknown };
+  return {
+    id: checkBatchId(b.id),
+    by: typeof b.by === 'string' ? b.by : 'unknown',
+    reason: typeof b.reason === 'string' ? b.reason : '',
+  };
+}
+
+/** The `batchItem` effect handler. */
+export function batchEffectHandlers(
+  batches: BatchService,
+): Partial<Record<Effect['kind'], EffectHandler>> {
+  return {
+    batchItem: async (record: WorkflowRecord, e: Effect) => {
+      if (e.kind !== 'batchItem') return;
+      await batches.itemEnded(e, record);
+    },
+  };
+}
+
+/** The verbs on `<prefix>.admin.batch.<verb>`. */
+export const BATCH_VERBS = Object.freeze([
+  'create',
+  'add',
+  'seal',
+  'status',
+  'items',
+  'retry-failed',
+  'cancel',
+  'pause',
+  'resume',
+] as const);
+export type BatchVerb = (typeof BATCH_VERBS)[number];
+
+/**
+ * Answer `<prefix>.admin.batch.<verb>` in queue group `<prefix>-batches` (any engine answers;
+ * every write is a compare-and-set). Errors reply `{ error }` with the `Jf-Error` header.
+ */
+export function startBatchResponder(
+  nc: NatsConnection,
+  names: TopologyNames,
+  batches: BatchService,
+  logger: Logger,
+): { stop(): Promise<void> } {
+  const inflight = new Set<Promise<void>>();
+  const reply = (m: Msg, enc: BodyEncoding, body: unknown, errorCode?: string) => {
+    const h = headers();
+    h.set(Header.ContentType, enc === 'msgpack' ? MSGPACK : JSON_TYPE);
+    if (errorCode) h.set(Header.ErrorCode, errorCode);
+    try {
+      m.respond(encodeBody(body, enc), { headers: h });
+    } catch (err) {
+      logger.warn({ err, subject: m.subject }, 'batch reply not sent');
+    }
+  };
+  const answer = (verb: string, body: unknown): Promise<unknown> => {
+    switch (verb as BatchVerb) {
+      case 'create':
+        return batches.create(body);
+      case 'add':
+        return batches.add(body);
+      case 'seal':
+        return batches.seal(body);
+      case 'status':
+        return batches.status(body);
+      case 'items':
+        return batches.items(body);
+      case 'retry-failed':
+        return batches.retryFailed(body);
+      case 'cancel':
+        return batches.cancel(body);
+      case 'pause':
+        return batches.pause(body);
+      case 'resume':
+        return batches.resume(body);
+      default:
+        throw new BadRequestError(
+          `unknown batch verb ${JSON.stringify(verb)}: one of ${BATCH_VERBS.join(', ')}`,
+        );
+    }
+  };
+  const sub = nc.subscribe(names.subjects.batchWildcard, {
+    queue: `${names.subjects.prefix}-batches`,
+    callback: (err, m) => {
+      if (err) return logger.error({ err }, 'batch subscription error');
+      if (!m.reply) return;
+      const enc = encodingOf(m.headers?.get(Header.ContentType));
+      const verb = m.subject.slice(m.subject.lastIndexOf('.') + 1);
+      const p = (async () => {
+        try {
+          const body = decodeRequestBody(m.data, enc, { subject: m.subject });
+          reply(m, enc, await answer(verb, body));
+        } catch (e) {
+          const je =
+            e instanceof JetflowError
+              ? e
+              : new RetryableError(`batch request failed: ${String((e as Error)?.message ?? e)}`, {
+                  code: ErrorCode.Internal,
+                  cause: e,
+                });
+          if (!(je instanceof BadRequestError))
+            logger.warn({ err: e, verb }, 'batch request failed');
+          reply(m, enc, { error: toErrorData(je) }, je.code);
+        }
+      })();
+      inflight.add(p);
+      void p.finally(() => inflight.delete(p));
+    },
+  });
+  return {
+    async stop() {
+      await sub.drain().catch(() => undefined);
+      await Promise.allSettled([...inflight]);
+    },
+  };
+}
