@@ -421,6 +421,25 @@ export class Client implements AsyncDisposable {
     return await this.request(this.names.subjects.bulk, req, undefined, opts.timeoutMs ?? 60_000);
   }
 
+  /**
+   * Operator verbs on triggers. `list`, `parked`, `trace`, `pause`, `resume` are answered by any
+   * engine (`<prefix>.admin.triggers.<verb>`); `replay`, `skip`, `rewind` by the engine holding
+   * the trigger (`<prefix>.admin.triggers.held.<verb>.<name>`; no responder: no engine holds it).
+   */
+  async triggers<T = Record<string, unknown>>(
+    verb: 'list' | 'parked' | 'trace' | 'pause' | 'resume' | 'replay' | 'skip' | 'rewind',
+    body: { name?: string; [k: string]: unknown } = {},
+    opts: { timeoutMs?: number } = {},
+  ): Promise<T> {
+    const held = verb === 'replay' || verb === 'skip' || verb === 'rewind';
+    if (held && !isToken(body.name))
+      throw new BadRequestError(`invalid trigger name ${JSON.stringify(body.name)}`);
+    const subject = held
+      ? this.names.subjects.triggerHeld(verb, body.name!)
+      : this.names.subjects.triggerAdmin(verb);
+    return await this.request<T>(subject, body, undefined, opts.timeoutMs);
+  }
+
   /** A bulk job's counters, state and first failures (`<prefix>.admin.bulk.status`). */
   async bulkStatus(jobId: string): Promise<BulkProgress> {
     return await this.request(this.names.subjects.bulkStatus, { jobId });

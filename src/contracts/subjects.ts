@@ -94,6 +94,13 @@ export interface Subjects {
   readonly bulkCancel: string;
   /** Progress notifications of one bulk job: `<prefix>.admin.bulk.<jobId>`. */
   bulkProgress(jobId: string): string;
+  /** Operator request/reply on triggers, any engine: `<prefix>.admin.triggers.<verb>`. */
+  triggerAdmin(verb: string): string;
+  /**
+   * Operator request/reply answered by the engine holding trigger `name` (replay, skip,
+   * rewind): `<prefix>.admin.triggers.held.<verb>.<name>`.
+   */
+  triggerHeld(verb: string, name: string): string;
   /** Public request/reply: search the visibility index, `<prefix>.search`. */
   readonly search: string;
   /** Public request/reply: counts by type, status and state, `<prefix>.search.counts`. */
@@ -148,6 +155,8 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     bulkStatus: `${p}.admin.bulk.status`,
     bulkCancel: `${p}.admin.bulk.cancel`,
     bulkProgress: (j: string) => `${p}.admin.bulk.${j}`,
+    triggerAdmin: (v: string) => `${p}.admin.triggers.${v}`,
+    triggerHeld: (v: string, n: string) => `${p}.admin.triggers.held.${v}.${n}`,
     search: `${p}.search`,
     searchCounts: `${p}.search.counts`,
     searchNodes: `${p}.search.nodes`,

@@ -74,6 +74,7 @@ import {
   type ParentRef,
   type ResultMessage,
   type SendOrigin,
+  type TriggerOrigin,
   type WorkflowRecord,
   type WorkflowRef,
 } from '../contracts/wire.js';
@@ -219,6 +220,13 @@ const isParentRef = (v: unknown): v is ParentRef =>
 const isOrigin = (v: unknown): v is SendOrigin =>
   isRef(v) && Number.isInteger((v as SendOrigin).step) && Number.isInteger((v as SendOrigin).index);
 
+const isTriggerOrigin = (v: unknown): v is TriggerOrigin =>
+  typeof v === 'object' &&
+  v !== null &&
+  typeof (v as TriggerOrigin).name === 'string' &&
+  Number.isInteger((v as TriggerOrigin).seq) &&
+  (v as TriggerOrigin).seq >= 0;
+
 /** Decode an inbox body, checking its shape against its subject's kind. */
 export function decodeInbox(e: InboxEntry): InboxMessage {
   let body: unknown;
@@ -243,10 +251,13 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
     case 'start':
       if (b.parent !== undefined && !isParentRef(b.parent))
         throw bad('a child start needs parent {type, id, taskId, key}');
+      if (b.trigger !== undefined && !isTriggerOrigin(b.trigger))
+        throw bad('a trigger start needs trigger {name, seq}');
       return {
         kind: 'start',
         input: b.input,
         ...(b.parent !== undefined ? { parent: b.parent } : {}),
+        ...(b.trigger !== undefined ? { trigger: b.trigger } : {}),
       };
     case 'cancel':
       if (b.from !== undefined && !isParentRef(b.from))
@@ -372,10 +383,13 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
       const start = b.startIfAbsent as { input?: unknown } | undefined;
       if (start !== undefined && (typeof start !== 'object' || start === null || !b.from))
         throw bad('startIfAbsent must be {input} on a send with from');
+      if (b.trigger !== undefined && !isTriggerOrigin(b.trigger))
+        throw bad('a trigger signal needs trigger {name, seq}');
       return {
         kind: 'signal',
         event: ev as { type: string },
         ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
+        ...(b.trigger !== undefined ? { trigger: b.trigger } : {}),
         ...(b.from !== undefined ? { from: b.from } : {}),
         ...(start !== undefined ? { startIfAbsent: { input: start.input ?? null } } : {}),
         ...(b.undeliverable !== undefined ? { undeliverable: b.undeliverable } : {}),
@@ -971,6 +985,13 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         if (!p) return 'done';
         decision = p;
       }
+    }
+    // The step a trigger message caused names the trigger and its stream sequence.
+    if (decision.kind === 'write' && (message.kind === 'start' || message.kind === 'signal')) {
+      const trigger = message.trigger;
+      if (trigger)
+        for (const eff of decision.record.outbox)
+          if (eff.kind === 'journal' && eff.seq === e.seq) eff.trigger = trigger;
     }
     let written: CacheEntry | undefined;
     if (decision.kind === 'write') {

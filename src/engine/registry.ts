@@ -6,6 +6,7 @@ import type { AnyStateMachine } from 'xstate';
 import { ErrorCode, BadRequestError, ConfigError } from '../errors.js';
 import { isToken } from '../contracts/subjects.js';
 import { checkConcurrency, type ConcurrencyOptions } from './admission.js';
+import { checkTriggers, type TriggerDefinition } from './triggers.js';
 
 /** A workflow definition: an XState v5 machine under a type and an integer version. */
 export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine> {
@@ -37,6 +38,11 @@ export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine>
    * `key(input)` run at once; the slot is held for the whole run. See {@link ConcurrencyOptions}.
    */
   concurrency?: ConcurrencyOptions<never>;
+  /**
+   * Triggers: streams and subjects whose messages start or signal workflows of this type,
+   * exactly once per stream message (see {@link TriggerDefinition} and the README).
+   */
+  triggers?: readonly TriggerDefinition[];
 }
 
 /** What a query view knows besides the context and the request body. */
@@ -66,6 +72,7 @@ export function defineWorkflow<M extends AnyStateMachine>(
     throw new ConfigError(`workflow ${def.type}: version must be a positive integer`);
   }
   if (def.concurrency !== undefined) checkConcurrency(def.type, def.concurrency);
+  if (def.triggers !== undefined) checkTriggers(def.type, def.triggers);
   return Object.freeze(def);
 }
 
@@ -78,6 +85,8 @@ export interface Registry {
   has(type: string): boolean;
   /** Every registered `type@version`. */
   list(): string[];
+  /** Every registered definition. */
+  all(): WorkflowDefinition[];
 }
 
 export function createRegistry(defs: Iterable<WorkflowDefinition> = []): Registry {
@@ -120,6 +129,8 @@ export function createRegistry(defs: Iterable<WorkflowDefinition> = []): Registr
     has: (type) => byType.has(type),
     list: () =>
       [...byType.values()].flatMap((m) => [...m.values()].map((d) => `${d.type}@${d.version}`)),
+    all: () =>
+      [...byType.values()].flatMap((m) => [...m.values()].sort((a, b) => a.version - b.version)),
   };
   for (const d of defs) registry.register(d);
   return registry;

@@ -33,6 +33,8 @@ import { consumeScheduleTicks } from '../nats/schedules.js';
 import { sweepTimerStrays } from '../nats/timer-strays.js';
 import { startGateway, type Gateway, type GatewayStats } from '../nats/gateway.js';
 import { createLogger } from './logger.js';
+import { startTriggerAdmin, TriggerRole } from './triggers.js';
+import { openTriggersBucket } from '../nats/triggers.js';
 
 export interface EngineDeps {
   registry: Registry;
@@ -56,6 +58,8 @@ export class Engine implements AsyncDisposable {
     private readonly timers: TimerHandlers,
     /** The shards this engine holds and the membership it keeps. */
     readonly shardManager: ShardManager,
+    /** The triggers this engine holds (stopped before the shards: forwards await steps). */
+    private readonly triggers: { stop(): Promise<void> },
   ) {
     this.done = new Promise((ok) => (this.resolveDone = ok));
   }
@@ -129,6 +133,7 @@ export class Engine implements AsyncDisposable {
       const strays = await sweepTimerStrays(js, jsm, names, logger);
       const batch = Math.max(1, Math.min(256, config.maxAckPendingPerShard));
       const membership = await openMembership(nc, names, config.failoverMs, config.replicas);
+      let triggers: TriggerRole | undefined;
       const shards = new ShardManager({
         nc,
         js,
@@ -145,8 +150,37 @@ export class Engine implements AsyncDisposable {
         repairConsumer: (shard) => ensureShardConsumer(jsm, config, shard),
         // A record cached while the shard was last here may have been changed by another engine.
         onGained: (shard) => processor.forgetShard(shard),
+        extraInfo: () =>
+          triggers && triggers.specs.length > 0
+            ? { triggers: triggers.declared, heldTriggers: triggers.heldNames }
+            : {},
+      });
+      const statusKv = await openTriggersBucket(nc, names, config.replicas);
+      triggers = new TriggerRole({
+        nc,
+        js,
+        jsm,
+        names,
+        registry: deps.registry,
+        logger,
+        engineName: config.name,
+        engineId: shards.id,
+        members: () => shards.liveMembers(),
+        failoverMs: config.failoverMs,
+        ackWaitMs: config.ackWaitMs,
+        maxInputBytes: config.maxInputBytes,
+        statusKv,
+      });
+      const triggerAdmin = startTriggerAdmin({
+        nc,
+        jsm,
+        names,
+        role: triggers,
+        statusKv,
+        members: () => shards.liveMembers(),
       });
       await shards.start();
+      triggers.start();
       logger.info(
         {
           engineId: shards.id,
@@ -167,6 +201,12 @@ export class Engine implements AsyncDisposable {
         logger,
         timers,
         shards,
+        {
+          async stop() {
+            triggerAdmin.unsubscribe();
+            await triggers.stop();
+          },
+        },
       );
     } catch (err) {
       await nc.close().catch(() => undefined);
@@ -201,6 +241,7 @@ export class Engine implements AsyncDisposable {
       };
       const grace = new Promise<void>((ok) => setTimeout(ok, this.config.shutdownGraceMs).unref());
       await stage('gateway', () => this.gateway.stop());
+      await stage('triggers', () => Promise.race([this.triggers.stop(), grace]));
       await stage('shards', () =>
         Promise.race([Promise.all(this.shards.map((s) => s.stop())).then(() => undefined), grace]),
       );

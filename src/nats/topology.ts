@@ -79,6 +79,12 @@ export interface TopologyNames {
    * waiters, written only with compare-and-set.
    */
   keysBucket: string;
+  /** Trigger messages that could not be applied (`<prefix>.parked.<trigger>.<seq>`). */
+  parkedStream: string;
+  /** The triggers' ledger: what each message did (`<prefix>.tledger.<trigger>.<seq>`). */
+  ledgerStream: string;
+  /** Trigger status reports of their holders (key = trigger name). */
+  triggersBucket: string;
   queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
@@ -98,6 +104,9 @@ export function topologyNames(prefix: string): TopologyNames {
     attemptsBucket: `${prefix}_attempts`,
     bulkBucket: `${prefix}_bulk`,
     keysBucket: `${prefix}_keys`,
+    parkedStream: `${up}_PARKED`,
+    ledgerStream: `${up}_TRIGGERS`,
+    triggersBucket: `${prefix}_triggers`,
     shardConsumer: (s) => `shard-${s}`,
   };
 }
@@ -188,7 +197,29 @@ export function topology(o: TopologyOptions): {
       priority_timeout: ms(pinTimeoutMs(o.failoverMs)),
     } satisfies Partial<ConsumerConfig>,
   }));
-  return { names, streams: [inbox, events, history, tasks], consumers };
+  const parked: Partial<StreamConfig> = {
+    name: names.parkedStream,
+    description: 'jetflow parked trigger messages (wf.parked.<trigger>.<seq>), kept until replayed or skipped',
+    subjects: [`${s.prefix}.parked.>`],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    allow_direct: false,
+  };
+  const ledger: Partial<StreamConfig> = {
+    name: names.ledgerStream,
+    description: 'jetflow trigger ledger: what each trigger message did (wf.tledger.<trigger>.<seq>)',
+    subjects: [`${s.prefix}.tledger.>`],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    max_age: ms(o.journalMaxAgeMs),
+    max_bytes: o.journalMaxBytes,
+    max_msgs_per_subject: 32,
+    discard: DiscardPolicy.Old,
+    allow_direct: true,
+  };
+  return { names, streams: [inbox, events, history, tasks, parked, ledger], consumers };
 }
 
 /**
