@@ -24,7 +24,11 @@ const int = (text: string | undefined, what: string): number => {
   return n;
 };
 
-const time = (ms: number) => new Date(ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, '');
+const time = (ms: number) =>
+  new Date(ms)
+    .toISOString()
+    .replace('T', ' ')
+    .replace(/\.\d+Z$/, '');
 
 /** `jetflow triggers [verb] [name]`. */
 export async function triggersVerb(
@@ -42,7 +46,7 @@ export async function triggersVerb(
   switch (v) {
     case 'list': {
       const r = await withClient(o, io, (c) => c.triggers<{ triggers: TriggerRow[] }>('list'));
-      if (o.json) return print(r), ExitCode.Ok;
+      if (o.json) return (print(r), ExitCode.Ok);
       if (r.triggers.length === 0) io.out.line('no triggers are declared by the engines');
       for (const t of r.triggers) {
         io.out.line(
@@ -79,7 +83,7 @@ export async function triggersVerb(
           }[];
         }>('parked', { name: need() }),
       );
-      if (o.json) return print(r), ExitCode.Ok;
+      if (o.json) return (print(r), ExitCode.Ok);
       if (r.parked.length === 0) io.out.line(`${name}: nothing parked`);
       for (const p of r.parked)
         io.out.line(
@@ -92,14 +96,15 @@ export async function triggersVerb(
       if (o.seq !== undefined) body.seq = int(o.seq, '--seq');
       if (o.key !== undefined) body.key = o.key;
       if (o.all) body.all = true;
-      if (Object.keys(body).length === 1) throw new UsageError('replay needs --seq, --key or --all');
+      if (Object.keys(body).length === 1)
+        throw new UsageError('replay needs --seq, --key or --all');
       const r = await withClient(o, io, (c) =>
         c.triggers<{
           replayed: { seq: number; id?: string; outcome: string; error?: { message: string } }[];
           remaining: number;
         }>('replay', body, { timeoutMs: 120_000 }),
       );
-      if (o.json) return print(r), ExitCode.Ok;
+      if (o.json) return (print(r), ExitCode.Ok);
       for (const x of r.replayed)
         io.out.line(
           `seq ${x.seq}  ${x.id ?? '-'}  ${x.outcome}${x.error ? `: ${x.error.message}` : ''}`,
@@ -117,8 +122,10 @@ export async function triggersVerb(
           by: o.by ?? io.env.USER ?? 'operator',
         }),
       );
-      if (o.json) return print(r), ExitCode.Ok;
-      io.out.line(`${name}: message ${o.seq} skipped (in the ledger: triggers trace ${name} --seq ${o.seq})`);
+      if (o.json) return (print(r), ExitCode.Ok);
+      io.out.line(
+        `${name}: message ${o.seq} skipped (in the ledger: triggers trace ${name} --seq ${o.seq})`,
+      );
       return ExitCode.Ok;
     }
     case 'pause':
@@ -126,7 +133,7 @@ export async function triggersVerb(
       const r = await withClient(o, io, (c) =>
         c.triggers<{ paused: boolean }>(v, { name: need() }),
       );
-      if (o.json) return print(r), ExitCode.Ok;
+      if (o.json) return (print(r), ExitCode.Ok);
       io.out.line(`${name}: ${r.paused ? 'paused' : 'consuming'}`);
       return ExitCode.Ok;
     }
@@ -141,7 +148,7 @@ export async function triggersVerb(
       const r = await withClient(o, io, (c) =>
         c.triggers<RewindReply>('rewind', body, { timeoutMs: waitMs + 60_000 }),
       );
-      if (o.json) return print(r), ExitCode.Ok;
+      if (o.json) return (print(r), ExitCode.Ok);
       io.out.line(
         `${name}: rewound to seq ${r.fromSeq}; re-read ${r.reread} messages up to seq ${r.toSeq}: ${r.new} new, ${r.duplicates} duplicate, ${r.parked} parked${r.done ? '' : ' (not finished within the timeout)'}`,
       );
@@ -152,7 +159,7 @@ export async function triggersVerb(
       const r = await withClient(o, io, (c) =>
         c.triggers<{ entries: TriggerLedgerEntry[] }>('trace', { name: need(), seq }),
       );
-      if (o.json) return print(r), ExitCode.Ok;
+      if (o.json) return (print(r), ExitCode.Ok);
       if (r.entries.length === 0) {
         io.out.line(`${name} seq ${seq}: no ledger entry`);
         return ExitCode.NotFound;

@@ -223,7 +223,11 @@ export function mapTriggerMessage(spec: TriggerSpec, m: TriggerMessage, maxBytes
   try {
     event = spec.def.signal!.event(m);
   } catch (err) {
-    return { kind: 'poison', id, error: { code: 'mapping_failed', message: `event: ${reason(err)}` } };
+    return {
+      kind: 'poison',
+      id,
+      error: { code: 'mapping_failed', message: `event: ${reason(err)}` },
+    };
   }
   const type = (event as { type?: unknown } | null)?.type;
   if (typeof event !== 'object' || event === null || typeof type !== 'string' || type === '')
@@ -350,4 +354,3 @@ export interface TriggerRow {
   counts: Record<TriggerOutcome, number> | null;
   lastError: (TriggerError & { seq: number; at: number }) | null;
 }
-

@@ -26,7 +26,12 @@ import {
   type NatsConnection,
   type Subscription,
 } from '@nats-io/transport-node';
-import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
+import type {
+  ConsumerMessages,
+  JetStreamClient,
+  JetStreamManager,
+  JsMsg,
+} from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import type { Logger } from '../engine/ports.js';
 import type { Registry } from '../engine/registry.js';
@@ -45,7 +50,13 @@ import {
 } from '../engine/triggers.js';
 import { decodeBody, encodeBody } from '../contracts/codec.js';
 import { Header } from '../contracts/wire.js';
-import { BadRequestError, ErrorCode, JetflowError, RetryableError, toErrorData } from '../errors.js';
+import {
+  BadRequestError,
+  ErrorCode,
+  JetflowError,
+  RetryableError,
+  toErrorData,
+} from '../errors.js';
 import {
   createTriggerStore,
   ensureTriggerConsumer,
@@ -89,7 +100,6 @@ const emptyCounts = (): Record<TriggerOutcome, number> => ({
   skipped: 0,
   forwarded: 0,
 });
-
 
 /** The triggers this engine holds, kept in step with the membership. */
 export class TriggerRole {
@@ -203,7 +213,7 @@ export class TriggerRunner {
     private readonly store: TriggerStore,
     private readonly forwarder: Forwarder,
   ) {
-    this.ackWaitMs = Math.max(o.ackWaitMs, 10_000);
+    this.ackWaitMs = o.ackWaitMs;
     this.replyTimeoutMs = o.replyTimeoutMs ?? Math.max(30_000, 2 * o.failoverMs);
   }
 
@@ -258,8 +268,7 @@ export class TriggerRunner {
         // Ended on its own (consumer deleted, connection closed): consume again.
         if (!this.stopped && !this.suspended && this.messages === messages)
           setTimeout(() => {
-            if (!this.stopped && !this.suspended && this.messages === messages)
-              void this.restart();
+            if (!this.stopped && !this.suspended && this.messages === messages) void this.restart();
           }, 500);
       });
   }
@@ -425,7 +434,10 @@ export class TriggerRunner {
           return { outcome: v.outcome };
         }
       } catch (err) {
-        this.noteError(tm.seq, { code: 'unavailable', message: String((err as Error)?.message ?? err) });
+        this.noteError(tm.seq, {
+          code: 'unavailable',
+          message: String((err as Error)?.message ?? err),
+        });
       }
       await new Promise((r) => setTimeout(r, pause));
       pause = Math.min(5_000, pause * 2);
@@ -552,7 +564,8 @@ export class TriggerRunner {
       if (verb === 'replay') reply = await this.replay(body);
       else if (verb === 'skip') reply = await this.skip(body);
       else if (verb === 'rewind') reply = await this.doRewind(body);
-      else throw new BadRequestError(`unknown trigger verb ${verb}`, { code: ErrorCode.BadRequest });
+      else
+        throw new BadRequestError(`unknown trigger verb ${verb}`, { code: ErrorCode.BadRequest });
       m.respond(encodeBody(reply));
     } catch (err) {
       const e =
@@ -616,7 +629,12 @@ export class TriggerRunner {
     const tm = triggerMessageOfParked(p);
     const mapped = mapTriggerMessage(this.spec, tm, this.o.maxInputBytes);
     if (mapped.kind === 'poison') {
-      return { seq: p.seq, ...(p.key ? { id: p.key } : {}), outcome: 'parked', error: mapped.error };
+      return {
+        seq: p.seq,
+        ...(p.key ? { id: p.key } : {}),
+        outcome: 'parked',
+        error: mapped.error,
+      };
     }
     // A park-key key replays from its head: a message behind an earlier parked one waits.
     const head = this.parkedKeys.get(mapped.id)?.[0];
@@ -773,7 +791,11 @@ export function startTriggerAdmin(o: {
         : undefined;
       const st = await o.statusKv
         .get(s.name)
-        .then((e) => (e && e.operation === 'PUT' && e.value.length > 0 ? e.json<TriggerStatusLike>() : undefined))
+        .then((e) =>
+          e && e.operation === 'PUT' && e.value.length > 0
+            ? e.json<TriggerStatusLike>()
+            : undefined,
+        )
         .catch(() => undefined);
       const holder = live.find((m) => m.heldTriggers?.includes(s.name));
       rows.push({
@@ -825,7 +847,11 @@ export function startTriggerAdmin(o: {
             const s = specOf(b);
             if (typeof b.seq !== 'number')
               throw new BadRequestError('trace needs seq', { code: ErrorCode.BadRequest });
-            reply = { trigger: s.name, seq: b.seq, entries: await o.role.store.trace(s.name, b.seq) };
+            reply = {
+              trigger: s.name,
+              seq: b.seq,
+              entries: await o.role.store.trace(s.name, b.seq),
+            };
           } else if (verb === 'pause' || verb === 'resume') {
             const s = specOf(b);
             if (!s.stream)

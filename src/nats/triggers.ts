@@ -230,7 +230,11 @@ async function* readAll(
 }
 
 /** The parking lot and the ledger. */
-export function createTriggerStore(js: JetStreamClient, jsm: JetStreamManager, names: TopologyNames) {
+export function createTriggerStore(
+  js: JetStreamClient,
+  jsm: JetStreamManager,
+  names: TopologyNames,
+) {
   const prefix = names.subjects.prefix;
   return {
     /** Park a message (with its original subject, headers, body, sequence and error). */
@@ -388,7 +392,9 @@ export class Forwarder {
       if (ack.duplicate) return { pubDuplicate: true };
       return await Promise.race([
         answered,
-        new Promise<ForwardResult>((ok) => (timer = setTimeout(() => ok({ noReply: true }), timeoutMs))),
+        new Promise<ForwardResult>(
+          (ok) => (timer = setTimeout(() => ok({ noReply: true }), timeoutMs)),
+        ),
       ]);
     } finally {
       clearTimeout(timer);

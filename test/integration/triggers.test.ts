@@ -1,0 +1,164 @@
+/**
+ * Triggers on a real nats-server: user-created streams (jetflow never creates them), engines as
+ * real processes SIGKILLed while a trigger runs, a server restart, rewinds, and the parking lot.
+ * Small sizes for the fast suite; the full acceptance (10,000 messages, 1,000 keys x 10) is
+ * `npm run soak:triggers` (test/chaos/triggers.test.ts).
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { headers, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { EngineProcess, startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
+import { Client } from '../../src/client/index.js';
+import { triggerWorkflows } from '../fixtures/trigger-workflows.js';
+import type { Engine } from '../../src/host/engine.js';
+import type { RewindReply, TriggerLedgerEntry, TriggerRow } from '../../src/engine/triggers.js';
+import { topologyNames } from '../../src/nats/topology.js';
+import { runJetflow } from '../harness/cli.js';
+
+const env = useServer();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const closers: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const c of closers.splice(0).reverse()) await c().catch(() => undefined);
+});
+
+async function userStream(nc: NatsConnection, name: string, subjects: string[]) {
+  const jsm = await jetstreamManager(nc);
+  await jsm.streams.add({ name, subjects });
+}
+
+async function publish(nc: NatsConnection, subject: string, body: unknown, msgId: string) {
+  const js = jetstream(nc);
+  const h = headers();
+  h.set('Nats-Msg-Id', msgId);
+  return js.publish(subject, JSON.stringify(body), { headers: h });
+}
+
+async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await f();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what} ${String(last ?? '')}`);
+    await sleep(200);
+  }
+}
+
+/** The trigger's consumer has nothing left to deliver or to be acknowledged. */
+async function drained(
+  nc: NatsConnection,
+  stream: string,
+  name: string,
+): Promise<true | undefined> {
+  const jsm = await jetstreamManager(nc);
+  const ci = await jsm.consumers.info(stream, `jetflow-trigger-${name}`);
+  return ci.num_pending === 0 && ci.num_ack_pending === 0 ? true : undefined;
+}
+
+async function seen(c: Client, id: string): Promise<number[]> {
+  const q = await c.query('tpay', id);
+  return (q.context as { seen: number[] }).seen;
+}
+
+describe('triggers', () => {
+  it('poison: parked with its error; park-key keeps the key behind its head; skip is in the ledger; replay in order', async () => {
+    const prefix = uniquePrefix();
+    const stream = `PAY_${prefix}`;
+    const subj = `${prefix}-pay`;
+    await userStream(env.nc, stream, [`${subj}.>`]);
+    const wf = triggerWorkflows({ JF_T_PAY_STREAM: stream, JF_T_PAY_SUBJECT: `${subj}.>` });
+    const engine: Engine = await startEngine(env.server.url, prefix, { workflows: wf });
+    closers.push(() => engine.close());
+    const c = await Client.connect(env.server.url, { prefix });
+    closers.push(() => c.close());
+    for (const k of ['k0', 'k1']) await c.start('tpay', k, {});
+    // k0: 1, 2 (bad: the mapping throws), 3, 4. k1: 1..4. k9 (no workflow yet): 1, 2. One
+    // message with no order id.
+    const seqs: Record<string, number> = {};
+    for (let n = 1; n <= 4; n++) {
+      for (const k of ['k0', 'k1']) {
+        const a = await publish(
+          env.nc,
+          `${subj}.${k}`,
+          { orderId: k, n, bad: k === 'k0' && n === 2 },
+          `${k}-${n}`,
+        );
+        seqs[`${k}-${n}`] = a.seq;
+      }
+    }
+    for (let n = 1; n <= 2; n++)
+      seqs[`k9-${n}`] = (await publish(env.nc, `${subj}.k9`, { orderId: 'k9', n }, `k9-${n}`)).seq;
+    seqs.noid = (await publish(env.nc, `${subj}.x`, { n: 7 }, 'noid')).seq;
+    await until('drained', () => drained(env.nc, stream, 'payments'));
+
+    expect(await seen(c, 'k1')).toEqual([1, 2, 3, 4]);
+    expect(await seen(c, 'k0')).toEqual([1]);
+    const parked = await c.triggers<{
+      parked: { seq: number; key?: string; error: { code: string } }[];
+    }>('parked', { name: 'payments' });
+    const bySeq = new Map(parked.parked.map((p) => [p.seq, p]));
+    expect(bySeq.get(seqs['k0-2']!)?.error.code).toBe('mapping_failed');
+    expect(bySeq.get(seqs['k0-3']!)?.error.code).toBe('parked_key');
+    expect(bySeq.get(seqs['k0-4']!)?.error.code).toBe('parked_key');
+    expect(bySeq.get(seqs['k9-1']!)?.error.code).toBe('not_found');
+    expect(bySeq.get(seqs['k9-2']!)?.error.code).toBe('parked_key');
+    expect(bySeq.get(seqs.noid!)?.error.code).toBe('no_id');
+    expect(parked.parked.length).toBe(6);
+
+    // Replaying k0 leaves it as it is: its head is still bad, the rest waits behind it.
+    const r0 = await c.triggers<{
+      replayed: { seq: number; outcome: string }[];
+      remaining: number;
+    }>('replay', { name: 'payments', key: 'k0' });
+    expect(r0.replayed.map((x) => [x.seq, x.outcome])).toEqual([[seqs['k0-2'], 'parked']]);
+    expect(r0.remaining).toBe(6);
+    expect(await seen(c, 'k0')).toEqual([1]);
+    // Skip the head (journaled in the ledger), then the rest of k0 goes through in order.
+    await c.triggers('skip', {
+      name: 'payments',
+      seq: seqs['k0-2'],
+      reason: 'bad amount',
+      by: 'test',
+    });
+    const r1 = await c.triggers<{ replayed: { seq: number; outcome: string }[] }>('replay', {
+      name: 'payments',
+      key: 'k0',
+    });
+    expect(r1.replayed.map((x) => x.outcome)).toEqual(['signaled', 'signaled']);
+    expect(await seen(c, 'k0')).toEqual([1, 3, 4]);
+    // k9 now exists: its parked messages are applied in order.
+    await c.start('tpay', 'k9', {});
+    await c.triggers('replay', { name: 'payments', all: true });
+    expect(await seen(c, 'k9')).toEqual([1, 2]);
+    const left = await c.triggers<{ parked: { seq: number }[] }>('parked', { name: 'payments' });
+    expect(left.parked.map((p) => p.seq)).toEqual([seqs.noid]);
+
+    const trace = (seq: number) =>
+      c
+        .triggers<{ entries: TriggerLedgerEntry[] }>('trace', { name: 'payments', seq })
+        .then((r) => r.entries.map((e) => e.outcome));
+    expect(await trace(seqs['k0-2']!)).toEqual(['parked', 'skipped']);
+    expect(await trace(seqs['k0-3']!)).toEqual(['parked', 'signaled']);
+    const skip = (
+      await c.triggers<{ entries: TriggerLedgerEntry[] }>('trace', {
+        name: 'payments',
+        seq: seqs['k0-2']!,
+      })
+    ).entries[1]!;
+    expect({ by: skip.by, reason: skip.reason }).toEqual({ by: 'test', reason: 'bad amount' });
+    // The step a message caused names the trigger and the sequence in the journal.
+    const h = await c.history('tpay', 'k1', { fromStep: 0, limit: 100 });
+    const steps = h.entries.filter((e) => e.kind === 'step' && e.trigger);
+    expect(steps.map((e) => (e.kind === 'step' ? e.trigger!.seq : 0))).toEqual(
+      [1, 2, 3, 4].map((n) => seqs[`k1-${n}`]),
+    );
+  });
+});
