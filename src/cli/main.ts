@@ -705,7 +705,7 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'triggers: list (default) | parked <name> | replay <name> | skip <name> | pause <name> | resume <name> | rewind <name> | trace <name>',
     )
     .option('--seq <n>', 'replay, skip, trace: the stream sequence of one message')
-    .option('--key <key>', "replay: every parked message of this key (workflow id)")
+    .option('--key <key>', 'replay: every parked message of this key (workflow id)')
     .option('--all', 'replay: every parked message')
     .option('--reason <text>', 'skip: why (required; in the ledger)')
     .option('--by <who>', 'skip: who (default $USER)')
@@ -713,16 +713,10 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     .option('--since <duration>', 'rewind: deliver again the messages of the last 1h, 30m, …')
     .option('--timeout <duration>', 'rewind: how long to wait for it to finish (default 10m)')
     .action(
-      service(
-        async (
-          verb: string | undefined,
-          name: string | undefined,
-          o: TriggersOptions,
-        ) => {
-          const { triggersVerb } = await import('./triggers.js');
-          return triggersVerb(verb, name, o, io);
-        },
-      ),
+      service(async (verb: string | undefined, name: string | undefined, o: TriggersOptions) => {
+        const { triggersVerb } = await import('./triggers.js');
+        return triggersVerb(verb, name, o, io);
+      }),
     );
 
   serviceFlags(program.command('bulk <jobId>'))

@@ -346,6 +346,8 @@ export interface TriggerRow {
   consumer: string | null;
   onPoison: string;
   holder: string | null;
+  /** Process id of the holder (for operators and fault tests). */
+  holderPid: number | null;
   pending: number | null;
   ackPending: number | null;
   paused: boolean;

@@ -807,6 +807,7 @@ export function startTriggerAdmin(o: {
         consumer: s.stream ? triggerConsumerName(s.name) : null,
         onPoison: s.onPoison,
         holder: holder ? `${holder.name} (${holder.id})` : null,
+        holderPid: holder ? holder.pid : null,
         pending: ci ? ci.num_pending : null,
         ackPending: ci ? ci.num_ack_pending : null,
         paused: (ci as { paused?: boolean } | undefined)?.paused === true,

@@ -199,7 +199,8 @@ export function topology(o: TopologyOptions): {
   }));
   const parked: Partial<StreamConfig> = {
     name: names.parkedStream,
-    description: 'jetflow parked trigger messages (wf.parked.<trigger>.<seq>), kept until replayed or skipped',
+    description:
+      'jetflow parked trigger messages (wf.parked.<trigger>.<seq>), kept until replayed or skipped',
     subjects: [`${s.prefix}.parked.>`],
     retention: RetentionPolicy.Limits,
     storage: StorageType.File,
@@ -208,7 +209,8 @@ export function topology(o: TopologyOptions): {
   };
   const ledger: Partial<StreamConfig> = {
     name: names.ledgerStream,
-    description: 'jetflow trigger ledger: what each trigger message did (wf.tledger.<trigger>.<seq>)',
+    description:
+      'jetflow trigger ledger: what each trigger message did (wf.tledger.<trigger>.<seq>)',
     subjects: [`${s.prefix}.tledger.>`],
     retention: RetentionPolicy.Limits,
     storage: StorageType.File,

@@ -30,11 +30,19 @@ async function userStream(nc: NatsConnection, name: string, subjects: string[]) 
   await jsm.streams.add({ name, subjects });
 }
 
+/** Publish as a producer does: retried with the same Nats-Msg-Id until the stream has it. */
 async function publish(nc: NatsConnection, subject: string, body: unknown, msgId: string) {
   const js = jetstream(nc);
   const h = headers();
   h.set('Nats-Msg-Id', msgId);
-  return js.publish(subject, JSON.stringify(body), { headers: h });
+  for (let i = 0; ; i++) {
+    try {
+      return await js.publish(subject, JSON.stringify(body), { headers: h });
+    } catch (err) {
+      if (i > 50) throw err;
+      await sleep(200);
+    }
+  }
 }
 
 async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
@@ -161,4 +169,178 @@ describe('triggers', () => {
       [1, 2, 3, 4].map((n) => seqs[`k1-${n}`]),
     );
   });
+});
+
+/** Engine processes running the trigger fixture with `vars`. */
+async function engines(
+  prefix: string,
+  vars: Record<string, string>,
+  n = 2,
+): Promise<EngineProcess[]> {
+  const out: EngineProcess[] = [];
+  for (let i = 0; i < n; i++) {
+    const e = new EngineProcess(env.server.url, prefix, {
+      workflows: 'test/fixtures/trigger-workflows.ts',
+      env: vars,
+      ackWaitMs: 3_000,
+      failoverMs: 2_000,
+    });
+    closers.push(() => e.stop());
+    out.push(await e.start());
+  }
+  return out;
+}
+
+async function holderOf(c: Client, name: string, procs: EngineProcess[]): Promise<EngineProcess> {
+  return until(`a holder of ${name}`, async () => {
+    const r = await c.triggers<{ triggers: TriggerRow[] }>('list');
+    const pid = r.triggers.find((t) => t.name === name)?.holderPid;
+    return procs.find((p) => p.running && p.child?.pid === pid);
+  });
+}
+
+/** Count `started` notifications per workflow id of a type (the events stream). */
+async function startedCounts(
+  nc: NatsConnection,
+  prefix: string,
+  type: string,
+): Promise<Map<string, number>> {
+  const names = topologyNames(prefix);
+  const js = jetstream(nc);
+  const consumer = await js.consumers.get(names.eventsStream, {
+    filter_subjects: [`${prefix}.events.${type}.>`],
+  });
+  const out = new Map<string, number>();
+  const jsm = await jetstreamManager(nc);
+  const total = (
+    await jsm.streams.info(names.eventsStream, { subjects_filter: `${prefix}.events.${type}.>` })
+  ).state.subjects;
+  const want = Object.values(total ?? {}).reduce((a, b) => a + b, 0);
+  let got = 0;
+  while (got < want) {
+    const batch = await consumer.fetch({ max_messages: 1000, expires: 2_000 });
+    for await (const m of batch) {
+      got++;
+      const n = m.json<{ type: string; id: string }>();
+      if (n.type === 'started') out.set(n.id, (out.get(n.id) ?? 0) + 1);
+    }
+  }
+  return out;
+}
+
+describe('triggers under faults', () => {
+  it(
+    'start trigger: 200 messages (20 repeat an order id under a new Nats-Msg-Id), holder SIGKILLed; rewind --to-seq 1 reports 0 new',
+    { timeout: 180_000 },
+    async () => {
+      const prefix = uniquePrefix();
+      const stream = `ORDERS_${prefix}`;
+      const subj = `${prefix}-orders`;
+      await userStream(env.nc, stream, [`${subj}.>`]);
+      const vars = { JF_T_ORDERS_STREAM: stream, JF_T_ORDERS_SUBJECT: `${subj}.created.>` };
+      const procs = await engines(prefix, vars);
+      const c = await Client.connect(env.server.url, { prefix });
+      closers.push(() => c.close());
+      const ids: string[] = [];
+      let killed = false;
+      for (let i = 0; i < 200; i++) {
+        // Every tenth message from 100 on repeats an earlier order (a producer retry).
+        const orderId = i >= 100 && i % 5 === 0 ? `o${i - 100}` : `o${i}`;
+        ids.push(orderId);
+        await publish(env.nc, `${subj}.created.${orderId}`, { orderId }, `m${i}`);
+        if (i === 120) {
+          await (await holderOf(c, 'orders', procs)).kill();
+          killed = true;
+        }
+        if (i % 20 === 0) await sleep(20);
+      }
+      expect(killed).toBe(true);
+      const distinct = new Set(ids);
+      expect(distinct.size).toBe(180);
+      await until('drained', () => drained(env.nc, stream, 'orders'), 90_000);
+      const started = await until('180 started', async () => {
+        const m = await startedCounts(env.nc, prefix, 'torder');
+        return m.size >= 180 ? m : undefined;
+      });
+      expect([...started.keys()].sort()).toEqual([...distinct].sort());
+      expect([...started.values()].every((n) => n === 1)).toBe(true);
+      // Rewind through the CLI (a real process), which reports what was re-read and what was new.
+      const run = await runJetflow(
+        [
+          'triggers',
+          'rewind',
+          'orders',
+          '--to-seq',
+          '1',
+          '--json',
+          '--nats-url',
+          env.server.url,
+          '--prefix',
+          prefix,
+        ],
+        { timeoutMs: 120_000 },
+      );
+      expect(run.code, run.stderr).toBe(0);
+      const r = JSON.parse(run.stdout) as RewindReply;
+      expect(r).toMatchObject({ fromSeq: 1, toSeq: 200, reread: 200, new: 0, done: true });
+      const again = await startedCounts(env.nc, prefix, 'torder');
+      expect(again.size).toBe(180);
+      expect([...again.values()].every((n) => n === 1)).toBe(true);
+    },
+  );
+
+  it(
+    'signal trigger: 50 keys x 10 ordered messages, holder SIGKILLed, nats-server restarted, rewind after the dedup window: each workflow saw 1..10 once, in order',
+    { timeout: 240_000 },
+    async () => {
+      const prefix = uniquePrefix();
+      const stream = `PAY_${prefix}`;
+      const subj = `${prefix}-pay`;
+      await userStream(env.nc, stream, [`${subj}.>`]);
+      const dir = mkdtempSync(join(tmpdir(), 'jf-trig-'));
+      const config = join(dir, 'engine.json');
+      // A short inbox dedup window: the rewind comes after it, so only the records' watermarks
+      // can tell the repeats.
+      writeFileSync(config, JSON.stringify({ duplicateWindowMs: 1_000 }));
+      const vars = {
+        JF_T_PAY_STREAM: stream,
+        JF_T_PAY_SUBJECT: `${subj}.>`,
+        JETFLOW_CONFIG: config,
+      };
+      const procs = await engines(prefix, vars);
+      const c = await Client.connect(env.server.url, { prefix });
+      closers.push(() => c.close());
+      const keys = Array.from({ length: 50 }, (_, i) => `p${i}`);
+      for (const k of keys) await c.start('tpay', k, {});
+      let sent = 0;
+      for (let n = 1; n <= 10; n++) {
+        for (const k of keys) {
+          await publish(env.nc, `${subj}.${k}`, { orderId: k, n }, `${k}-${n}`);
+          sent++;
+          if (sent === 150) await (await holderOf(c, 'payments', procs)).kill();
+          if (sent === 300) await env.server.restart();
+        }
+        await sleep(30);
+      }
+      await until('drained', () => drained(env.nc, stream, 'payments'), 120_000);
+      for (const k of keys)
+        expect(
+          await until(`${k} seen`, async () => {
+            const s = await seen(c, k);
+            return s.length >= 10 ? s : undefined;
+          }),
+        ).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+      const jsm = await jetstreamManager(env.nc);
+      const inbox = await jsm.streams.info(topologyNames(prefix).inboxStream);
+      expect(inbox.config.duplicate_window).toBe(1_000 * 1_000_000);
+      await sleep(1_500);
+      const r = await c.triggers<RewindReply>(
+        'rewind',
+        { name: 'payments', toSeq: 1 },
+        { timeoutMs: 120_000 },
+      );
+      expect(r).toMatchObject({ fromSeq: 1, toSeq: 500, reread: 500, new: 0, done: true });
+      for (const k of keys) expect(await seen(c, k)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    },
+  );
 });
