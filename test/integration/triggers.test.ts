@@ -17,6 +17,7 @@ import type { Engine } from '../../src/host/engine.js';
 import type { RewindReply, TriggerLedgerEntry, TriggerRow } from '../../src/engine/triggers.js';
 import { topologyNames } from '../../src/nats/topology.js';
 import { runJetflow } from '../harness/cli.js';
+import { createWorker } from '../../src/worker/index.js';
 
 const env = useServer();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -241,6 +242,20 @@ describe('triggers under faults', () => {
       const procs = await engines(prefix, vars);
       const c = await Client.connect(env.server.url, { prefix });
       closers.push(() => c.close());
+      // The activity's side effect, recorded by a real worker: one run per order.
+      const effects = new Map<string, number>();
+      const worker = await createWorker({
+        connection: env.nc,
+        prefix,
+        activities: {
+          recordOrder: ({ orderId }: { orderId: string }) => {
+            effects.set(orderId, (effects.get(orderId) ?? 0) + 1);
+            return Promise.resolve({ ok: true });
+          },
+        },
+        queues: ['torders'],
+      });
+      closers.push(() => worker.close());
       const ids: string[] = [];
       let killed = false;
       for (let i = 0; i < 200; i++) {
@@ -264,6 +279,7 @@ describe('triggers under faults', () => {
       });
       expect([...started.keys()].sort()).toEqual([...distinct].sort());
       expect([...started.values()].every((n) => n === 1)).toBe(true);
+      await until('180 side effects', async () => (effects.size >= 180 ? true : undefined));
       // Rewind through the CLI (a real process), which reports what was re-read and what was new.
       const run = await runJetflow(
         [
@@ -286,6 +302,8 @@ describe('triggers under faults', () => {
       const again = await startedCounts(env.nc, prefix, 'torder');
       expect(again.size).toBe(180);
       expect([...again.values()].every((n) => n === 1)).toBe(true);
+      expect([...effects.keys()].sort()).toEqual([...distinct].sort());
+      expect([...effects.values()].every((n) => n === 1)).toBe(true);
     },
   );
 
