@@ -133,7 +133,8 @@ export class Engine implements AsyncDisposable {
       const strays = await sweepTimerStrays(js, jsm, names, logger);
       const batch = Math.max(1, Math.min(256, config.maxAckPendingPerShard));
       const membership = await openMembership(nc, names, config.failoverMs, config.replicas);
-      let triggers: TriggerRole | undefined;
+      // The trigger role needs the membership, the membership advertises the triggers.
+      const held: { role?: TriggerRole } = {};
       const shards = new ShardManager({
         nc,
         js,
@@ -151,12 +152,12 @@ export class Engine implements AsyncDisposable {
         // A record cached while the shard was last here may have been changed by another engine.
         onGained: (shard) => processor.forgetShard(shard),
         extraInfo: () =>
-          triggers && triggers.specs.length > 0
-            ? { triggers: triggers.declared, heldTriggers: triggers.heldNames }
+          held.role && held.role.specs.length > 0
+            ? { triggers: held.role.declared, heldTriggers: held.role.heldNames }
             : {},
       });
       const statusKv = await openTriggersBucket(nc, names, config.replicas);
-      triggers = new TriggerRole({
+      const triggers = new TriggerRole({
         nc,
         js,
         jsm,
@@ -171,6 +172,7 @@ export class Engine implements AsyncDisposable {
         maxInputBytes: config.maxInputBytes,
         statusKv,
       });
+      held.role = triggers;
       const triggerAdmin = startTriggerAdmin({
         nc,
         jsm,

@@ -249,7 +249,7 @@ export class TriggerRunner {
       expires: pullExpiryMs(o.failoverMs),
       group: TRIGGERS_GROUP,
       abort_on_missing_resource: true,
-    } as Parameters<typeof consumer.consume>[0]);
+    });
     this.messages = messages;
     this.loop = (async () => {
       for await (const m of messages) {
@@ -315,7 +315,7 @@ export class TriggerRunner {
   private dispatch(tm: TriggerMessage, m: JsMsg | undefined, via: 'live' | 'core' | 'catch-up') {
     const mapped = mapTriggerMessage(this.spec, tm, this.o.maxInputBytes);
     const key = mapped.id ?? `\u0000seq-${tm.seq}-${nuid.next()}`;
-    this.enqueue(key, () => this.handle(tm, mapped, m, via));
+    void this.enqueue(key, () => this.handle(tm, mapped, m, via));
   }
 
   private enqueue(key: string, job: Job): Promise<void> {
@@ -357,7 +357,6 @@ export class TriggerRunner {
     via: 'live' | 'core' | 'catch-up',
   ): Promise<void> {
     if (this.stopped) return; // left unacknowledged: the next holder gets it
-    const { spec } = this;
     const id = mapped.id;
     const isStream = tm.seq > 0;
     if (isStream && this.parkedSeqs.has(tm.seq)) {

@@ -99,7 +99,7 @@ function consumerConfig(
     priority_groups: [TRIGGERS_GROUP],
     priority_policy: 'pinned_client',
     priority_timeout: ms(o.pinTimeoutMs),
-  } as Partial<ConsumerConfig>;
+  };
 }
 
 function isNotFound(err: unknown): boolean {
@@ -137,7 +137,7 @@ export async function ensureTriggerConsumer(
     max_ack_pending: cfg.max_ack_pending,
     description: cfg.description,
     priority_timeout: (cfg as { priority_timeout?: number }).priority_timeout,
-  } as Partial<ConsumerConfig>);
+  });
 }
 
 /** Delete and re-create the consumer so that it delivers again from `from` (a rewind). */
@@ -352,7 +352,7 @@ export class Forwarder {
         } catch {
           body = undefined;
         }
-        done({ reply: (body ?? {}) as { error?: ErrorData } });
+        done({ reply: body ?? {} });
       },
     });
   }

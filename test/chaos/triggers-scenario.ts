@@ -69,7 +69,8 @@ export async function until<T>(
     } catch (err) {
       last = err;
     }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what} ${String(last ?? '')}`);
+    if (Date.now() > end)
+      throw new Error(`timed out waiting for ${what} ${last instanceof Error ? last.message : ''}`);
     await sleep(200);
   }
 }
@@ -226,7 +227,7 @@ export async function runStartScenario(
   const seconds = (Date.now() - t0) / 1000;
   await until(
     'every side effect',
-    async () => (effects.size >= distinct.size ? true : undefined),
+    () => Promise.resolve(effects.size >= distinct.size ? true : undefined),
     600_000,
   );
   const run = await runJetflow(

@@ -56,7 +56,8 @@ async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 60_0
     } catch (err) {
       last = err;
     }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what} ${String(last ?? '')}`);
+    if (Date.now() > end)
+      throw new Error(`timed out waiting for ${what} ${last instanceof Error ? last.message : ''}`);
     await sleep(200);
   }
 }
@@ -119,7 +120,7 @@ describe('triggers', () => {
     expect(bySeq.get(seqs['k0-4']!)?.error.code).toBe('parked_key');
     expect(bySeq.get(seqs['k9-1']!)?.error.code).toBe('not_found');
     expect(bySeq.get(seqs['k9-2']!)?.error.code).toBe('parked_key');
-    expect(bySeq.get(seqs.noid!)?.error.code).toBe('no_id');
+    expect(bySeq.get(seqs.noid)?.error.code).toBe('no_id');
     expect(parked.parked.length).toBe(6);
 
     // Replaying k0 leaves it as it is: its head is still bad, the rest waits behind it.
@@ -279,7 +280,9 @@ describe('triggers under faults', () => {
       });
       expect([...started.keys()].sort()).toEqual([...distinct].sort());
       expect([...started.values()].every((n) => n === 1)).toBe(true);
-      await until('180 side effects', async () => (effects.size >= 180 ? true : undefined));
+      await until('180 side effects', () =>
+        Promise.resolve(effects.size >= 180 ? true : undefined),
+      );
       // Rewind through the CLI (a real process), which reports what was re-read and what was new.
       const run = await runJetflow(
         [
