@@ -150,7 +150,7 @@ export async function triggersVerb(
       );
       if (o.json) return (print(r), ExitCode.Ok);
       io.out.line(
-        `${name}: rewound to seq ${r.fromSeq}; re-read ${r.reread} messages up to seq ${r.toSeq}: ${r.new} new, ${r.duplicates} duplicate, ${r.parked} parked${r.done ? '' : ' (not finished within the timeout)'}`,
+        `${name}: rewound to seq ${r.fromSeq}; re-read ${r.reread} messages up to seq ${r.toSeq}: ${r.new} new, ${r.duplicates} duplicate, ${r.parked} parked, ${r.skipped} skipped before${r.done ? '' : ' (not finished within the timeout)'}`,
       );
       return r.done ? ExitCode.Ok : ExitCode.Unavailable;
     }

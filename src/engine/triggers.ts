@@ -333,6 +333,8 @@ export interface RewindReply {
   new: number;
   duplicates: number;
   parked: number;
+  /** Skipped by an operator before: they stay skipped. */
+  skipped: number;
   done: boolean;
 }
 

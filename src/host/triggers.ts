@@ -454,6 +454,12 @@ export class TriggerRunner {
     via: 'live' | 'core' | 'catch-up' | 'replay',
   ): Promise<void> {
     const { spec } = this;
+    // An operator skipped it before (a rewind or catch-up reads it again): it stays skipped.
+    const skipped = tm.seq > 0 ? await this.skippedBefore(tm.seq) : undefined;
+    if (skipped) {
+      this.count(tm, 'skipped', id, error, via === 'replay' ? 'catch-up' : via, skipped);
+      return;
+    }
     const form = { subject: tm.subject, seq: tm.seq, data: tm.data, headers: tm.headers() };
     for (;;) {
       try {
@@ -468,6 +474,20 @@ export class TriggerRunner {
     if (tm.seq > 0) this.noteParked(tm.seq, id);
     this.noteError(tm.seq, error);
     this.count(tm, 'parked', id, error, via === 'replay' ? 'catch-up' : via);
+  }
+
+  /** The skip of message `seq` (who and why), when an operator skipped it. */
+  private async skippedBefore(seq: number): Promise<{ by: string; reason: string } | undefined> {
+    for (;;) {
+      try {
+        const e = await this.o.statusKv.get(skipKey(this.spec.name, seq));
+        if (!e || e.operation !== 'PUT' || e.value.length === 0) return undefined;
+        return e.json<{ by: string; reason: string }>();
+      } catch (err) {
+        if (this.stopped) throw err;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
   }
 
   private count(
@@ -485,6 +505,7 @@ export class TriggerRunner {
       if (outcome === 'started' || outcome === 'signaled') r.new++;
       else if (outcome === 'duplicate') r.duplicates++;
       else if (outcome === 'parked') r.parked++;
+      else if (outcome === 'skipped') r.skipped++;
     }
     if (tm.seq === 0) return;
     const entry: TriggerLedgerEntry = {
@@ -670,6 +691,11 @@ export class TriggerRunner {
       });
     const laneKey = p.key ?? `\u0000parked-${p.seq}`;
     await this.enqueue(laneKey, async () => {
+      // Remembered, so that a rewind does not park it again.
+      await this.o.statusKv.put(
+        skipKey(this.spec.name, p.seq),
+        JSON.stringify({ by, reason, at: Date.now() }),
+      );
       await this.store.unpark(p.parkedSeq);
       this.forgetParked(p.seq, p.key);
       this.count(triggerMessageOfParked(p), 'skipped', p.key, p.error, 'replay', { by, reason });
@@ -713,7 +739,7 @@ export class TriggerRunner {
           .catch(() => null);
         from = first?.seq ?? last + 1;
       }
-      this.rewind = { from, to: last, seen: new Set(), new: 0, duplicates: 0, parked: 0 };
+      this.rewind = { from, to: last, seen: new Set(), new: 0, duplicates: 0, parked: 0, skipped: 0 };
       await rewindTriggerConsumer(o.jsm, spec, this.consumerOpts, { seq: Math.max(1, from) });
       this.lastPin = undefined;
       this.suspended = false;
@@ -738,6 +764,7 @@ export class TriggerRunner {
         new: r.new,
         duplicates: r.duplicates,
         parked: r.parked,
+        skipped: r.skipped,
         done,
       };
     } finally {
@@ -750,6 +777,9 @@ export class TriggerRunner {
   }
 }
 
+/** Status-bucket key remembering an operator's skip of message `seq`. */
+const skipKey = (name: string, seq: number) => `skipped.${name}.${seq}`;
+
 interface RewindSession {
   from: number;
   to: number;
@@ -757,6 +787,7 @@ interface RewindSession {
   new: number;
   duplicates: number;
   parked: number;
+  skipped: number;
 }
 
 /**

@@ -164,6 +164,21 @@ describe('triggers', () => {
       })
     ).entries[1]!;
     expect({ by: skip.by, reason: skip.reason }).toEqual({ by: 'test', reason: 'bad amount' });
+    // A rewind reads everything again: nothing new, the skipped message stays skipped, the
+    // parked one stays parked (once).
+    const rw = await c.triggers<RewindReply>('rewind', { name: 'payments', toSeq: 1 });
+    expect(rw).toMatchObject({
+      reread: 11,
+      new: 0,
+      duplicates: 10,
+      skipped: 1,
+      parked: 0,
+      done: true,
+    });
+    const still = await c.triggers<{ parked: { seq: number }[] }>('parked', { name: 'payments' });
+    expect(still.parked.map((p) => p.seq)).toEqual([seqs.noid]);
+    for (const k of ['k0', 'k1', 'k9'])
+      expect(await seen(c, k)).toEqual(k === 'k0' ? [1, 3, 4] : k === 'k1' ? [1, 2, 3, 4] : [1, 2]);
     // The step a message caused names the trigger and the sequence in the journal.
     const h = await c.history('tpay', 'k1', { fromStep: 0, limit: 100 });
     const steps = h.entries.filter((e) => e.kind === 'step' && e.trigger);
