@@ -47,6 +47,23 @@ export interface SignalMapping {
 }
 
 /**
+ * A webhook trigger: `POST /hooks/<name>` on `jetflow http`, signed with HMAC-SHA256 of the raw
+ * body (or of `<timestamp>.<body>` with `timestampHeader`) under the secret in environment
+ * variable `secretEnv` (read by the `jetflow http` process). The header holds the hex digest,
+ * optionally as `sha256=<hex>`.
+ */
+export interface WebhookOptions {
+  secretEnv: string;
+  signature?: 'hmac-sha256';
+  /** Header carrying the signature, e.g. `x-signature`. */
+  header: string;
+  /** Header carrying the signing time (epoch seconds); signed as `<timestamp>.<body>`. */
+  timestampHeader?: string;
+  /** How old (or how far in the future) a timestamp may be, in seconds (default 300). */
+  toleranceSec?: number;
+}
+
+/**
  * A trigger, declared in a definition's `triggers`. `stream` names the user's JetStream stream
  * (jetflow never creates it): the trigger is one durable consumer `jetflow-trigger-<name>` on
  * it, filtered by `subject`, exactly once per message. Without `stream` it is a core-NATS
@@ -57,8 +74,13 @@ export interface TriggerDefinition {
   /** Unique among all triggers; a subject token (it names the consumer). */
   name: string;
   stream?: string;
-  /** Filter subject (wildcards allowed). */
-  subject: string;
+  /** Filter subject (wildcards allowed); not given for a webhook trigger. */
+  subject?: string;
+  /**
+   * A webhook instead of a stream: each accepted request is stored in jetflow's stream
+   * `<PREFIX>_HOOKS` (subject `<prefix>.hook.<name>`) and consumed from there like a stream.
+   */
+  webhook?: WebhookOptions;
   start?: StartMapping;
   signal?: SignalMapping;
   /** Where a new consumer starts (default `'all'`); a consumer that exists keeps its place. */
@@ -82,6 +104,7 @@ export interface TriggerSpec {
   def: TriggerDefinition;
   /** Event types the machine knows (undefined: not known, not checked). */
   events: ReadonlySet<string> | undefined;
+  webhook?: WebhookOptions;
 }
 
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
@@ -96,10 +119,27 @@ export function checkTriggers(type: string, triggers: readonly TriggerDefinition
       throw new ConfigError(`${where}: name must be 1-64 of A-Z a-z 0-9 _ -`);
     if (seen.has(t.name)) throw new ConfigError(`${where} is declared twice`);
     seen.add(t.name);
-    if (typeof t.subject !== 'string' || t.subject.length === 0 || /\s/.test(t.subject))
-      throw new ConfigError(`${where}: subject must be a NATS subject`);
-    if (t.stream !== undefined && (typeof t.stream !== 'string' || !NAME.test(t.stream)))
-      throw new ConfigError(`${where}: stream must be a stream name`);
+    if (t.webhook !== undefined) {
+      const w = t.webhook;
+      if (t.stream !== undefined || t.subject !== undefined)
+        throw new ConfigError(`${where}: a webhook trigger has no stream or subject`);
+      if (
+        typeof w.secretEnv !== 'string' ||
+        typeof w.header !== 'string' ||
+        !w.secretEnv ||
+        !w.header
+      )
+        throw new ConfigError(`${where}: webhook needs secretEnv and header`);
+      if (w.signature !== undefined && w.signature !== 'hmac-sha256')
+        throw new ConfigError(`${where}: webhook signature must be 'hmac-sha256'`);
+      if (w.toleranceSec !== undefined && !(w.toleranceSec > 0))
+        throw new ConfigError(`${where}: webhook toleranceSec must be positive`);
+    } else {
+      if (typeof t.subject !== 'string' || t.subject.length === 0 || /\s/.test(t.subject))
+        throw new ConfigError(`${where}: subject must be a NATS subject`);
+      if (t.stream !== undefined && (typeof t.stream !== 'string' || !NAME.test(t.stream)))
+        throw new ConfigError(`${where}: stream must be a stream name`);
+    }
     if ((t.start === undefined) === (t.signal === undefined))
       throw new ConfigError(`${where}: give exactly one of start or signal`);
     if (t.start && typeof t.start.id !== 'function')
@@ -145,7 +185,9 @@ export function triggerSpecs(
         name: t.name,
         workflowType: d.type,
         stream: t.stream,
-        subject: t.subject,
+        // A webhook's stream and subject are jetflow's (the role fills them in).
+        subject: t.subject ?? '',
+        ...(t.webhook ? { webhook: t.webhook } : {}),
         kind,
         deliverFrom: t.deliverFrom ?? 'all',
         onPoison: t.onPoison ?? (kind === 'signal' ? 'park-key' : 'park-message'),

@@ -181,6 +181,7 @@ export class Engine implements AsyncDisposable {
         statusKv,
         members: () => shards.liveMembers(),
       });
+      await triggers.publishWebhooks();
       await shards.start();
       triggers.start();
       logger.info(

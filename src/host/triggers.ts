@@ -113,7 +113,10 @@ export class TriggerRole {
   private readonly forwarder: Forwarder;
 
   constructor(private readonly o: TriggerRoleOptions) {
-    this.specs = triggerSpecs(o.registry.all());
+    // A webhook trigger consumes jetflow's hooks stream, on its own subject.
+    this.specs = triggerSpecs(o.registry.all()).map((s) =>
+      s.webhook ? { ...s, stream: o.names.hooksStream, subject: o.names.hookSubject(s.name) } : s,
+    );
     this.store = createTriggerStore(o.js, o.jsm, o.names);
     this.forwarder = new Forwarder(o.nc, o.js, o.names);
   }
@@ -125,6 +128,12 @@ export class TriggerRole {
 
   get heldNames(): string[] {
     return [...this.held.keys()].sort();
+  }
+
+  /** Tell `jetflow http` how to check each webhook trigger's requests (no secret: its name). */
+  async publishWebhooks(): Promise<void> {
+    for (const s of this.specs)
+      if (s.webhook) await this.o.statusKv.put(`webhook.${s.name}`, JSON.stringify(s.webhook));
   }
 
   start(): void {
@@ -739,7 +748,15 @@ export class TriggerRunner {
           .catch(() => null);
         from = first?.seq ?? last + 1;
       }
-      this.rewind = { from, to: last, seen: new Set(), new: 0, duplicates: 0, parked: 0, skipped: 0 };
+      this.rewind = {
+        from,
+        to: last,
+        seen: new Set(),
+        new: 0,
+        duplicates: 0,
+        parked: 0,
+        skipped: 0,
+      };
       await rewindTriggerConsumer(o.jsm, spec, this.consumerOpts, { seq: Math.max(1, from) });
       this.lastPin = undefined;
       this.suspended = false;

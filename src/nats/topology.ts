@@ -85,6 +85,9 @@ export interface TopologyNames {
   ledgerStream: string;
   /** Trigger status reports of their holders (key = trigger name). */
   triggersBucket: string;
+  /** Webhook requests accepted by `jetflow http` (`<prefix>.hook.<trigger>`). */
+  hooksStream: string;
+  hookSubject(trigger: string): string;
   queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
@@ -107,6 +110,8 @@ export function topologyNames(prefix: string): TopologyNames {
     parkedStream: `${up}_PARKED`,
     ledgerStream: `${up}_TRIGGERS`,
     triggersBucket: `${prefix}_triggers`,
+    hooksStream: `${up}_HOOKS`,
+    hookSubject: (t) => `${prefix}.hook.${t}`,
     shardConsumer: (s) => `shard-${s}`,
   };
 }
@@ -221,7 +226,23 @@ export function topology(o: TopologyOptions): {
     discard: DiscardPolicy.Old,
     allow_direct: true,
   };
-  return { names, streams: [inbox, events, history, tasks, parked, ledger], consumers };
+  const hooks: Partial<StreamConfig> = {
+    name: names.hooksStream,
+    description: 'jetflow webhook requests accepted by jetflow http (wf.hook.<trigger>)',
+    subjects: [`${s.prefix}.hook.>`],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    max_age: ms(o.journalMaxAgeMs),
+    duplicate_window: ms(o.duplicateWindowMs),
+    discard: DiscardPolicy.Old,
+    allow_direct: false,
+  };
+  return {
+    names,
+    streams: [inbox, events, history, tasks, parked, ledger, hooks],
+    consumers,
+  };
 }
 
 /**
