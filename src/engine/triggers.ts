@@ -180,7 +180,7 @@ export function triggerSpecs(
           `trigger ${t.name} is declared by workflows ${prev.workflowType} and ${d.type}`,
         );
       const kind = t.start ? 'start' : 'signal';
-      const events = (d.machine as unknown as { events?: unknown }).events;
+      const events = machineEvents(d.machine);
       out.set(t.name, {
         name: t.name,
         workflowType: d.type,
@@ -193,11 +193,30 @@ export function triggerSpecs(
         onPoison: t.onPoison ?? (kind === 'signal' ? 'park-key' : 'park-message'),
         window: t.window ?? TRIGGER_WINDOW,
         def: t,
-        events: Array.isArray(events) ? new Set(events as string[]) : undefined,
+        events,
       });
     }
   }
   return [...out.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+}
+
+/**
+ * Every event type some state of the machine has a transition for (undefined when a wildcard
+ * transition takes any event): an event outside it is `unknown_event` poison.
+ */
+function machineEvents(machine: AnyStateMachine): ReadonlySet<string> | undefined {
+  type Node = { on?: Record<string, unknown>; states?: Record<string, Node> };
+  const out = new Set<string>();
+  let any = false;
+  const walk = (n: Node) => {
+    for (const k of Object.keys(n.on ?? {})) {
+      if (k === '*' || k.endsWith('.*')) any = true;
+      out.add(k);
+    }
+    for (const c of Object.values(n.states ?? {})) walk(c);
+  };
+  walk((machine as unknown as { root: Node }).root);
+  return any ? undefined : out;
 }
 
 /** The durable consumer of a stream trigger on the user's stream. */
