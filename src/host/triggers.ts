@@ -370,7 +370,7 @@ export class TriggerRunner {
     const isStream = tm.seq > 0;
     if (isStream && this.parkedSeqs.has(tm.seq)) {
       // Parked already (a redelivery, a catch-up, a rewind): it waits in the parking lot.
-      this.count(tm, 'duplicate', id, undefined, via);
+      await this.count(tm, 'duplicate', id, undefined, via);
       m?.ack();
       return;
     }
@@ -395,7 +395,7 @@ export class TriggerRunner {
     if ('error' in outcome) {
       await this.park(tm, outcome.error, id, via);
     } else {
-      this.count(tm, outcome.outcome, id, undefined, via);
+      await this.count(tm, outcome.outcome, id, undefined, via);
     }
     m?.ack();
   }
@@ -466,7 +466,7 @@ export class TriggerRunner {
     // An operator skipped it before (a rewind or catch-up reads it again): it stays skipped.
     const skipped = tm.seq > 0 ? await this.skippedBefore(tm.seq) : undefined;
     if (skipped) {
-      this.count(tm, 'skipped', id, error, via === 'replay' ? 'catch-up' : via, skipped);
+      await this.count(tm, 'skipped', id, error, via === 'replay' ? 'catch-up' : via, skipped);
       return;
     }
     const form = { subject: tm.subject, seq: tm.seq, data: tm.data, headers: tm.headers() };
@@ -482,7 +482,7 @@ export class TriggerRunner {
     }
     if (tm.seq > 0) this.noteParked(tm.seq, id);
     this.noteError(tm.seq, error);
-    this.count(tm, 'parked', id, error, via === 'replay' ? 'catch-up' : via);
+    await this.count(tm, 'parked', id, error, via === 'replay' ? 'catch-up' : via);
   }
 
   /** The skip of message `seq` (who and why), when an operator skipped it. */
@@ -506,7 +506,7 @@ export class TriggerRunner {
     error: TriggerError | undefined,
     via: 'live' | 'core' | 'catch-up' | 'replay' | 'rewind',
     extra: { by?: string; reason?: string } = {},
-  ): void {
+  ): Promise<void> {
     this.counts[outcome]++;
     const r = this.rewind;
     if (r && tm.seq >= r.from && tm.seq <= r.to && !r.seen.has(tm.seq)) {
@@ -516,7 +516,7 @@ export class TriggerRunner {
       else if (outcome === 'parked') r.parked++;
       else if (outcome === 'skipped') r.skipped++;
     }
-    if (tm.seq === 0) return;
+    if (tm.seq === 0) return Promise.resolve();
     const entry: TriggerLedgerEntry = {
       trigger: this.spec.name,
       seq: tm.seq,
@@ -534,7 +534,9 @@ export class TriggerRunner {
           ? { via: 'rewind' as const }
           : {}),
     };
-    void this.store
+    // Written before the message is acknowledged; a failure to write it is logged, not retried
+    // (the message's effect is already decided).
+    return this.store
       .ledger(entry)
       .catch((err: unknown) => this.o.logger.warn({ err }, 'ledger entry not written'));
   }
@@ -682,7 +684,7 @@ export class TriggerRunner {
     }
     await this.store.unpark(p.parkedSeq);
     this.forgetParked(p.seq, p.key ?? mapped.id);
-    this.count(tm, r.outcome, mapped.id, undefined, 'replay');
+    await this.count(tm, r.outcome, mapped.id, undefined, 'replay');
     return { seq: p.seq, id: mapped.id, outcome: r.outcome };
   }
 
@@ -707,7 +709,10 @@ export class TriggerRunner {
       );
       await this.store.unpark(p.parkedSeq);
       this.forgetParked(p.seq, p.key);
-      this.count(triggerMessageOfParked(p), 'skipped', p.key, p.error, 'replay', { by, reason });
+      await this.count(triggerMessageOfParked(p), 'skipped', p.key, p.error, 'replay', {
+        by,
+        reason,
+      });
     });
     return { trigger: this.spec.name, seq, skipped: true };
   }
@@ -734,6 +739,11 @@ export class TriggerRunner {
         code: ErrorCode.BadRequest,
       });
     const waitMs = typeof b.waitMs === 'number' ? b.waitMs : 600_000;
+    const before = await o.jsm.consumers.info(spec.stream, triggerConsumerName(spec.name));
+    if ((before as { paused?: boolean }).paused)
+      throw new BadRequestError(`trigger ${spec.name} is paused: resume it before a rewind`, {
+        code: ErrorCode.Paused,
+      });
     this.suspended = true;
     try {
       this.messages?.stop();

@@ -188,6 +188,39 @@ describe('triggers', () => {
   });
 });
 
+describe('triggers: pause and resume', () => {
+  it('a paused trigger delivers nothing and loses nothing; a rewind waits for resume', async () => {
+    const prefix = uniquePrefix();
+    const stream = `PAY_${prefix}`;
+    const subj = `${prefix}-pay`;
+    await userStream(env.nc, stream, [`${subj}.>`]);
+    const wf = triggerWorkflows({ JF_T_PAY_STREAM: stream, JF_T_PAY_SUBJECT: `${subj}.>` });
+    const engine: Engine = await startEngine(env.server.url, prefix, { workflows: wf });
+    closers.push(() => engine.close());
+    const c = await Client.connect(env.server.url, { prefix });
+    closers.push(() => c.close());
+    await c.start('tpay', 'q1', {});
+    await publish(env.nc, `${subj}.q1`, { orderId: 'q1', n: 1 }, 'q1-1');
+    await until('first applied', async () =>
+      (await seen(c, 'q1')).length === 1 ? true : undefined,
+    );
+    expect(await c.triggers('pause', { name: 'payments' })).toMatchObject({ paused: true });
+    await publish(env.nc, `${subj}.q1`, { orderId: 'q1', n: 2 }, 'q1-2');
+    await sleep(1_500);
+    expect(await seen(c, 'q1')).toEqual([1]);
+    const list = await c.triggers<{ triggers: TriggerRow[] }>('list');
+    expect(list.triggers[0]).toMatchObject({ name: 'payments', paused: true, pending: 1 });
+    await expect(c.triggers('rewind', { name: 'payments', toSeq: 1 })).rejects.toMatchObject({
+      code: 'paused',
+    });
+    expect(await c.triggers('resume', { name: 'payments' })).toMatchObject({ paused: false });
+    await until('second applied', async () =>
+      (await seen(c, 'q1')).length === 2 ? true : undefined,
+    );
+    expect(await seen(c, 'q1')).toEqual([1, 2]);
+  });
+});
+
 /** Engine processes running the trigger fixture with `vars`. */
 async function engines(
   prefix: string,
