@@ -47,6 +47,7 @@ import {
   type StartAdmission,
   type StepInput,
   type Tell,
+  TRIGGER_ATTRIBUTE,
 } from './step.js';
 import { keyOfInput, keyTokenOf } from './admission.js';
 import { decodeAdmin } from './admin.js';
@@ -989,9 +990,14 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     // The step a trigger message caused names the trigger and its stream sequence.
     if (decision.kind === 'write' && (message.kind === 'start' || message.kind === 'signal')) {
       const trigger = message.trigger;
-      if (trigger)
+      if (trigger) {
         for (const eff of decision.record.outbox)
           if (eff.kind === 'journal' && eff.seq === e.seq) eff.trigger = trigger;
+        decision.record.attributes = {
+          ...decision.record.attributes,
+          [TRIGGER_ATTRIBUTE]: trigger.name,
+        };
+      }
     }
     let written: CacheEntry | undefined;
     if (decision.kind === 'write') {

@@ -376,6 +376,12 @@ function withInbound(
   return out;
 }
 
+/**
+ * Search attribute naming the trigger whose message last started or signaled a workflow:
+ * `jetflow ls --where jetflow.trigger=<name>`.
+ */
+export const TRIGGER_ATTRIBUTE = 'jetflow.trigger';
+
 /** The sender key of a trigger in a record's `inbound` watermarks (`/` is not in a type token). */
 export function triggerMarkKey(trigger: string): string {
   return `trigger/${trigger}`;
@@ -1816,7 +1822,11 @@ export function decide(
     outbox: [],
   };
   const attributes = searchAttributes(def.searchAttributes, after.context);
-  if (attributes) rec.attributes = attributes;
+  if (attributes) {
+    // The trigger that last started or signaled it is kept beside the definition's attributes.
+    const trig = stored.attributes?.[TRIGGER_ATTRIBUTE];
+    rec.attributes = trig !== undefined ? { ...attributes, [TRIGGER_ATTRIBUTE]: trig } : attributes;
+  }
   if (timerEvents) rec.timerEvents = timerEvents;
   else delete rec.timerEvents;
   if (timerDue) rec.timerDue = timerDue;

@@ -5,12 +5,19 @@
  * `npm run soak:triggers` (test/chaos/triggers.test.ts).
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { EngineProcess, startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
+import {
+  EngineProcess,
+  quietLogger,
+  startEngine,
+  uniquePrefix,
+  useServer,
+} from '../harness/jetflow.js';
+import { Visibility } from '../../src/host/visibility.js';
 import { Client } from '../../src/client/index.js';
 import { triggerWorkflows } from '../fixtures/trigger-workflows.js';
 import type { Engine } from '../../src/host/engine.js';
@@ -179,6 +186,24 @@ describe('triggers', () => {
     expect(still.parked.map((p) => p.seq)).toEqual([seqs.noid]);
     for (const k of ['k0', 'k1', 'k9'])
       expect(await seen(c, k)).toEqual(k === 'k0' ? [1, 3, 4] : k === 'k1' ? [1, 2, 3, 4] : [1, 2]);
+    // The visibility index finds the workflows the trigger signaled (`jetflow.trigger`).
+    const dir = mkdtempSync(join(tmpdir(), 'jf-trig-vis-'));
+    const vis = await Visibility.create({
+      servers: env.server.url,
+      prefix,
+      dataDir: dir,
+      logger: quietLogger,
+      progress: () => undefined,
+    });
+    closers.push(async () => {
+      await vis.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    const found = await until('the index', async () => {
+      const r = await c.search({ attributes: { 'jetflow.trigger': 'payments' } });
+      return r.workflows.length === 3 ? r : undefined;
+    });
+    expect(found.workflows.map((w) => w.id).sort()).toEqual(['k0', 'k1', 'k9']);
     // The step a message caused names the trigger and the sequence in the journal.
     const h = await c.history('tpay', 'k1', { fromStep: 0, limit: 100 });
     const steps = h.entries.filter((e) => e.kind === 'step' && e.trigger);
