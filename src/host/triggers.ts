@@ -106,6 +106,7 @@ export class TriggerRole {
   readonly specs: TriggerSpec[];
   private readonly held = new Map<string, TriggerRunner>();
   private readonly releasing = new Set<Promise<void>>();
+  private readonly failedAt = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
   private stopped = false;
@@ -152,6 +153,8 @@ export class TriggerRole {
         const mine = triggerHolder(live, spec.name) === this.o.engineId;
         const runner = this.held.get(spec.name);
         if (mine && !runner) {
+          // A trigger that could not be held (its stream is missing) is tried again every 5 s.
+          if (Date.now() - (this.failedAt.get(spec.name) ?? 0) < 5_000) continue;
           const r = new TriggerRunner(spec, this.o, this.store, this.forwarder);
           this.held.set(spec.name, r);
           try {
@@ -159,6 +162,7 @@ export class TriggerRole {
             this.o.logger.info({ trigger: spec.name }, 'trigger held');
           } catch (err) {
             this.held.delete(spec.name);
+            this.failedAt.set(spec.name, Date.now());
             await r.stop(0).catch(() => undefined);
             this.o.logger.error({ err, trigger: spec.name }, 'cannot hold trigger');
           }
