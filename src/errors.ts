@@ -42,6 +42,8 @@ export const ErrorCode = {
   Deferred: 'deferred',
   /** Admin release: the holder still runs; cancel or terminate it (its slot is freed then). */
   HolderRunning: 'holder_running',
+  /** A webhook request without a valid signature (missing, wrong, or a stale timestamp). */
+  Unauthorized: 'unauthorized',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

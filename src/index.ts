@@ -41,6 +41,17 @@ export {
   type WorkflowDefinition,
 } from './engine/registry.js';
 export {
+  triggerConsumerName,
+  type DeliverFrom,
+  type OnPoison,
+  type SignalMapping,
+  type StartMapping,
+  type TriggerDefinition,
+  type TriggerLedgerEntry,
+  type TriggerMessage,
+  type TriggerOutcome,
+} from './engine/triggers.js';
+export {
   cancelTask,
   dispatch,
   jetflowActions,

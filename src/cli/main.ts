@@ -41,6 +41,7 @@ import type { WorkerFlags } from './worker-host.js';
 import type { LsOptions } from './ls.js';
 import type { BulkOptions } from './bulk.js';
 import type { BatchCreateFlags, BatchVerbFlags } from './batch.js';
+import type { TriggersOptions } from './triggers.js';
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -746,6 +747,25 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       }),
     );
   }
+
+  serviceFlags(program.command('triggers [verb] [name]'))
+    .description(
+      'triggers: list (default) | parked <name> | replay <name> | skip <name> | pause <name> | resume <name> | rewind <name> | trace <name>',
+    )
+    .option('--seq <n>', 'replay, skip, trace: the stream sequence of one message')
+    .option('--key <key>', 'replay: every parked message of this key (workflow id)')
+    .option('--all', 'replay: every parked message')
+    .option('--reason <text>', 'skip: why (required; in the ledger)')
+    .option('--by <who>', 'skip: who (default $USER)')
+    .option('--to-seq <n>', 'rewind: deliver again from this stream sequence')
+    .option('--since <duration>', 'rewind: deliver again the messages of the last 1h, 30m, …')
+    .option('--timeout <duration>', 'rewind: how long to wait for it to finish (default 10m)')
+    .action(
+      service(async (verb: string | undefined, name: string | undefined, o: TriggersOptions) => {
+        const { triggersVerb } = await import('./triggers.js');
+        return triggersVerb(verb, name, o, io);
+      }),
+    );
 
   serviceFlags(program.command('bulk <jobId>'))
     .description('a bulk job: its progress and first failures (--follow to the end, --cancel)')

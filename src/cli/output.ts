@@ -106,6 +106,7 @@ export function journalLines(out: Out, e: JournalEntry): string[] {
           `activity ${a.activity ?? a.actorId} attempt ${a.attempt}: ${a.ok ? 'ok' : `failed${a.exhausted ? ' (retries exhausted)' : ''}`}`,
         );
       }
+      if (e.trigger) more.push(`trigger ${e.trigger.name} seq ${e.trigger.seq}`);
       if (e.error) more.push(out.paint('red', `error ${e.error.code}: ${e.error.message}`));
       break;
     }

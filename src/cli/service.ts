@@ -48,7 +48,7 @@ export function parseDuration(text: string, what: string): number {
   return Math.round(Number(m[1]) * unit);
 }
 
-async function withClient<T>(
+export async function withClient<T>(
   o: ServiceOptions,
   io: Io,
   run: (c: Client) => Promise<T>,

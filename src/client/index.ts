@@ -15,6 +15,8 @@
  */
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, DeliverPolicy } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import type { WebhookOptions } from '../engine/triggers.js';
 import { Schedules } from '../nats/schedules.js';
 import { Batches } from './batches.js';
 import { listKeyRecords, openKeysBucket } from '../nats/keys.js';
@@ -473,6 +475,58 @@ export class Client implements AsyncDisposable {
    */
   async bulk(req: BulkRequest, opts: { timeoutMs?: number } = {}): Promise<BulkReply> {
     return await this.request(this.names.subjects.bulk, req, undefined, opts.timeoutMs ?? 60_000);
+  }
+
+  /**
+   * Operator verbs on triggers. `list`, `parked`, `trace`, `pause`, `resume` are answered by any
+   * engine (`<prefix>.admin.triggers.<verb>`); `replay`, `skip`, `rewind` by the engine holding
+   * the trigger (`<prefix>.admin.triggers.held.<verb>.<name>`; no responder: no engine holds it).
+   */
+  async triggers<T = Record<string, unknown>>(
+    verb: 'list' | 'parked' | 'trace' | 'pause' | 'resume' | 'replay' | 'skip' | 'rewind',
+    body: { name?: string; [k: string]: unknown } = {},
+    opts: { timeoutMs?: number } = {},
+  ): Promise<T> {
+    const held = verb === 'replay' || verb === 'skip' || verb === 'rewind';
+    if (held && !isToken(body.name))
+      throw new BadRequestError(`invalid trigger name ${JSON.stringify(body.name)}`);
+    const subject = held
+      ? this.names.subjects.triggerHeld(verb, body.name!)
+      : this.names.subjects.triggerAdmin(verb);
+    return await this.request<T>(subject, body, undefined, opts.timeoutMs);
+  }
+
+  /**
+   * How webhook trigger `name` is checked (published by the engines that declare it in KV bucket
+   * `<prefix>_triggers`), or undefined when no engine declares it.
+   */
+  async webhookConfig(name: string): Promise<WebhookOptions | undefined> {
+    if (!isToken(name)) return undefined;
+    const kv = await new Kvm(this.nc).open(this.names.triggersBucket);
+    const e = await kv.get(`webhook.${name}`);
+    if (!e || e.operation !== 'PUT' || e.value.length === 0) return undefined;
+    return e.json<WebhookOptions>();
+  }
+
+  /**
+   * Store an accepted webhook request durably (stream `<PREFIX>_HOOKS`, subject
+   * `<prefix>.hook.<name>`, acknowledged by JetStream), deduplicated by `msgId`; the trigger's
+   * holder forwards it from there. `duplicate`: the stream already had it.
+   */
+  async storeHook(
+    name: string,
+    body: Uint8Array,
+    hdrs: Record<string, string>,
+    msgId: string,
+  ): Promise<{ seq: number; duplicate: boolean }> {
+    const h = headers();
+    for (const [k, v] of Object.entries(hdrs)) h.set(k, v);
+    const ack = await jetstream(this.nc).publish(this.names.hookSubject(name), body, {
+      msgID: msgId,
+      headers: h,
+      timeout: this.timeoutMs,
+    });
+    return { seq: ack.seq, duplicate: ack.duplicate };
   }
 
   /** A bulk job's counters, state and first failures (`<prefix>.admin.bulk.status`). */

@@ -103,6 +103,13 @@ export interface Subjects {
   readonly batchWildcard: string;
   /** Core-NATS notice of a batch's completion (each generation): `<prefix>.batch.<id>`. */
   batchEvents(id: string): string;
+  /** Operator request/reply on triggers, any engine: `<prefix>.admin.triggers.<verb>`. */
+  triggerAdmin(verb: string): string;
+  /**
+   * Operator request/reply answered by the engine holding trigger `name` (replay, skip,
+   * rewind): `<prefix>.admin.triggers.held.<verb>.<name>`.
+   */
+  triggerHeld(verb: string, name: string): string;
   /** Public request/reply: search the visibility index, `<prefix>.search`. */
   readonly search: string;
   /** Public request/reply: counts by type, status and state, `<prefix>.search.counts`. */
@@ -160,6 +167,8 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     batch: (v: string) => `${p}.admin.batch.${v}`,
     batchWildcard: `${p}.admin.batch.*`,
     batchEvents: (id: string) => `${p}.batch.${id}`,
+    triggerAdmin: (v: string) => `${p}.admin.triggers.${v}`,
+    triggerHeld: (v: string, n: string) => `${p}.admin.triggers.held.${v}.${n}`,
     search: `${p}.search`,
     searchCounts: `${p}.search.counts`,
     searchNodes: `${p}.search.nodes`,

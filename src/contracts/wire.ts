@@ -285,6 +285,8 @@ export type Effect =
       dropped?: { reason: string; error?: ErrorData };
       /** Events the step emitted (XState `emit()`), in order. */
       emitted?: Record<string, unknown>[];
+      /** The trigger message that caused the step. */
+      trigger?: TriggerOrigin;
     };
 
 /** A debounce window as the journal tells it. */
@@ -446,6 +448,23 @@ export type EffectKind = Effect['kind'];
 export interface WorkflowRef {
   type: string;
   id: string;
+}
+
+/**
+ * The trigger message a start or signal came from: the trigger's name and the message's stream
+ * sequence in the trigger's stream. On a signal it is the sender watermark `trigger/<name>` of
+ * the workflow record (a sequence at or below it is a repeat: a redelivery, a rewind).
+ */
+export interface TriggerOrigin {
+  name: string;
+  /** 0 for a core-NATS subject trigger (no sequence, no watermark: at most once). */
+  seq: number;
+  /**
+   * An operator's replay of a parked message that is deduplicated by its message id (`msgId`
+   * `trigger/<name>/<seq>` in the record's `msgIds`), not by the watermark: later messages of
+   * its key may have been applied meanwhile (`onPoison: 'park-message'`).
+   */
+  replay?: true;
 }
 
 /** Inbox kinds one workflow's engine writes into another's inbox (E8). */
@@ -636,11 +655,19 @@ export interface KeyWaiter {
 
 /** Body of an internal inbox message (msgpack). */
 export type InboxMessage =
-  | { kind: 'start'; input: unknown; parent?: ParentRef; batch?: BatchRef }
+  | {
+      kind: 'start';
+      input: unknown;
+      parent?: ParentRef;
+      batch?: BatchRef;
+      trigger?: TriggerOrigin;
+    }
   | {
       kind: 'signal';
       event: { type: string; [k: string]: unknown };
       msgId?: string;
+      /** Forwarded by a trigger (deduplicated by the record's `trigger/<name>` watermark). */
+      trigger?: TriggerOrigin;
       /** A cross-workflow send (E8): its sender and outbox effect. */
       from?: SendOrigin;
       /** With `from`: start the workflow with this input if it does not exist. */
@@ -931,6 +958,8 @@ export type JournalEntry =
       dropped?: { reason: string; error?: ErrorData };
       /** Events the step emitted (XState `emit()`), in order: a tree's `nodes` changes, alerts. */
       emitted?: Record<string, unknown>[];
+      /** The trigger message (trigger name, stream sequence) that caused the step. */
+      trigger?: TriggerOrigin;
       /** True while the workflow is paused. */
       paused?: boolean;
       /**

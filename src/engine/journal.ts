@@ -167,6 +167,7 @@ export function stepEntry(
     ...emittedOf(record, effect),
     event: effect.event,
     ...(effect.from ? { from: effect.from } : {}),
+    ...(effect.trigger ? { trigger: effect.trigger } : {}),
     to: journalState(value),
     status: record.status,
     stateSince: record.stateSince ?? record.updatedAt,

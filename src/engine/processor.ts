@@ -47,6 +47,7 @@ import {
   type StartAdmission,
   type StepInput,
   type Tell,
+  TRIGGER_ATTRIBUTE,
 } from './step.js';
 import { keyOfInput, keyTokenOf } from './admission.js';
 import { decodeAdmin } from './admin.js';
@@ -77,6 +78,7 @@ import {
   type ParentRef,
   type ResultMessage,
   type SendOrigin,
+  type TriggerOrigin,
   type WorkflowRecord,
   type WorkflowRef,
 } from '../contracts/wire.js';
@@ -233,6 +235,13 @@ const isBatchRef = (v: unknown): v is BatchRef =>
 const isOrigin = (v: unknown): v is SendOrigin =>
   isRef(v) && Number.isInteger((v as SendOrigin).step) && Number.isInteger((v as SendOrigin).index);
 
+const isTriggerOrigin = (v: unknown): v is TriggerOrigin =>
+  typeof v === 'object' &&
+  v !== null &&
+  typeof (v as TriggerOrigin).name === 'string' &&
+  Number.isInteger((v as TriggerOrigin).seq) &&
+  (v as TriggerOrigin).seq >= 0;
+
 /** Decode an inbox body, checking its shape against its subject's kind. */
 export function decodeInbox(e: InboxEntry): InboxMessage {
   let body: unknown;
@@ -259,11 +268,14 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         throw bad('a child start needs parent {type, id, taskId, key}');
       if (b.batch !== undefined && !isBatchRef(b.batch))
         throw bad('a batch item start needs batch {id, item, gen}');
+      if (b.trigger !== undefined && !isTriggerOrigin(b.trigger))
+        throw bad('a trigger start needs trigger {name, seq}');
       return {
         kind: 'start',
         input: b.input,
         ...(b.parent !== undefined ? { parent: b.parent } : {}),
         ...(b.batch !== undefined ? { batch: b.batch } : {}),
+        ...(b.trigger !== undefined ? { trigger: b.trigger } : {}),
       };
     case 'cancel':
       if (b.from !== undefined && !isParentRef(b.from))
@@ -395,10 +407,13 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
       const start = b.startIfAbsent as { input?: unknown } | undefined;
       if (start !== undefined && (typeof start !== 'object' || start === null || !b.from))
         throw bad('startIfAbsent must be {input} on a send with from');
+      if (b.trigger !== undefined && !isTriggerOrigin(b.trigger))
+        throw bad('a trigger signal needs trigger {name, seq}');
       return {
         kind: 'signal',
         event: ev as { type: string },
         ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
+        ...(b.trigger !== undefined ? { trigger: b.trigger } : {}),
         ...(b.from !== undefined ? { from: b.from } : {}),
         ...(start !== undefined ? { startIfAbsent: { input: start.input ?? null } } : {}),
         ...(b.undeliverable !== undefined ? { undeliverable: b.undeliverable } : {}),
@@ -1048,6 +1063,18 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         );
         if (!p) return 'done';
         decision = p;
+      }
+    }
+    // The step a trigger message caused names the trigger and its stream sequence.
+    if (decision.kind === 'write' && (message.kind === 'start' || message.kind === 'signal')) {
+      const trigger = message.trigger;
+      if (trigger) {
+        for (const eff of decision.record.outbox)
+          if (eff.kind === 'journal' && eff.seq === e.seq) eff.trigger = trigger;
+        decision.record.attributes = {
+          ...decision.record.attributes,
+          [TRIGGER_ATTRIBUTE]: trigger.name,
+        };
       }
     }
     if (metrics) metrics.phase('decide', since(decideStart));

@@ -6,6 +6,7 @@ import type { AnyStateMachine } from 'xstate';
 import { ErrorCode, BadRequestError, ConfigError } from '../errors.js';
 import { isToken } from '../contracts/subjects.js';
 import { checkConcurrency, type ConcurrencyOptions } from './admission.js';
+import { checkTriggers, type TriggerDefinition } from './triggers.js';
 
 /** A workflow definition: an XState v5 machine under a type and an integer version. */
 export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine> {
@@ -45,6 +46,11 @@ export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine>
    * {@link DebounceOptions}.
    */
   debounce?: Readonly<Record<string, DebounceOptions<never>>>;
+  /**
+   * Triggers: streams and subjects whose messages start or signal workflows of this type,
+   * exactly once per stream message (see {@link TriggerDefinition} and the README).
+   */
+  triggers?: readonly TriggerDefinition[];
 }
 
 /**
@@ -127,6 +133,7 @@ export function defineWorkflow<M extends AnyStateMachine>(
   }
   if (def.concurrency !== undefined) checkConcurrency(def.type, def.concurrency);
   if (def.debounce !== undefined) checkDebounce(def.type, def.debounce);
+  if (def.triggers !== undefined) checkTriggers(def.type, def.triggers);
   return Object.freeze(def);
 }
 
@@ -139,6 +146,8 @@ export interface Registry {
   has(type: string): boolean;
   /** Every registered `type@version`. */
   list(): string[];
+  /** Every registered definition. */
+  all(): WorkflowDefinition[];
 }
 
 export function createRegistry(defs: Iterable<WorkflowDefinition> = []): Registry {
@@ -181,6 +190,8 @@ export function createRegistry(defs: Iterable<WorkflowDefinition> = []): Registr
     has: (type) => byType.has(type),
     list: () =>
       [...byType.values()].flatMap((m) => [...m.values()].map((d) => `${d.type}@${d.version}`)),
+    all: () =>
+      [...byType.values()].flatMap((m) => [...m.values()].sort((a, b) => a.version - b.version)),
   };
   for (const d of defs) registry.register(d);
   return registry;

@@ -393,9 +393,25 @@ function withInbound(
   return out;
 }
 
+/**
+ * Search attribute naming the trigger whose message last started or signaled a workflow:
+ * `jetflow ls --where jetflow.trigger=<name>`.
+ */
+export const TRIGGER_ATTRIBUTE = 'jetflow.trigger';
+
+/** The sender key of a trigger in a record's `inbound` watermarks (`/` is not in a type token). */
+export function triggerMarkKey(trigger: string): string {
+  return `trigger/${trigger}`;
+}
+
 /** The watermark key a message is deduplicated by (cross-workflow sends and their failures). */
 function inboundKey(msg: InboxMessage): { key: string; step: number; index: number } | undefined {
   if (msg.kind !== 'signal') return undefined;
+  // A trigger's stream sequence: one key's messages are forwarded in stream order.
+  if (msg.trigger) {
+    if (msg.trigger.seq === 0 || msg.trigger.replay) return undefined;
+    return { key: triggerMarkKey(msg.trigger.name), step: msg.trigger.seq, index: 0 };
+  }
   if (msg.from)
     return { key: `${msg.from.type}.${msg.from.id}`, step: msg.from.step, index: msg.from.index };
   if (msg.undeliverable) {
@@ -1450,6 +1466,19 @@ export function decide(
   // a re-performed outbox, also after the server's dedup window has passed.
   const mark = inboundKey(message);
   if (mark && atOrBelow(mark.step, mark.index, stored.inbound?.[mark.key])) {
+    // A trigger is told that it was a duplicate (its ledger says so).
+    if (message.kind === 'signal' && message.trigger)
+      return {
+        kind: 'noop',
+        reply: {
+          id,
+          type,
+          step: stored.step,
+          status: stored.status,
+          value: (stored.snapshot as { value?: unknown } | undefined)?.value,
+          duplicate: true,
+        },
+      };
     return {
       kind: 'ignore',
       reason: `repeat of send ${mark.key} [${mark.step}, ${mark.index}] (watermark [${stored.inbound?.[mark.key]?.join(', ')}])`,
@@ -1851,7 +1880,11 @@ export function decide(
     outbox: [],
   };
   const attributes = searchAttributes(def.searchAttributes, after.context);
-  if (attributes) rec.attributes = attributes;
+  if (attributes) {
+    // The trigger that last started or signaled it is kept beside the definition's attributes.
+    const trig = stored.attributes?.[TRIGGER_ATTRIBUTE];
+    rec.attributes = trig !== undefined ? { ...attributes, [TRIGGER_ATTRIBUTE]: trig } : attributes;
+  }
   if (timerEvents) rec.timerEvents = timerEvents;
   else delete rec.timerEvents;
   if (timerDue) rec.timerDue = timerDue;

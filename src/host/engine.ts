@@ -41,6 +41,8 @@ import {
   openBatchesBucket,
   startBatchResponder,
 } from '../nats/batches.js';
+import { startTriggerAdmin, TriggerRole } from './triggers.js';
+import { openTriggersBucket } from '../nats/triggers.js';
 
 export interface EngineDeps {
   registry: Registry;
@@ -72,6 +74,8 @@ export class Engine implements AsyncDisposable {
     readonly shardManager: ShardManager,
     private readonly jsm: JetStreamManager,
     private readonly connection: ConnectionState,
+    /** The triggers this engine holds (stopped before the shards: forwards await steps). */
+    private readonly triggers: { stop(): Promise<void> },
   ) {
     this.done = new Promise((ok) => (this.resolveDone = ok));
   }
@@ -164,6 +168,8 @@ export class Engine implements AsyncDisposable {
       const strays = await sweepTimerStrays(js, jsm, names, logger);
       const batch = Math.max(1, Math.min(256, config.maxAckPendingPerShard));
       const membership = await openMembership(nc, names, config.failoverMs, config.replicas);
+      // The trigger role needs the membership, the membership advertises the triggers.
+      const held: { role?: TriggerRole } = {};
       const shards = new ShardManager({
         nc,
         js,
@@ -181,11 +187,42 @@ export class Engine implements AsyncDisposable {
         // A record cached while the shard was last here may have been changed by another engine.
         onGained: (shard) => processor.forgetShard(shard),
         ...(deps.metrics?.lag ? { lag: deps.metrics.lag.bind(deps.metrics) } : {}),
+        extraInfo: () =>
+          held.role && held.role.specs.length > 0
+            ? { triggers: held.role.declared, heldTriggers: held.role.heldNames }
+            : {},
       });
+      const statusKv = await openTriggersBucket(nc, names, config.replicas);
+      const triggers = new TriggerRole({
+        nc,
+        js,
+        jsm,
+        names,
+        registry: deps.registry,
+        logger,
+        engineName: config.name,
+        engineId: shards.id,
+        members: () => shards.liveMembers(),
+        failoverMs: config.failoverMs,
+        ackWaitMs: config.ackWaitMs,
+        maxInputBytes: config.maxInputBytes,
+        statusKv,
+      });
+      held.role = triggers;
+      const triggerAdmin = startTriggerAdmin({
+        nc,
+        jsm,
+        names,
+        role: triggers,
+        statusKv,
+        members: () => shards.liveMembers(),
+      });
+      await triggers.publishWebhooks();
       await shards.start();
       const batchResponder = startBatchResponder(nc, names, batches, logger);
       const batchTracker = batches.startTracker();
       await nc.flush(); // the server has the responder's subscription before anyone is told we run
+      triggers.start();
       logger.info(
         {
           engineId: shards.id,
@@ -208,6 +245,12 @@ export class Engine implements AsyncDisposable {
         shards,
         jsm,
         connection,
+        {
+          async stop() {
+            triggerAdmin.unsubscribe();
+            await triggers.stop();
+          },
+        },
       );
     } catch (err) {
       await nc.close().catch(() => undefined);
@@ -270,6 +313,7 @@ export class Engine implements AsyncDisposable {
       };
       const grace = new Promise<void>((ok) => setTimeout(ok, this.config.shutdownGraceMs).unref());
       await stage('gateway', () => this.gateway.stop());
+      await stage('triggers', () => Promise.race([this.triggers.stop(), grace]));
       await stage('shards', () =>
         Promise.race([Promise.all(this.shards.map((s) => s.stop())).then(() => undefined), grace]),
       );

@@ -47,6 +47,8 @@ export interface ShardManagerOptions {
   onGained?: (shard: number) => void;
   /** Inbox lag of each delivered message (see `consumeShard`). */
   lag?: (shard: number, seconds: number) => void;
+  /** More to advertise on every heartbeat (the triggers this engine can hold and holds). */
+  extraInfo?: () => Partial<EngineInfo>;
 }
 
 /** What the pin check did, for tests and logs. */
@@ -144,7 +146,21 @@ export class ShardManager {
       pins,
       released,
       draining: this.draining,
+      ...this.o.extraInfo?.(),
     };
+  }
+
+  /** The engines of the membership (live or lately seen), as of the last watch update. */
+  liveMembers(): Member[] {
+    const m = this.members();
+    // Before our own first heartbeat is seen by the watch, count ourselves in.
+    return m.some((e) => e.id === this.id)
+      ? m
+      : [...m, { ...this.info(), heartbeatAgeMs: 0, live: true }];
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
   }
 
   private async heartbeat(): Promise<void> {

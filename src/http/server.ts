@@ -19,6 +19,7 @@ import { WorkflowFailedError } from '../client/index.js';
 import { ErrorCode, JetflowError } from '../errors.js';
 import { toJetflowError } from '../nats/connection.js';
 import { packageVersion } from '../host/package-root.js';
+import { verifyWebhook, webhookMsgId } from './webhook.js';
 
 export interface HttpOptions {
   client: Client;
@@ -215,6 +216,7 @@ const STATUS_OF: Partial<Record<ErrorCode, number>> = {
 
 const TITLES: Record<number, string> = {
   400: 'Bad Request',
+  401: 'Unauthorized',
   404: 'Not Found',
   409: 'Conflict',
   413: 'Content Too Large',
@@ -458,6 +460,49 @@ export async function startHttp(opts: HttpOptions): Promise<HttpServer> {
         .code(ended ? 200 : 202)
         .send({ status: q.status, ...(q.error ? { error: q.error } : {}) });
     }
+  });
+
+  // Webhooks: the raw body is what is signed, so this route reads it unparsed.
+  await app.register((scope, _o, done) => {
+    scope.removeAllContentTypeParsers();
+    scope.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, next) => next(null, body));
+    scope.post('/hooks/:trigger', async (req, reply) => {
+      const { trigger } = req.params as { trigger: string };
+      const w = await client.webhookConfig(trigger);
+      if (!w)
+        return sendProblem(
+          reply,
+          problem(404, ErrorCode.NotFound, `no webhook trigger ${JSON.stringify(trigger)}`),
+          req.url,
+        );
+      const secret = process.env[w.secretEnv];
+      if (!secret)
+        return sendProblem(
+          reply,
+          problem(
+            503,
+            ErrorCode.Config,
+            `the secret of webhook ${trigger} is not set here (environment variable ${w.secretEnv})`,
+          ),
+          req.url,
+        );
+      const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+      const v = verifyWebhook(w, secret, req.headers, body, Date.now() / 1000);
+      if (!v.ok) return sendProblem(reply, problem(401, ErrorCode.Unauthorized, v.why), req.url);
+      const signature = String(req.headers[w.header.toLowerCase()]);
+      const keep: Record<string, string> = {};
+      const ct = req.headers['content-type'];
+      if (typeof ct === 'string') keep['Content-Type'] = ct;
+      const stored = await client.storeHook(
+        trigger,
+        body,
+        keep,
+        webhookMsgId(trigger, signature, body),
+      );
+      // Stored durably (JetStream acknowledged): a retry of the sender is a harmless duplicate.
+      return reply.code(202).send({ trigger, seq: stored.seq, duplicate: stored.duplicate });
+    });
+    done();
   });
 
   const address = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8080 });

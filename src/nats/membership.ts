@@ -29,6 +29,10 @@ export interface EngineInfo {
    */
   released?: Record<number, string>;
   draining: boolean;
+  /** Triggers this engine can hold (its registry declares them). */
+  triggers?: string[];
+  /** Triggers it holds now. */
+  heldTriggers?: string[];
 }
 
 /**
@@ -214,4 +218,27 @@ export function assignShards(
     if (owner === me) out.push(s);
   }
   return out;
+}
+
+/**
+ * The engine that holds trigger `name`: among the live, non-draining engines that declare it,
+ * the one ranking highest by rendezvous hashing of trigger name and engine id. Every engine
+ * computes it alike from the same live set, so one engine holds a trigger (its consumer's pinned
+ * priority group makes sure of it while the holder changes).
+ */
+export function triggerHolder(
+  engines: { id: string; draining?: boolean; triggers?: string[] }[],
+  name: string,
+): string | undefined {
+  let best: string | undefined;
+  let bestRank = -1;
+  for (const e of engines) {
+    if (e.draining || !e.triggers?.includes(name)) continue;
+    const r = fnv1a(`trigger/${name}/${e.id}`);
+    if (r > bestRank || (r === bestRank && best !== undefined && e.id < best)) {
+      best = e.id;
+      bestRank = r;
+    }
+  }
+  return best;
 }

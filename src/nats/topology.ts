@@ -83,6 +83,15 @@ export interface TopologyNames {
   ratesBucket: string;
   /** Batches (issue 23): `<id>.meta`, `<id>.counts` and one ledger key per item, `<id>.i.<key>`. */
   batchesBucket: string;
+  /** Trigger messages that could not be applied (`<prefix>.parked.<trigger>.<seq>`). */
+  parkedStream: string;
+  /** The triggers' ledger: what each message did (`<prefix>.tledger.<trigger>.<seq>`). */
+  ledgerStream: string;
+  /** Trigger status reports of their holders (key = trigger name). */
+  triggersBucket: string;
+  /** Webhook requests accepted by `jetflow http` (`<prefix>.hook.<trigger>`). */
+  hooksStream: string;
+  hookSubject(trigger: string): string;
   queueConsumer(queue: string): string;
   shardConsumer(shard: number): string;
 }
@@ -104,6 +113,11 @@ export function topologyNames(prefix: string): TopologyNames {
     keysBucket: `${prefix}_keys`,
     ratesBucket: `${prefix}_rates`,
     batchesBucket: `${prefix}_batches`,
+    parkedStream: `${up}_PARKED`,
+    ledgerStream: `${up}_TRIGGERS`,
+    triggersBucket: `${prefix}_triggers`,
+    hooksStream: `${up}_HOOKS`,
+    hookSubject: (t) => `${prefix}.hook.${t}`,
     shardConsumer: (s) => `shard-${s}`,
   };
 }
@@ -194,7 +208,47 @@ export function topology(o: TopologyOptions): {
       priority_timeout: ms(pinTimeoutMs(o.failoverMs)),
     } satisfies Partial<ConsumerConfig>,
   }));
-  return { names, streams: [inbox, events, history, tasks], consumers };
+  const parked: Partial<StreamConfig> = {
+    name: names.parkedStream,
+    description:
+      'jetflow parked trigger messages (wf.parked.<trigger>.<seq>), kept until replayed or skipped',
+    subjects: [`${s.prefix}.parked.>`],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    allow_direct: false,
+  };
+  const ledger: Partial<StreamConfig> = {
+    name: names.ledgerStream,
+    description:
+      'jetflow trigger ledger: what each trigger message did (wf.tledger.<trigger>.<seq>)',
+    subjects: [`${s.prefix}.tledger.>`],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    max_age: ms(o.journalMaxAgeMs),
+    max_bytes: o.journalMaxBytes,
+    max_msgs_per_subject: 32,
+    discard: DiscardPolicy.Old,
+    allow_direct: true,
+  };
+  const hooks: Partial<StreamConfig> = {
+    name: names.hooksStream,
+    description: 'jetflow webhook requests accepted by jetflow http (wf.hook.<trigger>)',
+    subjects: [`${s.prefix}.hook.>`],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: o.replicas,
+    max_age: ms(o.journalMaxAgeMs),
+    duplicate_window: ms(o.duplicateWindowMs),
+    discard: DiscardPolicy.Old,
+    allow_direct: false,
+  };
+  return {
+    names,
+    streams: [inbox, events, history, tasks, parked, ledger, hooks],
+    consumers,
+  };
 }
 
 /**

@@ -96,6 +96,8 @@ export class EngineProcess {
       ackWaitMs?: number;
       failoverMs?: number;
       replicas?: number;
+      /** Module of workflow definitions (default test/fixtures/workflows.ts). */
+      workflows?: string;
     } = {},
   ) {}
 
@@ -113,7 +115,7 @@ export class EngineProcess {
       '--shards',
       String(this.opts.shards ?? TEST_SHARDS),
       '--workflows',
-      resolve(repoRoot, 'test/fixtures/workflows.ts'),
+      resolve(repoRoot, this.opts.workflows ?? 'test/fixtures/workflows.ts'),
       '--ack-wait-ms',
       String(this.opts.ackWaitMs ?? 3_000),
       '--failover-ms',

@@ -1,0 +1,111 @@
+/**
+ * Webhook triggers end to end: `jetflow http`'s `POST /hooks/{trigger}` with a real HTTP client,
+ * a real engine and nats-server. A valid signature is stored (202) and starts the workflow once;
+ * a wrong, a missing and a stale signature get 401 and store nothing; a replayed request is a
+ * duplicate; with NATS down the request gets 503, and its retry after the restart starts the
+ * workflow once.
+ */
+import { createHmac } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
+import { Client } from '../../src/client/index.js';
+import { startHttp, type HttpServer } from '../../src/http/server.js';
+import { triggerWorkflows } from '../fixtures/trigger-workflows.js';
+import type { Engine } from '../../src/host/engine.js';
+import { topologyNames } from '../../src/nats/topology.js';
+import { startedCounts, until } from '../chaos/triggers-scenario.js';
+
+const env = useServer();
+const SECRET_ENV = 'JF_TEST_HOOK_SECRET';
+const secret = 'hook-secret-1';
+const prefix = uniquePrefix();
+let engine: Engine;
+let client: Client;
+let http: HttpServer;
+
+beforeAll(async () => {
+  process.env[SECRET_ENV] = secret;
+  engine = await startEngine(env.server.url, prefix, {
+    workflows: triggerWorkflows({ JF_T_HOOK_SECRET_ENV: SECRET_ENV }),
+  });
+  client = await Client.connect(env.server.url, { prefix, timeoutMs: 2_000 });
+  http = await startHttp({ client, port: 0 });
+});
+afterAll(async () => {
+  await http?.close();
+  await client?.close();
+  await engine?.close();
+});
+
+const sign = (body: string, ts: number, key = secret) =>
+  `sha256=${createHmac('sha256', key).update(`${ts}.${body}`).digest('hex')}`;
+
+async function post(body: string, h: Record<string, string>) {
+  const r = await fetch(`${http.url}/hooks/order-hook`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...h },
+    body,
+  });
+  return { status: r.status, body: (await r.json()) as Record<string, unknown> };
+}
+
+async function stored(): Promise<number> {
+  const jsm = await jetstreamManager(env.nc);
+  return (await jsm.streams.info(topologyNames(prefix).hooksStream)).state.messages;
+}
+
+describe('webhook triggers', () => {
+  it('valid, wrong, missing, stale and replayed signatures', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const body = JSON.stringify({ orderId: 'w1' });
+    const ok = await post(body, { 'x-signature': sign(body, now), 'x-timestamp': String(now) });
+    expect(ok).toMatchObject({ status: 202, body: { trigger: 'order-hook', duplicate: false } });
+    const before = await stored();
+    expect(before).toBe(1);
+    const wrong = await post(body, {
+      'x-signature': sign(body, now, 'other'),
+      'x-timestamp': String(now),
+    });
+    expect(wrong.status).toBe(401);
+    expect(wrong.body.code).toBe('unauthorized');
+    expect((await post(body, { 'x-timestamp': String(now) })).status).toBe(401);
+    // A captured request replayed after the tolerance: refused.
+    const old = now - 1_000;
+    expect(
+      (await post(body, { 'x-signature': sign(body, old), 'x-timestamp': String(old) })).status,
+    ).toBe(401);
+    expect(await stored()).toBe(before);
+    // The same signed request again (a sender's retry): a harmless duplicate.
+    const again = await post(body, { 'x-signature': sign(body, now), 'x-timestamp': String(now) });
+    expect(again).toMatchObject({ status: 202, body: { duplicate: true } });
+    const counts = await until('w1 started', async () => {
+      const m = await startedCounts(env.nc, prefix, 'torder');
+      return m.has('w1') ? m : undefined;
+    });
+    expect(counts.get('w1')).toBe(1);
+    // Unknown trigger: 404.
+    const r = await fetch(`${http.url}/hooks/nope`, { method: 'POST', body: '{}' });
+    expect(r.status).toBe(404);
+  });
+
+  it('NATS down: 503; the retry after the restart starts the workflow once', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const body = JSON.stringify({ orderId: 'w2' });
+    const h = { 'x-signature': sign(body, now), 'x-timestamp': String(now) };
+    await env.server.kill();
+    const down = await post(body, h);
+    expect(down.status).toBe(503);
+    await env.server.restart();
+    const retry = await until('stored after the restart', async () => {
+      const r = await post(body, h);
+      return r.status === 202 ? r : undefined;
+    });
+    expect(retry.status).toBe(202);
+    const counts = await until('w2 started', async () => {
+      const m = await startedCounts(env.nc, prefix, 'torder');
+      return m.has('w2') ? m : undefined;
+    });
+    expect(counts.get('w2')).toBe(1);
+  });
+});
