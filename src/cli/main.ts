@@ -38,6 +38,7 @@ import type { AdminVerb } from '../contracts/wire.js';
 import type { WorkerFlags } from './worker-host.js';
 import type { LsOptions } from './ls.js';
 import type { BulkOptions } from './bulk.js';
+import type { VerifyFlags } from './verify.js';
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -584,6 +585,29 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
   serviceFlags(program.command('query <type> <id>'))
     .description("a workflow's status, state, context and the events it accepts now")
     .action(service((type: string, id: string, o: ServiceOptions) => queryVerb(type, id, o, io)));
+
+  serviceFlags(program.command('verify'))
+    .description(
+      'Re-run journaled steps with a new definition (no engine, nothing published); exit 1 on a divergence',
+    )
+    .requiredOption('--workflows <module>', 'the new definitions (exports `workflows`)')
+    .option('--type <type>', 'only workflows of this type')
+    .option('--version <n>', 'only workflows recorded on this version')
+    .option('--since <age>', 'only steps journaled in the last, e.g. 7d, 12h')
+    .option('--ids <a,b>', 'only these workflows (with --type)')
+    .option(
+      '--where <key=value>',
+      'only workflows whose search attribute matches (visibility; repeatable)',
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option('--sample <n>', 'at most n workflows')
+    .option('--allow <kinds>', 'not counted: state,context,status,effects,outcome')
+    .action(
+      service(async (o: VerifyFlags) => {
+        const { verifyVerb } = await import('./verify.js');
+        return verifyVerb(await loadWorkflows(o.workflows), o, io);
+      }),
+    );
 
   serviceFlags(program.command('history <type> <id>'))
     .description("a workflow's journal: step, time, event, from -> to, effects, errors")

@@ -1,0 +1,208 @@
+/**
+ * `jetflow verify`: runs of the demo's merchantPayment recorded through a real engine and worker
+ * (varied inputs, failed activities, retried attempts), then re-run from the journal with new
+ * definitions: a refactor → no divergence; a new guard → exactly the workflows whose path
+ * changes, at the step it changes; a changed activity input → an effect divergence. The CLI is
+ * run as a user runs it (exit codes, text and JSON). `VERIFY_RUNS=1000` records 1,000 runs.
+ */
+import { describe, expect, it, beforeAll, afterAll } from 'vitest';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { resolve } from 'node:path';
+import { startEngine, uniquePrefix, useServer, repoRoot } from '../harness/jetflow.js';
+import { runJetflow } from '../harness/cli.js';
+import { Client } from '../../src/client/index.js';
+import { createWorker, type Worker } from '../../src/worker/index.js';
+import { merchantPayment, type Voucher } from '../../actors/merchant-payment.js';
+import { topologyNames } from '../../src/nats/topology.js';
+import { readJournal } from '../../src/nats/journal-scan.js';
+import type { verifyJournal } from '../../src/engine/verify.js';
+import { Verifier } from '../../src/engine/verify.js';
+import { RetryableError, TerminalError } from '../../src/errors.js';
+import type { JournalEntry } from '../../src/contracts/wire.js';
+import type { Engine } from '../../src/host/engine.js';
+import { guarded, PAYMENT_LIMIT, refactored, withCurrency } from '../fixtures/merchant-variants.js';
+
+const env = useServer();
+const RUNS = Number(process.env.VERIFY_RUNS ?? 40);
+
+/** The recorded runs' inputs and what their activities do (deterministic per run). */
+const vouchersOf = (i: number): Voucher[] =>
+  Array.from({ length: i % 6 }, (_, k) => ({
+    id: `v${i}-${k}`,
+    price: ((i * 7 + k * 3) % 20) + 1,
+  }));
+const amountOf = (i: number) => vouchersOf(i).reduce((s, v) => s + v.price, 0);
+const vouchersFail = (i: number) => i % 11 === 5;
+const bankFails = (i: number) => i % 7 === 3;
+const bankRetries = (i: number) => i % 9 === 2;
+const indexOf = (merchantId: string) => Number(merchantId.slice(2));
+
+const prefix = uniquePrefix();
+let engine: Engine;
+let worker: Worker;
+/** Every journal entry of the recorded runs, in stream order. */
+const journal: JournalEntry[] = [];
+
+beforeAll(async () => {
+  engine = await startEngine(env.server.url, prefix, { workflows: [merchantPayment] });
+  const tried = new Set<number>();
+  worker = await createWorker({
+    connection: env.nc,
+    prefix,
+    queues: ['getSoldVouchers', 'calculatePayment', 'bank'],
+    concurrency: 16,
+    activities: {
+      getSoldVouchers: ({ merchantId }: { merchantId: string }) => {
+        const i = indexOf(merchantId);
+        if (vouchersFail(i)) throw new TerminalError(`no such merchant ${merchantId}`);
+        return vouchersOf(i);
+      },
+      calculatePayment: ({ vouchers }: { vouchers: Voucher[] }) =>
+        vouchers.reduce((s, v) => s + v.price, 0),
+      sendToBank: ({ merchantId }: { merchantId: string; amount: number }) => {
+        const i = indexOf(merchantId);
+        if (bankFails(i)) throw new TerminalError('account closed');
+        if (bankRetries(i) && !tried.has(i)) {
+          tried.add(i);
+          throw new RetryableError('bank busy');
+        }
+        return `ref-${i}`;
+      },
+    },
+  });
+  const client = new Client(env.nc, { prefix });
+  const ids = Array.from({ length: RUNS }, (_, i) => `m-${i}`);
+  for (let i = 0; i < RUNS; i += 100)
+    await Promise.all(
+      ids.slice(i, i + 100).map((id) => client.start('merchantPayment', id, { merchantId: id })),
+    );
+  for (const id of ids) await client.result('merchantPayment', id).catch(() => undefined);
+  const names = topologyNames(prefix);
+  // The last step's entry is published with its outbox, after the record: wait for all of them.
+  const end = Date.now() + 30_000;
+  for (;;) {
+    journal.length = 0;
+    await readJournal(
+      jetstream(env.nc),
+      await jetstreamManager(env.nc),
+      names,
+      { type: 'merchantPayment' },
+      (e) => journal.push(e),
+    );
+    const finished = journal.filter((e) => e.kind === 'step' && e.status !== 'running').length;
+    if (finished >= RUNS || Date.now() > end) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}, 600_000);
+
+afterAll(async () => {
+  await worker?.close();
+  await engine?.close();
+});
+
+const verify = (defs: Parameters<typeof verifyJournal>[0]) => {
+  const v = new Verifier(defs);
+  for (const e of journal) v.add(e);
+  return v;
+};
+
+describe('verify', () => {
+  it('journals what a step is re-run from: pending tasks, task inputs', () => {
+    const steps = journal.filter((e) => e.kind === 'step');
+    const first = steps.find((e) => e.id === 'm-0' && e.step === 0)!;
+    expect(first.tasks).toEqual({
+      getSoldVouchers: expect.objectContaining({ activity: 'getSoldVouchers' }) as unknown,
+    });
+    expect(first.effects).toContainEqual(
+      expect.objectContaining({ kind: 'task', input: { merchantId: 'm-0' } }),
+    );
+  });
+
+  it('the recording definition and a behaviour-preserving refactor: no divergence', () => {
+    const steps = journal.filter((e) => e.kind === 'step').length;
+    for (const defs of [[merchantPayment], [refactored]]) {
+      const s = verify(defs).summary();
+      expect(s.workflows).toBe(RUNS);
+      expect(s.divergedSteps).toBe(0);
+      expect(s.steps).toBe(steps);
+      expect(s.identical).toBe(steps);
+    }
+  });
+
+  it('a new guard: divergences exactly on the workflows whose path changes, at the calculation', () => {
+    const v = verify([guarded]);
+    const changes = Array.from({ length: RUNS }, (_, i) => i)
+      .filter((i) => !vouchersFail(i) && amountOf(i) > PAYMENT_LIMIT)
+      .map((i) => `m-${i}`);
+    expect(changes.length).toBeGreaterThan(0);
+    const diverged = v.results().filter((r) => r.first);
+    expect(diverged.map((r) => r.id).sort()).toEqual(changes.sort());
+    for (const r of diverged) {
+      expect(r.first!.step).toBe(2);
+      expect(r.first!.event).toBe('xstate.done.actor.calculatePayment');
+      expect(r.first!.kinds).toEqual(['state', 'status', 'context', 'effects']);
+      expect(r.first!.diff[0]).toBe('state: "sendingToBank" → "failed"');
+    }
+  });
+
+  it('a changed activity input: an effect divergence on the task, nothing else', () => {
+    const v = verify([withCurrency]);
+    const reaching = Array.from({ length: RUNS }, (_, i) => i).filter((i) => !vouchersFail(i));
+    const diverged = v.results().filter((r) => r.first);
+    expect(diverged).toHaveLength(reaching.length);
+    for (const r of diverged) {
+      expect(r.first!.step).toBe(2);
+      expect(r.first!.kinds).toEqual(['effects']);
+      const i = indexOf(r.id);
+      expect(r.first!.diff).toEqual([
+        `- task {"activity":"sendToBank","actorId":"sendToBank","input":{"amount":${amountOf(i)},"merchantId":"${r.id}"},"queue":"bank"}`,
+        `+ task {"activity":"sendToBank","actorId":"sendToBank","input":{"amount":${amountOf(i)},"currency":"EUR","merchantId":"${r.id}"},"queue":"bank"}`,
+      ]);
+    }
+    expect(verify([withCurrency]).summary().diverged).toEqual({ effects: reaching.length });
+  });
+
+  it('the CLI: exit 0 on a refactor, exit 1 with the first divergence on a changed guard', async () => {
+    const base = ['--nats-url', env.server.url, '--prefix', prefix, '--type', 'merchantPayment'];
+    const fixture = (n: string) => resolve(repoRoot, `test/fixtures/verify/${n}.ts`);
+    const ok = await runJetflow(['verify', '--workflows', fixture('refactored'), ...base]);
+    expect(ok.stderr).toBe('');
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain('verify: no divergence');
+
+    const bad = await runJetflow(['verify', '--workflows', fixture('guarded'), ...base]);
+    expect(bad.code).toBe(1);
+    const first = Array.from({ length: RUNS }, (_, i) => i).find(
+      (i) => !vouchersFail(i) && amountOf(i) > PAYMENT_LIMIT,
+    )!;
+    expect(bad.stdout).toContain(
+      `diverged  merchantPayment/m-${first} v1  step 2 (xstate.done.actor.calculatePayment): state, status, context, effects`,
+    );
+    expect(bad.stdout).toContain('state: "sendingToBank" → "failed"');
+
+    const json = await runJetflow([
+      'verify',
+      '--workflows',
+      fixture('guarded'),
+      ...base,
+      '--ids',
+      `m-${first},m-0`,
+      '--json',
+    ]);
+    expect(json.code).toBe(1);
+    const out = JSON.parse(json.stdout) as {
+      summary: { workflows: number; divergedWorkflows: number };
+    };
+    expect(out.summary).toMatchObject({ workflows: 2, divergedWorkflows: 1 });
+
+    const allowed = await runJetflow([
+      'verify',
+      '--workflows',
+      fixture('guarded'),
+      ...base,
+      '--allow',
+      'state,status,context,effects',
+    ]);
+    expect(allowed.code).toBe(0);
+  }, 60_000);
+});
