@@ -38,7 +38,7 @@ import type { AdminVerb } from '../contracts/wire.js';
 import type { WorkerFlags } from './worker-host.js';
 import type { LsOptions } from './ls.js';
 import type { BulkOptions } from './bulk.js';
-import type { VerifyFlags } from './verify.js';
+import type { TestGenFlags, VerifyFlags } from './verify.js';
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -606,6 +606,21 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       service(async (o: VerifyFlags) => {
         const { verifyVerb } = await import('./verify.js');
         return verifyVerb(await loadWorkflows(o.workflows), o, io);
+      }),
+    );
+
+  serviceFlags(program.command('test-gen <type> <id>'))
+    .description(
+      "write a vitest file from a workflow's journal: each step re-run with the definition, no server",
+    )
+    .option('--workflows <module>', 'module exporting `workflows` (default: the demo workflows)')
+    .option('--out <dir>', 'directory of the test file (default test/recorded)')
+    .option('--helper-import <spec>', 'import of the test helper (default jetflow/testing)')
+    .action(
+      service(async (type: string, id: string, o: TestGenFlags) => {
+        const { testGenVerb } = await import('./verify.js');
+        const path = o.workflows ?? DEFAULT_WORKFLOWS;
+        return testGenVerb(type, id, await loadWorkflows(path), path, o, io);
       }),
     );
 

@@ -7,6 +7,7 @@
  */
 import { describe, expect, it, beforeAll, afterAll } from 'vitest';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { startEngine, uniquePrefix, useServer, repoRoot } from '../harness/jetflow.js';
 import { runJetflow } from '../harness/cli.js';
@@ -205,4 +206,60 @@ describe('verify', () => {
     ]);
     expect(allowed.code).toBe(0);
   }, 60_000);
+
+  it('test-gen: the generated file passes on the recording definition and fails on a changed one, naming the step', async () => {
+    const i = Array.from({ length: RUNS }, (_, k) => k).find(
+      (k) => !vouchersFail(k) && amountOf(k) > PAYMENT_LIMIT && !bankFails(k),
+    )!;
+    const dir = resolve(repoRoot, `test/recorded-tmp-${prefix}`);
+    try {
+      const gen = await runJetflow([
+        'test-gen',
+        'merchantPayment',
+        `m-${i}`,
+        '--workflows',
+        resolve(repoRoot, 'actors/index.ts'),
+        '--out',
+        dir,
+        '--nats-url',
+        env.server.url,
+        '--prefix',
+        prefix,
+      ]);
+      expect(gen.stderr).toBe('');
+      expect(gen.code).toBe(0);
+      const file = resolve(dir, `merchantPayment-m-${i}.test.ts`);
+      expect(gen.stdout).toContain(
+        `merchantPayment-m-${i}.test.ts: 4 steps of merchantPayment/m-${i}`,
+      );
+      const vitest = (f: string) =>
+        runJetflow(['run', f, '--reporter', 'verbose'], {
+          command: [process.execPath, resolve(repoRoot, 'node_modules/vitest/vitest.mjs')],
+          cwd: repoRoot,
+          timeoutMs: 120_000,
+        });
+      const pass = await vitest(file);
+      expect(pass.stdout + pass.stderr).toContain('4 passed');
+      expect(pass.code).toBe(0);
+
+      // The same recording against a changed definition: the guard now fails the payment.
+      const source = readFileSync(file, 'utf8');
+      expect(source).toContain(`from "../../actors/index.ts"`);
+      const changed = resolve(dir, `changed-m-${i}.test.ts`);
+      writeFileSync(
+        changed,
+        source.replace(`"../../actors/index.ts"`, '"../fixtures/verify/guarded.ts"'),
+      );
+      const fail = await vitest(changed);
+      const out = fail.stdout + fail.stderr;
+      expect(fail.code).toBe(1);
+      expect(out).toContain('1 failed');
+      expect(out).toContain(
+        `merchantPayment/m-${i} step 2 (xstate.done.actor.calculatePayment) diverged from the recording: state, status, context, effects`,
+      );
+      expect(out).toContain('state: "sendingToBank" → "failed"');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 240_000);
 });
