@@ -39,6 +39,7 @@ import type { WorkerFlags } from './worker-host.js';
 import type { LsOptions } from './ls.js';
 import type { BulkOptions } from './bulk.js';
 import type { TestGenFlags, VerifyFlags } from './verify.js';
+import type { CheckFlags } from './check.js';
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -621,6 +622,19 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         const { testGenVerb } = await import('./verify.js');
         const path = o.workflows ?? DEFAULT_WORKFLOWS;
         return testGenVerb(type, id, await loadWorkflows(path), path, o, io);
+      }),
+    );
+
+  serviceFlags(program.command('check'))
+    .description(
+      'static check of definitions; with --against-live, states in flight the new version lacks (exit 1 on an error)',
+    )
+    .option('--workflows <module>', 'module exporting `workflows` (default: the demo workflows)')
+    .option('--against-live', 'compare with the states of running workflows (visibility counts)')
+    .action(
+      service(async (o: CheckFlags) => {
+        const { checkVerb } = await import('./check.js');
+        return checkVerb(await loadWorkflows(o.workflows), o, io);
       }),
     );
 

@@ -3,7 +3,6 @@
  * machine's own graph says before any workflow runs. Errors are definitions the engine cannot run
  * as written (a step would throw or loop); warnings are probable mistakes. No I/O.
  */
-import type { AnyStateMachine } from 'xstate';
 import { resolveActivity, CALL_OPTIONS_KEY } from './activity.js';
 import { statePaths } from './journal.js';
 import type { WorkflowDefinition } from './registry.js';
@@ -114,7 +113,7 @@ export function checkDefinition(def: WorkflowDefinition): CheckFinding[] {
   const out: CheckFinding[] = [];
   const add = (severity: CheckSeverity, code: CheckCode, state: string, message: string) =>
     out.push({ type: def.type, version: def.version, severity, code, state, message });
-  const machine = def.machine as AnyStateMachine;
+  const machine = def.machine;
   let root: Node;
   let nodes: Node[];
   try {
@@ -233,11 +232,7 @@ export function checkDefinition(def: WorkflowDefinition): CheckFinding[] {
           `state ${at}: invoked ${JSON.stringify(src)} is not in setup({ actors }): it runs as an activity of that name with default options`,
         );
       try {
-        if (
-          staticInput &&
-          typeof staticInput === 'object' &&
-          CALL_OPTIONS_KEY in (staticInput as object)
-        )
+        if (staticInput && typeof staticInput === 'object' && CALL_OPTIONS_KEY in staticInput)
           resolveActivity(machine, src, staticInput);
         else resolveActivity(machine, src, undefined);
       } catch (err) {
@@ -278,7 +273,7 @@ export function checkAgainstLive(
   counts: readonly { state: string; count: number }[],
 ): CheckFinding[] {
   const known = new Set<string>();
-  for (const n of allNodes((def.machine as AnyStateMachine).root as unknown as Node))
+  for (const n of allNodes(def.machine.root as unknown as Node))
     if (n.path.length > 0) known.add(pathOf(n));
   const out: CheckFinding[] = [];
   for (const c of counts) {

@@ -7,9 +7,12 @@
  */
 import { describe, expect, it, beforeAll, afterAll } from 'vitest';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { startEngine, uniquePrefix, useServer, repoRoot } from '../harness/jetflow.js';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { quietLogger, startEngine, uniquePrefix, useServer, repoRoot } from '../harness/jetflow.js';
+import { Visibility } from '../../src/host/visibility.js';
+import { broken } from '../fixtures/broken-workflows.js';
 import { runJetflow } from '../harness/cli.js';
 import { Client } from '../../src/client/index.js';
 import { createWorker, type Worker } from '../../src/worker/index.js';
@@ -53,7 +56,11 @@ beforeAll(async () => {
     queues: ['getSoldVouchers', 'calculatePayment', 'bank'],
     concurrency: 16,
     activities: {
-      getSoldVouchers: ({ merchantId }: { merchantId: string }) => {
+      getSoldVouchers: ({ merchantId }: { merchantId: string }, ctx) => {
+        if (merchantId.startsWith('stuck'))
+          return new Promise((_ok, no) =>
+            ctx.signal.addEventListener('abort', () => no(new Error('aborted'))),
+          );
         const i = indexOf(merchantId);
         if (vouchersFail(i)) throw new TerminalError(`no such merchant ${merchantId}`);
         return vouchersOf(i);
@@ -262,4 +269,74 @@ describe('verify', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 240_000);
+
+  it('check: the broken fixture exits 1 with each finding, the demo passes clean; --against-live names the states in flight a new version lacks; an engine refuses errors', async () => {
+    const common = ['--nats-url', env.server.url, '--prefix', prefix];
+    const bad = await runJetflow([
+      'check',
+      '--workflows',
+      resolve(repoRoot, 'test/fixtures/broken-workflows.ts'),
+      '--json',
+    ]);
+    expect(bad.code).toBe(1);
+    const found = (JSON.parse(bad.stdout) as { findings: { type: string; code: string }[] })
+      .findings;
+    expect(found.map((f) => `${f.type} ${f.code}`).sort()).toEqual(
+      broken.map((b) => `${b.def.type} ${b.expected}`).sort(),
+    );
+    const demo = await runJetflow(['check']);
+    expect(demo.code).toBe(0);
+    expect(demo.stdout.trim()).toBe('3 definitions: 0 errors, 0 warnings');
+
+    // Two workflows in flight in `gettingVouchers` (their vouchers never come).
+    const dir = mkdtempSync(join(tmpdir(), 'jf-check-'));
+    const vis = await Visibility.create({
+      servers: env.server.url,
+      prefix,
+      file: join(dir, 'v.db'),
+      logger: quietLogger,
+      progress: () => undefined,
+    });
+    try {
+      const client = new Client(env.nc, { prefix });
+      await client.start('merchantPayment', 'stuck-1', { merchantId: 'stuck-1' });
+      await client.start('merchantPayment', 'stuck-2', { merchantId: 'stuck-2' });
+      const end = Date.now() + 15_000;
+      for (;;) {
+        const c = await client.searchCounts({ type: 'merchantPayment' });
+        const row = c.byState.find((r) => r.state === 'gettingVouchers' && r.status === 'running');
+        if (row?.count === 2) break;
+        if (Date.now() > end) throw new Error('visibility did not count the stuck workflows');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const live = await runJetflow([
+        'check',
+        '--workflows',
+        resolve(repoRoot, 'test/fixtures/verify/renamed.ts'),
+        '--against-live',
+        ...common,
+      ]);
+      expect(live.code).toBe(1);
+      expect(live.stdout).toContain(
+        'merchantPayment@2  2 workflows in flight are in state gettingVouchers, which merchantPayment@2 no longer has: a migration map is required  (state-removed)',
+      );
+      const same = await runJetflow([
+        'check',
+        '--workflows',
+        resolve(repoRoot, 'test/fixtures/verify/refactored.ts'),
+        '--against-live',
+        ...common,
+      ]);
+      expect(same.code).toBe(0);
+    } finally {
+      await vis.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+
+    await expect(
+      startEngine(env.server.url, uniquePrefix(), {
+        workflows: [broken.find((b) => b.def.type === 'spinning')!.def],
+      }),
+    ).rejects.toThrow(/workflow definitions with errors .*spinning@1: .*\(eventless-loop\)/);
+  }, 120_000);
 });
