@@ -260,6 +260,8 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
   const program = new Command('jetflow')
     .description('Durable workflows as XState actors on NATS JetStream')
     .version(packageVersion())
+    // Program options only before the verb: `verify --version 2` is verify's own option.
+    .enablePositionalOptions()
     .showSuggestionAfterError()
     .addHelpText('after', EXIT_CODES)
     .configureOutput({

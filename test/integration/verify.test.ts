@@ -203,6 +203,41 @@ describe('verify', () => {
     };
     expect(out.summary).toMatchObject({ workflows: 2, divergedWorkflows: 1 });
 
+    const sampled = await runJetflow([
+      'verify',
+      '--workflows',
+      fixture('refactored'),
+      ...base,
+      '--sample',
+      '5',
+      '--since',
+      '1h',
+      '--json',
+    ]);
+    expect(sampled.code).toBe(0);
+    expect(JSON.parse(sampled.stdout)).toMatchObject({ summary: { workflows: 5 } });
+    const otherVersion = await runJetflow([
+      'verify',
+      '--workflows',
+      fixture('guarded'),
+      ...base,
+      '--version',
+      '2',
+      '--json',
+    ]);
+    expect(otherVersion.code).toBe(0);
+    expect(JSON.parse(otherVersion.stdout)).toMatchObject({ summary: { workflows: 0 } });
+    const usage = await runJetflow([
+      'verify',
+      '--workflows',
+      fixture('guarded'),
+      ...base,
+      '--allow',
+      'nope',
+    ]);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toContain('--allow: unknown kind "nope"');
+
     const allowed = await runJetflow([
       'verify',
       '--workflows',
