@@ -40,6 +40,7 @@ import type { LsOptions } from './ls.js';
 import type { BulkOptions } from './bulk.js';
 import type { TestGenFlags, VerifyFlags } from './verify.js';
 import type { CheckFlags } from './check.js';
+import type { MigrateFlags } from './migrate.js';
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -637,6 +638,24 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       service(async (o: CheckFlags) => {
         const { checkVerb } = await import('./check.js');
         return checkVerb(await loadWorkflows(o.workflows), o, io);
+      }),
+    );
+
+  serviceFlags(program.command('migrate <type>'))
+    .description(
+      'dry run of a migration of the workflows in flight to --to <version> (writes nothing; --apply is not built yet)',
+    )
+    .requiredOption('--to <version>', 'the new version (in --workflows)')
+    .option('--from <version>', 'only workflows on this version')
+    .option('--workflows <module>', 'module exporting `workflows` (default: the demo workflows)')
+    .option('--map <module>', 'exports `states` (old path → new path) and/or `context(ctx)`')
+    .option('--dry-run', 'print what would change, write nothing')
+    .option('--apply', 'not built yet')
+    .option('--revert <job>', 'not built yet')
+    .action(
+      service(async (type: string, o: MigrateFlags) => {
+        const { migrateVerb } = await import('./migrate.js');
+        return migrateVerb(type, await loadWorkflows(o.workflows), o, io);
       }),
     );
 

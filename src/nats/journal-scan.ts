@@ -5,7 +5,8 @@
  */
 import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { unpack } from '../contracts/codec.js';
-import type { JournalEntry } from '../contracts/wire.js';
+import type { JournalEntry, WorkflowRecord } from '../contracts/wire.js';
+import { scanRecords } from './visibility.js';
 import { topologyNames, type TopologyNames } from './topology.js';
 import { connectNats, toJetflowError } from './connection.js';
 
@@ -99,6 +100,23 @@ export async function scanJournal(
   const { nc, js, jsm } = await connectNats(servers, 'jetflow-journal-scan');
   try {
     return await readJournal(js, jsm, topologyNames(prefix), sel, onEntry);
+  } finally {
+    await nc.close();
+  }
+}
+
+/** Connect, hand every workflow record of prefix `prefix` to `onRecord` (reads only), close. */
+export async function scanWorkflowRecords(
+  servers: readonly string[],
+  prefix: string,
+  onRecord: (record: WorkflowRecord) => void,
+): Promise<{ scanned: number }> {
+  const { nc, js, jsm } = await connectNats(servers, 'jetflow-record-scan');
+  try {
+    const r = await scanRecords(js, jsm, topologyNames(prefix), (batch) => {
+      for (const rec of batch) onRecord(rec);
+    });
+    return { scanned: r.scanned };
   } finally {
     await nc.close();
   }

@@ -7,6 +7,7 @@
  */
 import { describe, expect, it, beforeAll, afterAll } from 'vitest';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -363,6 +364,48 @@ describe('verify', () => {
         ...common,
       ]);
       expect(same.code).toBe(0);
+
+      // migrate --dry-run: what a v1 → v2 rename would do to them; every record unchanged.
+      const kv = await new Kvm(env.nc).open(topologyNames(prefix).bucket);
+      const revisions = async () =>
+        Promise.all(
+          ['stuck-1', 'stuck-2'].map(
+            async (id) => (await kv.get(`merchantPayment.${id}`))?.revision,
+          ),
+        );
+      const before = await revisions();
+      const migrate = (extra: string[]) =>
+        runJetflow([
+          'migrate',
+          'merchantPayment',
+          '--to',
+          '2',
+          '--workflows',
+          resolve(repoRoot, 'test/fixtures/verify/renamed.ts'),
+          '--dry-run',
+          ...common,
+          ...extra,
+        ]);
+      const blocked = await migrate([]);
+      expect(blocked.code).toBe(1);
+      expect(blocked.stdout).toContain(
+        'blocked  merchantPayment/stuck-1 v1 → v2: state gettingVouchers does not exist in merchantPayment@2',
+      );
+      const mapped = await migrate([
+        '--map',
+        resolve(repoRoot, 'test/fixtures/verify/rename-map.ts'),
+      ]);
+      expect(mapped.code).toBe(0);
+      expect(mapped.stdout).toContain(
+        'ok       merchantPayment/stuck-2 v1 → v2: gettingVouchers → fetchingVouchers',
+      );
+      expect(mapped.stdout).toContain(
+        'dry run (nothing written): 2 workflows in flight, 2 migratable (2 with renamed states, 0 with a new context), 0 blocked',
+      );
+      expect(await revisions()).toEqual(before);
+      expect(before.every((r) => typeof r === 'number')).toBe(true);
+      const apply = await migrate(['--apply']);
+      expect(apply.code).toBe(2);
     } finally {
       await vis.close();
       rmSync(dir, { recursive: true, force: true });
