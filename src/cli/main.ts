@@ -42,6 +42,9 @@ import type { LsOptions } from './ls.js';
 import type { BulkOptions } from './bulk.js';
 import type { BatchCreateFlags, BatchVerbFlags } from './batch.js';
 import type { TriggersOptions } from './triggers.js';
+import type { TestGenFlags, VerifyFlags } from './verify.js';
+import type { CheckFlags } from './check.js';
+import type { MigrateFlags } from './migrate.js';
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -268,6 +271,8 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
   const program = new Command('jetflow')
     .description('Durable workflows as XState actors on NATS JetStream')
     .version(packageVersion())
+    // Program options only before the verb: `verify --version 2` is verify's own option.
+    .enablePositionalOptions()
     .showSuggestionAfterError()
     .addHelpText('after', EXIT_CODES)
     .configureOutput({
@@ -633,6 +638,75 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'why a workflow has not moved on: the stage that holds it (pause, concurrency key, review, dispatch, backoff, attempt, child, timer, event) and all it awaits',
     )
     .action(service((type: string, id: string, o: ServiceOptions) => whyVerb(type, id, o, io)));
+
+  serviceFlags(program.command('verify'))
+    .description(
+      'Re-run journaled steps with a new definition (no engine, nothing published); exit 1 on a divergence',
+    )
+    .requiredOption('--workflows <module>', 'the new definitions (exports `workflows`)')
+    .option('--type <type>', 'only workflows of this type')
+    .option('--version <n>', 'only workflows recorded on this version')
+    .option('--since <age>', 'only steps journaled in the last, e.g. 7d, 12h')
+    .option('--ids <a,b>', 'only these workflows (with --type)')
+    .option(
+      '--where <key=value>',
+      'only workflows whose search attribute matches (visibility; repeatable)',
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option('--sample <n>', 'at most n workflows')
+    .option('--allow <kinds>', 'not counted: state,context,status,effects,outcome')
+    .action(
+      service(async (o: VerifyFlags) => {
+        const { verifyVerb } = await import('./verify.js');
+        return verifyVerb(await loadWorkflows(o.workflows), o, io);
+      }),
+    );
+
+  serviceFlags(program.command('test-gen <type> <id>'))
+    .description(
+      "write a vitest file from a workflow's journal: each step re-run with the definition, no server",
+    )
+    .option('--workflows <module>', 'module exporting `workflows` (default: the demo workflows)')
+    .option('--out <dir>', 'directory of the test file (default test/recorded)')
+    .option('--helper-import <spec>', 'import of the test helper (default jetflow/testing)')
+    .action(
+      service(async (type: string, id: string, o: TestGenFlags) => {
+        const { testGenVerb } = await import('./verify.js');
+        const path = o.workflows ?? DEFAULT_WORKFLOWS;
+        return testGenVerb(type, id, await loadWorkflows(path), path, o, io);
+      }),
+    );
+
+  serviceFlags(program.command('check'))
+    .description(
+      'static check of definitions; with --against-live, states in flight the new version lacks (exit 1 on an error)',
+    )
+    .option('--workflows <module>', 'module exporting `workflows` (default: the demo workflows)')
+    .option('--against-live', 'compare with the states of running workflows (visibility counts)')
+    .action(
+      service(async (o: CheckFlags) => {
+        const { checkVerb } = await import('./check.js');
+        return checkVerb(await loadWorkflows(o.workflows), o, io);
+      }),
+    );
+
+  serviceFlags(program.command('migrate <type>'))
+    .description(
+      'dry run of a migration of the workflows in flight to --to <version> (writes nothing; --apply is not built yet)',
+    )
+    .requiredOption('--to <version>', 'the new version (in --workflows)')
+    .option('--from <version>', 'only workflows on this version')
+    .option('--workflows <module>', 'module exporting `workflows` (default: the demo workflows)')
+    .option('--map <module>', 'exports `states` (old path → new path) and/or `context(ctx)`')
+    .option('--dry-run', 'print what would change, write nothing')
+    .option('--apply', 'not built yet')
+    .option('--revert <job>', 'not built yet')
+    .action(
+      service(async (type: string, o: MigrateFlags) => {
+        const { migrateVerb } = await import('./migrate.js');
+        return migrateVerb(type, await loadWorkflows(o.workflows), o, io);
+      }),
+    );
 
   serviceFlags(program.command('history <type> <id>'))
     .description("a workflow's journal: step, time, event, from -> to, effects, errors")

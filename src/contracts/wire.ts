@@ -287,6 +287,10 @@ export type Effect =
       emitted?: Record<string, unknown>[];
       /** The trigger message that caused the step. */
       trigger?: TriggerOrigin;
+      /** For `cause: 'timer'`: the timer that fired. */
+      timerId?: string;
+      /** For a cross-workflow send: its sender (delivered to the machine as `$from`). */
+      sender?: SendOrigin;
     };
 
 /** A debounce window as the journal tells it. */
@@ -882,7 +886,17 @@ export interface JournalState {
 
 /** One effect a step issued, as the journal lists it. */
 export type JournalEffect =
-  | { kind: 'task'; actorId: string; taskId: string; activity: string; queue: string }
+  | {
+      kind: 'task';
+      actorId: string;
+      taskId: string;
+      activity: string;
+      queue: string;
+      /** The task's input (absent when cut: then `inputTruncated`; absent in older entries). */
+      input?: unknown;
+      /** Set when the input was cut: its encoded size in bytes. */
+      inputTruncated?: { bytes: number };
+    }
   | { kind: 'stopTask'; actorId: string; taskId: string }
   | { kind: 'timer'; timerId: string; dueAt: number; event: string }
   | { kind: 'cancelTimer'; timerId: string }
@@ -890,7 +904,14 @@ export type JournalEffect =
   /** An alert published on `wf.alerts.<queue>.<type>.<id>`. */
   | { kind: 'alert'; queue: string; type: string }
   /** A message to another workflow (links, children): its subject and event type. */
-  | { kind: 'message'; subject: string; event?: string };
+  | {
+      kind: 'message';
+      subject: string;
+      event?: string;
+      /** The message body (absent when cut: then `bodyTruncated`; absent in older entries). */
+      body?: unknown;
+      bodyTruncated?: { bytes: number };
+    };
 
 interface JournalBase {
   v: typeof WIRE_VERSION;
@@ -966,7 +987,16 @@ export type JournalEntry =
        * Pending timers after the step (timer id → due time and event), so that a reset to this
        * step can re-arm them with the time they had left.
        */
-      timers?: Record<string, { dueAt: number; event: unknown }>;
+      timers?: Record<string, { dueAt: number; event: unknown; setAt?: number }>;
+      /**
+       * Activities, child workflows and watches pending after the step (actor id → task), as in
+       * the record: with the snapshot, the state a step can be re-run from (`jetflow verify`).
+       */
+      tasks?: Record<string, TaskRef>;
+      /** For `cause: 'timer'`: the timer that fired. */
+      timerId?: string;
+      /** For a cross-workflow send: its sender (the machine saw it as `$from`). */
+      sender?: SendOrigin;
       event: JournalEvent;
       /** State before (absent for the start). */
       from?: JournalState;

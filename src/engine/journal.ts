@@ -80,8 +80,32 @@ export function searchAttributes(
   return out;
 }
 
-/** How the journal lists an outbox effect (without payloads). */
-export function journalEffect(e: Effect): JournalEffect | undefined {
+/** `value` under `key`, or its size under `<key>Truncated` when over `maxBytes` encoded. */
+function cut<K extends string>(
+  key: K,
+  value: unknown,
+  maxBytes: number,
+): Partial<Record<K, unknown>> & Partial<Record<`${K}Truncated`, { bytes: number }>> {
+  if (value === undefined) return {};
+  let bytes: number;
+  try {
+    bytes = pack(value).length;
+  } catch {
+    bytes = -1;
+  }
+  return (
+    bytes >= 0 && bytes <= maxBytes ? { [key]: value } : { [`${key}Truncated`]: { bytes } }
+  ) as Partial<Record<K, unknown>> & Partial<Record<`${K}Truncated`, { bytes: number }>>;
+}
+
+/**
+ * How the journal lists an outbox effect: a task with its input and a message with its body
+ * (each cut over `maxBytes` encoded, like event payloads), the rest without payloads.
+ */
+export function journalEffect(
+  e: Effect,
+  maxBytes: number = JOURNAL_PAYLOAD_MAX_BYTES,
+): JournalEffect | undefined {
   switch (e.kind) {
     case 'task':
       return {
@@ -90,6 +114,7 @@ export function journalEffect(e: Effect): JournalEffect | undefined {
         taskId: e.task.taskId,
         activity: e.task.activity,
         queue: e.task.queue,
+        ...cut('input', e.task.input, maxBytes),
       };
     case 'stopTask':
       return { kind: 'stopTask', actorId: e.actorId, taskId: e.taskId };
@@ -115,6 +140,7 @@ export function journalEffect(e: Effect): JournalEffect | undefined {
         kind: 'message',
         subject: `inbox.${e.inbox}.${e.to.type}.${e.to.id}`,
         ...(typeof ev?.type === 'string' ? { event: ev.type } : {}),
+        ...cut('body', e.body, maxBytes),
       };
     }
     default:
@@ -137,11 +163,12 @@ export function stepEntry(
   engine: string,
 ): JournalEntry {
   const value = (record.snapshot as { value?: unknown } | undefined)?.value;
-  const timers: Record<string, { dueAt: number; event: unknown }> = {};
-  for (const timerId of Object.keys(record.timers)) {
+  const timers: Record<string, { dueAt: number; event: unknown; setAt: number }> = {};
+  for (const [timerId, setAt] of Object.entries(record.timers)) {
     const dueAt = record.timerDue?.[timerId];
     // A timer set before `timerDue` existed has no known due time: it cannot be re-armed.
-    if (dueAt !== undefined) timers[timerId] = { dueAt, event: record.timerEvents?.[timerId] };
+    if (dueAt !== undefined)
+      timers[timerId] = { dueAt, event: record.timerEvents?.[timerId], setAt };
   }
   const effects: JournalEffect[] = [];
   for (const e of record.outbox) {
@@ -176,6 +203,9 @@ export function stepEntry(
     needsReview: Object.values(record.tasks).some((t) => t.parked !== undefined),
     ...(record.paused ? { paused: true } : {}),
     ...(Object.keys(timers).length > 0 ? { timers } : {}),
+    ...(Object.keys(record.tasks).length > 0 ? { tasks: record.tasks } : {}),
+    ...(effect.timerId !== undefined ? { timerId: effect.timerId } : {}),
+    ...(effect.sender ? { sender: effect.sender } : {}),
     ...(record.attributes ? { attributes: record.attributes } : {}),
     ...(effect.activity ? { activity: effect.activity } : {}),
     ...(record.admission && (effect.cause === 'start' || effect.cause === 'admit')

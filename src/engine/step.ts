@@ -1929,8 +1929,10 @@ export function decide(
             ? 'result'
             : message.kind,
       seq,
-      event: journalEvent(event.type, eventPayload(event), ctx.journal.payloadMaxBytes),
+      event: journalEvent(event.type, eventPayload(plain), ctx.journal.payloadMaxBytes),
       from: journalState(snapshot.value),
+      ...(message.kind === 'timer' ? { timerId: message.timerId } : {}),
+      ...(from ? { sender: from } : {}),
       ...(message.kind === 'progress'
         ? {
             activity: {

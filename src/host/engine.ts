@@ -6,6 +6,8 @@
  * acknowledged to a requester and applies no transition twice; effects are re-performed with the
  * same msg ids (JetStream drops the duplicates within the dedup window).
  */
+import { ConfigError } from '../errors.js';
+import { checkDefinitions } from '../engine/check.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { compileEngineConfig, type EngineConfig, type EngineOptions } from '../config.js';
@@ -84,6 +86,22 @@ export class Engine implements AsyncDisposable {
   static async create(options: EngineOptions, deps: EngineDeps): Promise<Engine> {
     const config = compileEngineConfig(options);
     const logger = deps.logger ?? createLogger(config.name, config.logLevel);
+    // The static check of the definitions (`jetflow check`): errors refuse to start, warnings
+    // are logged.
+    const findings = checkDefinitions(
+      deps.registry.list().map((k) => {
+        const at = k.lastIndexOf('@');
+        return deps.registry.get(k.slice(0, at), Number(k.slice(at + 1)));
+      }),
+    );
+    for (const f of findings)
+      if (f.severity === 'warning')
+        logger.warn({ check: f }, `definition check: ${f.type}@${f.version}: ${f.message}`);
+    const errors = findings.filter((f) => f.severity === 'error');
+    if (errors.length > 0)
+      throw new ConfigError(
+        `workflow definitions with errors (see \`jetflow check\`): ${errors.map((f) => `${f.type}@${f.version}: ${f.message} (${f.code})`).join('; ')}`,
+      );
     const clock = deps.clock ?? { now: () => Date.now() };
     const { nc, js, jsm } = await connectNats(config.servers, config.name);
     const connection = trackConnection(nc);
