@@ -1181,8 +1181,8 @@ function deferredStep(
       delete rec.admission.input;
       const reason = msg.reason;
       const action = msg.kind === 'admin' ? `jetflow.${msg.verb}` : 'jetflow.cancel';
-      if (rec.batch) rec.outbox.push(batchItemEffect(rec));
-      rec.outbox.push(...keyReleaseOf(rec), {
+      // Its parent, its watchers and its batch learn of the end, as for any workflow's end.
+      rec.outbox.push(...endEffects(rec, reason), ...keyReleaseOf(rec), {
         kind: 'notify',
         notification: {
           type: 'canceled',

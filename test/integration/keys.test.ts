@@ -310,4 +310,28 @@ describe('concurrency keys', () => {
     expect(sk.code).toBe(0);
     await client.signal('keyq', 'c1', { type: 'FINISH' });
   });
+
+  it('a child deferred on its key, then canceled or skipped, tells its parent (which does not wait forever)', async () => {
+    const { client, statusIs } = await setup();
+    await client.start('keyq', 'holder', { key: 'pk' });
+    await statusIs('keyq', 'holder', 'running');
+    for (const [parent, child, how] of [
+      ['p1', 'c1', 'cancel'],
+      ['p2', 'c2', 'skip'],
+    ] as const) {
+      await client.start('xkeyparent', parent, {});
+      await client.signal('xkeyparent', parent, { type: 'START', childId: child, key: 'pk' });
+      await until(`${child} deferred`, async () => {
+        const q = await client.query('keyq', child).catch(() => undefined);
+        return q?.status === 'deferred' ? true : undefined;
+      });
+      if (how === 'cancel') await client.cancel('keyq', child, 'not needed');
+      else await client.admin('skip', 'keyq', child, { ...who, requestId: `skip-${child}` });
+      const out = await client.result<{ error: { code?: string } | null }>('xkeyparent', parent, {
+        timeoutMs: 15_000,
+      });
+      expect(out.error).not.toBeNull();
+    }
+    await client.signal('keyq', 'holder', { type: 'FINISH' });
+  });
 });
