@@ -288,8 +288,11 @@ export class ShardManager {
         await h.stop(this.releaseGraceMs);
         // Our last pull requests stay registered at the server until they expire; were the
         // shard unpinned now, the server could pin one of them and deliver to a subscription
-        // that is gone (the message would wait for AckWait). Let them expire first.
-        await new Promise((r) => setTimeout(r, this.expiresMs + 250));
+        // that is gone (the message would wait for AckWait). Let them expire first — unless
+        // this engine is stopping with no other live engine to take the shard over: then no
+        // one unpins it before our connection is drained and its requests die with it.
+        if (!this.stopped || this.othersLive())
+          await new Promise((r) => setTimeout(r, this.expiresMs + 250));
       } finally {
         if (pin) this.released.set(shard, { pin, at: Date.now() });
         this.held.delete(shard);
@@ -319,6 +322,11 @@ export class ShardManager {
     this.view?.stop();
   }
 
+  /** Whether another live engine, not itself draining, could take our shards over. */
+  private othersLive(): boolean {
+    return this.members().some((m) => m.live && !m.draining && m.id !== this.id);
+  }
+
   /**
    * Before leaving the membership, wait (at most `failoverMs / 2`) until the server no longer
    * pins our former pins, when another engine is there to take them over: our entry, which
@@ -327,8 +335,7 @@ export class ShardManager {
   private async awaitHandOver(): Promise<void> {
     const mine = new Set([...this.released.values()].map((r) => r.pin));
     if (mine.size === 0) return;
-    const others = this.members().filter((m) => m.live && !m.draining && m.id !== this.id);
-    if (others.length === 0) return;
+    if (!this.othersLive()) return;
     const deadline = Date.now() + this.o.failoverMs / 2;
     while (Date.now() < deadline) {
       const pins = await serverPins(this.o.jsm, this.o.names);
