@@ -2,6 +2,8 @@
  * Every stream, consumer and bucket jetflow uses, declared in one table, and the code that
  * creates or verifies them.
  */
+// Every role loads this table: the request shim (a per-request cost of nats.js) comes with it.
+import './request-shim.js';
 import {
   AckPolicy,
   DeliverPolicy,
