@@ -428,16 +428,26 @@ export class Worker implements AsyncDisposable {
           max_messages: limiter ? 1 : limit - mine.size,
           expires: 1000,
         });
-        for await (const m of batch) {
-          const p = this.handle(queue, m).catch((err: unknown) =>
-            this.logger.error({ err, queue }, 'task handler failed'),
-          );
-          mine.add(p);
-          this.inflight.add(p);
-          void p.finally(() => {
-            mine.delete(p);
-            this.inflight.delete(p);
-          });
+        // close() ends the pull at once rather than after `expires`: the messages already
+        // received are still handled, and the server drops a pull request whose subscription
+        // is gone, so it delivers nothing more to it.
+        const end = () => batch.stop();
+        this.stop.signal.addEventListener('abort', end, { once: true });
+        if (this.stop.signal.aborted) end();
+        try {
+          for await (const m of batch) {
+            const p = this.handle(queue, m).catch((err: unknown) =>
+              this.logger.error({ err, queue }, 'task handler failed'),
+            );
+            mine.add(p);
+            this.inflight.add(p);
+            void p.finally(() => {
+              mine.delete(p);
+              this.inflight.delete(p);
+            });
+          }
+        } finally {
+          this.stop.signal.removeEventListener('abort', end);
         }
       } catch (err) {
         if (this.stop.signal.aborted) break;
