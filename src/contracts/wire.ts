@@ -36,6 +36,11 @@ export const Header = {
    */
   RateSlot: 'Jf-Rate-Slot',
   /**
+   * On a task postponed because its activity's concurrency key had no free slot: the epoch ms it
+   * first found the key full (kept across postponements, for `jetflow why`).
+   */
+  SlotWait: 'Jf-Slot-Wait',
+  /**
    * W3C Trace Context (optional, on start, signal and cancel requests): carried through the
    * inbox into the step's span, onto the tasks the step publishes, into the worker's attempt
    * span and back on the result, so one causal chain is one trace.
@@ -796,6 +801,11 @@ export interface TaskMessage {
    * `limit` attempts of (activity, key) start in any `periodMs` (see `ActivityOptions.rateLimit`).
    */
   rateLimit?: { key: string; limit: number; periodMs: number };
+  /**
+   * The activity's global concurrency limit, its key computed by the engine from the input: at
+   * most `limit` attempts of (activity, key) run at once (see `ActivityOptions.concurrency`).
+   */
+  concurrency?: { key: string; limit: number };
   /** Where the worker publishes the result (JetStream): `wf.inbox.result.<type>.<id>`. */
   resultSubject: string;
   scheduledAt: number;

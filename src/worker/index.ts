@@ -32,6 +32,7 @@
  *   neither runs without its entry nor fails because of the ledger. A forced release gives the
  *   entry back (delete at its revision) before it hands the task back with the same number.
  */
+import { setMaxListeners } from 'node:events';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { headers, nuid } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JsMsg, type JetStreamClient } from '@nats-io/jetstream';
@@ -66,13 +67,19 @@ import {
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { attemptKey, openAttemptLedger, type AttemptLedger } from '../nats/attempts.js';
 import { openRateLimiter, type RateLimiter as GlobalRateLimiter } from '../nats/rates.js';
+import { openSlots, type Slots } from '../nats/slots.js';
 
 /** A rate-limit slot less than this far ahead is waited for in place, not postponed. */
 const RATE_WAIT_IN_PLACE_MS = 1_000;
+/** A task whose concurrency key is full waits this long in place before it is postponed. */
+const SLOT_WAIT_IN_PLACE_MS = 1_000;
+/** A task postponed for its concurrency key comes back after this (plus up to half of it). */
+const SLOT_POSTPONE_MS = 1_000;
 import {
   DEFAULT_QUEUE_SETTINGS,
   ensureQueueConsumer,
   fireRetryNow,
+  postponeForSlot,
   postponeTask,
   releaseTask,
   scheduleRetry,
@@ -189,6 +196,8 @@ export interface WorkerStats {
   duplicates: number;
   /** Tasks postponed to a later slot by their activity's rate limit (no attempt used). */
   postponed: number;
+  /** Tasks postponed because their activity's concurrency key had no free slot (no attempt used). */
+  slotWaits: number;
 }
 
 const silent: Logger = {
@@ -213,6 +222,11 @@ const RETRY_SCHEDULE_SLACK_MS = 1_000;
 /** How often a worker re-reads its queues' consumer settings (AckWait for lease renewal). */
 const SETTINGS_REFRESH_MS = 5_000;
 
+/** A concurrency slot this worker holds for an attempt. */
+interface SlotHold {
+  release(): Promise<void>;
+}
+
 /** How one attempt ended. */
 type Outcome =
   | { kind: 'ok'; output: unknown }
@@ -229,6 +243,12 @@ type Take =
   | { kind: 'repeated' }
   | { kind: 'canceled' }
   | { kind: 'forced' };
+
+/** Every task waiting (for a ledger write, a rate slot, a concurrency slot) listens on it. */
+function withoutListenerCap(ac: AbortController): AbortController {
+  setMaxListeners(0, ac.signal);
+  return ac;
+}
 
 /** Resolves after `ms`, or at once when `signal` aborts. */
 function pause(ms: number, signal: AbortSignal): Promise<void> {
@@ -282,15 +302,17 @@ export class Worker implements AsyncDisposable {
     canceled: 0,
     duplicates: 0,
     postponed: 0,
+    slotWaits: 0,
   };
   /** The rate limits' bucket, opened at the first rate-limited task. */
   private rates: Promise<GlobalRateLimiter> | undefined;
+  private slots: Promise<Slots> | undefined;
   /** This worker instance in the attempt ledger's entries. */
   private readonly id = nuid.next();
   /** Aborted by `close()`: stop fetching. */
   private readonly stop = new AbortController();
   /** Aborted when the shutdown grace has passed: abort attempts, give up result publishes. */
-  private readonly forced = new AbortController();
+  private readonly forced = withoutListenerCap(new AbortController());
   private readonly running = new Map<string, AbortController>();
   private readonly canceled = new LRUCache<string, true>({ max: 10_000 });
   private readonly inflight = new Set<Promise<void>>();
@@ -584,6 +606,7 @@ export class Worker implements AsyncDisposable {
       );
     };
     renew();
+    let slot: SlotHold | undefined;
     try {
       const took = await this.takeAttempt(task, m, attempt, log);
       switch (took.kind) {
@@ -619,6 +642,12 @@ export class Worker implements AsyncDisposable {
         const gate = await this.rateGate(task, m, attempt, log, took.revision);
         if (gate === 'postponed') return;
         rateSlot = gate;
+      }
+      // Then the concurrency key: a slot held until the attempt is settled.
+      if (task.concurrency) {
+        const gate = await this.slotGate(queue, task, m, attempt, log, took.revision);
+        if (gate === 'postponed') return;
+        slot = gate;
       }
       const attemptAndSettle = async (): Promise<AttemptOutcome | undefined> => {
         beat.last = Date.now();
@@ -658,7 +687,143 @@ export class Worker implements AsyncDisposable {
       );
     } finally {
       clearTimeout(lease);
+      await slot?.release();
     }
+  }
+
+  /**
+   * The activity's concurrency key, once the attempt is taken: take a slot of `(activity, key)`
+   * (a compare-and-set on its record in the slots bucket). All held: wait in place (keeping the
+   * lease) for up to a second, retrying, then give the attempt back, postpone the task as a
+   * scheduled message and ack this delivery. Resolves the slot held (renewed while the attempt
+   * runs, released by its caller), or `postponed` when the task left this worker.
+   */
+  private async slotGate(
+    queue: string,
+    task: TaskMessage,
+    m: JsMsg,
+    attempt: number,
+    log: Record<string, unknown>,
+    revision: number,
+  ): Promise<SlotHold | 'postponed'> {
+    const spec = task.concurrency!;
+    const id = `${task.taskId}#${attempt}`;
+    // The lease is the queue's AckWait: a dead worker's slot frees when its task is redelivered.
+    const leaseMs = () => (this.settings.get(queue) ?? DEFAULT_QUEUE_SETTINGS).ackWaitMs;
+    const header = Number(m.headers?.get(Header.SlotWait) || NaN);
+    const since = Number.isSafeInteger(header) ? header : Date.now();
+    let deadline = Date.now() + SLOT_WAIT_IN_PLACE_MS;
+    for (let i = 0; ; i++) {
+      let granted = false;
+      try {
+        const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
+        granted = (await slots.take(task.activity, spec, id, this.id, leaseMs())).granted;
+      } catch (err) {
+        this.slots = undefined;
+        this.logger.warn({ ...log, err }, 'concurrency slots not readable; retrying');
+      }
+      if (granted) return this.holdSlot(task, spec, id, leaseMs, log);
+      if (this.forced.signal.aborted) return { release: () => Promise.resolve() };
+      if (this.canceled.has(task.taskId)) {
+        this.stats.canceled++;
+        m.term('canceled');
+        return 'postponed';
+      }
+      if (Date.now() < deadline) {
+        await pause(Math.min(250, 25 * 2 ** Math.min(i, 4)), this.forced.signal);
+        continue;
+      }
+      // Postponed: the attempt is given back first (the postponed copy takes it again). When
+      // it cannot be, the postponed copy could not take it: go on waiting in place.
+      try {
+        await this.ledger.giveBack(attemptKey(task, attempt), revision);
+      } catch (err) {
+        this.logger.warn({ ...log, err }, 'attempt not given back; waiting for a slot in place');
+        deadline = Date.now() + SLOT_WAIT_IN_PLACE_MS;
+        continue;
+      }
+      const fireAt = Date.now() + SLOT_POSTPONE_MS + Math.floor(Math.random() * SLOT_POSTPONE_MS);
+      try {
+        await postponeForSlot(
+          this.js,
+          this.names,
+          task,
+          m.data.slice(),
+          attempt,
+          fireAt,
+          since,
+          traceOf(m),
+        );
+      } catch (err) {
+        this.logger.warn({ ...log, err }, 'task waiting for a slot not postponed; nak');
+        m.nak(SLOT_POSTPONE_MS);
+        return 'postponed';
+      }
+      this.stats.slotWaits++;
+      this.logger.debug(
+        { ...log, key: spec.key, limit: spec.limit },
+        'postponed: its concurrency key has no free slot',
+      );
+      m.ack();
+      return 'postponed';
+    }
+  }
+
+  /** Renew a slot's lease every third of it until released; the release is retried briefly. */
+  private holdSlot(
+    task: TaskMessage,
+    spec: { key: string; limit: number },
+    id: string,
+    leaseMs: () => number,
+    log: Record<string, unknown>,
+  ): SlotHold {
+    const at = Date.now();
+    let timer: NodeJS.Timeout | undefined;
+    let renewing: Promise<void> | undefined;
+    const renew = () => {
+      timer = setTimeout(
+        () => {
+          renewing = (async () => {
+            try {
+              const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
+              const r = await slots.renew(task.activity, spec, id, this.id, leaseMs(), at);
+              if (r.lost)
+                this.logger.warn(
+                  { ...log, key: spec.key },
+                  'concurrency slot lease had ended (server not reached in time); taken again',
+                );
+            } catch (err) {
+              this.logger.debug({ ...log, err }, 'concurrency slot lease not renewed');
+            }
+          })().finally(() => {
+            renewing = undefined;
+            if (timer !== undefined) renew();
+          });
+        },
+        Math.max(100, Math.floor(leaseMs() / 3)),
+      );
+    };
+    renew();
+    return {
+      release: async () => {
+        clearTimeout(timer);
+        timer = undefined;
+        // A renewal under way would put the holder back after the release.
+        await renewing;
+        for (let i = 0; i < 5; i++) {
+          try {
+            const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
+            await slots.release(task.activity, spec, id);
+            return;
+          } catch (err) {
+            this.slots = undefined;
+            this.logger.warn({ ...log, err }, 'concurrency slot not released; retrying');
+            await new Promise((r) => setTimeout(r, 100 * 2 ** i));
+          }
+        }
+        this.logger.warn(log, 'concurrency slot not released: it frees when its lease ends');
+      },
+    };
   }
 
   /**
