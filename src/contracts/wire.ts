@@ -1052,6 +1052,29 @@ export type JournalEntry =
       timerId?: string;
     })
   | (JournalBase & {
+      /**
+       * A worker held or deferred an activity task at a stage of the admission pipeline (its
+       * rate limit or its concurrency key), written by the worker once per wait (`engine` is
+       * `worker <id>`; `step` the step that scheduled the task). Msg id
+       * `<taskId>.adm.<stage>.<outcome>.<attempt>.<since>`. `version` is 0 (a worker does not
+       * know the workflow's version).
+       */
+      kind: 'admission';
+      stage: 'rate-limit' | 'concurrency-key';
+      /** `held`: waits on its worker; `deferred`: postponed as a scheduled message. */
+      outcome: 'held' | 'deferred';
+      actorId: string;
+      taskId: string;
+      activity: string;
+      attempt: number;
+      /** The rate limit's or concurrency key's key. */
+      key: string;
+      /** Epoch ms the task comes back (deferred) or its rate slot. */
+      until?: number;
+      /** One line for a person. */
+      what: string;
+    })
+  | (JournalBase & {
       kind: 'operator';
       /** The operator action (e.g. `pause`, `resume`, `retry`, `resolve`) and its parameters. */
       action: string;

@@ -38,11 +38,13 @@ import { headers, nuid } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JsMsg, type JetStreamClient } from '@nats-io/jetstream';
 import { LRUCache } from 'lru-cache';
 import { backoffDelayMs } from '../engine/retry.js';
-import type { Logger } from '../engine/ports.js';
+import type { AdmissionOutcome, AdmissionStage, Logger } from '../engine/ports.js';
 import { MSGPACK, pack, unpack } from '../contracts/codec.js';
 import { DEFAULT_PREFIX } from '../contracts/subjects.js';
 import {
   Header,
+  WIRE_VERSION,
+  type JournalEntry,
   type ProgressMessage,
   type ResultMessage,
   type TaskMessage,
@@ -184,6 +186,8 @@ export type AttemptOutcome = 'ok' | 'retry' | 'error' | 'timeout' | 'canceled';
 /** What a worker reports to a metrics backend (`src/metrics/` implements it with prom-client). */
 export interface WorkerMetrics {
   attempt(activity: string, outcome: AttemptOutcome, seconds: number): void;
+  /** A task held (waiting in place) or deferred (postponed) by its rate limit or concurrency key. */
+  admission?(stage: AdmissionStage, outcome: AdmissionOutcome): void;
 }
 
 export interface WorkerStats {
@@ -729,6 +733,21 @@ export class Worker implements AsyncDisposable {
         m.term('canceled');
         return 'postponed';
       }
+      if (i === 0) {
+        this.o.metrics?.admission?.('concurrency-key', 'held');
+        // Journaled once per wait: not again when the task comes back postponed.
+        if (!Number.isSafeInteger(header))
+          this.journalAdmission(
+            task,
+            attempt,
+            'concurrency-key',
+            'held',
+            spec.key,
+            undefined,
+            since,
+            `attempt ${attempt} waits for a slot of concurrency key ${JSON.stringify(spec.key)} (limit ${spec.limit}, all held)`,
+          );
+      }
       if (Date.now() < deadline) {
         await pause(Math.min(250, 25 * 2 ** Math.min(i, 4)), this.forced.signal);
         continue;
@@ -760,6 +779,18 @@ export class Worker implements AsyncDisposable {
         return 'postponed';
       }
       this.stats.slotWaits++;
+      this.o.metrics?.admission?.('concurrency-key', 'deferred');
+      if (!Number.isSafeInteger(header))
+        this.journalAdmission(
+          task,
+          attempt,
+          'concurrency-key',
+          'deferred',
+          spec.key,
+          fireAt,
+          since,
+          `attempt ${attempt} postponed until ${new Date(fireAt).toISOString()}: concurrency key ${JSON.stringify(spec.key)} (limit ${spec.limit}) has no free slot; it asks again then`,
+        );
       this.logger.debug(
         { ...log, key: spec.key, limit: spec.limit },
         'postponed: its concurrency key has no free slot',
@@ -767,6 +798,52 @@ export class Worker implements AsyncDisposable {
       m.ack();
       return 'postponed';
     }
+  }
+
+  /**
+   * Journal that a stage held or deferred a task (entry kind `admission`, on the workflow's
+   * journal subject). Best effort and not awaited: a journal that cannot be written (no history
+   * stream, a permission) never holds the task.
+   */
+  private journalAdmission(
+    task: TaskMessage,
+    attempt: number,
+    stage: 'rate-limit' | 'concurrency-key',
+    outcome: 'held' | 'deferred',
+    key: string,
+    until: number | undefined,
+    since: number,
+    what: string,
+  ): void {
+    const entry: JournalEntry = {
+      v: WIRE_VERSION,
+      kind: 'admission',
+      workflowType: task.workflowType,
+      id: task.workflowId,
+      version: 0,
+      step: stepOfTask(task.taskId) ?? 0,
+      at: Date.now(),
+      engine: `worker ${this.id}`,
+      stage,
+      outcome,
+      actorId: task.actorId,
+      taskId: task.taskId,
+      activity: task.activity,
+      attempt,
+      key,
+      ...(until !== undefined ? { until } : {}),
+      what: `activity ${task.activity} (${task.actorId}): ${what}`,
+    };
+    const h = headers();
+    h.set(Header.ContentType, MSGPACK);
+    this.js
+      .publish(this.names.subjects.journal(task.workflowType, task.workflowId), pack(entry), {
+        msgID: `${task.taskId}.adm.${stage}.${outcome}.${attempt}.${since}`,
+        headers: h,
+      })
+      .catch((err: unknown) =>
+        this.logger.debug({ err, taskId: task.taskId }, 'admission not journaled'),
+      );
   }
 
   /** Renew a slot's lease every third of it until released; the release is retried briefly. */
@@ -870,6 +947,7 @@ export class Worker implements AsyncDisposable {
     const wait = at - Date.now();
     if (wait <= 0) return at;
     if (wait <= RATE_WAIT_IN_PLACE_MS) {
+      this.o.metrics?.admission?.('rate-limit', 'held');
       // A timer may fire a millisecond early: never start before the slot.
       for (let left = wait; left > 0 && !this.forced.signal.aborted; left = at - Date.now())
         await pause(left, this.forced.signal);
@@ -912,6 +990,17 @@ export class Worker implements AsyncDisposable {
       return 'postponed';
     }
     this.stats.postponed++;
+    this.o.metrics?.admission?.('rate-limit', 'deferred');
+    this.journalAdmission(
+      task,
+      attempt,
+      'rate-limit',
+      'deferred',
+      spec.key,
+      at,
+      Date.now(),
+      `attempt ${attempt} postponed to its rate-limit slot at ${new Date(at).toISOString()} (${spec.limit} per ${spec.periodMs} ms of key ${JSON.stringify(spec.key)})`,
+    );
     this.logger.debug({ ...log, at: new Date(at).toISOString() }, 'postponed by its rate limit');
     m.ack();
     return 'postponed';

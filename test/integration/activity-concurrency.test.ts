@@ -13,6 +13,7 @@ import { repoRoot, startEngine, uniquePrefix, useServer } from '../harness/jetfl
 import { Client } from '../../src/client/index.js';
 import { createWorker, type ActivityContext, type Worker } from '../../src/worker/index.js';
 import { openSlots } from '../../src/nats/slots.js';
+import { createMetricsRegistry, createWorkerMetrics } from '../../src/metrics/index.js';
 import { topologyNames } from '../../src/nats/topology.js';
 import { banked, SLOT_LIMIT } from '../fixtures/slot-workflows.js';
 
@@ -73,15 +74,17 @@ async function noHolders(prefix: string, banks: string[]): Promise<void> {
 }
 
 describe('activity concurrency per key', () => {
-  it('jetflow why names the concurrency key a task waits for, and who holds its slots', async () => {
+  it('jetflow why names the concurrency key a task waits for; the wait is counted and journaled', async () => {
     const prefix = uniquePrefix();
     const engine = await startEngine(env.server.url, prefix, { workflows: [banked] });
     open.push(engine);
     let release!: () => void;
     const blocked = new Promise<void>((r) => (release = r));
+    const registry = createMetricsRegistry();
     const w = await createWorker({
       connection: env.nc,
       prefix,
+      metrics: createWorkerMetrics(registry),
       queues: ['banks'],
       activities: { bankCall: () => blocked.then(() => ({ ok: true })) },
     });
@@ -103,6 +106,24 @@ describe('activity concurrency per key', () => {
     expect([...seen].sort()).toEqual(['place', 'postponed']);
     release();
     for (const id of ['w1', 'w2', 'w3']) await client.result('banked', id, { timeoutMs: 15_000 });
+    // The stage's metric and journal: held in place once, then deferred (each journaled once,
+    // not again when the postponed task comes back and waits again).
+    const text = await registry.metrics();
+    for (const outcome of ['held', 'deferred'])
+      expect(text).toMatch(
+        new RegExp(
+          `jetflow_admission_total\\{stage="concurrency-key",outcome="${outcome}"\\} [1-9]`,
+        ),
+      );
+    const entries = (await client.history('banked', 'w3')).entries.filter(
+      (e) => e.kind === 'admission',
+    );
+    expect(entries.map((e) => (e.kind === 'admission' ? e.outcome : ''))).toEqual([
+      'held',
+      'deferred',
+    ]);
+    expect(entries[0]).toMatchObject({ stage: 'concurrency-key', key: 'w', attempt: 1 });
+    expect(entries[0]!.kind === 'admission' && entries[0]!.what).toContain('waits for a slot');
   }, 30_000);
 
   it(`limit ${SLOT_LIMIT} per bank across three workers: never more at once, no attempt used by waiting, all complete`, async () => {
