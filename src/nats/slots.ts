@@ -5,7 +5,8 @@
  * function of `src/engine/slots.ts` and writes it back by compare-and-set on the revision read
  * (a lost race is decided again on the newer record), so the takes of one key form one sequence
  * whichever worker makes them. A worker renews its holders' leases while their attempts run; a
- * dead worker's holder is dropped by the first reader after its lease (the queue's AckWait).
+ * dead worker's holder is dropped by the first reader after its lease (the queue's AckWait). A
+ * record left with no holder is deleted.
  */
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -74,8 +75,10 @@ export function fromSlotsBucket(kv: KV): Slots {
       const { write, out } = f(recordOf(e) ?? EMPTY_SLOTS);
       if (!write) return out;
       try {
-        if (e) await kv.update(k, pack(write), e.revision);
-        else await kv.create(k, pack(write));
+        // A record left with no holder is deleted (at its revision), so keys do not accumulate.
+        if (e && write.holders.length === 0) await kv.delete(k, { previousSeq: e.revision });
+        else if (e) await kv.update(k, pack(write), e.revision);
+        else if (write.holders.length > 0) await kv.create(k, pack(write));
         return out;
       } catch (err) {
         if (!isCasFailure(err) || i >= MAX_CAS_ATTEMPTS) throw err;
