@@ -1,6 +1,6 @@
 /**
  * The engine's admission stages are counted (`jetflow_admission_total{stage, outcome}`): a
- * repeated start dropped by dedup, signals of a debounce window held, merged and admitted, a start
+ * repeated start and a signal repeated with its msg id dropped by dedup, signals of a debounce window held, merged and admitted, a start
  * deferred on its concurrency key then admitted, a start refused by `cancel-newest` dropped.
  */
 import { afterEach, describe, expect, it } from 'vitest';
@@ -64,6 +64,11 @@ describe('admission metrics (engine stages)', () => {
     await expect(client.start('keynewest', 'n2', { key: 'k' })).rejects.toMatchObject({
       code: 'concurrency_limit',
     });
+    // A signal sent twice with one msg id: the server drops the second (the gateway counts it).
+    await client.signal('keyq', 'a', { type: 'SIG', n: 1 }, { msgId: 'once' });
+    expect(
+      await client.signal('keyq', 'a', { type: 'SIG', n: 1 }, { msgId: 'once' }),
+    ).toMatchObject({ duplicate: true });
     await client.signal('keyq', 'a', { type: 'FINISH' });
     await client.result('keyq', 'a', { timeoutMs: 10_000 });
     await client.start('admprices', 'p', {});
@@ -82,7 +87,7 @@ describe('admission metrics (engine stages)', () => {
       await new Promise((r) => setTimeout(r, 50));
     }
     expect(Object.fromEntries(counts)).toEqual({
-      'dedup dropped': 1,
+      'dedup dropped': 2,
       'concurrency-key deferred': 1,
       'concurrency-key admitted': 1,
       'concurrency-key dropped': 1,
