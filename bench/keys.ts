@@ -21,7 +21,8 @@ import { shardMapping } from '../src/contracts/subjects.js';
 import { Client } from '../src/client/index.js';
 import { completions } from './completions.js';
 import { spawnTs, stopChild } from './processes.js';
-import { cpuSampler, percentile, round, runClosedLoop } from './peers/common.js';
+import { cpuSampler } from './peers/common.js';
+import { keysWorkload } from './keys-workload.js';
 
 const { values } = parseArgs({
   options: {
@@ -39,7 +40,6 @@ const SHARDS = 16;
 const prefix = 'benchk';
 const root = resolve(import.meta.dirname, '..');
 const log = (s: string) => process.stderr.write(`[bench:keys] ${s}\n`);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function main(): Promise<void> {
   const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
@@ -69,110 +69,28 @@ async function main(): Promise<void> {
   );
   const worker = await spawnTs('bench/worker.ts', [server.url, prefix], 'worker ready');
   try {
-    const run = (type: string, tag: string, n: number) =>
-      runClosedLoop(
-        n,
-        64,
-        async (i) => {
-          const id = `${tag}-${i}`;
-          const w = done(type, id);
-          // Keyed: 16 keys, each far below its limit of 1,000 (64 in flight in all).
-          await client.start(type, id, { x: i, k: `k${i % 16}` });
-          const out = await w;
-          if (out.type !== 'completed') throw new Error(`${id} ${out.type}`);
-        },
-        600_000,
-      );
-    const rows: {
-      round: number;
-      type: string;
-      throughput: number;
-      p99Ms: number;
-      cpuMsPerWf: number;
-    }[] = [];
-    for (let r = 1; r <= ROUNDS; r++) {
-      for (const type of r % 2 === 1
-        ? ['sequential', 'sequentialKeyed']
-        : ['sequentialKeyed', 'sequential']) {
-        await run(type, `warm-${r}-${type}`, Math.min(200, COUNT));
-        const cpu = cpuSampler([engine.pid!, worker.pid!, server.child!.pid!]);
-        const res = await run(type, `r${r}-${type}`, COUNT);
-        const lat = [...res.latenciesMs].sort((a, b) => a - b);
-        const row = {
-          round: r,
-          type,
-          throughput: round(COUNT / (res.wallMs / 1000), 1),
-          p99Ms: round(percentile(lat, 99), 1),
-          cpuMsPerWf: round(((cpu.delta() ?? NaN) * 1000) / COUNT, 3),
-        };
-        rows.push(row);
-        log(JSON.stringify(row));
-      }
-    }
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-    const paired = Array.from({ length: ROUNDS }, (_, i) => {
-      const of = (t: string) => rows.find((x) => x.round === i + 1 && x.type === t)!;
-      return of('sequentialKeyed').throughput / of('sequential').throughput;
+    const r = await keysWorkload({
+      client,
+      completed: async (type, id) => {
+        const out = await done(type, id);
+        if (out.type !== 'completed') throw new Error(`${id} ${out.type}`);
+      },
+      cpu: () => cpuSampler([engine.pid!, worker.pid!, server.child!.pid!]),
+      workflows: COUNT,
+      rounds: ROUNDS,
+      pairs: PAIRS,
+      log,
     });
-
-    // Admission latency: PAIRS keys, 8 at a time, each: holder admitted, next deferred, close.
-    const samples: number[] = [];
-    let nextPair = 0;
-    const lane = async () => {
-      while (nextPair < PAIRS) {
-        const p = nextPair++;
-        const k = `gate-${p}`;
-        await client.start('gate', `${k}-a`, { k });
-        const b = await client.start('gate', `${k}-b`, { k });
-        if (!b.deferred) throw new Error(`${k}-b was not deferred`);
-        await sleep(5);
-        await client.signal('gate', `${k}-a`, { type: 'CLOSE' });
-        const closedAt = await stepAt(`${k}-a`, (e) => e.status === 'completed');
-        const admittedAt = await stepAt(`${k}-b`, (e) => e.cause === 'admit');
-        samples.push(admittedAt - closedAt);
-        await client.signal('gate', `${k}-b`, { type: 'CLOSE' });
-      }
-    };
-    const stepAt = async (
-      id: string,
-      f: (e: { status: string; cause: string }) => boolean,
-    ): Promise<number> => {
-      for (;;) {
-        const h = await client.history('gate', id, { limit: 20 });
-        const e = h.entries.find((x) => x.kind === 'step' && f(x));
-        if (e) return e.at;
-        await sleep(2);
-      }
-    };
-    await Promise.all(Array.from({ length: 8 }, lane));
-    const lat = [...samples].sort((a, b) => a - b);
     const result = {
       workload:
         'sequential (3 activities), concurrency 64; keyed: limit 1,000 over 16 keys (never waits)',
-      workflowsPerRound: COUNT,
-      rounds: ROUNDS,
-      pairedThroughputRatios: paired.map((x) => round(x, 3)),
-      medianPairedThroughputRatio: round(median(paired), 3),
-      medianThroughputPlain: median(
-        rows.filter((x) => x.type === 'sequential').map((x) => x.throughput),
-      ),
-      medianThroughputKeyed: median(
-        rows.filter((x) => x.type === 'sequentialKeyed').map((x) => x.throughput),
-      ),
-      cpuMsPerWf: {
-        plain: median(rows.filter((x) => x.type === 'sequential').map((x) => x.cpuMsPerWf)),
-        keyed: median(rows.filter((x) => x.type === 'sequentialKeyed').map((x) => x.cpuMsPerWf)),
-      },
+      ...r,
       admission: {
-        samples: lat.length,
-        p50Ms: round(percentile(lat, 50), 1),
-        p99Ms: round(percentile(lat, 99), 1),
-        maxMs: lat.at(-1),
+        ...r.admission,
         measured:
           "holder's final step to the deferred workflow's admission step (journal at, engine clock)",
       },
       target: 'keyed / plain throughput >= 0.8',
-      met: median(paired) >= 0.8,
       smoke,
     };
     console.log(JSON.stringify(result));

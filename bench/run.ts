@@ -6,6 +6,9 @@
  * Prints one JSON line per system and workload, then a markdown table and the targets (met /
  * not met). Writes the same to `.bench/latest.json` and `.bench/latest.md`.
  *
+ * Workloads: 1 sequential (c=64, c=1), 1 with a concurrency key vs without and the admission
+ * latency of a deferred workflow (`bench/keys-workload.ts`), 2 fan-out, 3 signals, 4 timers, 5 idle.
+ *
  * Options: --smoke, --skip-peers, --profile (engine CPU profile of workload 1, summarised),
  * --observability [--rounds n] (only workload 1, with metrics off, on, and on with tracing at
  * 100% sampling, interleaved in the same run: see `bench/observability.ts`).
@@ -26,13 +29,14 @@ import { cpuSampler, percentile, readRssMb, round, runClosedLoop } from './peers
 import { runRestate } from './peers/restate.js';
 import { runBullmq } from './peers/bullmq.js';
 import type { PeerResult } from './peers/common.js';
+import { keysWorkload, type KeysWorkloadResult } from './keys-workload.js';
 
 const { values } = parseArgs({
   options: {
     smoke: { type: 'boolean', default: false },
     'skip-peers': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
-    /** Comma-separated subset: fanout,signals,timers,idle (sequential always runs). */
+    /** Comma-separated subset: keys,fanout,signals,timers,idle (sequential always runs). */
     only: { type: 'string' },
     /** Only workload 1, metrics off / on / on with tracing (bench/observability.ts). */
     observability: { type: 'boolean', default: false },
@@ -59,6 +63,9 @@ const N = smoke
       timers: 200,
       timerMaxMs: 1500,
       idle: 500,
+      keys: 40,
+      keyRounds: 1,
+      keyPairs: 10,
     }
   : {
       seq64: 3000,
@@ -69,6 +76,9 @@ const N = smoke
       timers: 10000,
       timerMaxMs: 10000,
       idle: 100000,
+      keys: 2000,
+      keyRounds: 3,
+      keyPairs: 500,
     };
 
 const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
@@ -296,6 +306,24 @@ async function main(): Promise<void> {
       jetflowEfficiencyPct: round(100 * efficiency, 1),
     });
 
+    // Workload 1 with a concurrency key that never waits (limit 1,000) vs without, alternately in
+    // this run, and the admission latency of a deferred workflow once its key frees.
+    let keys: KeysWorkloadResult | undefined;
+    if (want('keys')) {
+      keys = await keysWorkload({
+        client,
+        completed: async (type, id) => {
+          await done.wait('completed', type, id);
+        },
+        cpu: () => cpuSampler([engine.pid!, worker.pid!]),
+        workflows: N.keys,
+        rounds: N.keyRounds,
+        pairs: N.keyPairs,
+        log,
+      });
+      emit({ system: 'jetflow', workload: 'concurrency-key', ...keys });
+    }
+
     // Workload 2: fan-out.
     if (want('fanout')) {
       const id = 'fan-1';
@@ -465,6 +493,12 @@ async function main(): Promise<void> {
           : 'peer not measured',
       ]);
     }
+    if (keys)
+      targets.push([
+        'workload 1 with a concurrency key that never waits: throughput >= 0.8 of without',
+        keys.met,
+        `median paired ratio ${keys.medianPairedThroughputRatio} (${keys.medianThroughputKeyed} vs ${keys.medianThroughputPlain} wf/s); admission after the key frees p50 ${keys.admission.p50Ms} ms, p99 ${keys.admission.p99Ms} ms`,
+      ]);
     const r1 = measured('restate', 1);
     targets.push([
       'workload 1 c=1: jetflow p50 <= restate p50',

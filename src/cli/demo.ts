@@ -119,6 +119,8 @@ function describe(e: JournalEntry): string {
       return `ignored ${e.cause}: ${e.reason}`;
     case 'operator':
       return `operator ${e.action}`;
+    case 'admission':
+      return `${e.stage} ${e.outcome}: ${e.what}`;
   }
 }
 

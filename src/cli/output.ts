@@ -59,6 +59,7 @@ const ENTRY_STYLE: Record<JournalEntry['kind'], Style> = {
   rejected: 'magenta',
   ignored: 'dim',
   operator: 'yellow',
+  admission: 'cyan',
 };
 
 /** What a journaled effect did, short: `task charge(a1)`, `timer reminder @10:00:05`. */
@@ -117,6 +118,9 @@ export function journalLines(out: Out, e: JournalEntry): string[] {
       break;
     case 'ignored':
       lines.push(`${head}  (${e.cause})  ${e.reason}`);
+      break;
+    case 'admission':
+      lines.push(`${head}  ${e.stage} ${e.outcome}  ${e.what}`);
       break;
     case 'operator':
       lines.push(

@@ -36,6 +36,11 @@ export const Header = {
    */
   RateSlot: 'Jf-Rate-Slot',
   /**
+   * On a task postponed because its activity's concurrency key had no free slot: the epoch ms it
+   * first found the key full (kept across postponements, for `jetflow why`).
+   */
+  SlotWait: 'Jf-Slot-Wait',
+  /**
    * W3C Trace Context (optional, on start, signal and cancel requests): carried through the
    * inbox into the step's span, onto the tasks the step publishes, into the worker's attempt
    * span and back on the result, so one causal chain is one trace.
@@ -796,6 +801,11 @@ export interface TaskMessage {
    * `limit` attempts of (activity, key) start in any `periodMs` (see `ActivityOptions.rateLimit`).
    */
   rateLimit?: { key: string; limit: number; periodMs: number };
+  /**
+   * The activity's global concurrency limit, its key computed by the engine from the input: at
+   * most `limit` attempts of (activity, key) run at once (see `ActivityOptions.concurrency`).
+   */
+  concurrency?: { key: string; limit: number };
   /** Where the worker publishes the result (JetStream): `wf.inbox.result.<type>.<id>`. */
   resultSubject: string;
   scheduledAt: number;
@@ -1040,6 +1050,29 @@ export type JournalEntry =
       reason: string;
       activity?: JournalActivity;
       timerId?: string;
+    })
+  | (JournalBase & {
+      /**
+       * A worker held or deferred an activity task at a stage of the admission pipeline (its
+       * rate limit or its concurrency key), written by the worker once per wait (`engine` is
+       * `worker <id>`; `step` the step that scheduled the task). Msg id
+       * `<taskId>.adm.<stage>.<outcome>.<attempt>.<since>`. `version` is 0 (a worker does not
+       * know the workflow's version).
+       */
+      kind: 'admission';
+      stage: 'rate-limit' | 'concurrency-key';
+      /** `held`: waits on its worker; `deferred`: postponed as a scheduled message. */
+      outcome: 'held' | 'deferred';
+      actorId: string;
+      taskId: string;
+      activity: string;
+      attempt: number;
+      /** The rate limit's or concurrency key's key. */
+      key: string;
+      /** Epoch ms the task comes back (deferred) or its rate slot. */
+      until?: number;
+      /** One line for a person. */
+      what: string;
     })
   | (JournalBase & {
       kind: 'operator';

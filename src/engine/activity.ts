@@ -46,6 +46,23 @@ export interface ActivityOptions {
    * a task over the limit is postponed to its slot as a scheduled message, using no attempt.
    */
   rateLimit?: RateLimitSpec;
+  /**
+   * A global concurrency limit: at most `limit` attempts of this activity (per `key(input)`,
+   * default one key) run at once, across all workers. Held by the server (bucket
+   * `<prefix>_slots`, a record of the attempts holding a slot per key, with leases their
+   * workers renew, updated by compare-and-set). A task over the limit waits (briefly in place,
+   * then postponed as a scheduled message), using no attempt. A crashed worker's slots free when
+   * their lease ends: the queue's `ackWaitMs`.
+   */
+  concurrency?: ActivityConcurrencySpec;
+}
+
+/** See {@link ActivityOptions.concurrency}. */
+export interface ActivityConcurrencySpec {
+  /** The key the limit applies to (e.g. a bank); pure. Default: one for all. */
+  key?: (input: never) => string;
+  /** Attempts running at once per key: 1 to 10,000. */
+  limit: number;
 }
 
 /** See {@link ActivityOptions.rateLimit}. */
@@ -61,7 +78,7 @@ export interface RateLimitSpec {
 export const RATE_LIMIT_MAX = 10_000;
 
 /** The task's rate-limit key: `key(input)`, `*` without a key function or when it fails. */
-export function rateKeyOf(spec: RateLimitSpec, input: unknown): string {
+export function rateKeyOf(spec: { key?: (input: never) => string }, input: unknown): string {
   if (!spec.key) return '*';
   try {
     const k = (spec.key as (i: unknown) => unknown)(input);
@@ -117,9 +134,11 @@ export function resolveActivityOptions(
     ...(input.onExhausted !== undefined ? { onExhausted: input.onExhausted } : {}),
     ...(input.http !== undefined ? { http: input.http } : {}),
     ...(input.rateLimit !== undefined ? { rateLimit: input.rateLimit } : {}),
+    ...(input.concurrency !== undefined ? { concurrency: input.concurrency } : {}),
   };
   if (o.http !== undefined) checkHttpSpec(name, o.http);
   if (o.rateLimit !== undefined) checkRateLimit(name, o.rateLimit);
+  if (o.concurrency !== undefined) checkConcurrency(name, o.concurrency);
   if (o.onExhausted !== undefined && o.onExhausted !== 'fail' && o.onExhausted !== 'review') {
     throw new ConfigError(
       `invalid onExhausted for activity ${name}: 'fail' or 'review' (got ${JSON.stringify(o.onExhausted)})`,
@@ -168,6 +187,19 @@ function checkRateLimit(name: string, r: RateLimitSpec): void {
   if (r.key !== undefined && typeof r.key !== 'function')
     throw new ConfigError(
       `invalid rateLimit.key for activity ${name}: a function (input) => string`,
+    );
+}
+
+function checkConcurrency(name: string, c: ActivityConcurrencySpec): void {
+  if (typeof c !== 'object' || c === null)
+    throw new ConfigError(`invalid concurrency for activity ${name}: an object {limit, key?}`);
+  if (!Number.isInteger(c.limit) || c.limit < 1 || c.limit > RATE_LIMIT_MAX)
+    throw new ConfigError(
+      `invalid concurrency.limit for activity ${name}: an integer from 1 to ${RATE_LIMIT_MAX} (got ${JSON.stringify(c.limit)})`,
+    );
+  if (c.key !== undefined && typeof c.key !== 'function')
+    throw new ConfigError(
+      `invalid concurrency.key for activity ${name}: a function (input) => string`,
     );
 }
 

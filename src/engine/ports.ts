@@ -142,6 +142,29 @@ export type StepPhase = 'load' | 'decide' | 'persist' | 'effects';
 /** How the engine counted one inbox message (or one compare-and-set lost). */
 export type StepOutcome = 'applied' | 'rejected' | 'repeated' | 'ignored' | 'conflict';
 
+/**
+ * The stages of the admission pipeline, in the order a start, signal or task passes them (see
+ * the README's flow-control section): a repeat is dropped, signals of a window are merged, a task
+ * waits for its rate-limit slot, then for its concurrency key (a workflow's or an activity's),
+ * then (not built yet) for its priority level and fairness turn, and is dispatched.
+ */
+export const ADMISSION_STAGES = [
+  'dedup',
+  'debounce',
+  'rate-limit',
+  'concurrency-key',
+  'priority',
+  'dispatch',
+] as const;
+export type AdmissionStage = (typeof ADMISSION_STAGES)[number];
+
+/**
+ * What a stage did with one item: `held` (waits where it is), `merged` (folded into another),
+ * `deferred` (set aside, to come back later), `dropped` (will not run: a repeat, a refusal),
+ * `admitted` (passed the stage after being held or deferred).
+ */
+export type AdmissionOutcome = 'held' | 'merged' | 'deferred' | 'dropped' | 'admitted';
+
 /** Lifecycle changes counted per workflow type. */
 export type LifecycleEvent = 'started' | 'completed' | 'failed' | 'canceled';
 
@@ -161,6 +184,8 @@ export interface EngineMetrics {
   timerSet(): void;
   /** A timer applied; `latenessSeconds` from its due time to the step (undefined: unknown). */
   timerFired(latenessSeconds: number | undefined): void;
+  /** One item held, merged, deferred, dropped or admitted by a stage of the admission pipeline. */
+  admission?(stage: AdmissionStage, outcome: AdmissionOutcome): void;
 }
 
 /**

@@ -57,6 +57,8 @@ import type { Subjects } from '../contracts/subjects.js';
 import type {
   Clock,
   EffectSink,
+  AdmissionOutcome,
+  AdmissionStage,
   EngineMetrics,
   StepTracing,
   InboxDelivery,
@@ -447,6 +449,33 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (was === after.status) return;
     if (after.status === 'completed' || after.status === 'failed' || after.status === 'canceled')
       metrics.lifecycle(after.type, after.status);
+  };
+  /**
+   * Count what the admission stages did in a written step: a start deferred on its concurrency
+   * key or a deferred workflow admitted, a debounced signal held (opens a window) or merged (into
+   * an open one), a window's event applied (admitted).
+   */
+  const countAdmission = (
+    message: InboxMessage,
+    decision: Extract<Decision, { kind: 'write' }>,
+    before: WorkflowRecord | undefined,
+    after: CacheEntry,
+  ) => {
+    if (!metrics?.admission) return;
+    const count = (stage: AdmissionStage, outcome: AdmissionOutcome) =>
+      metrics.admission?.(stage, outcome);
+    const r = after.stored.record;
+    if (message.kind === 'start' && r.status === 'deferred') count('concurrency-key', 'deferred');
+    else if (before?.status === 'deferred' && r.status !== 'deferred')
+      count('concurrency-key', 'admitted');
+    const d = (decision.reply as { debounced?: { count: number } } | undefined)?.debounced;
+    if (d) count('debounce', d.count > 1 ? 'merged' : 'held');
+    else if (
+      message.kind === 'timer' &&
+      before?.debounced !== undefined &&
+      Object.keys(r.debounced ?? {}).length < Object.keys(before.debounced).length
+    )
+      count('debounce', 'admitted');
   };
   const ctx = {
     registry: opts.registry,
@@ -1222,6 +1251,8 @@ export function createProcessor(opts: ProcessorOptions): Processor {
             )
           : undefined,
       ]);
+      if (decision.error.code === ErrorCode.ConcurrencyLimit)
+        metrics?.admission?.('concurrency-key', 'dropped');
       replyError(e, decision.error, decision.accepts);
       return 'done';
     }
@@ -1264,12 +1295,16 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     }
     const replyTo = replyOf(e);
     if (decision.kind === 'noop') {
+      // A start of an existing workflow, a signal or cancel whose msg id the record remembers.
+      const r = decision.reply as { duplicate?: boolean; created?: boolean } | undefined;
+      if (r?.duplicate === true || r?.created === false) metrics?.admission?.('dedup', 'dropped');
       if (replyTo) effects.reply(replyTo, e.replyEncoding, decision.reply);
       return 'done';
     }
     if (!written) throw new Error('unreachable: a write decision without a written record');
     remember(key, written);
     countWrite(cur?.stored.record, written.stored.record);
+    if (metrics?.admission) countAdmission(message, decision, cur?.stored.record, written);
     if (metrics && message.kind === 'timer')
       metrics.timerFired(message.dueAt === undefined ? undefined : (now - message.dueAt) / 1000);
     const entry = await settleOutbox(written);

@@ -522,6 +522,14 @@ function materialize(
             },
           }
         : {}),
+      ...(a.options.concurrency
+        ? {
+            concurrency: {
+              key: rateKeyOf(a.options.concurrency, a.input),
+              limit: a.options.concurrency.limit,
+            },
+          }
+        : {}),
     };
     effects.push({
       kind: 'task',

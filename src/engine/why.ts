@@ -39,6 +39,17 @@ export interface TaskObservation {
   postponed?: { attempt: number; dueAt: number | null };
   /** The latest attempt a worker took (attempt ledger). */
   taken?: { attempt: number; worker: string; at: number };
+  /**
+   * Its activity's concurrency key (slots bucket): the attempts holding a slot and whether the
+   * taken attempt is one of them; `postponed` when the task was set aside for a free slot.
+   */
+  slot?: {
+    key: string;
+    limit: number;
+    holders: { id: string; worker: string; at: number }[];
+    holds: boolean;
+    postponed?: { attempt: number; dueAt: number | null; since: number };
+  };
 }
 
 /** A queue's consumer as the server reports it. */
@@ -167,6 +178,24 @@ function taskWait(
         `${name}: attempt ${seen.postponed.attempt} postponed by its rate limit` +
         (due === null ? '' : ` to its slot at ${iso(due)} (in ${ago(due - now)})`),
       ...(due === null ? {} : { until: iso(due) }),
+      data,
+    };
+  }
+  const slot = seen?.slot;
+  if (slot && (slot.postponed || (seen?.queued?.delivered && seen.taken && !slot.holds))) {
+    const held = slot.holders.length
+      ? `held by ${slot.holders.map((h) => `${h.id} on worker ${h.worker} (for ${ago(now - h.at)})`).join(', ')}`
+      : 'no holder recorded (a slot is being freed)';
+    const p = slot.postponed;
+    const how = p
+      ? `postponed` +
+        (p.dueAt === null ? '' : `, back at ${iso(p.dueAt)} (in ${ago(p.dueAt - now)})`)
+      : 'waiting in place on its worker';
+    return {
+      stage: 'concurrency-key',
+      what: `${name} waits for a slot of its concurrency key ${JSON.stringify(slot.key)} (limit ${slot.limit}): ${how}; ${held}`,
+      ...(p ? { since: iso(p.since) } : {}),
+      ...(p && p.dueAt !== null ? { until: iso(p.dueAt) } : {}),
       data,
     };
   }

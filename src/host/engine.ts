@@ -181,6 +181,7 @@ export class Engine implements AsyncDisposable {
         maxInFlight: config.gatewayMaxInFlight,
         history,
         keys,
+        ...(deps.metrics ? { metrics: deps.metrics } : {}),
       });
       const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
       const strays = await sweepTimerStrays(js, jsm, names, logger);

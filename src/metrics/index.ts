@@ -19,7 +19,14 @@ import {
   Registry,
   type LabelValues,
 } from 'prom-client';
-import type { EngineMetrics, LifecycleEvent, StepOutcome, StepPhase } from '../engine/ports.js';
+import type {
+  AdmissionOutcome,
+  AdmissionStage,
+  EngineMetrics,
+  LifecycleEvent,
+  StepOutcome,
+  StepPhase,
+} from '../engine/ports.js';
 import type { AttemptOutcome, WorkerMetrics } from '../worker/index.js';
 
 export interface Readiness {
@@ -74,8 +81,26 @@ export interface EngineMetricsHandle extends EngineMetrics {
   attach(view: EngineView): void;
 }
 
+/**
+ * `jetflow_admission_total{stage, outcome}`: one counter for engines and workers (an engine and a
+ * worker in one process share it).
+ */
+function admissionCounter(registry: Registry): (s: AdmissionStage, o: AdmissionOutcome) => void {
+  const name = 'jetflow_admission_total';
+  const c =
+    (registry.getSingleMetric(name) as Counter<'stage' | 'outcome'> | undefined) ??
+    new Counter({
+      name,
+      help: 'Items held, merged, deferred, dropped or admitted by each stage of the admission pipeline (dedup, debounce, rate-limit, concurrency-key, priority, dispatch)',
+      labelNames: ['stage', 'outcome'],
+      registers: [registry],
+    });
+  return (stage, outcome) => c.labels({ stage, outcome }).inc();
+}
+
 export function createEngineMetrics(registry: Registry): EngineMetricsHandle {
   const r = [registry];
+  const admission = admissionCounter(registry);
   const byType = (name: string, help: string) =>
     perLabel(new Counter({ name, help, labelNames: ['workflow_type'], registers: r }));
   const steps: Record<StepOutcome, (t: string) => { inc(): void }> = {
@@ -216,6 +241,7 @@ export function createEngineMetrics(registry: Registry): EngineMetricsHandle {
       timersFired.inc();
       if (late !== undefined) lateness.observe(Math.max(0, late));
     },
+    admission,
     lag(shard, seconds) {
       let child = lagChildren.get(shard);
       if (!child) {
@@ -242,6 +268,7 @@ export interface WorkerMetricsHandle extends WorkerMetrics {
 
 export function createWorkerMetrics(registry: Registry): WorkerMetricsHandle {
   const r = [registry];
+  const admission = admissionCounter(registry);
   const attempts = new Counter({
     name: 'jetflow_activity_attempts_total',
     help: 'Activity attempts run by this worker, by activity and outcome (ok, retry, error, timeout, canceled)',
@@ -289,6 +316,7 @@ export function createWorkerMetrics(registry: Registry): WorkerMetricsHandle {
     },
   });
   return {
+    admission,
     attempt(activity: string, outcome: AttemptOutcome, seconds: number) {
       const key = `${activity}\u0000${outcome}`;
       let c = children.get(key);

@@ -11,7 +11,7 @@ import {
   type Subscription,
 } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
-import type { EffectSink, KeyStore, Logger, RecordStore } from '../engine/ports.js';
+import type { EffectSink, EngineMetrics, KeyStore, Logger, RecordStore } from '../engine/ports.js';
 import type { Registry } from '../engine/registry.js';
 import { parseRequest, queryReply } from '../engine/gateway.js';
 import { positionOf } from '../engine/admission.js';
@@ -57,6 +57,8 @@ export interface GatewayOptions {
   history?: HistoryReader;
   /** Concurrency keys: a deferred workflow's query tells its current position. */
   keys?: KeyStore;
+  /** Counts a repeat the server dropped by msg id (admission stage `dedup`). */
+  metrics?: Pick<EngineMetrics, 'admission'>;
 }
 
 /**
@@ -178,6 +180,7 @@ export function startGateway(o: GatewayOptions): Gateway {
         ...(msgId ? { msgID: msgId } : {}),
       });
       stats.accepted++;
+      if (ack.duplicate) o.metrics?.admission?.('dedup', 'dropped');
       if (ack.duplicate && m.reply) sink.reply(m.reply, enc, duplicate);
     } catch (err) {
       fail(

@@ -247,6 +247,34 @@ export async function postponeTask(
 }
 
 /**
+ * Postpone attempt `attempt` of a task whose activity's concurrency key has no free slot: a
+ * scheduled message fired at `fireAt` on the task's retry subject, with `Jf-Attempt: <attempt>`
+ * (a wait uses no attempt) and `Jf-Slot-Wait: <since>` (epoch ms it first found the key full, for
+ * `jetflow why`). Msg id `<taskId>.a<attempt>.w<fireAt>`.
+ *
+ * @throws when the publish is not acknowledged (the caller keeps the task).
+ */
+export async function postponeForSlot(
+  js: JetStreamClient,
+  names: TopologyNames,
+  task: TaskMessage,
+  body: Uint8Array,
+  attempt: number,
+  fireAt: number,
+  since: number,
+  trace?: TraceCarrier,
+): Promise<void> {
+  const s = names.subjects;
+  const h = taskHeaders(attempt, trace);
+  h.set(Header.SlotWait, String(since));
+  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
+    msgID: `${task.taskId}.a${attempt}.w${fireAt}`,
+    headers: h,
+    schedule: { specification: new Date(fireAt), target: s.task(task.queue, task.taskKey) },
+  });
+}
+
+/**
  * Publish a scheduled retry now and cancel its schedule in the same server operation, but only if
  * the schedule is still stored at `scheduleSeq`: a schedule that already fired or whose task was
  * canceled (purged) makes this a no-op. Returns whether the retry was published.

@@ -83,6 +83,8 @@ export interface TopologyNames {
   keysBucket: string;
   /** Activity rate limits: one record of recent grants per (activity, key). */
   ratesBucket: string;
+  /** Activity concurrency slots per key (`src/nats/slots.ts`). */
+  slotsBucket: string;
   /** Batches (issue 23): `<id>.meta`, `<id>.counts` and one ledger key per item, `<id>.i.<key>`. */
   batchesBucket: string;
   /** Trigger messages that could not be applied (`<prefix>.parked.<trigger>.<seq>`). */
@@ -114,6 +116,7 @@ export function topologyNames(prefix: string): TopologyNames {
     bulkBucket: `${prefix}_bulk`,
     keysBucket: `${prefix}_keys`,
     ratesBucket: `${prefix}_rates`,
+    slotsBucket: `${prefix}_slots`,
     batchesBucket: `${prefix}_batches`,
     parkedStream: `${up}_PARKED`,
     ledgerStream: `${up}_TRIGGERS`,
@@ -330,9 +333,11 @@ async function ensureTopologyOnce(
     });
   if (!existing) await fixBucket((await bucketInfo())?.config);
   await ensureAttemptsBucket(nc, jsm, t.names, o);
-  // Compare-and-set buckets: the concurrency keys', the activity rate limits', the batches'.
+  // Compare-and-set buckets: the concurrency keys', the activity rate limits' and concurrency
+  // slots', the batches'.
   await ensureBucket(nc, jsm, t.names.keysBucket, o);
   await ensureBucket(nc, jsm, t.names.ratesBucket, o);
+  await ensureBucket(nc, jsm, t.names.slotsBucket, o);
   await ensureBucket(nc, jsm, t.names.batchesBucket, o);
   return { names: t.names, kv };
 }

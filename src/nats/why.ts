@@ -13,6 +13,7 @@ import { Header, type KeyRecord, type QueryReply, type TaskMessage } from '../co
 import { keyTokenOf } from '../engine/admission.js';
 import type { QueueObservation, TaskObservation, WhyInput } from '../engine/why.js';
 import type { AttemptTaker } from './attempts.js';
+import { openSlots, type Slots } from './slots.js';
 import { openKeysBucket } from './keys.js';
 import type { TopologyNames } from './topology.js';
 
@@ -64,6 +65,7 @@ export async function observeWhy(
   const s = names.subjects;
   const consumers = new Map<string, ConsumerInfo | undefined>();
   const attempts = await quietly(new Kvm(nc).open(names.attemptsBucket));
+  let slots: Slots | undefined;
   for (const t of activities) {
     const queue = t.queue!;
     const taskKey = t.taskKey!;
@@ -79,9 +81,12 @@ export async function observeWhy(
       jsm.streams.getMessage(names.tasksStream, { last_by_subj: s.task(queue, taskKey) }),
     );
     let scheduledAt: number | undefined;
+    let concurrency: TaskMessage['concurrency'];
     if (msg) {
       try {
-        scheduledAt = (unpack(msg.data) as TaskMessage).scheduledAt;
+        const body = unpack(msg.data) as TaskMessage;
+        scheduledAt = body.scheduledAt;
+        concurrency = body.concurrency;
       } catch {
         scheduledAt = undefined;
       }
@@ -97,6 +102,7 @@ export async function observeWhy(
     );
     const retrySubjects = Object.keys(info?.state.subjects ?? {});
     let retryAttempt = 0;
+    let slotPostponed: NonNullable<TaskObservation['slot']>['postponed'];
     for (const subj of retrySubjects) {
       const n = Number(subj.slice(subj.lastIndexOf('.') + 1));
       if (Number.isInteger(n) && n > retryAttempt) retryAttempt = n;
@@ -108,7 +114,16 @@ export async function observeWhy(
         }),
       );
       const dueAt = scheduleTime(sched?.header.get('Nats-Schedule'));
-      if (sched?.header.get(Header.RateSlot)) seen.postponed = { attempt: retryAttempt, dueAt };
+      const slotWait = Number(sched?.header.get(Header.SlotWait) || NaN);
+      if (sched && Number.isSafeInteger(slotWait)) {
+        try {
+          concurrency ??= (unpack(sched.data) as TaskMessage).concurrency;
+        } catch {
+          /* not a task body */
+        }
+        slotPostponed = { attempt: retryAttempt, dueAt, since: slotWait };
+      } else if (sched?.header.get(Header.RateSlot))
+        seen.postponed = { attempt: retryAttempt, dueAt };
       else seen.retry = { attempt: retryAttempt, dueAt };
     }
     // The latest attempt taken: ledger keys `<taskKey>.<scheduledAt>.<attempt>` (the task's own
@@ -128,6 +143,20 @@ export async function observeWhy(
         const by = unpack(e.value) as AttemptTaker;
         seen.taken = { attempt: best.attempt, worker: by.worker, at: by.at };
       }
+    }
+    // Its activity's concurrency key: who holds the slots, and whether the taken attempt does.
+    if (concurrency && t.activity) {
+      slots ??= await quietly(openSlots(nc, names));
+      const rec = slots ? await quietly(slots.read(t.activity, concurrency.key)) : undefined;
+      const holders = (rec?.holders ?? []).filter((h) => h.exp > now);
+      const mine = seen.taken ? `${t.taskId}#${seen.taken.attempt}` : undefined;
+      seen.slot = {
+        key: concurrency.key,
+        limit: concurrency.limit,
+        holders: holders.map((h) => ({ id: h.id, worker: h.worker, at: h.at })),
+        holds: holders.some((h) => h.id === mine),
+        ...(slotPostponed ? { postponed: slotPostponed } : {}),
+      };
     }
     input.tasks[t.actorId] = seen;
   }

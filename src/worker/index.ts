@@ -32,16 +32,19 @@
  *   neither runs without its entry nor fails because of the ledger. A forced release gives the
  *   entry back (delete at its revision) before it hands the task back with the same number.
  */
+import { setMaxListeners } from 'node:events';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { headers, nuid } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JsMsg, type JetStreamClient } from '@nats-io/jetstream';
 import { LRUCache } from 'lru-cache';
 import { backoffDelayMs } from '../engine/retry.js';
-import type { Logger } from '../engine/ports.js';
+import type { AdmissionOutcome, AdmissionStage, Logger } from '../engine/ports.js';
 import { MSGPACK, pack, unpack } from '../contracts/codec.js';
 import { DEFAULT_PREFIX } from '../contracts/subjects.js';
 import {
   Header,
+  WIRE_VERSION,
+  type JournalEntry,
   type ProgressMessage,
   type ResultMessage,
   type TaskMessage,
@@ -66,13 +69,19 @@ import {
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { attemptKey, openAttemptLedger, type AttemptLedger } from '../nats/attempts.js';
 import { openRateLimiter, type RateLimiter as GlobalRateLimiter } from '../nats/rates.js';
+import { openSlots, type Slots } from '../nats/slots.js';
 
 /** A rate-limit slot less than this far ahead is waited for in place, not postponed. */
 const RATE_WAIT_IN_PLACE_MS = 1_000;
+/** A task whose concurrency key is full waits this long in place before it is postponed. */
+const SLOT_WAIT_IN_PLACE_MS = 1_000;
+/** A task postponed for its concurrency key comes back after this (plus up to half of it). */
+const SLOT_POSTPONE_MS = 1_000;
 import {
   DEFAULT_QUEUE_SETTINGS,
   ensureQueueConsumer,
   fireRetryNow,
+  postponeForSlot,
   postponeTask,
   releaseTask,
   scheduleRetry,
@@ -177,6 +186,8 @@ export type AttemptOutcome = 'ok' | 'retry' | 'error' | 'timeout' | 'canceled';
 /** What a worker reports to a metrics backend (`src/metrics/` implements it with prom-client). */
 export interface WorkerMetrics {
   attempt(activity: string, outcome: AttemptOutcome, seconds: number): void;
+  /** A task held (waiting in place) or deferred (postponed) by its rate limit or concurrency key. */
+  admission?(stage: AdmissionStage, outcome: AdmissionOutcome): void;
 }
 
 export interface WorkerStats {
@@ -189,6 +200,8 @@ export interface WorkerStats {
   duplicates: number;
   /** Tasks postponed to a later slot by their activity's rate limit (no attempt used). */
   postponed: number;
+  /** Tasks postponed because their activity's concurrency key had no free slot (no attempt used). */
+  slotWaits: number;
 }
 
 const silent: Logger = {
@@ -213,6 +226,11 @@ const RETRY_SCHEDULE_SLACK_MS = 1_000;
 /** How often a worker re-reads its queues' consumer settings (AckWait for lease renewal). */
 const SETTINGS_REFRESH_MS = 5_000;
 
+/** A concurrency slot this worker holds for an attempt. */
+interface SlotHold {
+  release(): Promise<void>;
+}
+
 /** How one attempt ended. */
 type Outcome =
   | { kind: 'ok'; output: unknown }
@@ -229,6 +247,12 @@ type Take =
   | { kind: 'repeated' }
   | { kind: 'canceled' }
   | { kind: 'forced' };
+
+/** Every task waiting (for a ledger write, a rate slot, a concurrency slot) listens on it. */
+function withoutListenerCap(ac: AbortController): AbortController {
+  setMaxListeners(0, ac.signal);
+  return ac;
+}
 
 /** Resolves after `ms`, or at once when `signal` aborts. */
 function pause(ms: number, signal: AbortSignal): Promise<void> {
@@ -282,15 +306,17 @@ export class Worker implements AsyncDisposable {
     canceled: 0,
     duplicates: 0,
     postponed: 0,
+    slotWaits: 0,
   };
   /** The rate limits' bucket, opened at the first rate-limited task. */
   private rates: Promise<GlobalRateLimiter> | undefined;
+  private slots: Promise<Slots> | undefined;
   /** This worker instance in the attempt ledger's entries. */
   private readonly id = nuid.next();
   /** Aborted by `close()`: stop fetching. */
   private readonly stop = new AbortController();
   /** Aborted when the shutdown grace has passed: abort attempts, give up result publishes. */
-  private readonly forced = new AbortController();
+  private readonly forced = withoutListenerCap(new AbortController());
   private readonly running = new Map<string, AbortController>();
   private readonly canceled = new LRUCache<string, true>({ max: 10_000 });
   private readonly inflight = new Set<Promise<void>>();
@@ -594,6 +620,7 @@ export class Worker implements AsyncDisposable {
       );
     };
     renew();
+    let slot: SlotHold | undefined;
     try {
       const took = await this.takeAttempt(task, m, attempt, log);
       switch (took.kind) {
@@ -629,6 +656,12 @@ export class Worker implements AsyncDisposable {
         const gate = await this.rateGate(task, m, attempt, log, took.revision);
         if (gate === 'postponed') return;
         rateSlot = gate;
+      }
+      // Then the concurrency key: a slot held until the attempt is settled.
+      if (task.concurrency) {
+        const gate = await this.slotGate(queue, task, m, attempt, log, took.revision);
+        if (gate === 'postponed') return;
+        slot = gate;
       }
       const attemptAndSettle = async (): Promise<AttemptOutcome | undefined> => {
         beat.last = Date.now();
@@ -668,7 +701,216 @@ export class Worker implements AsyncDisposable {
       );
     } finally {
       clearTimeout(lease);
+      await slot?.release();
     }
+  }
+
+  /**
+   * The activity's concurrency key, once the attempt is taken: take a slot of `(activity, key)`
+   * (a compare-and-set on its record in the slots bucket). All held: wait in place (keeping the
+   * lease) for up to a second, retrying, then give the attempt back, postpone the task as a
+   * scheduled message and ack this delivery. Resolves the slot held (renewed while the attempt
+   * runs, released by its caller), or `postponed` when the task left this worker.
+   */
+  private async slotGate(
+    queue: string,
+    task: TaskMessage,
+    m: JsMsg,
+    attempt: number,
+    log: Record<string, unknown>,
+    revision: number,
+  ): Promise<SlotHold | 'postponed'> {
+    const spec = task.concurrency!;
+    const id = `${task.taskId}#${attempt}`;
+    // The lease is the queue's AckWait: a dead worker's slot frees when its task is redelivered.
+    const leaseMs = () => (this.settings.get(queue) ?? DEFAULT_QUEUE_SETTINGS).ackWaitMs;
+    const header = Number(m.headers?.get(Header.SlotWait) || NaN);
+    const since = Number.isSafeInteger(header) ? header : Date.now();
+    let deadline = Date.now() + SLOT_WAIT_IN_PLACE_MS;
+    for (let i = 0; ; i++) {
+      let granted = false;
+      try {
+        const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
+        granted = (await slots.take(task.activity, spec, id, this.id, leaseMs())).granted;
+      } catch (err) {
+        this.slots = undefined;
+        this.logger.warn({ ...log, err }, 'concurrency slots not readable; retrying');
+      }
+      if (granted) return this.holdSlot(task, spec, id, leaseMs, log);
+      if (this.forced.signal.aborted) return { release: () => Promise.resolve() };
+      if (this.canceled.has(task.taskId)) {
+        this.stats.canceled++;
+        m.term('canceled');
+        return 'postponed';
+      }
+      if (i === 0) {
+        this.o.metrics?.admission?.('concurrency-key', 'held');
+        // Journaled once per wait: not again when the task comes back postponed.
+        if (!Number.isSafeInteger(header))
+          this.journalAdmission(
+            task,
+            attempt,
+            'concurrency-key',
+            'held',
+            spec.key,
+            undefined,
+            since,
+            `attempt ${attempt} waits for a slot of concurrency key ${JSON.stringify(spec.key)} (limit ${spec.limit}, all held)`,
+          );
+      }
+      if (Date.now() < deadline) {
+        await pause(Math.min(250, 25 * 2 ** Math.min(i, 4)), this.forced.signal);
+        continue;
+      }
+      // Postponed: the attempt is given back first (the postponed copy takes it again). When
+      // it cannot be, the postponed copy could not take it: go on waiting in place.
+      try {
+        await this.ledger.giveBack(attemptKey(task, attempt), revision);
+      } catch (err) {
+        this.logger.warn({ ...log, err }, 'attempt not given back; waiting for a slot in place');
+        deadline = Date.now() + SLOT_WAIT_IN_PLACE_MS;
+        continue;
+      }
+      const fireAt = Date.now() + SLOT_POSTPONE_MS + Math.floor(Math.random() * SLOT_POSTPONE_MS);
+      try {
+        await postponeForSlot(
+          this.js,
+          this.names,
+          task,
+          m.data.slice(),
+          attempt,
+          fireAt,
+          since,
+          traceOf(m),
+        );
+      } catch (err) {
+        this.logger.warn({ ...log, err }, 'task waiting for a slot not postponed; nak');
+        m.nak(SLOT_POSTPONE_MS);
+        return 'postponed';
+      }
+      this.stats.slotWaits++;
+      this.o.metrics?.admission?.('concurrency-key', 'deferred');
+      if (!Number.isSafeInteger(header))
+        this.journalAdmission(
+          task,
+          attempt,
+          'concurrency-key',
+          'deferred',
+          spec.key,
+          fireAt,
+          since,
+          `attempt ${attempt} postponed until ${new Date(fireAt).toISOString()}: concurrency key ${JSON.stringify(spec.key)} (limit ${spec.limit}) has no free slot; it asks again then`,
+        );
+      this.logger.debug(
+        { ...log, key: spec.key, limit: spec.limit },
+        'postponed: its concurrency key has no free slot',
+      );
+      m.ack();
+      return 'postponed';
+    }
+  }
+
+  /**
+   * Journal that a stage held or deferred a task (entry kind `admission`, on the workflow's
+   * journal subject). Best effort and not awaited: a journal that cannot be written (no history
+   * stream, a permission) never holds the task.
+   */
+  private journalAdmission(
+    task: TaskMessage,
+    attempt: number,
+    stage: 'rate-limit' | 'concurrency-key',
+    outcome: 'held' | 'deferred',
+    key: string,
+    until: number | undefined,
+    since: number,
+    what: string,
+  ): void {
+    const entry: JournalEntry = {
+      v: WIRE_VERSION,
+      kind: 'admission',
+      workflowType: task.workflowType,
+      id: task.workflowId,
+      version: 0,
+      step: stepOfTask(task.taskId) ?? 0,
+      at: Date.now(),
+      engine: `worker ${this.id}`,
+      stage,
+      outcome,
+      actorId: task.actorId,
+      taskId: task.taskId,
+      activity: task.activity,
+      attempt,
+      key,
+      ...(until !== undefined ? { until } : {}),
+      what: `activity ${task.activity} (${task.actorId}): ${what}`,
+    };
+    const h = headers();
+    h.set(Header.ContentType, MSGPACK);
+    this.js
+      .publish(this.names.subjects.journal(task.workflowType, task.workflowId), pack(entry), {
+        msgID: `${task.taskId}.adm.${stage}.${outcome}.${attempt}.${since}`,
+        headers: h,
+      })
+      .catch((err: unknown) =>
+        this.logger.debug({ err, taskId: task.taskId }, 'admission not journaled'),
+      );
+  }
+
+  /** Renew a slot's lease every third of it until released; the release is retried briefly. */
+  private holdSlot(
+    task: TaskMessage,
+    spec: { key: string; limit: number },
+    id: string,
+    leaseMs: () => number,
+    log: Record<string, unknown>,
+  ): SlotHold {
+    const at = Date.now();
+    let timer: NodeJS.Timeout | undefined;
+    let renewing: Promise<void> | undefined;
+    const renew = () => {
+      timer = setTimeout(
+        () => {
+          renewing = (async () => {
+            try {
+              const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
+              const r = await slots.renew(task.activity, spec, id, this.id, leaseMs(), at);
+              if (r.lost)
+                this.logger.warn(
+                  { ...log, key: spec.key },
+                  'concurrency slot lease had ended (server not reached in time); taken again',
+                );
+            } catch (err) {
+              this.logger.debug({ ...log, err }, 'concurrency slot lease not renewed');
+            }
+          })().finally(() => {
+            renewing = undefined;
+            if (timer !== undefined) renew();
+          });
+        },
+        Math.max(100, Math.floor(leaseMs() / 3)),
+      );
+    };
+    renew();
+    return {
+      release: async () => {
+        clearTimeout(timer);
+        timer = undefined;
+        // A renewal under way would put the holder back after the release.
+        await renewing;
+        for (let i = 0; i < 5; i++) {
+          try {
+            const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
+            await slots.release(task.activity, spec, id);
+            return;
+          } catch (err) {
+            this.slots = undefined;
+            this.logger.warn({ ...log, err }, 'concurrency slot not released; retrying');
+            await new Promise((r) => setTimeout(r, 100 * 2 ** i));
+          }
+        }
+        this.logger.warn(log, 'concurrency slot not released: it frees when its lease ends');
+      },
+    };
   }
 
   /**
@@ -715,6 +957,7 @@ export class Worker implements AsyncDisposable {
     const wait = at - Date.now();
     if (wait <= 0) return at;
     if (wait <= RATE_WAIT_IN_PLACE_MS) {
+      this.o.metrics?.admission?.('rate-limit', 'held');
       // A timer may fire a millisecond early: never start before the slot.
       for (let left = wait; left > 0 && !this.forced.signal.aborted; left = at - Date.now())
         await pause(left, this.forced.signal);
@@ -757,6 +1000,17 @@ export class Worker implements AsyncDisposable {
       return 'postponed';
     }
     this.stats.postponed++;
+    this.o.metrics?.admission?.('rate-limit', 'deferred');
+    this.journalAdmission(
+      task,
+      attempt,
+      'rate-limit',
+      'deferred',
+      spec.key,
+      at,
+      Date.now(),
+      `attempt ${attempt} postponed to its rate-limit slot at ${new Date(at).toISOString()} (${spec.limit} per ${spec.periodMs} ms of key ${JSON.stringify(spec.key)})`,
+    );
     this.logger.debug({ ...log, at: new Date(at).toISOString() }, 'postponed by its rate limit');
     m.ack();
     return 'postponed';

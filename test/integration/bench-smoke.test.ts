@@ -27,7 +27,18 @@ describe('benchmark smoke run', () => {
       .filter((l) => l.startsWith('{'))
       .map((l) => JSON.parse(l) as Record<string, unknown>);
     const workloads = rows.filter((r) => r.system === 'jetflow').map((r) => r.workload);
-    expect(workloads).toEqual(['sequential', 'sequential', 'fanout', 'signals', 'timers', 'idle']);
+    expect(workloads).toEqual([
+      'sequential',
+      'sequential',
+      'concurrency-key',
+      'fanout',
+      'signals',
+      'timers',
+      'idle',
+    ]);
+    const keyed = rows.find((r) => r.workload === 'concurrency-key')!;
+    expect(keyed.medianThroughputKeyed as number).toBeGreaterThan(0);
+    expect((keyed.admission as { samples: number }).samples).toBeGreaterThan(0);
     for (const r of rows.filter((x) => x.workload === 'sequential' && x.system === 'jetflow')) {
       expect(r.throughput as number).toBeGreaterThan(0);
       expect(r.writesPerWf as number).toBeGreaterThan(0);
