@@ -959,8 +959,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 
 /** Run `main` and exit with its code; an error prints as one line on stderr (no stack trace). */
 export function runCli(argv: string[]): void {
+  // Exit once stdout is flushed: writes to a pipe are asynchronous, and `process.exit` would cut
+  // a long output (a dry run over 10,000 workflows) at the pipe's buffer.
+  const exit = (code: number) => process.stdout.write('', () => process.exit(code));
   main(argv).then(
-    (code) => process.exit(code),
+    (code) => exit(code),
     (err: unknown) => {
       process.stderr.write(`jetflow: ${describeError(err)}\n`);
       if (process.env.JETFLOW_DEBUG === '1') process.stderr.write(`${(err as Error)?.stack}\n`);

@@ -89,14 +89,19 @@ export async function migrateVerb(
     };
     return await runJob(defs, map, o, io, spec);
   }
-  const plans: MigrationPlan[] = [];
+  // A record written while the scan runs can be read twice: the last one read counts.
+  const records = new Map<string, WorkflowRecord>();
   await scanWorkflowRecords(url.split(','), prefix, (rec: WorkflowRecord) => {
-    if (rec.type !== type || rec.status !== 'running' || rec.version === to) return;
-    if (from !== undefined && rec.version !== from) return;
-    if (where && !Object.entries(where).every(([k, v]) => String(rec.attributes?.[k]) === v))
-      return;
-    plans.push(planMigration(rec, def, map));
+    if (rec.type === type) records.set(rec.id, rec);
   });
+  const plans: MigrationPlan[] = [];
+  for (const rec of records.values()) {
+    if (rec.status !== 'running' || rec.version === to) continue;
+    if (from !== undefined && rec.version !== from) continue;
+    if (where && !Object.entries(where).every(([k, v]) => String(rec.attributes?.[k]) === v))
+      continue;
+    plans.push(planMigration(rec, def, map));
+  }
   const blocked = plans.filter((p) => p.problems.length > 0);
   const summary = {
     workflows: plans.length,

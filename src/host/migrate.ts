@@ -146,10 +146,12 @@ export class MigrationRunner {
 
   /** The workflows a job acts on: every running record that `keep` takes, in key order. */
   private async select(keep: (r: WorkflowRecord) => boolean): Promise<[string, string][]> {
+    // A record written while the scan runs can be read twice (its old and new revision): the
+    // last one read decides.
+    const byKey = new Map<string, WorkflowRecord>();
+    await this.ports.scan((r) => byKey.set(`${r.type}.${r.id}`, r));
     const ids: [string, string][] = [];
-    await this.ports.scan((r) => {
-      if (keep(r)) ids.push([r.type, r.id]);
-    });
+    for (const r of byKey.values()) if (keep(r)) ids.push([r.type, r.id]);
     return ids.sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
   }
 
