@@ -690,19 +690,31 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       }),
     );
 
-  serviceFlags(program.command('migrate <type>'))
+  serviceFlags(program.command('migrate [type]'))
     .description(
-      'dry run of a migration of the workflows in flight to --to <version> (writes nothing; --apply is not built yet)',
+      'move the workflows in flight to --to <version>: --dry-run (writes nothing), --apply (a resumable job through each inbox), --revert <job>, --resume <job>',
     )
-    .requiredOption('--to <version>', 'the new version (in --workflows)')
+    .option('--to <version>', 'the new version (in --workflows)')
     .option('--from <version>', 'only workflows on this version')
     .option('--workflows <module>', 'module exporting `workflows` (default: the demo workflows)')
-    .option('--map <module>', 'exports `states` (old path → new path) and/or `context(ctx)`')
+    .option(
+      '--map <module>',
+      'exports `states` (old path -> new path), `context(ctx)`, `revert.context(ctx)`',
+    )
+    .option(
+      '--where <key=value>',
+      'only workflows with this search attribute value (repeatable)',
+      (v: string, acc: string[] = []) => [...acc, v],
+    )
     .option('--dry-run', 'print what would change, write nothing')
-    .option('--apply', 'not built yet')
-    .option('--revert <job>', 'not built yet')
+    .option('--apply', 'migrate them, each through its own inbox (a resumable job)')
+    .option('--revert <job>', 'move back what the migration job <job> moved')
+    .option('--resume <job>', 'go on with a migration job whose runner stopped or died')
+    .option('--reason <text>', 'why (journaled; --apply, --revert)')
+    .option('--by <who>', 'who (journaled; --apply, --revert)')
+    .option('--rate <n>', 'workflows per second (default 100)')
     .action(
-      service(async (type: string, o: MigrateFlags) => {
+      service(async (type: string | undefined, o: MigrateFlags) => {
         const { migrateVerb } = await import('./migrate.js');
         return migrateVerb(type, await loadWorkflows(o.workflows), o, io);
       }),
@@ -947,8 +959,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 
 /** Run `main` and exit with its code; an error prints as one line on stderr (no stack trace). */
 export function runCli(argv: string[]): void {
+  // Exit once stdout is flushed: writes to a pipe are asynchronous, and `process.exit` would cut
+  // a long output (a dry run over 10,000 workflows) at the pipe's buffer.
+  const exit = (code: number) => process.stdout.write('', () => process.exit(code));
   main(argv).then(
-    (code) => process.exit(code),
+    (code) => exit(code),
     (err: unknown) => {
       process.stderr.write(`jetflow: ${describeError(err)}\n`);
       if (process.env.JETFLOW_DEBUG === '1') process.stderr.write(`${(err as Error)?.stack}\n`);

@@ -31,6 +31,28 @@ export interface BulkRequest {
   output?: unknown;
   error?: AdminRequest['error'];
   toStep?: number;
+  /**
+   * Set on a migration job (verb `migrate`): run by the `jetflow migrate` command that holds it
+   * (it has the definitions and the map), never claimed by a visibility replica.
+   */
+  migration?: MigrationJobSpec;
+}
+
+/** What a migration job moves (`jetflow migrate --apply`) or puts back (`--revert <job>`). */
+export interface MigrationJobSpec {
+  type: string;
+  /** The version moved to (a revert: the versions the workflows came from, per workflow). */
+  to: number;
+  /** Only workflows on this version. */
+  from?: number;
+  /** The map's state renames (a revert of a workflow that moved on inverts them). */
+  states?: Record<string, string>;
+  /** True when the map had a context function (a revert then needs the map's `revert.context`). */
+  contextMapped: boolean;
+  /** Only workflows whose search attributes have these values (`--where k=v`). */
+  where?: Record<string, string>;
+  /** Set on a revert job: the migration job it reverts. */
+  revertOf?: string;
 }
 
 /** Reply to `<prefix>.admin.bulk`. */

@@ -355,7 +355,12 @@ export type AdminVerb =
   /** Concurrency keys: cancel a deferred workflow (leaves the queue), with a reason. */
   | 'skip'
   /** Concurrency keys: free the slot of a holder that has ended (or whose record is gone). */
-  | 'release';
+  | 'release'
+  /**
+   * Move the workflow to another version of its definition with a given snapshot (a step of its
+   * own, in inbox order): what `jetflow migrate --apply` and `--revert` send.
+   */
+  | 'migrate';
 
 export const ADMIN_VERBS: readonly AdminVerb[] = Object.freeze([
   'pause',
@@ -371,6 +376,7 @@ export const ADMIN_VERBS: readonly AdminVerb[] = Object.freeze([
   'promote',
   'skip',
   'release',
+  'migrate',
 ]);
 
 /** The verbs that act on a tree node (`nodeId`), or need it (`shutdown`, `cancel`, `prune`). */
@@ -422,6 +428,32 @@ export interface AdminRequest {
   scope?: 'workflow' | 'dispatch';
   /** release: the concurrency key, needed only when the holder's record no longer exists. */
   key?: string;
+  /** migrate: the version the workflow moves to. */
+  version?: number;
+  /** migrate: the persisted snapshot it has on that version (validated against its machine). */
+  snapshot?: unknown;
+  /**
+   * migrate: the step the snapshot was planned from. Applied only if the workflow is still at
+   * that step; otherwise refused with `conflict` (a message came first: plan again).
+   */
+  expectStep?: number;
+  /** migrate: the migration job; a workflow already moved by this job is a duplicate. */
+  jobId?: string;
+  /** migrate: the job this one reverts (`jetflow migrate --revert <job>`). */
+  revertOf?: string;
+}
+
+/** What a record keeps of the last migration that moved it (see the admin verb `migrate`). */
+export interface MigrationMark {
+  /** The job that moved it (`requestId`-independent: a repeat of the job is recognised). */
+  jobId: string;
+  from: number;
+  to: number;
+  /** The step that applied it; the journal's entry of `step - 1` holds the snapshot before. */
+  step: number;
+  at: number;
+  /** Set when this migration reverted the job named. */
+  revertOf?: string;
 }
 
 /** Reply to an applied admin request. */
@@ -569,6 +601,8 @@ export interface WorkflowRecord {
   timerDue?: Record<string, number>;
   /** Set for a workflow whose definition has a concurrency key (see {@link Admission}). */
   admission?: Admission;
+  /** Set once an operator's migration (`migrate` verb) moved it to another version. */
+  migration?: MigrationMark;
   /** Epoch ms. */
   createdAt: number;
   updatedAt: number;

@@ -29,6 +29,7 @@ const VERB_FIELDS: Record<AdminVerb, readonly string[]> = {
   promote: [],
   skip: [],
   release: ['key'],
+  migrate: ['version', 'snapshot', 'expectStep', 'jobId', 'revertOf'],
 };
 
 /** The fields of the tree forms (a bulk job takes the workflow forms only). */
@@ -231,6 +232,32 @@ export function parseAdminFields(
     }
     out.toStep = n;
   }
+  if (verb === 'migrate') {
+    const int = (k: string, min: number): number => {
+      const n = b[k];
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < min) {
+        throw bad(`migrate needs "${k}": an integer >= ${min}`, { field: k, value: n });
+      }
+      return n;
+    };
+    out.version = int('version', 1);
+    out.expectStep = int('expectStep', 0);
+    const snap = b.snapshot;
+    if (snap === null || typeof snap !== 'object' || Array.isArray(snap) || !('value' in snap)) {
+      throw bad('migrate needs "snapshot": a persisted XState snapshot (with "value")', {
+        field: 'snapshot',
+      });
+    }
+    out.snapshot = snap;
+    for (const k of ['jobId', 'revertOf'] as const) {
+      const v = b[k];
+      if (v === undefined) continue;
+      if (typeof v !== 'string' || v.length === 0 || v.length > 256) {
+        throw bad(`${k} must be a string of 1-256 characters`, { field: k });
+      }
+      out[k] = v;
+    }
+  }
   if (verb === 'release' && b.key !== undefined) {
     if (typeof b.key !== 'string' || b.key.length === 0 || b.key.length > 512) {
       throw bad('key must be a concurrency key: a string of 1-512 characters', { field: 'key' });
@@ -273,6 +300,24 @@ export function decodeAdmin(
   if (typeof body.nodeId === 'string') out.nodeId = body.nodeId;
   if (Array.isArray(body.decisions)) out.decisions = body.decisions as unknown[];
   if (body.scope === 'dispatch') out.scope = 'dispatch';
+  if (verb === 'migrate') {
+    if (
+      typeof body.version !== 'number' ||
+      typeof body.expectStep !== 'number' ||
+      body.snapshot === null ||
+      typeof body.snapshot !== 'object'
+    ) {
+      throw new BadRequestError('migrate needs version, expectStep and snapshot', {
+        ...fields,
+        code: ErrorCode.BadRequest,
+      });
+    }
+    out.version = body.version;
+    out.expectStep = body.expectStep;
+    out.snapshot = body.snapshot;
+    if (typeof body.jobId === 'string') out.jobId = body.jobId;
+    if (typeof body.revertOf === 'string') out.revertOf = body.revertOf;
+  }
   const needs =
     verb === 'shutdown' || verb === 'cancel' || verb === 'prune'
       ? out.nodeId

@@ -15,6 +15,14 @@ export interface MigrationMap {
   states?: Record<string, string>;
   /** The new context from the old one. */
   context?: (context: unknown, record: { type: string; id: string; version: number }) => unknown;
+  /**
+   * For `--revert` of a workflow that took steps on the new version since it was migrated (its
+   * journaled snapshot would undo them): the old context from the new one. The state renames are
+   * inverted from `states`. Without it such a workflow keeps its context as it is.
+   */
+  revert?: {
+    context?: (context: unknown, record: { type: string; id: string; version: number }) => unknown;
+  };
 }
 
 /** The plan for one workflow. */
@@ -80,10 +88,79 @@ function rename(path: string, states: Record<string, string>): string {
   return path;
 }
 
+/** The state renames read backwards (`a → x` becomes `x → a`); undefined when two map to one. */
+export function invertStates(
+  states: Record<string, string> | undefined,
+): Record<string, string> | undefined {
+  const out: Record<string, string> = {};
+  for (const [from, to] of Object.entries(states ?? {})) {
+    if (to in out) return undefined;
+    out[to] = from;
+  }
+  return out;
+}
+
+/**
+ * Validate `snapshot` as the state of `record` on `to`: every active state exists, the workflow
+ * is running, every pending activity or child workflow is invoked by a state it would be in, every
+ * pending `after` timer's state stays active, and the new machine restores it. Returns the
+ * problems (empty: valid) and the snapshot as the new machine persists it. Pure; throws nothing.
+ * The engine checks a `migrate` request with it again, in the step that applies it.
+ */
+export function checkSnapshot(
+  record: WorkflowRecord,
+  to: WorkflowDefinition,
+  snapshot: unknown,
+): { problems: string[]; snapshot?: unknown } {
+  const problems: string[] = [];
+  const after = statePaths((snapshot as { value?: unknown } | null)?.value);
+  const machine = to.machine;
+  const active: Node[] = [];
+  for (const p of after) {
+    const segs = p.split('.');
+    let ok = true;
+    for (let i = 1; i <= segs.length; i++) {
+      const n = nodeAt(machine, segs.slice(0, i).join('.'));
+      if (!n) {
+        ok = false;
+        break;
+      }
+      active.push(n);
+    }
+    if (!ok) problems.push(`state ${p} does not exist in ${to.type}@${to.version}`);
+  }
+  if (after.length === 0) problems.push('the snapshot has no state value');
+  if (record.status !== 'running') problems.push(`the workflow is ${record.status}`);
+  const invoked = new Set(active.flatMap((n) => n.invoke.map((i) => i.id)));
+  for (const [actorId, t] of Object.entries(record.tasks)) {
+    if (t.dispatched) continue; // a tree's own dispatch: kept by the machine's context
+    if (!invoked.has(actorId))
+      problems.push(
+        `in-flight ${t.kind === 'workflow' ? 'child workflow' : 'activity'} ${t.activity} (${actorId}) is invoked by no state the workflow would be in`,
+      );
+  }
+  for (const timerId of Object.keys(record.timers)) {
+    // `xstate.after.<delay>.<machineId>.<state path>`: the state must stay active.
+    const mt = /^xstate\.after\.[^.]+\.(.+)$/.exec(timerId);
+    if (!mt) continue;
+    const statePath = mt[1]!.split('.').slice(1).join('.');
+    if (statePath && !after.some((p) => p === statePath || p.startsWith(`${statePath}.`)))
+      problems.push(`pending timer ${timerId} belongs to a state the workflow would not be in`);
+  }
+  if (problems.length > 0) return { problems };
+  try {
+    return { problems, snapshot: m.persist(machine, m.restore(machine, snapshot)) };
+  } catch (err) {
+    problems.push(
+      `the new machine cannot restore the snapshot: ${String((err as Error)?.message ?? err)}`,
+    );
+    return { problems };
+  }
+}
+
 /**
  * Plan the migration of `record` to `to`: map its snapshot, then validate it against the new
- * machine (every active state exists, the machine restores it, every pending task and timer
- * belongs to a state it is in). Throws nothing; problems are listed.
+ * machine ({@link checkSnapshot}). Throws nothing; problems are listed.
  */
 export function planMigration(
   record: WorkflowRecord,
@@ -106,38 +183,6 @@ export function planMigration(
       problems.push(`the map's context function threw: ${String((err as Error)?.message ?? err)}`);
     }
   }
-  const machine = to.machine;
-  const active: Node[] = [];
-  for (const p of after) {
-    const segs = p.split('.');
-    let ok = true;
-    for (let i = 1; i <= segs.length; i++) {
-      const n = nodeAt(machine, segs.slice(0, i).join('.'));
-      if (!n) {
-        ok = false;
-        break;
-      }
-      active.push(n);
-    }
-    if (!ok) problems.push(`state ${p} does not exist in ${to.type}@${to.version}`);
-  }
-  if (record.status !== 'running') problems.push(`the workflow is ${record.status}`);
-  const invoked = new Set(active.flatMap((n) => n.invoke.map((i) => i.id)));
-  for (const [actorId, t] of Object.entries(record.tasks)) {
-    if (t.dispatched) continue; // a tree's own dispatch: kept by the machine's context
-    if (!invoked.has(actorId))
-      problems.push(
-        `in-flight ${t.kind === 'workflow' ? 'child workflow' : 'activity'} ${t.activity} (${actorId}) is invoked by no state the workflow would be in`,
-      );
-  }
-  for (const timerId of Object.keys(record.timers)) {
-    // `xstate.after.<delay>.<machineId>.<state path>`: the state must stay active.
-    const mt = /^xstate\.after\.[^.]+\.(.+)$/.exec(timerId);
-    if (!mt) continue;
-    const statePath = mt[1]!.split('.').slice(1).join('.');
-    if (statePath && !after.some((p) => p === statePath || p.startsWith(`${statePath}.`)))
-      problems.push(`pending timer ${timerId} belongs to a state the workflow would not be in`);
-  }
   const plan: MigrationPlan = {
     type: record.type,
     id: record.id,
@@ -148,14 +193,12 @@ export function planMigration(
     problems,
   };
   if (problems.length > 0) return plan;
-  const snapshot = { ...(record.snapshot as object), value: valueOf(after), context };
-  try {
-    const live = m.restore(machine, snapshot);
-    plan.snapshot = m.persist(machine, live);
-  } catch (err) {
-    problems.push(
-      `the new machine cannot restore the snapshot: ${String((err as Error)?.message ?? err)}`,
-    );
-  }
+  const checked = checkSnapshot(record, to, {
+    ...(record.snapshot as object),
+    value: valueOf(after),
+    context,
+  });
+  problems.push(...checked.problems);
+  if (checked.snapshot !== undefined) plan.snapshot = checked.snapshot;
   return plan;
 }

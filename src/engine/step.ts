@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import type { AnyMachineSnapshot, EventObject } from 'xstate';
 import type { DebounceOptions, Registry, WorkflowDefinition } from './registry.js';
 import { isNodeAdmin } from './admin.js';
+import { checkSnapshot } from './migrate.js';
 import * as m from './machine.js';
 import {
   DEFAULT_RETRY,
@@ -2144,6 +2145,10 @@ function operatorOf(msg: AdminMessage): JournalOperator {
   if (msg.nodeId !== undefined) params.nodeId = msg.nodeId;
   if (msg.decisions !== undefined) params.decisions = msg.decisions;
   if (msg.scope !== undefined) params.scope = msg.scope;
+  if (msg.version !== undefined) params.version = msg.version;
+  if (msg.expectStep !== undefined) params.expectStep = msg.expectStep;
+  if (msg.jobId !== undefined) params.jobId = msg.jobId;
+  if (msg.revertOf !== undefined) params.revertOf = msg.revertOf;
   return {
     action: msg.verb,
     by: msg.by,
@@ -2578,6 +2583,7 @@ function operator(
       ErrorCode.Paused,
     );
   }
+  if (msg.verb === 'migrate') return migrateStep(ctx, stored, input, msg, snapshot, memory);
   if (msg.verb === 'promote' || msg.verb === 'skip') {
     return reject(
       `${who} is ${stored.status}, not deferred: ${msg.verb} acts on a workflow waiting for its concurrency key`,
@@ -2782,6 +2788,119 @@ function reset(
       canceled: { tasks: Object.keys(stored.tasks), timers: Object.keys(stored.timers) },
     }),
     live: restored,
+  };
+}
+
+/**
+ * An operator's migration (`jetflow migrate --apply` / `--revert`): the workflow moves to
+ * `msg.version` with `msg.snapshot`, planned by the operator's tool from the record at step
+ * `msg.expectStep`. Applied only at that step (a message that came first makes it a `conflict`:
+ * the tool reads and plans again), so no signal is lost or applied twice; validated again against
+ * the new machine; pending tasks and timers stay as they are (the plan checked they still
+ * belong). A workflow this job moved already is a duplicate. The step before's journal entry
+ * keeps the old snapshot, so the move can be reverted.
+ */
+function migrateStep(
+  ctx: StepContext,
+  stored: WorkflowRecord,
+  input: StepInput,
+  msg: AdminMessage,
+  snapshot: AnyMachineSnapshot,
+  memory: Memory,
+): Decision {
+  const fields = { workflowType: stored.type, workflowId: stored.id };
+  const who = `workflow ${stored.type}/${stored.id}`;
+  const reject = (message: string, code: ErrorCode, details?: unknown): Decision => ({
+    kind: 'reject',
+    error: new BadRequestError(message, { ...fields, code, ...(details ? { details } : {}) }),
+    accepts: [],
+  });
+  const to = msg.version!;
+  if (msg.jobId !== undefined && stored.migration?.jobId === msg.jobId) {
+    return {
+      kind: 'noop',
+      reply: adminReply(stored, 'migrate', { jobId: msg.jobId, already: true }, true),
+    };
+  }
+  if (stored.step !== msg.expectStep) {
+    return reject(
+      `${who} is at step ${stored.step}, not ${msg.expectStep}: a message came first; plan the migration again`,
+      ErrorCode.Conflict,
+      { step: stored.step, expectStep: msg.expectStep },
+    );
+  }
+  let def: WorkflowDefinition;
+  try {
+    def = ctx.registry.get(stored.type, to);
+  } catch {
+    return reject(
+      `${who}: this engine has no ${stored.type}@${to}; register it on every engine before migrating`,
+      ErrorCode.UnknownVersion,
+      { version: to },
+    );
+  }
+  const checked = checkSnapshot(stored, def, msg.snapshot);
+  if (checked.snapshot === undefined) {
+    return reject(
+      `${who} cannot move to ${stored.type}@${to}: ${checked.problems.join('; ')}`,
+      ErrorCode.InvalidState,
+      { problems: checked.problems },
+    );
+  }
+  const live = m.restore(def.machine, checked.snapshot);
+  const rec = quietStep(stored, input, memory);
+  rec.version = to;
+  rec.snapshot = checked.snapshot;
+  rec.migration = {
+    jobId: msg.jobId ?? msg.requestId ?? `seq-${input.seq}`,
+    from: stored.version,
+    to,
+    step: rec.step,
+    at: input.now,
+    ...(msg.revertOf !== undefined ? { revertOf: msg.revertOf } : {}),
+  };
+  if (!sameState(live.value, snapshot.value)) rec.stateSince = input.now;
+  const attributes = searchAttributes(def.searchAttributes, live.context);
+  const trig = stored.attributes?.[TRIGGER_ATTRIBUTE];
+  if (attributes || trig !== undefined)
+    rec.attributes = {
+      ...attributes,
+      ...(trig !== undefined ? { [TRIGGER_ATTRIBUTE]: trig } : {}),
+    };
+  else delete rec.attributes;
+  if (ctx.journal) {
+    rec.outbox.push({
+      kind: 'journal',
+      cause: 'operator',
+      seq: input.seq,
+      event: journalEvent(
+        'jetflow.migrate',
+        {
+          from: stored.version,
+          to,
+          ...(msg.jobId !== undefined ? { jobId: msg.jobId } : {}),
+          ...(msg.revertOf !== undefined ? { revertOf: msg.revertOf } : {}),
+        },
+        ctx.journal.payloadMaxBytes,
+      ),
+      from: journalState(snapshot.value),
+      operator: operatorOf(msg),
+    });
+  }
+  rec.outbox.push({
+    kind: 'notify',
+    notification: lifecycle(rec, live, 'jetflow.migrate', iso(input.now)),
+  });
+  return {
+    kind: 'write',
+    record: rec,
+    create: false,
+    reply: adminReply(rec, 'migrate', {
+      from: { version: stored.version, value: snapshot.value as unknown },
+      to: { version: to, value: live.value as unknown },
+      ...(msg.jobId !== undefined ? { jobId: msg.jobId } : {}),
+    }),
+    live,
   };
 }
 

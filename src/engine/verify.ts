@@ -241,20 +241,66 @@ export function messageOf(
   }
 }
 
-const sortKeys = (v: unknown): unknown => {
-  if (Array.isArray(v)) return v.map(sortKeys);
-  if (v && typeof v === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const k of Object.keys(v).sort()) out[k] = sortKeys((v as Record<string, unknown>)[k]);
-    return out;
+/** True for a key JavaScript orders first, as an array index (ascending, before the others). */
+function isIndexKey(k: string): boolean {
+  return /^(?:0|[1-9]\d{0,9})$/.test(k) && Number(k) < 4294967295;
+}
+
+/**
+ * `JSON.stringify` of `v` with every object's keys sorted, written directly (this runs several
+ * times per re-run step, on contexts and effects: building a sorted copy first and then
+ * stringifying it cost twice the time and the garbage). The same text as
+ * `JSON.stringify(sortedCopy)`: integer-like keys first in numeric order (as JavaScript orders a
+ * copy's keys), holes and functions in arrays as `null`, undefined and functions in objects left
+ * out, non-finite numbers as `null`.
+ */
+function writeSorted(v: unknown): string | undefined {
+  if (v === null) return 'null';
+  switch (typeof v) {
+    case 'string':
+      return JSON.stringify(v);
+    case 'number':
+      return Number.isFinite(v) ? JSON.stringify(v) : 'null';
+    case 'boolean':
+      return v ? 'true' : 'false';
+    case 'bigint':
+      return JSON.stringify(v); // throws, as JSON.stringify does
+    case 'object': {
+      if (Array.isArray(v)) {
+        let out = '[';
+        for (let i = 0; i < v.length; i++)
+          out += `${i > 0 ? ',' : ''}${writeSorted(v[i]) ?? 'null'}`;
+        return `${out}]`;
+      }
+      const keys = Object.keys(v);
+      // Object.keys lists index keys first (ascending), then the others in insertion order.
+      let n = 0;
+      while (n < keys.length && isIndexKey(keys[n]!)) n++;
+      const rest = keys.slice(n).sort();
+      let out = '{';
+      let first = true;
+      const add = (k: string) => {
+        const t = writeSorted((v as Record<string, unknown>)[k]);
+        if (t === undefined) return;
+        out += `${first ? '' : ','}${JSON.stringify(k)}:${t}`;
+        first = false;
+      };
+      for (let i = 0; i < n; i++) add(keys[i]!);
+      for (const k of rest) add(k);
+      return `${out}}`;
+    }
+    default:
+      return undefined;
   }
-  return v;
-};
+}
 
 /** Canonical JSON text (keys sorted). */
 export function canonical(v: unknown): string {
-  return JSON.stringify(sortKeys(v)) ?? 'undefined';
+  return writeSorted(v) ?? 'undefined';
 }
+
+/** The canonical text of each effect of a sorted effects list (kept by {@link sortEffects}). */
+const effectTexts = new WeakMap<readonly Record<string, unknown>[], string[]>();
 
 /**
  * An effect as verify compares it (undefined: not compared, i.e. notifications, which follow the
@@ -315,10 +361,15 @@ export function stepView(entry: StepEntry): StepView {
 }
 
 function sortEffects(effects: Record<string, unknown>[]): Record<string, unknown>[] {
-  return effects
+  const pairs = effects
     .map((e) => [canonical(e), e] as const)
-    .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
-    .map(([, e]) => e);
+    .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const sorted = pairs.map(([, e]) => e);
+  effectTexts.set(
+    sorted,
+    pairs.map(([t]) => t),
+  );
+  return sorted;
 }
 
 /** `got`'s effects with payloads the recorded side lacks (cut or older entries) left out. */
@@ -396,9 +447,9 @@ export function compareViews(
     kinds.push('context');
     diffLines('context', expected.context, got.context, diff);
   }
-  const e = expected.effects.map(canonical);
-  const g = got.effects.map(canonical);
-  if (canonical(e) !== canonical(g)) {
+  const e = effectTexts.get(expected.effects) ?? expected.effects.map(canonical);
+  const g = effectTexts.get(got.effects) ?? got.effects.map(canonical);
+  if (e.length !== g.length || e.some((t, i) => t !== g[i])) {
     kinds.push('effects');
     const left = [...g];
     for (let i = 0; i < e.length; i++) {

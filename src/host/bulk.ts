@@ -266,7 +266,9 @@ export class BulkRunner {
         if (this.stopped) return;
         if (this.running.has(jobId)) continue;
         const got = await this.store.get(jobId);
-        if (!got || got.job.state !== 'running') {
+        // A migration job is run by the `jetflow migrate` command that holds it (it has the
+        // definitions and the map): never claimed here.
+        if (!got || got.job.state !== 'running' || got.job.request.migration) {
           this.seen.delete(jobId);
           continue;
         }

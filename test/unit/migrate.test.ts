@@ -51,3 +51,63 @@ describe('migration plan', () => {
     expect(plan.snapshot).toBeUndefined();
   });
 });
+
+describe('the migrate admin step', () => {
+  const both = verifyContext(createRegistry([merchantPayment, renamed]));
+  const admin = (rec: WorkflowRecord, extra: Partial<Record<string, unknown>>, seq = 10) =>
+    decide(both, rec, {
+      type: rec.type,
+      id: rec.id,
+      shard: 0,
+      seq,
+      now: 5,
+      message: {
+        kind: 'admin',
+        verb: 'migrate',
+        reason: 'rename',
+        by: 'test',
+        version: 2,
+        expectStep: rec.step,
+        jobId: 'job1',
+        ...extra,
+      } as never,
+    });
+
+  it('moves the workflow at the step it was planned from, marks it, journals the operator', () => {
+    const rec = started('c');
+    const plan = planMigration(rec, renamed, { states: { gettingVouchers: 'fetchingVouchers' } });
+    const d = admin(rec, { snapshot: plan.snapshot });
+    if (d.kind !== 'write') throw new Error(d.kind);
+    expect(d.record.version).toBe(2);
+    expect(d.record.step).toBe(rec.step + 1);
+    expect((d.record.snapshot as { value: unknown }).value).toBe('fetchingVouchers');
+    expect(d.record.tasks).toEqual(rec.tasks);
+    expect(d.record.migration).toEqual({
+      jobId: 'job1',
+      from: 1,
+      to: 2,
+      step: rec.step + 1,
+      at: 5,
+    });
+    const j = d.record.outbox.find((e) => e.kind === 'journal');
+    expect(j).toMatchObject({
+      cause: 'operator',
+      event: { type: 'jetflow.migrate', payload: { from: 1, to: 2, jobId: 'job1' } },
+      operator: { action: 'migrate', by: 'test', reason: 'rename' },
+    });
+    // The same job again: a duplicate, nothing changes.
+    const again = admin(d.record, { snapshot: plan.snapshot, expectStep: d.record.step });
+    expect(again).toMatchObject({ kind: 'noop', reply: { duplicate: true } });
+  });
+
+  it('refuses a plan made from another step (conflict) and a snapshot the new machine rejects', () => {
+    const rec = started('d');
+    const plan = planMigration(rec, renamed, { states: { gettingVouchers: 'fetchingVouchers' } });
+    const stale = admin(rec, { snapshot: plan.snapshot, expectStep: rec.step - 1 });
+    expect(stale.kind === 'reject' && stale.error.code).toBe('conflict');
+    const bad = admin(rec, { snapshot: rec.snapshot }); // gettingVouchers is not a v2 state
+    expect(bad.kind === 'reject' && bad.error.code).toBe('invalid_state');
+    const unknown = admin(rec, { snapshot: plan.snapshot, version: 3 });
+    expect(unknown.kind === 'reject' && unknown.error.code).toBe('unknown_version');
+  });
+});
