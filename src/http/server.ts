@@ -20,6 +20,15 @@ import { ErrorCode, JetflowError } from '../errors.js';
 import { toJetflowError } from '../nats/connection.js';
 import { packageVersion } from '../host/package-root.js';
 import { verifyWebhook, webhookMsgId } from './webhook.js';
+import {
+  CancelRequestSchema,
+  closed,
+  HistoryRequestSchema,
+  SignalRequestSchema,
+  StartReplySchema,
+  StartRequestSchema,
+  WorkflowRefSchema,
+} from '../contracts/schemas.js';
 
 export interface HttpOptions {
   client: Client;
@@ -43,20 +52,12 @@ export interface HttpServer {
 
 // ---- Schemas: validated by Fastify, published as the OpenAPI document ----------------------
 
-const Token = Type.String({ pattern: '^[A-Za-z0-9_=-]{1,256}$', description: 'a subject token' });
-const Params = Type.Object({ type: Token, id: Token });
-const StartBody = Type.Object(
-  { input: Type.Optional(Type.Unknown({ description: 'the workflow input (any JSON)' })) },
-  { additionalProperties: false },
-);
-const EventBody = Type.Object(
-  { type: Type.String({ minLength: 1, description: 'the event type' }) },
-  { additionalProperties: true, description: 'the event: its type and payload fields' },
-);
-const CancelBody = Type.Object(
-  { reason: Type.Optional(Type.String({ maxLength: 1024 })) },
-  { additionalProperties: false },
-);
+// The bodies are the NATS requests' own schemas (`src/contracts/schemas.ts`), closed: over HTTP
+// an unknown field is refused.
+const Params = WorkflowRefSchema;
+const StartBody = closed(StartRequestSchema);
+const EventBody = SignalRequestSchema;
+const CancelBody = closed(CancelRequestSchema);
 const ResultQuery = Type.Object(
   {
     wait: Type.Optional(
@@ -68,13 +69,7 @@ const ResultQuery = Type.Object(
   },
   { additionalProperties: false },
 );
-const HistoryQuery = Type.Object(
-  {
-    fromStep: Type.Optional(Type.Integer({ minimum: 0 })),
-    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
-  },
-  { additionalProperties: false },
-);
+const HistoryQuery = HistoryRequestSchema;
 const IdempotencyHeaders = Type.Object({
   'idempotency-key': Type.Optional(
     Type.String({
@@ -82,12 +77,6 @@ const IdempotencyHeaders = Type.Object({
       description: 'a repeat with the same key is applied once (the NATS message id)',
     }),
   ),
-});
-const StartReplySchema = Type.Object({
-  id: Type.String(),
-  type: Type.String(),
-  version: Type.Integer(),
-  created: Type.Boolean(),
 });
 const AnyObject = Type.Object({}, { additionalProperties: true });
 const ResultSchema = Type.Object({
