@@ -16,6 +16,7 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { ValueErrorType } from '@sinclair/typebox/errors';
 import { unpack } from './codec.js';
 import type {
+  AdminRequest,
   BatchRef,
   ParentRef,
   SendOrigin,
@@ -203,6 +204,81 @@ export const AdminInboxSchema = Type.Object({
   by: Type.String(),
 });
 
+/** Max length of an admin request's `reason`, `by` and `requestId` (they are journaled). */
+export const ADMIN_TEXT_MAX = 1024;
+
+const AdminText = Type.String({
+  minLength: 1,
+  maxLength: ADMIN_TEXT_MAX,
+  pattern: '\\S',
+  description: `non-blank text of at most ${ADMIN_TEXT_MAX} characters (journaled)`,
+});
+
+/**
+ * The fields of an admin request (`AdminRequest`), each with its own schema: which of them a
+ * verb takes, and which it needs, is the verb's (`src/engine/admin.ts`).
+ */
+export const AdminFieldSchemas = {
+  reason: AdminText,
+  by: AdminText,
+  requestId: Type.Optional(AdminText),
+  actorId: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  attempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+  output: Type.Optional(Type.Unknown()),
+  error: Type.Optional(
+    Type.Object(
+      {
+        type: Type.Optional(Type.String()),
+        message: Type.Optional(Type.String()),
+        details: Type.Optional(Type.Unknown()),
+      },
+      { additionalProperties: false },
+    ),
+  ),
+  toStep: Type.Optional(Type.Integer({ minimum: 0 })),
+  nodeId: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  decisions: Type.Optional(Type.Array(Type.Unknown())),
+  scope: Type.Optional(Type.Union([Type.Literal('workflow'), Type.Literal('dispatch')])),
+  key: Type.Optional(Type.String({ minLength: 1, maxLength: 512 })),
+};
+
+/** Body of an admin request (`AdminRequest`), every verb's fields. */
+export const AdminRequestSchema = Type.Object(AdminFieldSchemas);
+
+// ---- Trigger operator verbs (`<prefix>.admin.triggers.<verb>`, `….held.<verb>.<name>`) ------
+
+const TriggerName = Type.Optional(Type.String({ description: 'the trigger name' }));
+const Seq = Type.Integer({ minimum: 1, description: 'a stream sequence' });
+
+/** Bodies of the trigger verbs, by verb (`jetflow triggers …`, `Client.triggers`). */
+export const TriggerRequestSchemas = {
+  list: Type.Object({}),
+  parked: Type.Object({ name: TriggerName }),
+  trace: Type.Object({ name: TriggerName, seq: Type.Integer({ minimum: 0 }) }),
+  pause: Type.Object({ name: TriggerName }),
+  resume: Type.Object({ name: TriggerName }),
+  replay: Type.Object({
+    name: TriggerName,
+    seq: Type.Optional(Seq),
+    key: Type.Optional(Type.String({ description: 'the workflow id the mapping gave' })),
+    all: Type.Optional(Type.Boolean()),
+  }),
+  skip: Type.Object({
+    name: TriggerName,
+    seq: Seq,
+    reason: Type.String({ minLength: 1, pattern: '\\S', description: 'why (in the ledger)' }),
+    by: Type.Optional(Type.String()),
+  }),
+  rewind: Type.Object({
+    name: TriggerName,
+    toSeq: Type.Optional(Seq),
+    since: Type.Optional(Type.Number({ description: 'epoch ms' })),
+    waitMs: Type.Optional(Type.Number({ minimum: 0 })),
+  }),
+};
+
+export type TriggerVerb = keyof typeof TriggerRequestSchemas;
+
 // ---- Activity tasks (msgpack on `wf.task.<queue>.<taskKey>`) --------------------------------
 
 export const RetryPolicySchema = Type.Object({
@@ -364,3 +440,4 @@ agree<Same<Static<typeof StartRequestSchema>, StartRequest>>();
 agree<Same<Static<typeof CancelRequestSchema>, CancelRequest>>();
 agree<Same<Static<typeof HistoryRequestSchema>, HistoryRequest>>();
 agree<Same<Static<typeof StartReplySchema>, StartReply>>();
+agree<Same<Static<typeof AdminRequestSchema>, AdminRequest>>();

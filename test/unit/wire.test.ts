@@ -15,7 +15,9 @@ import {
   MalformedTaskError,
   StartRequestSchema,
 } from '../../src/contracts/schemas.js';
-import type { TaskMessage } from '../../src/contracts/wire.js';
+import type { AdminVerb, TaskMessage } from '../../src/contracts/wire.js';
+import { parseAdminFields } from '../../src/engine/admin.js';
+import { parseTriggerRequest } from '../../src/engine/triggers.js';
 import { BadRequestError } from '../../src/errors.js';
 import { decodeInbox } from '../../src/engine/processor.js';
 import { parseRequest } from '../../src/engine/gateway.js';
@@ -266,5 +268,70 @@ describe('activity tasks (worker side)', () => {
     expect(decodeTaskControl(pack({ cancel: 't1' }))).toBe('t1');
     expect(decodeTaskControl(pack({ cancel: 1 }))).toBeUndefined();
     expect(decodeTaskControl(new Uint8Array([0xc1]))).toBeUndefined();
+  });
+});
+
+describe('admin and trigger verb bodies', () => {
+  const bad = (msg: string, details?: unknown) =>
+    new BadRequestError(msg, details === undefined ? {} : { details });
+  const admin = (verb: AdminVerb, body: unknown) => parseAdminFields(verb, body, bad);
+  it('good admin bodies pass', () => {
+    expect(admin('retry', { reason: 'r', by: 'b', actorId: 'a', attempts: 2 })).toEqual({
+      kind: 'admin',
+      verb: 'retry',
+      reason: 'r',
+      by: 'b',
+      actorId: 'a',
+      attempts: 2,
+    });
+    expect(admin('reset', { reason: 'r', by: 'b', toStep: 0 })).toMatchObject({ toStep: 0 });
+  });
+  const cases: [AdminVerb, Record<string, unknown>, string, string][] = [
+    ['pause', { by: 'b' }, 'reason must be a non-empty string', 'reason'],
+    ['pause', { reason: '  ', by: 'b' }, 'reason must be a non-empty string', 'reason'],
+    [
+      'pause',
+      { reason: 'r', by: 'b', requestId: 'x'.repeat(1025) },
+      'requestId must be',
+      'requestId',
+    ],
+    ['pause', { reason: 'r', by: 'b', scope: 'all' }, 'scope must be "workflow"', 'scope'],
+    ['retry', { reason: 'r', by: 'b', actorId: 'a', attempts: 0 }, 'attempts must be', 'attempts'],
+    ['retry', { reason: 'r', by: 'b' }, 'retry needs "actorId"', 'actorId'],
+    ['fail', { reason: 'r', by: 'b', actorId: 'a', error: { code: 1 } }, 'error must be', 'error'],
+    ['reset', { reason: 'r', by: 'b', toStep: -1 }, 'reset needs "toStep"', 'toStep'],
+    ['reset', { reason: 'r', by: 'b' }, 'reset needs "toStep"', 'toStep'],
+    ['shutdown', { reason: 'r', by: 'b' }, 'shutdown needs "nodeId"', 'nodeId'],
+    ['release', { reason: 'r', by: 'b', key: '' }, 'key must be a concurrency key', 'key'],
+    ['terminate', { reason: 'r', by: 'b', actorId: 'a' }, 'unknown field "actorId"', 'actorId'],
+  ];
+  for (const [verb, body, message, field] of cases) {
+    it(`${verb} ${JSON.stringify(body).slice(0, 60)}: "${message}…"`, () => {
+      const err = rejected(() => admin(verb, body));
+      expect(err.message).toContain(message);
+      expect((err.details as { field: string }).field).toBe(field);
+    });
+  }
+  it('trigger verbs: types checked, required fields keep their messages', () => {
+    expect(parseTriggerRequest('replay', { name: 't', all: true })).toEqual({
+      name: 't',
+      all: true,
+    });
+    expect(parseTriggerRequest('list', undefined)).toEqual({});
+    expect(rejected(() => parseTriggerRequest('skip', { name: 't', seq: 3 })).message).toBe(
+      'skip needs seq and a reason',
+    );
+    expect(rejected(() => parseTriggerRequest('trace', { name: 't' })).message).toBe(
+      'trace needs seq',
+    );
+    const e = rejected(() => parseTriggerRequest('rewind', { name: 't', toSeq: 0 }));
+    expect(e.message).toContain('trigger rewind: toSeq:');
+    expect(e.details).toMatchObject({ field: 'toSeq' });
+    expect(rejected(() => parseTriggerRequest('replay', { seq: '4' })).details).toMatchObject({
+      field: 'seq',
+    });
+    expect(rejected(() => parseTriggerRequest('explode', {})).message).toContain(
+      'unknown trigger verb',
+    );
   });
 });
