@@ -419,13 +419,16 @@ export class TriggerRunner {
       ...(byMsgId ? { replay: true as const } : {}),
     };
     let pause = 250;
+    // A core message has no sequence: one id for all of its forwards, so that a retry after a
+    // lost reply is recognised as a repeat (not applied twice).
+    const coreId = isStream ? '' : nuid.next();
     for (;;) {
       if (this.stopped) return undefined;
       const msgId = isStream
         ? replay
           ? `jf-trigger.${spec.name}.${tm.seq}.r.${nuid.next()}`
           : `jf-trigger.${spec.name}.${tm.seq}`
-        : `jf-trigger.${spec.name}.core.${nuid.next()}`;
+        : `jf-trigger.${spec.name}.core.${coreId}`;
       try {
         const r = await this.forwarder.forward(
           spec.workflowType,
