@@ -6,7 +6,8 @@
  *
  * `--baseline <dir>`: a checkout of another version (its `src/`); its decoders run in the same
  * process, rounds interleaved with this one's, so both see the same machine noise. A baseline
- * without `decodeTask` in `src/contracts/schemas.ts` needs one there (the worker's check then).
+ * from before `src/contracts/schemas.ts` has no `decodeTask`: its task decode is the worker's
+ * check of that time (unpack, then `taskId`, `resultSubject` and `taskKey` tested by hand).
  * Options: --n (per round, default 200000), --rounds (default 7).
  */
 import { resolve } from 'node:path';
@@ -19,6 +20,7 @@ import type { TaskMessage } from '../src/contracts/wire.js';
 import type * as Processor from '../src/engine/processor.js';
 import type * as Gateway from '../src/engine/gateway.js';
 import type * as Schemas from '../src/contracts/schemas.js';
+import type * as Codec from '../src/contracts/codec.js';
 
 const { values } = parseArgs({
   options: {
@@ -37,12 +39,25 @@ interface Decoders {
 }
 async function load(root: string): Promise<Decoders> {
   const at = (p: string) => resolve(root, p);
-  const [{ decodeInbox }, { parseRequest }, { decodeTask }] = await Promise.all([
+  const [{ decodeInbox }, { parseRequest }, schemas, { unpack }] = await Promise.all([
     import(at('src/engine/processor.ts')) as Promise<typeof Processor>,
     import(at('src/engine/gateway.ts')) as Promise<typeof Gateway>,
-    import(at('src/contracts/schemas.ts')) as Promise<typeof Schemas>,
+    (import(at('src/contracts/schemas.ts')) as Promise<typeof Schemas>).catch(() => undefined),
+    import(at('src/contracts/codec.ts')) as Promise<typeof Codec>,
   ]);
-  return { decodeInbox, parseRequest, decodeTask };
+  const byHand = (data: Uint8Array): TaskMessage => {
+    const task = unpack(data) as TaskMessage;
+    if (
+      !task ||
+      typeof task.taskId !== 'string' ||
+      typeof task.resultSubject !== 'string' ||
+      typeof task.taskKey !== 'string' ||
+      !/^[A-Za-z0-9_-]+$/.test(task.taskKey)
+    )
+      throw new Error('not a task');
+    return task;
+  };
+  return { decodeInbox, parseRequest, decodeTask: schemas?.decodeTask ?? byHand };
 }
 const versions: [string, Decoders][] = [['this', await load(resolve(import.meta.dirname, '..'))]];
 if (values.baseline) versions.push(['baseline', await load(resolve(values.baseline))]);
