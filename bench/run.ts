@@ -8,6 +8,10 @@
  *
  * Workloads: 1 sequential (c=64, c=1), 1 with a concurrency key vs without and the admission
  * latency of a deferred workflow (`bench/keys-workload.ts`), 2 fan-out, 3 signals, 4 timers, 5 idle.
+ * After workload 1 and the others, on the same nats-server with engines of their own: trigger
+ * throughput (stream messages → started workflows per second, `bench/triggers.ts`) as a ratio to
+ * the start rate through the client, and HTTP start p50/p99 beside the NATS start
+ * (`bench/http.ts`).
  *
  * Options: --smoke, --skip-peers, --profile (engine CPU profile of workload 1, summarised),
  * --observability [--rounds n] (only workload 1, with metrics off, on, and on with tracing at
@@ -30,13 +34,15 @@ import { runRestate } from './peers/restate.js';
 import { runBullmq } from './peers/bullmq.js';
 import type { PeerResult } from './peers/common.js';
 import { keysWorkload, type KeysWorkloadResult } from './keys-workload.js';
+import { runTriggerBench } from './triggers.js';
+import { runHttpBench } from './http.js';
 
 const { values } = parseArgs({
   options: {
     smoke: { type: 'boolean', default: false },
     'skip-peers': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
-    /** Comma-separated subset: keys,fanout,signals,timers,idle (sequential always runs). */
+    /** Comma-separated subset: keys,fanout,signals,timers,idle,triggers,http (sequential always runs). */
     only: { type: 'string' },
     /** Only workload 1, metrics off / on / on with tracing (bench/observability.ts). */
     observability: { type: 'boolean', default: false },
@@ -66,6 +72,9 @@ const N = smoke
       keys: 40,
       keyRounds: 1,
       keyPairs: 10,
+      triggerMsgs: 100,
+      httpStarts: 30,
+      rounds: 1,
     }
   : {
       seq64: 3000,
@@ -79,6 +88,9 @@ const N = smoke
       keys: 2000,
       keyRounds: 3,
       keyPairs: 500,
+      triggerMsgs: 2000,
+      httpStarts: 1000,
+      rounds: 3,
     };
 
 const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
@@ -433,6 +445,35 @@ async function main(): Promise<void> {
       for (const line of summarizeProfile(profileDir)) log(`  ${line}`);
     }
 
+    // Triggers and HTTP ingress (issue 21): engines of their own on the same server, now that
+    // workload 1's engine and worker have stopped.
+    if (want('triggers')) {
+      const t = await runTriggerBench({
+        serverUrl: server.url,
+        shards: SHARDS,
+        messages: N.triggerMsgs,
+        rounds: N.rounds,
+        log: (l) => log(`triggers ${l}`),
+      });
+      emit({
+        system: 'jetflow',
+        workload: 'triggers',
+        ...t,
+        workload1PerSec: seq[64]!.throughput,
+        triggerOverWorkload1: round(t.triggerStartsPerSec / (seq[64]!.throughput as number), 2),
+      });
+    }
+    if (want('http')) {
+      const h = await runHttpBench({
+        serverUrl: server.url,
+        shards: SHARDS,
+        starts: N.httpStarts,
+        rounds: N.rounds,
+        log: (l) => log(`http ${l}`),
+      });
+      emit({ system: 'jetflow', workload: 'http-start', ...h });
+    }
+
     // Peers, same workload 1.
     const peers: PeerResult[] = [];
     if (!values['skip-peers']) {
@@ -477,6 +518,31 @@ async function main(): Promise<void> {
         md.push(
           `- ${r.system} ${r.workload}: ${JSON.stringify(Object.fromEntries(Object.entries(r).filter(([k]) => k !== 'system' && k !== 'workload')))}`,
         );
+    const trig = rows.find((r) => r.workload === 'triggers');
+    const hs = rows.find((r) => r.workload === 'http-start') as
+      | (Row & Record<string, { nats: Record<string, number>; http: Record<string, number> }>)
+      | undefined;
+    if (trig || hs) {
+      md.push('');
+      md.push('Triggers and HTTP ingress (same run):');
+      if (trig)
+        md.push(
+          `- trigger: ${String(trig.triggerStartsPerSec)} stream messages → started workflows/s; ` +
+            `${String(trig.triggerOverClient)}× the client.start rate of the same engine ` +
+            `(${String(trig.clientStartsPerSec)}/s, c=64), ${String(trig.triggerOverWorkload1)}× workload 1's ` +
+            `${String(trig.workload1PerSec)} wf/s`,
+        );
+      if (hs) {
+        md.push('');
+        md.push('| start via | concurrency | p50 ms | p99 ms | starts/s |');
+        md.push('|---|---|---|---|---|');
+        for (const c of [1, 16])
+          for (const path of ['nats', 'http'] as const) {
+            const x = hs[`c${c}`]?.[path];
+            if (x) md.push(`| ${path} | ${c} | ${x.p50Ms} | ${x.p99Ms} | ${x.perSec} |`);
+          }
+      }
+    }
     const measured = (s: string, c: number) =>
       peers.find((p) => p.system === s && 'throughput' in p && p.concurrency === c) as
         (PeerResult & { throughput: number; p50Ms: number }) | undefined;

@@ -6,8 +6,10 @@
  * then N order messages published while the trigger's consumer is paused, the consumer resumed,
  * and the time until every message is acknowledged (each after its workflow's start step replied).
  *
+ * `npm run bench` runs the same measurement ({@link runTriggerBench}) on its own server.
  * Options: --messages N (per round and path; default 2000), --rounds R (default 3), --smoke.
  */
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connect, headers } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
@@ -18,42 +20,54 @@ import type { TriggerRow } from '../src/engine/triggers.js';
 import { spawnTs, stopChild } from './processes.js';
 import { round, runClosedLoop } from './peers/common.js';
 
-const { values } = parseArgs({
-  options: {
-    messages: { type: 'string', default: '2000' },
-    rounds: { type: 'string', default: '3' },
-    smoke: { type: 'boolean', default: false },
-  },
-});
-const N = values.smoke ? 200 : Number(values.messages);
-const ROUNDS = values.smoke ? 1 : Number(values.rounds);
-const prefix = 'bencht';
-const STREAM = 'BENCH_ORDERS';
-const log = (s: string) => process.stderr.write(`[bench:triggers] ${s}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function main(): Promise<void> {
-  const server = await NatsServer.start({ mappings: shardMapping(16) });
-  const nc = await connect({ servers: server.url });
+export interface TriggerBenchOptions {
+  /** A running nats-server (with `shardMapping(shards)`); the bench uses its own prefix on it. */
+  serverUrl: string;
+  shards: number;
+  /** Messages per round and path. */
+  messages: number;
+  rounds: number;
+  log?: (line: string) => void;
+}
+
+export interface TriggerBenchResult {
+  messagesPerRound: number;
+  rounds: number;
+  /** Median over rounds: `client.start` of `torder` at concurrency 64 (workload 1's path). */
+  clientStartsPerSec: number;
+  /** Median over rounds: stream messages → started workflows, through the trigger. */
+  triggerStartsPerSec: number;
+  triggerOverClient: number;
+}
+
+/** Spawns its engine (prefix `bencht`, stream `BENCH_ORDERS`), measures, stops it. */
+export async function runTriggerBench(o: TriggerBenchOptions): Promise<TriggerBenchResult> {
+  const N = o.messages;
+  const prefix = 'bencht';
+  const STREAM = 'BENCH_ORDERS';
+  const log = o.log ?? (() => undefined);
+  const nc = await connect({ servers: o.serverUrl });
   const jsm = await jetstreamManager(nc);
   const js = jetstream(nc);
   await jsm.streams.add({ name: STREAM, subjects: ['bench.orders.>'] });
-  process.env.JF_T_ORDERS_STREAM = STREAM;
-  process.env.JF_T_ORDERS_SUBJECT = 'bench.orders.>';
   const engine = await spawnTs(
     'src/cli/main.ts',
     [
       'engine',
       '--nats-url',
-      server.url,
+      o.serverUrl,
       '--prefix',
       prefix,
       '--shards',
-      '16',
+      String(o.shards),
       '--workflows',
       'test/fixtures/trigger-workflows.ts',
     ],
     '"engine started"',
+    [],
+    { JF_T_ORDERS_STREAM: STREAM, JF_T_ORDERS_SUBJECT: 'bench.orders.>' },
   );
   const client = new Client(nc, { prefix, timeoutMs: 30_000 });
   const rows: { round: number; path: string; perSec: number }[] = [];
@@ -65,7 +79,7 @@ async function main(): Promise<void> {
       await sleep(200);
     }
     const consumer = () => jsm.consumers.info(STREAM, 'jetflow-trigger-orders');
-    for (let r = 1; r <= ROUNDS; r++) {
+    for (let r = 1; r <= o.rounds; r++) {
       const res = await runClosedLoop(
         N,
         64,
@@ -101,28 +115,45 @@ async function main(): Promise<void> {
     }
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
     const pick = (path: string) => median(rows.filter((x) => x.path === path).map((x) => x.perSec));
-    console.log(
-      JSON.stringify(
-        {
-          messagesPerRound: N,
-          rounds: ROUNDS,
-          smoke: values.smoke,
-          clientStartsPerSec: pick('client.start'),
-          triggerStartsPerSec: pick('trigger'),
-          triggerOverClient: round(pick('trigger') / pick('client.start'), 2),
-        },
-        null,
-        2,
-      ),
-    );
+    return {
+      messagesPerRound: N,
+      rounds: o.rounds,
+      clientStartsPerSec: pick('client.start'),
+      triggerStartsPerSec: pick('trigger'),
+      triggerOverClient: round(pick('trigger') / pick('client.start'), 2),
+    };
   } finally {
     await stopChild(engine);
     await nc.close();
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      messages: { type: 'string', default: '2000' },
+      rounds: { type: 'string', default: '3' },
+      smoke: { type: 'boolean', default: false },
+    },
+  });
+  const server = await NatsServer.start({ mappings: shardMapping(16) });
+  try {
+    const r = await runTriggerBench({
+      serverUrl: server.url,
+      shards: 16,
+      messages: values.smoke ? 200 : Number(values.messages),
+      rounds: values.smoke ? 1 : Number(values.rounds),
+      log: (s) => process.stderr.write(`[bench:triggers] ${s}\n`),
+    });
+    console.log(JSON.stringify({ ...r, smoke: values.smoke }, null, 2));
+  } finally {
     await server.stop();
   }
 }
 
-main().catch((err: unknown) => {
-  console.error(err);
-  process.exit(1);
-});
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main().catch((err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  });
+}

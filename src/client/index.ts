@@ -509,6 +509,21 @@ export class Client implements AsyncDisposable {
   }
 
   /**
+   * Every declared webhook trigger and how it is checked (for the OpenAPI document of
+   * `jetflow http`); empty when no engine declared one.
+   */
+  async webhookConfigs(): Promise<Record<string, WebhookOptions>> {
+    const kv = await new Kvm(this.nc).open(this.names.triggersBucket);
+    const out: Record<string, WebhookOptions> = {};
+    for await (const k of await kv.keys('webhook.>')) {
+      const e = await kv.get(k);
+      if (e && e.operation === 'PUT' && e.value.length > 0)
+        out[k.slice('webhook.'.length)] = e.json<WebhookOptions>();
+    }
+    return out;
+  }
+
+  /**
    * Store an accepted webhook request durably (stream `<PREFIX>_HOOKS`, subject
    * `<prefix>.hook.<name>`, acknowledged by JetStream), deduplicated by `msgId`; the trigger's
    * holder forwards it from there. `duplicate`: the stream already had it.

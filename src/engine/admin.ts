@@ -7,8 +7,15 @@
  */
 import { decodeRequestBody, type BodyEncoding } from '../contracts/codec.js';
 import { isToken } from '../contracts/subjects.js';
-import { ADMIN_VERBS, type AdminVerb, type InboxMessage } from '../contracts/wire.js';
+import {
+  ADMIN_VERBS,
+  type AdminRequest,
+  type AdminVerb,
+  type InboxMessage,
+} from '../contracts/wire.js';
 import { BadRequestError, ErrorCode } from '../errors.js';
+import type { TSchema } from '@sinclair/typebox';
+import { ADMIN_TEXT_MAX, AdminFieldSchemas, compile, type Checker } from '../contracts/schemas.js';
 import type { Registry } from './registry.js';
 
 /** Fields every verb takes. */
@@ -43,8 +50,7 @@ export function isNodeAdmin(msg: { verb: AdminVerb; nodeId?: string; scope?: str
   return msg.nodeId !== undefined || msg.scope === 'dispatch';
 }
 
-/** Max length of `reason`, `by` and `requestId` (they are journaled). */
-export const ADMIN_TEXT_MAX = 1024;
+export { ADMIN_TEXT_MAX };
 
 export interface AdminRequestInput {
   verb: string;
@@ -127,75 +133,47 @@ export function parseAdminFields(
       });
     }
   }
-  const text = (k: string, required: boolean): string | undefined => {
-    const v = b[k];
-    if (v === undefined && !required) return undefined;
-    if (typeof v !== 'string' || v.trim().length === 0 || v.length > ADMIN_TEXT_MAX) {
-      throw bad(`${k} must be a non-empty string of at most ${ADMIN_TEXT_MAX} characters`, {
-        field: k,
-      });
-    }
-    return v;
-  };
-  const reason = text('reason', true)!;
-  const by = text('by', true)!;
-  const requestId = text('requestId', false);
+  // Each field present is checked against its schema; a bad one gets its own message.
+  for (const k of Object.keys(b)) {
+    const c = FIELD_CHECKS[k as AdminField];
+    if (c && b[k] !== undefined && !c.Check(b[k]))
+      throw badAdminField(k as AdminField, verb, b[k], bad);
+  }
+  for (const k of ['reason', 'by'] as const)
+    if (b[k] === undefined) throw badAdminField(k, verb, undefined, bad);
+  const f = b as Partial<AdminRequest>;
   const out: Extract<InboxMessage, { kind: 'admin' }> = {
     kind: 'admin',
     verb,
-    reason,
-    by,
-    ...(requestId !== undefined ? { requestId } : {}),
+    reason: f.reason!,
+    by: f.by!,
+    ...(f.requestId !== undefined ? { requestId: f.requestId } : {}),
   };
-  if (b.nodeId !== undefined || verb === 'shutdown' || verb === 'cancel' || verb === 'prune') {
-    const nodeId = b.nodeId;
-    if (typeof nodeId !== 'string' || nodeId.length === 0 || nodeId.length > 256) {
-      throw bad(`${verb} needs "nodeId": the tree node (e.g. "n3")`, { field: 'nodeId' });
-    }
-    if (b.actorId !== undefined) {
+  if (f.nodeId !== undefined || verb === 'shutdown' || verb === 'cancel' || verb === 'prune') {
+    if (f.nodeId === undefined) throw badAdminField('nodeId', verb, undefined, bad);
+    if (f.actorId !== undefined) {
       throw bad(`${verb} takes "nodeId" (a tree node) or "actorId" (a parked activity), not both`, {
         field: 'actorId',
       });
     }
-    out.nodeId = nodeId;
-  } else if (b.decisions !== undefined) {
+    out.nodeId = f.nodeId;
+  } else if (f.decisions !== undefined) {
     throw bad('"decisions" goes with "nodeId" (resolve of a tree node)', { field: 'decisions' });
   }
-  if (b.decisions !== undefined) {
-    if (!Array.isArray(b.decisions)) {
-      throw bad('decisions must be an array of decisions', { field: 'decisions' });
-    }
-    out.decisions = b.decisions;
-  }
-  if (b.scope !== undefined) {
-    if (b.scope !== 'workflow' && b.scope !== 'dispatch') {
-      throw bad('scope must be "workflow" (default) or "dispatch" (a tree\'s dispatch)', {
-        field: 'scope',
-      });
-    }
-    if (b.scope === 'dispatch') out.scope = 'dispatch';
-  }
+  if (f.decisions !== undefined) out.decisions = f.decisions;
+  if (f.scope === 'dispatch') out.scope = 'dispatch';
   if (out.nodeId !== undefined) {
     // A tree node: retry's `attempts`, resolve's / shutdown's optional `output`.
   } else if (verb === 'retry' || verb === 'resolve' || verb === 'fail') {
-    const actorId = b.actorId;
-    if (actorId === undefined && o.actorOptional) {
+    if (f.actorId === undefined && o.actorOptional) {
       // bulk: every parked activity of each workflow
-    } else if (typeof actorId !== 'string' || actorId.length === 0 || actorId.length > 256) {
-      throw bad(`${verb} needs "actorId": the parked activity's actor id (a string)`, {
-        field: 'actorId',
-      });
+    } else if (f.actorId === undefined) {
+      throw badAdminField('actorId', verb, undefined, bad);
     } else {
-      out.actorId = actorId;
+      out.actorId = f.actorId;
     }
   }
-  if (verb === 'retry' && b.attempts !== undefined) {
-    const n = b.attempts;
-    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 1000) {
-      throw bad('attempts must be an integer in 1..1000', { field: 'attempts', value: n });
-    }
-    out.attempts = n;
-  }
+  if (verb === 'retry' && f.attempts !== undefined) out.attempts = f.attempts;
   if ((verb === 'resolve' || verb === 'shutdown') && out.nodeId !== undefined) {
     if ('output' in b) out.output = b.output;
   } else if (verb === 'resolve') {
@@ -206,31 +184,10 @@ export function parseAdminFields(
     }
     out.output = b.output;
   }
-  if (verb === 'fail' && b.error !== undefined) {
-    const e = b.error as Record<string, unknown> | null;
-    if (
-      e === null ||
-      typeof e !== 'object' ||
-      Array.isArray(e) ||
-      Object.keys(e).some((k) => !['type', 'message', 'details'].includes(k)) ||
-      (e.type !== undefined && typeof e.type !== 'string') ||
-      (e.message !== undefined && typeof e.message !== 'string')
-    ) {
-      throw bad('error must be an object with optional string "type", "message" and "details"', {
-        field: 'error',
-      });
-    }
-    out.error = e;
-  }
+  if (verb === 'fail' && f.error !== undefined) out.error = f.error;
   if (verb === 'reset') {
-    const n = b.toStep;
-    if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) {
-      throw bad('reset needs "toStep": a step number (integer >= 0)', {
-        field: 'toStep',
-        value: n,
-      });
-    }
-    out.toStep = n;
+    if (f.toStep === undefined) throw badAdminField('toStep', verb, undefined, bad);
+    out.toStep = f.toStep;
   }
   if (verb === 'migrate') {
     const int = (k: string, min: number): number => {
@@ -258,13 +215,50 @@ export function parseAdminFields(
       out[k] = v;
     }
   }
-  if (verb === 'release' && b.key !== undefined) {
-    if (typeof b.key !== 'string' || b.key.length === 0 || b.key.length > 512) {
-      throw bad('key must be a concurrency key: a string of 1-512 characters', { field: 'key' });
-    }
-    out.key = b.key;
-  }
+  if (verb === 'release' && f.key !== undefined) out.key = f.key;
   return out;
+}
+
+type AdminField = keyof typeof AdminFieldSchemas;
+
+const FIELD_CHECKS = Object.fromEntries(
+  Object.entries(AdminFieldSchemas).map(([k, s]) => [k, compile(s)]),
+) as Record<AdminField, Checker<TSchema>>;
+
+/** What a bad (or missing) admin field is told: the field's own message, naming it. */
+function badAdminField(k: AdminField, verb: AdminVerb, value: unknown, bad: BadField): Error {
+  switch (k) {
+    case 'reason':
+    case 'by':
+    case 'requestId':
+      return bad(`${k} must be a non-empty string of at most ${ADMIN_TEXT_MAX} characters`, {
+        field: k,
+      });
+    case 'nodeId':
+      return bad(`${verb} needs "nodeId": the tree node (e.g. "n3")`, { field: k });
+    case 'decisions':
+      return bad('decisions must be an array of decisions', { field: k });
+    case 'scope':
+      return bad('scope must be "workflow" (default) or "dispatch" (a tree\'s dispatch)', {
+        field: k,
+      });
+    case 'actorId':
+      return bad(`${verb} needs "actorId": the parked activity's actor id (a string)`, {
+        field: k,
+      });
+    case 'attempts':
+      return bad('attempts must be an integer in 1..1000', { field: k, value });
+    case 'error':
+      return bad('error must be an object with optional string "type", "message" and "details"', {
+        field: k,
+      });
+    case 'toStep':
+      return bad('reset needs "toStep": a step number (integer >= 0)', { field: k, value });
+    case 'key':
+      return bad('key must be a concurrency key: a string of 1-512 characters', { field: k });
+    case 'output':
+      return bad('output: any value', { field: k });
+  }
 }
 
 /** The inbox message of an admin request, checked again when read from the inbox. */

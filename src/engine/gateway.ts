@@ -8,6 +8,30 @@ import { decodeRequestBody, type BodyEncoding } from '../contracts/codec.js';
 import { isToken } from '../contracts/subjects.js';
 import type { InboxMessage, QueryReply, WaitingTask, WorkflowRecord } from '../contracts/wire.js';
 import { BadRequestError, ErrorCode } from '../errors.js';
+import {
+  CancelRequestSchema,
+  compile,
+  firstIssue,
+  issueDetails,
+  SignalRequestSchema,
+  type Checker,
+} from '../contracts/schemas.js';
+import { Type, type TSchema } from '@sinclair/typebox';
+
+const objectCheck = compile(Type.Object({}));
+const signalCheck = compile(SignalRequestSchema);
+const cancelCheck = compile(CancelRequestSchema);
+
+/** A bad field: `message`, with the field at fault in `details`. */
+function badField(
+  c: Checker<TSchema>,
+  v: unknown,
+  fields: Record<string, string>,
+  message: string,
+): BadRequestError {
+  const i = firstIssue(c, v);
+  return new BadRequestError(message, { ...fields, ...(i ? { details: issueDetails(i) } : {}) });
+}
 
 export type PublicVerb = 'start' | 'signal' | 'cancel';
 
@@ -44,33 +68,36 @@ export function parseRequest(
     );
   }
   const body = decodeRequestBody(req.data, req.encoding, fields);
-  if (body !== undefined && (body === null || typeof body !== 'object' || Array.isArray(body))) {
-    throw new BadRequestError('body must be an object', { ...fields, code: ErrorCode.BadRequest });
+  if (body !== undefined && !objectCheck.Check(body)) {
+    throw new BadRequestError('body must be an object', {
+      ...fields,
+      code: ErrorCode.BadRequest,
+      details: { field: '', why: 'Expected object' },
+    });
   }
   const b = (body ?? {}) as Record<string, unknown>;
   if (!registry.has(req.type)) registry.latest(req.type); // throws unknown_type with the known list
   switch (req.verb) {
     case 'start':
+      // Open: unknown fields are ignored (the HTTP API, `closed`, refuses them).
       return { kind: 'start', input: b.input };
-    case 'cancel':
-      if (b.reason !== undefined && typeof b.reason !== 'string') {
-        throw new BadRequestError('cancel reason must be a string', fields);
-      }
+    case 'cancel': {
+      if (!cancelCheck.Check(b))
+        throw badField(cancelCheck, b, fields, 'cancel reason must be a string');
       return { kind: 'cancel', reason: b.reason };
+    }
     case 'signal': {
-      if (typeof b.type !== 'string' || b.type.length === 0) {
+      if (!signalCheck.Check(b)) {
+        const i = firstIssue(signalCheck, b)!;
+        const reserved = typeof b.type === 'string' && b.type.length > 0;
         throw new BadRequestError(
-          'a signal is an XState event: an object with a string "type"',
-          fields,
+          reserved
+            ? 'event types starting with "xstate." or "jetflow." are reserved for the engine'
+            : 'a signal is an XState event: an object with a string "type"',
+          { ...fields, details: issueDetails(i) },
         );
       }
-      if (b.type.startsWith('xstate.') || b.type.startsWith('jetflow.')) {
-        throw new BadRequestError(
-          'event types starting with "xstate." or "jetflow." are reserved for the engine',
-          fields,
-        );
-      }
-      return { kind: 'signal', event: b as { type: string } };
+      return { kind: 'signal', event: b };
     }
     default:
       throw new BadRequestError(`unknown verb ${JSON.stringify(req.verb)}`, fields);

@@ -17,6 +17,7 @@ import {
   type WorkflowRecord,
 } from '../contracts/wire.js';
 import { BadRequestError, ErrorCode } from '../errors.js';
+import { compile, firstIssue, HistoryRequestSchema } from '../contracts/schemas.js';
 
 /** Default cut of a journaled event payload, in encoded (msgpack) bytes. */
 export const JOURNAL_PAYLOAD_MAX_BYTES = 4096;
@@ -264,36 +265,29 @@ export interface HistoryQuery {
   limit: number;
 }
 
+const historyCheck = compile(HistoryRequestSchema);
+
 /** Validate a history request body (already decoded); throws `bad_request` with the reason. */
 export function parseHistoryRequest(body: unknown): HistoryQuery {
   if (body === undefined) return { fromStep: 0, limit: HISTORY_DEFAULT_LIMIT };
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-    throw new BadRequestError('history request body must be an object', {
-      code: ErrorCode.BadRequest,
-    });
-  }
-  const b = body as Record<string, unknown>;
-  for (const k of Object.keys(b)) {
-    if (k !== 'fromStep' && k !== 'limit') {
-      throw new BadRequestError(
-        `unknown field ${JSON.stringify(k)} in history request (fields: fromStep, limit)`,
-        { code: ErrorCode.BadRequest, details: { field: k } },
-      );
-    }
-  }
-  const int = (k: string, v: unknown, min: number, max: number, dflt: number): number => {
-    if (v === undefined) return dflt;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-      throw new BadRequestError(`${k} must be an integer in ${min}..${max}`, {
+  if (!historyCheck.Check(body)) {
+    const i = firstIssue(historyCheck, body)!;
+    const s = i.schema as { minimum?: number; maximum?: number };
+    throw new BadRequestError(
+      i.field === ''
+        ? 'history request body must be an object'
+        : i.unknown
+          ? `unknown field ${JSON.stringify(i.field)} in history request (fields: fromStep, limit)`
+          : `${i.field} must be an integer in ${s.minimum}..${s.maximum}`,
+      {
         code: ErrorCode.BadRequest,
-        details: { field: k, value: v },
-      });
-    }
-    return v;
-  };
+        ...(i.field === '' ? {} : { details: { field: i.field, value: i.value, why: i.why } }),
+      },
+    );
+  }
   return {
-    fromStep: int('fromStep', b.fromStep, 0, Number.MAX_SAFE_INTEGER, 0),
-    limit: int('limit', b.limit, 1, HISTORY_MAX_LIMIT, HISTORY_DEFAULT_LIMIT),
+    fromStep: body.fromStep ?? 0,
+    limit: body.limit ?? HISTORY_DEFAULT_LIMIT,
   };
 }
 

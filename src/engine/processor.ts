@@ -75,15 +75,28 @@ import { unpack } from '../contracts/codec.js';
 import {
   WIRE_VERSION,
   type AdminReply,
-  type BatchRef,
   type InboxMessage,
-  type ParentRef,
   type ResultMessage,
-  type SendOrigin,
   type TriggerOrigin,
   type WorkflowRecord,
-  type WorkflowRef,
 } from '../contracts/wire.js';
+import {
+  AdminInboxSchema,
+  AdmitMessageSchema,
+  CancelInboxSchema,
+  compile,
+  firstIssue,
+  issueDetails,
+  ProgressMessageSchema,
+  ResultMessageSchema,
+  SignalInboxSchema,
+  StartInboxSchema,
+  TimerMessageSchema,
+  topField,
+  WatchInboxSchema,
+  WorkflowRefSchema,
+  type WireIssue,
+} from '../contracts/schemas.js';
 import {
   BadRequestError,
   ConflictError,
@@ -218,31 +231,49 @@ export interface Processor {
 const keyOf = (type: string, id: string) => `${type}.${id}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const isRef = (v: unknown): v is WorkflowRef =>
-  typeof v === 'object' &&
-  v !== null &&
-  isToken((v as WorkflowRef).type) &&
-  isToken((v as WorkflowRef).id);
-const isParentRef = (v: unknown): v is ParentRef =>
-  isRef(v) &&
-  typeof (v as ParentRef).taskId === 'string' &&
-  typeof (v as ParentRef).key === 'string';
-const isBatchRef = (v: unknown): v is BatchRef =>
-  typeof v === 'object' &&
-  v !== null &&
-  isToken((v as BatchRef).id) &&
-  isToken((v as BatchRef).item) &&
-  Number.isInteger((v as BatchRef).gen) &&
-  (v as BatchRef).gen >= 1;
-const isOrigin = (v: unknown): v is SendOrigin =>
-  isRef(v) && Number.isInteger((v as SendOrigin).step) && Number.isInteger((v as SendOrigin).index);
+const INBOX = {
+  start: compile(StartInboxSchema),
+  signal: compile(SignalInboxSchema),
+  cancel: compile(CancelInboxSchema),
+  watch: compile(WatchInboxSchema),
+  result: compile(ResultMessageSchema),
+  progress: compile(ProgressMessageSchema),
+  timer: compile(TimerMessageSchema),
+  admit: compile(AdmitMessageSchema),
+  admin: compile(AdminInboxSchema),
+};
+const refCheck = compile(WorkflowRefSchema);
 
-const isTriggerOrigin = (v: unknown): v is TriggerOrigin =>
-  typeof v === 'object' &&
-  v !== null &&
-  typeof (v as TriggerOrigin).name === 'string' &&
-  Number.isInteger((v as TriggerOrigin).seq) &&
-  (v as TriggerOrigin).seq >= 0;
+/**
+ * What a bad inbox message of each kind is told (by its top-level field at fault): the messages
+ * users of the raw inbox have always seen. `details` names the exact field.
+ */
+const INBOX_ERRORS: Record<keyof typeof INBOX, (i: WireIssue) => string> = {
+  start: (i) =>
+    ({
+      parent: 'a child start needs parent {type, id, taskId, key}',
+      batch: 'a batch item start needs batch {id, item, gen}',
+      trigger: 'a trigger start needs trigger {name, seq}',
+    })[topField(i)] ?? `start message: ${i.field}: ${i.why}`,
+  signal: (i) =>
+    ({
+      event:
+        i.field === 'event.type' && typeof i.value === 'string' && i.value.length > 0
+          ? 'event types starting with "xstate." are reserved for the engine'
+          : 'signal has no event type',
+      from: 'a send needs from {type, id, step, index}',
+      undeliverable: 'a send failure needs undeliverable {type, id, step, index}',
+      startIfAbsent: 'startIfAbsent must be {input} on a send with from',
+      trigger: 'a trigger signal needs trigger {name, seq}',
+    })[topField(i)] ?? `signal message: ${i.field}: ${i.why}`,
+  cancel: () => "a parent's cancel needs from {type, id, taskId, key}",
+  watch: () => 'a watch needs watcher {type, id, taskId, key}',
+  result: () => 'activity result needs string taskId, string actorId and boolean ok',
+  progress: () => 'attempt notice needs string taskId, actorId, numeric attempt',
+  timer: () => 'timer message needs string timerId and numeric step',
+  admit: () => 'admit message needs string key and numeric startSeq',
+  admin: () => 'admin message needs a known verb, reason and by',
+};
 
 /** Decode an inbox body, checking its shape against its subject's kind. */
 export function decodeInbox(e: InboxEntry): InboxMessage {
@@ -258,56 +289,45 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
     });
   }
   const b = (body ?? {}) as Record<string, unknown>;
-  const bad = (message: string) =>
-    new BadRequestError(message, {
-      code: ErrorCode.BadRequest,
-      workflowId: e.id,
-      workflowType: e.type,
-    });
+  const fail = (kind: keyof typeof INBOX): never => {
+    const i = firstIssue(INBOX[kind], b)!;
+    throw new BadRequestError(
+      i.field === '' ? `${kind} message body must be an object` : INBOX_ERRORS[kind](i),
+      {
+        code: ErrorCode.BadRequest,
+        workflowId: e.id,
+        workflowType: e.type,
+        details: issueDetails(i),
+      },
+    );
+  };
   switch (e.kind) {
-    case 'start':
-      if (b.parent !== undefined && !isParentRef(b.parent))
-        throw bad('a child start needs parent {type, id, taskId, key}');
-      if (b.batch !== undefined && !isBatchRef(b.batch))
-        throw bad('a batch item start needs batch {id, item, gen}');
-      if (b.trigger !== undefined && !isTriggerOrigin(b.trigger))
-        throw bad('a trigger start needs trigger {name, seq}');
+    case 'start': {
+      if (!INBOX.start.Check(b)) return fail('start');
       return {
         kind: 'start',
         input: b.input,
         ...(b.parent !== undefined ? { parent: b.parent } : {}),
         ...(b.batch !== undefined ? { batch: b.batch } : {}),
-        ...(b.trigger !== undefined ? { trigger: b.trigger } : {}),
+        ...(b.trigger !== undefined ? { trigger: b.trigger as TriggerOrigin } : {}),
       };
-    case 'cancel':
-      if (b.from !== undefined && !isParentRef(b.from))
-        throw bad("a parent's cancel needs from {type, id, taskId, key}");
+    }
+    case 'cancel': {
+      if (!INBOX.cancel.Check(b)) return fail('cancel');
       return {
         kind: 'cancel',
         reason: typeof b.reason === 'string' ? b.reason : undefined,
         ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
         ...(b.from !== undefined ? { from: b.from } : {}),
       };
+    }
     case 'watch':
-      if (!isParentRef(b.watcher)) throw bad('a watch needs watcher {type, id, taskId, key}');
+      if (!INBOX.watch.Check(b)) return fail('watch');
       return { kind: 'watch', watcher: b.watcher };
     case 'result': {
       if (b.progress === 'retrying') {
         // An attempt notice (E3), on the result subject before the worker's nak.
-        if (
-          typeof b.taskId !== 'string' ||
-          typeof b.actorId !== 'string' ||
-          typeof b.attempt !== 'number'
-        ) {
-          throw new BadRequestError(
-            'attempt notice needs string taskId, actorId, numeric attempt',
-            {
-              code: ErrorCode.BadRequest,
-              workflowId: e.id,
-              workflowType: e.type,
-            },
-          );
-        }
+        if (!INBOX.progress.Check(b)) return fail('progress');
         return {
           kind: 'progress',
           taskId: b.taskId,
@@ -323,20 +343,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
           }) as ResultMessage['error'] & object,
         };
       }
-      if (
-        typeof b.taskId !== 'string' ||
-        typeof b.actorId !== 'string' ||
-        typeof b.ok !== 'boolean'
-      ) {
-        throw new BadRequestError(
-          'activity result needs string taskId, string actorId and boolean ok',
-          {
-            code: ErrorCode.BadRequest,
-            workflowId: e.id,
-            workflowType: e.type,
-          },
-        );
-      }
+      if (!INBOX.result.Check(b)) return fail('result');
       return {
         kind: 'result',
         taskId: b.taskId,
@@ -346,17 +353,11 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         error: b.error as ResultMessage['error'],
         attempt: typeof b.attempt === 'number' ? b.attempt : 0,
         ...(b.decisions !== undefined ? { decisions: b.decisions } : {}),
-        ...(isRef(b.from) ? { from: { type: b.from.type, id: b.from.id } } : {}),
+        ...(refCheck.Check(b.from) ? { from: { type: b.from.type, id: b.from.id } } : {}),
       };
     }
     case 'timer': {
-      if (typeof b.timerId !== 'string' || typeof b.step !== 'number') {
-        throw new BadRequestError('timer message needs string timerId and numeric step', {
-          code: ErrorCode.BadRequest,
-          workflowId: e.id,
-          workflowType: e.type,
-        });
-      }
+      if (!INBOX.timer.Check(b)) return fail('timer');
       return {
         kind: 'timer',
         timerId: b.timerId,
@@ -366,15 +367,10 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
       };
     }
     case 'admin':
+      if (!INBOX.admin.Check(b)) return fail('admin');
       return decodeAdmin(b, { workflowType: e.type, workflowId: e.id });
     case 'admit': {
-      if (typeof b.key !== 'string' || typeof b.startSeq !== 'number') {
-        throw new BadRequestError('admit message needs string key and numeric startSeq', {
-          code: ErrorCode.BadRequest,
-          workflowId: e.id,
-          workflowType: e.type,
-        });
-      }
+      if (!INBOX.admit.Check(b)) return fail('admit');
       return {
         kind: 'admit',
         key: b.key,
@@ -383,39 +379,21 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
       };
     }
     case 'signal': {
-      const ev = b.event as { type?: unknown } | undefined;
-      if (!ev || typeof ev !== 'object' || typeof ev.type !== 'string' || ev.type.length === 0) {
-        throw new BadRequestError('signal has no event type', {
+      if (!INBOX.signal.Check(b)) return fail('signal');
+      const start = b.startIfAbsent;
+      if (start !== undefined && !b.from) {
+        throw new BadRequestError('startIfAbsent must be {input} on a send with from', {
           code: ErrorCode.BadRequest,
           workflowId: e.id,
           workflowType: e.type,
+          details: { field: 'startIfAbsent', why: 'only on a send with from' },
         });
       }
-      if (ev.type.startsWith('xstate.')) {
-        // Done, error and init events are the engine's: only results and timers produce them.
-        throw new BadRequestError(
-          'event types starting with "xstate." are reserved for the engine',
-          {
-            code: ErrorCode.BadRequest,
-            workflowId: e.id,
-            workflowType: e.type,
-          },
-        );
-      }
-      if (b.from !== undefined && !isOrigin(b.from))
-        throw bad('a send needs from {type, id, step, index}');
-      if (b.undeliverable !== undefined && !isOrigin(b.undeliverable))
-        throw bad('a send failure needs undeliverable {type, id, step, index}');
-      const start = b.startIfAbsent as { input?: unknown } | undefined;
-      if (start !== undefined && (typeof start !== 'object' || start === null || !b.from))
-        throw bad('startIfAbsent must be {input} on a send with from');
-      if (b.trigger !== undefined && !isTriggerOrigin(b.trigger))
-        throw bad('a trigger signal needs trigger {name, seq}');
       return {
         kind: 'signal',
-        event: ev as { type: string },
+        event: b.event,
         ...(typeof b.msgId === 'string' ? { msgId: b.msgId } : {}),
-        ...(b.trigger !== undefined ? { trigger: b.trigger } : {}),
+        ...(b.trigger !== undefined ? { trigger: b.trigger as TriggerOrigin } : {}),
         ...(b.from !== undefined ? { from: b.from } : {}),
         ...(start !== undefined ? { startIfAbsent: { input: start.input ?? null } } : {}),
         ...(b.undeliverable !== undefined ? { undeliverable: b.undeliverable } : {}),

@@ -8,7 +8,13 @@
 import type { AnyStateMachine } from 'xstate';
 import { isToken } from '../contracts/subjects.js';
 import type { ErrorData } from '../errors.js';
-import { ConfigError } from '../errors.js';
+import { BadRequestError, ConfigError, ErrorCode } from '../errors.js';
+import {
+  compile,
+  firstIssue,
+  TriggerRequestSchemas,
+  type TriggerVerb,
+} from '../contracts/schemas.js';
 
 /** A message as a trigger's mapping sees it. */
 export interface TriggerMessage {
@@ -418,4 +424,38 @@ export interface TriggerRow {
   parked: number;
   counts: Record<TriggerOutcome, number> | null;
   lastError: (TriggerError & { seq: number; at: number }) | null;
+}
+
+const TRIGGER_CHECKS = Object.fromEntries(
+  Object.entries(TriggerRequestSchemas).map(([k, v]) => [k, compile(v)]),
+) as { [K in TriggerVerb]: ReturnType<typeof compile<(typeof TriggerRequestSchemas)[K]>> };
+
+/** Messages for a required field left out (the rest name the field and TypeBox's reason). */
+const TRIGGER_MISSING: Record<string, string> = {
+  'trace.seq': 'trace needs seq',
+  'skip.seq': 'skip needs seq and a reason',
+  'skip.reason': 'skip needs seq and a reason',
+};
+
+/**
+ * Check the (decoded) body of a trigger verb against its schema; throws `bad_request` naming
+ * the field at fault. An unknown verb is `bad_request` too. Pure.
+ */
+export function parseTriggerRequest(verb: string, body: unknown): Record<string, unknown> {
+  if (!Object.hasOwn(TRIGGER_CHECKS, verb))
+    throw new BadRequestError(`unknown trigger verb ${JSON.stringify(verb)}`, {
+      code: ErrorCode.BadRequest,
+    });
+  const c = TRIGGER_CHECKS[verb as TriggerVerb];
+  const b = body ?? {};
+  if (c.Check(b)) return b as Record<string, unknown>;
+  const i = firstIssue(c, b)!;
+  const missing = i.missing ? TRIGGER_MISSING[`${verb}.${i.field}`] : undefined;
+  throw new BadRequestError(
+    missing ??
+      (i.field === ''
+        ? `a trigger ${verb} request body must be an object`
+        : `trigger ${verb}: ${i.field}: ${i.why}`),
+    { code: ErrorCode.BadRequest, details: { field: i.field, why: i.why } },
+  );
 }

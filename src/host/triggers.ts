@@ -72,7 +72,7 @@ import {
 } from '../nats/triggers.js';
 import { triggerHolder, type Member } from '../nats/membership.js';
 import { pinTimeoutMs, pullExpiryMs, type TopologyNames } from '../nats/topology.js';
-import { triggerConsumerName } from '../engine/triggers.js';
+import { parseTriggerRequest, triggerConsumerName } from '../engine/triggers.js';
 
 export interface TriggerRoleOptions {
   nc: NatsConnection;
@@ -419,13 +419,16 @@ export class TriggerRunner {
       ...(byMsgId ? { replay: true as const } : {}),
     };
     let pause = 250;
+    // A core message has no sequence: one id for all of its forwards, so that a retry after a
+    // lost reply is recognised as a repeat (not applied twice).
+    const coreId = isStream ? '' : nuid.next();
     for (;;) {
       if (this.stopped) return undefined;
       const msgId = isStream
         ? replay
           ? `jf-trigger.${spec.name}.${tm.seq}.r.${nuid.next()}`
           : `jf-trigger.${spec.name}.${tm.seq}`
-        : `jf-trigger.${spec.name}.core.${nuid.next()}`;
+        : `jf-trigger.${spec.name}.core.${coreId}`;
       try {
         const r = await this.forwarder.forward(
           spec.workflowType,
@@ -594,13 +597,13 @@ export class TriggerRunner {
   private async admin(m: Msg): Promise<void> {
     const verb = m.subject.split('.').at(-2);
     try {
-      const body = (decodeBody(m.data) ?? {}) as Record<string, unknown>;
+      if (verb !== 'replay' && verb !== 'skip' && verb !== 'rewind')
+        throw new BadRequestError(`unknown trigger verb ${verb}`, { code: ErrorCode.BadRequest });
+      const body = parseTriggerRequest(verb, decodeBody(m.data));
       let reply: unknown;
       if (verb === 'replay') reply = await this.replay(body);
       else if (verb === 'skip') reply = await this.skip(body);
-      else if (verb === 'rewind') reply = await this.doRewind(body);
-      else
-        throw new BadRequestError(`unknown trigger verb ${verb}`, { code: ErrorCode.BadRequest });
+      else reply = await this.doRewind(body);
       m.respond(encodeBody(reply));
     } catch (err) {
       const e =
@@ -887,7 +890,17 @@ export function startTriggerAdmin(o: {
       void (async () => {
         const verb = m.subject.split('.').at(-1);
         try {
-          const b = (decodeBody(m.data) ?? {}) as Record<string, unknown>;
+          if (
+            verb !== 'list' &&
+            verb !== 'parked' &&
+            verb !== 'trace' &&
+            verb !== 'pause' &&
+            verb !== 'resume'
+          )
+            throw new BadRequestError(`unknown trigger verb ${JSON.stringify(verb)}`, {
+              code: ErrorCode.BadRequest,
+            });
+          const b = parseTriggerRequest(verb, decodeBody(m.data));
           let reply: unknown;
           if (verb === 'list') reply = { triggers: await list() };
           else if (verb === 'parked') {
@@ -914,7 +927,8 @@ export function startTriggerAdmin(o: {
               seq: b.seq,
               entries: await o.role.store.trace(s.name, b.seq),
             };
-          } else if (verb === 'pause' || verb === 'resume') {
+          } else {
+            // pause, resume
             const s = specOf(b);
             if (!s.stream)
               throw new BadRequestError(`trigger ${s.name} is a core subject: nothing to pause`, {
@@ -929,10 +943,7 @@ export function startTriggerAdmin(o: {
                   )
                 : await o.jsm.consumers.resume(s.stream, triggerConsumerName(s.name));
             reply = { trigger: s.name, paused: r.paused };
-          } else
-            throw new BadRequestError(`unknown trigger verb ${JSON.stringify(verb)}`, {
-              code: ErrorCode.BadRequest,
-            });
+          }
           m.respond(encodeBody(reply));
         } catch (e) {
           const je =

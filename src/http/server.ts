@@ -20,6 +20,17 @@ import { ErrorCode, JetflowError } from '../errors.js';
 import { toJetflowError } from '../nats/connection.js';
 import { packageVersion } from '../host/package-root.js';
 import { verifyWebhook, webhookMsgId } from './webhook.js';
+import type { WebhookOptions } from '../engine/triggers.js';
+import {
+  CancelRequestSchema,
+  closed,
+  TokenSchema,
+  HistoryRequestSchema,
+  SignalRequestSchema,
+  StartReplySchema,
+  StartRequestSchema,
+  WorkflowRefSchema,
+} from '../contracts/schemas.js';
 
 export interface HttpOptions {
   client: Client;
@@ -43,20 +54,12 @@ export interface HttpServer {
 
 // ---- Schemas: validated by Fastify, published as the OpenAPI document ----------------------
 
-const Token = Type.String({ pattern: '^[A-Za-z0-9_=-]{1,256}$', description: 'a subject token' });
-const Params = Type.Object({ type: Token, id: Token });
-const StartBody = Type.Object(
-  { input: Type.Optional(Type.Unknown({ description: 'the workflow input (any JSON)' })) },
-  { additionalProperties: false },
-);
-const EventBody = Type.Object(
-  { type: Type.String({ minLength: 1, description: 'the event type' }) },
-  { additionalProperties: true, description: 'the event: its type and payload fields' },
-);
-const CancelBody = Type.Object(
-  { reason: Type.Optional(Type.String({ maxLength: 1024 })) },
-  { additionalProperties: false },
-);
+// The bodies are the NATS requests' own schemas (`src/contracts/schemas.ts`), closed: over HTTP
+// an unknown field is refused.
+const Params = WorkflowRefSchema;
+const StartBody = closed(StartRequestSchema);
+const EventBody = SignalRequestSchema;
+const CancelBody = closed(CancelRequestSchema);
 const ResultQuery = Type.Object(
   {
     wait: Type.Optional(
@@ -68,13 +71,7 @@ const ResultQuery = Type.Object(
   },
   { additionalProperties: false },
 );
-const HistoryQuery = Type.Object(
-  {
-    fromStep: Type.Optional(Type.Integer({ minimum: 0 })),
-    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
-  },
-  { additionalProperties: false },
-);
+const HistoryQuery = HistoryRequestSchema;
 const IdempotencyHeaders = Type.Object({
   'idempotency-key': Type.Optional(
     Type.String({
@@ -83,13 +80,13 @@ const IdempotencyHeaders = Type.Object({
     }),
   ),
 });
-const StartReplySchema = Type.Object({
-  id: Type.String(),
-  type: Type.String(),
-  version: Type.Integer(),
-  created: Type.Boolean(),
-});
 const AnyObject = Type.Object({}, { additionalProperties: true });
+const HookParams = Type.Object({ trigger: TokenSchema });
+const HookReply = Type.Object({
+  trigger: Type.String(),
+  seq: Type.Integer({ description: 'sequence of the stored request in the hooks stream' }),
+  duplicate: Type.Boolean({ description: 'the same signed request was stored before' }),
+});
 const ResultSchema = Type.Object({
   status: Type.String({ description: 'completed, failed, canceled, or running when not ended' }),
   output: Type.Optional(Type.Unknown()),
@@ -116,6 +113,9 @@ interface Route {
   url: string;
   operationId: string;
   summary: string;
+  description?: string;
+  /** The body is read raw (any media type), not as JSON. */
+  rawBody?: string;
   params?: TSchema;
   querystring?: TSchema;
   body?: TSchema;
@@ -192,6 +192,22 @@ const ROUTES = {
     querystring: HistoryQuery,
     ok: { 200: { description: 'a page of journal entries', schema: AnyObject } },
     errors: [400, 404, 503],
+  },
+  hook: {
+    method: 'POST',
+    url: '/hooks/:trigger',
+    operationId: 'webhook',
+    summary: 'Deliver a webhook to a trigger declared with `webhook`; 202 once durably stored',
+    description:
+      'The raw body is checked against the HMAC-SHA256 signature (hex, optionally `sha256=<hex>`) ' +
+      'in the header the trigger names (`webhook.header`), of `<timestamp>.<body>` when it names ' +
+      'a timestamp header too. The trigger maps the stored request to a start or a signal, ' +
+      'exactly once per request (the same signed request again is a duplicate). Each declared ' +
+      'webhook is also listed as its own path with its headers.',
+    params: HookParams,
+    rawBody: 'the request as the sender signed it (any media type)',
+    ok: { 202: { description: 'stored (or a duplicate of a stored one)', schema: HookReply } },
+    errors: [400, 401, 404, 413, 503],
   },
 } satisfies Record<string, Route>;
 
@@ -289,12 +305,50 @@ export function parseWait(s: string | undefined): number {
 // ---- OpenAPI ----------------------------------------------------------------------------------
 
 /** Strip TypeBox's symbol keys (JSON does that too) and turn `:param` into `{param}`. */
-function openApiDocument(version: string): object {
+export function openApiDocument(
+  version: string,
+  webhooks: Record<string, WebhookOptions> = {},
+): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {};
   const json = (s: TSchema) => JSON.parse(JSON.stringify(s)) as Record<string, unknown>;
-  for (const r of Object.values(ROUTES) as Route[]) {
-    const path = r.url.replace(/:([a-zA-Z]+)/g, '{$1}');
-    const parameters: unknown[] = [];
+  // Each declared webhook trigger: the generic route's operation, with its own headers.
+  const hooks: [string, Route, unknown[]][] = Object.entries(webhooks).map(([name, w]) => [
+    `/hooks/${name}`,
+    {
+      ...ROUTES.hook,
+      params: undefined,
+      operationId: `webhook_${name}`,
+      summary: `Webhook of trigger ${name}`,
+    },
+    [
+      {
+        name: w.header,
+        in: 'header',
+        required: true,
+        description: "HMAC-SHA256 of the signed content under the trigger's secret",
+        schema: { type: 'string', pattern: '^(sha256=)?[0-9a-fA-F]{64}$' },
+      },
+      ...(w.timestampHeader
+        ? [
+            {
+              name: w.timestampHeader,
+              in: 'header',
+              required: true,
+              description: `signing time, epoch seconds (within ${w.toleranceSec ?? 300} s of now); signed as \`<timestamp>.<body>\``,
+              schema: { type: 'string', pattern: '^[0-9]+$' },
+            },
+          ]
+        : []),
+    ],
+  ]);
+  const all: [string, Route, unknown[]][] = [
+    ...(Object.values(ROUTES) as Route[]).map(
+      (r) => [r.url.replace(/:([a-zA-Z]+)/g, '{$1}'), r, []] as [string, Route, unknown[]],
+    ),
+    ...hooks,
+  ];
+  for (const [path, r, extra] of all) {
+    const parameters: unknown[] = [...extra];
     const addAll = (schema: TSchema | undefined, where: 'path' | 'query' | 'header') => {
       if (!schema) return;
       const s = json(schema) as { properties: Record<string, unknown>; required?: string[] };
@@ -328,12 +382,21 @@ function openApiDocument(version: string): object {
     (paths[path] ??= {})[r.method.toLowerCase()] = {
       operationId: r.operationId,
       summary: r.summary,
+      ...(r.description ? { description: r.description } : {}),
       parameters,
       ...(r.body
         ? {
             requestBody: {
               required: true,
               content: { 'application/json': { schema: json(r.body) } },
+            },
+          }
+        : {}),
+      ...(r.rawBody
+        ? {
+            requestBody: {
+              required: true,
+              content: { '*/*': { schema: { description: r.rawBody } } },
             },
           }
         : {}),
@@ -361,7 +424,6 @@ export async function startHttp(opts: HttpOptions): Promise<HttpServer> {
     ajv: { customOptions: { allErrors: true, coerceTypes: 'array', removeAdditional: false } },
   });
   const version = packageVersion();
-  const doc = openApiDocument(version);
 
   app.setErrorHandler((err: FastifyError, req, reply) => {
     if (err.validation) {
@@ -414,7 +476,10 @@ export async function startHttp(opts: HttpOptions): Promise<HttpServer> {
     return typeof k === 'string' ? k : undefined;
   };
 
-  app.get('/v1/openapi.json', (_req, reply) => reply.send(doc));
+  // Built per request: the webhook triggers declared now are listed with their headers.
+  app.get('/v1/openapi.json', async (_req, reply) =>
+    reply.send(openApiDocument(version, await client.webhookConfigs().catch(() => ({})))),
+  );
   app.get('/healthz', (_req, reply) => reply.send({ ok: true }));
 
   app.post(ROUTES.start.url, { schema: schema(ROUTES.start) }, async (req, reply) => {
@@ -466,7 +531,7 @@ export async function startHttp(opts: HttpOptions): Promise<HttpServer> {
   await app.register((scope, _o, done) => {
     scope.removeAllContentTypeParsers();
     scope.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, next) => next(null, body));
-    scope.post('/hooks/:trigger', async (req, reply) => {
+    scope.post(ROUTES.hook.url, { schema: schema(ROUTES.hook) }, async (req, reply) => {
       const { trigger } = req.params as { trigger: string };
       const w = await client.webhookConfig(trigger);
       if (!w)

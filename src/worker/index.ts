@@ -39,7 +39,8 @@ import { jetstream, jetstreamManager, type JsMsg, type JetStreamClient } from '@
 import { LRUCache } from 'lru-cache';
 import { backoffDelayMs } from '../engine/retry.js';
 import type { AdmissionOutcome, AdmissionStage, Logger } from '../engine/ports.js';
-import { MSGPACK, pack, unpack } from '../contracts/codec.js';
+import { MSGPACK, pack } from '../contracts/codec.js';
+import { decodeTask, decodeTaskControl } from '../contracts/schemas.js';
 import { DEFAULT_PREFIX } from '../contracts/subjects.js';
 import {
   Header,
@@ -387,8 +388,8 @@ export class Worker implements AsyncDisposable {
         this.o.connection.subscribe(this.names.subjects.taskControl(q), {
           callback: (_err, m) => {
             try {
-              const { cancel } = unpack(m.data) as { cancel?: string };
-              if (typeof cancel !== 'string') return;
+              const cancel = decodeTaskControl(m.data);
+              if (cancel === undefined) return;
               this.canceled.set(cancel, true);
               this.running.get(cancel)?.abort(
                 new AbortReason('activity canceled by its workflow', {
@@ -572,16 +573,8 @@ export class Worker implements AsyncDisposable {
   private async handle(queue: string, m: JsMsg): Promise<void> {
     let task: TaskMessage;
     try {
-      task = unpack(m.data) as TaskMessage;
-      if (
-        !task ||
-        typeof task.taskId !== 'string' ||
-        typeof task.resultSubject !== 'string' ||
-        // Part of its ledger key: a bad one would fail every take and hold the task forever.
-        typeof task.taskKey !== 'string' ||
-        !/^[A-Za-z0-9_-]+$/.test(task.taskKey)
-      )
-        throw new Error('not a task');
+      // Checked against the task schema: a bad field can never run, so it is terminated.
+      task = decodeTask(m.data);
     } catch (err) {
       this.logger.error({ err, subject: m.subject }, 'malformed task message; terminated');
       m.term('malformed task');

@@ -6,7 +6,7 @@ import { repoRoot } from '../harness/jetflow.js';
 import { runRoot } from '../harness/nats-server.js';
 
 describe('benchmark smoke run', () => {
-  it('runs every workload and the peers end to end and prints the table and targets', async () => {
+  it('runs every workload, triggers, HTTP and the peers end to end and prints the table and targets', async () => {
     const child = spawn(
       process.execPath,
       ['--import', 'tsx', resolve(repoRoot, 'bench/run.ts'), '--smoke'],
@@ -35,10 +35,27 @@ describe('benchmark smoke run', () => {
       'signals',
       'timers',
       'idle',
+      'triggers',
+      'http-start',
     ]);
     const keyed = rows.find((r) => r.workload === 'concurrency-key')!;
     expect(keyed.medianThroughputKeyed as number).toBeGreaterThan(0);
     expect((keyed.admission as { samples: number }).samples).toBeGreaterThan(0);
+    // Trigger throughput as a ratio to the start rate, and HTTP start beside NATS start.
+    const trig = rows.find((r) => r.workload === 'triggers')!;
+    expect(trig.triggerStartsPerSec as number).toBeGreaterThan(0);
+    expect(typeof trig.triggerOverClient).toBe('number');
+    expect(typeof trig.triggerOverWorkload1).toBe('number');
+    const hs = rows.find((r) => r.workload === 'http-start') as Record<
+      string,
+      { nats: { p50Ms: number; p99Ms: number }; http: { p50Ms: number; p99Ms: number } }
+    >;
+    for (const c of ['c1', 'c16'])
+      for (const path of ['nats', 'http'] as const) {
+        expect(hs[c]![path].p50Ms).toBeGreaterThan(0);
+        expect(hs[c]![path].p99Ms).toBeGreaterThanOrEqual(hs[c]![path].p50Ms);
+      }
+    expect(out).toContain('Triggers and HTTP ingress (same run):');
     for (const r of rows.filter((x) => x.workload === 'sequential' && x.system === 'jetflow')) {
       expect(r.throughput as number).toBeGreaterThan(0);
       expect(r.writesPerWf as number).toBeGreaterThan(0);

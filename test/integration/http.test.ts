@@ -4,6 +4,7 @@
  * running HTTP server (503 while it is down, the retry with the same Idempotency-Key applied once).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Validator } from '@seriousme/openapi-schema-validator';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { startEngine, startServer, uniquePrefix } from '../harness/jetflow.js';
 import type { NatsServer } from '../harness/nats-server.js';
@@ -136,6 +137,7 @@ describe('HTTP ingress routes', () => {
     expect(r.json.openapi).toBe('3.1.0');
     const paths = r.json.paths as Record<string, Record<string, { operationId: string }>>;
     expect(Object.keys(paths).sort()).toEqual([
+      '/hooks/{trigger}',
       '/v1/workflows/{type}/{id}',
       '/v1/workflows/{type}/{id}/cancel',
       '/v1/workflows/{type}/{id}/history',
@@ -150,6 +152,11 @@ describe('HTTP ingress routes', () => {
       }
     ).requestBody.content['application/json'].schema;
     expect(body.required).toEqual(['type']);
+    expect(paths['/hooks/{trigger}']!.post!.operationId).toBe('webhook');
+    // Valid OpenAPI 3.1 (the specification's JSON schema).
+    const v = await new Validator().validate(r.json);
+    expect(v.errors).toBeUndefined();
+    expect(v.valid).toBe(true);
   });
 });
 

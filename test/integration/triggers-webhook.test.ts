@@ -7,6 +7,7 @@
  */
 import { createHmac } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Validator } from '@seriousme/openapi-schema-validator';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
@@ -87,6 +88,44 @@ describe('webhook triggers', () => {
     // Unknown trigger: 404.
     const r = await fetch(`${http.url}/hooks/nope`, { method: 'POST', body: '{}' });
     expect(r.status).toBe(404);
+  });
+
+  it('the OpenAPI document lists the webhook routes with their signature headers, valid 3.1', async () => {
+    const r = await fetch(`${http.url}/v1/openapi.json`);
+    const doc = (await r.json()) as {
+      paths: Record<
+        string,
+        {
+          post?: {
+            parameters: { name: string; in: string; required: boolean }[];
+            responses: Record<string, unknown>;
+          };
+        }
+      >;
+    };
+    const generic = doc.paths['/hooks/{trigger}']!.post!;
+    expect(generic.parameters).toEqual([
+      expect.objectContaining({ name: 'trigger', in: 'path', required: true }),
+    ]);
+    expect(Object.keys(generic.responses).sort()).toEqual([
+      '202',
+      '400',
+      '401',
+      '404',
+      '413',
+      '503',
+    ]);
+    const mine = doc.paths['/hooks/order-hook']!.post!;
+    expect(mine.parameters.map((p) => [p.name, p.in, p.required])).toEqual([
+      ['x-signature', 'header', true],
+      ['x-timestamp', 'header', true],
+    ]);
+    const v = await new Validator().validate(doc);
+    expect(v.errors).toBeUndefined();
+    expect(v.valid).toBe(true);
+    // A trigger name that is not a subject token: 400 from the same schema.
+    const bad = await fetch(`${http.url}/hooks/a.b`, { method: 'POST', body: '{}' });
+    expect(bad.status).toBe(400);
   });
 
   it('NATS down: 503; the retry after the restart starts the workflow once', async () => {

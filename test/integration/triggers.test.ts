@@ -246,6 +246,45 @@ describe('triggers: pause and resume', () => {
   });
 });
 
+describe('triggers: core-NATS subject (no stream)', () => {
+  it('signals while held, in order; a message published while no engine holds it is gone (at most once)', async () => {
+    const prefix = uniquePrefix();
+    const subj = `${prefix}-core.pay`;
+    const c = await Client.connect(env.server.url, { prefix });
+    closers.push(() => c.close());
+    // Before any engine subscribes: nobody receives it, and nothing keeps it.
+    env.nc.publish(subj, JSON.stringify({ orderId: 'k1', n: 0 }));
+    const wf = triggerWorkflows({ JF_T_CORE_SUBJECT: subj });
+    const engine: Engine = await startEngine(env.server.url, prefix, { workflows: wf });
+    closers.push(() => engine.close());
+    await c.start('tpay', 'k1', {});
+    const row = await until('core-pay held', async () => {
+      const r = await c.triggers<{ triggers: TriggerRow[] }>('list');
+      return r.triggers.find((t) => t.name === 'core-pay' && t.holder);
+    });
+    expect(row).toMatchObject({ stream: null, consumer: null, filter: subj, kind: 'signal' });
+    // The holder subscribes right after it is listed: wait until a message gets through.
+    let n = 0;
+    await until('the subscription delivers', async () => {
+      env.nc.publish(subj, JSON.stringify({ orderId: 'k1', n: ++n }));
+      await env.nc.flush();
+      await sleep(100);
+      return (await seen(c, 'k1')).length > 0 ? true : undefined;
+    });
+    const first = (await seen(c, 'k1'))[0]!;
+    for (let i = 1; i <= 5; i++) env.nc.publish(subj, JSON.stringify({ orderId: 'k1', n: n + i }));
+    const want = [...Array.from({ length: n - first + 1 }, (_, i) => first + i)];
+    for (let i = 1; i <= 5; i++) want.push(n + i);
+    const got = await until('all applied', async () => {
+      const s = await seen(c, 'k1');
+      return s.length >= want.length ? s : undefined;
+    });
+    // In publish order, each once; the message sent before the engine is not there.
+    expect(first).toBeGreaterThan(0);
+    expect(got).toEqual(want);
+  });
+});
+
 /** Engine processes running the trigger fixture with `vars`. */
 async function engines(
   prefix: string,
