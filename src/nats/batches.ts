@@ -18,28 +18,21 @@
  *   remembers it in its record; a start is idempotent on its id) before the batch record says
  *   `notified`; a crash between repeats the publish, never skips it.
  */
-import { headers, type Msg, type NatsConnection } from '@nats-io/transport-node';
+import { headers, nuid, type NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import { DeliverPolicy } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import type {
   BatchAddReply,
+  BatchJobProgress,
   BatchCounter,
   BatchItem,
   BatchItemsReply,
   BatchMeta,
   BatchStatus,
 } from '../contracts/batch.js';
-import {
-  JSON_TYPE,
-  MSGPACK,
-  decodeRequestBody,
-  encodeBody,
-  encodingOf,
-  pack,
-  unpack,
-  type BodyEncoding,
-} from '../contracts/codec.js';
+import { BULK_MAX_RATE, type BatchJobSpec, type BatchJobVerb } from '../contracts/bulk.js';
+import { MSGPACK, pack, unpack } from '../contracts/codec.js';
 import { Header, type Effect, type WorkflowRecord } from '../contracts/wire.js';
 import {
   batchStatus,
@@ -57,14 +50,8 @@ import {
 } from '../engine/batch.js';
 import type { Logger, RecordStore } from '../engine/ports.js';
 import type { Registry } from '../engine/registry.js';
-import {
-  BadRequestError,
-  ConflictError,
-  ErrorCode,
-  JetflowError,
-  RetryableError,
-  toErrorData,
-} from '../errors.js';
+import { BadRequestError, ConflictError, ErrorCode, JetflowError, toErrorData } from '../errors.js';
+import { startResponder, type BulkJob, type BulkStore } from './bulk.js';
 import type { EffectHandler } from './effects.js';
 import { isCasFailure } from './store.js';
 import type { TopologyNames } from './topology.js';
@@ -101,6 +88,10 @@ export interface BatchServiceOptions {
   owner: string;
   /** A tracker whose counter did not change for this long is replaced (default 5 s). */
   leaseMs?: number;
+  /** The bulk jobs bucket: cancel, retry-failed and resume run as jobs there. */
+  bulk: BulkStore;
+  /** Told when this service stored a new job (the local runner may claim it at once). */
+  onJob?: (jobId: string) => void;
   now?: () => number;
 }
 
@@ -116,6 +107,8 @@ export class BatchService {
   private readonly leaseMs: number;
   /** Batches whose last tracker pass changed nothing (the next pass may wait longer). */
   private readonly idle = new Set<string>();
+  /** Job ids known to be stored (so the tracker does not read them again). */
+  private readonly knownJobs = new Set<string>();
 
   constructor(
     private readonly kv: KV,
@@ -444,7 +437,8 @@ export class BatchService {
     const [m, c] = await Promise.all([this.meta(id), this.counter(id)]);
     if (!m) throw notFound(id);
     const counter = c && c.c.gen === m.meta.gen ? c.c : counterFor(m.meta.gen, c?.c, this.now());
-    return batchStatus(m.meta, counter, this.now());
+    const jobs = await this.jobsOf(m.meta);
+    return { ...batchStatus(m.meta, counter, this.now()), ...(jobs ? { jobs } : {}) };
   }
 
   /** A page of the ledger (in stream order), optionally of one status. */
@@ -500,6 +494,24 @@ export class BatchService {
     fromSeq: number,
     f: (seq: number, item: BatchItem) => boolean | Promise<boolean>,
   ): Promise<void> {
+    await this.scanPages(id, fromSeq, undefined, async (page) => {
+      for (const [seq, it] of page) if (!(await f(seq, it))) return false;
+      return true;
+    });
+  }
+
+  /**
+   * The ledger of batch `id` from stream sequence `fromSeq` up to `untilSeq` (default: the
+   * end), in pages of up to {@link SCAN_FETCH} entries read through one consumer (deleted after);
+   * `onPage` also gets the last sequence the page covers (deleted keys included), and returns
+   * false to stop.
+   */
+  private async scanPages(
+    id: string,
+    fromSeq: number,
+    untilSeq: number | undefined,
+    onPage: (page: [number, BatchItem][], lastSeq: number) => boolean | Promise<boolean>,
+  ): Promise<void> {
     const c = await this.o.js.consumers.get(this.stream, {
       filter_subjects: `$KV.${this.o.names.batchesBucket}.${id}.i.>`,
       deliver_policy: DeliverPolicy.StartSequence,
@@ -512,15 +524,23 @@ export class BatchService {
           max_messages: Math.min(SCAN_FETCH, pending),
           expires: 5_000,
         });
-        let got = 0;
+        const page: [number, BatchItem][] = [];
+        let lastSeq = 0;
+        let end = false;
         for await (const m of batch) {
-          got++;
+          if (untilSeq !== undefined && m.seq > untilSeq) {
+            end = true;
+            break;
+          }
+          lastSeq = m.seq;
           pending = m.info.pending;
           const it = itemOf(m);
-          if (it && !(await f(m.seq, it))) return;
+          if (it) page.push([m.seq, it]);
           if (pending === 0) break;
         }
-        if (got === 0) break;
+        if (lastSeq === 0) break;
+        if (!(await onPage(page, lastSeq))) return;
+        if (end) break;
       }
     } finally {
       await c.delete().catch(() => undefined);
@@ -535,80 +555,61 @@ export class BatchService {
     return this.status({ id });
   }
 
-  /** Start the items accepted while paused, then admit new items again. */
+  /**
+   * Admit new items again, and start the items accepted while paused: a background job walks
+   * the ledger for them (the reply names it; `status` shows its progress).
+   */
   async resume(body: unknown): Promise<BatchStatus> {
-    const { id } = who(body);
-    const meta = await this.mutate(id, (m) => (m.paused ? (delete m.paused, m) : undefined));
-    let started = 0;
-    if (meta.pending > 0 && !meta.canceled) {
-      await this.scan(id, 1, async (_seq, it) => {
-        if (it.status !== 'pending') return true;
-        await this.publishStart(meta, it.key, it.input, it.gen);
-        await this.setItem(id, it.key, (x) =>
-          x.status === 'pending' ? { ...x, status: 'running', at: this.now() } : undefined,
-        );
-        started++;
-        return true;
-      });
-      await this.mutate(id, (m) => ((m.pending = Math.max(0, m.pending - started)), m));
-    }
-    return { ...(await this.status({ id })), changed: { started } };
-  }
-
-  /** Cancel the items not ended yet; the batch takes no more items. */
-  async cancel(body: unknown): Promise<BatchStatus> {
     const { id, by, reason } = who(body);
+    const jobId = nuid.next();
     const meta = await this.mutate(id, (m) => {
-      if (m.canceled) return m;
-      m.canceled = { at: this.now(), by, reason };
-      m.sealed = true;
+      if (!m.paused && (m.pending === 0 || m.canceled || m.jobs?.resume)) return undefined;
+      delete m.paused;
+      if (m.pending > 0 && !m.canceled) m.jobs = { ...m.jobs, resume: jobId };
       return m;
     });
-    const changed = await this.cancelRest(meta, reason);
-    return { ...(await this.status({ id })), changed };
+    const job =
+      meta.pending > 0 && !meta.canceled
+        ? await this.ensureJob(meta, 'resume', by, reason)
+        : undefined;
+    return { ...(await this.status({ id })), changed: job ? { verb: 'resume', jobId: job } : {} };
   }
 
-  /** Cancel every item still pending or running (each through its workflow's inbox). */
-  private async cancelRest(meta: BatchMeta, reason: string) {
-    let canceled = 0;
-    let pendingCanceled = 0;
-    const s = this.o.names.subjects;
-    await this.scan(meta.id, 1, async (_seq, it) => {
-      if (it.status === 'running') {
-        const h = headers();
-        h.set(Header.ContentType, MSGPACK);
-        const msgId = `batch.${meta.id}.cancel.${it.gen}.${it.key}`;
-        await this.o.js.publish(
-          s.inbox('cancel', meta.type, it.wf),
-          pack({ kind: 'cancel', reason: `batch ${meta.id}: ${reason}`, msgId }),
-          { msgID: msgId, headers: h },
-        );
-        canceled++;
-      } else if (it.status === 'pending') {
-        await this.setItem(meta.id, it.key, (x) =>
-          x.status === 'pending' ? { ...x, status: 'canceled', at: this.now() } : undefined,
-        );
-        pendingCanceled++;
-      }
-      return true;
+  /**
+   * Cancel the items not ended yet; the batch takes no more items at once. The items are
+   * canceled by a background job that walks the ledger (the reply names it).
+   */
+  async cancel(body: unknown): Promise<BatchStatus> {
+    const { id, by, reason } = who(body);
+    const jobId = nuid.next();
+    const meta = await this.mutate(id, (m) => {
+      if (m.canceled && m.jobs?.cancel) return undefined;
+      m.canceled ??= { at: this.now(), by, reason };
+      m.sealed = true;
+      m.jobs = { ...m.jobs, cancel: m.jobs?.cancel ?? jobId };
+      return m;
     });
-    if (pendingCanceled > 0) {
-      await this.mutate(
-        meta.id,
-        (m) => ((m.pending = Math.max(0, m.pending - pendingCanceled)), m),
-      );
-    }
-    return { canceled, pendingCanceled };
+    const job = await this.ensureJob(meta, 'cancel', by, reason);
+    return { ...(await this.status({ id })), changed: { verb: 'cancel', jobId: job } };
+  }
+
+  /** The policy's cancel of the rest (all-must-succeed with cancelRest): a job, as `cancel`. */
+  private async cancelRest(meta: BatchMeta): Promise<void> {
+    const jobId = nuid.next();
+    const m = await this.mutate(meta.id, (x) =>
+      x.jobs?.cancel ? undefined : ((x.jobs = { ...x.jobs, cancel: jobId }), x),
+    );
+    await this.ensureJob(m, 'cancel', 'jetflow', 'the batch failed (all-must-succeed)');
   }
 
   /**
    * Run the failed items again, each as a new workflow `<id>=<key>=<gen>` with a fresh attempt
    * budget; the batch is open again and its callback fires again with the new counts. Only for
-   * a decided batch whose items are all terminal. A retry-failed that stopped half way (crash)
-   * finishes when run again.
+   * a decided batch whose items are all terminal. The restarts are a background job (the reply
+   * names it); the batch stays open (`retrying`) until the job has walked the whole ledger.
    */
   async retryFailed(body: unknown): Promise<BatchStatus> {
-    const { id } = who(body);
+    const { id, by, reason } = who(body);
     const [m, c] = await Promise.all([this.meta(id), this.counter(id)]);
     if (!m) throw notFound(id);
     let meta = m.meta;
@@ -621,58 +622,200 @@ export class BatchService {
         );
       }
       if (n.failed === 0) return { ...(await this.status({ id })), changed: { restarted: 0 } };
+      const jobId = nuid.next();
       meta = await this.mutate(id, (x) => {
         if (x.gen !== meta.gen || x.retrying) return undefined;
         x.gen++;
         x.retrying = true;
+        x.jobs = { ...x.jobs, 'retry-failed': jobId };
         delete x.outcome;
         delete x.decidedAt;
         return x;
       });
     }
-    const gen = meta.gen;
-    let restarted = 0;
-    await this.scan(id, 1, async (_seq, it) => {
-      if (it.status !== 'failed' || it.gen >= gen) return true;
-      await this.publishStart(meta, it.key, it.input, gen);
-      await this.setItem(id, it.key, (x) =>
-        x.status === 'failed' && x.gen < gen
-          ? {
-              ...x,
-              gen,
-              wf: itemWorkflowId(id, x.key, gen),
-              status: 'running',
-              attempts: x.attempts + 1,
-              at: this.now(),
-            }
-          : undefined,
+    const job = await this.ensureJob(meta, 'retry-failed', by, reason);
+    return { ...(await this.status({ id })), changed: { verb: 'retry-failed', jobId: job } };
+  }
+
+  // --- background jobs over the ledger (run by the engines' bulk runners) --------------------
+
+  /**
+   * The job the batch record names for `verb` exists in `<prefix>_bulk` (created here when not:
+   * the record is written first, so a crash between leaves a name whose job the next verb call
+   * or the tracker creates). Returns its id.
+   */
+  private async ensureJob(
+    meta: BatchMeta,
+    verb: BatchJobVerb,
+    by = 'jetflow',
+    reason = '',
+  ): Promise<string> {
+    const jobId = meta.jobs?.[verb];
+    if (!jobId) throw new ConflictError(`batch ${meta.id}: no ${verb} job recorded`);
+    if (this.knownJobs.has(jobId) || (await this.o.bulk.get(jobId))) {
+      this.remember(jobId);
+      return jobId;
+    }
+    const info = await this.o.jsm.streams.info(this.stream);
+    const now = new Date(this.now()).toISOString();
+    const job: BulkJob = {
+      v: 1,
+      jobId,
+      request: {
+        verb: verb === 'retry-failed' ? 'retry' : verb,
+        query: { attributes: { batchId: meta.id } },
+        reason,
+        by,
+        dryRun: false,
+        ratePerSec: BULK_MAX_RATE,
+      },
+      chunks: 0,
+      state: 'running',
+      counters: { matched: meta.total, processed: 0, done: 0, failed: 0, skipped: 0 },
+      failures: [],
+      runs: 0,
+      createdAt: now,
+      updatedAt: now,
+      batch: { id: meta.id, verb, gen: meta.gen, seq: 0, untilSeq: info.state.last_seq },
+    };
+    try {
+      await this.o.bulk.create(job);
+      this.o.logger.info({ batch: meta.id, verb, jobId, items: meta.total }, 'batch job created');
+      this.o.onJob?.(jobId);
+    } catch (err) {
+      if (!isCasFailure(err)) throw err; // created meanwhile
+    }
+    this.remember(jobId);
+    return jobId;
+  }
+
+  private remember(jobId: string): void {
+    if (this.knownJobs.size > 10_000) this.knownJobs.clear();
+    this.knownJobs.add(jobId);
+  }
+
+  /** The batch's jobs with their progress (for `status`). */
+  private async jobsOf(meta: BatchMeta): Promise<BatchJobProgress[] | undefined> {
+    const jobs = Object.entries(meta.jobs ?? {}) as [BatchJobVerb, string][];
+    if (jobs.length === 0) return undefined;
+    return Promise.all(
+      jobs.map(async ([verb, jobId]) => {
+        const got = await this.o.bulk.get(jobId);
+        const c = got?.job.counters;
+        return {
+          verb,
+          jobId,
+          state: got?.job.state ?? 'missing',
+          processed: c?.processed ?? 0,
+          matched: c?.matched ?? meta.total,
+          done: c?.done ?? 0,
+        };
+      }),
+    );
+  }
+
+  /**
+   * Walk a job's part of the ledger: stream sequences `fromSeq + 1 … spec.untilSeq`, in pages
+   * of up to {@link SCAN_FETCH} entries through one consumer, until `onPage` returns false.
+   */
+  async walkJob(
+    spec: BatchJobSpec,
+    fromSeq: number,
+    onPage: (page: [number, BatchItem][], lastSeq: number) => Promise<boolean>,
+  ): Promise<void> {
+    if (fromSeq >= spec.untilSeq) return;
+    await this.scanPages(spec.id, fromSeq + 1, spec.untilSeq, onPage);
+  }
+
+  /** Act on one ledger entry for a job: whether something was done (else skipped). */
+  async jobAct(spec: BatchJobSpec, meta: BatchMeta, it: BatchItem): Promise<boolean> {
+    const now = () => this.now();
+    switch (spec.verb) {
+      case 'cancel':
+        if (it.status === 'running') {
+          const s = this.o.names.subjects;
+          const h = headers();
+          h.set(Header.ContentType, MSGPACK);
+          const msgId = `batch.${meta.id}.cancel.${it.gen}.${it.key}`;
+          const why = meta.canceled?.reason ?? 'the batch failed (all-must-succeed)';
+          await this.o.js.publish(
+            s.inbox('cancel', meta.type, it.wf),
+            pack({ kind: 'cancel', reason: `batch ${meta.id}: ${why}`, msgId }),
+            { msgID: msgId, headers: h },
+          );
+          return true;
+        }
+        if (it.status === 'pending') {
+          return this.setItem(meta.id, it.key, (x) =>
+            x.status === 'pending' ? { ...x, status: 'canceled', at: now() } : undefined,
+          );
+        }
+        return false;
+      case 'resume':
+        if (it.status !== 'pending') return false;
+        await this.publishStart(meta, it.key, it.input, it.gen);
+        return this.setItem(meta.id, it.key, (x) =>
+          x.status === 'pending' ? { ...x, status: 'running', at: now() } : undefined,
+        );
+      case 'retry-failed':
+        if (it.status !== 'failed' || it.gen >= spec.gen) return false;
+        await this.publishStart(meta, it.key, it.input, spec.gen);
+        await this.setItem(meta.id, it.key, (x) =>
+          x.status === 'failed' && x.gen < spec.gen
+            ? {
+                ...x,
+                gen: spec.gen,
+                wf: itemWorkflowId(meta.id, x.key, spec.gen),
+                status: 'running',
+                attempts: x.attempts + 1,
+                at: now(),
+              }
+            : undefined,
+        );
+        return true;
+    }
+  }
+
+  /** After a page of a cancel or resume job: `pending` loses the items that left it. */
+  async jobPage(spec: BatchJobSpec, leftPending: number): Promise<void> {
+    if (leftPending === 0) return;
+    await this.mutate(spec.id, (m) => ((m.pending = Math.max(0, m.pending - leftPending)), m));
+  }
+
+  /** A job walked its whole part of the ledger. */
+  async jobDone(spec: BatchJobSpec): Promise<void> {
+    if (spec.verb === 'retry-failed') {
+      await this.mutate(spec.id, (x) =>
+        x.retrying && x.gen === spec.gen ? (delete x.retrying, x) : undefined,
       );
-      restarted++;
-      return true;
-    });
-    await this.mutate(id, (x) => (x.retrying ? (delete x.retrying, x) : undefined));
-    return { ...(await this.status({ id })), changed: { restarted } };
+    } else if (spec.verb === 'cancel') {
+      // Every pending item was canceled (a canceled batch starts and admits nothing).
+      await this.mutate(spec.id, (x) =>
+        x.canceled && x.pending > 0 ? ((x.pending = 0), x) : undefined,
+      );
+    }
   }
 
   private async setItem(
     id: string,
     key: string,
     f: (x: BatchItem) => BatchItem | undefined,
-  ): Promise<void> {
+  ): Promise<boolean> {
     const k = itemKey(id, key);
     for (let i = 0; i < MAX_CAS; i++) {
       const e = await this.kv.get(k);
       const cur = valueOf<BatchItem>(e);
-      if (!cur || !e) return;
+      if (!cur || !e) return false;
       const next = f(cur);
-      if (!next) return;
+      if (!next) return false;
       try {
         await this.kv.update(k, pack(next), e.revision);
-        return;
+        return true;
       } catch (err) {
         if (!isCasFailure(err)) throw err;
       }
     }
+    return false;
   }
 
   // --- the tracker -----------------------------------------------------------------------------
@@ -689,6 +832,12 @@ export class BatchService {
     let meta = m.meta;
     if (meta.inflight && this.now() - meta.updatedAt > this.leaseMs) {
       meta = await this.flushInflight(meta);
+    }
+    // A job named by the record but not stored (its verb's process died in between).
+    if (this.now() - meta.updatedAt > this.leaseMs) {
+      for (const [verb, jobId] of Object.entries(meta.jobs ?? {}) as [BatchJobVerb, string][]) {
+        if (!this.knownJobs.has(jobId)) await this.ensureJob(meta, verb);
+      }
     }
     const cur = await this.counter(id);
     if (
@@ -744,7 +893,7 @@ export class BatchService {
         return x;
       });
       if (outcome === 'failed' && meta.cancelRest && !meta.canceled) {
-        await this.cancelRest(meta, 'the batch failed (all-must-succeed)');
+        await this.cancelRest(meta);
       }
     }
     if (meta.outcome && meta.notified !== meta.gen && meta.gen === c.gen) {
@@ -902,17 +1051,6 @@ export function startBatchResponder(
   batches: BatchService,
   logger: Logger,
 ): { stop(): Promise<void> } {
-  const inflight = new Set<Promise<void>>();
-  const reply = (m: Msg, enc: BodyEncoding, body: unknown, errorCode?: string) => {
-    const h = headers();
-    h.set(Header.ContentType, enc === 'msgpack' ? MSGPACK : JSON_TYPE);
-    if (errorCode) h.set(Header.ErrorCode, errorCode);
-    try {
-      m.respond(encodeBody(body, enc), { headers: h });
-    } catch (err) {
-      logger.warn({ err, subject: m.subject }, 'batch reply not sent');
-    }
-  };
   const answer = (verb: string, body: unknown): Promise<unknown> => {
     switch (verb as BatchVerb) {
       case 'create':
@@ -939,38 +1077,18 @@ export function startBatchResponder(
         );
     }
   };
-  const sub = nc.subscribe(names.subjects.batchWildcard, {
-    queue: `${names.subjects.prefix}-batches`,
-    callback: (err, m) => {
-      if (err) return logger.error({ err }, 'batch subscription error');
-      if (!m.reply) return;
-      const enc = encodingOf(m.headers?.get(Header.ContentType));
-      const verb = m.subject.slice(m.subject.lastIndexOf('.') + 1);
-      const p = (async () => {
-        try {
-          const body = decodeRequestBody(m.data, enc, { subject: m.subject });
-          reply(m, enc, await answer(verb, body));
-        } catch (e) {
-          const je =
-            e instanceof JetflowError
-              ? e
-              : new RetryableError(`batch request failed: ${String((e as Error)?.message ?? e)}`, {
-                  code: ErrorCode.Internal,
-                  cause: e,
-                });
-          if (!(je instanceof BadRequestError))
-            logger.warn({ err: e, verb }, 'batch request failed');
-          reply(m, enc, { error: toErrorData(je) }, je.code);
-        }
-      })();
-      inflight.add(p);
-      void p.finally(() => inflight.delete(p));
+  return startResponder(
+    nc,
+    {
+      queue: `${names.subjects.prefix}-batches`,
+      what: 'batch',
+      routes: [
+        {
+          subject: names.subjects.batchWildcard,
+          answer: (body, subject) => answer(subject.slice(subject.lastIndexOf('.') + 1), body),
+        },
+      ],
     },
-  });
-  return {
-    async stop() {
-      await sub.drain().catch(() => undefined);
-      await Promise.allSettled([...inflight]);
-    },
-  };
+    logger,
+  );
 }

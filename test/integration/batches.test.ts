@@ -251,9 +251,15 @@ describe('batches', () => {
     await until('first callback', async () => ((await w.events()).length === 1 ? true : undefined));
 
     const r = await client.batches.retryFailed('rf', { by: 'test' });
-    expect(r.changed).toEqual({ restarted: 2 });
+    expect(r.changed).toMatchObject({ verb: 'retry-failed' });
     expect(r.generation).toBe(2);
     expect(r.state).toBe('open');
+    const job = await client.batches.waitJob(r.changed!.jobId as string);
+    expect(job).toMatchObject({
+      state: 'completed',
+      done: 2,
+      batch: { id: 'rf', verb: 'retry-failed' },
+    });
     for (const i of [0, 1]) {
       await until(`rf=${i}=2 started`, () =>
         client.query('batchItem', `rf=${i}=2`).then(
@@ -293,6 +299,16 @@ describe('batches', () => {
     );
     const r = await client.batches.cancel('c', { by: 'test', reason: 'enough' });
     expect(r.canceled).toBe(true);
+    // The reply names the background job that cancels the items; status shows its progress.
+    const jobId = r.changed!.jobId as string;
+    expect(jobId).toMatch(/^[A-Za-z0-9]+$/);
+    const job = await client.batches.waitJob(jobId);
+    expect(job).toMatchObject({ state: 'completed', done: 3, batch: { id: 'c', verb: 'cancel' } });
+    expect((await client.batches.status('c')).jobs).toEqual([
+      expect.objectContaining({ verb: 'cancel', jobId, state: 'completed', done: 3 }),
+    ]);
+    // Canceling again names the same job and starts no other.
+    expect((await client.batches.cancel('c')).changed).toEqual({ verb: 'cancel', jobId });
     const s = await done('c');
     expect(s.outcome).toBe('completedWithErrors');
     expect(s.counts).toMatchObject({ total: 4, succeeded: 1, canceled: 3 });
@@ -315,7 +331,8 @@ describe('batches', () => {
       'not_found',
     );
     const r = await client.batches.resume('p');
-    expect(r.changed).toEqual({ started: 3 });
+    expect(r.changed).toMatchObject({ verb: 'resume' });
+    expect(await client.batches.waitJob(r.changed!.jobId as string)).toMatchObject({ done: 3 });
     const s = await done('p');
     expect(s.counts).toMatchObject({ total: 5, pending: 0, succeeded: 5 });
   });
