@@ -102,6 +102,11 @@ export interface BatchMeta {
   decidedAt?: number;
   /** The callback of generation `gen` was published. */
   notified?: number;
+  /**
+   * Epoch ms when a tracker found the batch ended (callback sent, nothing running): trackers
+   * then leave it alone. Any later change of the record (retry-failed…) removes it.
+   */
+  closed?: number;
   createdAt: number;
   updatedAt: number;
 }

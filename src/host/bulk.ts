@@ -60,7 +60,7 @@ export interface BatchJobRunner {
     fromSeq: number,
     onPage: (page: [number, BatchItem][], lastSeq: number) => Promise<boolean>,
   ): Promise<void>;
-  jobAct(spec: BatchJobSpec, meta: BatchMeta, item: BatchItem): Promise<boolean>;
+  jobAct(spec: BatchJobSpec, meta: BatchMeta, item: BatchItem, seq?: number): Promise<boolean>;
   jobPage(spec: BatchJobSpec, leftPending: number): Promise<void>;
   jobDone(spec: BatchJobSpec): Promise<void>;
 }
@@ -549,8 +549,8 @@ export class BulkRunner {
         let left = 0;
         for (let i = 0; i < page.length; i += width) {
           await Promise.all(
-            page.slice(i, i + width).map(async ([, it]) => {
-              const did = await this.retrying(() => b.jobAct(spec, meta, it));
+            page.slice(i, i + width).map(async ([itemSeq, it]) => {
+              const did = await this.retrying(() => b.jobAct(spec, meta, it, itemSeq));
               if (did) counters.done++;
               else counters.skipped++;
               if (did && it.status === 'pending') left++;

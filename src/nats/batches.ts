@@ -18,9 +18,9 @@
  *   remembers it in its record; a start is idempotent on its id) before the batch record says
  *   `notified`; a crash between repeats the publish, never skips it.
  */
-import { headers, nuid, type NatsConnection } from '@nats-io/transport-node';
-import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
-import { DeliverPolicy } from '@nats-io/jetstream';
+import { headers, nanos, nuid, type NatsConnection } from '@nats-io/transport-node';
+import type { Consumer, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import type {
   BatchAddReply,
@@ -143,6 +143,8 @@ export class BatchService {
       if (!cur) throw notFound(id);
       const next = f(structuredClone(cur.meta));
       if (!next) return cur.meta;
+      // Any change opens a closed batch to its trackers again (but the close itself).
+      if (cur.meta.closed !== undefined && next.closed === cur.meta.closed) delete next.closed;
       next.updatedAt = this.now();
       try {
         await this.kv.update(metaKey(id), pack(next), cur.revision);
@@ -472,6 +474,63 @@ export class BatchService {
     return { id, items, ...(cursor !== undefined ? { cursor } : {}) };
   }
 
+  /**
+   * The tracker's read of the ledger changes after `afterSeq` (at most `max`). One direct read
+   * says whether there is any; only then a consumer is made (and deleted after): a pass over an
+   * idle batch makes none. (A consumer kept between passes would lose messages: a fetch left
+   * before its end, when changed keys vanished, keeps its pull request open on the server.)
+   */
+  private async readLedger(
+    id: string,
+    afterSeq: number,
+    max: number,
+  ): Promise<{ page: [number, BatchItem | undefined][]; lastSeq: number }> {
+    const page: [number, BatchItem | undefined][] = [];
+    if (!(await this.hasAfter(id, afterSeq))) return { page, lastSeq: afterSeq };
+    const c = await this.ledgerConsumer(id, afterSeq + 1);
+    let lastSeq = afterSeq;
+    try {
+      let pending = (await c.info(true)).num_pending;
+      while (pending > 0 && page.length < max) {
+        const batch = await c.fetch({
+          max_messages: Math.min(SCAN_FETCH, pending, max - page.length),
+          expires: 1_000,
+        });
+        let got = 0;
+        for await (const m of batch) {
+          got++;
+          lastSeq = m.seq;
+          pending = m.info.pending;
+          page.push([m.seq, itemOf(m)]);
+          if (pending === 0 || page.length >= max) break;
+        }
+        if (got === 0) break;
+      }
+    } finally {
+      await c.delete().catch(() => undefined);
+    }
+    return { page, lastSeq };
+  }
+
+  /**
+   * An ephemeral pull consumer (no acks, in memory, gone after a minute unused) of batch `id`'s
+   * ledger from stream sequence `from`. A plain one, read by one reader at a time: its fetches
+   * continue where the last ended.
+   */
+  private async ledgerConsumer(id: string, from: number): Promise<Consumer> {
+    const ci = await this.o.jsm.consumers.add(this.stream, {
+      name: `batch_${nuid.next()}`,
+      filter_subject: `$KV.${this.o.names.batchesBucket}.${id}.i.>`,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: from,
+      ack_policy: AckPolicy.None,
+      inactive_threshold: nanos(60_000),
+      mem_storage: true,
+      num_replicas: 1,
+    });
+    return this.o.js.consumers.getConsumerFromInfo(ci);
+  }
+
   /** Whether the ledger of batch `id` has a change after stream sequence `seq` (one direct read). */
   private async hasAfter(id: string, seq: number): Promise<boolean> {
     try {
@@ -512,17 +571,13 @@ export class BatchService {
     untilSeq: number | undefined,
     onPage: (page: [number, BatchItem][], lastSeq: number) => boolean | Promise<boolean>,
   ): Promise<void> {
-    const c = await this.o.js.consumers.get(this.stream, {
-      filter_subjects: `$KV.${this.o.names.batchesBucket}.${id}.i.>`,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: Math.max(1, fromSeq),
-    });
+    const c = await this.ledgerConsumer(id, Math.max(1, fromSeq));
     try {
       let pending = (await c.info(true)).num_pending;
       while (pending > 0) {
         const batch = await c.fetch({
           max_messages: Math.min(SCAN_FETCH, pending),
-          expires: 5_000,
+          expires: 1_000,
         });
         const page: [number, BatchItem][] = [];
         let lastSeq = 0;
@@ -728,8 +783,9 @@ export class BatchService {
   }
 
   /** Act on one ledger entry for a job: whether something was done (else skipped). */
-  async jobAct(spec: BatchJobSpec, meta: BatchMeta, it: BatchItem): Promise<boolean> {
+  async jobAct(spec: BatchJobSpec, meta: BatchMeta, it: BatchItem, seq?: number): Promise<boolean> {
     const now = () => this.now();
+    const known = seq === undefined ? undefined : { item: it, revision: seq };
     switch (spec.verb) {
       case 'cancel':
         if (it.status === 'running') {
@@ -746,16 +802,22 @@ export class BatchService {
           return true;
         }
         if (it.status === 'pending') {
-          return this.setItem(meta.id, it.key, (x) =>
-            x.status === 'pending' ? { ...x, status: 'canceled', at: now() } : undefined,
+          return this.setItem(
+            meta.id,
+            it.key,
+            (x) => (x.status === 'pending' ? { ...x, status: 'canceled', at: now() } : undefined),
+            known,
           );
         }
         return false;
       case 'resume':
         if (it.status !== 'pending') return false;
         await this.publishStart(meta, it.key, it.input, it.gen);
-        return this.setItem(meta.id, it.key, (x) =>
-          x.status === 'pending' ? { ...x, status: 'running', at: now() } : undefined,
+        return this.setItem(
+          meta.id,
+          it.key,
+          (x) => (x.status === 'pending' ? { ...x, status: 'running', at: now() } : undefined),
+          known,
         );
       case 'retry-failed':
         if (it.status !== 'failed' || it.gen >= spec.gen) return false;
@@ -796,20 +858,26 @@ export class BatchService {
     }
   }
 
+  /**
+   * Change one ledger key with compare-and-set. `known`: the entry as read (a ledger walk's
+   * message: its stream sequence is the key's revision), tried first without a read.
+   */
   private async setItem(
     id: string,
     key: string,
     f: (x: BatchItem) => BatchItem | undefined,
+    known?: { item: BatchItem; revision: number },
   ): Promise<boolean> {
     const k = itemKey(id, key);
     for (let i = 0; i < MAX_CAS; i++) {
-      const e = await this.kv.get(k);
-      const cur = valueOf<BatchItem>(e);
-      if (!cur || !e) return false;
+      const e = i === 0 && known ? undefined : await this.kv.get(k);
+      const cur = e ? valueOf<BatchItem>(e) : known?.item;
+      const rev = e ? e.revision : known?.revision;
+      if (!cur || rev === undefined) return false;
       const next = f(cur);
       if (!next) return false;
       try {
-        await this.kv.update(k, pack(next), e.revision);
+        await this.kv.update(k, pack(next), rev);
         return true;
       } catch (err) {
         if (!isCasFailure(err)) throw err;
@@ -828,7 +896,7 @@ export class BatchService {
    */
   async track(id: string): Promise<boolean> {
     const m = await this.meta(id);
-    if (!m) return false;
+    if (!m || m.meta.closed !== undefined) return false;
     let meta = m.meta;
     if (meta.inflight && this.now() - meta.updatedAt > this.leaseMs) {
       meta = await this.flushInflight(meta);
@@ -854,16 +922,11 @@ export class BatchService {
     // A new counter, or the rollover to a new generation, is written even with nothing to fold.
     let dirty = !cur || cur.c.gen !== c.gen;
     for (;;) {
-      const page: [number, BatchItem | undefined][] = [];
-      if (await this.hasAfter(id, c.lastSeq)) {
-        await this.scan(id, c.lastSeq + 1, (seq, it) => {
-          page.push([seq, it]);
-          return page.length < SCAN_FETCH * 5;
-        });
-      }
+      const { page, lastSeq } = await this.readLedger(id, c.lastSeq, SCAN_FETCH * 5);
       const next = structuredClone(c);
       const now = this.now();
       for (const [seq, it] of page) fold(next, seq, it, now);
+      next.lastSeq = Math.max(next.lastSeq, lastSeq);
       if (page.length > 0) progressed = true;
       const heartbeat = c.owner !== this.o.owner || now - c.updatedAt > this.leaseMs / 3;
       if (page.length === 0 && !dirty && !heartbeat) break;
@@ -905,7 +968,14 @@ export class BatchService {
     if (progressed) this.idle.delete(id);
     else this.idle.add(id);
     const n = batchStatus(meta, c, this.now()).counts;
-    return !(meta.outcome && meta.notified === meta.gen && n.running + n.pending === 0);
+    const done = !!meta.outcome && meta.notified === meta.gen && n.running + n.pending === 0;
+    if (done && meta.closed === undefined) {
+      // Trackers starting later skip it (no pass per past batch at every engine start).
+      await this.mutate(id, (x) =>
+        x.closed === undefined && x.gen === meta.gen ? ((x.closed = this.now()), x) : undefined,
+      );
+    }
+    return !done;
   }
 
   private async notify(meta: BatchMeta, c: BatchCounter): Promise<void> {
@@ -978,6 +1048,8 @@ export class BatchService {
             if (stopped) break;
             const meta = valueOf<BatchMeta>(e);
             if (!meta) continue;
+            // A closed batch (ended, callback sent, nothing running) needs no tracker.
+            if (meta.closed !== undefined && !loops.has(meta.id)) continue;
             open.add(meta.id);
             wakers.get(meta.id)?.();
             if (!loops.has(meta.id)) loops.set(meta.id, loop(meta.id));
