@@ -14,6 +14,8 @@ import { Client } from '../../src/client/index.js';
 import { JetflowError } from '../../src/errors.js';
 import { workflows } from '../fixtures/workflows.js';
 import type { BatchStatus } from '../../src/contracts/batch.js';
+import { Visibility } from '../../src/host/visibility.js';
+import { quietLogger } from '../harness/jetflow.js';
 
 const env = useServer();
 const open: { close(): Promise<void> }[] = [];
@@ -316,6 +318,37 @@ describe('batches', () => {
       client.batches.create({ id: 'c', type: 'batchItem', items: items(5) }),
     );
     expect(more.code).toBe('invalid_state');
+  });
+
+  it('items are searchable by batch: the batchId attribute in the visibility index', async () => {
+    const { client, prefix } = await setup();
+    const dir = mkdtempSync(join(tmpdir(), 'jetflow-batch-vis-'));
+    const vis = await Visibility.create({
+      servers: env.server.url,
+      prefix,
+      dataDir: dir,
+      logger: quietLogger,
+      progress: () => undefined,
+    });
+    open.push(vis);
+    await client.batches.create({
+      id: 'vb',
+      type: 'batchItem',
+      items: items(3, () => ({ wait: true })),
+    });
+    await client.batches.create({ id: 'vc', type: 'batchItem', items: items(2) }, { seal: true });
+    const found = await until('vb items indexed', async () => {
+      const r = await client.search({ attributes: { batchId: 'vb' } });
+      return r.workflows.length === 3 ? r : undefined;
+    });
+    expect(found.workflows.map((w) => w.id).sort()).toEqual(['vb=0', 'vb=1', 'vb=2']);
+    expect(found.workflows[0]).toMatchObject({ status: 'running', attributes: { batchId: 'vb' } });
+    const vc = await until('vc items completed', async () => {
+      const r = await client.search({ attributes: { batchId: 'vc' }, status: 'completed' });
+      return r.workflows.length === 2 ? r : undefined;
+    });
+    expect(vc.workflows.every((w) => w.attributes.batchId === 'vc')).toBe(true);
+    await client.batches.cancel('vb');
   });
 
   it('pause keeps new items pending (not started); resume starts them', async () => {
