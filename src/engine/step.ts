@@ -605,6 +605,16 @@ function materialize(
   };
   for (const c of commands) {
     switch (c.kind) {
+      case 'batch': {
+        const b = c.batch;
+        if (!Array.isArray(b.items) || b.items.length > m.WORKFLOW_BATCH_MAX_ITEMS)
+          throw new BadRequestError(
+            `workflow ${rec.type}/${rec.id}: startBatch takes an array of at most ${m.WORKFLOW_BATCH_MAX_ITEMS} items (submit bigger batches from an activity)`,
+            { workflowType: rec.type, workflowId: rec.id, code: ErrorCode.BadRequest },
+          );
+        effects.push({ kind: 'batchStart', batch: b });
+        break;
+      }
       case 'send': {
         checkRef('sendToWorkflow', c.to);
         const ev = c.event as { type?: unknown } | undefined;

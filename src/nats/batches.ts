@@ -50,7 +50,14 @@ import {
 } from '../engine/batch.js';
 import type { Logger, RecordStore } from '../engine/ports.js';
 import type { Registry } from '../engine/registry.js';
-import { BadRequestError, ConflictError, ErrorCode, JetflowError, toErrorData } from '../errors.js';
+import {
+  BadRequestError,
+  ConflictError,
+  ErrorCode,
+  JetflowError,
+  RetryableError,
+  toErrorData,
+} from '../errors.js';
 import { startResponder, type BulkJob, type BulkStore } from './bulk.js';
 import type { EffectHandler } from './effects.js';
 import { isCasFailure } from './store.js';
@@ -193,6 +200,49 @@ export class BatchService {
       }
     }
     throw new ConflictError(`batch item ${k}: too many concurrent changes`);
+  }
+
+  /**
+   * The `batchStart` effect (`startBatch` in a definition): create the batch with the workflow
+   * as its signal target, submit the items from where the batch is, seal it. Every part is
+   * idempotent, so a re-performed outbox does nothing twice. A batch that cannot be created
+   * tells the workflow `jetflow.batch.failed` `{ id, error }` (once: msg id).
+   */
+  async startFromWorkflow(
+    b: Extract<Effect, { kind: 'batchStart' }>['batch'],
+    record: WorkflowRecord,
+  ): Promise<void> {
+    let status: BatchStatus;
+    try {
+      status = await this.create({
+        id: b.id,
+        type: b.type,
+        ...(b.policy !== undefined ? { policy: b.policy } : {}),
+        ...(b.cancelRest ? { cancelRest: true } : {}),
+        onComplete: {
+          signal: { type: record.type, id: record.id, ...(b.event ? { event: b.event } : {}) },
+        },
+      });
+    } catch (err) {
+      // Refused (bad request, unknown type): tell the workflow; anything else is retried.
+      if (!(err instanceof JetflowError) || err instanceof RetryableError) throw err;
+      const msgId = `batch.${String(b.id)}.failed.${record.type}.${record.id}`;
+      const h = headers();
+      h.set(Header.ContentType, MSGPACK);
+      const event = { type: 'jetflow.batch.failed', id: b.id, error: toErrorData(err) };
+      await this.o.js.publish(
+        this.o.names.subjects.inbox('signal', record.type, record.id),
+        pack({ kind: 'signal', event, msgId }),
+        { msgID: msgId, headers: h },
+      );
+      return;
+    }
+    if (!status.sealed) {
+      for (let from = status.next; from < b.items.length; from += 500) {
+        await this.add({ id: b.id, from, items: b.items.slice(from, from + 500) });
+      }
+      await this.seal({ id: b.id });
+    }
   }
 
   // --- verbs ---------------------------------------------------------------------------------
@@ -1095,6 +1145,10 @@ export function batchEffectHandlers(
     batchItem: async (record: WorkflowRecord, e: Effect) => {
       if (e.kind !== 'batchItem') return;
       await batches.itemEnded(e, record);
+    },
+    batchStart: async (record: WorkflowRecord, e: Effect) => {
+      if (e.kind !== 'batchStart') return;
+      await batches.startFromWorkflow(e.batch, record);
     },
   };
 }

@@ -15,6 +15,11 @@ import { JetflowError } from '../../src/errors.js';
 import { workflows } from '../fixtures/workflows.js';
 import type { BatchStatus } from '../../src/contracts/batch.js';
 import { Visibility } from '../../src/host/visibility.js';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { BatchService, openBatchesBucket } from '../../src/nats/batches.js';
+import { openBulkStore } from '../../src/nats/bulk.js';
+import { topologyNames } from '../../src/nats/topology.js';
+import { createRegistry } from '../../src/engine/registry.js';
 import { quietLogger } from '../harness/jetflow.js';
 
 const env = useServer();
@@ -349,6 +354,64 @@ describe('batches', () => {
     });
     expect(vc.workflows.every((w) => w.attributes.batchId === 'vc')).toBe(true);
     await client.batches.cancel('vb');
+  });
+
+  it('a workflow starts a batch as an effect of its step and waits for its batch.completed', async () => {
+    const { client, prefix } = await setup();
+    await client.start('batchParent', 'bp1', { batchId: 'pb', n: 6, failEvery: 3 });
+    const end = await until('parent done', async () => {
+      const q = await client.query('batchParent', 'bp1');
+      return q.status === 'completed' ? q : undefined;
+    });
+    expect(end.context).toMatchObject({
+      outcome: 'completedWithErrors',
+      counts: { total: 6, succeeded: 4, failed: 2 },
+    });
+    const s = await client.batches.status('pb');
+    expect(s).toMatchObject({ sealed: true, state: 'done', notified: true });
+    const page = await client.batches.items('pb');
+    expect(page.items.map((x) => x.wf).sort()).toEqual([
+      'pb=k0',
+      'pb=k1',
+      'pb=k2',
+      'pb=k3',
+      'pb=k4',
+      'pb=k5',
+    ]);
+
+    // The outbox performed again (as after an engine crash between the effect and its ack):
+    // nothing is added, started or sent twice.
+    const nc = env.nc;
+    const names = topologyNames(prefix);
+    const { js, jsm } = { js: jetstream(nc), jsm: await jetstreamManager(nc) };
+    const again = new BatchService(await openBatchesBucket(nc, names), {
+      nc,
+      js,
+      jsm,
+      names,
+      registry: createRegistry(workflows),
+      store: { get: async () => ({}) } as never,
+      logger: quietLogger,
+      maxInputBytes: 1 << 20,
+      owner: 'test',
+      bulk: await openBulkStore(nc, jsm, names),
+    });
+    const record = { type: 'batchParent', id: 'bp1' } as never;
+    const items = Array.from({ length: 6 }, (_, n) => ({ key: `k${n}`, input: { n } }));
+    await again.startFromWorkflow({ id: 'pb', type: 'batchItem', items }, record);
+    const after = await client.batches.status('pb');
+    expect(after.counts).toEqual(s.counts);
+    expect(after.next).toBe(6);
+  });
+
+  it('startBatch of an unknown item type tells the workflow jetflow.batch.failed', async () => {
+    const { client } = await setup();
+    await client.start('batchParent', 'bp2', { batchId: 'pb2', n: 2, itemType: 'noSuchType' });
+    const end = await until('parent refused', async () => {
+      const q = await client.query('batchParent', 'bp2');
+      return q.status === 'failed' || q.status === 'completed' ? q : undefined;
+    });
+    expect(end.context).toMatchObject({ error: { code: 'unknown_type' } });
   });
 
   it('pause keeps new items pending (not started); resume starts them', async () => {
