@@ -390,7 +390,7 @@ describe('batches', () => {
       jsm,
       names,
       registry: createRegistry(workflows),
-      store: { get: async () => ({}) } as never,
+      store: { get: () => Promise.resolve({}) } as never,
       logger: quietLogger,
       maxInputBytes: 1 << 20,
       owner: 'test',
