@@ -6,6 +6,9 @@
  *    measured is the submission itself (ledger key created, chunk accepted) and not the items
  *    running beside it; the engine's RSS is sampled every second meanwhile (flat = nothing per
  *    item held in memory).
+ *    The engine's RSS (from /proc) and V8 heap in use (its `/metrics`) are sampled every second
+ *    and printed (`memory` lines); then the batch is canceled: the reply (at once) and the cancel
+ *    job over the million items (the engines walk the ledger in the background) are timed.
  * 2. End to end: `--e2e N` trivial items (default 100,000; `batchItem`, which completes in its
  *    first step) from `create` to the `batch.completed` callback.
  *
@@ -43,6 +46,8 @@ const { values } = parseArgs({
     e2e: { type: 'string', default: '100000' },
     smoke: { type: 'boolean', default: false },
     'skip-peers': { type: 'boolean', default: false },
+    /** Write a heap snapshot of the engine at the end of the submission (and at its start). */
+    'heap-snapshots': { type: 'boolean', default: false },
   },
 });
 const smoke = values.smoke;
@@ -59,8 +64,60 @@ const report = (r: Record<string, unknown>) => {
   process.stdout.write(JSON.stringify(r) + '\n');
 };
 
+/** Every second: the engine's RSS and heap in use (MB), to see it stay flat. */
+function memorySampler(pid: number, metricsPort: number) {
+  const samples: { s: number; rssMb: number; heapMb?: number }[] = [];
+  const t0 = Date.now();
+  let busy = false;
+  const take = async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      let heapMb: number | undefined;
+      try {
+        const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+        const m = /^nodejs_heap_size_used_bytes (\S+)$/m.exec(text);
+        if (m) heapMb = round(Number(m[1]) / 2 ** 20, 1);
+      } catch {
+        // the endpoint is busy or gone: RSS only
+      }
+      samples.push({
+        s: Math.round((Date.now() - t0) / 1000),
+        rssMb: round(readRssMb(pid), 1),
+        ...(heapMb !== undefined ? { heapMb } : {}),
+      });
+    } finally {
+      busy = false;
+    }
+  };
+  const timer = setInterval(() => void take(), 1_000);
+  return {
+    samples,
+    async stop(what: string) {
+      clearInterval(timer);
+      await take();
+      const rss = samples.map((x) => x.rssMb);
+      const heap = samples.flatMap((x) => (x.heapMb !== undefined ? [x.heapMb] : []));
+      // At most ~30 samples printed, evenly spaced, plus first, max and last.
+      const every = Math.max(1, Math.ceil(samples.length / 30));
+      const summary = {
+        system: 'jetflow',
+        memory: what,
+        engineRssMb: { first: rss[0], max: Math.max(...rss), last: rss[rss.length - 1] },
+        engineHeapMb: heap.length
+          ? { first: heap[0], max: Math.max(...heap), last: heap[heap.length - 1] }
+          : 'no /metrics',
+        samples: samples.filter((_, i) => i % every === 0 || i === samples.length - 1),
+      };
+      process.stdout.write(JSON.stringify(summary) + '\n');
+      return summary;
+    },
+  };
+}
+
 async function jetflow(): Promise<void> {
   const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
+  const metricsPort = await freePort();
   const nc = await connect({ servers: server.url });
   const client = new Client(nc, { prefix, timeoutMs: 60_000 });
   const engine = await spawnTs(
@@ -77,15 +134,18 @@ async function jetflow(): Promise<void> {
       resolve(root, 'test/fixtures/batch-workflows.ts'),
       '--name',
       'bench-batch-engine',
+      '--metrics-port',
+      String(metricsPort),
     ],
     '"engine started"',
+    values['heap-snapshots'] ? ['--heapsnapshot-signal=SIGUSR2'] : [],
   );
   try {
     // 1. Submission into a paused batch.
     await client.batches.create({ id: 'sub', type: 'batchItem' });
     await client.batches.pause('sub', { by: 'bench', reason: 'measure submission alone' });
-    const rss: number[] = [];
-    const sampler = setInterval(() => rss.push(round(readRssMb(engine.pid!), 1)), 1_000);
+    const mem = memorySampler(engine.pid!, metricsPort);
+    if (values['heap-snapshots']) engine.kill('SIGUSR2');
     function* items() {
       for (let i = 0; i < SUBMIT; i++) yield { n: i };
     }
@@ -103,17 +163,47 @@ async function jetflow(): Promise<void> {
       },
     );
     const subMs = Date.now() - t0;
-    clearInterval(sampler);
-    rss.push(round(readRssMb(engine.pid!), 1));
+    if (values['heap-snapshots']) engine.kill('SIGUSR2');
+    const memSub = await mem.stop('during the submission');
     report({
       system: 'jetflow',
       measure: 'submission (paused batch)',
       items: SUBMIT,
       ms: subMs,
       itemsPerSec: Math.round(SUBMIT / (subMs / 1000)),
-      engineRssMb: { first: rss[0], max: Math.max(...rss), last: rss[rss.length - 1] },
+      engineRssMb: memSub.engineRssMb,
+      engineHeapMb: memSub.engineHeapMb,
     });
-    await client.batches.cancel('sub', { by: 'bench', reason: 'measured' });
+    // Cancel of every (pending) item: the reply is at once, a job of the engines does the work.
+    const memCancel = memorySampler(engine.pid!, metricsPort);
+    t0 = Date.now();
+    const canceled = await client.batches.cancel('sub', { by: 'bench', reason: 'measured' });
+    const replyMs = Date.now() - t0;
+    const jobId = canceled.changed?.jobId as string;
+    let lastJobLog = Date.now();
+    for (;;) {
+      const p = await client.batches.job(jobId);
+      if (p.state !== 'running') {
+        if (p.done !== SUBMIT) throw new Error(`cancel job: ${JSON.stringify(p)}`);
+        break;
+      }
+      if (Date.now() - lastJobLog > 5_000) {
+        lastJobLog = Date.now();
+        log(`cancel job: ${p.processed}/${p.matched}`);
+      }
+      await sleep(500);
+    }
+    const cancelMs = Date.now() - t0;
+    const memC = await memCancel.stop('during the cancel job');
+    report({
+      system: 'jetflow',
+      measure: 'cancel (background job over the ledger)',
+      items: SUBMIT,
+      replyMs,
+      ms: cancelMs,
+      itemsPerSec: Math.round(SUBMIT / (cancelMs / 1000)),
+      engineRssMb: memC.engineRssMb,
+    });
 
     // 2. End to end.
     t0 = Date.now();

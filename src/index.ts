@@ -58,8 +58,10 @@ export {
   reject,
   reply,
   sendToWorkflow,
+  startBatch,
   type DispatchTarget,
   type SendOptions,
+  type StartBatchSpec,
 } from './engine/machine.js';
 export { workflow, type ChildWorkflowInput, type ChildWorkflowOptions } from './engine/child.js';
 export { activityTree } from '../actors/activity-tree.js';

@@ -160,6 +160,10 @@ function print(io: Io, s: BatchStatus, json?: boolean): void {
     ['eta', s.etaMs !== undefined ? `${Math.round(s.etaMs / 1000)}s` : undefined],
     ['callback', s.state === 'done' ? (s.notified ? 'sent' : 'owed') : undefined],
     ['changed', s.changed ? inline(s.changed) : undefined],
+    ...(s.jobs ?? []).map((j): [string, string] => [
+      `${j.verb} job`,
+      `${j.jobId} ${j.state} ${j.processed}/${j.matched} (${j.done} done)`,
+    ]),
   ]);
 }
 

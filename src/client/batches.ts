@@ -20,7 +20,8 @@ import type {
   BatchStatus,
 } from '../contracts/batch.js';
 import { encodeBody } from '../contracts/codec.js';
-import { ConflictError, JetflowError } from '../errors.js';
+import { ConflictError, ErrorCode, JetflowError } from '../errors.js';
+import type { BulkProgress } from '../contracts/bulk.js';
 
 export interface BatchCreateOptions<T = unknown> {
   id: string;
@@ -73,6 +74,7 @@ export class Batches {
   constructor(
     private readonly request: Requester,
     private readonly subject: (verb: string) => string,
+    private readonly bulkStatus: string,
   ) {}
 
   /**
@@ -195,14 +197,21 @@ export class Batches {
     return this.request(this.subject('items'), { id, ...opts });
   }
 
-  /** Run the failed items again (fresh attempts); the callback fires again with the new counts. */
+  /**
+   * Run the failed items again (fresh attempts); the callback fires again with the new counts.
+   * Replies at once: the restarts are a background job (`changed.jobId`; follow it with
+   * {@link job}, or `status().jobs`).
+   */
   retryFailed(id: string, who: { by?: string; reason?: string } = {}): Promise<BatchStatus> {
-    return this.request(this.subject('retry-failed'), { id, ...who }, 120_000);
+    return this.request(this.subject('retry-failed'), { id, ...who });
   }
 
-  /** Cancel the items not ended yet; the batch takes no more items. */
+  /**
+   * Cancel the items not ended yet; the batch takes no more items from now on. Replies at once:
+   * the items are canceled by a background job (`changed.jobId`).
+   */
   cancel(id: string, who: { by?: string; reason?: string } = {}): Promise<BatchStatus> {
-    return this.request(this.subject('cancel'), { id, ...who }, 120_000);
+    return this.request(this.subject('cancel'), { id, ...who });
   }
 
   /** Stop starting items (new ones are kept as `pending`); running ones go on. */
@@ -210,8 +219,35 @@ export class Batches {
     return this.request(this.subject('pause'), { id, ...who });
   }
 
-  /** Start the pending items and admit new ones again. */
+  /** Admit new items again; the pending ones are started by a background job (`changed.jobId`). */
   resume(id: string, who: { by?: string; reason?: string } = {}): Promise<BatchStatus> {
-    return this.request(this.subject('resume'), { id, ...who }, 120_000);
+    return this.request(this.subject('resume'), { id, ...who });
+  }
+
+  /** A batch job's progress (`<prefix>.admin.bulk.status`; state `completed` when done). */
+  job(jobId: string): Promise<BulkProgress> {
+    return this.request(this.bulkStatus, { jobId });
+  }
+
+  /** Wait until a batch job completed (polling its status every `everyMs`). */
+  async waitJob(
+    jobId: string,
+    o: { timeoutMs?: number; everyMs?: number } = {},
+  ): Promise<BulkProgress> {
+    const end = Date.now() + (o.timeoutMs ?? 600_000);
+    for (;;) {
+      const p = await this.job(jobId);
+      if (p.state !== 'running') return p;
+      if (Date.now() > end) {
+        throw new JetflowError(
+          `batch job ${jobId} still running after ${o.timeoutMs ?? 600_000} ms`,
+          {
+            code: ErrorCode.Timeout,
+            details: { progress: p },
+          },
+        );
+      }
+      await new Promise((r) => setTimeout(r, o.everyMs ?? 200));
+    }
   }
 }

@@ -174,6 +174,7 @@ export class Client implements AsyncDisposable {
       <R>(subject: string, body: unknown, timeoutMs?: number) =>
         this.request<R>(subject, body, undefined, timeoutMs),
       (verb) => this.names.subjects.batch(verb),
+      this.names.subjects.bulkStatus,
     );
     return this.batchesApi;
   }

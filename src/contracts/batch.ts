@@ -10,6 +10,7 @@
  * - `<batchId>.i.<itemKey>` — the ledger: one key per item (status, workflow id, attempts, error).
  */
 import type { ErrorData } from '../errors.js';
+import type { BatchJobVerb, BulkJobState } from './bulk.js';
 
 /** Status of one item in the ledger. `pending`: accepted while paused, not started yet. */
 export type BatchItemStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'canceled';
@@ -89,13 +90,23 @@ export interface BatchMeta {
   inflight?: { keys: string[] };
   /** Generation: 1, then +1 per retry-failed. Item workflows of generation g > 1 are `<id>=<key>=<g>`. */
   gen: number;
-  /** Set while a retry-failed has not restarted every failed item yet (run it again to finish). */
+  /** Set while a retry-failed has not restarted every failed item yet (its job clears it). */
   retrying?: boolean;
+  /**
+   * The background job (in `<prefix>_bulk`) of the last cancel, retry-failed and resume: each
+   * walks the ledger, so it runs beside the request, resumable, instead of inside it.
+   */
+  jobs?: Partial<Record<BatchJobVerb, string>>;
   /** The outcome of the current generation, once decided. */
   outcome?: BatchOutcome;
   decidedAt?: number;
   /** The callback of generation `gen` was published. */
   notified?: number;
+  /**
+   * Epoch ms when a tracker found the batch ended (callback sent, nothing running): trackers
+   * then leave it alone. Any later change of the record (retry-failed…) removes it.
+   */
+  closed?: number;
   createdAt: number;
   updatedAt: number;
 }
@@ -208,6 +219,21 @@ export interface BatchStatus {
   etaMs?: number;
   createdAt: string;
   updatedAt: string;
-  /** What a verb changed (restarted items, canceled items…). */
+  /** What a verb changed: the job it started (`jobId`, `verb`), or `restarted: 0`… */
   changed?: Record<string, unknown>;
+  /** The background jobs of the last cancel, retry-failed and resume, with their progress. */
+  jobs?: BatchJobProgress[];
+}
+
+/** A batch job's progress, as in `<prefix>.admin.bulk.status`. */
+export interface BatchJobProgress {
+  verb: BatchJobVerb;
+  jobId: string;
+  /** `missing`: not stored yet (the batch's tracker stores it) or expired. */
+  state: BulkJobState | 'missing';
+  /** Ledger entries walked, of `matched` (the batch's items when the job was made). */
+  processed: number;
+  matched: number;
+  /** Items acted on (canceled, restarted, started). */
+  done: number;
 }

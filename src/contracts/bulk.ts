@@ -64,6 +64,25 @@ export interface BulkReply {
   sample?: { type: string; id: string }[];
 }
 
+/**
+ * A job over a batch's ledger (issue 23) instead of a search snapshot: `cancel` (the items not
+ * ended), `retry-failed` (the failed items of earlier generations, as generation `gen`) and
+ * `resume` (the pending items). The job walks ledger changes of stream sequences `seq + 1 …
+ * untilSeq` in stream order; `seq` is its stored cursor. Run by the engines (they own batches).
+ */
+export type BatchJobVerb = 'cancel' | 'retry-failed' | 'resume';
+
+export interface BatchJobSpec {
+  id: string;
+  verb: BatchJobVerb;
+  /** The batch's generation when the job was made (retry-failed: the generation it starts). */
+  gen: number;
+  /** Last ledger sequence walked (0: none yet). */
+  seq: number;
+  /** The ledger's last sequence when the job was made: the walk ends there. */
+  untilSeq: number;
+}
+
 /** Lifecycle of a job. */
 export type BulkJobState = 'running' | 'completed' | 'canceled';
 
@@ -104,8 +123,10 @@ export interface BulkProgress extends BulkCounters {
   failures: BulkFailure[];
   /** How many times the job was claimed (1 + takeovers after a runner died). */
   runs: number;
-  /** The runner (visibility replica) holding the job now, while it runs. */
+  /** The runner (visibility replica, or engine for a batch job) holding the job now. */
   owner?: string;
+  /** A job over a batch's ledger: the batch and the batch verb. */
+  batch?: { id: string; verb: BatchJobVerb };
 }
 
 /** Failures kept in the job record (all of them are in the notifications). */

@@ -263,6 +263,22 @@ export type Effect =
       error?: ErrorData;
     }
   /**
+   * A batch this workflow starts (issue 23, `startBatch`): create batch `batch.id`, submit its
+   * items from position 0 and seal it, with this workflow as the `onComplete` signal target.
+   * Each part is idempotent, so performing it again after a crash changes nothing.
+   */
+  | {
+      kind: 'batchStart';
+      batch: {
+        id: string;
+        type: string;
+        items: { key: string; input: unknown }[];
+        policy?: unknown;
+        cancelRest?: boolean;
+        event?: string;
+      };
+    }
+  /**
    * An emitted event with `alert: <queue>`: JSON on `wf.alerts.<queue>.<type>.<id>` (stream of
    * the events), the event plus the base fields `workflowType`, `id`, `version`, `step`, `at`.
    */

@@ -114,6 +114,8 @@ export type Command =
       startIfAbsent?: { input: unknown };
     }
   | { kind: 'cancelTask'; key: string }
+  /** A batch this workflow starts (issue 23); its `batch.completed` comes back as an event. */
+  | { kind: 'batch'; batch: WorkflowBatch }
   /** An event the step emitted (XState `emit`): on the notification, and as an alert. */
   | { kind: 'emit'; event: Record<string, unknown> }
   /** The step's reply value (the signal reply's `result`). */
@@ -162,6 +164,7 @@ export const jetflowActions = {
   'jetflow.reply': () => {},
   'jetflow.reject': () => {},
   'jetflow.send': () => {},
+  'jetflow.batch': () => {},
 } as const;
 
 /** Action arguments a dynamic value is computed from. */
@@ -209,6 +212,67 @@ export function sendToWorkflow(
         to: { type: valueOf(t.type, args), id: valueOf(t.id, args) },
         event: valueOf(event, args),
         ...(start !== undefined ? { startIfAbsent: { input: start.input } } : {}),
+      };
+    },
+  } as const;
+}
+
+/** The batch a workflow starts with {@link startBatch}, as its step's outbox holds it. */
+export interface WorkflowBatch {
+  id: string;
+  type: string;
+  items: { key: string; input: unknown }[];
+  policy?: unknown;
+  cancelRest?: boolean;
+  /** Type of the event this workflow receives when the batch completes (default `batch.completed`). */
+  event?: string;
+}
+
+/** Options of {@link startBatch}. */
+export interface StartBatchSpec<T = unknown> {
+  /** The batch id (deterministic: a function of the context, e.g. `month-close-${period}`). */
+  id: Dynamic<string>;
+  /** Workflow type of the items. */
+  type: Dynamic<string>;
+  /** The items' inputs (at most {@link WORKFLOW_BATCH_MAX_ITEMS}: they ride in the step's outbox). */
+  items: Dynamic<readonly T[]>;
+  /** Each item's key (default: its index). */
+  itemKey?: (item: T, index: number) => string;
+  /** `'complete-with-errors'` (default), `'all-must-succeed'` or `{ failIfMoreThan }`. */
+  policy?: 'complete-with-errors' | 'all-must-succeed' | { failIfMoreThan: number };
+  cancelRest?: boolean;
+  /** Type of the completion event sent to this workflow (default `batch.completed`). */
+  event?: string;
+}
+
+/** Most items a workflow's own step may start as a batch (bigger: submit from an activity). */
+export const WORKFLOW_BATCH_MAX_ITEMS = 10_000;
+
+/**
+ * Start a batch as an effect of this step (issue 23): the batch is created, its items
+ * submitted and it is sealed, with this workflow as its `onComplete` signal target, so the
+ * workflow waits for `batch.completed` (`{ id, policy, outcome, counts, generation }`) like any
+ * event. Exactly once: the batch is in the step's outbox and every part of its creation is
+ * idempotent (the batch id, the items' positions, the seal), so a re-performed outbox after an
+ * engine crash creates nothing twice. A batch that cannot be created (unknown type, bad id)
+ * sends `jetflow.batch.failed` `{ id, error }` instead. `id` and `items` may be functions of
+ * `{context, event}`.
+ */
+export function startBatch<T = unknown>(spec: StartBatchSpec<T>) {
+  return {
+    type: 'jetflow.batch',
+    params: (args: ActionArgs): WorkflowBatch => {
+      const items = valueOf(spec.items, args);
+      return {
+        id: valueOf(spec.id, args),
+        type: valueOf(spec.type, args),
+        items: items.map((input, i) => ({
+          key: spec.itemKey ? spec.itemKey(input, i) : String(i),
+          input,
+        })),
+        ...(spec.policy !== undefined ? { policy: spec.policy } : {}),
+        ...(spec.cancelRest ? { cancelRest: true } : {}),
+        ...(spec.event ? { event: spec.event } : {}),
       };
     },
   } as const;
@@ -279,6 +343,9 @@ export function toCommands(actions: ActionLike[], stepNo: number): Command[] {
         });
         break;
       }
+      case 'jetflow.batch':
+        out.push({ kind: 'batch', batch: p as unknown as WorkflowBatch });
+        break;
       case 'jetflow.reply':
         out.push({ kind: 'reply', value: p.value });
         break;

@@ -399,6 +399,11 @@ function withInbound(
  * `jetflow ls --where jetflow.trigger=<name>`.
  */
 export const TRIGGER_ATTRIBUTE = 'jetflow.trigger';
+/**
+ * The search attribute of a batch item's workflow (issue 23): its batch's id, so that the
+ * visibility index finds a batch's items (`{ attributes: { batchId } }`).
+ */
+export const BATCH_ATTRIBUTE = 'batchId';
 
 /** The sender key of a trigger in a record's `inbound` watermarks (`/` is not in a type token). */
 export function triggerMarkKey(trigger: string): string {
@@ -609,6 +614,16 @@ function materialize(
   };
   for (const c of commands) {
     switch (c.kind) {
+      case 'batch': {
+        const b = c.batch;
+        if (!Array.isArray(b.items) || b.items.length > m.WORKFLOW_BATCH_MAX_ITEMS)
+          throw new BadRequestError(
+            `workflow ${rec.type}/${rec.id}: startBatch takes an array of at most ${m.WORKFLOW_BATCH_MAX_ITEMS} items (submit bigger batches from an activity)`,
+            { workflowType: rec.type, workflowId: rec.id, code: ErrorCode.BadRequest },
+          );
+        effects.push({ kind: 'batchStart', batch: b });
+        break;
+      }
       case 'send': {
         checkRef('sendToWorkflow', c.to);
         const ev = c.event as { type?: unknown } | undefined;
@@ -879,7 +894,9 @@ function begin(
     ...(at.batch ? { batch: at.batch } : {}),
   };
   const attributes = searchAttributes(def.searchAttributes, snapshot.context);
-  if (attributes) rec.attributes = attributes;
+  if (attributes || at.batch) {
+    rec.attributes = { ...attributes, ...(at.batch ? { [BATCH_ATTRIBUTE]: at.batch.id } : {}) };
+  }
   const started: Notification = {
     type: 'started',
     workflowType: type,
@@ -1891,8 +1908,13 @@ export function decide(
   const attributes = searchAttributes(def.searchAttributes, after.context);
   if (attributes) {
     // The trigger that last started or signaled it is kept beside the definition's attributes.
+    // So is a batch item's batch.
     const trig = stored.attributes?.[TRIGGER_ATTRIBUTE];
-    rec.attributes = trig !== undefined ? { ...attributes, [TRIGGER_ATTRIBUTE]: trig } : attributes;
+    rec.attributes = {
+      ...attributes,
+      ...(trig !== undefined ? { [TRIGGER_ATTRIBUTE]: trig } : {}),
+      ...(stored.batch ? { [BATCH_ATTRIBUTE]: stored.batch.id } : {}),
+    };
   }
   if (timerEvents) rec.timerEvents = timerEvents;
   else delete rec.timerEvents;

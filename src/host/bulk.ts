@@ -18,7 +18,8 @@
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { Client } from '../client/index.js';
-import type { BulkProgress, BulkReply } from '../contracts/bulk.js';
+import type { BatchJobSpec, BulkProgress, BulkReply } from '../contracts/bulk.js';
+import type { BatchItem, BatchMeta } from '../contracts/batch.js';
 import type { SearchReply } from '../contracts/search.js';
 import type { AdminRequest } from '../contracts/wire.js';
 import {
@@ -48,6 +49,22 @@ import {
 } from '../nats/bulk.js';
 import type { TopologyNames } from '../nats/topology.js';
 
+/**
+ * What a runner needs to run jobs over a batch's ledger (the engines' `BatchService`): the walk,
+ * the action on one ledger entry, and the bookkeeping after a page and at the end.
+ */
+export interface BatchJobRunner {
+  meta(id: string): Promise<{ meta: BatchMeta } | undefined>;
+  walkJob(
+    spec: BatchJobSpec,
+    fromSeq: number,
+    onPage: (page: [number, BatchItem][], lastSeq: number) => Promise<boolean>,
+  ): Promise<void>;
+  jobAct(spec: BatchJobSpec, meta: BatchMeta, item: BatchItem, seq?: number): Promise<boolean>;
+  jobPage(spec: BatchJobSpec, leftPending: number): Promise<void>;
+  jobDone(spec: BatchJobSpec): Promise<void>;
+}
+
 export interface BulkRunnerOptions {
   nc: NatsConnection;
   jsm: JetStreamManager;
@@ -55,10 +72,19 @@ export interface BulkRunnerOptions {
   logger: Logger;
   /** This runner's name in job claims (unique per process). */
   owner: string;
-  /** One page of the local index (synchronous: the snapshot is taken in one pass). */
-  search(query: Record<string, unknown>): SearchReply;
-  /** Validate search filters as `<prefix>.search` does. */
-  checkQuery(query: Record<string, unknown>): void;
+  /**
+   * One page of the local index (synchronous: the snapshot is taken in one pass). Absent (an
+   * engine): the runner does not create or run search jobs, only batch jobs.
+   */
+  search?(query: Record<string, unknown>): SearchReply;
+  /** Validate search filters as `<prefix>.search` does (with `search`). */
+  checkQuery?(query: Record<string, unknown>): void;
+  /** Run jobs over batch ledgers (engines); absent: such jobs are left to the engines. */
+  batches?: BatchJobRunner;
+  /** The jobs bucket, when the caller opened it already. */
+  store?: BulkStore;
+  /** Items a batch job acts on at once (default 128). */
+  batchConcurrency?: number;
   /** A job whose record did not change for this long is claimed by another runner (default 5 s). */
   leaseMs?: number;
   /** How often a running job's cursor is stored and progress published (default 500 ms). */
@@ -74,6 +100,7 @@ export interface BulkRunnerOptions {
 }
 
 export const BULK_DEFAULTS = Object.freeze({
+  batchConcurrency: 128,
   leaseMs: 5_000,
   checkpointMs: 500,
   scanMs: 1_000,
@@ -106,7 +133,10 @@ export class BulkRunner {
   private responder: { stop(): Promise<void> } | undefined;
   private stopped = false;
   private readonly client: Client;
-  private readonly o: Required<Omit<BulkRunnerOptions, 'replicas'>>;
+  private readonly o: Required<
+    Omit<BulkRunnerOptions, 'replicas' | 'search' | 'checkQuery' | 'batches' | 'store'>
+  > &
+    Pick<BulkRunnerOptions, 'search' | 'checkQuery' | 'batches'>;
 
   private constructor(
     o: BulkRunnerOptions,
@@ -137,13 +167,14 @@ export class BulkRunner {
     if ((o.checkpointMs ?? BULK_DEFAULTS.checkpointMs) * 2 > lease) {
       throw new ConfigError('bulk checkpointMs must be at most half of leaseMs');
     }
-    const store = await openBulkStore(o.nc, o.jsm, o.names, { replicas: o.replicas ?? 1 });
+    const store =
+      o.store ?? (await openBulkStore(o.nc, o.jsm, o.names, { replicas: o.replicas ?? 1 }));
     const r = new BulkRunner(o, store);
     r.responder = startBulkResponder(
       o.nc,
       o.names,
       {
-        create: (b) => r.create(b),
+        ...(o.search ? { create: (b: unknown) => r.create(b) } : {}),
         status: (b) => r.status(b),
         cancel: (b) => r.cancel(b),
       },
@@ -159,12 +190,18 @@ export class BulkRunner {
 
   /** `<prefix>.admin.bulk`: validate, snapshot the matches, store the job, run it here. */
   async create(body: unknown): Promise<BulkReply> {
-    const req = parseBulkRequest(body, (q) => this.o.checkQuery(q));
+    const { search, checkQuery } = this.o;
+    if (!search || !checkQuery) {
+      throw new BadRequestError(
+        'this runner has no search index: bulk jobs are created by visibility replicas',
+      );
+    }
+    const req = parseBulkRequest(body, checkQuery);
     // One synchronous pass over the index: nothing changes it between pages.
     const ids: [string, string][] = [];
     let cursor: string | null | undefined;
     do {
-      const page = this.o.search({
+      const page = search({
         ...req.query,
         limit: 1_000,
         ...(cursor ? { cursor } : {}),
@@ -272,6 +309,8 @@ export class BulkRunner {
           this.seen.delete(jobId);
           continue;
         }
+        // Batch jobs run where the batches are (engines), search jobs where the index is.
+        if (got.job.batch ? !this.o.batches : !this.o.search) continue;
         const prev = this.seen.get(jobId);
         if (!prev || prev.revision !== got.revision) {
           this.seen.set(jobId, { revision: got.revision, since: now });
@@ -306,11 +345,15 @@ export class BulkRunner {
   private run(job: BulkJob, revision: number): void {
     let stop = false;
     let wake: (() => void) | undefined;
-    const done = this.execute(
-      job,
-      revision,
-      () => stop,
-      (w) => (wake = w),
+    const done = (
+      job.batch
+        ? this.executeBatch(job, job.batch, revision, () => stop)
+        : this.execute(
+            job,
+            revision,
+            () => stop,
+            (w) => (wake = w),
+          )
     )
       .catch((err: unknown) => this.o.logger.error({ err, jobId: job.jobId }, 'bulk job failed'))
       .finally(() => this.running.delete(job.jobId));
@@ -443,6 +486,110 @@ export class BulkRunner {
     }
     await this.store.dropIds(jobId, job.chunks);
     this.o.logger.info({ jobId, ...cur.counters }, 'bulk job completed');
+  }
+
+  /** Look for jobs to claim now (a job was just stored here). */
+  kick(): void {
+    if (this.stopped) return;
+    this.scanning = this.scanning.then(() => this.scan());
+  }
+
+  /**
+   * A job over a batch's ledger: walk it from the stored sequence, act on each page's entries
+   * (`batchConcurrency` at once), checkpoint the sequence after a page; finish with the batch's
+   * bookkeeping. An action that keeps failing stops the run where the checkpoint is: the job
+   * stays `running` and is claimed again after `leaseMs` (every action is idempotent).
+   */
+  private async executeBatch(
+    job: BulkJob,
+    spec: BatchJobSpec,
+    startRevision: number,
+    stopping: () => boolean,
+  ): Promise<void> {
+    const b = this.o.batches!;
+    const { jobId } = job;
+    let revision = startRevision;
+    let fenced = false;
+    const counters = { ...job.counters };
+    let seq = spec.seq;
+    const write = async (state: BulkJob['state']): Promise<boolean> => {
+      if (fenced) return false;
+      const now = iso();
+      const next: BulkJob = {
+        ...job,
+        state,
+        counters: { ...counters },
+        batch: { ...spec, seq },
+        owner: this.o.owner,
+        updatedAt: now,
+        ...(state !== 'running' ? { finishedAt: now } : {}),
+      };
+      if (state !== 'running') delete next.owner;
+      try {
+        revision = await this.store.update(next, revision);
+      } catch (err) {
+        const latest = await this.store.get(jobId).catch(() => undefined);
+        if (latest && latest.revision !== revision) {
+          fenced = true;
+          this.o.logger.warn(
+            { jobId, state: latest.job.state },
+            'batch job taken over or canceled; stopping',
+          );
+        } else this.o.logger.warn({ err, jobId }, 'batch job checkpoint not stored');
+        return false;
+      }
+      publishProgress(this.o.nc, this.o.names, progressOf(next, []));
+      return true;
+    };
+    const got = await b.meta(spec.id);
+    if (got) {
+      const meta = got.meta;
+      const width = this.o.batchConcurrency;
+      let last = Date.now();
+      await b.walkJob(spec, seq, async (page, lastSeq) => {
+        if (stopping() || fenced) return false;
+        let left = 0;
+        for (let i = 0; i < page.length; i += width) {
+          await Promise.all(
+            page.slice(i, i + width).map(async ([itemSeq, it]) => {
+              const did = await this.retrying(() => b.jobAct(spec, meta, it, itemSeq));
+              if (did) counters.done++;
+              else counters.skipped++;
+              if (did && it.status === 'pending') left++;
+            }),
+          );
+        }
+        await this.retrying(() => b.jobPage(spec, left));
+        counters.processed += page.length;
+        seq = lastSeq;
+        if (Date.now() - last >= this.o.checkpointMs) {
+          last = Date.now();
+          await write('running');
+        }
+        return !stopping() && !fenced;
+      });
+    }
+    if (fenced) return;
+    if (stopping()) {
+      if (await write('running')) {
+        const cur = await this.store.get(jobId);
+        if (cur && cur.job.owner === this.o.owner) {
+          const free: BulkJob = { ...cur.job };
+          delete free.owner;
+          await this.store.update(free, cur.revision).catch(() => undefined);
+        }
+      }
+      return;
+    }
+    await this.retrying(() => b.jobDone(spec));
+    for (let i = 0; i < 5 && !(await write('completed')); i++) {
+      if (fenced) return;
+      await sleep(200);
+    }
+    this.o.logger.info(
+      { jobId, batch: spec.id, verb: spec.verb, ...counters },
+      'batch job completed',
+    );
   }
 
   /** Apply the job's verb to one workflow; never throws. */

@@ -44,6 +44,8 @@ import {
   startBatchResponder,
 } from '../nats/batches.js';
 import { startTriggerAdmin, TriggerRole } from './triggers.js';
+import { BulkRunner } from './bulk.js';
+import { openBulkStore } from '../nats/bulk.js';
 import { openTriggersBucket } from '../nats/triggers.js';
 
 export interface EngineDeps {
@@ -120,7 +122,11 @@ export class Engine implements AsyncDisposable {
       });
       const timers = timerEffectHandlers(js, jsm, names, logger);
       const keys = createKeyStore(await openKeysBucket(nc, names), js, names, logger);
+      const bulkStore = await openBulkStore(nc, jsm, names, { replicas: config.replicas });
+      const runnerRef: { r?: BulkRunner } = {};
       const batches = new BatchService(await openBatchesBucket(nc, names), {
+        bulk: bulkStore,
+        onJob: () => runnerRef.r?.kick(),
         nc,
         js,
         jsm,
@@ -240,6 +246,18 @@ export class Engine implements AsyncDisposable {
       await shards.start();
       const batchResponder = startBatchResponder(nc, names, batches, logger);
       const batchTracker = batches.startTracker();
+      // The engines run the batches' background jobs (cancel, retry-failed, resume), through the
+      // bulk job machinery of `<prefix>_bulk` (claims, checkpoints, takeover, status, cancel).
+      const bulkRunner = await BulkRunner.start({
+        nc,
+        jsm,
+        names,
+        logger,
+        owner: `${config.name}-${shards.id}`,
+        store: bulkStore,
+        batches,
+      });
+      runnerRef.r = bulkRunner;
       await nc.flush(); // the server has the responder's subscription before anyone is told we run
       triggers.start();
       logger.info(
@@ -258,7 +276,7 @@ export class Engine implements AsyncDisposable {
         nc,
         processor,
         gateway,
-        [shards, ticks, strays, batchResponder, batchTracker],
+        [shards, ticks, strays, batchResponder, batchTracker, bulkRunner],
         logger,
         timers,
         shards,

@@ -18,28 +18,21 @@
  *   remembers it in its record; a start is idempotent on its id) before the batch record says
  *   `notified`; a crash between repeats the publish, never skips it.
  */
-import { headers, type Msg, type NatsConnection } from '@nats-io/transport-node';
-import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
-import { DeliverPolicy } from '@nats-io/jetstream';
+import { headers, nanos, nuid, type NatsConnection } from '@nats-io/transport-node';
+import type { Consumer, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import type {
   BatchAddReply,
+  BatchJobProgress,
   BatchCounter,
   BatchItem,
   BatchItemsReply,
   BatchMeta,
   BatchStatus,
 } from '../contracts/batch.js';
-import {
-  JSON_TYPE,
-  MSGPACK,
-  decodeRequestBody,
-  encodeBody,
-  encodingOf,
-  pack,
-  unpack,
-  type BodyEncoding,
-} from '../contracts/codec.js';
+import { BULK_MAX_RATE, type BatchJobSpec, type BatchJobVerb } from '../contracts/bulk.js';
+import { MSGPACK, pack, unpack } from '../contracts/codec.js';
 import { Header, type Effect, type WorkflowRecord } from '../contracts/wire.js';
 import {
   batchStatus,
@@ -65,6 +58,7 @@ import {
   RetryableError,
   toErrorData,
 } from '../errors.js';
+import { startResponder, type BulkJob, type BulkStore } from './bulk.js';
 import type { EffectHandler } from './effects.js';
 import { isCasFailure } from './store.js';
 import type { TopologyNames } from './topology.js';
@@ -101,6 +95,10 @@ export interface BatchServiceOptions {
   owner: string;
   /** A tracker whose counter did not change for this long is replaced (default 5 s). */
   leaseMs?: number;
+  /** The bulk jobs bucket: cancel, retry-failed and resume run as jobs there. */
+  bulk: BulkStore;
+  /** Told when this service stored a new job (the local runner may claim it at once). */
+  onJob?: (jobId: string) => void;
   now?: () => number;
 }
 
@@ -116,6 +114,8 @@ export class BatchService {
   private readonly leaseMs: number;
   /** Batches whose last tracker pass changed nothing (the next pass may wait longer). */
   private readonly idle = new Set<string>();
+  /** Job ids known to be stored (so the tracker does not read them again). */
+  private readonly knownJobs = new Set<string>();
 
   constructor(
     private readonly kv: KV,
@@ -150,6 +150,8 @@ export class BatchService {
       if (!cur) throw notFound(id);
       const next = f(structuredClone(cur.meta));
       if (!next) return cur.meta;
+      // Any change opens a closed batch to its trackers again (but the close itself).
+      if (cur.meta.closed !== undefined && next.closed === cur.meta.closed) delete next.closed;
       next.updatedAt = this.now();
       try {
         await this.kv.update(metaKey(id), pack(next), cur.revision);
@@ -198,6 +200,49 @@ export class BatchService {
       }
     }
     throw new ConflictError(`batch item ${k}: too many concurrent changes`);
+  }
+
+  /**
+   * The `batchStart` effect (`startBatch` in a definition): create the batch with the workflow
+   * as its signal target, submit the items from where the batch is, seal it. Every part is
+   * idempotent, so a re-performed outbox does nothing twice. A batch that cannot be created
+   * tells the workflow `jetflow.batch.failed` `{ id, error }` (once: msg id).
+   */
+  async startFromWorkflow(
+    b: Extract<Effect, { kind: 'batchStart' }>['batch'],
+    record: WorkflowRecord,
+  ): Promise<void> {
+    let status: BatchStatus;
+    try {
+      status = await this.create({
+        id: b.id,
+        type: b.type,
+        ...(b.policy !== undefined ? { policy: b.policy } : {}),
+        ...(b.cancelRest ? { cancelRest: true } : {}),
+        onComplete: {
+          signal: { type: record.type, id: record.id, ...(b.event ? { event: b.event } : {}) },
+        },
+      });
+    } catch (err) {
+      // Refused (bad request, unknown type): tell the workflow; anything else is retried.
+      if (!(err instanceof JetflowError) || err instanceof RetryableError) throw err;
+      const msgId = `batch.${String(b.id)}.failed.${record.type}.${record.id}`;
+      const h = headers();
+      h.set(Header.ContentType, MSGPACK);
+      const event = { type: 'jetflow.batch.failed', id: b.id, error: toErrorData(err) };
+      await this.o.js.publish(
+        this.o.names.subjects.inbox('signal', record.type, record.id),
+        pack({ kind: 'signal', event, msgId }),
+        { msgID: msgId, headers: h },
+      );
+      return;
+    }
+    if (!status.sealed) {
+      for (let from = status.next; from < b.items.length; from += 500) {
+        await this.add({ id: b.id, from, items: b.items.slice(from, from + 500) });
+      }
+      await this.seal({ id: b.id });
+    }
   }
 
   // --- verbs ---------------------------------------------------------------------------------
@@ -444,7 +489,8 @@ export class BatchService {
     const [m, c] = await Promise.all([this.meta(id), this.counter(id)]);
     if (!m) throw notFound(id);
     const counter = c && c.c.gen === m.meta.gen ? c.c : counterFor(m.meta.gen, c?.c, this.now());
-    return batchStatus(m.meta, counter, this.now());
+    const jobs = await this.jobsOf(m.meta);
+    return { ...batchStatus(m.meta, counter, this.now()), ...(jobs ? { jobs } : {}) };
   }
 
   /** A page of the ledger (in stream order), optionally of one status. */
@@ -478,6 +524,63 @@ export class BatchService {
     return { id, items, ...(cursor !== undefined ? { cursor } : {}) };
   }
 
+  /**
+   * The tracker's read of the ledger changes after `afterSeq` (at most `max`). One direct read
+   * says whether there is any; only then a consumer is made (and deleted after): a pass over an
+   * idle batch makes none. (A consumer kept between passes would lose messages: a fetch left
+   * before its end, when changed keys vanished, keeps its pull request open on the server.)
+   */
+  private async readLedger(
+    id: string,
+    afterSeq: number,
+    max: number,
+  ): Promise<{ page: [number, BatchItem | undefined][]; lastSeq: number }> {
+    const page: [number, BatchItem | undefined][] = [];
+    if (!(await this.hasAfter(id, afterSeq))) return { page, lastSeq: afterSeq };
+    const c = await this.ledgerConsumer(id, afterSeq + 1);
+    let lastSeq = afterSeq;
+    try {
+      let pending = (await c.info(true)).num_pending;
+      while (pending > 0 && page.length < max) {
+        const batch = await c.fetch({
+          max_messages: Math.min(SCAN_FETCH, pending, max - page.length),
+          expires: 1_000,
+        });
+        let got = 0;
+        for await (const m of batch) {
+          got++;
+          lastSeq = m.seq;
+          pending = m.info.pending;
+          page.push([m.seq, itemOf(m)]);
+          if (pending === 0 || page.length >= max) break;
+        }
+        if (got === 0) break;
+      }
+    } finally {
+      await c.delete().catch(() => undefined);
+    }
+    return { page, lastSeq };
+  }
+
+  /**
+   * An ephemeral pull consumer (no acks, in memory, gone after a minute unused) of batch `id`'s
+   * ledger from stream sequence `from`. A plain one, read by one reader at a time: its fetches
+   * continue where the last ended.
+   */
+  private async ledgerConsumer(id: string, from: number): Promise<Consumer> {
+    const ci = await this.o.jsm.consumers.add(this.stream, {
+      name: `batch_${nuid.next()}`,
+      filter_subject: `$KV.${this.o.names.batchesBucket}.${id}.i.>`,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: from,
+      ack_policy: AckPolicy.None,
+      inactive_threshold: nanos(60_000),
+      mem_storage: true,
+      num_replicas: 1,
+    });
+    return this.o.js.consumers.getConsumerFromInfo(ci);
+  }
+
   /** Whether the ledger of batch `id` has a change after stream sequence `seq` (one direct read). */
   private async hasAfter(id: string, seq: number): Promise<boolean> {
     try {
@@ -500,27 +603,49 @@ export class BatchService {
     fromSeq: number,
     f: (seq: number, item: BatchItem) => boolean | Promise<boolean>,
   ): Promise<void> {
-    const c = await this.o.js.consumers.get(this.stream, {
-      filter_subjects: `$KV.${this.o.names.batchesBucket}.${id}.i.>`,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: Math.max(1, fromSeq),
+    await this.scanPages(id, fromSeq, undefined, async (page) => {
+      for (const [seq, it] of page) if (!(await f(seq, it))) return false;
+      return true;
     });
+  }
+
+  /**
+   * The ledger of batch `id` from stream sequence `fromSeq` up to `untilSeq` (default: the
+   * end), in pages of up to {@link SCAN_FETCH} entries read through one consumer (deleted after);
+   * `onPage` also gets the last sequence the page covers (deleted keys included), and returns
+   * false to stop.
+   */
+  private async scanPages(
+    id: string,
+    fromSeq: number,
+    untilSeq: number | undefined,
+    onPage: (page: [number, BatchItem][], lastSeq: number) => boolean | Promise<boolean>,
+  ): Promise<void> {
+    const c = await this.ledgerConsumer(id, Math.max(1, fromSeq));
     try {
       let pending = (await c.info(true)).num_pending;
       while (pending > 0) {
         const batch = await c.fetch({
           max_messages: Math.min(SCAN_FETCH, pending),
-          expires: 5_000,
+          expires: 1_000,
         });
-        let got = 0;
+        const page: [number, BatchItem][] = [];
+        let lastSeq = 0;
+        let end = false;
         for await (const m of batch) {
-          got++;
+          if (untilSeq !== undefined && m.seq > untilSeq) {
+            end = true;
+            break;
+          }
+          lastSeq = m.seq;
           pending = m.info.pending;
           const it = itemOf(m);
-          if (it && !(await f(m.seq, it))) return;
+          if (it) page.push([m.seq, it]);
           if (pending === 0) break;
         }
-        if (got === 0) break;
+        if (lastSeq === 0) break;
+        if (!(await onPage(page, lastSeq))) return;
+        if (end) break;
       }
     } finally {
       await c.delete().catch(() => undefined);
@@ -535,80 +660,61 @@ export class BatchService {
     return this.status({ id });
   }
 
-  /** Start the items accepted while paused, then admit new items again. */
+  /**
+   * Admit new items again, and start the items accepted while paused: a background job walks
+   * the ledger for them (the reply names it; `status` shows its progress).
+   */
   async resume(body: unknown): Promise<BatchStatus> {
-    const { id } = who(body);
-    const meta = await this.mutate(id, (m) => (m.paused ? (delete m.paused, m) : undefined));
-    let started = 0;
-    if (meta.pending > 0 && !meta.canceled) {
-      await this.scan(id, 1, async (_seq, it) => {
-        if (it.status !== 'pending') return true;
-        await this.publishStart(meta, it.key, it.input, it.gen);
-        await this.setItem(id, it.key, (x) =>
-          x.status === 'pending' ? { ...x, status: 'running', at: this.now() } : undefined,
-        );
-        started++;
-        return true;
-      });
-      await this.mutate(id, (m) => ((m.pending = Math.max(0, m.pending - started)), m));
-    }
-    return { ...(await this.status({ id })), changed: { started } };
-  }
-
-  /** Cancel the items not ended yet; the batch takes no more items. */
-  async cancel(body: unknown): Promise<BatchStatus> {
     const { id, by, reason } = who(body);
+    const jobId = nuid.next();
     const meta = await this.mutate(id, (m) => {
-      if (m.canceled) return m;
-      m.canceled = { at: this.now(), by, reason };
-      m.sealed = true;
+      if (!m.paused && (m.pending === 0 || m.canceled || m.jobs?.resume)) return undefined;
+      delete m.paused;
+      if (m.pending > 0 && !m.canceled) m.jobs = { ...m.jobs, resume: jobId };
       return m;
     });
-    const changed = await this.cancelRest(meta, reason);
-    return { ...(await this.status({ id })), changed };
+    const job =
+      meta.pending > 0 && !meta.canceled
+        ? await this.ensureJob(meta, 'resume', by, reason)
+        : undefined;
+    return { ...(await this.status({ id })), changed: job ? { verb: 'resume', jobId: job } : {} };
   }
 
-  /** Cancel every item still pending or running (each through its workflow's inbox). */
-  private async cancelRest(meta: BatchMeta, reason: string) {
-    let canceled = 0;
-    let pendingCanceled = 0;
-    const s = this.o.names.subjects;
-    await this.scan(meta.id, 1, async (_seq, it) => {
-      if (it.status === 'running') {
-        const h = headers();
-        h.set(Header.ContentType, MSGPACK);
-        const msgId = `batch.${meta.id}.cancel.${it.gen}.${it.key}`;
-        await this.o.js.publish(
-          s.inbox('cancel', meta.type, it.wf),
-          pack({ kind: 'cancel', reason: `batch ${meta.id}: ${reason}`, msgId }),
-          { msgID: msgId, headers: h },
-        );
-        canceled++;
-      } else if (it.status === 'pending') {
-        await this.setItem(meta.id, it.key, (x) =>
-          x.status === 'pending' ? { ...x, status: 'canceled', at: this.now() } : undefined,
-        );
-        pendingCanceled++;
-      }
-      return true;
+  /**
+   * Cancel the items not ended yet; the batch takes no more items at once. The items are
+   * canceled by a background job that walks the ledger (the reply names it).
+   */
+  async cancel(body: unknown): Promise<BatchStatus> {
+    const { id, by, reason } = who(body);
+    const jobId = nuid.next();
+    const meta = await this.mutate(id, (m) => {
+      if (m.canceled && m.jobs?.cancel) return undefined;
+      m.canceled ??= { at: this.now(), by, reason };
+      m.sealed = true;
+      m.jobs = { ...m.jobs, cancel: m.jobs?.cancel ?? jobId };
+      return m;
     });
-    if (pendingCanceled > 0) {
-      await this.mutate(
-        meta.id,
-        (m) => ((m.pending = Math.max(0, m.pending - pendingCanceled)), m),
-      );
-    }
-    return { canceled, pendingCanceled };
+    const job = await this.ensureJob(meta, 'cancel', by, reason);
+    return { ...(await this.status({ id })), changed: { verb: 'cancel', jobId: job } };
+  }
+
+  /** The policy's cancel of the rest (all-must-succeed with cancelRest): a job, as `cancel`. */
+  private async cancelRest(meta: BatchMeta): Promise<void> {
+    const jobId = nuid.next();
+    const m = await this.mutate(meta.id, (x) =>
+      x.jobs?.cancel ? undefined : ((x.jobs = { ...x.jobs, cancel: jobId }), x),
+    );
+    await this.ensureJob(m, 'cancel', 'jetflow', 'the batch failed (all-must-succeed)');
   }
 
   /**
    * Run the failed items again, each as a new workflow `<id>=<key>=<gen>` with a fresh attempt
    * budget; the batch is open again and its callback fires again with the new counts. Only for
-   * a decided batch whose items are all terminal. A retry-failed that stopped half way (crash)
-   * finishes when run again.
+   * a decided batch whose items are all terminal. The restarts are a background job (the reply
+   * names it); the batch stays open (`retrying`) until the job has walked the whole ledger.
    */
   async retryFailed(body: unknown): Promise<BatchStatus> {
-    const { id } = who(body);
+    const { id, by, reason } = who(body);
     const [m, c] = await Promise.all([this.meta(id), this.counter(id)]);
     if (!m) throw notFound(id);
     let meta = m.meta;
@@ -621,58 +727,213 @@ export class BatchService {
         );
       }
       if (n.failed === 0) return { ...(await this.status({ id })), changed: { restarted: 0 } };
+      const jobId = nuid.next();
       meta = await this.mutate(id, (x) => {
         if (x.gen !== meta.gen || x.retrying) return undefined;
         x.gen++;
         x.retrying = true;
+        x.jobs = { ...x.jobs, 'retry-failed': jobId };
         delete x.outcome;
         delete x.decidedAt;
         return x;
       });
     }
-    const gen = meta.gen;
-    let restarted = 0;
-    await this.scan(id, 1, async (_seq, it) => {
-      if (it.status !== 'failed' || it.gen >= gen) return true;
-      await this.publishStart(meta, it.key, it.input, gen);
-      await this.setItem(id, it.key, (x) =>
-        x.status === 'failed' && x.gen < gen
-          ? {
-              ...x,
-              gen,
-              wf: itemWorkflowId(id, x.key, gen),
-              status: 'running',
-              attempts: x.attempts + 1,
-              at: this.now(),
-            }
-          : undefined,
-      );
-      restarted++;
-      return true;
-    });
-    await this.mutate(id, (x) => (x.retrying ? (delete x.retrying, x) : undefined));
-    return { ...(await this.status({ id })), changed: { restarted } };
+    const job = await this.ensureJob(meta, 'retry-failed', by, reason);
+    return { ...(await this.status({ id })), changed: { verb: 'retry-failed', jobId: job } };
   }
 
+  // --- background jobs over the ledger (run by the engines' bulk runners) --------------------
+
+  /**
+   * The job the batch record names for `verb` exists in `<prefix>_bulk` (created here when not:
+   * the record is written first, so a crash between leaves a name whose job the next verb call
+   * or the tracker creates). Returns its id.
+   */
+  private async ensureJob(
+    meta: BatchMeta,
+    verb: BatchJobVerb,
+    by = 'jetflow',
+    reason = '',
+  ): Promise<string> {
+    const jobId = meta.jobs?.[verb];
+    if (!jobId) throw new ConflictError(`batch ${meta.id}: no ${verb} job recorded`);
+    if (this.knownJobs.has(jobId) || (await this.o.bulk.get(jobId))) {
+      this.remember(jobId);
+      return jobId;
+    }
+    const info = await this.o.jsm.streams.info(this.stream);
+    const now = new Date(this.now()).toISOString();
+    const job: BulkJob = {
+      v: 1,
+      jobId,
+      request: {
+        verb: verb === 'retry-failed' ? 'retry' : verb,
+        query: { attributes: { batchId: meta.id } },
+        reason,
+        by,
+        dryRun: false,
+        ratePerSec: BULK_MAX_RATE,
+      },
+      chunks: 0,
+      state: 'running',
+      counters: { matched: meta.total, processed: 0, done: 0, failed: 0, skipped: 0 },
+      failures: [],
+      runs: 0,
+      createdAt: now,
+      updatedAt: now,
+      batch: { id: meta.id, verb, gen: meta.gen, seq: 0, untilSeq: info.state.last_seq },
+    };
+    try {
+      await this.o.bulk.create(job);
+      this.o.logger.info({ batch: meta.id, verb, jobId, items: meta.total }, 'batch job created');
+      this.o.onJob?.(jobId);
+    } catch (err) {
+      if (!isCasFailure(err)) throw err; // created meanwhile
+    }
+    this.remember(jobId);
+    return jobId;
+  }
+
+  private remember(jobId: string): void {
+    if (this.knownJobs.size > 10_000) this.knownJobs.clear();
+    this.knownJobs.add(jobId);
+  }
+
+  /** The batch's jobs with their progress (for `status`). */
+  private async jobsOf(meta: BatchMeta): Promise<BatchJobProgress[] | undefined> {
+    const jobs = Object.entries(meta.jobs ?? {}) as [BatchJobVerb, string][];
+    if (jobs.length === 0) return undefined;
+    return Promise.all(
+      jobs.map(async ([verb, jobId]) => {
+        const got = await this.o.bulk.get(jobId);
+        const c = got?.job.counters;
+        return {
+          verb,
+          jobId,
+          state: got?.job.state ?? 'missing',
+          processed: c?.processed ?? 0,
+          matched: c?.matched ?? meta.total,
+          done: c?.done ?? 0,
+        };
+      }),
+    );
+  }
+
+  /**
+   * Walk a job's part of the ledger: stream sequences `fromSeq + 1 … spec.untilSeq`, in pages
+   * of up to {@link SCAN_FETCH} entries through one consumer, until `onPage` returns false.
+   */
+  async walkJob(
+    spec: BatchJobSpec,
+    fromSeq: number,
+    onPage: (page: [number, BatchItem][], lastSeq: number) => Promise<boolean>,
+  ): Promise<void> {
+    if (fromSeq >= spec.untilSeq) return;
+    await this.scanPages(spec.id, fromSeq + 1, spec.untilSeq, onPage);
+  }
+
+  /** Act on one ledger entry for a job: whether something was done (else skipped). */
+  async jobAct(spec: BatchJobSpec, meta: BatchMeta, it: BatchItem, seq?: number): Promise<boolean> {
+    const now = () => this.now();
+    const known = seq === undefined ? undefined : { item: it, revision: seq };
+    switch (spec.verb) {
+      case 'cancel':
+        if (it.status === 'running') {
+          const s = this.o.names.subjects;
+          const h = headers();
+          h.set(Header.ContentType, MSGPACK);
+          const msgId = `batch.${meta.id}.cancel.${it.gen}.${it.key}`;
+          const why = meta.canceled?.reason ?? 'the batch failed (all-must-succeed)';
+          await this.o.js.publish(
+            s.inbox('cancel', meta.type, it.wf),
+            pack({ kind: 'cancel', reason: `batch ${meta.id}: ${why}`, msgId }),
+            { msgID: msgId, headers: h },
+          );
+          return true;
+        }
+        if (it.status === 'pending') {
+          return this.setItem(
+            meta.id,
+            it.key,
+            (x) => (x.status === 'pending' ? { ...x, status: 'canceled', at: now() } : undefined),
+            known,
+          );
+        }
+        return false;
+      case 'resume':
+        if (it.status !== 'pending') return false;
+        await this.publishStart(meta, it.key, it.input, it.gen);
+        return this.setItem(
+          meta.id,
+          it.key,
+          (x) => (x.status === 'pending' ? { ...x, status: 'running', at: now() } : undefined),
+          known,
+        );
+      case 'retry-failed':
+        if (it.status !== 'failed' || it.gen >= spec.gen) return false;
+        await this.publishStart(meta, it.key, it.input, spec.gen);
+        await this.setItem(meta.id, it.key, (x) =>
+          x.status === 'failed' && x.gen < spec.gen
+            ? {
+                ...x,
+                gen: spec.gen,
+                wf: itemWorkflowId(meta.id, x.key, spec.gen),
+                status: 'running',
+                attempts: x.attempts + 1,
+                at: now(),
+              }
+            : undefined,
+        );
+        return true;
+    }
+  }
+
+  /** After a page of a cancel or resume job: `pending` loses the items that left it. */
+  async jobPage(spec: BatchJobSpec, leftPending: number): Promise<void> {
+    if (leftPending === 0) return;
+    await this.mutate(spec.id, (m) => ((m.pending = Math.max(0, m.pending - leftPending)), m));
+  }
+
+  /** A job walked its whole part of the ledger. */
+  async jobDone(spec: BatchJobSpec): Promise<void> {
+    if (spec.verb === 'retry-failed') {
+      await this.mutate(spec.id, (x) =>
+        x.retrying && x.gen === spec.gen ? (delete x.retrying, x) : undefined,
+      );
+    } else if (spec.verb === 'cancel') {
+      // Every pending item was canceled (a canceled batch starts and admits nothing).
+      await this.mutate(spec.id, (x) =>
+        x.canceled && x.pending > 0 ? ((x.pending = 0), x) : undefined,
+      );
+    }
+  }
+
+  /**
+   * Change one ledger key with compare-and-set. `known`: the entry as read (a ledger walk's
+   * message: its stream sequence is the key's revision), tried first without a read.
+   */
   private async setItem(
     id: string,
     key: string,
     f: (x: BatchItem) => BatchItem | undefined,
-  ): Promise<void> {
+    known?: { item: BatchItem; revision: number },
+  ): Promise<boolean> {
     const k = itemKey(id, key);
     for (let i = 0; i < MAX_CAS; i++) {
-      const e = await this.kv.get(k);
-      const cur = valueOf<BatchItem>(e);
-      if (!cur || !e) return;
+      const e = i === 0 && known ? undefined : await this.kv.get(k);
+      const cur = e ? valueOf<BatchItem>(e) : known?.item;
+      const rev = e ? e.revision : known?.revision;
+      if (!cur || rev === undefined) return false;
       const next = f(cur);
-      if (!next) return;
+      if (!next) return false;
       try {
-        await this.kv.update(k, pack(next), e.revision);
-        return;
+        await this.kv.update(k, pack(next), rev);
+        return true;
       } catch (err) {
         if (!isCasFailure(err)) throw err;
       }
     }
+    return false;
   }
 
   // --- the tracker -----------------------------------------------------------------------------
@@ -685,10 +946,16 @@ export class BatchService {
    */
   async track(id: string): Promise<boolean> {
     const m = await this.meta(id);
-    if (!m) return false;
+    if (!m || m.meta.closed !== undefined) return false;
     let meta = m.meta;
     if (meta.inflight && this.now() - meta.updatedAt > this.leaseMs) {
       meta = await this.flushInflight(meta);
+    }
+    // A job named by the record but not stored (its verb's process died in between).
+    if (this.now() - meta.updatedAt > this.leaseMs) {
+      for (const [verb, jobId] of Object.entries(meta.jobs ?? {}) as [BatchJobVerb, string][]) {
+        if (!this.knownJobs.has(jobId)) await this.ensureJob(meta, verb);
+      }
     }
     const cur = await this.counter(id);
     if (
@@ -705,16 +972,11 @@ export class BatchService {
     // A new counter, or the rollover to a new generation, is written even with nothing to fold.
     let dirty = !cur || cur.c.gen !== c.gen;
     for (;;) {
-      const page: [number, BatchItem | undefined][] = [];
-      if (await this.hasAfter(id, c.lastSeq)) {
-        await this.scan(id, c.lastSeq + 1, (seq, it) => {
-          page.push([seq, it]);
-          return page.length < SCAN_FETCH * 5;
-        });
-      }
+      const { page, lastSeq } = await this.readLedger(id, c.lastSeq, SCAN_FETCH * 5);
       const next = structuredClone(c);
       const now = this.now();
       for (const [seq, it] of page) fold(next, seq, it, now);
+      next.lastSeq = Math.max(next.lastSeq, lastSeq);
       if (page.length > 0) progressed = true;
       const heartbeat = c.owner !== this.o.owner || now - c.updatedAt > this.leaseMs / 3;
       if (page.length === 0 && !dirty && !heartbeat) break;
@@ -744,7 +1006,7 @@ export class BatchService {
         return x;
       });
       if (outcome === 'failed' && meta.cancelRest && !meta.canceled) {
-        await this.cancelRest(meta, 'the batch failed (all-must-succeed)');
+        await this.cancelRest(meta);
       }
     }
     if (meta.outcome && meta.notified !== meta.gen && meta.gen === c.gen) {
@@ -756,7 +1018,14 @@ export class BatchService {
     if (progressed) this.idle.delete(id);
     else this.idle.add(id);
     const n = batchStatus(meta, c, this.now()).counts;
-    return !(meta.outcome && meta.notified === meta.gen && n.running + n.pending === 0);
+    const done = !!meta.outcome && meta.notified === meta.gen && n.running + n.pending === 0;
+    if (done && meta.closed === undefined) {
+      // Trackers starting later skip it (no pass per past batch at every engine start).
+      await this.mutate(id, (x) =>
+        x.closed === undefined && x.gen === meta.gen ? ((x.closed = this.now()), x) : undefined,
+      );
+    }
+    return !done;
   }
 
   private async notify(meta: BatchMeta, c: BatchCounter): Promise<void> {
@@ -829,6 +1098,8 @@ export class BatchService {
             if (stopped) break;
             const meta = valueOf<BatchMeta>(e);
             if (!meta) continue;
+            // A closed batch (ended, callback sent, nothing running) needs no tracker.
+            if (meta.closed !== undefined && !loops.has(meta.id)) continue;
             open.add(meta.id);
             wakers.get(meta.id)?.();
             if (!loops.has(meta.id)) loops.set(meta.id, loop(meta.id));
@@ -875,6 +1146,10 @@ export function batchEffectHandlers(
       if (e.kind !== 'batchItem') return;
       await batches.itemEnded(e, record);
     },
+    batchStart: async (record: WorkflowRecord, e: Effect) => {
+      if (e.kind !== 'batchStart') return;
+      await batches.startFromWorkflow(e.batch, record);
+    },
   };
 }
 
@@ -902,17 +1177,6 @@ export function startBatchResponder(
   batches: BatchService,
   logger: Logger,
 ): { stop(): Promise<void> } {
-  const inflight = new Set<Promise<void>>();
-  const reply = (m: Msg, enc: BodyEncoding, body: unknown, errorCode?: string) => {
-    const h = headers();
-    h.set(Header.ContentType, enc === 'msgpack' ? MSGPACK : JSON_TYPE);
-    if (errorCode) h.set(Header.ErrorCode, errorCode);
-    try {
-      m.respond(encodeBody(body, enc), { headers: h });
-    } catch (err) {
-      logger.warn({ err, subject: m.subject }, 'batch reply not sent');
-    }
-  };
   const answer = (verb: string, body: unknown): Promise<unknown> => {
     switch (verb as BatchVerb) {
       case 'create':
@@ -939,38 +1203,18 @@ export function startBatchResponder(
         );
     }
   };
-  const sub = nc.subscribe(names.subjects.batchWildcard, {
-    queue: `${names.subjects.prefix}-batches`,
-    callback: (err, m) => {
-      if (err) return logger.error({ err }, 'batch subscription error');
-      if (!m.reply) return;
-      const enc = encodingOf(m.headers?.get(Header.ContentType));
-      const verb = m.subject.slice(m.subject.lastIndexOf('.') + 1);
-      const p = (async () => {
-        try {
-          const body = decodeRequestBody(m.data, enc, { subject: m.subject });
-          reply(m, enc, await answer(verb, body));
-        } catch (e) {
-          const je =
-            e instanceof JetflowError
-              ? e
-              : new RetryableError(`batch request failed: ${String((e as Error)?.message ?? e)}`, {
-                  code: ErrorCode.Internal,
-                  cause: e,
-                });
-          if (!(je instanceof BadRequestError))
-            logger.warn({ err: e, verb }, 'batch request failed');
-          reply(m, enc, { error: toErrorData(je) }, je.code);
-        }
-      })();
-      inflight.add(p);
-      void p.finally(() => inflight.delete(p));
+  return startResponder(
+    nc,
+    {
+      queue: `${names.subjects.prefix}-batches`,
+      what: 'batch',
+      routes: [
+        {
+          subject: names.subjects.batchWildcard,
+          answer: (body, subject) => answer(subject.slice(subject.lastIndexOf('.') + 1), body),
+        },
+      ],
     },
-  });
-  return {
-    async stop() {
-      await sub.drain().catch(() => undefined);
-      await Promise.allSettled([...inflight]);
-    },
-  };
+    logger,
+  );
 }

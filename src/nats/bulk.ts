@@ -20,6 +20,7 @@ import {
   type BodyEncoding,
 } from '../contracts/codec.js';
 import type {
+  BatchJobSpec,
   BulkCounters,
   BulkFailure,
   BulkJobState,
@@ -58,6 +59,8 @@ export interface BulkJob {
   createdAt: string;
   updatedAt: string;
   finishedAt?: string;
+  /** A job over a batch's ledger (run by the engines), not over a search snapshot. */
+  batch?: BatchJobSpec;
 }
 
 export function progressOf(job: BulkJob, failures: BulkFailure[] = job.failures): BulkProgress {
@@ -74,6 +77,7 @@ export function progressOf(job: BulkJob, failures: BulkFailure[] = job.failures)
     failures,
     runs: job.runs,
     ...(job.owner !== undefined ? { owner: job.owner } : {}),
+    ...(job.batch ? { batch: { id: job.batch.id, verb: job.batch.verb } } : {}),
   };
 }
 
@@ -159,7 +163,8 @@ export function publishProgress(nc: NatsConnection, names: TopologyNames, p: Bul
 }
 
 export interface BulkHandlers {
-  create(body: unknown): Promise<unknown>;
+  /** Absent on a runner without a search index (an engine): it answers status and cancel only. */
+  create?(body: unknown): Promise<unknown>;
   status(body: unknown): Promise<unknown>;
   cancel(body: unknown): Promise<unknown>;
 }
@@ -169,14 +174,21 @@ export function bulkQueue(names: TopologyNames): string {
   return `${names.subjects.prefix}-bulk`;
 }
 
+/** One subject of a {@link startResponder}: `answer` gets the decoded body and the subject. */
+export interface ResponderRoute {
+  subject: string;
+  answer(body: unknown, subject: string): Promise<unknown>;
+}
+
 /**
- * Answer the bulk subjects in the queue group `<prefix>-bulk`. Errors are replies (`Jf-Error`
- * header, `{error}` body); nothing a requester sends stops the responder.
+ * Answer request subjects in a queue group: decode the body (JSON, or msgpack by
+ * `Content-Type`), reply in the same encoding; errors are replies (`Jf-Error` header, `{error}`
+ * body) and nothing a requester sends stops the responder. `stop()` drains the subscriptions and
+ * waits for the answers in flight. Shared by the bulk and the batch subjects.
  */
-export function startBulkResponder(
+export function startResponder(
   nc: NatsConnection,
-  names: TopologyNames,
-  handlers: BulkHandlers,
+  o: { queue: string; routes: ResponderRoute[]; what: string },
   logger: Logger,
 ): { stop(): Promise<void> } {
   const inflight = new Set<Promise<void>>();
@@ -187,43 +199,57 @@ export function startBulkResponder(
     try {
       m.respond(encodeBody(body, enc), { headers: h });
     } catch (err) {
-      logger.warn({ err, subject: m.subject }, 'bulk reply not sent');
+      logger.warn({ err, subject: m.subject }, `${o.what} reply not sent`);
     }
   };
-  const handle = (answer: (body: unknown) => Promise<unknown>) => (err: Error | null, m: Msg) => {
-    if (err) return logger.error({ err }, 'bulk subscription error');
+  const handle = (route: ResponderRoute) => (err: Error | null, m: Msg) => {
+    if (err) return logger.error({ err }, `${o.what} subscription error`);
     if (!m.reply) return;
     const enc = encodingOf(m.headers?.get(Header.ContentType));
     const p = (async () => {
       try {
         const body = decodeRequestBody(m.data, enc, { subject: m.subject });
-        reply(m, enc, await answer(body));
+        reply(m, enc, await route.answer(body, m.subject));
       } catch (e) {
         const je =
           e instanceof JetflowError
             ? e
-            : new RetryableError(`bulk request failed: ${String((e as Error)?.message ?? e)}`, {
-                code: ErrorCode.Internal,
-                cause: e,
-              });
-        if (!(je instanceof BadRequestError)) logger.error({ err: e }, 'bulk request failed');
+            : new RetryableError(
+                `${o.what} request failed: ${String((e as Error)?.message ?? e)}`,
+                { code: ErrorCode.Internal, cause: e },
+              );
+        if (!(je instanceof BadRequestError))
+          logger.warn({ err: e, subject: m.subject }, `${o.what} request failed`);
         reply(m, enc, { error: toErrorData(je) }, je.code);
       }
     })();
     inflight.add(p);
     void p.finally(() => inflight.delete(p));
   };
-  const queue = bulkQueue(names);
-  const s = names.subjects;
-  const subs: Subscription[] = [
-    nc.subscribe(s.bulk, { queue, callback: handle((b) => handlers.create(b)) }),
-    nc.subscribe(s.bulkStatus, { queue, callback: handle((b) => handlers.status(b)) }),
-    nc.subscribe(s.bulkCancel, { queue, callback: handle((b) => handlers.cancel(b)) }),
-  ];
+  const subs: Subscription[] = o.routes.map((r) =>
+    nc.subscribe(r.subject, { queue: o.queue, callback: handle(r) }),
+  );
   return {
     async stop() {
       await Promise.all(subs.map((x) => x.drain().catch(() => undefined)));
       await Promise.allSettled([...inflight]);
     },
   };
+}
+
+/** Answer the bulk subjects in the queue group `<prefix>-bulk`. */
+export function startBulkResponder(
+  nc: NatsConnection,
+  names: TopologyNames,
+  handlers: BulkHandlers,
+  logger: Logger,
+): { stop(): Promise<void> } {
+  const s = names.subjects;
+  const routes: ResponderRoute[] = [
+    { subject: s.bulkStatus, answer: (b) => handlers.status(b) },
+    { subject: s.bulkCancel, answer: (b) => handlers.cancel(b) },
+  ];
+  const create = handlers.create?.bind(handlers);
+  if (create) routes.push({ subject: s.bulk, answer: (b) => create(b) });
+  return startResponder(nc, { queue: bulkQueue(names), routes, what: 'bulk' }, logger);
 }

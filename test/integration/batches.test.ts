@@ -14,6 +14,13 @@ import { Client } from '../../src/client/index.js';
 import { JetflowError } from '../../src/errors.js';
 import { workflows } from '../fixtures/workflows.js';
 import type { BatchStatus } from '../../src/contracts/batch.js';
+import { Visibility } from '../../src/host/visibility.js';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { BatchService, openBatchesBucket } from '../../src/nats/batches.js';
+import { openBulkStore } from '../../src/nats/bulk.js';
+import { topologyNames } from '../../src/nats/topology.js';
+import { createRegistry } from '../../src/engine/registry.js';
+import { quietLogger } from '../harness/jetflow.js';
 
 const env = useServer();
 const open: { close(): Promise<void> }[] = [];
@@ -251,9 +258,15 @@ describe('batches', () => {
     await until('first callback', async () => ((await w.events()).length === 1 ? true : undefined));
 
     const r = await client.batches.retryFailed('rf', { by: 'test' });
-    expect(r.changed).toEqual({ restarted: 2 });
+    expect(r.changed).toMatchObject({ verb: 'retry-failed' });
     expect(r.generation).toBe(2);
     expect(r.state).toBe('open');
+    const job = await client.batches.waitJob(r.changed!.jobId as string);
+    expect(job).toMatchObject({
+      state: 'completed',
+      done: 2,
+      batch: { id: 'rf', verb: 'retry-failed' },
+    });
     for (const i of [0, 1]) {
       await until(`rf=${i}=2 started`, () =>
         client.query('batchItem', `rf=${i}=2`).then(
@@ -293,6 +306,16 @@ describe('batches', () => {
     );
     const r = await client.batches.cancel('c', { by: 'test', reason: 'enough' });
     expect(r.canceled).toBe(true);
+    // The reply names the background job that cancels the items; status shows its progress.
+    const jobId = r.changed!.jobId as string;
+    expect(jobId).toMatch(/^[A-Za-z0-9]+$/);
+    const job = await client.batches.waitJob(jobId);
+    expect(job).toMatchObject({ state: 'completed', done: 3, batch: { id: 'c', verb: 'cancel' } });
+    expect((await client.batches.status('c')).jobs).toEqual([
+      expect.objectContaining({ verb: 'cancel', jobId, state: 'completed', done: 3 }),
+    ]);
+    // Canceling again names the same job and starts no other.
+    expect((await client.batches.cancel('c')).changed).toEqual({ verb: 'cancel', jobId });
     const s = await done('c');
     expect(s.outcome).toBe('completedWithErrors');
     expect(s.counts).toMatchObject({ total: 4, succeeded: 1, canceled: 3 });
@@ -300,6 +323,95 @@ describe('batches', () => {
       client.batches.create({ id: 'c', type: 'batchItem', items: items(5) }),
     );
     expect(more.code).toBe('invalid_state');
+  });
+
+  it('items are searchable by batch: the batchId attribute in the visibility index', async () => {
+    const { client, prefix } = await setup();
+    const dir = mkdtempSync(join(tmpdir(), 'jetflow-batch-vis-'));
+    const vis = await Visibility.create({
+      servers: env.server.url,
+      prefix,
+      dataDir: dir,
+      logger: quietLogger,
+      progress: () => undefined,
+    });
+    open.push(vis);
+    await client.batches.create({
+      id: 'vb',
+      type: 'batchItem',
+      items: items(3, () => ({ wait: true })),
+    });
+    await client.batches.create({ id: 'vc', type: 'batchItem', items: items(2) }, { seal: true });
+    const found = await until('vb items indexed', async () => {
+      const r = await client.search({ attributes: { batchId: 'vb' } });
+      return r.workflows.length === 3 ? r : undefined;
+    });
+    expect(found.workflows.map((w) => w.id).sort()).toEqual(['vb=0', 'vb=1', 'vb=2']);
+    expect(found.workflows[0]).toMatchObject({ status: 'running', attributes: { batchId: 'vb' } });
+    const vc = await until('vc items completed', async () => {
+      const r = await client.search({ attributes: { batchId: 'vc' }, status: 'completed' });
+      return r.workflows.length === 2 ? r : undefined;
+    });
+    expect(vc.workflows.every((w) => w.attributes.batchId === 'vc')).toBe(true);
+    await client.batches.cancel('vb');
+  });
+
+  it('a workflow starts a batch as an effect of its step and waits for its batch.completed', async () => {
+    const { client, prefix } = await setup();
+    await client.start('batchParent', 'bp1', { batchId: 'pb', n: 6, failEvery: 3 });
+    const end = await until('parent done', async () => {
+      const q = await client.query('batchParent', 'bp1');
+      return q.status === 'completed' ? q : undefined;
+    });
+    expect(end.context).toMatchObject({
+      outcome: 'completedWithErrors',
+      counts: { total: 6, succeeded: 4, failed: 2 },
+    });
+    const s = await client.batches.status('pb');
+    expect(s).toMatchObject({ sealed: true, state: 'done', notified: true });
+    const page = await client.batches.items('pb');
+    expect(page.items.map((x) => x.wf).sort()).toEqual([
+      'pb=k0',
+      'pb=k1',
+      'pb=k2',
+      'pb=k3',
+      'pb=k4',
+      'pb=k5',
+    ]);
+
+    // The outbox performed again (as after an engine crash between the effect and its ack):
+    // nothing is added, started or sent twice.
+    const nc = env.nc;
+    const names = topologyNames(prefix);
+    const { js, jsm } = { js: jetstream(nc), jsm: await jetstreamManager(nc) };
+    const again = new BatchService(await openBatchesBucket(nc, names), {
+      nc,
+      js,
+      jsm,
+      names,
+      registry: createRegistry(workflows),
+      store: { get: () => Promise.resolve({}) } as never,
+      logger: quietLogger,
+      maxInputBytes: 1 << 20,
+      owner: 'test',
+      bulk: await openBulkStore(nc, jsm, names),
+    });
+    const record = { type: 'batchParent', id: 'bp1' } as never;
+    const items = Array.from({ length: 6 }, (_, n) => ({ key: `k${n}`, input: { n } }));
+    await again.startFromWorkflow({ id: 'pb', type: 'batchItem', items }, record);
+    const after = await client.batches.status('pb');
+    expect(after.counts).toEqual(s.counts);
+    expect(after.next).toBe(6);
+  });
+
+  it('startBatch of an unknown item type tells the workflow jetflow.batch.failed', async () => {
+    const { client } = await setup();
+    await client.start('batchParent', 'bp2', { batchId: 'pb2', n: 2, itemType: 'noSuchType' });
+    const end = await until('parent refused', async () => {
+      const q = await client.query('batchParent', 'bp2');
+      return q.status === 'failed' || q.status === 'completed' ? q : undefined;
+    });
+    expect(end.context).toMatchObject({ error: { code: 'unknown_type' } });
   });
 
   it('pause keeps new items pending (not started); resume starts them', async () => {
@@ -315,7 +427,8 @@ describe('batches', () => {
       'not_found',
     );
     const r = await client.batches.resume('p');
-    expect(r.changed).toEqual({ started: 3 });
+    expect(r.changed).toMatchObject({ verb: 'resume' });
+    expect(await client.batches.waitJob(r.changed!.jobId as string)).toMatchObject({ done: 3 });
     const s = await done('p');
     expect(s.counts).toMatchObject({ total: 5, pending: 0, succeeded: 5 });
   });
