@@ -140,7 +140,14 @@ export interface Logger {
 export type StepPhase = 'load' | 'decide' | 'persist' | 'effects';
 
 /** How the engine counted one inbox message (or one compare-and-set lost). */
-export type StepOutcome = 'applied' | 'rejected' | 'repeated' | 'ignored' | 'conflict';
+export type StepOutcome =
+  | 'applied'
+  | 'rejected'
+  | 'repeated'
+  | 'ignored'
+  | 'conflict'
+  /** A result, attempt notice or timer without the right proof (issue 17): dropped. */
+  | 'forged';
 
 /** Lifecycle changes counted per workflow type. */
 export type LifecycleEvent = 'started' | 'completed' | 'failed' | 'canceled';

@@ -313,6 +313,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
           progress: 'retrying',
           attempt: b.attempt,
           retryAt: typeof b.retryAt === 'number' ? b.retryAt : 0,
+          ...(typeof b.token === 'string' ? { token: b.token } : {}),
           error: (b.error ?? {
             type: 'Error',
             code: ErrorCode.Internal,
@@ -345,6 +346,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         attempt: typeof b.attempt === 'number' ? b.attempt : 0,
         ...(b.decisions !== undefined ? { decisions: b.decisions } : {}),
         ...(isRef(b.from) ? { from: { type: b.from.type, id: b.from.id } } : {}),
+        ...(typeof b.token === 'string' ? { token: b.token } : {}),
       };
     }
     case 'timer': {
@@ -361,6 +363,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         step: b.step,
         event: b.event,
         ...(typeof b.dueAt === 'number' ? { dueAt: b.dueAt } : {}),
+        ...(typeof b.token === 'string' ? { token: b.token } : {}),
       };
     }
     case 'admin':
@@ -1111,6 +1114,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
             actorId: message.actorId,
             ok: false,
             attempt: message.attempt,
+            ...(message.token !== undefined ? { token: message.token } : {}),
             error: {
               type: 'RecordTooLarge',
               code: ErrorCode.PayloadTooLarge,
@@ -1227,7 +1231,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     }
     if (decision.kind === 'ignore') {
       stats.ignored++;
-      metrics?.step(e.type, 'ignored');
+      metrics?.step(e.type, decision.forged ? 'forged' : 'ignored');
       logger.info({ ...wf(e.type, e.id), seq: e.seq, kind: e.kind }, `ignored: ${decision.reason}`);
       const stored = cur?.stored.record;
       if (opts.journal && stored) {

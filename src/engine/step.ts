@@ -3,6 +3,7 @@
  * next record and its outbox, or a rejection. No I/O; same inputs give the same outputs.
  */
 import { createHash } from 'node:crypto';
+import { newSecret, taskToken, timerToken, tokenMatches } from './proof.js';
 import type { AnyMachineSnapshot, EventObject } from 'xstate';
 import type { DebounceOptions, Registry, WorkflowDefinition } from './registry.js';
 import { isNodeAdmin } from './admin.js';
@@ -85,7 +86,13 @@ export type Decision =
   /** Nothing to store: reply (start of an existing workflow). */
   | { kind: 'noop'; reply: unknown; tell?: Tell[] }
   /** Nothing to store, nothing to tell: a late or duplicate result or timer. Logged. */
-  | { kind: 'ignore'; reason: string; tell?: Tell[] }
+  | {
+      kind: 'ignore';
+      reason: string;
+      tell?: Tell[];
+      /** Dropped for want of the right proof (issue 17): counted apart from late messages. */
+      forged?: true;
+    }
   /** The message cannot be applied now: nothing stored; notify and reply with the error. */
   | { kind: 'reject'; error: JetflowError; accepts: string[] }
   /**
@@ -255,6 +262,15 @@ function stopEffects(w: WorkflowRef, actorId: string, t: TaskRef): Effect[] {
   return [stopTaskEffect(actorId, t)];
 }
 
+/** A result or attempt notice without the proof of the task it names: dropped (issue 17). */
+function forgedResult(message: { taskId: string; token?: string }): Decision {
+  return {
+    kind: 'ignore',
+    forged: true,
+    reason: `result for task ${message.taskId} ${message.token === undefined ? 'without a' : 'with a wrong'} proof of the task (forged)`,
+  };
+}
+
 /** The result message that tells a parent or watcher how workflow `rec` ended. */
 export function endResult(
   rec: Pick<WorkflowRecord, 'type' | 'id' | 'status' | 'output' | 'error'>,
@@ -268,6 +284,7 @@ export function endResult(
     ok: rec.status === 'completed',
     attempt: 1,
     from: { type: rec.type, id: rec.id },
+    ...(to.token !== undefined ? { token: to.token } : {}),
   };
   if (rec.status === 'completed') body.output = rec.output ?? null;
   else if (rec.status === 'canceled')
@@ -312,6 +329,7 @@ export function errorResult(
       attempt: 1,
       error: { ...error, retryable: false },
       from,
+      ...(to.token !== undefined ? { token: to.token } : {}),
     },
     msgId: `result.${to.taskId}`,
   };
@@ -432,7 +450,7 @@ const DEBOUNCE_EVENT = 'jetflow.debounce';
 function materialize(
   def: WorkflowDefinition,
   ctx: StepContext,
-  rec: { type: string; id: string; step: number },
+  rec: { type: string; id: string; step: number; secret?: string },
   before: Pending,
   commands: m.Command[],
   now: number,
@@ -571,7 +589,13 @@ function materialize(
   const pushChild = (actorId: string, c: ChildSpawn, dispatched: boolean) => {
     checkRef('a child workflow', c);
     const taskId = `${rec.type}.${rec.id}.${rec.step}.${actorId}`;
-    const ref: ParentRef = { type: rec.type, id: rec.id, taskId, key: actorId };
+    const ref: ParentRef = {
+      type: rec.type,
+      id: rec.id,
+      taskId,
+      key: actorId,
+      ...(rec.secret ? { token: taskToken(rec.secret, taskId) } : {}),
+    };
     tasks[actorId] = {
       taskId,
       taskKey: taskKeyOf(taskId),
@@ -812,6 +836,8 @@ function begin(
     parent?: WorkflowRecord['parent'];
     /** The batch this workflow is an item of (issue 23). */
     batch?: WorkflowRecord['batch'];
+    /** The record's secret when it exists already (a deferred start admitted). */
+    secret?: string;
   },
   input: unknown,
 ): Extract<Decision, { kind: 'write' | 'reject' }> {
@@ -833,7 +859,8 @@ function begin(
   }
   const { actions } = start;
   const status = statusOf(start.snapshot);
-  const head = { type, id, step: at.step };
+  const secret = at.secret ?? newSecret();
+  const head = { type, id, step: at.step, secret };
   const p = materialize(
     def,
     ctx,
@@ -862,6 +889,7 @@ function begin(
     ...(timerDue ? { timerDue } : {}),
     tasks: p.tasks,
     shard,
+    secret,
     ...(at.inbox !== undefined ? { inbox: at.inbox } : {}),
     createdAt: now,
     updatedAt: now,
@@ -1349,6 +1377,15 @@ export function decide(
     if (!stored) return { kind: 'ignore', reason: 'timer of a workflow that does not exist' };
     if (stored.status !== 'running')
       return { kind: 'ignore', reason: `timer after the workflow ${stored.status}` };
+    if (
+      stored.secret &&
+      !tokenMatches(timerToken(stored.secret, message.timerId, message.step), message.token)
+    )
+      return {
+        kind: 'ignore',
+        forged: true,
+        reason: `timer message for ${message.timerId} without the proof of a timer this engine set (forged)`,
+      };
     if (stored.timers[message.timerId] !== message.step) {
       return {
         kind: 'ignore',
@@ -1360,6 +1397,8 @@ export function decide(
     if (!stored) return { kind: 'ignore', reason: 'result for a workflow that does not exist' };
     if (stored.status !== 'running')
       return { kind: 'ignore', reason: `result after the workflow ${stored.status}` };
+    if (stored.secret && !tokenMatches(taskToken(stored.secret, message.taskId), message.token))
+      return forgedResult(message);
     const ref = stored.tasks[message.actorId];
     if (!ref || ref.taskId !== message.taskId) {
       return {
@@ -1385,6 +1424,8 @@ export function decide(
       return { kind: 'ignore', reason: 'attempt notice for a workflow that does not exist' };
     if (stored.status !== 'running')
       return { kind: 'ignore', reason: `attempt notice after the workflow ${stored.status}` };
+    if (stored.secret && !tokenMatches(taskToken(stored.secret, message.taskId), message.token))
+      return forgedResult(message);
     const ref = stored.tasks[message.actorId];
     if (!ref || ref.taskId !== message.taskId)
       return {
@@ -1849,7 +1890,7 @@ export function decide(
   const p = materialize(
     def,
     ctx,
-    { type, id, step: stepNo },
+    { type, id, step: stepNo, ...(stored.secret ? { secret: stored.secret } : {}) },
     before,
     m.toCommands(next.actions, stepNo),
     now,
@@ -2728,7 +2769,12 @@ function reset(
   const p = materialize(
     def,
     ctx,
-    { type: stored.type, id: stored.id, step: stepNo },
+    {
+      type: stored.type,
+      id: stored.id,
+      step: stepNo,
+      ...(stored.secret ? { secret: stored.secret } : {}),
+    },
     { timers: {}, tasks: {} },
     commands,
     input.now,
