@@ -613,11 +613,25 @@ export class Client implements AsyncDisposable {
     if (opts.signal?.aborted) abort();
     try {
       for await (const m of messages) {
-        const n = m.json<Notification>();
+        let n: Notification;
+        try {
+          n = m.json<Notification>();
+        } catch {
+          continue; // not a notification (anyone allowed to publish there could send it)
+        }
+        if (!n || typeof n !== 'object' || typeof n.type !== 'string' || typeof n.step !== 'number')
+          continue;
         // Before `fromStep`: e.g. the end of a run that an operator's reset undid.
         if (opts.fromStep !== undefined && n.step < opts.fromStep) continue;
+        if (n.type === 'completed' || n.type === 'failed' || n.type === 'canceled') {
+          // An end is believed only as the record tells it (issue 17): a notification is a
+          // message anyone allowed to publish on the events subjects could have written.
+          const told = await this.endAsRecorded(type, id, n);
+          if (!told) continue;
+          yield told;
+          break;
+        }
         yield n;
-        if (n.type === 'completed' || n.type === 'failed' || n.type === 'canceled') break;
       }
     } finally {
       opts.signal?.removeEventListener('abort', abort);
@@ -673,6 +687,29 @@ export class Client implements AsyncDisposable {
       opts.signal?.removeEventListener('abort', abort);
       await messages.close();
     }
+  }
+
+  /**
+   * End notification `n` as the workflow's record states it (its output or error from the
+   * record), or undefined when the record does not say the workflow ended that way. A workflow
+   * whose record is gone (retention) ended: the notification is kept.
+   */
+  private async endAsRecorded(
+    type: string,
+    id: string,
+    n: Notification,
+  ): Promise<Notification | undefined> {
+    let q: QueryReply;
+    try {
+      q = await this.query(type, id);
+    } catch (err) {
+      if (err instanceof JetflowError && err.code === ErrorCode.NotFound) return n;
+      throw err;
+    }
+    if (q.status !== n.type || q.step < n.step) return undefined;
+    if (n.type === 'completed') return { ...n, output: q.output };
+    if (n.type === 'failed') return { ...n, error: q.error! };
+    return n;
   }
 
   /**

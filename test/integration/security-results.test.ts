@@ -4,6 +4,7 @@
  * token, a token of another task of the same workflow) and a replay of a genuine old result are
  * all dropped, journaled and counted; the workflows are unchanged and then complete normally.
  */
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
@@ -66,9 +67,13 @@ async function until(what: string, f: () => Promise<boolean>, ms = 10_000): Prom
   }
 }
 
-async function record(id: string): Promise<{ record: WorkflowRecord; revision: number }> {
+async function record(
+  typeOrId: string,
+  maybeId?: string,
+): Promise<{ record: WorkflowRecord; revision: number }> {
+  const [type, id] = maybeId === undefined ? ['chain', typeOrId] : [typeOrId, maybeId];
   const store = createKvRecordStore(await new Kvm(env.nc).open(names.bucket));
-  return (await store.get('chain', id))!;
+  return (await store.get(type, id))!;
 }
 
 /** The task message the engine queued for `id`'s current activity (as a worker would get it). */
@@ -172,5 +177,97 @@ describe('result authenticity', () => {
     const after = await scrape();
     expect(after.get('jetflow_steps_forged_total{workflow_type="chain"}')).toBe(5 * N);
     expect(after.get('jetflow_steps_ignored_total{workflow_type="chain"}')).toBe(N);
+  });
+
+  it('a worker runs no task whose fields are out of bounds or whose result goes to another workflow', async () => {
+    let ran = 0;
+    const w = await createWorker({
+      connection: env.nc,
+      prefix,
+      activities: { probe: () => ++ran },
+    });
+    try {
+      await client.start('counter', 'victim');
+      const victim = await record('counter', 'victim');
+      const js = jetstream(env.nc);
+      const task = (id: string, over: Record<string, unknown>) => {
+        const taskId = `chain.${id}.0.call`;
+        const taskKey = createHash('sha256').update(taskId).digest('base64url').slice(0, 27);
+        return {
+          v: 1,
+          taskId,
+          taskKey,
+          workflowType: 'chain',
+          workflowId: id,
+          actorId: 'call',
+          activity: 'probe',
+          queue: 'probe',
+          input: {},
+          maxAttempts: 3,
+          retry: {
+            initialIntervalMs: 100,
+            backoffCoefficient: 2,
+            maxIntervalMs: 1000,
+            jitter: 0,
+            nonRetryableErrorTypes: [],
+          },
+          startToCloseMs: 5000,
+          resultSubject: names.subjects.inbox('result', 'chain', id),
+          scheduledAt: Date.now(),
+          ...over,
+        };
+      };
+      const bad = [
+        task('f1', { maxAttempts: 1e9, retry: { ...task('f1', {}).retry, initialIntervalMs: -5 } }),
+        task('f2', { maxAttempts: 1e9 + 0.5 }),
+        task('f3', { retry: { ...task('f3', {}).retry, backoffCoefficient: -1 } }),
+        task('f4', { resultSubject: names.subjects.inbox('result', 'counter', 'victim') }),
+        task('f5', { resultSubject: names.subjects.signal('counter', 'victim') }),
+        task('f6', { queue: 'inc' }),
+        task('f7', { taskKey: 'x' }),
+        task('f8', { startToCloseMs: Infinity }),
+      ];
+      for (const t of bad) await js.publish(names.subjects.task('probe', t.taskKey), pack(t));
+      // A valid one after them: when it has run, the queue has been worked through.
+      const good = task('ok1', {});
+      await js.publish(names.subjects.task('probe', good.taskKey), pack(good));
+      await until('the valid task ran', () => Promise.resolve(ran === 1));
+      const jsm = await jetstreamManager(env.nc);
+      await until(
+        'the queue is empty',
+        async () =>
+          (await jsm.consumers.info(names.tasksStream, names.queueConsumer('probe'))).num_pending +
+            (await jsm.consumers.info(names.tasksStream, names.queueConsumer('probe')))
+              .num_ack_pending ===
+          0,
+      );
+      expect(ran).toBe(1);
+      expect((await record('counter', 'victim')).revision).toBe(victim.revision);
+    } finally {
+      await w.close();
+    }
+  });
+
+  it('result() and watch() believe an end only as the record tells it', async () => {
+    await client.start('counter', 'w1');
+    const waiting = client.result('counter', 'w1', { timeoutMs: 10_000 });
+    const forged = {
+      type: 'completed',
+      workflowType: 'counter',
+      id: 'w1',
+      version: 1,
+      step: 5,
+      at: new Date().toISOString(),
+      output: 'forged',
+    };
+    await new Promise((r) => setTimeout(r, 200));
+    env.nc.publish(names.subjects.events('counter', 'w1'), JSON.stringify(forged));
+    env.nc.publish(names.subjects.events('counter', 'w1'), 'not json');
+    await jetstream(env.nc).publish(
+      names.subjects.events('counter', 'w1'),
+      JSON.stringify({ ...forged, step: 0 }),
+    );
+    await client.cancel('counter', 'w1', 'test');
+    await expect(waiting).rejects.toThrow(/canceled/);
   });
 });
