@@ -37,6 +37,7 @@ import {
   type ServiceOptions,
 } from './service.js';
 import type { AdminVerb } from '../contracts/wire.js';
+import type { AuthFlags } from './auth.js';
 import type { WorkerFlags } from './worker-host.js';
 import type { LsOptions } from './ls.js';
 import type { BulkOptions } from './bulk.js';
@@ -384,6 +385,25 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         await nc.close();
       }
       done(0);
+    });
+
+  program
+    .command('auth')
+    .description(
+      'write a nats-server account with one nkey user per role (engine, worker, service, operator, console)',
+    )
+    .requiredOption('--account <name>', 'the account (a tenant)')
+    .requiredOption('--queues <q[,q]>', 'queues the worker role may pull')
+    .option('--types <t[,t]>', 'workflow types the service role may use (default: all)')
+    .option('--prefix <p>', 'subject prefix (default wf)')
+    .option('--shards <n>', "the engines' shard count (default 16)")
+    .option('--out <dir>', 'where the config and the seeds go', '.')
+    .option('--max-file <size>', "the account's JetStream file limit (e.g. 10G)")
+    .option('--max-mem <size>', "the account's JetStream memory limit (e.g. 256M)")
+    .option('--max-payload <bytes>', "max payload of the account's connections")
+    .action(async (o: AuthFlags) => {
+      const { authVerb } = await import('./auth.js');
+      done(authVerb(o, io));
     });
 
   program

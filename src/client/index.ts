@@ -13,7 +13,7 @@
  *   moment to appear in `history`, and never appears twice.
  * - A timeout (`TimeoutError` from NATS) means "unknown": the request may still be applied.
  */
-import { headers, type NatsConnection } from '@nats-io/transport-node';
+import { headers, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, DeliverPolicy } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { WebhookOptions } from '../engine/triggers.js';
@@ -67,6 +67,11 @@ export interface ClientOptions {
   prefix?: string;
   /** Request timeout (default 10 s). */
   timeoutMs?: number;
+  /**
+   * For `Client.connect`: credentials and TLS (issue 17). Default: from the environment
+   * (`NATS_NKEY`, `NATS_CREDS`, `NATS_USER`/`NATS_PASSWORD`, `NATS_CA`, ...).
+   */
+  connection?: Partial<ConnectionOptions>;
 }
 
 /** Who acts and why (journaled), and an optional id that makes a repeat count once. */
@@ -97,7 +102,7 @@ export class Client implements AsyncDisposable {
   /** Connect a new NATS connection owned by this client. */
   static async connect(servers: string | string[], opts: ClientOptions = {}): Promise<Client> {
     const list = typeof servers === 'string' ? servers.split(',') : servers;
-    const { nc } = await connectNats(list, 'jetflow-client');
+    const { nc } = await connectNats(list, 'jetflow-client', opts.connection);
     return new Client(nc, opts, true);
   }
 

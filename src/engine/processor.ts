@@ -33,6 +33,7 @@
  * - A message whose workflow `type@version` is not registered on this engine is never rejected
  *   or acked: it is given back (nak with a delay) for an engine that knows the definition.
  */
+import { newSecret } from './proof.js';
 import { LRUCache } from 'lru-cache';
 import type { AnyMachineSnapshot } from 'xstate';
 import {
@@ -1046,6 +1047,8 @@ export function createProcessor(opts: ProcessorOptions): Processor {
                 inbox: epoch,
                 ...(restore ? { restore } : {}),
                 ...(admitted ? { admission: admitted.admission } : {}),
+                // A record created by this step gets its secret (drawn here: the step is pure).
+                ...(!cur || cur.stored.record.status === 'deferred' ? { secret: newSecret() } : {}),
               },
               cur?.live,
             );

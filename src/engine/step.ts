@@ -3,7 +3,7 @@
  * next record and its outbox, or a rejection. No I/O; same inputs give the same outputs.
  */
 import { createHash } from 'node:crypto';
-import { newSecret, taskToken, timerToken, tokenMatches } from './proof.js';
+import { taskToken, timerToken, tokenMatches } from './proof.js';
 import type { AnyMachineSnapshot, EventObject } from 'xstate';
 import type { DebounceOptions, Registry, WorkflowDefinition } from './registry.js';
 import { isNodeAdmin } from './admin.js';
@@ -140,6 +140,12 @@ export interface StepInput {
    * key record's answer, see `admission.ts`). Without it such a start is refused.
    */
   admission?: StartAdmission;
+  /**
+   * A fresh random secret for a record this step creates (issue 17, `proof.ts`), drawn by the
+   * caller so that the step stays pure. Absent: a record created now has none (its results and
+   * timers are then not checked).
+   */
+  secret?: string;
 }
 
 /** The admission stage's answer for a start with a concurrency key. */
@@ -836,7 +842,7 @@ function begin(
     parent?: WorkflowRecord['parent'];
     /** The batch this workflow is an item of (issue 23). */
     batch?: WorkflowRecord['batch'];
-    /** The record's secret when it exists already (a deferred start admitted). */
+    /** The new record's secret (`StepInput.secret`). */
     secret?: string;
   },
   input: unknown,
@@ -859,8 +865,8 @@ function begin(
   }
   const { actions } = start;
   const status = statusOf(start.snapshot);
-  const secret = at.secret ?? newSecret();
-  const head = { type, id, step: at.step, secret };
+  const secret = at.secret;
+  const head = { type, id, step: at.step, ...(secret ? { secret } : {}) };
   const p = materialize(
     def,
     ctx,
@@ -889,7 +895,7 @@ function begin(
     ...(timerDue ? { timerDue } : {}),
     tasks: p.tasks,
     shard,
-    secret,
+    ...(secret ? { secret } : {}),
     ...(at.inbox !== undefined ? { inbox: at.inbox } : {}),
     createdAt: now,
     updatedAt: now,
@@ -1068,6 +1074,7 @@ function deferredStep(
           type: stored.type,
           id: stored.id,
           shard: stored.shard,
+          ...(input.secret ? { secret: input.secret } : {}),
           seq: input.seq,
           now: input.now,
           step: stored.step + 1,
@@ -1347,6 +1354,7 @@ export function decide(
         inbox: input.inbox,
         parent: message.parent,
         ...(message.batch ? { batch: message.batch } : {}),
+        ...(input.secret ? { secret: input.secret } : {}),
       },
       message.input,
     );
