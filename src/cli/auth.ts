@@ -23,7 +23,8 @@ const split = (s: string | undefined) =>
     .filter(Boolean);
 
 /**
- * Writes `<out>/<account>.conf` (an `accounts { … }` block to include in the server config) and
+ * Writes `<out>/<account>.conf` (the account's block, to include inside the server config's
+ * `accounts { … }`) and
  * `<out>/<account>-<role>.nk` (each role's nkey seed, mode 0600). Seeds already in `<out>` are
  * kept, so running it again with other types or queues changes permissions, not credentials.
  */
@@ -48,7 +49,9 @@ export function authVerb(o: AuthFlags, io: Io): number {
   );
   const conf = join(o.out, `${o.account}.conf`);
   writeFileSync(conf, c.config);
-  io.out.line(`jetflow: wrote ${conf} (include it in the nats-server config)`);
+  io.out.line(
+    `jetflow: wrote ${conf} (in the nats-server config: accounts { include ./${o.account}.conf })`,
+  );
   for (const r of ROLES) {
     writeFileSync(seedFile(r), `${c.users[r].seed}\n`, { mode: 0o600 });
     chmodSync(seedFile(r), 0o600);

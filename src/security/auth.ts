@@ -172,7 +172,10 @@ export function rolePermissions(role: Role, o: AuthOptions): RolePermissions {
 export interface AuthConfig {
   /** The account's block for a server's `accounts { … }`: `NAME: { … }`. */
   account: string;
-  /** A whole `accounts { … }` fragment with only this account (include it in a server config). */
+  /**
+   * The file `jetflow auth` writes: the account block with a header. A server config includes it
+   * inside its `accounts { … }` (one `include` per tenant; see `config/tenants.conf`).
+   */
   config: string;
   /** Each role's user: public nkey and seed (the secret, for the role's processes only). */
   users: Record<Role, { publicKey: string; seed: string }>;
@@ -233,8 +236,9 @@ export function authConfig(o: AuthOptions, seeds: Partial<Record<Role, string>> 
   const header = [
     `# jetflow account ${o.account} (prefix ${o.prefix}, ${o.shards} shards), written by \`jetflow auth\`.`,
     `# service types: ${o.types.length ? o.types.join(', ') : 'all'}; worker queues: ${o.queues.join(', ')}.`,
-    '# Include it in the server config; each role connects with its seed (NATS_NKEY=<seed file>).',
+    "# Include it inside the server config's `accounts { … }` block: `include ./<file>`.",
+    '# Each role connects with its seed: NATS_NKEY=<account>-<role>.nk.',
   ];
-  const config = `${header.join('\n')}\naccounts {\n${account.replace(/^/gm, '  ')}\n}\n`;
+  const config = `${header.join('\n')}\n${account}\n`;
   return { account, config, users };
 }

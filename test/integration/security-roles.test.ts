@@ -12,8 +12,11 @@ import {
   type NatsConnection,
 } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { NatsServer } from '../harness/nats-server.js';
-import { quietLogger } from '../harness/jetflow.js';
+import { natsServerBin, NatsServer } from '../harness/nats-server.js';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { quietLogger, repoRoot } from '../harness/jetflow.js';
 import { authConfig, type AuthConfig, type Role } from '../../src/security/auth.js';
 import { Engine } from '../../src/host/engine.js';
 import { createRegistry } from '../../src/engine/registry.js';
@@ -207,5 +210,19 @@ describe('tenants are NATS accounts', () => {
     await new Promise((r) => setTimeout(r, 300));
     const after = await b.query('counter', 'b1');
     expect(after.step).toBe(before.step + 1); // B's own second signal only
+  });
+
+  it('the shipped multi-tenant config (config/tenants.conf, two accounts) is valid', () => {
+    const r = spawnSync(natsServerBin(), ['-t', '-c', 'tenants.conf'], {
+      cwd: resolve(repoRoot, 'config'),
+      encoding: 'utf8',
+    });
+    expect(r.status).toBe(0);
+    expect(r.stdout + r.stderr).toMatch(/is valid/);
+    for (const t of ['ACME', 'GLOBEX']) {
+      const text = readFileSync(resolve(repoRoot, 'config/tenants', `${t}.conf`), 'utf8');
+      expect(text).toMatch(new RegExp(`^${t}: \\{`, 'm'));
+      expect(text.match(/\{ nkey: U[A-Z0-9]{55}, permissions/g)?.length).toBe(5);
+    }
   });
 });
