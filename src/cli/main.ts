@@ -38,6 +38,7 @@ import {
 } from './service.js';
 import type { AdminVerb } from '../contracts/wire.js';
 import type { AuthFlags } from './auth.js';
+import type { HttpOptions } from '../http/server.js';
 import type { WorkerFlags } from './worker-host.js';
 import type { LsOptions } from './ls.js';
 import type { BulkOptions } from './bulk.js';
@@ -46,6 +47,8 @@ import type { TriggersOptions } from './triggers.js';
 import type { TestGenFlags, VerifyFlags } from './verify.js';
 import type { CheckFlags } from './check.js';
 import type { MigrateFlags } from './migrate.js';
+
+type HttpTokens = NonNullable<HttpOptions['tokens']>;
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -549,6 +552,10 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'interface to listen on (default 127.0.0.1; 0.0.0.0 for every interface) [JETFLOW_HTTP_HOST]',
     )
     .option('--max-wait <ms>', "upper bound of the result route's ?wait= (default 300000)")
+    .option(
+      '--tokens <file>',
+      'JSON {"<token>": {"role": "service"|"operator", "types"?: [...]}}: bearer tokens required [JETFLOW_HTTP_TOKENS]',
+    )
     .action(
       async (o: {
         natsUrl?: string;
@@ -556,6 +563,7 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         port?: string;
         host?: string;
         maxWait?: string;
+        tokens?: string;
       }) => {
         const port = Number(o.port ?? (env.JETFLOW_HTTP_PORT || 8080));
         if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -572,6 +580,13 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
           port,
           host: o.host ?? (env.JETFLOW_HTTP_HOST || undefined),
           ...(o.maxWait ? { maxWaitMs: Number(o.maxWait) } : {}),
+          ...((o.tokens ?? env.JETFLOW_HTTP_TOKENS)
+            ? {
+                tokens: JSON.parse(
+                  readFileSync(o.tokens ?? env.JETFLOW_HTTP_TOKENS!, 'utf8'),
+                ) as HttpTokens,
+              }
+            : {}),
           log: (line) => io.err.line(line),
         });
         await new Promise<void>((stopped) =>

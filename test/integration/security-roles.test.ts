@@ -21,6 +21,7 @@ import { authConfig, type AuthConfig, type Role } from '../../src/security/auth.
 import { Engine } from '../../src/host/engine.js';
 import { createRegistry } from '../../src/engine/registry.js';
 import { Client } from '../../src/client/index.js';
+import { startHttp } from '../../src/http/server.js';
 import { createWorker, type Worker } from '../../src/worker/index.js';
 import { pack } from '../../src/contracts/codec.js';
 import { JetflowError } from '../../src/errors.js';
@@ -223,6 +224,41 @@ describe('tenants are NATS accounts', () => {
       const text = readFileSync(resolve(repoRoot, 'config/tenants', `${t}.conf`), 'utf8');
       expect(text).toMatch(new RegExp(`^${t}: \\{`, 'm'));
       expect(text.match(/\{ nkey: U[A-Z0-9]{55}, permissions/g)?.length).toBe(5);
+    }
+  });
+});
+
+describe('HTTP bearer tokens (issue 21 with auth on)', () => {
+  it('a route needs a valid token; a service token is limited to its types', async () => {
+    const client = new Client(await as(A, 'service'), { prefix: 'wf' });
+    const http = await startHttp({
+      client,
+      port: 0,
+      tokens: {
+        'svc-secret': { role: 'service', types: ['counter'] },
+        'ops-secret': { role: 'operator' },
+      },
+    });
+    try {
+      const post = (path: string, token?: string) =>
+        fetch(`${http.url}${path}`, {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            ...(token ? { authorization: `Bearer ${token}` } : {}),
+          },
+          body: JSON.stringify({ input: { x: 0 } }),
+        });
+      expect((await post('/v1/workflows/counter/h1')).status).toBe(401);
+      expect((await post('/v1/workflows/counter/h1', 'wrong')).status).toBe(401);
+      const forbidden = await post('/v1/workflows/chain/h2', 'svc-secret');
+      expect(forbidden.status).toBe(403);
+      expect(forbidden.headers.get('content-type')).toMatch(/problem\+json/);
+      expect((await post('/v1/workflows/counter/h1', 'svc-secret')).status).toBe(201);
+      expect((await post('/v1/workflows/chain/h2', 'ops-secret')).status).toBe(201);
+      expect((await fetch(`${http.url}/healthz`)).status).toBe(200);
+    } finally {
+      await http.close();
     }
   });
 });
