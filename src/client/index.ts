@@ -608,7 +608,9 @@ export class Client implements AsyncDisposable {
   ): AsyncGenerator<Notification> {
     const js = jetstream(this.nc);
     const consumer = await js.consumers.get(this.names.eventsStream, {
-      filter_subjects: [this.names.subjects.events(type, id)],
+      // One filter as a string: the consumer is created on `CONSUMER.CREATE.<stream>.<name>.<filter>`,
+      // which a role's permissions can limit to its workflow types (an array uses a subject without).
+      filter_subjects: this.names.subjects.events(type, id),
       deliver_policy: opts.fromStart === false ? DeliverPolicy.New : DeliverPolicy.All,
     });
     const messages = await consumer.consume();
@@ -658,7 +660,9 @@ export class Client implements AsyncDisposable {
     this.check(type, id);
     const js = jetstream(this.nc);
     const consumer = await js.consumers.get(this.names.historyStream, {
-      filter_subjects: [this.names.subjects.journal(type, id)],
+      // One filter as a string: the consumer is created on `CONSUMER.CREATE.<stream>.<name>.<filter>`,
+      // which a role's permissions can limit to its workflow types (an array uses a subject without).
+      filter_subjects: this.names.subjects.journal(type, id),
       deliver_policy: opts.fromStart === false ? DeliverPolicy.New : DeliverPolicy.All,
     });
     const messages = await consumer.consume();

@@ -55,9 +55,6 @@ export function rolePermissions(role: Role, o: AuthOptions): RolePermissions {
   const types = o.types.length ? o.types : ['*'];
   /** Follow one subject filter of a stream with an ordered (ephemeral) consumer. */
   const follow = (stream: string, filters: string[]) => [
-    // nats.js creates an ordered consumer without a name first (`CONSUMER.CREATE.<stream>`), so
-    // the filter cannot be restricted by subject: reading covers the whole stream.
-    `${api}.CONSUMER.CREATE.${stream}`,
     ...filters.map((f) => `${api}.CONSUMER.CREATE.${stream}.*.${f}`),
     `${api}.CONSUMER.MSG.NEXT.${stream}.*`,
     `${api}.CONSUMER.INFO.${stream}.*`,

@@ -134,6 +134,9 @@ describe('roles', () => {
     await refused(nc, 'publish', 'wf.start.other.x'); // a type not its own
     await refused(nc, 'publish', '$JS.API.CONSUMER.MSG.NEXT.WF_TASKS.queue-inc'); // pull a queue
     await refused(nc, 'publish', '$JS.API.STREAM.PURGE.WF_INBOX');
+    // Follow the notifications of a type not its own, or of every type: refused.
+    await refused(nc, 'publish', '$JS.API.CONSUMER.CREATE.WF_EVENTS.x.wf.events.other.x');
+    await refused(nc, 'publish', '$JS.API.CONSUMER.CREATE.WF_EVENTS');
     await refused(nc, 'subscription', 'wf.>');
   });
 
