@@ -37,6 +37,8 @@ import {
   type ServiceOptions,
 } from './service.js';
 import type { AdminVerb } from '../contracts/wire.js';
+import type { AuthFlags } from './auth.js';
+import type { HttpOptions } from '../http/server.js';
 import type { WorkerFlags } from './worker-host.js';
 import type { LsOptions } from './ls.js';
 import type { BulkOptions } from './bulk.js';
@@ -45,6 +47,8 @@ import type { TriggersOptions } from './triggers.js';
 import type { TestGenFlags, VerifyFlags } from './verify.js';
 import type { CheckFlags } from './check.js';
 import type { MigrateFlags } from './migrate.js';
+
+type HttpTokens = NonNullable<HttpOptions['tokens']>;
 
 /** The demo workflows, next to this file's tree: `dist/actors/index.js` or `actors/index.ts`. */
 const DEFAULT_WORKFLOWS = resolve(
@@ -387,6 +391,25 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     });
 
   program
+    .command('auth')
+    .description(
+      'write a nats-server account with one nkey user per role (engine, worker, service, operator, console)',
+    )
+    .requiredOption('--account <name>', 'the account (a tenant)')
+    .requiredOption('--queues <q[,q]>', 'queues the worker role may pull')
+    .option('--types <t[,t]>', 'workflow types the service role may use (default: all)')
+    .option('--prefix <p>', 'subject prefix (default wf)')
+    .option('--shards <n>', "the engines' shard count (default 16)")
+    .option('--out <dir>', 'where the config and the seeds go', '.')
+    .option('--max-file <size>', "the account's JetStream file limit (e.g. 10G)")
+    .option('--max-mem <size>', "the account's JetStream memory limit (e.g. 256M)")
+    .option('--max-payload <bytes>', "max payload of the account's connections")
+    .action(async (o: AuthFlags) => {
+      const { authVerb } = await import('./auth.js');
+      done(authVerb(o, io));
+    });
+
+  program
     .command('server')
     .description("run the local nats-server with jetflow's nats.conf (provisioned if needed)")
     .action(async () => {
@@ -529,6 +552,10 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'interface to listen on (default 127.0.0.1; 0.0.0.0 for every interface) [JETFLOW_HTTP_HOST]',
     )
     .option('--max-wait <ms>', "upper bound of the result route's ?wait= (default 300000)")
+    .option(
+      '--tokens <file>',
+      'JSON {"<token>": {"role": "service"|"operator", "types"?: [...]}}: bearer tokens required [JETFLOW_HTTP_TOKENS]',
+    )
     .action(
       async (o: {
         natsUrl?: string;
@@ -536,6 +563,7 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         port?: string;
         host?: string;
         maxWait?: string;
+        tokens?: string;
       }) => {
         const port = Number(o.port ?? (env.JETFLOW_HTTP_PORT || 8080));
         if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -552,6 +580,13 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
           port,
           host: o.host ?? (env.JETFLOW_HTTP_HOST || undefined),
           ...(o.maxWait ? { maxWaitMs: Number(o.maxWait) } : {}),
+          ...((o.tokens ?? env.JETFLOW_HTTP_TOKENS)
+            ? {
+                tokens: JSON.parse(
+                  readFileSync(o.tokens ?? env.JETFLOW_HTTP_TOKENS!, 'utf8'),
+                ) as HttpTokens,
+              }
+            : {}),
           log: (line) => io.err.line(line),
         });
         await new Promise<void>((stopped) =>

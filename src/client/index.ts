@@ -13,7 +13,7 @@
  *   moment to appear in `history`, and never appears twice.
  * - A timeout (`TimeoutError` from NATS) means "unknown": the request may still be applied.
  */
-import { headers, type NatsConnection } from '@nats-io/transport-node';
+import { headers, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, DeliverPolicy } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { WebhookOptions } from '../engine/triggers.js';
@@ -67,6 +67,11 @@ export interface ClientOptions {
   prefix?: string;
   /** Request timeout (default 10 s). */
   timeoutMs?: number;
+  /**
+   * For `Client.connect`: credentials and TLS (issue 17). Default: from the environment
+   * (`NATS_NKEY`, `NATS_CREDS`, `NATS_USER`/`NATS_PASSWORD`, `NATS_CA`, ...).
+   */
+  connection?: Partial<ConnectionOptions>;
 }
 
 /** Who acts and why (journaled), and an optional id that makes a repeat count once. */
@@ -97,7 +102,7 @@ export class Client implements AsyncDisposable {
   /** Connect a new NATS connection owned by this client. */
   static async connect(servers: string | string[], opts: ClientOptions = {}): Promise<Client> {
     const list = typeof servers === 'string' ? servers.split(',') : servers;
-    const { nc } = await connectNats(list, 'jetflow-client');
+    const { nc } = await connectNats(list, 'jetflow-client', opts.connection);
     return new Client(nc, opts, true);
   }
 
@@ -619,7 +624,9 @@ export class Client implements AsyncDisposable {
   ): AsyncGenerator<Notification> {
     const js = jetstream(this.nc);
     const consumer = await js.consumers.get(this.names.eventsStream, {
-      filter_subjects: [this.names.subjects.events(type, id)],
+      // One filter as a string: the consumer is created on `CONSUMER.CREATE.<stream>.<name>.<filter>`,
+      // which a role's permissions can limit to its workflow types (an array uses a subject without).
+      filter_subjects: this.names.subjects.events(type, id),
       deliver_policy: opts.fromStart === false ? DeliverPolicy.New : DeliverPolicy.All,
     });
     const messages = await consumer.consume();
@@ -629,11 +636,25 @@ export class Client implements AsyncDisposable {
     if (opts.signal?.aborted) abort();
     try {
       for await (const m of messages) {
-        const n = m.json<Notification>();
+        let n: Notification;
+        try {
+          n = m.json<Notification>();
+        } catch {
+          continue; // not a notification (anyone allowed to publish there could send it)
+        }
+        if (!n || typeof n !== 'object' || typeof n.type !== 'string' || typeof n.step !== 'number')
+          continue;
         // Before `fromStep`: e.g. the end of a run that an operator's reset undid.
         if (opts.fromStep !== undefined && n.step < opts.fromStep) continue;
+        if (n.type === 'completed' || n.type === 'failed' || n.type === 'canceled') {
+          // An end is believed only as the record tells it (issue 17): a notification is a
+          // message anyone allowed to publish on the events subjects could have written.
+          const told = await this.endAsRecorded(type, id, n);
+          if (!told) continue;
+          yield told;
+          break;
+        }
         yield n;
-        if (n.type === 'completed' || n.type === 'failed' || n.type === 'canceled') break;
       }
     } finally {
       opts.signal?.removeEventListener('abort', abort);
@@ -655,7 +676,9 @@ export class Client implements AsyncDisposable {
     this.check(type, id);
     const js = jetstream(this.nc);
     const consumer = await js.consumers.get(this.names.historyStream, {
-      filter_subjects: [this.names.subjects.journal(type, id)],
+      // One filter as a string: the consumer is created on `CONSUMER.CREATE.<stream>.<name>.<filter>`,
+      // which a role's permissions can limit to its workflow types (an array uses a subject without).
+      filter_subjects: this.names.subjects.journal(type, id),
       deliver_policy: opts.fromStart === false ? DeliverPolicy.New : DeliverPolicy.All,
     });
     const messages = await consumer.consume();
@@ -689,6 +712,29 @@ export class Client implements AsyncDisposable {
       opts.signal?.removeEventListener('abort', abort);
       await messages.close();
     }
+  }
+
+  /**
+   * End notification `n` as the workflow's record states it (its output or error from the
+   * record), or undefined when the record does not say the workflow ended that way. A workflow
+   * whose record is gone (retention) ended: the notification is kept.
+   */
+  private async endAsRecorded(
+    type: string,
+    id: string,
+    n: Notification,
+  ): Promise<Notification | undefined> {
+    let q: QueryReply;
+    try {
+      q = await this.query(type, id);
+    } catch (err) {
+      if (err instanceof JetflowError && err.code === ErrorCode.NotFound) return n;
+      throw err;
+    }
+    if (q.status !== n.type || q.step < n.step) return undefined;
+    if (n.type === 'completed') return { ...n, output: q.output };
+    if (n.type === 'failed') return { ...n, error: q.error! };
+    return n;
   }
 
   /**

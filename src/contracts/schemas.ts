@@ -172,6 +172,11 @@ export const ResultMessageSchema = Type.Object({
   attempt: Type.Optional(Type.Unknown({ description: 'a number (1 = first attempt)' })),
   decisions: Type.Optional(Type.Unknown()),
   from: Type.Optional(Type.Unknown({ description: 'WorkflowRef of a child or watched workflow' })),
+  token: Type.Optional(
+    Type.Unknown({
+      description: 'HMAC proof the engine issued it (a string); absent or wrong: forged',
+    }),
+  ),
 });
 
 /** An attempt notice (`ProgressMessage`) on the result subject. */
@@ -182,6 +187,11 @@ export const ProgressMessageSchema = Type.Object({
   attempt: Type.Number(),
   retryAt: Type.Optional(Type.Unknown({ description: 'epoch ms; anything else reads as 0' })),
   error: Type.Optional(Type.Unknown()),
+  token: Type.Optional(
+    Type.Unknown({
+      description: 'HMAC proof the engine issued it (a string); absent or wrong: forged',
+    }),
+  ),
 });
 
 export const TimerMessageSchema = Type.Object({
@@ -189,6 +199,11 @@ export const TimerMessageSchema = Type.Object({
   step: Type.Number(),
   event: Type.Optional(Type.Unknown()),
   dueAt: Type.Optional(Type.Unknown({ description: 'epoch ms; anything else is ignored' })),
+  token: Type.Optional(
+    Type.Unknown({
+      description: 'HMAC proof the engine issued it (a string); absent or wrong: forged',
+    }),
+  ),
 });
 
 export const AdmitMessageSchema = Type.Object({
@@ -324,6 +339,7 @@ export const TaskMessageSchema = Type.Object({
   ),
   resultSubject: Type.String({ minLength: 1 }),
   scheduledAt: Type.Number(),
+  token: Type.Optional(Type.String()),
 });
 
 // ---- Compiled checks and errors naming the field -------------------------------------------

@@ -184,9 +184,11 @@ export function shardMapping(shards: number, prefix = '*'): Record<string, strin
   if (!Number.isInteger(shards) || shards < 1 || shards > 1024) {
     throw new RangeError(`shards must be an integer in 1..1024, got ${shards}`);
   }
+  // With a literal prefix, the kind, type and id are wildcards 1-3 (with `*`, 2-4).
   const lead = prefix === '*' ? '{{wildcard(1)}}' : prefix;
+  const k = prefix === '*' ? 2 : 1;
   return {
-    [`${prefix}.inbox.*.*.*`]: `${lead}.in.{{partition(${shards},3,4)}}.{{wildcard(2)}}.{{wildcard(3)}}.{{wildcard(4)}}`,
+    [`${prefix}.inbox.*.*.*`]: `${lead}.in.{{partition(${shards},${k + 1},${k + 2})}}.{{wildcard(${k})}}.{{wildcard(${k + 1})}}.{{wildcard(${k + 2})}}`,
   };
 }
 

@@ -545,6 +545,8 @@ export interface ParentRef extends WorkflowRef {
   taskId: string;
   /** The parent's task key (XState actor id, or a tree node's run key). */
   key: string;
+  /** Proof the result must carry (`taskToken` of the parent's secret; absent from old parents). */
+  token?: string;
 }
 
 /** Senders remembered per workflow in `inbound` (least recently applied ones are forgotten). */
@@ -594,6 +596,12 @@ export interface WorkflowRecord {
   inbox?: string;
   /** Inbox shard of this workflow (learned from the start message): where its timers fire. */
   shard: number;
+  /**
+   * Random secret of this workflow (issue 17, `src/engine/proof.ts`): results, attempt notices and
+   * timer messages are applied only with a token derived from it. Never sent or journaled.
+   * Absent in records written before it existed (their messages are not checked).
+   */
+  secret?: string;
   /** Activities started and not yet finished, by XState actor id. */
   tasks: Record<string, TaskRef>;
   /** Effects owed by step `step` (performed idempotently; replaced by the next step's). */
@@ -753,6 +761,8 @@ export interface TimerMessage {
   event: unknown;
   /** When the timer was due (epoch ms): the timer's lateness is measured from it. */
   dueAt?: number;
+  /** Proof the engine set this timer (`timerToken`): a timer message without it is dropped. */
+  token?: string;
 }
 
 /** One open debounce window of a workflow (see `WorkflowRecord.debounced`). */
@@ -859,6 +869,8 @@ export interface TaskMessage {
   /** Where the worker publishes the result (JetStream): `wf.inbox.result.<type>.<id>`. */
   resultSubject: string;
   scheduledAt: number;
+  /** Proof of this task: the result and attempt notices must carry it back unchanged. */
+  token?: string;
 }
 
 /**
@@ -910,6 +922,8 @@ export interface ResultMessage {
   decisions?: unknown;
   /** A child's or watched workflow's end (E8): the workflow that ended. */
   from?: WorkflowRef;
+  /** The task's `token` (a child's end: its `ParentRef.token`); required when the task had one. */
+  token?: string;
 }
 
 /**
@@ -925,6 +939,8 @@ export interface ProgressMessage {
   /** Epoch ms of the next attempt. */
   retryAt: number;
   error: ErrorData & { attempt?: number };
+  /** The task's `token`. */
+  token?: string;
 }
 
 /** An event as the journal keeps it: its type, and its payload unless cut. */

@@ -140,7 +140,14 @@ export interface Logger {
 export type StepPhase = 'load' | 'decide' | 'persist' | 'effects';
 
 /** How the engine counted one inbox message (or one compare-and-set lost). */
-export type StepOutcome = 'applied' | 'rejected' | 'repeated' | 'ignored' | 'conflict';
+export type StepOutcome =
+  | 'applied'
+  | 'rejected'
+  | 'repeated'
+  | 'ignored'
+  | 'conflict'
+  /** A result, attempt notice or timer without the right proof (issue 17): dropped. */
+  | 'forged';
 
 /**
  * The stages of the admission pipeline, in the order a start, signal or task passes them (see

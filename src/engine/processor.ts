@@ -33,6 +33,7 @@
  * - A message whose workflow `type@version` is not registered on this engine is never rejected
  *   or acked: it is given back (nak with a delay) for an engine that knows the definition.
  */
+import { newSecret } from './proof.js';
 import { LRUCache } from 'lru-cache';
 import type { AnyMachineSnapshot } from 'xstate';
 import {
@@ -335,6 +336,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
           progress: 'retrying',
           attempt: b.attempt,
           retryAt: typeof b.retryAt === 'number' ? b.retryAt : 0,
+          ...(typeof b.token === 'string' ? { token: b.token } : {}),
           error: (b.error ?? {
             type: 'Error',
             code: ErrorCode.Internal,
@@ -354,6 +356,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         attempt: typeof b.attempt === 'number' ? b.attempt : 0,
         ...(b.decisions !== undefined ? { decisions: b.decisions } : {}),
         ...(refCheck.Check(b.from) ? { from: { type: b.from.type, id: b.from.id } } : {}),
+        ...(typeof b.token === 'string' ? { token: b.token } : {}),
       };
     }
     case 'timer': {
@@ -364,6 +367,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
         step: b.step,
         event: b.event,
         ...(typeof b.dueAt === 'number' ? { dueAt: b.dueAt } : {}),
+        ...(typeof b.token === 'string' ? { token: b.token } : {}),
       };
     }
     case 'admin':
@@ -1050,6 +1054,8 @@ export function createProcessor(opts: ProcessorOptions): Processor {
                 inbox: epoch,
                 ...(restore ? { restore } : {}),
                 ...(admitted ? { admission: admitted.admission } : {}),
+                // A record created by this step gets its secret (drawn here: the step is pure).
+                ...(!cur || cur.stored.record.status === 'deferred' ? { secret: newSecret() } : {}),
               },
               cur?.live,
             );
@@ -1118,6 +1124,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
             actorId: message.actorId,
             ok: false,
             attempt: message.attempt,
+            ...(message.token !== undefined ? { token: message.token } : {}),
             error: {
               type: 'RecordTooLarge',
               code: ErrorCode.PayloadTooLarge,
@@ -1236,7 +1243,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     }
     if (decision.kind === 'ignore') {
       stats.ignored++;
-      metrics?.step(e.type, 'ignored');
+      metrics?.step(e.type, decision.forged ? 'forged' : 'ignored');
       logger.info({ ...wf(e.type, e.id), seq: e.seq, kind: e.kind }, `ignored: ${decision.reason}`);
       const stored = cur?.stored.record;
       if (opts.journal && stored) {

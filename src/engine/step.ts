@@ -3,6 +3,7 @@
  * next record and its outbox, or a rejection. No I/O; same inputs give the same outputs.
  */
 import { createHash } from 'node:crypto';
+import { taskToken, timerToken, tokenMatches } from './proof.js';
 import type { AnyMachineSnapshot, EventObject } from 'xstate';
 import type { DebounceOptions, Registry, WorkflowDefinition } from './registry.js';
 import { isNodeAdmin } from './admin.js';
@@ -86,7 +87,13 @@ export type Decision =
   /** Nothing to store: reply (start of an existing workflow). */
   | { kind: 'noop'; reply: unknown; tell?: Tell[] }
   /** Nothing to store, nothing to tell: a late or duplicate result or timer. Logged. */
-  | { kind: 'ignore'; reason: string; tell?: Tell[] }
+  | {
+      kind: 'ignore';
+      reason: string;
+      tell?: Tell[];
+      /** Dropped for want of the right proof (issue 17): counted apart from late messages. */
+      forged?: true;
+    }
   /** The message cannot be applied now: nothing stored; notify and reply with the error. */
   | { kind: 'reject'; error: JetflowError; accepts: string[] }
   /**
@@ -134,6 +141,12 @@ export interface StepInput {
    * key record's answer, see `admission.ts`). Without it such a start is refused.
    */
   admission?: StartAdmission;
+  /**
+   * A fresh random secret for a record this step creates (issue 17, `proof.ts`), drawn by the
+   * caller so that the step stays pure. Absent: a record created now has none (its results and
+   * timers are then not checked).
+   */
+  secret?: string;
 }
 
 /** The admission stage's answer for a start with a concurrency key. */
@@ -256,6 +269,15 @@ function stopEffects(w: WorkflowRef, actorId: string, t: TaskRef): Effect[] {
   return [stopTaskEffect(actorId, t)];
 }
 
+/** A result or attempt notice without the proof of the task it names: dropped (issue 17). */
+function forgedResult(message: { taskId: string; token?: string }): Decision {
+  return {
+    kind: 'ignore',
+    forged: true,
+    reason: `result for task ${message.taskId} ${message.token === undefined ? 'without a' : 'with a wrong'} proof of the task (forged)`,
+  };
+}
+
 /** The result message that tells a parent or watcher how workflow `rec` ended. */
 export function endResult(
   rec: Pick<WorkflowRecord, 'type' | 'id' | 'status' | 'output' | 'error'>,
@@ -269,6 +291,7 @@ export function endResult(
     ok: rec.status === 'completed',
     attempt: 1,
     from: { type: rec.type, id: rec.id },
+    ...(to.token !== undefined ? { token: to.token } : {}),
   };
   if (rec.status === 'completed') body.output = rec.output ?? null;
   else if (rec.status === 'canceled')
@@ -313,6 +336,7 @@ export function errorResult(
       attempt: 1,
       error: { ...error, retryable: false },
       from,
+      ...(to.token !== undefined ? { token: to.token } : {}),
     },
     msgId: `result.${to.taskId}`,
   };
@@ -438,7 +462,7 @@ const DEBOUNCE_EVENT = 'jetflow.debounce';
 function materialize(
   def: WorkflowDefinition,
   ctx: StepContext,
-  rec: { type: string; id: string; step: number },
+  rec: { type: string; id: string; step: number; secret?: string },
   before: Pending,
   commands: m.Command[],
   now: number,
@@ -585,7 +609,13 @@ function materialize(
   const pushChild = (actorId: string, c: ChildSpawn, dispatched: boolean) => {
     checkRef('a child workflow', c);
     const taskId = `${rec.type}.${rec.id}.${rec.step}.${actorId}`;
-    const ref: ParentRef = { type: rec.type, id: rec.id, taskId, key: actorId };
+    const ref: ParentRef = {
+      type: rec.type,
+      id: rec.id,
+      taskId,
+      key: actorId,
+      ...(rec.secret ? { token: taskToken(rec.secret, taskId) } : {}),
+    };
     tasks[actorId] = {
       taskId,
       taskKey: taskKeyOf(taskId),
@@ -836,6 +866,8 @@ function begin(
     parent?: WorkflowRecord['parent'];
     /** The batch this workflow is an item of (issue 23). */
     batch?: WorkflowRecord['batch'];
+    /** The new record's secret (`StepInput.secret`). */
+    secret?: string;
   },
   input: unknown,
 ): Extract<Decision, { kind: 'write' | 'reject' }> {
@@ -857,7 +889,8 @@ function begin(
   }
   const { actions } = start;
   const status = statusOf(start.snapshot);
-  const head = { type, id, step: at.step };
+  const secret = at.secret;
+  const head = { type, id, step: at.step, ...(secret ? { secret } : {}) };
   const p = materialize(
     def,
     ctx,
@@ -886,6 +919,7 @@ function begin(
     ...(timerDue ? { timerDue } : {}),
     tasks: p.tasks,
     shard,
+    ...(secret ? { secret } : {}),
     ...(at.inbox !== undefined ? { inbox: at.inbox } : {}),
     createdAt: now,
     updatedAt: now,
@@ -1066,6 +1100,7 @@ function deferredStep(
           type: stored.type,
           id: stored.id,
           shard: stored.shard,
+          ...(input.secret ? { secret: input.secret } : {}),
           seq: input.seq,
           now: input.now,
           step: stored.step + 1,
@@ -1345,6 +1380,7 @@ export function decide(
         inbox: input.inbox,
         parent: message.parent,
         ...(message.batch ? { batch: message.batch } : {}),
+        ...(input.secret ? { secret: input.secret } : {}),
       },
       message.input,
     );
@@ -1375,6 +1411,15 @@ export function decide(
     if (!stored) return { kind: 'ignore', reason: 'timer of a workflow that does not exist' };
     if (stored.status !== 'running')
       return { kind: 'ignore', reason: `timer after the workflow ${stored.status}` };
+    if (
+      stored.secret &&
+      !tokenMatches(timerToken(stored.secret, message.timerId, message.step), message.token)
+    )
+      return {
+        kind: 'ignore',
+        forged: true,
+        reason: `timer message for ${message.timerId} without the proof of a timer this engine set (forged)`,
+      };
     if (stored.timers[message.timerId] !== message.step) {
       return {
         kind: 'ignore',
@@ -1386,6 +1431,8 @@ export function decide(
     if (!stored) return { kind: 'ignore', reason: 'result for a workflow that does not exist' };
     if (stored.status !== 'running')
       return { kind: 'ignore', reason: `result after the workflow ${stored.status}` };
+    if (stored.secret && !tokenMatches(taskToken(stored.secret, message.taskId), message.token))
+      return forgedResult(message);
     const ref = stored.tasks[message.actorId];
     if (!ref || ref.taskId !== message.taskId) {
       return {
@@ -1411,6 +1458,8 @@ export function decide(
       return { kind: 'ignore', reason: 'attempt notice for a workflow that does not exist' };
     if (stored.status !== 'running')
       return { kind: 'ignore', reason: `attempt notice after the workflow ${stored.status}` };
+    if (stored.secret && !tokenMatches(taskToken(stored.secret, message.taskId), message.token))
+      return forgedResult(message);
     const ref = stored.tasks[message.actorId];
     if (!ref || ref.taskId !== message.taskId)
       return {
@@ -1875,7 +1924,7 @@ export function decide(
   const p = materialize(
     def,
     ctx,
-    { type, id, step: stepNo },
+    { type, id, step: stepNo, ...(stored.secret ? { secret: stored.secret } : {}) },
     before,
     m.toCommands(next.actions, stepNo),
     now,
@@ -2764,7 +2813,12 @@ function reset(
   const p = materialize(
     def,
     ctx,
-    { type: stored.type, id: stored.id, step: stepNo },
+    {
+      type: stored.type,
+      id: stored.id,
+      step: stepNo,
+      ...(stored.secret ? { secret: stored.secret } : {}),
+    },
     { timers: {}, tasks: {} },
     commands,
     input.now,

@@ -15,6 +15,7 @@ import { createProcessor, type Processor } from '../engine/processor.js';
 import type { Registry } from '../engine/registry.js';
 import type { Clock, EngineMetrics, Logger, StepTracing } from '../engine/ports.js';
 import { connectNats, trackConnection, type ConnectionState } from '../nats/connection.js';
+import type { ConnectionOptions } from '@nats-io/transport-node';
 import { createStepTracing, tracingActive } from '../tracing/index.js';
 import {
   ensureShardConsumer,
@@ -58,6 +59,11 @@ export interface EngineDeps {
    * Step spans. Default: on when a tracer provider is registered globally (`false`: off).
    */
   tracing?: StepTracing | false;
+  /**
+   * Credentials and TLS of the engine's NATS connection (issue 17). Default: from the
+   * environment (`NATS_NKEY`, `NATS_CREDS`, `NATS_USER`/`NATS_PASSWORD`, `NATS_CA`, ...).
+   */
+  connection?: Partial<ConnectionOptions>;
 }
 
 export class Engine implements AsyncDisposable {
@@ -105,7 +111,7 @@ export class Engine implements AsyncDisposable {
         `workflow definitions with errors (see \`jetflow check\`): ${errors.map((f) => `${f.type}@${f.version}: ${f.message} (${f.code})`).join('; ')}`,
       );
     const clock = deps.clock ?? { now: () => Date.now() };
-    const { nc, js, jsm } = await connectNats(config.servers, config.name);
+    const { nc, js, jsm } = await connectNats(config.servers, config.name, deps.connection);
     const connection = trackConnection(nc);
     const tracing =
       deps.tracing === false

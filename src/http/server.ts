@@ -12,6 +12,7 @@
  * instance}` with `code` the NATS reply's error code, plus `accepts` for an event the workflow
  * cannot take now.
  */
+import { createHash } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import type { Client } from '../client/index.js';
@@ -44,6 +45,13 @@ export interface HttpOptions {
   maxWaitMs?: number;
   /** Log lines (default: none). */
   log?: (line: string) => void;
+  /**
+   * Bearer tokens (issue 17/21): when given (even empty), every `/v1/workflows` route needs
+   * `Authorization: Bearer <token>` of one of them: `service` for the listed `types` (all when
+   * absent), `operator` for every type. Without it: no authentication (the default, for
+   * `jetflow dev` on 127.0.0.1). Webhooks keep their own signatures.
+   */
+  tokens?: Record<string, { role: 'service' | 'operator'; types?: string[] }>;
 }
 
 export interface HttpServer {
@@ -233,6 +241,7 @@ const STATUS_OF: Partial<Record<ErrorCode, number>> = {
 const TITLES: Record<number, string> = {
   400: 'Bad Request',
   401: 'Unauthorized',
+  403: 'Forbidden',
   404: 'Not Found',
   409: 'Conflict',
   413: 'Content Too Large',
@@ -475,6 +484,39 @@ export async function startHttp(opts: HttpOptions): Promise<HttpServer> {
     const k = h['idempotency-key'];
     return typeof k === 'string' ? k : undefined;
   };
+
+  if (opts.tokens) {
+    // Tokens are compared as SHA-256 digests (a map lookup leaks nothing about a near miss).
+    const digest = (t: string) => createHash('sha256').update(t).digest('base64url');
+    const byDigest = new Map(Object.entries(opts.tokens).map(([t, v]) => [digest(t), v]));
+    app.addHook('onRequest', async (req, reply) => {
+      if (!req.url.startsWith('/v1/workflows/')) return;
+      const h = req.headers.authorization;
+      const grant =
+        typeof h === 'string' && h.startsWith('Bearer ')
+          ? byDigest.get(digest(h.slice(7)))
+          : undefined;
+      if (!grant) {
+        reply.header('WWW-Authenticate', 'Bearer');
+        return sendProblem(
+          reply,
+          problem(401, ErrorCode.Unauthorized, 'a valid bearer token is required'),
+          req.url,
+        );
+      }
+      const type = decodeURIComponent(req.url.split('?')[0]!.split('/')[3] ?? '');
+      if (grant.role === 'service' && grant.types && !grant.types.includes(type))
+        return sendProblem(
+          reply,
+          problem(
+            403,
+            ErrorCode.Unauthorized,
+            `this token may not use workflow type ${JSON.stringify(type)}`,
+          ),
+          req.url,
+        );
+    });
+  }
 
   // Built per request: the webhook triggers declared now are listed with their headers.
   app.get('/v1/openapi.json', async (_req, reply) =>

@@ -120,6 +120,10 @@ export function createEngineMetrics(registry: Registry): EngineMetricsHandle {
       'jetflow_steps_ignored_total',
       'Late or duplicate results and timers dropped, by workflow type',
     ),
+    forged: byType(
+      'jetflow_steps_forged_total',
+      'Results, attempt notices and timer messages without the proof of the task or timer the engine issued (forged): dropped and journaled, by workflow type',
+    ),
     conflict: byType(
       'jetflow_steps_cas_conflicts_total',
       'Record writes that lost the compare-and-set and were retried, by workflow type',

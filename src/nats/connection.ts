@@ -1,5 +1,12 @@
 /** Connecting to NATS with jetflow's defaults (reconnect forever, named connection). */
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { readFileSync } from 'node:fs';
+import {
+  connect,
+  credsAuthenticator,
+  nkeyAuthenticator,
+  type ConnectionOptions,
+  type NatsConnection,
+} from '@nats-io/transport-node';
 import {
   jetstream,
   jetstreamManager,
@@ -20,7 +27,40 @@ export interface Connected {
   jsm: JetStreamManager;
 }
 
-export async function connectNats(servers: readonly string[], name: string): Promise<Connected> {
+/**
+ * Credentials and TLS from the environment, as the `nats` CLI reads them (README, "Security"):
+ * `NATS_NKEY` (a file holding a user's nkey seed, as `jetflow auth` writes it), `NATS_CREDS`
+ * (a JWT credentials file), `NATS_USER` + `NATS_PASSWORD`, `NATS_TOKEN`; `NATS_CA` (a CA file:
+ * TLS required, the server verified against it), `NATS_CERT` + `NATS_KEY` (a client certificate).
+ */
+export function connectionOptionsFromEnv(
+  env: NodeJS.ProcessEnv = process.env,
+): Partial<ConnectionOptions> {
+  const o: Partial<ConnectionOptions> = {};
+  const file = (path: string) => new Uint8Array(readFileSync(path));
+  if (env.NATS_NKEY) {
+    const seed = new TextDecoder().decode(file(env.NATS_NKEY)).trim();
+    o.authenticator = nkeyAuthenticator(new TextEncoder().encode(seed));
+  } else if (env.NATS_CREDS) o.authenticator = credsAuthenticator(file(env.NATS_CREDS));
+  else if (env.NATS_USER) {
+    o.user = env.NATS_USER;
+    if (env.NATS_PASSWORD !== undefined) o.pass = env.NATS_PASSWORD;
+  } else if (env.NATS_TOKEN) o.token = env.NATS_TOKEN;
+  if (env.NATS_CA || env.NATS_CERT) {
+    o.tls = {
+      ...(env.NATS_CA ? { caFile: env.NATS_CA } : {}),
+      ...(env.NATS_CERT ? { certFile: env.NATS_CERT } : {}),
+      ...(env.NATS_KEY ? { keyFile: env.NATS_KEY } : {}),
+    };
+  }
+  return o;
+}
+
+export async function connectNats(
+  servers: readonly string[],
+  name: string,
+  extra: Partial<ConnectionOptions> = connectionOptionsFromEnv(),
+): Promise<Connected> {
   let nc: NatsConnection;
   try {
     // noAsyncTraces: nats.js would otherwise build an Error (with a stack) for every request as
@@ -32,6 +72,7 @@ export async function connectNats(servers: readonly string[], name: string): Pro
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       noAsyncTraces: true,
+      ...extra,
     });
   } catch (cause) {
     throw new RetryableError(

@@ -22,6 +22,7 @@ import {
   type WorkflowRecord,
 } from '../contracts/wire.js';
 import { DEFAULT_RETRY } from '../engine/retry.js';
+import { taskToken } from '../engine/proof.js';
 import type { EffectHandler } from './effects.js';
 import type { TopologyNames } from './topology.js';
 
@@ -57,6 +58,7 @@ export function taskEffectHandlers(
         s.inbox('result', record.type, record.id),
         RETRY_DEFAULTS,
       );
+      if (record.secret) task.token = taskToken(record.secret, task.taskId);
       await js.publish(s.task(e.task.queue, e.task.taskKey), pack(task), {
         msgID: e.task.taskId,
         headers: h,

@@ -23,6 +23,7 @@ import { MSGPACK, pack } from '../contracts/codec.js';
 import { injectTrace } from '../tracing/index.js';
 import { Header, type Effect, type TimerMessage, type WorkflowRecord } from '../contracts/wire.js';
 import type { Logger } from '../engine/ports.js';
+import { timerToken } from '../engine/proof.js';
 import type { EffectHandler } from './effects.js';
 import type { TopologyNames } from './topology.js';
 
@@ -65,6 +66,7 @@ export function timerEffectHandlers(
         step: e.step,
         event: e.event,
         dueAt: e.dueAt,
+        ...(record.secret ? { token: timerToken(record.secret, e.timerId, e.step) } : {}),
       } satisfies TimerMessage);
       const subject = s.timer(record.type, record.id, e.timerKey);
       const target = s.shardInbox(record.shard, 'timer', record.type, record.id);

@@ -59,6 +59,7 @@ import {
   type ErrorData,
 } from '../errors.js';
 import { runHttpActivity } from './http.js';
+import { invalidTask } from './validate.js';
 import {
   contextOf,
   inSpan,
@@ -498,6 +499,7 @@ export class Worker implements AsyncDisposable {
       attempt,
       retryAt: Date.now() + outcome.delayMs,
       error: { ...outcome.error, retryable: true, attempt },
+      ...(task.token !== undefined ? { token: task.token } : {}),
     };
     const h = headers();
     h.set(Header.ContentType, MSGPACK);
@@ -517,7 +519,8 @@ export class Worker implements AsyncDisposable {
     const h = headers();
     h.set(Header.ContentType, MSGPACK);
     if (this.tracing) injectTrace(h);
-    await this.js.publish(task.resultSubject, pack(result), {
+    const body = task.token !== undefined ? { ...result, token: task.token } : result;
+    await this.js.publish(task.resultSubject, pack(body), {
       msgID: `result.${task.taskId}`,
       headers: h,
     });
@@ -578,6 +581,13 @@ export class Worker implements AsyncDisposable {
     } catch (err) {
       this.logger.error({ err, subject: m.subject }, 'malformed task message; terminated');
       m.term('malformed task');
+      return;
+    }
+    const invalid = invalidTask(task, queue, this.names.subjects);
+    if (invalid) {
+      // Not a task an engine issued (issue 17): never run, never retried.
+      this.logger.error({ subject: m.subject, reason: invalid }, 'invalid task; terminated');
+      m.term('invalid task');
       return;
     }
     const attempt = taskAttempt(m);

@@ -9,7 +9,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 
 const repoRoot = resolve(import.meta.dirname, '../..');
@@ -61,6 +61,8 @@ export interface ServerOptions {
   name?: string;
   /** Max payload in bytes. */
   maxPayload?: number;
+  /** How the readiness check connects (credentials, TLS) when the server requires it. */
+  connect?: Partial<ConnectionOptions>;
 }
 
 interface ClusterSpec {
@@ -83,6 +85,8 @@ export class NatsServer {
   private readonly confPath: string;
   private exited: Promise<void> = Promise.resolve();
   private log = '';
+
+  private connectOptions: Partial<ConnectionOptions> = {};
 
   private constructor(dir: string, port: number, name: string, confPath: string) {
     this.dir = dir;
@@ -121,6 +125,7 @@ export class NatsServer {
     const confPath = join(dir, 'nats.conf');
     writeFileSync(confPath, conf.join('\n') + '\n');
     const server = new NatsServer(dir, port, name, confPath);
+    server.connectOptions = opts.connect ?? {};
     live.add(server);
     try {
       server.spawn();
@@ -162,7 +167,12 @@ export class NatsServer {
       }
       let nc: NatsConnection | undefined;
       try {
-        nc = await connect({ servers: this.url, reconnect: false, timeout: 1000 });
+        nc = await connect({
+          servers: this.url,
+          reconnect: false,
+          timeout: 1000,
+          ...this.connectOptions,
+        });
         const jsm = await jetstreamManager(nc, { timeout: 1000 });
         await jsm.getAccountInfo();
         return;

@@ -14,6 +14,7 @@ import type { Engine } from '../../src/host/engine.js';
 import { Client } from '../../src/client/index.js';
 import { topologyNames } from '../../src/nats/topology.js';
 import { createKvRecordStore } from '../../src/nats/store.js';
+import { timerToken } from '../../src/engine/proof.js';
 import type { ErrorReply, Notification } from '../../src/contracts/wire.js';
 
 const env = useServer();
@@ -88,15 +89,24 @@ describe('internal subjects are checked', () => {
     expect(q.step).toBe(0);
   });
 
-  it('H7: a fired timer applies the event the record stored, not the one in the message', async () => {
+  it('H7: a fired timer applies the event the record stored, not the one in the message; a timer without its proof is dropped', async () => {
     await client.start('sleeper', 't1', { ms: 600_000 });
     const rec = await record('sleeper', 't1');
     const [timerId, step] = Object.entries(rec.timers)[0]!;
-    // Right timer id and step, forged event: LEAVE would end the workflow in `left`.
-    await jetstream(env.nc).publish(
-      `${prefix}.in.${rec.shard}.timer.sleeper.t1`,
-      pack({ timerId, step, event: { type: 'LEAVE' } }),
+    const js = jetstream(env.nc);
+    const subject = `${prefix}.in.${rec.shard}.timer.sleeper.t1`;
+    // Right timer id and step, no proof (issue 17): dropped, the workflow still sleeps.
+    await js.publish(subject, pack({ timerId, step, event: { type: 'LEAVE' } }));
+    await js.publish(
+      subject,
+      pack({ timerId, step, event: { type: 'LEAVE' }, token: 'x'.repeat(22) }),
     );
+    await until('two timer messages consumed', async () => (await inboxMessages(subject)) === 0);
+    await sleep(200);
+    expect((await record('sleeper', 't1')).step).toBe(0);
+    // With the proof (read from the record, as only an engine can): the stored event, not LEAVE.
+    const token = timerToken(rec.secret!, timerId, step);
+    await js.publish(subject, pack({ timerId, step, event: { type: 'LEAVE' }, token }));
     await client.result('sleeper', 't1', { timeoutMs: 5_000 });
     const q = await client.query('sleeper', 't1');
     expect(q.value).toBe('woke');
