@@ -26,6 +26,7 @@ import { observeWhy } from '../nats/why.js';
 import type { KeyRecord } from '../contracts/wire.js';
 import { connectNats } from '../nats/connection.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
+import { queueStatus, systemStatus, type QueueStatus, type SystemStatus } from '../nats/status.js';
 import { decodeBody, encodeBody, JSON_TYPE, unpack } from '../contracts/codec.js';
 import { withContext } from '../engine/journal.js';
 import {
@@ -67,6 +68,8 @@ export interface ClientOptions {
   prefix?: string;
   /** Request timeout (default 10 s). */
   timeoutMs?: number;
+  /** `Client.connect`: a NATS credentials file to connect with (the operator's). */
+  credsFile?: string;
 }
 
 /** Who acts and why (journaled), and an optional id that makes a repeat count once. */
@@ -83,6 +86,7 @@ export class WorkflowFailedError extends TerminalError {
 
 export class Client implements AsyncDisposable {
   private readonly names: TopologyNames;
+  private readonly prefix: string;
   private readonly timeoutMs: number;
 
   constructor(
@@ -90,14 +94,19 @@ export class Client implements AsyncDisposable {
     opts: ClientOptions = {},
     private readonly owned = false,
   ) {
-    this.names = topologyNames(opts.prefix ?? DEFAULT_PREFIX);
+    this.prefix = opts.prefix ?? DEFAULT_PREFIX;
+    this.names = topologyNames(this.prefix);
     this.timeoutMs = opts.timeoutMs ?? 10_000;
   }
 
   /** Connect a new NATS connection owned by this client. */
   static async connect(servers: string | string[], opts: ClientOptions = {}): Promise<Client> {
     const list = typeof servers === 'string' ? servers.split(',') : servers;
-    const { nc } = await connectNats(list, 'jetflow-client');
+    const { nc } = await connectNats(
+      list,
+      'jetflow-client',
+      opts.credsFile ? { credsFile: opts.credsFile } : {},
+    );
     return new Client(nc, opts, true);
   }
 
@@ -458,6 +467,19 @@ export class Client implements AsyncDisposable {
   async why(type: string, id: string): Promise<WhyReply> {
     const q = await this.query(type, id);
     return explainWhy(await observeWhy(this.nc, this.names, q));
+  }
+
+  /**
+   * Live engines, which engine holds each of the `shards` inbox shards and each shard's lag, as
+   * `jetflow status` shows them. Engines silent for over `staleAfterMs` are left out. Read-only.
+   */
+  async status(shards: number, staleAfterMs = 5_000): Promise<SystemStatus> {
+    return await systemStatus(this.nc, this.prefix, shards, staleAfterMs);
+  }
+
+  /** Activity queues: tasks waiting, in flight and the in-flight limit of each. Read-only. */
+  async queues(): Promise<QueueStatus[]> {
+    return await queueStatus(this.nc, this.prefix);
   }
 
   /** End the workflow as `canceled` (also while paused: held messages are dropped). */

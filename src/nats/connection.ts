@@ -1,5 +1,6 @@
 /** Connecting to NATS with jetflow's defaults (reconnect forever, named connection). */
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { readFileSync } from 'node:fs';
+import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import {
   jetstream,
   jetstreamManager,
@@ -20,8 +21,29 @@ export interface Connected {
   jsm: JetStreamManager;
 }
 
-export async function connectNats(servers: readonly string[], name: string): Promise<Connected> {
+/** How to authenticate (besides `user:pass@` or a token in the server URL). */
+export interface NatsAuth {
+  /** A NATS credentials file (JWT + NKey seed), as `nsc` or `jetflow auth` writes them. */
+  credsFile?: string;
+}
+
+export async function connectNats(
+  servers: readonly string[],
+  name: string,
+  auth: NatsAuth = {},
+): Promise<Connected> {
   let nc: NatsConnection;
+  let authenticator;
+  if (auth.credsFile) {
+    try {
+      authenticator = credsAuthenticator(readFileSync(auth.credsFile));
+    } catch (cause) {
+      throw new TerminalError(`cannot read the NATS credentials file ${auth.credsFile}`, {
+        code: ErrorCode.Config,
+        cause,
+      });
+    }
+  }
   try {
     // noAsyncTraces: nats.js would otherwise build an Error (with a stack) for every request as
     // async context: measured at ~23% of the engine's CPU under load. Request errors still carry
@@ -32,6 +54,7 @@ export async function connectNats(servers: readonly string[], name: string): Pro
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       noAsyncTraces: true,
+      ...(authenticator ? { authenticator } : {}),
     });
   } catch (cause) {
     throw new RetryableError(
