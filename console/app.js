@@ -75,12 +75,51 @@ async function api(path, body, raw) {
       : { method: 'POST', headers: { 'content-type': 'application/json' }, body: text },
   );
   const data = await res.json().catch(() => ({ message: `HTTP ${res.status}` }));
+  if (res.status === 401 && path !== '/login') {
+    await login();
+    return api(path, body, raw);
+  }
   if (!res.ok) {
     const err = new Error(data.message ?? `HTTP ${res.status}`);
     err.body = { status: res.status, ...data };
     throw err;
   }
   return data;
+}
+
+/** Ask for the console's access token (when it has one); the server keeps it in a cookie. */
+function login() {
+  return new Promise((done) => {
+    const token = h('input', { type: 'password', name: 'token', autocomplete: 'current-password' });
+    const err = h('p.err', { role: 'alert' });
+    const dlg = h(
+      'dialog',
+      { 'aria-label': 'Console access' },
+      h(
+        'form',
+        { method: 'dialog' },
+        h('h2', {}, 'This console needs its access token'),
+        field('Access token', token),
+        err,
+        h('div.row', {}, h('button.primary', { type: 'submit' }, 'Sign in')),
+      ),
+    );
+    document.body.append(dlg);
+    dlg.querySelector('form').addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      try {
+        await api('/login', { token: token.value });
+        dlg.close();
+        dlg.remove();
+        done();
+      } catch (e) {
+        err.textContent = e.message;
+      }
+    });
+    dlg.addEventListener('cancel', (ev) => ev.preventDefault());
+    dlg.showModal();
+    token.focus();
+  });
 }
 
 /** An SSE stream; closed when the page changes. */
@@ -106,9 +145,15 @@ function answerBox() {
         {},
         ok ? `${what}: done` : `${what} failed: ${data.code ?? 'error'} — ${data.message ?? ''}`,
       ),
-      h('pre.json', {}, json(data)),
+      h(
+        'details',
+        { open: !ok },
+        h('summary', {}, 'the server’s answer'),
+        h('pre.json', {}, json(data)),
+      ),
     );
   };
+  box.pending = (what) => box.replaceChildren(h('p', {}, `${what}: waiting for the server…`));
   return box;
 }
 
@@ -645,6 +690,7 @@ async function workflowPage(type, id) {
   const body = h('div');
   main.replaceChildren(h('h1', {}, h('span.muted', {}, `${type} / `), id), answer, body);
   const act = (what, path, req, raw) =>
+    answer.pending(what) ||
     api(`/workflows/${encodeURIComponent(type)}/${encodeURIComponent(id)}/${path}`, req, raw).then(
       (r) => (answer.show(true, what, r), void refresh()),
       (e) => answer.show(false, what, e.body ?? { message: e.message }),

@@ -100,6 +100,7 @@ export function drawChart(chart, mark) {
   const visited = withAncestors(mark.visited);
   const svg = el('svg', {
     viewBox: `0 0 ${Math.max(width, 200)} ${height}`,
+    width: Math.max(width, 200),
     class: 'chart',
     role: 'img',
     'aria-label': `statechart of ${chart.type} version ${chart.version}; current: ${mark.current.join(', ') || 'none'}`,

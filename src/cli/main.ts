@@ -590,8 +590,13 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'module exporting `workflows`: their statecharts are drawn (default: the demo workflows)',
     )
     .option('--shards <n>', 'inbox shards of the engines (default 16) [JETFLOW_SHARDS]')
+    .option(
+      '--token <token>',
+      "the console's access token (required off 127.0.0.1) [JETFLOW_CONSOLE_TOKEN]",
+    )
     .action(
       async (o: {
+        token?: string;
         natsUrl?: string;
         prefix?: string;
         port?: string;
@@ -624,14 +629,23 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
             ...(creds ? { credsFile: creds } : {}),
           },
         );
-        const server = await startConsole({
-          client,
-          registry,
-          shards,
-          port,
-          host: o.host ?? (env.JETFLOW_CONSOLE_HOST || undefined),
-          log: (line) => io.err.line(line),
-        });
+        let server;
+        try {
+          server = await startConsole({
+            client,
+            registry,
+            shards,
+            port,
+            host: o.host ?? (env.JETFLOW_CONSOLE_HOST || undefined),
+            ...((o.token ?? env.JETFLOW_CONSOLE_TOKEN)
+              ? { token: o.token ?? env.JETFLOW_CONSOLE_TOKEN }
+              : {}),
+            log: (line) => io.err.line(line),
+          });
+        } catch (err) {
+          await client.close();
+          throw err;
+        }
         io.out.line(`jetflow: console at ${server.url}`);
         await new Promise<void>((stopped) =>
           onSignals(() => {

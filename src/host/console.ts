@@ -10,12 +10,13 @@
  * repeating it with the same request id (the console sends one per form submission) is applied
  * once.
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import { Type, type Static } from '@sinclair/typebox';
 import type { Client } from '../client/index.js';
-import { ErrorCode, JetflowError } from '../errors.js';
+import { ConfigError, ErrorCode, JetflowError } from '../errors.js';
 import { toJetflowError } from '../nats/connection.js';
 import type { Registry } from '../engine/registry.js';
 import { chartOf, type Chart } from '../engine/chart.js';
@@ -34,6 +35,13 @@ export interface ConsoleOptions {
   host?: string;
   /** Port (default 8233; 0 picks a free one). */
   port?: number;
+  /**
+   * The console's own access token: when set, every `/api/` request needs it (header
+   * `Authorization: Bearer <token>`, or the cookie the page sets after `POST /api/login`).
+   * Required when `host` is not a loopback address: the console acts with the operator's NATS
+   * credentials, so whoever reaches it unauthenticated could act as the operator.
+   */
+  token?: string;
   /** How often the overview stream refreshes (default 2 s). */
   overviewEveryMs?: number;
   log?: (line: string) => void;
@@ -203,8 +211,21 @@ const MIME: Record<string, string> = {
   css: 'text/css; charset=utf-8',
 };
 
+const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
+const COOKIE = 'jetflow_console';
+const digest = (s: string) => createHash('sha256').update(s).digest();
+
 export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer> {
   const { client } = opts;
+  const host = opts.host ?? '127.0.0.1';
+  if (!opts.token && !LOOPBACK.has(host)) {
+    throw new ConfigError(
+      `the console on ${host} would let anyone who reaches it act as the operator: set a token (--token or JETFLOW_CONSOLE_TOKEN), or listen on 127.0.0.1`,
+    );
+  }
+  const expected = opts.token ? digest(opts.token) : undefined;
+  const granted = (given: string | undefined) =>
+    expected === undefined || (given !== undefined && timingSafeEqual(digest(given), expected));
   const shards = opts.shards ?? 16;
   const app = Fastify({
     logger: false,
@@ -243,6 +264,36 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
     const b = errorBody(err);
     if (b.status >= 500) opts.log?.(`console: ${b.code} ${b.message}`);
     return reply.code(b.status).send(b);
+  });
+
+  // Access: the page itself is public (it holds nothing); every API call needs the token.
+  app.addHook('onRequest', async (req, reply) => {
+    if (!req.url.startsWith('/api/') || req.url === '/api/login') return;
+    const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+    const cookie = (req.headers.cookie ?? '')
+      .split(';')
+      .map((c) => c.trim())
+      .find((c) => c.startsWith(`${COOKIE}=`))
+      ?.slice(COOKIE.length + 1);
+    if (granted(bearer) || granted(cookie ? decodeURIComponent(cookie) : undefined)) return;
+    await reply.code(401).send({
+      status: 401,
+      code: ErrorCode.Unauthorized,
+      message: 'this console needs its access token',
+    });
+  });
+  app.post('/api/login', async (req, reply) => {
+    const token = (req.body as { token?: unknown } | undefined)?.token;
+    if (typeof token !== 'string' || !granted(token))
+      return reply
+        .code(401)
+        .send({ status: 401, code: ErrorCode.Unauthorized, message: 'wrong token' });
+    return reply
+      .header(
+        'set-cookie',
+        `${COOKIE}=${encodeURIComponent(token)}; HttpOnly; SameSite=Strict; Path=/api/`,
+      )
+      .send({ ok: true });
   });
 
   for (const [url, file] of Object.entries(ASSETS)) {
@@ -413,7 +464,7 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
     });
   });
 
-  const address = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8233 });
+  const address = await app.listen({ host, port: opts.port ?? 8233 });
   opts.log?.(`jetflow: console at ${address}`);
   return {
     url: address,

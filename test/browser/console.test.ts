@@ -143,13 +143,13 @@ describe('web console in chromium', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  /** Confirm the open action dialog with a reason; returns the answer box's text. */
-  async function confirm(reason: string): Promise<string> {
+  /** Confirm the open `verb` dialog with a reason; returns the server's answer as shown. */
+  async function confirm(verb: string, reason: string): Promise<string> {
     const dialog = page.getByRole('dialog');
     await dialog.getByLabel('Reason').fill(reason);
     await dialog.getByRole('button', { name: 'Confirm' }).click();
     const answer = page.getByTestId('answer');
-    await answer.locator('p').waitFor();
+    await answer.getByText(new RegExp(`^${verb}(: done| failed)`)).waitFor();
     return (await answer.textContent()) ?? '';
   }
 
@@ -167,6 +167,11 @@ describe('web console in chromium', () => {
     const rows = page.locator('table tbody tr');
     await expect.poll(() => rows.count()).toBe(2);
     await expect.poll(() => rows.first().textContent()).toContain('review');
+    // A bulk retry on these filters counts first (a dry run changes nothing).
+    await page.getByLabel('Bulk reason').fill('bank maintenance over');
+    await page.getByRole('button', { name: 'Count (dry run)' }).click();
+    await page.getByText('Dry run: 2 workflow(s) match').waitFor();
+    expect(await page.getByRole('button', { name: 'Apply retry to 2' }).isEnabled()).toBe(true);
     await page.screenshot({ path: join(shots, 'search.png'), fullPage: true });
 
     await page.getByRole('link', { name: 'merchantPayment/m2' }).click();
@@ -184,7 +189,7 @@ describe('web console in chromium', () => {
 
     // Fail the parked call: the workflow takes its failure path and ends failed.
     await page.getByRole('button', { name: 'Fail sendToBank' }).click();
-    expect(await confirm('merchant closed their account')).toContain('fail: done');
+    expect(await confirm('fail', 'merchant closed their account')).toContain('fail: done');
     await page.getByTestId('status').getByText('failed').waitFor();
     const failedState = page.locator('svg.chart [data-state="failed"]');
     await expect.poll(() => failedState.getAttribute('class')).toMatch(/current.*failed/);
@@ -218,7 +223,7 @@ describe('web console in chromium', () => {
     bank.gate = new Promise<void>((ok) => (open = ok));
     bank.down = false;
     await page.getByRole('button', { name: 'Retry sendToBank' }).click();
-    expect(await confirm('bank is back')).toContain('retry: done');
+    expect(await confirm('retry', 'bank is back')).toContain('retry: done');
     await page.getByTestId('status').getByText('running').waitFor();
     const marker = await page.evaluate('window.marker = 1');
     open();
@@ -238,7 +243,7 @@ describe('web console in chromium', () => {
     await client.start('order', 'o1', { total: 5 });
     await page.goto(`${ui.url}/#/wf/order/o1`);
     await page.getByRole('button', { name: 'Pause' }).click();
-    expect(await confirm('checking the address')).toContain('pause: done');
+    expect(await confirm('pause', 'checking the address')).toContain('pause: done');
     await page
       .getByTestId('status')
       .getByText(/paused/)
@@ -246,7 +251,7 @@ describe('web console in chromium', () => {
     expect((await client.query('order', 'o1')).paused).toBe(true);
     await page.screenshot({ path: join(shots, 'workflow-paused.png'), fullPage: true });
     await page.getByRole('button', { name: 'Resume' }).click();
-    expect(await confirm('address ok')).toContain('resume: done');
+    expect(await confirm('resume', 'address ok')).toContain('resume: done');
     await expect.poll(async () => (await client.query('order', 'o1')).paused ?? false).toBe(false);
 
     // Signals through the form listing what it accepts now; then a reset to after PAY.
@@ -267,7 +272,7 @@ describe('web console in chromium', () => {
     for await (const e of client.historyAll('order', 'o1'))
       if (e.kind === 'step' && e.event.type === 'PAY') paySteps.push(e.step);
     await page.getByRole('button', { name: `Reset to step ${paySteps[0]}` }).click();
-    expect(await confirm('packed the wrong box')).toContain('reset: done');
+    expect(await confirm('reset', 'packed the wrong box')).toContain('reset: done');
     await page.getByTestId('state').getByText('paid').waitFor();
     expect((await client.query('order', 'o1')).value).toBe('paid');
     await page.screenshot({ path: join(shots, 'workflow-reset.png'), fullPage: true });
@@ -296,5 +301,38 @@ describe('web console in chromium', () => {
     const byType = page.getByRole('figure', { name: 'By type' });
     expect(await byType.textContent()).toMatch(/merchantPayment\s*2/);
     await page.screenshot({ path: join(shots, 'overview.png'), fullPage: true });
+  });
+
+  it('with an access token, no anonymous request can act; the page asks for it once', async () => {
+    await expect(startConsole({ client, host: '0.0.0.0', port: 0 })).rejects.toThrow(/token/);
+    const locked = await startConsole({ client, token: 's3cret', port: 0 });
+    try {
+      const anonymous = await fetch(`${locked.url}/api/workflows/order/o1/pause`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ by: 'mallory', reason: 'because' }),
+      });
+      expect(anonymous.status).toBe(401);
+      expect((await fetch(`${locked.url}/api/overview`)).status).toBe(401);
+      expect((await client.query('order', 'o1')).paused).toBeFalsy();
+      const bearer = await fetch(`${locked.url}/api/info`, {
+        headers: { authorization: 'Bearer s3cret' },
+      });
+      expect(bearer.status).toBe(200);
+
+      const context = await browser.newContext();
+      const p = await context.newPage();
+      await p.goto(`${locked.url}/#/wf/order/o1`);
+      const dialog = p.getByRole('dialog', { name: 'Console access' });
+      await dialog.getByLabel('Access token').fill('wrong');
+      await dialog.getByRole('button', { name: 'Sign in' }).click();
+      await dialog.getByText('wrong token').waitFor();
+      await dialog.getByLabel('Access token').fill('s3cret');
+      await dialog.getByRole('button', { name: 'Sign in' }).click();
+      await p.getByTestId('state').getByText('paid').waitFor();
+      await context.close();
+    } finally {
+      await locked.close();
+    }
   });
 });
