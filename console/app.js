@@ -936,6 +936,17 @@ async function workflowPage(type, id) {
           folded('context', q.context),
           folded('output', q.output),
         ),
+        data.tree
+          ? h(
+              'section.card.wide',
+              { 'aria-labelledby': 'h-tree' },
+              h('h2', { id: 'h-tree' }, 'Activity tree'),
+              data.tree.error
+                ? h('p.err', {}, data.tree.error.message)
+                : h('pre.json', { 'aria-label': 'node tree' }, data.tree.text),
+              h('p.muted', {}, 'node verbs: jetflow retry|resolve|shutdown|cancel|prune --node'),
+            )
+          : null,
         h(
           'section.card.wide',
           { 'aria-labelledby': 'h-timeline' },

@@ -355,11 +355,22 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
       query.status === 'running' || query.status === 'deferred'
         ? await settle(client.why(type, id))
         : undefined;
+    // An activity tree (its definition declares the `tree` view): the node tree as text.
+    let hasTree = false;
+    try {
+      hasTree = !!opts.registry?.get(type, query.version).views?.tree;
+    } catch {
+      hasTree = false;
+    }
+    const tree = hasTree
+      ? await settle(client.view<{ text: string }>(type, id, { view: 'tree', format: 'text' }))
+      : undefined;
     return {
       query,
       journal: Array.isArray(journal) ? { entries, truncated } : journal,
       chart: chart(type, query.version),
       ...(why ? { why } : {}),
+      ...(tree ? { tree } : {}),
     };
   });
 

@@ -125,6 +125,14 @@ describe('jetflow dev (the quick start run command)', () => {
       );
       expect(out).toMatch(/auditRows \[n\d+\] complete \(non_blocking, link activityTree\/audit-/);
       expect(out).toMatch(/activity tree audit-\S+: completed with \{"nodes":1,/);
+      // The console shows the tree's nodes with their modes and statuses.
+      const tree = /activity tree (import-\S+): completed/.exec(out)![1]!;
+      const ct = (await (
+        await fetch(`${consoleUrl}/api/workflows/activityTree/${tree}`)
+      ).json()) as {
+        tree: { text: string };
+      };
+      expect(ct.tree.text).toMatch(/\[n1\] complete \(blocking/);
       // The metrics endpoint (default 9464; any free port here) counts the demo's steps.
       const metrics = /metrics at (http:\/\/\S+)\/metrics/.exec(out)?.[1];
       expect(metrics, out).toBeDefined();
