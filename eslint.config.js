@@ -47,6 +47,30 @@ export default tseslint.config(
   },
   { files: ['**/*.mjs'], ...tseslint.configs.disableTypeChecked },
   {
+    // The console's browser code: plain ES modules, served as they are (no build step).
+    files: ['console/**/*.js'],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: {
+      parserOptions: { projectService: false, project: null },
+      globals: Object.fromEntries(
+        [
+          'document',
+          'window',
+          'location',
+          'localStorage',
+          'fetch',
+          'EventSource',
+          'Node',
+          'URLSearchParams',
+          'crypto',
+          'setTimeout',
+          'clearTimeout',
+          'console',
+        ].map((g) => [g, 'readonly']),
+      ),
+    },
+  },
+  {
     // Report formatting of loosely typed result rows.
     files: ['bench/**/*.ts'],
     rules: {

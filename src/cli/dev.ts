@@ -9,6 +9,8 @@ import { createRegistry } from '../engine/registry.js';
 import { Engine } from '../host/engine.js';
 import type { Visibility } from '../host/visibility.js';
 import type { HttpServer } from '../http/server.js';
+import type { ConsoleServer } from '../host/console.js';
+import type { Registry } from '../engine/registry.js';
 import type { Client } from '../client/index.js';
 import { repoRoot, startLocalServer } from '../host/nats-server.js';
 import { runDemo } from './demo.js';
@@ -52,11 +54,14 @@ export async function runDev(
   }
   let visibility: Promise<Visibility | undefined> | undefined;
   let http: { server: HttpServer; client: Client } | undefined;
+  let consoleUi: { server: ConsoleServer; client: Client } | undefined;
   let stopping = false;
   const abort = new AbortController();
   const stop = async () => {
     stopping = true;
     abort.abort();
+    await consoleUi?.server.close();
+    await consoleUi?.client.close();
     await http?.server.close();
     await http?.client.close();
     await (await visibility)?.close();
@@ -109,6 +114,16 @@ export async function runDev(
         },
       );
     if (v['no-http'] !== false) http = await startDevHttp(v, env, url, prefix, d.print);
+    if (v['no-console'] !== false)
+      consoleUi = await startDevConsole(
+        v,
+        env,
+        url,
+        prefix,
+        engine.config.shards,
+        registry,
+        d.print,
+      );
     await runDemo(url, engine.config.prefix, d.print);
     if (v.once || stopping) {
       await stop();
@@ -116,6 +131,8 @@ export async function runDev(
     }
     d.print('jetflow: serving; try `jetflow query order <id>` or any NATS client. Ctrl-C to stop.');
     await engine.run();
+    await consoleUi?.server.close();
+    await consoleUi?.client.close();
     await http?.server.close();
     await http?.client.close();
     await (await visibility)?.close();
@@ -146,6 +163,33 @@ async function startDevHttp(
   } catch (err) {
     await client.close();
     print(`jetflow: http ingress not available: ${String((err as Error)?.message ?? err)}`);
+    return undefined;
+  }
+}
+
+/** The web console of dev (`jetflow console`); a port already taken is reported, not fatal. */
+async function startDevConsole(
+  v: Record<string, string | boolean | undefined>,
+  env: NodeJS.ProcessEnv,
+  url: string,
+  prefix: string,
+  shards: number,
+  registry: Registry,
+  print: (line: string) => void,
+): Promise<{ server: ConsoleServer; client: Client } | undefined> {
+  const { Client } = await import('../client/index.js');
+  const { startConsole } = await import('../host/console.js');
+  const client = await Client.connect(url, { prefix });
+  try {
+    const port = Number(
+      (v['console-port'] as string | undefined) ?? (env.JETFLOW_CONSOLE_PORT || 8233),
+    );
+    const server = await startConsole({ client, registry, shards, port });
+    print(`jetflow: console at ${server.url}`);
+    return { server, client };
+  } catch (err) {
+    await client.close();
+    print(`jetflow: console not available: ${String((err as Error)?.message ?? err)}`);
     return undefined;
   }
 }

@@ -436,6 +436,11 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
       'port of the HTTP ingress on 127.0.0.1 (default 8080; 0 = any free port) [JETFLOW_HTTP_PORT]',
     )
     .option('--no-http', 'do not serve the HTTP ingress')
+    .option(
+      '--console-port <port>',
+      'port of the web console on 127.0.0.1 (default 8233; 0 = any free port) [JETFLOW_CONSOLE_PORT]',
+    )
+    .option('--no-console', 'do not serve the web console')
     .action(async (_o: unknown, cmd: Command) => {
       const v = flagValues(cmd);
       const { runDev } = await import('./dev.js');
@@ -592,6 +597,94 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         await new Promise<void>((stopped) =>
           onSignals(() => {
             void http
+              .close()
+              .then(() => client.close())
+              .finally(stopped);
+          }),
+        );
+        done(0);
+      },
+    );
+
+  program
+    .command('console')
+    .description('the web console: find, see and repair workflows in a browser')
+    .option('--nats-url <url[,url]>', 'NATS servers (default nats://127.0.0.1:4222) [NATS_URL]')
+    .option('--prefix <p>', 'subject prefix of the engines (default wf) [JETFLOW_PREFIX]')
+    .option('--port <port>', 'port to listen on (default 8233) [JETFLOW_CONSOLE_PORT]')
+    .option(
+      '--host <host>',
+      'interface to listen on (default 127.0.0.1: this machine only) [JETFLOW_CONSOLE_HOST]',
+    )
+    .option(
+      '--creds <file>',
+      "NATS credentials the console acts with (an operator's) [JETFLOW_CONSOLE_CREDS]",
+    )
+    .option(
+      '--workflows <module>',
+      'module exporting `workflows`: their statecharts are drawn (default: the demo workflows)',
+    )
+    .option('--shards <n>', 'inbox shards of the engines (default 16) [JETFLOW_SHARDS]')
+    .option(
+      '--token <token>',
+      "the console's access token (required off 127.0.0.1) [JETFLOW_CONSOLE_TOKEN]",
+    )
+    .action(
+      async (o: {
+        token?: string;
+        natsUrl?: string;
+        prefix?: string;
+        port?: string;
+        host?: string;
+        creds?: string;
+        workflows?: string;
+        shards?: string;
+      }) => {
+        const port = Number(o.port ?? (env.JETFLOW_CONSOLE_PORT || 8233));
+        if (!Number.isInteger(port) || port < 0 || port > 65535) {
+          throw new UsageError(`--port must be 0-65535, got ${String(o.port)}`);
+        }
+        const shards = Number(o.shards ?? (env.JETFLOW_SHARDS || 16));
+        if (!Number.isInteger(shards) || shards < 1) {
+          throw new UsageError(`--shards must be a positive integer, got ${String(o.shards)}`);
+        }
+        const [{ Client }, { startConsole }, { createRegistry }] = await Promise.all([
+          import('../client/index.js'),
+          import('../host/console.js'),
+          import('../engine/registry.js'),
+        ]);
+        const registry = createRegistry(
+          await loadWorkflows(o.workflows ?? (env.JETFLOW_WORKFLOWS || undefined)),
+        );
+        const creds = o.creds ?? (env.JETFLOW_CONSOLE_CREDS || undefined);
+        const client = await Client.connect(
+          o.natsUrl ?? (env.NATS_URL || 'nats://127.0.0.1:4222'),
+          {
+            prefix: o.prefix ?? (env.JETFLOW_PREFIX || undefined),
+            ...(creds ? { credsFile: creds } : {}),
+          },
+        );
+        let server;
+        try {
+          server = await startConsole({
+            client,
+            registry,
+            shards,
+            port,
+            host: o.host ?? (env.JETFLOW_CONSOLE_HOST || undefined),
+            ...((o.token ?? env.JETFLOW_CONSOLE_TOKEN)
+              ? { token: o.token ?? env.JETFLOW_CONSOLE_TOKEN }
+              : {}),
+            log: (line) => io.err.line(line),
+          });
+        } catch (err) {
+          await client.close();
+          throw err;
+        }
+        io.out.line(`jetflow: console at ${server.url}`);
+        await new Promise<void>((stopped) =>
+          onSignals(() => {
+            void server
               .close()
               .then(() => client.close())
               .finally(stopped);

@@ -24,8 +24,9 @@ import { keyTokenOf } from '../engine/admission.js';
 import { explainWhy, type WhyReply } from '../engine/why.js';
 import { observeWhy } from '../nats/why.js';
 import type { KeyRecord } from '../contracts/wire.js';
-import { connectNats } from '../nats/connection.js';
+import { connectNats, connectionOptionsFromEnv, credsFileOptions } from '../nats/connection.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
+import { queueStatus, systemStatus, type QueueStatus, type SystemStatus } from '../nats/status.js';
 import { decodeBody, encodeBody, JSON_TYPE, unpack } from '../contracts/codec.js';
 import { withContext } from '../engine/journal.js';
 import {
@@ -72,6 +73,8 @@ export interface ClientOptions {
    * (`NATS_NKEY`, `NATS_CREDS`, `NATS_USER`/`NATS_PASSWORD`, `NATS_CA`, ...).
    */
   connection?: Partial<ConnectionOptions>;
+  /** `Client.connect`: a NATS credentials file to connect with (the operator's). */
+  credsFile?: string;
 }
 
 /** Who acts and why (journaled), and an optional id that makes a repeat count once. */
@@ -88,6 +91,7 @@ export class WorkflowFailedError extends TerminalError {
 
 export class Client implements AsyncDisposable {
   private readonly names: TopologyNames;
+  private readonly prefix: string;
   private readonly timeoutMs: number;
 
   constructor(
@@ -95,14 +99,19 @@ export class Client implements AsyncDisposable {
     opts: ClientOptions = {},
     private readonly owned = false,
   ) {
-    this.names = topologyNames(opts.prefix ?? DEFAULT_PREFIX);
+    this.prefix = opts.prefix ?? DEFAULT_PREFIX;
+    this.names = topologyNames(this.prefix);
     this.timeoutMs = opts.timeoutMs ?? 10_000;
   }
 
   /** Connect a new NATS connection owned by this client. */
   static async connect(servers: string | string[], opts: ClientOptions = {}): Promise<Client> {
     const list = typeof servers === 'string' ? servers.split(',') : servers;
-    const { nc } = await connectNats(list, 'jetflow-client', opts.connection);
+    const { nc } = await connectNats(list, 'jetflow-client', {
+      ...connectionOptionsFromEnv(),
+      ...(opts.credsFile ? credsFileOptions(opts.credsFile) : {}),
+      ...opts.connection,
+    });
     return new Client(nc, opts, true);
   }
 
@@ -464,6 +473,19 @@ export class Client implements AsyncDisposable {
   async why(type: string, id: string): Promise<WhyReply> {
     const q = await this.query(type, id);
     return explainWhy(await observeWhy(this.nc, this.names, q));
+  }
+
+  /**
+   * Live engines, which engine holds each of the `shards` inbox shards and each shard's lag, as
+   * `jetflow status` shows them. Engines silent for over `staleAfterMs` are left out. Read-only.
+   */
+  async status(shards: number, staleAfterMs = 5_000): Promise<SystemStatus> {
+    return await systemStatus(this.nc, this.prefix, shards, staleAfterMs);
+  }
+
+  /** Activity queues: tasks waiting, in flight and the in-flight limit of each. Read-only. */
+  async queues(): Promise<QueueStatus[]> {
+    return await queueStatus(this.nc, this.prefix);
   }
 
   /** End the workflow as `canceled` (also while paused: held messages are dropped). */

@@ -27,6 +27,11 @@ export interface Connected {
   jsm: JetStreamManager;
 }
 
+/** Options to authenticate with a NATS credentials file (JWT + nkey seed), e.g. `--creds`. */
+export function credsFileOptions(path: string): Partial<ConnectionOptions> {
+  return { authenticator: credsAuthenticator(new Uint8Array(readFileSync(path))) };
+}
+
 /**
  * Credentials and TLS from the environment, as the `nats` CLI reads them (README, "Security"):
  * `NATS_NKEY` (a file holding a user's nkey seed, as `jetflow auth` writes it), `NATS_CREDS`

@@ -86,3 +86,36 @@ export function formatStatus(st: SystemStatus): string {
   }
   return lines.join('\n');
 }
+
+/** One activity queue: its consumer's counts and in-flight limit (the console's overview). */
+export interface QueueStatus {
+  queue: string;
+  /** Tasks waiting to be delivered. */
+  pending: number;
+  /** Delivered to a worker, not yet acknowledged. */
+  inFlight: number;
+  /** The queue's global in-flight limit (`max_ack_pending`; -1: none). */
+  limit: number;
+}
+
+/** Every activity queue of `prefix` (consumers `queue-<name>` on the tasks stream). */
+export async function queueStatus(nc: NatsConnection, prefix: string): Promise<QueueStatus[]> {
+  const names = topologyNames(prefix);
+  const jsm = await jetstreamManager(nc);
+  const out: QueueStatus[] = [];
+  const mark = names.queueConsumer('');
+  try {
+    for await (const ci of jsm.consumers.list(names.tasksStream)) {
+      if (!ci.name.startsWith(mark)) continue;
+      out.push({
+        queue: ci.name.slice(mark.length),
+        pending: ci.num_pending,
+        inFlight: ci.num_ack_pending,
+        limit: ci.config.max_ack_pending ?? -1,
+      });
+    }
+  } catch {
+    return out; // no tasks stream yet: no queues
+  }
+  return out.sort((a, b) => a.queue.localeCompare(b.queue));
+}

@@ -75,7 +75,16 @@ describe('jetflow dev (the quick start run command)', () => {
   it('starts a local nats-server, runs the demo, and stops everything on Ctrl-C', async () => {
     const child = spawn(
       process.execPath,
-      [resolve(repoRoot, 'bin/jetflow.js'), 'dev', '--http-port', '0', '--metrics-port', '0'],
+      [
+        resolve(repoRoot, 'bin/jetflow.js'),
+        'dev',
+        '--http-port',
+        '0',
+        '--metrics-port',
+        '0',
+        '--console-port',
+        '0',
+      ],
       {
         cwd: repoRoot,
         stdio: ['ignore', 'pipe', 'pipe'],
@@ -101,12 +110,29 @@ describe('jetflow dev (the quick start run command)', () => {
       const q = await fetch(`${http}/v1/workflows/order/${demo}`);
       expect(q.status).toBe(200);
       expect(await q.json()).toMatchObject({ status: 'completed', value: 'delivered' });
+      // The web console (default port 8233; any free port here) serves its page and its API.
+      const consoleUrl = /console at (http:\/\/\S+)/.exec(out)?.[1];
+      expect(consoleUrl, out).toBeDefined();
+      expect(await (await fetch(`${consoleUrl}/`)).text()).toContain('jetflow console');
+      const cq = await fetch(`${consoleUrl}/api/workflows/order/${demo}`);
+      expect(await cq.json()).toMatchObject({
+        query: { status: 'completed' },
+        chart: { type: 'order', initial: expect.any(String) as unknown },
+      });
       // The tree demo: seven nodes complete, one of them a link into the second tree.
       expect(out).toMatch(
         /activity tree import-\S+: completed with \{"nodes":7,"counts":\{"complete":7,"canceled":0\}\}/,
       );
       expect(out).toMatch(/auditRows \[n\d+\] complete \(non_blocking, link activityTree\/audit-/);
       expect(out).toMatch(/activity tree audit-\S+: completed with \{"nodes":1,/);
+      // The console shows the tree's nodes with their modes and statuses.
+      const tree = /activity tree (import-\S+): completed/.exec(out)![1]!;
+      const ct = (await (
+        await fetch(`${consoleUrl}/api/workflows/activityTree/${tree}`)
+      ).json()) as {
+        tree: { text: string };
+      };
+      expect(ct.tree.text).toMatch(/\[n1\] complete \(blocking/);
       // The metrics endpoint (default 9464; any free port here) counts the demo's steps.
       const metrics = /metrics at (http:\/\/\S+)\/metrics/.exec(out)?.[1];
       expect(metrics, out).toBeDefined();

@@ -197,11 +197,13 @@ describe('the tarball', () => {
       'dist/src/worker.d.ts',
       'dist/src/cli/main.js',
       'dist/actors/index.js',
+      'console/index.html',
+      'console/app.js',
     ]) {
       expect(paths).toContain(must);
     }
     const allowed =
-      /^(package\.json|README\.md|LICENSE|nats\.conf|bin\/jetflow\.js|scripts\/provision-nats\.sh|dist\/(src|actors)\/.+\.(js|d\.ts))$/;
+      /^(package\.json|README\.md|LICENSE|nats\.conf|bin\/jetflow\.js|scripts\/provision-(nats|chromium)\.sh|console\/(index\.html|app\.js|chart\.js|style\.css)|dist\/(src|actors)\/.+\.(js|d\.ts))$/;
     expect(paths.filter((p) => !allowed.test(p))).toEqual([]);
     expect(
       paths.filter((p) => /^(test|bench|config)\/|eslint|prettier|vitest|tsconfig/.test(p)),
