@@ -37,6 +37,25 @@ const RETRY_DEFAULTS = {
 };
 
 /** Effect handlers for `task` and `stopTask`. */
+/**
+ * The task message a stored task effect stands for, as workers get it: defaults filled in, the
+ * result subject of its workflow and, when the record has a secret, the task's proof token.
+ */
+export function taskMessageOf(
+  record: WorkflowRecord,
+  e: Extract<Effect, { kind: 'task' }>,
+  names: TopologyNames,
+): TaskMessage {
+  const task = fullTask(
+    record,
+    e.task,
+    names.subjects.inbox('result', record.type, record.id),
+    RETRY_DEFAULTS,
+  );
+  if (record.secret) task.token = taskToken(record.secret, task.taskId);
+  return task;
+}
+
 export function taskEffectHandlers(
   nc: NatsConnection,
   js: JetStreamClient,
@@ -52,13 +71,7 @@ export function taskEffectHandlers(
       h.set(Header.ContentType, MSGPACK);
       // The step's span (when traced): the worker's attempt span continues it.
       injectTrace(h);
-      const task = fullTask(
-        record,
-        e.task,
-        s.inbox('result', record.type, record.id),
-        RETRY_DEFAULTS,
-      );
-      if (record.secret) task.token = taskToken(record.secret, task.taskId);
+      const task = taskMessageOf(record, e, names);
       await js.publish(s.task(e.task.queue, e.task.taskKey), pack(task), {
         msgID: e.task.taskId,
         headers: h,

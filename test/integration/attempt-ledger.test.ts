@@ -15,10 +15,15 @@ import { createWorker, type Worker, type WorkerOptions } from '../../src/worker/
 import { activity } from '../../src/engine/activity.js';
 import { defineWorkflow } from '../../src/engine/registry.js';
 import { ensureTopology, topologyNames } from '../../src/nats/topology.js';
-import { taskEffectHandlers } from '../../src/nats/tasks.js';
+import { taskEffectHandlers, taskMessageOf } from '../../src/nats/tasks.js';
 import { attemptKey, fromAttemptsBucket } from '../../src/nats/attempts.js';
 import { MSGPACK, pack, unpack } from '../../src/contracts/codec.js';
-import { Header, type Effect, type WorkflowRecord } from '../../src/contracts/wire.js';
+import {
+  Header,
+  type Effect,
+  type TaskMessage,
+  type WorkflowRecord,
+} from '../../src/contracts/wire.js';
 import { ENGINE_DEFAULTS } from '../../src/config.js';
 import type { Logger } from '../../src/engine/ports.js';
 import type { Engine } from '../../src/host/engine.js';
@@ -137,13 +142,19 @@ async function setup() {
       return (await jsm.streams.info(names.tasksStream)).state.messages;
     },
     /** The task effect of the workflow's stored outbox (what a re-performed outbox publishes). */
-    async taskEffect(type: string, id: string): Promise<Extract<Effect, { kind: 'task' }>> {
+    /** The workflow's queued task effect, its record, and the task message workers get. */
+    async taskEffect(
+      type: string,
+      id: string,
+    ): Promise<
+      Extract<Effect, { kind: 'task' }> & { record: WorkflowRecord; message: TaskMessage }
+    > {
       const kv = await new Kvm(env.nc).open(names.bucket);
       const e = await kv.get(`${type}.${id}`);
       const record = unpack(e!.value) as WorkflowRecord;
       const task = record.outbox.find((x) => x.kind === 'task');
       if (task?.kind !== 'task') throw new Error(`no task in the outbox of ${type}/${id}`);
-      return task;
+      return { ...task, record, message: taskMessageOf(record, task, names) };
     },
     async close() {
       await Promise.all(workers.map((w) => w.close()));
@@ -163,7 +174,7 @@ describe('the attempt ledger: one attempt number runs at most once', () => {
       // again, once the tasks stream's dedup window (1 s here) has passed: same body, same msg id.
       await sleep(1_500);
       const nats = taskEffectHandlers(env.nc, t.js, t.jsm, t.names, quietLogger);
-      await nats.task({} as WorkflowRecord, effect, effect.task.taskId);
+      await nats.task(effect.record, effect, effect.task.taskId);
       expect(await t.queued()).toBe(2); // the server took the copy: the task is queued twice
 
       const w = await t.worker({
@@ -199,7 +210,7 @@ describe('the attempt ledger: one attempt number runs at most once', () => {
       const h = headers();
       h.set(Header.ContentType, MSGPACK);
       h.set(Header.Attempt, '2');
-      await t.js.publish(subject, pack(effect.task), { headers: h });
+      await t.js.publish(subject, pack(effect.message), { headers: h });
       const w = await t.worker({
         queues: ['bank'],
         activities: {
@@ -215,7 +226,7 @@ describe('the attempt ledger: one attempt number runs at most once', () => {
       // The outbox performed again after the dedup window: a second copy, attempt 1 (no header).
       await sleep(1_500);
       const nats = taskEffectHandlers(env.nc, t.js, t.jsm, t.names, quietLogger);
-      await nats.task({} as WorkflowRecord, effect, effect.task.taskId);
+      await nats.task(effect.record, effect, effect.task.taskId);
       expect(await until(async () => (await t.queued()) === 0)).toBe(true);
       expect(Object.fromEntries(t.runs)).toEqual({ [`${effect.task.taskId}#2`]: 1 });
       expect(w.stats).toMatchObject({ started: 1, succeeded: 1, duplicates: 1 });
@@ -246,9 +257,13 @@ describe('the attempt ledger: one attempt number runs at most once', () => {
       const h = headers();
       h.set(Header.ContentType, MSGPACK);
       h.set(Header.Attempt, '2');
-      await t.js.publish(t.names.subjects.task('ledger', effect.task.taskKey), pack(effect.task), {
-        headers: h,
-      });
+      await t.js.publish(
+        t.names.subjects.task('ledger', effect.task.taskKey),
+        pack(effect.message),
+        {
+          headers: h,
+        },
+      );
       expect(await t.client.result('retried', 'r1', { timeoutMs: 15_000 })).toEqual({
         attempt: 2,
       });
