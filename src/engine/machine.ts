@@ -3,6 +3,7 @@
  * snapshot and the actions, and actions become {@link Effect}s the engine performs durably.
  */
 import {
+  createActor,
   createEmptyActor,
   type AnyMachineSnapshot,
   type AnyStateMachine,
@@ -52,8 +53,12 @@ export function start(
 export function restore(machine: AnyStateMachine, persisted: unknown): AnyMachineSnapshot {
   try {
     return machine.restoreSnapshot(persisted as never, pureScope());
-  } catch (error) {
-    return { status: 'error', output: undefined, error } as unknown as AnyMachineSnapshot;
+  } catch {
+    // Whatever XState's actor makes of it (an error snapshot, or for no snapshot at all — a
+    // workflow deferred before its machine started — the initial one): the slow path, as before.
+    return createActor(machine, {
+      snapshot: persisted as never,
+    }).getSnapshot() as AnyMachineSnapshot;
   }
 }
 
