@@ -209,12 +209,13 @@ describe('the tarball', () => {
       paths.filter((p) => /^(test|bench|config)\/|eslint|prettier|vitest|tsconfig/.test(p)),
     ).toEqual([]);
     // A guard against shipping something by accident (only the paths above are allowed). At
-    // 435 KiB packed / 1,572 KiB unpacked: README 259 KiB, dist/src/engine 364 KiB, nats 230 KiB,
-    // cli 150 KiB, host 128 KiB, the activity-tree actors 73 KiB; the latest growth is metrics and
-    // traces, batches, triggers and webhooks, verify/test-gen/check, debounce, rate limits and
-    // `why` (code and their README parts).
-    expect(packed.size).toBeLessThan(500 * 1024);
-    expect(packed.unpackedSize).toBeLessThan(1800 * 1024);
+    // 522 KiB packed / 1,888 KiB unpacked (2026-12-02): dist/src/engine 402 KiB, README 311 KiB,
+    // nats 263 KiB, host 178 KiB, cli 165 KiB, contracts 118 KiB, the activity-tree actors
+    // 73 KiB, the console's browser app 45 KiB. Raised from 500 / 1,800 KiB by this session's
+    // features: the console, security (auth, proofs, TLS), the TypeBox wire schemas, migrate
+    // apply/revert, activity concurrency keys and the batch jobs (code and README parts).
+    expect(packed.size).toBeLessThan(600 * 1024);
+    expect(packed.unpackedSize).toBeLessThan(2200 * 1024);
   });
 
   it('installs without devDependencies: no tsx, no typescript, no .ts file but .d.ts', () => {
