@@ -40,6 +40,8 @@ describe('request shim', () => {
     // As jetflow's own connections are made (src/nats/connection.ts): no async trace per request.
     const nc = await connect({ servers: env.server.url, noAsyncTraces: true });
     const sub = env.nc.subscribe('shim.echo', { callback: (_e, m) => void m.respond(m.data) });
+    // The responder's interest reaches the server before the other connection asks.
+    await env.nc.flush();
     const built = await countRequestErrors(async () => {
       for (let i = 0; i < 50; i++) {
         const r = await nc.request('shim.echo', new Uint8Array([i]), { timeout: 5_000 });
@@ -57,6 +59,7 @@ describe('request shim', () => {
     expect((err as { isNoResponders(): boolean }).isNoResponders()).toBe(true);
     // A request nobody answers in time: a TimeoutError.
     const quiet = env.nc.subscribe('shim.quiet', { callback: () => undefined });
+    await env.nc.flush();
     const late = await env.nc.request('shim.quiet', new Uint8Array(), { timeout: 200 }).then(
       () => undefined,
       (e: unknown) => e,

@@ -11,7 +11,15 @@ const sortKeys = (v: unknown): unknown => {
   if (Array.isArray(v)) return v.map(sortKeys);
   if (v && typeof v === 'object') {
     const out: Record<string, unknown> = {};
-    for (const k of Object.keys(v).sort()) out[k] = sortKeys((v as Record<string, unknown>)[k]);
+    // defineProperty, not assignment: an own "__proto__" key stays a key (assigned, it would set
+    // the copy's prototype and vanish from the text), as canonical() keeps it.
+    for (const k of Object.keys(v).sort())
+      Object.defineProperty(out, k, {
+        value: sortKeys((v as Record<string, unknown>)[k]),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
     return out;
   }
   return v;
@@ -39,6 +47,12 @@ describe('canonical', () => {
       ),
       { numRuns: 3_000 },
     );
+  });
+
+  it('keeps an own "__proto__" key (found by fast-check: [{"":{"__proto__":0}}])', () => {
+    const v = JSON.parse('[{"":{"__proto__":0}}]') as unknown;
+    expect(canonical(v)).toBe('[{"":{"__proto__":0}}]');
+    expect(canonical(v)).toBe(reference(v));
   });
 
   it('orders index-like keys as a copy would', () => {
