@@ -10,6 +10,7 @@
  * repeating it with the same request id (the console sends one per form submission) is applied
  * once.
  */
+import { httpStatusOf } from '../http/status.js';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -87,24 +88,6 @@ const VerbParams = Type.Object({
   verb: Type.Union(VERBS.map((v) => Type.Literal(v))),
 });
 
-const STATUS_OF: Partial<Record<string, number>> = {
-  [ErrorCode.BadRequest]: 400,
-  [ErrorCode.MalformedBody]: 400,
-  [ErrorCode.UnknownType]: 404,
-  [ErrorCode.UnknownVersion]: 404,
-  [ErrorCode.NotFound]: 404,
-  [ErrorCode.EventNotAccepted]: 409,
-  [ErrorCode.GuardRejected]: 409,
-  [ErrorCode.AlreadyFinished]: 409,
-  [ErrorCode.InvalidState]: 409,
-  [ErrorCode.Conflict]: 409,
-  [ErrorCode.Paused]: 409,
-  [ErrorCode.PayloadTooLarge]: 413,
-  [ErrorCode.Unauthorized]: 403,
-  [ErrorCode.Timeout]: 503,
-  [ErrorCode.Unavailable]: 503,
-};
-
 /** An error as the browser sees it: `{ status, code, message, details? }`. */
 export function errorBody(err: unknown): {
   status: number;
@@ -123,7 +106,7 @@ export function errorBody(err: unknown): {
       message: 'nothing answered (no engine or visibility replica running)',
     };
   const j = err instanceof JetflowError ? err : toJetflowError(err);
-  const status = STATUS_OF[j.code] ?? (j.name === 'RetryableError' ? 503 : 500);
+  const { status } = httpStatusOf(j);
   return {
     status,
     code: j.code,

@@ -12,6 +12,7 @@
  * instance}` with `code` the NATS reply's error code, plus `accepts` for an event the workflow
  * cannot take now.
  */
+import { httpStatusOf } from './status.js';
 import { createHash } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
@@ -221,23 +222,6 @@ const ROUTES = {
 
 // ---- Errors ---------------------------------------------------------------------------------
 
-const STATUS_OF: Partial<Record<ErrorCode, number>> = {
-  [ErrorCode.BadRequest]: 400,
-  [ErrorCode.MalformedBody]: 400,
-  [ErrorCode.UnknownType]: 404,
-  [ErrorCode.UnknownVersion]: 404,
-  [ErrorCode.NotFound]: 404,
-  [ErrorCode.EventNotAccepted]: 409,
-  [ErrorCode.GuardRejected]: 409,
-  [ErrorCode.AlreadyFinished]: 409,
-  [ErrorCode.InvalidState]: 409,
-  [ErrorCode.Conflict]: 409,
-  [ErrorCode.Paused]: 409,
-  [ErrorCode.PayloadTooLarge]: 413,
-  [ErrorCode.Timeout]: 503,
-  [ErrorCode.Unavailable]: 503,
-};
-
 const TITLES: Record<number, string> = {
   400: 'Bad Request',
   401: 'Unauthorized',
@@ -282,9 +266,7 @@ function problemOf(err: unknown): ProblemBody {
     return problem(503, ErrorCode.Unavailable, 'no engine is answering for this workflow type');
   }
   const j = err instanceof JetflowError ? err : toJetflowError(err);
-  const known = STATUS_OF[j.code];
-  // Anything not classified that is retryable (a closed or reconnecting connection) is 503.
-  const status = known ?? (j.name === 'RetryableError' ? 503 : 500);
+  const { status, known } = httpStatusOf(j);
   const code = known || status === 500 ? j.code : ErrorCode.Unavailable;
   const details = j.details as { accepts?: unknown } | undefined;
   const accepts = Array.isArray(details?.accepts) ? (details.accepts as string[]) : undefined;
