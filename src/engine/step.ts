@@ -1542,18 +1542,7 @@ export function decide(
   const mark = inboundKey(message);
   if (mark && atOrBelow(mark.step, mark.index, stored.inbound?.[mark.key])) {
     // A trigger is told that it was a duplicate (its ledger says so).
-    if (message.kind === 'signal' && message.trigger)
-      return {
-        kind: 'noop',
-        reply: {
-          id,
-          type,
-          step: stored.step,
-          status: stored.status,
-          value: (stored.snapshot as { value?: unknown } | undefined)?.value,
-          duplicate: true,
-        },
-      };
+    if (message.kind === 'signal' && message.trigger) return duplicateOf(stored, id, type);
     return {
       kind: 'ignore',
       reason: `repeat of send ${mark.key} [${mark.step}, ${mark.index}] (watermark [${stored.inbound?.[mark.key]?.join(', ')}])`,
@@ -1565,19 +1554,7 @@ export function decide(
     (message.kind === 'signal' || message.kind === 'cancel') && message.msgId !== undefined
       ? msgIdKey(message.kind, message.msgId)
       : undefined;
-  if (msgKey !== undefined && stored.msgIds?.includes(msgKey)) {
-    return {
-      kind: 'noop',
-      reply: {
-        id,
-        type,
-        step: stored.step,
-        status: stored.status,
-        value: (stored.snapshot as { value?: unknown } | undefined)?.value,
-        duplicate: true,
-      },
-    };
-  }
+  if (msgKey !== undefined && stored.msgIds?.includes(msgKey)) return duplicateOf(stored, id, type);
   const msgIds = remember(stored.msgIds, msgKey, ctx.msgIdMemory ?? MSG_ID_MEMORY);
   const memory: { msgIds?: string[]; requestIds?: string[] } = msgIds.length > 0 ? { msgIds } : {};
 
@@ -2249,6 +2226,21 @@ function adminReply(
     paused: rec.paused !== undefined,
     changed,
     ...(duplicate ? { duplicate: true } : {}),
+  };
+}
+
+/** A message the record shows was applied already: answered as a duplicate, nothing stored. */
+function duplicateOf(stored: WorkflowRecord, id: string, type: string): Decision {
+  return {
+    kind: 'noop',
+    reply: {
+      id,
+      type,
+      step: stored.step,
+      status: stored.status,
+      value: (stored.snapshot as { value?: unknown } | undefined)?.value,
+      duplicate: true,
+    },
   };
 }
 
