@@ -52,11 +52,17 @@ describe('harness: 3-node cluster', () => {
     const jsm = await jetstreamManager(nc);
     await jsm.streams.add({ name: 'R3', subjects: ['r3.>'], num_replicas: 3 });
     const js = jetstream(nc);
-    for (let i = 0; i < 10; i++) await js.publish('r3.x', `m${i}`);
-
-    // Kill the node that leads the stream: the harder case.
+    // The first writes go to the stream leader's own server: the stream's subject interest is
+    // there as soon as the stream is created, while another node may learn it a moment later
+    // over the route (a publish there then has no responders).
     const leader = (await jsm.streams.info('R3')).cluster?.leader;
     const victim = cluster.servers.find((s) => s.name === leader) ?? cluster.servers[0]!;
+    const atLeader = await connect({ servers: victim.url });
+    const jsLeader = jetstream(atLeader);
+    for (let i = 0; i < 10; i++) await jsLeader.publish('r3.x', `m${i}`);
+    await atLeader.close();
+
+    // Kill the node that leads the stream: the harder case.
     await victim.kill();
 
     // Writes resume once a new leader is elected; the client reconnects on its own.
