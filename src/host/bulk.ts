@@ -22,14 +22,7 @@ import type { BatchJobSpec, BulkProgress, BulkReply } from '../contracts/bulk.js
 import type { BatchItem, BatchMeta } from '../contracts/batch.js';
 import type { SearchReply } from '../contracts/search.js';
 import type { AdminRequest } from '../contracts/wire.js';
-import {
-  BulkCursor,
-  bulkRequestId,
-  needsActor,
-  parseBulkRequest,
-  RateLimiter,
-  type BulkOutcome,
-} from '../engine/bulk.js';
+import { bulkRequestId, needsActor, parseBulkRequest, type BulkOutcome } from '../engine/bulk.js';
 import type { Logger } from '../engine/ports.js';
 import {
   BadRequestError,
@@ -39,7 +32,6 @@ import {
   RetryableError,
 } from '../errors.js';
 import {
-  BULK_CHUNK,
   openBulkStore,
   progressOf,
   publishProgress,
@@ -48,6 +40,7 @@ import {
   type BulkStore,
 } from '../nats/bulk.js';
 import type { TopologyNames } from '../nats/topology.js';
+import { runItemJob } from './job-loop.js';
 
 /**
  * What a runner needs to run jobs over a batch's ledger (the engines' `BatchService`): the walk,
@@ -366,126 +359,28 @@ export class BulkRunner {
     });
   }
 
-  /** Act on the job's workflows from its cursor on; checkpoint; finish. */
+  /** Act on the job's workflows from its cursor on; checkpoint; finish (`runItemJob`). */
   private async execute(
     job: BulkJob,
     startRevision: number,
     stopping: () => boolean,
     onWake: (w: () => void) => void,
   ): Promise<void> {
-    const { jobId } = job;
-    const req = job.request;
-    let revision = startRevision;
-    let fenced = false;
-    const cur = new BulkCursor({ ...job.counters }, [...job.failures]);
-    const limiter = new RateLimiter(req.ratePerSec, Date.now);
-    const concurrency = Math.max(1, Math.min(64, Math.ceil(req.ratePerSec / 2)));
-    const chunks = new Map<number, Promise<[string, string][]>>();
-    const itemAt = async (i: number) => {
-      const n = Math.floor(i / BULK_CHUNK);
-      let c = chunks.get(n);
-      if (!c) {
-        c = this.store.chunk(jobId, n);
-        chunks.set(n, c);
-        chunks.delete(n - 2);
-      }
-      return (await c)[i % BULK_CHUNK]!;
-    };
-
-    // Checkpoints are written one at a time, each a compare-and-set on the last revision.
-    const write = async (state: BulkJob['state']): Promise<boolean> => {
-      if (fenced) return false;
-      const failures = cur.takeFailures();
-      const now = iso();
-      const next: BulkJob = {
-        ...job,
-        state,
-        counters: { ...cur.counters },
-        failures: [...cur.kept],
-        owner: this.o.owner,
-        updatedAt: now,
-        ...(state !== 'running' ? { finishedAt: now } : {}),
-      };
-      if (state !== 'running') delete next.owner;
-      try {
-        revision = await this.store.update(next, revision);
-      } catch (err) {
-        cur.restoreFailures(failures);
-        const latest = await this.store.get(jobId).catch(() => undefined);
-        if (latest && latest.revision !== revision) {
-          fenced = true; // canceled, or claimed by another runner: stop here
-          this.o.logger.warn(
-            { jobId, state: latest.job.state, owner: latest.job.owner ?? null },
-            'bulk job taken over or canceled; stopping',
-          );
-          return false;
-        }
-        this.o.logger.warn({ err, jobId }, 'bulk checkpoint not stored; retrying');
-        return false;
-      }
-      publishProgress(this.o.nc, this.o.names, progressOf(next, failures));
-      return true;
-    };
-    let writing: Promise<unknown> = Promise.resolve();
-    const checkpoint = () => {
-      writing = writing.then(() => write('running'));
-    };
-    const ticker = setInterval(checkpoint, this.o.checkpointMs);
-
-    let inflight = 0;
-    let slot: (() => void) | undefined;
-    const free = () => {
-      const s = slot;
-      slot = undefined;
-      s?.();
-    };
-    onWake(free);
-    const tasks = new Set<Promise<void>>();
-    try {
-      for (let i = cur.cursor; i < cur.counters.matched; i++) {
-        while (inflight >= concurrency && !stopping() && !fenced) {
-          await new Promise<void>((ok) => (slot = ok));
-        }
-        for (let wait = limiter.take(); wait > 0 && !stopping() && !fenced; wait = limiter.take()) {
-          await sleep(wait);
-        }
-        if (stopping() || fenced) break;
-        const [type, id] = await itemAt(i);
-        inflight++;
-        const index = i;
-        const t = this.act(jobId, req, type, id).then((outcome) => {
-          cur.finish(index, type, id, outcome);
-          inflight--;
-          free();
-        });
-        tasks.add(t);
-        void t.finally(() => tasks.delete(t));
-      }
-      await Promise.allSettled([...tasks]);
-    } finally {
-      clearInterval(ticker);
-    }
-    await writing;
-    if (fenced) return;
-    if (stopping() || cur.cursor < cur.counters.matched) {
-      // Stopped here (shutdown): store the cursor and release the job for any runner.
-      const released = await write('running');
-      if (released) {
-        const got = await this.store.get(jobId);
-        if (got && got.job.owner === this.o.owner) {
-          const free: BulkJob = { ...got.job };
-          delete free.owner;
-          await this.store.update(free, got.revision).catch(() => undefined);
-        }
-      }
-      return;
-    }
-    for (let i = 0; i < 5 && !(await write('completed')); i++) {
-      if (fenced) return;
-      await sleep(200);
-    }
-    await this.store.dropIds(jobId, job.chunks);
-    this.o.logger.info({ jobId, ...cur.counters }, 'bulk job completed');
+    const { end, counters } = await runItemJob({
+      job,
+      revision: startRevision,
+      store: this.store,
+      owner: this.o.owner,
+      checkpointMs: this.o.checkpointMs,
+      logger: this.o.logger,
+      label: 'bulk job',
+      act: (type, id) => this.act(job.jobId, job.request, type, id),
+      stopping,
+      onWake,
+      onCheckpoint: (p) => publishProgress(this.o.nc, this.o.names, p),
+    });
+    if (end === 'completed')
+      this.o.logger.info({ jobId: job.jobId, ...counters }, 'bulk job completed');
   }
 
   /** Look for jobs to claim now (a job was just stored here). */

@@ -21,7 +21,7 @@ import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { Client } from '../client/index.js';
 import type { BulkFailure, BulkProgress, MigrationJobSpec } from '../contracts/bulk.js';
 import type { AdminRequest, WorkflowRecord } from '../contracts/wire.js';
-import { BulkCursor, RateLimiter, type BulkOutcome } from '../engine/bulk.js';
+import type { BulkOutcome } from '../engine/bulk.js';
 import {
   checkSnapshot,
   invertStates,
@@ -31,8 +31,9 @@ import {
 import type { Logger } from '../engine/ports.js';
 import type { WorkflowDefinition } from '../engine/registry.js';
 import { BadRequestError, ConfigError, ErrorCode, JetflowError } from '../errors.js';
-import { BULK_CHUNK, progressOf, publishProgress, type BulkJob } from '../nats/bulk.js';
+import { publishProgress, type BulkJob } from '../nats/bulk.js';
 import { connectNats } from '../nats/connection.js';
+import { runItemJob } from './job-loop.js';
 import { openMigrationPorts, type MigrationPorts } from '../nats/migrate.js';
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 
@@ -293,121 +294,29 @@ export class MigrationRunner {
 
   /** Run a held job from its cursor to its end (or a stop); resolves with its last progress. */
   async run(job: BulkJob, startRevision: number): Promise<BulkProgress> {
-    const { jobId } = job;
-    const req = job.request;
-    const spec = req.migration!;
-    let revision = startRevision;
-    let fenced = false;
-    let last = progressOf(job, []);
-    const cur = new BulkCursor({ ...job.counters }, [...job.failures]);
-    const limiter = new RateLimiter(req.ratePerSec, Date.now);
-    const concurrency = Math.max(1, Math.min(64, Math.ceil(req.ratePerSec / 2)));
-    const chunks = new Map<number, Promise<[string, string][]>>();
-    const itemAt = async (i: number) => {
-      const n = Math.floor(i / BULK_CHUNK);
-      let c = chunks.get(n);
-      if (!c) {
-        c = this.ports.jobs.chunk(jobId, n);
-        chunks.set(n, c);
-        chunks.delete(n - 2);
-      }
-      return (await c)[i % BULK_CHUNK]!;
-    };
-    const write = async (state: BulkJob['state']): Promise<boolean> => {
-      if (fenced) return false;
-      const failures = cur.takeFailures();
-      const now = iso();
-      const next: BulkJob = {
-        ...job,
-        state,
-        counters: { ...cur.counters },
-        failures: [...cur.kept],
-        owner: this.o.owner,
-        updatedAt: now,
-        ...(state !== 'running' ? { finishedAt: now } : {}),
-      };
-      if (state !== 'running') delete next.owner;
-      try {
-        revision = await this.ports.jobs.update(next, revision);
-      } catch (err) {
-        cur.restoreFailures(failures);
-        const latest = await this.ports.jobs.get(jobId).catch(() => undefined);
-        if (latest && latest.revision !== revision) {
-          fenced = true; // canceled, or resumed by another runner: stop here
-          this.o.logger.warn(
-            { jobId, state: latest.job.state, owner: latest.job.owner ?? null },
-            'migration job taken over or canceled; stopping',
-          );
-          last = progressOf(latest.job, []);
-          return false;
-        }
-        this.o.logger.warn({ err, jobId }, 'migration checkpoint not stored; retrying');
-        return false;
-      }
-      last = progressOf(next, failures);
-      publishProgress(this.o.nc, this.o.names, last);
-      this.o.onProgress?.(last, failures);
-      return true;
-    };
-    let writing: Promise<unknown> = Promise.resolve();
-    const ticker = setInterval(() => {
-      writing = writing.then(() => write('running'));
-    }, this.o.checkpointMs);
-
-    let inflight = 0;
-    let slot: (() => void) | undefined;
-    const free = () => {
-      const s = slot;
-      slot = undefined;
-      s?.();
-    };
-    this.wake = free;
-    const stopping = () => this.stopped || fenced;
-    const tasks = new Set<Promise<void>>();
-    try {
-      for (let i = cur.cursor; i < cur.counters.matched; i++) {
-        while (inflight >= concurrency && !stopping()) {
-          await new Promise<void>((ok) => (slot = ok));
-        }
-        for (let wait = limiter.take(); wait > 0 && !stopping(); wait = limiter.take()) {
-          await sleep(wait);
-        }
-        if (stopping()) break;
-        const [type, id] = await itemAt(i);
-        inflight++;
-        const index = i;
-        const t = this.moveOne(jobId, req, spec, type, id).then((outcome) => {
-          cur.finish(index, type, id, outcome);
-          inflight--;
-          free();
-        });
-        tasks.add(t);
-        void t.finally(() => tasks.delete(t));
-      }
-      await Promise.allSettled([...tasks]);
-    } finally {
-      clearInterval(ticker);
+    const spec = job.request.migration!;
+    const { end, last, counters } = await runItemJob({
+      job,
+      revision: startRevision,
+      store: this.ports.jobs,
+      owner: this.o.owner,
+      checkpointMs: this.o.checkpointMs,
+      logger: this.o.logger,
+      label: 'migration job',
+      act: (type, id) => this.moveOne(job.jobId, job.request, spec, type, id),
+      stopping: () => this.stopped,
+      onWake: (w) => (this.wake = w),
+      onCheckpoint: (p, fresh) => {
+        publishProgress(this.o.nc, this.o.names, p);
+        this.o.onProgress?.(p, fresh);
+      },
+    });
+    if (end === 'completed') {
+      this.o.logger.info(
+        { jobId: job.jobId, ...counters, ...this.stats },
+        'migration job completed',
+      );
     }
-    await writing;
-    if (fenced) return last;
-    if (cur.cursor < cur.counters.matched) {
-      // Stopped: store the cursor and release the job (`--resume` goes on from it at once).
-      if (await write('running')) {
-        const got = await this.ports.jobs.get(jobId);
-        if (got && got.job.owner === this.o.owner) {
-          const released: BulkJob = { ...got.job };
-          delete released.owner;
-          await this.ports.jobs.update(released, got.revision).catch(() => undefined);
-        }
-      }
-      return last;
-    }
-    for (let i = 0; i < 5 && !(await write('completed')); i++) {
-      if (fenced) return last;
-      await sleep(200);
-    }
-    await this.ports.jobs.dropIds(jobId, job.chunks);
-    this.o.logger.info({ jobId, ...cur.counters, ...this.stats }, 'migration job completed');
     return last;
   }
 
