@@ -166,12 +166,12 @@ describe('manual review (onExhausted: review)', () => {
 
       // fail: the machine's error path, with the parked error.
       const failed = await client.fail('rpayment', 'r3', 'bank', { ...who, requestId: 'q-r3' });
-      expect(failed).toMatchObject({ action: 'fail', value: 'failed', status: 'completed' });
+      expect(failed).toMatchObject({ action: 'fail', value: 'failed', status: 'failed' });
       const q3 = await client.query('rpayment', 'r3');
       const dup3 = await client.fail('rpayment', 'r3', 'bank', { ...who, requestId: 'q-r3' });
       expect(dup3.duplicate).toBe(true);
       expect((await client.query('rpayment', 'r3')).step).toBe(q3.step);
-      expect(q3.output).toMatchObject({ error: { type: 'BankDown', message: 'bank unreachable' } });
+      expect(q3.error).toMatchObject({ type: 'BankDown', message: 'bank unreachable' });
       expect(bank.calls[3]).toBeUndefined();
 
       // The journal: contiguous steps, the operator actions with who, why and the request id.
@@ -203,8 +203,11 @@ describe('reset', () => {
       const { client } = t;
       await client.start('fpayment', 'f1', { amount: 10 });
       await client.signal('fpayment', 'f1', { type: 'GO' });
-      const out = await client.result<{ error: { type: string } }>('fpayment', 'f1');
-      expect(out.error.type).toBe('BankDown');
+      // The failure path ends in a final state tagged `failed`: the workflow's status is failed.
+      await expect(client.result('fpayment', 'f1')).rejects.toMatchObject({
+        name: 'WorkflowFailedError',
+        details: { type: 'BankDown' },
+      });
       const run1 = steps(await t.history('fpayment', 'f1'));
       const before = run1.find((e) => e.to.paths.includes('charging'))!;
       expect(before.step).toBe(1);
@@ -218,7 +221,7 @@ describe('reset', () => {
         status: 'running',
         value: 'charging',
         step: failedAt + 1,
-        changed: { toStep: 1, from: { status: 'completed', value: 'failed' } },
+        changed: { toStep: 1, from: { status: 'failed', value: 'failed' } },
       });
       expect((reset.changed.dispatched as string[]).length).toBe(1);
       // During the second run: a signal sent twice with one msg id, and the reset repeated.
@@ -254,8 +257,8 @@ describe('reset', () => {
       );
       expect(tasks).toHaveLength(2);
       expect(tasks[0]).not.toBe(tasks[1]);
+      expect(all.filter((e) => e.status === 'failed').map((e) => e.to.paths)).toEqual([['failed']]);
       expect(all.filter((e) => e.status === 'completed').map((e) => e.to.paths)).toEqual([
-        ['failed'],
         ['paid'],
       ]);
 
