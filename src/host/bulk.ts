@@ -121,6 +121,8 @@ export class BulkRunner {
   private readonly running = new Map<string, Running>();
   /** Last revision seen of each job not held here, and when it was first seen (local clock). */
   private readonly seen = new Map<string, { revision: number; since: number }>();
+  /** Jobs seen in an end state (a job never runs again once ended): not read again by scans. */
+  private readonly ended = new Set<string>();
   private scanner: NodeJS.Timeout | undefined;
   private scanning: Promise<void> = Promise.resolve();
   private responder: { stop(): Promise<void> } | undefined;
@@ -292,10 +294,13 @@ export class BulkRunner {
     try {
       const now = Date.now();
       const ids = await this.store.jobIds();
+      const listed = new Set(ids);
+      for (const jobId of this.ended) if (!listed.has(jobId)) this.ended.delete(jobId);
       for (const jobId of ids) {
         if (this.stopped) return;
-        if (this.running.has(jobId)) continue;
+        if (this.running.has(jobId) || this.ended.has(jobId)) continue;
         const got = await this.store.get(jobId);
+        if (got && got.job.state !== 'running') this.ended.add(jobId);
         // A migration job is run by the `jetflow migrate` command that holds it (it has the
         // definitions and the map): never claimed here.
         if (!got || got.job.state !== 'running' || got.job.request.migration) {
