@@ -25,6 +25,7 @@ import type { JournalEntry } from '../contracts/wire.js';
 import type { SearchRequest } from '../contracts/search.js';
 import type { BulkRequest } from '../contracts/bulk.js';
 import { repoRoot, packageVersion } from './package-root.js';
+import { ENGINE_DEFAULTS } from '../config.js';
 
 export interface ConsoleOptions {
   client: Client;
@@ -32,6 +33,12 @@ export interface ConsoleOptions {
   registry?: Registry;
   /** Inbox shards of the engines (for the overview's shard table; default 16). */
   shards?: number;
+  /**
+   * The engines' `failoverMs` (default 10 s, the engines' default): an engine silent for half of
+   * it is left out of the overview, as the other engines leave it out, so that its shards show
+   * their new holders as soon as they moved (`jetflow status` counts the same way).
+   */
+  failoverMs?: number;
   /** Interface to listen on (default 127.0.0.1). */
   host?: string;
   /** Port (default 8233; 0 picks a free one). */
@@ -304,7 +311,7 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
   const overview = async () => {
     const [counts, status, queues, failures, review] = await Promise.all([
       settle(client.searchCounts()),
-      settle(client.status(shards)),
+      settle(client.status(shards, (opts.failoverMs ?? ENGINE_DEFAULTS.failoverMs) / 2)),
       settle(client.queues()),
       settle(client.search({ status: 'failed', limit: 10 })),
       settle(client.search({ needsReview: true, limit: 10 })),
