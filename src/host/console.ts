@@ -78,6 +78,8 @@ const ActionBody = Type.Object(
     ),
     toStep: Type.Optional(Type.Integer({ minimum: 0 })),
     nodeId: Type.Optional(Type.String({ minLength: 1 })),
+    /** `release` of a holder whose record is gone: its concurrency key. */
+    key: Type.Optional(Type.String({ minLength: 1 })),
   },
   { additionalProperties: false },
 );
@@ -88,7 +90,49 @@ const SignalBody = Type.Object(
   },
   { additionalProperties: false },
 );
-const VERBS = ['pause', 'resume', 'retry', 'resolve', 'fail', 'reset', 'terminate'] as const;
+const VERBS = [
+  'pause',
+  'resume',
+  'retry',
+  'resolve',
+  'fail',
+  'reset',
+  'terminate',
+  // activity-tree nodes (with nodeId)
+  'shutdown',
+  'cancel',
+  // concurrency keys
+  'promote',
+  'skip',
+  'release',
+] as const;
+const BATCH_VERBS = ['seal', 'retry-failed', 'cancel', 'pause', 'resume'] as const;
+const BatchParams = Type.Object({
+  id: Token,
+  verb: Type.Union(BATCH_VERBS.map((v) => Type.Literal(v))),
+});
+const BatchBody = Type.Object(
+  {
+    reason: Type.Optional(Type.String({ minLength: 1, maxLength: 1024 })),
+    by: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  },
+  { additionalProperties: false },
+);
+const BatchItemsQuery = Type.Object({
+  status: Type.Optional(
+    Type.Union(
+      ['pending', 'running', 'succeeded', 'failed', 'canceled'].map((v) => Type.Literal(v)),
+    ),
+  ),
+  cursor: Type.Optional(Type.Integer({ minimum: 0 })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+});
+const TriggerParams = Type.Object({ name: Token });
+const TriggerVerbParams = Type.Object({
+  name: Token,
+  verb: Type.Union([Type.Literal('pause'), Type.Literal('resume')]),
+});
+const KeysQuery = Type.Object({ type: Token, key: Type.Optional(Type.String({ minLength: 1 })) });
 const VerbParams = Type.Object({
   type: Token,
   id: Token,
@@ -352,9 +396,7 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
     } catch {
       hasTree = false;
     }
-    const tree = hasTree
-      ? await settle(client.view<{ text: string }>(type, id, { view: 'tree', format: 'text' }))
-      : undefined;
+    const tree = hasTree ? await settle(client.view(type, id, { view: 'tree' })) : undefined;
     return {
       query,
       journal: Array.isArray(journal) ? { entries, truncated } : journal,
@@ -383,6 +425,65 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
       return await client.admin(verb, type, id, body);
     },
   );
+
+  // ---- Batches, concurrency keys, triggers: the calls `jetflow batch|keys|triggers` make -----
+
+  app.get('/api/batches/:id', { schema: { params: Type.Object({ id: Token }) } }, async (req) =>
+    client.batches.status((req.params as { id: string }).id),
+  );
+  app.get(
+    '/api/batches/:id/items',
+    { schema: { params: Type.Object({ id: Token }), querystring: BatchItemsQuery } },
+    async (req) =>
+      client.batches.items(
+        (req.params as { id: string }).id,
+        req.query as Parameters<Client['batches']['items']>[1],
+      ),
+  );
+  app.post(
+    '/api/batches/:id/:verb',
+    { schema: { params: BatchParams, body: BatchBody } },
+    async (req) => {
+      const { id, verb } = req.params as Static<typeof BatchParams>;
+      const who = (req.body ?? {}) as Static<typeof BatchBody>;
+      const b = client.batches;
+      switch (verb) {
+        case 'seal':
+          return await b.seal(id);
+        case 'retry-failed':
+          return await b.retryFailed(id, who);
+        case 'cancel':
+          return await b.cancel(id, who);
+        case 'pause':
+          return await b.pause(id, who);
+        case 'resume':
+          return await b.resume(id, who);
+      }
+    },
+  );
+  app.get('/api/batch-jobs/:jobId', async (req) =>
+    client.batches.job((req.params as { jobId: string }).jobId),
+  );
+
+  /** Holders and waiters (with their positions) of a type's concurrency keys. */
+  app.get('/api/keys', { schema: { querystring: KeysQuery } }, async (req) => {
+    const { type, key } = req.query as Static<typeof KeysQuery>;
+    const records = await client.keys(type, key);
+    return {
+      type,
+      at: Date.now(),
+      keys: records.sort((a, b) => a.key.localeCompare(b.key)),
+    };
+  });
+
+  app.get('/api/triggers', async () => client.triggers('list'));
+  app.get('/api/triggers/:name/parked', { schema: { params: TriggerParams } }, async (req) =>
+    client.triggers('parked', { name: (req.params as Static<typeof TriggerParams>).name }),
+  );
+  app.post('/api/triggers/:name/:verb', { schema: { params: TriggerVerbParams } }, async (req) => {
+    const { name, verb } = req.params as Static<typeof TriggerVerbParams>;
+    return await client.triggers(verb, { name });
+  });
 
   app.post('/api/bulk', async (req) => client.bulk(req.body as BulkRequest));
   app.get('/api/bulk/:jobId', async (req) =>
