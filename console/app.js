@@ -613,12 +613,31 @@ function bulkPanel(box, query) {
 
 // ---- Batches, concurrency keys, triggers ---------------------------------------------------------
 
-/** Run `f` now and every `ms` until the page changes (these pages poll: no watch to follow). */
+/** The focused control's name (or label), to focus its new copy after a re-render. */
+function focusKey() {
+  const e = document.activeElement;
+  if (!e || !main.contains(e)) return undefined;
+  return e.getAttribute('aria-label') ?? e.getAttribute('name') ?? e.textContent;
+}
+function refocus(key) {
+  if (key === undefined || main.contains(document.activeElement)) return;
+  const again = [...main.querySelectorAll('button,input,select,textarea,a')].find(
+    (e) => (e.getAttribute('aria-label') ?? e.getAttribute('name') ?? e.textContent) === key,
+  );
+  again?.focus();
+}
+
+/**
+ * Run `f` now and every `ms` until the page changes (these pages poll: no watch to follow). The
+ * keyboard focus stays on the same control across the re-render.
+ */
 function every(ms, f) {
   let stopped = false;
   let t;
   const tick = async () => {
+    const key = focusKey();
     await f();
+    refocus(key);
     if (!stopped) t = setTimeout(tick, ms);
   };
   const prev = cleanup;
@@ -1609,12 +1628,18 @@ async function workflowPage(type, id) {
     }
   };
   await refresh();
-  listen(`/workflows/${encodeURIComponent(type)}/${encodeURIComponent(id)}/events`, {
-    entry: () => {
-      clearTimeout(pendingRefresh);
-      pendingRefresh = setTimeout(() => void refresh(), 100);
+  // From the step this page shows: what was journaled since its read comes too.
+  const lastJournaled = (data?.journal?.entries ?? []).filter((e) => e.kind === 'step').at(-1);
+  const shown = data ? Math.min(data.query.step, lastJournaled?.step ?? -1) : undefined;
+  listen(
+    `/workflows/${encodeURIComponent(type)}/${encodeURIComponent(id)}/events${shown === undefined ? '' : `?step=${shown}`}`,
+    {
+      entry: () => {
+        clearTimeout(pendingRefresh);
+        pendingRefresh = setTimeout(() => void refresh(), 100);
+      },
     },
-  });
+  );
 }
 
 route();

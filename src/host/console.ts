@@ -128,6 +128,7 @@ const BatchItemsQuery = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
 });
 const TriggerParams = Type.Object({ name: Token });
+const EventsQuery = Type.Object({ step: Type.Optional(Type.Integer({ minimum: -1 })) });
 const TriggerVerbParams = Type.Object({
   name: Token,
   verb: Type.Union([Type.Literal('pause'), Type.Literal('resume')]),
@@ -533,17 +534,33 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
       signal.addEventListener('abort', () => (clearTimeout(t), ok()), { once: true });
     });
 
-  /** Every new journal entry of the workflow (also past its end: a reset continues it). */
-  app.get('/api/workflows/:type/:id/events', { schema: { params: Params } }, (req, reply) => {
-    const { type, id } = req.params as Static<typeof Params>;
-    sse(req, reply, async (send, signal) => {
-      while (!signal.aborted) {
-        for await (const e of client.follow(type, id, { fromStart: false, signal }))
-          send('entry', lean(e));
-        await sleep(250, signal);
-      }
-    });
-  });
+  /**
+   * Every journal entry of the workflow after step `?step=` (the one the page shows; none given:
+   * from now), also those journaled between the page's read and this stream, and past the
+   * workflow's end (a reset continues it).
+   */
+  app.get(
+    '/api/workflows/:type/:id/events',
+    { schema: { params: Params, querystring: EventsQuery } },
+    (req, reply) => {
+      const { type, id } = req.params as Static<typeof Params>;
+      const { step } = req.query as Static<typeof EventsQuery>;
+      sse(req, reply, async (send, signal) => {
+        let after = step;
+        while (!signal.aborted) {
+          const entries =
+            after === undefined
+              ? client.follow(type, id, { fromStart: false, signal })
+              : client.follow(type, id, { afterStep: after, signal });
+          for await (const e of entries) {
+            send('entry', lean(e));
+            if (e.kind === 'step') after = Math.max(after ?? -1, e.step);
+          }
+          await sleep(250, signal);
+        }
+      });
+    },
+  );
 
   app.get('/api/overview/events', (req, reply) => {
     sse(req, reply, async (send, signal) => {

@@ -135,8 +135,19 @@ describe('console operator pages in chromium', () => {
     const cells = async () =>
       (await rows.allTextContents()).map((t) => /^(holder|\d+)(a\d)/.exec(t)?.slice(1).join(':'));
     await poll(cells).toEqual(['holder:a1', '1:a2', '2:a3']);
-    await page.getByRole('button', { name: 'Promote a3' }).click();
-    expect(await confirm('promote', 'VIP customer')).toContain('promote: done');
+    // By keyboard: the focus stays on the button across the page's refreshes; Enter opens the
+    // dialog, Enter in the reason confirms.
+    const promote = page.getByRole('button', { name: 'Promote a3' });
+    await promote.focus();
+    await promote.evaluate('b => b.setAttribute("data-old", "")');
+    await poll(() => table.locator('[data-old]').count()).toBe(0); // re-rendered since
+    expect(await page.evaluate('document.activeElement.getAttribute("aria-label")')).toBe(
+      'Promote a3',
+    );
+    await page.keyboard.press('Enter');
+    await page.getByRole('dialog').getByLabel('Reason').fill('VIP customer');
+    await page.keyboard.press('Enter');
+    await page.getByTestId('answer').getByText('promote: done').waitFor();
     await poll(cells).toEqual(['holder:a1', '1:a3', '2:a2']);
     await page.getByRole('button', { name: 'Skip a2' }).click();
     expect(await confirm('skip', 'duplicate order')).toContain('skip: done');
