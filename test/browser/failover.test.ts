@@ -89,6 +89,17 @@ describe('console overview during an engine failover', () => {
 
     const killedAt = Date.now();
     await victim.kill();
+    // When the engines' own view (as `jetflow status` reads it) has every shard moved: the page
+    // is compared with it in the printed line.
+    let movedAt = 0;
+    const watching = (async () => {
+      while (!movedAt && Date.now() - killedAt < 20_000) {
+        const st = await systemStatus(nc, prefix, SHARDS, FAILOVER_MS / 2);
+        if (st.shards.every((s) => s.holder && s.holder !== victimName && s.claimedBy.length === 1))
+          movedAt = Date.now();
+        else await new Promise((r) => setTimeout(r, 25));
+      }
+    })();
     // The open page: no shard held by the dead engine, every one by a live engine.
     await page.getByRole('heading', { name: /Engines \(2 live\)/ }).waitFor({ timeout: 20_000 });
     await expect
@@ -101,11 +112,12 @@ describe('console overview during an engine failover', () => {
       )
       .toBe(true);
     const shownAfterMs = Date.now() - killedAt;
+    await watching;
     const after = await holders();
     expect(await page.evaluate('window.marker')).toBe(1);
     await page.screenshot({ path: join(shots, 'failover-after.png'), fullPage: true });
     console.log(
-      `failover on the overview: shards ${moving.join(', ')} of ${victimName} shown on ${[...new Set(moving.map((s) => after[s]))].join(', ')} ${shownAfterMs} ms after SIGKILL (failoverMs ${FAILOVER_MS})`,
+      `failover on the overview: shards ${moving.join(', ')} of ${victimName} shown on ${[...new Set(moving.map((s) => after[s]))].join(', ')} ${shownAfterMs} ms after SIGKILL; the engines' status had them moved after ${movedAt ? movedAt - killedAt : '?'} ms (failoverMs ${FAILOVER_MS})`,
     );
     await page.close();
   });
