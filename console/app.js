@@ -1019,7 +1019,7 @@ async function keysPage(params) {
 async function triggersPage(params) {
   document.title = 'Triggers · jetflow';
   const answer = answerBox();
-  const list = h('div', { 'aria-live': 'polite' });
+  const list = h('div.card', { 'aria-live': 'polite' });
   const parked = h('section.card.wide', { 'aria-label': 'Parked messages' });
   main.replaceChildren(h('h1', {}, 'Triggers'), answer, list, parked);
   const showParked = async (name) => {

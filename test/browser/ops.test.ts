@@ -188,6 +188,11 @@ describe('console operator pages in chromium', () => {
     await poll(() => parked.locator('tbody tr').count()).toBe(1);
     expect(await parked.textContent()).toContain('bad payment 2');
     await page.screenshot({ path: join(shots, 'triggers.png'), fullPage: true });
+    // At a phone's width: no horizontal page scroll (the wide table scrolls in its card).
+    await page.setViewportSize({ width: 390, height: 844 });
+    expect(await page.evaluate('document.documentElement.scrollWidth')).toBeLessThanOrEqual(390);
+    await page.screenshot({ path: join(shots, 'triggers-phone.png'), fullPage: true });
+    await page.setViewportSize({ width: 1280, height: 900 });
   });
 
   it('a batch: counts, pause and resume with a reason, its items', async () => {
