@@ -462,10 +462,6 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
       }
     },
   );
-  app.get('/api/batch-jobs/:jobId', async (req) =>
-    client.batches.job((req.params as { jobId: string }).jobId),
-  );
-
   /** Holders and waiters (with their positions) of a type's concurrency keys. */
   app.get('/api/keys', { schema: { querystring: KeysQuery } }, async (req) => {
     const { type, key } = req.query as Static<typeof KeysQuery>;
