@@ -222,6 +222,9 @@ function route() {
   const wf = /^\/wf\/([^/]+)\/([^/]+)$/.exec(path);
   if (wf) return workflowPage(decodeURIComponent(wf[1]), decodeURIComponent(wf[2]));
   if (path === '/search') return searchPage(params);
+  if (path === '/batches') return batchesPage(params);
+  if (path === '/keys') return keysPage(params);
+  if (path === '/triggers') return triggersPage(params);
   return overviewPage();
 }
 window.addEventListener('hashchange', route);
@@ -586,7 +589,7 @@ function bulkPanel(box, query) {
       status.replaceChildren(bar, text);
       listen(`/bulk/${encodeURIComponent(r.jobId)}/events`, {
         progress: (p) => {
-          bar.value = p.processed;
+          bar.setAttribute('value', String(p.processed));
           text.textContent = `job ${p.jobId}: ${p.state}; ${p.processed}/${p.matched} processed, ${p.done} done, ${p.failed} failed, ${p.skipped} skipped`;
         },
       });
@@ -605,6 +608,642 @@ function bulkPanel(box, query) {
     ),
     h('div.row', {}, h('button', { type: 'button', onclick: count }, 'Count (dry run)'), apply),
     status,
+  );
+}
+
+// ---- Batches, concurrency keys, triggers ---------------------------------------------------------
+
+/** The focused control's name (or label), to focus its new copy after a re-render. */
+function focusKey() {
+  const e = document.activeElement;
+  if (!e || !main.contains(e)) return undefined;
+  return e.getAttribute('aria-label') ?? e.getAttribute('name') ?? e.textContent;
+}
+function refocus(key) {
+  if (key === undefined || main.contains(document.activeElement)) return;
+  const again = [...main.querySelectorAll('button,input,select,textarea,a')].find(
+    (e) => (e.getAttribute('aria-label') ?? e.getAttribute('name') ?? e.textContent) === key,
+  );
+  again?.focus();
+}
+
+/**
+ * Run `f` now and every `ms` until the page changes (these pages poll: no watch to follow). The
+ * keyboard focus stays on the same control across the re-render.
+ */
+function every(ms, f) {
+  let stopped = false;
+  let t;
+  const tick = async () => {
+    const key = focusKey();
+    await f();
+    refocus(key);
+    if (!stopped) t = setTimeout(tick, ms);
+  };
+  const prev = cleanup;
+  cleanup = () => {
+    stopped = true;
+    clearTimeout(t);
+    prev();
+  };
+  return tick();
+}
+
+const errLine = (e) => h('p.err', { role: 'alert' }, `${e.body?.code ?? 'error'}: ${e.message}`);
+
+/** A small form of one field that sets a query parameter of this page's hash. */
+function lookupForm(label, name, value, page, options) {
+  const c = options
+    ? h(
+        'select',
+        { name },
+        options.map((o) => h('option', { value: o }, o)),
+      )
+    : h('input', { name, autocomplete: 'off', required: true });
+  c.value = value ?? (options ? (options[0] ?? '') : '');
+  const form = h(
+    'form.filters',
+    { 'aria-label': label },
+    field(label, c),
+    h('div.row', {}, h('button.primary', { type: 'submit' }, 'Show')),
+  );
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    location.hash = `#/${page}?${new URLSearchParams({ [name]: c.value })}`;
+  });
+  return form;
+}
+
+/** A verb with a reason (dialog), its answer in `answer`, then `after()`. */
+function withReason(answer, title, what, path, base, after) {
+  confirmAction(title, [], (values) => {
+    answer.pending(what);
+    api(path, { ...base, ...values }).then(
+      (r) => (answer.show(true, what, r), void after()),
+      (e) => answer.show(false, what, e.body ?? { message: e.message }),
+    );
+  });
+}
+
+async function batchesPage(params) {
+  document.title = 'Batches · jetflow';
+  const id = params.get('id') ?? '';
+  const answer = answerBox();
+  const body = h('div', { 'aria-live': 'polite' });
+  main.replaceChildren(
+    h('h1', {}, 'Batches'),
+    lookupForm('Batch id', 'id', id, 'batches'),
+    answer,
+    body,
+  );
+  if (!id)
+    return body.replaceChildren(h('p.muted', {}, 'Enter a batch id (jetflow batch create --id).'));
+  const path = `/batches/${encodeURIComponent(id)}`;
+  const itemFilter = { status: params.get('items') ?? '', cursors: [undefined], page: 0 };
+  const items = h('div');
+  const loadItems = async () => {
+    const q = new URLSearchParams({ limit: '50' });
+    if (itemFilter.status) q.set('status', itemFilter.status);
+    const cursor = itemFilter.cursors[itemFilter.page];
+    if (cursor !== undefined) q.set('cursor', String(cursor));
+    try {
+      const r = await api(`${path}/items?${q}`);
+      const sel = h(
+        'select',
+        {
+          name: 'itemStatus',
+          onchange: () => {
+            itemFilter.status = sel.value;
+            itemFilter.cursors = [undefined];
+            itemFilter.page = 0;
+            void loadItems();
+          },
+        },
+        ['', 'pending', 'running', 'succeeded', 'failed', 'canceled'].map((s) =>
+          h('option', { value: s }, s || 'any'),
+        ),
+      );
+      sel.value = itemFilter.status;
+      items.replaceChildren(
+        h('h2', {}, 'Items'),
+        field('Item status', sel),
+        h(
+          'table',
+          { 'aria-label': 'Batch items' },
+          h(
+            'thead',
+            {},
+            h(
+              'tr',
+              {},
+              ['#', 'Key', 'Workflow', 'Status', 'Runs', 'Error'].map((t) => h('th', {}, t)),
+            ),
+          ),
+          h(
+            'tbody',
+            {},
+            r.items.length === 0 ? h('tr', {}, h('td', { colspan: 6 }, 'none')) : null,
+            r.items.map((it) =>
+              h(
+                'tr',
+                {},
+                h('td', {}, String(it.index)),
+                h('td', {}, it.key),
+                h('td', {}, h('a', { href: wfHref(status.type, it.wf) }, it.wf)),
+                h('td', {}, badge(it.status)),
+                h('td', {}, String(it.attempts)),
+                h('td', {}, it.error ? `${it.error.type ?? ''}: ${it.error.message ?? ''}` : ''),
+              ),
+            ),
+          ),
+        ),
+        h(
+          'div.row',
+          {},
+          h(
+            'button',
+            {
+              type: 'button',
+              disabled: itemFilter.page === 0,
+              onclick: () => (itemFilter.page--, void loadItems()),
+            },
+            'Previous items',
+          ),
+          h(
+            'button',
+            {
+              type: 'button',
+              disabled: r.cursor === undefined,
+              onclick: () => {
+                itemFilter.cursors[itemFilter.page + 1] = r.cursor;
+                itemFilter.page++;
+                void loadItems();
+              },
+            },
+            'Next items',
+          ),
+        ),
+      );
+    } catch (e) {
+      items.replaceChildren(errLine(e));
+    }
+  };
+  let status;
+  const summary = h('section.card.wide', { 'aria-label': 'Batch status' });
+  const refresh = async () => {
+    try {
+      status = await api(path);
+    } catch (e) {
+      return summary.replaceChildren(errLine(e));
+    }
+    const s = status;
+    const c = s.counts;
+    const act = (verb, label, needsReason = true) =>
+      h(
+        'button',
+        {
+          type: 'button',
+          onclick: () =>
+            needsReason
+              ? withReason(answer, `${label} batch ${id}`, verb, `${path}/${verb}`, {}, refresh)
+              : (answer.pending(verb),
+                api(`${path}/${verb}`, {}).then(
+                  (r) => (answer.show(true, verb, r), void refresh()),
+                  (e) => answer.show(false, verb, e.body ?? { message: e.message }),
+                )),
+        },
+        label,
+      );
+    summary.replaceChildren(
+      h(
+        'div',
+        {},
+        h('h2', {}, `Batch ${s.id} — ${s.type}`),
+        h(
+          'dl',
+          {},
+          h('dt', {}, 'State'),
+          h(
+            'dd',
+            { 'data-testid': 'batch-state' },
+            badge(s.state),
+            s.outcome ? [' ', badge(s.outcome)] : null,
+            s.sealed ? ' sealed' : ' open to items',
+            s.paused ? [' ', h('span.badge.s-paused', {}, 'paused')] : null,
+            s.canceled ? ' canceled' : null,
+          ),
+          h('dt', {}, 'Generation'),
+          h('dd', {}, String(s.generation)),
+          h('dt', {}, 'Rate'),
+          h(
+            'dd',
+            {},
+            s.rate !== undefined ? `${s.rate}/s` : '—',
+            s.etaMs !== undefined ? `, ETA ${Math.ceil(s.etaMs / 1000)}s` : '',
+          ),
+          h('dt', {}, 'Updated'),
+          h('dd', {}, `${ago(s.updatedAt)} ago`),
+        ),
+        h(
+          'div',
+          { 'data-testid': 'batch-counts' },
+          bars(`Items (${c.total})`, {
+            pending: c.pending,
+            running: c.running,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            canceled: c.canceled,
+          }),
+        ),
+        (s.jobs ?? []).map((j) =>
+          h(
+            'p',
+            {},
+            `${j.verb} job ${j.jobId}: ${j.state} `,
+            h('progress', {
+              max: String(Math.max(1, j.matched)),
+              value: String(j.processed),
+              'aria-label': `${j.verb} job progress`,
+            }),
+            ` ${j.processed}/${j.matched}, ${j.done} acted on`,
+          ),
+        ),
+        h(
+          'div.row',
+          {},
+          act('seal', 'Seal', false),
+          act('pause', 'Pause'),
+          act('resume', 'Resume'),
+          act('retry-failed', 'Retry failed items'),
+          h(
+            'button.danger',
+            {
+              type: 'button',
+              onclick: () =>
+                withReason(answer, `Cancel batch ${id}`, 'cancel', `${path}/cancel`, {}, refresh),
+            },
+            'Cancel batch',
+          ),
+        ),
+      ),
+    );
+  };
+  body.replaceChildren(summary, h('section.card.wide', {}, items));
+  await every(1_000, async () => {
+    await refresh();
+    if (status) await loadItems();
+  });
+}
+
+async function keysPage(params) {
+  document.title = 'Keys · jetflow';
+  const info = await api('/info').catch(() => ({ types: [] }));
+  // `type@version` → type
+  const types = [...new Set((info.types ?? []).map((t) => String(t).replace(/@\d+$/, '')))];
+  const type = params.get('type') ?? types[0] ?? '';
+  const answer = answerBox();
+  const body = h('div', { 'aria-live': 'polite' });
+  main.replaceChildren(
+    h('h1', {}, 'Concurrency keys'),
+    types.length
+      ? lookupForm('Workflow type', 'type', type, 'keys', types)
+      : lookupForm('Workflow type', 'type', type, 'keys'),
+    answer,
+    body,
+  );
+  if (!type) return;
+  const refresh = async () => {
+    let r;
+    try {
+      r = await api(`/keys?${new URLSearchParams({ type })}`);
+    } catch (e) {
+      return body.replaceChildren(errLine(e));
+    }
+    const act = (verb, label, wfId, extra = {}) =>
+      h(
+        'button',
+        {
+          type: 'button',
+          'aria-label': `${label} ${wfId}`,
+          onclick: () =>
+            withReason(
+              answer,
+              `${label} ${type}/${wfId}`,
+              verb,
+              `/workflows/${encodeURIComponent(type)}/${encodeURIComponent(wfId)}/${verb}`,
+              { ...extra, requestId: `console-${crypto.randomUUID()}` },
+              refresh,
+            ),
+        },
+        label,
+      );
+    const secs = (ms) => `${(ms / 1000).toFixed(1)}s`;
+    body.replaceChildren(
+      h(
+        'div',
+        {},
+        r.keys.length === 0
+          ? h('p.muted', {}, `${type}: no concurrency key is held or waited for`)
+          : null,
+        r.keys.map((k) =>
+          h(
+            'section.card.wide',
+            { 'aria-label': `key ${k.key}` },
+            h(
+              'h2',
+              {},
+              `${k.key} — ${k.holders.length}/${k.limit} held, ${k.waiters.length} waiting`,
+            ),
+            h(
+              'table',
+              { 'aria-label': `Key ${k.key}` },
+              h(
+                'thead',
+                {},
+                h(
+                  'tr',
+                  {},
+                  ['Position', 'Workflow', 'Since', 'Notes', 'Actions'].map((t) => h('th', {}, t)),
+                ),
+              ),
+              h(
+                'tbody',
+                {},
+                k.holders.map((x) =>
+                  h(
+                    'tr',
+                    {},
+                    h('td', {}, 'holder'),
+                    h('td', {}, h('a', { href: wfHref(type, x.id) }, x.id)),
+                    h(
+                      'td',
+                      {},
+                      `held ${secs(r.at - x.at)}`,
+                      x.at > x.queuedAt ? `, waited ${secs(x.at - x.queuedAt)}` : '',
+                    ),
+                    h(
+                      'td',
+                      {},
+                      [
+                        x.via ? `via ${x.via}` : '',
+                        x.canceling ? `canceling for ${x.canceling}` : '',
+                        x.promoted ? 'promoted' : '',
+                      ]
+                        .filter(Boolean)
+                        .join('; '),
+                    ),
+                    h('td', {}, act('release', 'Release', x.id, { key: k.key })),
+                  ),
+                ),
+                k.waiters.map((w, i) =>
+                  h(
+                    'tr',
+                    {},
+                    h('td', {}, String(i + 1)),
+                    h('td', {}, h('a', { href: wfHref(type, w.id) }, w.id)),
+                    h('td', {}, `waiting ${secs(r.at - w.queuedAt)}`),
+                    h('td', {}, w.promoted ? 'promoted' : ''),
+                    h('td', {}, act('promote', 'Promote', w.id), ' ', act('skip', 'Skip', w.id)),
+                  ),
+                ),
+              ),
+            ),
+          ),
+        ),
+      ),
+    );
+  };
+  await every(1_000, refresh);
+}
+
+async function triggersPage(params) {
+  document.title = 'Triggers · jetflow';
+  const answer = answerBox();
+  const list = h('div.card', { 'aria-live': 'polite' });
+  const parked = h('section.card.wide', { 'aria-label': 'Parked messages' });
+  main.replaceChildren(h('h1', {}, 'Triggers'), answer, list, parked);
+  const showParked = async (name) => {
+    try {
+      const r = await api(`/triggers/${encodeURIComponent(name)}/parked`);
+      parked.replaceChildren(
+        h('h2', {}, `Parked messages of ${name} (${r.parked.length})`),
+        h(
+          'table',
+          { 'aria-label': `Parked messages of ${name}` },
+          h(
+            'thead',
+            {},
+            h(
+              'tr',
+              {},
+              ['Seq', 'Subject', 'Key', 'At', 'Error', 'Body'].map((t) => h('th', {}, t)),
+            ),
+          ),
+          h(
+            'tbody',
+            {},
+            r.parked.length === 0 ? h('tr', {}, h('td', { colspan: 6 }, 'nothing parked')) : null,
+            r.parked.map((p) =>
+              h(
+                'tr',
+                {},
+                h('td', {}, String(p.seq)),
+                h('td', {}, p.subject),
+                h('td', {}, p.key ?? '—'),
+                h('td', {}, new Date(p.at).toLocaleString()),
+                h('td', {}, `${p.error.code}: ${p.error.message}`),
+                h('td', {}, folded(`${p.body.length} bytes`, p.body)),
+              ),
+            ),
+          ),
+        ),
+        h(
+          'p.muted',
+          {},
+          `replay, skip, rewind: jetflow triggers replay|skip|rewind ${name} (they need the engine holding it)`,
+        ),
+      );
+    } catch (e) {
+      parked.replaceChildren(errLine(e));
+    }
+  };
+  const refresh = async () => {
+    let r;
+    try {
+      r = await api('/triggers');
+    } catch (e) {
+      return list.replaceChildren(errLine(e));
+    }
+    const toggle = (t) => {
+      const verb = t.paused ? 'resume' : 'pause';
+      answer.pending(verb);
+      api(`/triggers/${encodeURIComponent(t.name)}/${verb}`, {}).then(
+        (x) => (answer.show(true, verb, x), void refresh()),
+        (e) => answer.show(false, verb, e.body ?? { message: e.message }),
+      );
+    };
+    list.replaceChildren(
+      h(
+        'table',
+        { 'aria-label': 'Triggers' },
+        h(
+          'thead',
+          {},
+          h(
+            'tr',
+            {},
+            [
+              'Trigger',
+              'Workflow',
+              'Stream',
+              'Filter',
+              'Holder',
+              'Pending',
+              'Parked',
+              'Last error',
+              'Actions',
+            ].map((x) => h('th', {}, x)),
+          ),
+        ),
+        h(
+          'tbody',
+          {},
+          r.triggers.length === 0
+            ? h('tr', {}, h('td', { colspan: 9 }, 'no triggers are declared by the engines'))
+            : null,
+          r.triggers.map((t) =>
+            h(
+              'tr',
+              { 'data-trigger': t.name },
+              h(
+                'td',
+                {},
+                h('strong', {}, t.name),
+                t.paused ? [' ', h('span.badge.s-paused', {}, 'paused')] : null,
+              ),
+              h('td', {}, `${t.kind} ${t.workflowType}`),
+              h('td', {}, t.stream ?? 'core subject (at most once)'),
+              h('td', {}, t.filter),
+              h('td', {}, t.holder ?? '—'),
+              h('td', {}, `${t.pending ?? '—'} (${t.ackPending ?? '—'} unacked)`),
+              h('td', {}, String(t.parked)),
+              h(
+                'td',
+                {},
+                t.lastError
+                  ? `${t.lastError.code} at seq ${t.lastError.seq}: ${t.lastError.message}`
+                  : '',
+              ),
+              h(
+                'td',
+                {},
+                h(
+                  'button',
+                  {
+                    type: 'button',
+                    'aria-label': `${t.paused ? 'Resume' : 'Pause'} ${t.name}`,
+                    onclick: () => toggle(t),
+                  },
+                  t.paused ? 'Resume' : 'Pause',
+                ),
+                ' ',
+                h(
+                  'button',
+                  {
+                    type: 'button',
+                    'aria-label': `Parked messages of ${t.name}`,
+                    onclick: () =>
+                      (location.hash = `#/triggers?parked=${encodeURIComponent(t.name)}`),
+                  },
+                  `Parked (${t.parked})`,
+                ),
+              ),
+            ),
+          ),
+        ),
+      ),
+    );
+  };
+  const name = params.get('parked');
+  await every(2_000, async () => {
+    await refresh();
+    if (name) await showParked(name);
+  });
+}
+
+/** The node statuses each node verb is allowed in (ACTIVITY-TREES §2.7). */
+const NODE_VERBS = [
+  ['retry', 'Retry', ['retrying', 'errored']],
+  ['resolve', 'Resolve', ['scheduled', 'paused', 'running', 'retrying', 'errored']],
+  ['shutdown', 'Shut down', ['scheduled', 'paused', 'running', 'retrying', 'errored']],
+  [
+    'cancel',
+    'Cancel',
+    ['ready', 'scheduled', 'paused', 'running', 'retrying', 'errored', 'awaitingChildren'],
+  ],
+];
+
+/** An activity tree's nodes, nested, with modes and statuses; verbs on the nodes that allow them. */
+function nodeTree(tree, onVerb, jsonField) {
+  const item = (n) => {
+    const errored = n.status === 'errored';
+    return h(
+      'li',
+      { 'data-node': n.id, class: errored ? 'failed' : '' },
+      h(
+        'div.head',
+        {},
+        h('strong', {}, n.name),
+        ` [${n.id}] `,
+        badge(n.status),
+        n.outcome && n.outcome !== 'completed' ? ` /${n.outcome}` : '',
+        ' ',
+        h('span.muted', {}, n.mode),
+        n.attempt > 0 ? ` attempt ${n.attempt}/${n.maxAttempts}` : '',
+        n.run > 1 ? ` run ${n.run}` : '',
+        n.blockedBy ? ` blocked by ${n.blockedBy}` : '',
+      ),
+      n.error ? h('div.err', {}, `${n.error.type ?? ''}: ${n.error.message ?? ''}`) : null,
+      errored || n.status === 'retrying'
+        ? h(
+            'div.row',
+            {},
+            NODE_VERBS.filter(([, , allowed]) => allowed.includes(n.status)).map(([v, label]) =>
+              h(
+                v === 'cancel' || v === 'shutdown' ? 'button.small.danger' : 'button.small',
+                {
+                  type: 'button',
+                  'aria-label': `${label} node ${n.id}`,
+                  onclick: () =>
+                    onVerb(
+                      v,
+                      n.id,
+                      v === 'resolve' ? [jsonField('Output (JSON)', 'output', 'null')] : [],
+                    ),
+                },
+                label,
+              ),
+            ),
+          )
+        : null,
+      n.children?.length ? h('ul', {}, n.children.map(item)) : null,
+    );
+  };
+  return h(
+    'div',
+    {},
+    h(
+      'p',
+      {},
+      `${Object.entries(tree.counts ?? {})
+        .filter(([, v]) => v > 0)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}`,
+      tree.dispatchPaused ? ' — dispatch paused' : '',
+      tree.closed ? ' — closed' : '',
+      tree.truncated ? ' — first 2,000 nodes' : '',
+    ),
+    h('ul.nodetree', { 'aria-label': 'Activity tree nodes' }, tree.nodes.map(item)),
   );
 }
 
@@ -943,8 +1582,12 @@ async function workflowPage(type, id) {
               h('h2', { id: 'h-tree' }, 'Activity tree'),
               data.tree.error
                 ? h('p.err', {}, data.tree.error.message)
-                : h('pre.json', { 'aria-label': 'node tree' }, data.tree.text),
-              h('p.muted', {}, 'node verbs: jetflow retry|resolve|shutdown|cancel|prune --node'),
+                : nodeTree(
+                    data.tree,
+                    (v, nodeId, extra = []) => verb(v, extra, { nodeId }),
+                    jsonField,
+                  ),
+              h('p.muted', {}, 'prune and dispatch pause: jetflow prune|pause --node'),
             )
           : null,
         h(
@@ -985,12 +1628,18 @@ async function workflowPage(type, id) {
     }
   };
   await refresh();
-  listen(`/workflows/${encodeURIComponent(type)}/${encodeURIComponent(id)}/events`, {
-    entry: () => {
-      clearTimeout(pendingRefresh);
-      pendingRefresh = setTimeout(() => void refresh(), 100);
+  // From the step this page shows: what was journaled since its read comes too.
+  const lastJournaled = (data?.journal?.entries ?? []).filter((e) => e.kind === 'step').at(-1);
+  const shown = data ? Math.min(data.query.step, lastJournaled?.step ?? -1) : undefined;
+  listen(
+    `/workflows/${encodeURIComponent(type)}/${encodeURIComponent(id)}/events${shown === undefined ? '' : `?step=${shown}`}`,
+    {
+      entry: () => {
+        clearTimeout(pendingRefresh);
+        pendingRefresh = setTimeout(() => void refresh(), 100);
+      },
     },
-  });
+  );
 }
 
 route();

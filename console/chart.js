@@ -1,14 +1,10 @@
-// The statechart of a workflow definition as SVG: states in columns by their distance from the
-// initial state (a layered layout, left to right), transitions as curves labelled with their
-// event. Classes mark the current state(s), the states and transitions the journal shows were
-// taken, and a failed or parked current state. No dependencies.
+// The statechart of a workflow definition as SVG, drawn where the console server's layout put it
+// (dagre's layered layout, left to right: src/engine/chart.ts): compound states as boxes around
+// their children, transitions as curves labelled with their event. Classes mark the current
+// state(s), the states and transitions the journal shows were taken, and a failed or parked
+// current state.
 
 const SVG = 'http://www.w3.org/2000/svg';
-const W = 150;
-const H = 40;
-const COL = 260;
-const ROW = 72;
-const PAD = 24;
 
 function el(tag, attrs, text) {
   const e = document.createElementNS(SVG, tag);
@@ -42,60 +38,12 @@ export function pathsOf(value, prefix = '') {
 const under = (p, q) => p === q || q.startsWith(`${p}.`);
 
 /**
- * Ranks: breadth-first from the initial state over transitions and parent → initial-child
- * links; states never reached go in a last column.
- */
-function layout(chart) {
-  const states = chart.states.filter((s) => s.path !== '');
-  const next = new Map(states.map((s) => [s.path, []]));
-  for (const s of states) if (s.initial) next.get(s.path)?.push(s.initial);
-  for (const t of chart.transitions) {
-    // A transition of the root (or any compound state) leaves each of its states.
-    const sources = t.from === '' ? [] : [t.from];
-    for (const f of sources) for (const to of t.to) if (next.has(to)) next.get(f)?.push(to);
-  }
-  const rank = new Map();
-  const queue = [];
-  if (chart.initial && next.has(chart.initial)) {
-    rank.set(chart.initial, 0);
-    queue.push(chart.initial);
-  }
-  while (queue.length) {
-    const p = queue.shift();
-    for (const n of next.get(p) ?? []) {
-      if (!rank.has(n)) {
-        rank.set(n, rank.get(p) + 1);
-        queue.push(n);
-      }
-    }
-  }
-  let max = Math.max(-1, ...rank.values());
-  for (const s of states) if (!rank.has(s.path)) rank.set(s.path, ++max);
-  const cols = new Map();
-  for (const s of states) {
-    const r = rank.get(s.path);
-    if (!cols.has(r)) cols.set(r, []);
-    cols.get(r).push(s);
-  }
-  const pos = new Map();
-  let rows = 0;
-  for (const [r, list] of cols) {
-    list.forEach((s, i) => pos.set(s.path, { x: PAD + r * COL, y: PAD + i * ROW, s }));
-    rows = Math.max(rows, list.length);
-  }
-  return {
-    pos,
-    width: PAD * 2 + (Math.max(...cols.keys(), 0) + 1) * COL - (COL - W),
-    height: PAD * 2 + rows * ROW + 10,
-  };
-}
-
-/**
  * Draw `chart`. `mark`: { current: string[] (leaf paths), visited: string[], taken: [from, to][],
  * failed: boolean, parked: string[] (states holding a parked activity) }.
  */
 export function drawChart(chart, mark) {
-  const { pos, width, height } = layout(chart);
+  const { layout } = chart;
+  const { width, height } = layout;
   const current = withAncestors(mark.current);
   const visited = withAncestors(mark.visited);
   const svg = el('svg', {
@@ -125,57 +73,42 @@ export function drawChart(chart, mark) {
   svg.append(defs);
   const edges = el('g', { class: 'edges' });
   const labels = el('g', { class: 'labels' });
-  for (const t of chart.transitions) {
-    const a = pos.get(t.from);
-    if (!a) continue;
-    for (const to of t.to) {
-      const b = pos.get(to);
-      if (!b) continue;
-      const taken = mark.taken.some(([f, g]) => under(t.from, f) && under(to, g));
-      let d;
-      let lx;
-      let ly;
-      if (b.x > a.x) {
-        const x1 = a.x + W;
-        const y1 = a.y + H / 2;
-        const x2 = b.x;
-        const y2 = b.y + H / 2;
-        const mx = (x1 + x2) / 2;
-        d = `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}`;
-        lx = mx;
-        ly = (y1 + y2) / 2 - 7;
-      } else {
-        // Back or same-column edge: loop below the boxes.
-        const x1 = a.x + W / 2;
-        const y1 = a.y + H;
-        const x2 = b.x + W / 2 + (a === b ? 30 : 0);
-        const y2 = b.y + H;
-        // Farther edges dip deeper, so that their labels do not overlap.
-        const dip = Math.max(y1, y2) + 26 + Math.abs(a.x - b.x) / 12;
-        d = `M ${x1} ${y1} C ${x1} ${dip}, ${x2} ${dip}, ${x2} ${y2}`;
-        lx = (x1 + x2) / 2;
-        ly = dip - 6;
-      }
-      edges.append(
-        el('path', {
-          d,
-          class: `edge${taken ? ' taken' : ''}`,
-          'marker-end': taken ? 'url(#arrow-taken)' : 'url(#arrow)',
-        }),
-      );
-      labels.append(
-        el(
-          'text',
-          { x: lx, y: ly, class: `elabel${taken ? ' taken' : ''}`, 'text-anchor': 'middle' },
-          t.label + (t.guarded ? ' [guard]' : ''),
-        ),
-      );
-    }
+  for (const e of layout.edges) {
+    const taken = mark.taken.some(([f, g]) => under(e.from, f) && under(e.to, g));
+    edges.append(
+      el('path', {
+        d: curve(e.points),
+        class: `edge${taken ? ' taken' : ''}`,
+        'data-from': e.from,
+        'data-to': e.to,
+        'marker-end': taken ? 'url(#arrow-taken)' : 'url(#arrow)',
+      }),
+    );
+    labels.append(
+      el(
+        'text',
+        {
+          x: e.labelAt.x,
+          y: e.labelAt.y + 4,
+          class: `elabel${taken ? ' taken' : ''}`,
+          'text-anchor': 'middle',
+        },
+        e.label,
+      ),
+    );
   }
-  svg.append(edges);
   const nodes = el('g', { class: 'nodes' });
-  for (const [path, { x, y, s }] of pos) {
+  // Parents first, so that their children are drawn on top of them.
+  const states = chart.states
+    .filter((s) => s.path !== '' && layout.states[s.path])
+    .sort((a, b) => a.path.split('.').length - b.path.split('.').length);
+  const parents = new Set(states.map((s) => s.parent).filter(Boolean));
+  for (const s of states) {
+    const { path } = s;
+    const { x, y, width: w, height: hh } = layout.states[path];
+    const group = parents.has(path);
     const cls = ['node', s.kind];
+    if (group) cls.push('group');
     const words = [`state ${path}`];
     if (current.has(path)) {
       cls.push('current');
@@ -197,32 +130,56 @@ export function drawChart(chart, mark) {
       'data-state': path,
       transform: `translate(${x} ${y})`,
     });
-    const title = el(
-      'title',
-      {},
-      words.join(', ') +
-        (s.invokes.length ? `; invokes ${s.invokes.map((i) => i.src).join(', ')}` : ''),
-    );
-    g.append(title);
-    g.append(el('rect', { width: W, height: H, rx: s.kind === 'final' ? 18 : 6 }));
-    const name = path.split('.').pop();
     g.append(
       el(
-        'text',
-        { x: W / 2, y: s.invokes.length ? 17 : 25, 'text-anchor': 'middle', class: 'sname' },
-        name.length > 20 ? `${name.slice(0, 19)}…` : name,
+        'title',
+        {},
+        words.join(', ') +
+          (s.invokes.length ? `; invokes ${s.invokes.map((i) => i.src).join(', ')}` : ''),
       ),
     );
-    if (s.invokes.length)
+    g.append(el('rect', { width: w, height: hh, rx: s.kind === 'final' ? 18 : 6 }));
+    const name = path.split('.').pop();
+    const short = name.length > 20 ? `${name.slice(0, 19)}…` : name;
+    if (group) {
+      // A compound (or parallel) state: its name in the band above its children.
+      g.append(
+        el('text', { x: 8, y: 16, class: 'sname' }, s.kind === 'parallel' ? `${short} ∥` : short),
+      );
+    } else {
       g.append(
         el(
           'text',
-          { x: W / 2, y: 32, 'text-anchor': 'middle', class: 'sinvoke' },
-          `▸ ${s.invokes.map((i) => i.id).join(', ')}`.slice(0, 26),
+          { x: w / 2, y: s.invokes.length ? 17 : 25, 'text-anchor': 'middle', class: 'sname' },
+          short,
         ),
       );
+      if (s.invokes.length)
+        g.append(
+          el(
+            'text',
+            { x: w / 2, y: 32, 'text-anchor': 'middle', class: 'sinvoke' },
+            `▸ ${s.invokes.map((i) => i.id).join(', ')}`.slice(0, 26),
+          ),
+        );
+    }
     nodes.append(g);
   }
-  svg.append(nodes, labels);
+  svg.append(nodes, edges, labels);
   return svg;
+}
+
+/** A smooth path through dagre's points (quadratic curves through the segments' midpoints). */
+function curve(points) {
+  if (points.length === 0) return '';
+  let d = `M ${points[0].x} ${points[0].y}`;
+  if (points.length === 2) return `${d} L ${points[1].x} ${points[1].y}`;
+  for (let i = 1; i < points.length - 1; i++) {
+    const p = points[i];
+    const n = points[i + 1];
+    const mx = i === points.length - 2 ? n.x : (p.x + n.x) / 2;
+    const my = i === points.length - 2 ? n.y : (p.y + n.y) / 2;
+    d += ` Q ${p.x} ${p.y} ${mx} ${my}`;
+  }
+  return d;
 }

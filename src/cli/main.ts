@@ -626,6 +626,10 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     )
     .option('--shards <n>', 'inbox shards of the engines (default 16) [JETFLOW_SHARDS]')
     .option(
+      '--failover-ms <ms>',
+      "the engines' failoverMs: an engine silent for half of it is shown as gone (default 10000) [JETFLOW_FAILOVER_MS]",
+    )
+    .option(
       '--token <token>',
       "the console's access token (required off 127.0.0.1) [JETFLOW_CONSOLE_TOKEN]",
     )
@@ -639,6 +643,7 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         creds?: string;
         workflows?: string;
         shards?: string;
+        failoverMs?: string;
       }) => {
         const port = Number(o.port ?? (env.JETFLOW_CONSOLE_PORT || 8233));
         if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -647,6 +652,12 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
         const shards = Number(o.shards ?? (env.JETFLOW_SHARDS || 16));
         if (!Number.isInteger(shards) || shards < 1) {
           throw new UsageError(`--shards must be a positive integer, got ${String(o.shards)}`);
+        }
+        const failoverMs = Number(o.failoverMs ?? (env.JETFLOW_FAILOVER_MS || 10_000));
+        if (!Number.isInteger(failoverMs) || failoverMs < 1) {
+          throw new UsageError(
+            `--failover-ms must be a positive integer, got ${String(o.failoverMs)}`,
+          );
         }
         const [{ Client }, { startConsole }, { createRegistry }] = await Promise.all([
           import('../client/index.js'),
@@ -670,6 +681,7 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
             client,
             registry,
             shards,
+            failoverMs,
             port,
             host: o.host ?? (env.JETFLOW_CONSOLE_HOST || undefined),
             ...((o.token ?? env.JETFLOW_CONSOLE_TOKEN)

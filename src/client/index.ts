@@ -688,12 +688,15 @@ export class Client implements AsyncDisposable {
    * Follow the workflow's journal live: every entry from the start (or only new ones with
    * `fromStart: false`), in order, until the step that ends the workflow (its last end: a run an
    * operator's reset undid is followed past its end). Each step appears once
-   * (a step re-journaled after a crash is skipped by its number).
+   * (a step re-journaled after a crash is skipped by its number). `afterStep: N`: starts at the
+   * journal's latest entry, yielded when its step is after N, then every new one; so a reader
+   * that has seen the workflow at step N learns that it moved between its read and this call
+   * (from the latest of those steps only: read the history for the ones between).
    */
   async *follow(
     type: string,
     id: string,
-    opts: { fromStart?: boolean; signal?: AbortSignal } = {},
+    opts: { fromStart?: boolean; afterStep?: number; signal?: AbortSignal } = {},
   ): AsyncGenerator<JournalEntry> {
     this.check(type, id);
     const js = jetstream(this.nc);
@@ -701,7 +704,12 @@ export class Client implements AsyncDisposable {
       // One filter as a string: the consumer is created on `CONSUMER.CREATE.<stream>.<name>.<filter>`,
       // which a role's permissions can limit to its workflow types (an array uses a subject without).
       filter_subjects: this.names.subjects.journal(type, id),
-      deliver_policy: opts.fromStart === false ? DeliverPolicy.New : DeliverPolicy.All,
+      deliver_policy:
+        opts.afterStep !== undefined
+          ? DeliverPolicy.Last
+          : opts.fromStart === false
+            ? DeliverPolicy.New
+            : DeliverPolicy.All,
     });
     const messages = await consumer.consume();
     const abort = () => void messages.close();
@@ -720,6 +728,7 @@ export class Client implements AsyncDisposable {
         if (e.kind === 'step') {
           if (seen.has(e.step)) continue;
           seen.add(e.step);
+          if (opts.afterStep !== undefined && e.step <= opts.afterStep) continue;
         }
         yield e;
         if (

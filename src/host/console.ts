@@ -25,6 +25,7 @@ import type { JournalEntry } from '../contracts/wire.js';
 import type { SearchRequest } from '../contracts/search.js';
 import type { BulkRequest } from '../contracts/bulk.js';
 import { repoRoot, packageVersion } from './package-root.js';
+import { ENGINE_DEFAULTS } from '../config.js';
 
 export interface ConsoleOptions {
   client: Client;
@@ -32,6 +33,12 @@ export interface ConsoleOptions {
   registry?: Registry;
   /** Inbox shards of the engines (for the overview's shard table; default 16). */
   shards?: number;
+  /**
+   * The engines' `failoverMs` (default 10 s, the engines' default): an engine silent for half of
+   * it is left out of the overview, as the other engines leave it out, so that its shards show
+   * their new holders as soon as they moved (`jetflow status` counts the same way).
+   */
+  failoverMs?: number;
   /** Interface to listen on (default 127.0.0.1). */
   host?: string;
   /** Port (default 8233; 0 picks a free one). */
@@ -71,6 +78,8 @@ const ActionBody = Type.Object(
     ),
     toStep: Type.Optional(Type.Integer({ minimum: 0 })),
     nodeId: Type.Optional(Type.String({ minLength: 1 })),
+    /** `release` of a holder whose record is gone: its concurrency key. */
+    key: Type.Optional(Type.String({ minLength: 1 })),
   },
   { additionalProperties: false },
 );
@@ -81,7 +90,50 @@ const SignalBody = Type.Object(
   },
   { additionalProperties: false },
 );
-const VERBS = ['pause', 'resume', 'retry', 'resolve', 'fail', 'reset', 'terminate'] as const;
+const VERBS = [
+  'pause',
+  'resume',
+  'retry',
+  'resolve',
+  'fail',
+  'reset',
+  'terminate',
+  // activity-tree nodes (with nodeId)
+  'shutdown',
+  'cancel',
+  // concurrency keys
+  'promote',
+  'skip',
+  'release',
+] as const;
+const BATCH_VERBS = ['seal', 'retry-failed', 'cancel', 'pause', 'resume'] as const;
+const BatchParams = Type.Object({
+  id: Token,
+  verb: Type.Union(BATCH_VERBS.map((v) => Type.Literal(v))),
+});
+const BatchBody = Type.Object(
+  {
+    reason: Type.Optional(Type.String({ minLength: 1, maxLength: 1024 })),
+    by: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  },
+  { additionalProperties: false },
+);
+const BatchItemsQuery = Type.Object({
+  status: Type.Optional(
+    Type.Union(
+      ['pending', 'running', 'succeeded', 'failed', 'canceled'].map((v) => Type.Literal(v)),
+    ),
+  ),
+  cursor: Type.Optional(Type.Integer({ minimum: 0 })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+});
+const TriggerParams = Type.Object({ name: Token });
+const EventsQuery = Type.Object({ step: Type.Optional(Type.Integer({ minimum: -1 })) });
+const TriggerVerbParams = Type.Object({
+  name: Token,
+  verb: Type.Union([Type.Literal('pause'), Type.Literal('resume')]),
+});
+const KeysQuery = Type.Object({ type: Token, key: Type.Optional(Type.String({ minLength: 1 })) });
 const VerbParams = Type.Object({
   type: Token,
   id: Token,
@@ -304,7 +356,7 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
   const overview = async () => {
     const [counts, status, queues, failures, review] = await Promise.all([
       settle(client.searchCounts()),
-      settle(client.status(shards)),
+      settle(client.status(shards, (opts.failoverMs ?? ENGINE_DEFAULTS.failoverMs) / 2)),
       settle(client.queues()),
       settle(client.search({ status: 'failed', limit: 10 })),
       settle(client.search({ needsReview: true, limit: 10 })),
@@ -345,9 +397,7 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
     } catch {
       hasTree = false;
     }
-    const tree = hasTree
-      ? await settle(client.view<{ text: string }>(type, id, { view: 'tree', format: 'text' }))
-      : undefined;
+    const tree = hasTree ? await settle(client.view(type, id, { view: 'tree' })) : undefined;
     return {
       query,
       journal: Array.isArray(journal) ? { entries, truncated } : journal,
@@ -376,6 +426,61 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
       return await client.admin(verb, type, id, body);
     },
   );
+
+  // ---- Batches, concurrency keys, triggers: the calls `jetflow batch|keys|triggers` make -----
+
+  app.get('/api/batches/:id', { schema: { params: Type.Object({ id: Token }) } }, async (req) =>
+    client.batches.status((req.params as { id: string }).id),
+  );
+  app.get(
+    '/api/batches/:id/items',
+    { schema: { params: Type.Object({ id: Token }), querystring: BatchItemsQuery } },
+    async (req) =>
+      client.batches.items(
+        (req.params as { id: string }).id,
+        req.query as Parameters<Client['batches']['items']>[1],
+      ),
+  );
+  app.post(
+    '/api/batches/:id/:verb',
+    { schema: { params: BatchParams, body: BatchBody } },
+    async (req) => {
+      const { id, verb } = req.params as Static<typeof BatchParams>;
+      const who = (req.body ?? {}) as Static<typeof BatchBody>;
+      const b = client.batches;
+      switch (verb) {
+        case 'seal':
+          return await b.seal(id);
+        case 'retry-failed':
+          return await b.retryFailed(id, who);
+        case 'cancel':
+          return await b.cancel(id, who);
+        case 'pause':
+          return await b.pause(id, who);
+        case 'resume':
+          return await b.resume(id, who);
+      }
+    },
+  );
+  /** Holders and waiters (with their positions) of a type's concurrency keys. */
+  app.get('/api/keys', { schema: { querystring: KeysQuery } }, async (req) => {
+    const { type, key } = req.query as Static<typeof KeysQuery>;
+    const records = await client.keys(type, key);
+    return {
+      type,
+      at: Date.now(),
+      keys: records.sort((a, b) => a.key.localeCompare(b.key)),
+    };
+  });
+
+  app.get('/api/triggers', async () => client.triggers('list'));
+  app.get('/api/triggers/:name/parked', { schema: { params: TriggerParams } }, async (req) =>
+    client.triggers('parked', { name: (req.params as Static<typeof TriggerParams>).name }),
+  );
+  app.post('/api/triggers/:name/:verb', { schema: { params: TriggerVerbParams } }, async (req) => {
+    const { name, verb } = req.params as Static<typeof TriggerVerbParams>;
+    return await client.triggers(verb, { name });
+  });
 
   app.post('/api/bulk', async (req) => client.bulk(req.body as BulkRequest));
   app.get('/api/bulk/:jobId', async (req) =>
@@ -425,17 +530,33 @@ export async function startConsole(opts: ConsoleOptions): Promise<ConsoleServer>
       signal.addEventListener('abort', () => (clearTimeout(t), ok()), { once: true });
     });
 
-  /** Every new journal entry of the workflow (also past its end: a reset continues it). */
-  app.get('/api/workflows/:type/:id/events', { schema: { params: Params } }, (req, reply) => {
-    const { type, id } = req.params as Static<typeof Params>;
-    sse(req, reply, async (send, signal) => {
-      while (!signal.aborted) {
-        for await (const e of client.follow(type, id, { fromStart: false, signal }))
-          send('entry', lean(e));
-        await sleep(250, signal);
-      }
-    });
-  });
+  /**
+   * Every journal entry of the workflow after step `?step=` (the one the page shows; none given:
+   * from now), also those journaled between the page's read and this stream, and past the
+   * workflow's end (a reset continues it).
+   */
+  app.get(
+    '/api/workflows/:type/:id/events',
+    { schema: { params: Params, querystring: EventsQuery } },
+    (req, reply) => {
+      const { type, id } = req.params as Static<typeof Params>;
+      const { step } = req.query as Static<typeof EventsQuery>;
+      sse(req, reply, async (send, signal) => {
+        let after = step;
+        while (!signal.aborted) {
+          const entries =
+            after === undefined
+              ? client.follow(type, id, { fromStart: false, signal })
+              : client.follow(type, id, { afterStep: after, signal });
+          for await (const e of entries) {
+            send('entry', lean(e));
+            if (e.kind === 'step') after = Math.max(after ?? -1, e.step);
+          }
+          await sleep(250, signal);
+        }
+      });
+    },
+  );
 
   app.get('/api/overview/events', (req, reply) => {
     sse(req, reply, async (send, signal) => {

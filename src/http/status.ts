@@ -13,6 +13,13 @@ const STATUS_OF: Partial<Record<string, number>> = {
   [ErrorCode.InvalidState]: 409,
   [ErrorCode.Conflict]: 409,
   [ErrorCode.Paused]: 409,
+  // Operator verbs refused by the workflow's state (repair, concurrency keys): as the CLI's exit 4.
+  [ErrorCode.NotParked]: 409,
+  [ErrorCode.StepOutOfRange]: 409,
+  [ErrorCode.Deferred]: 409,
+  [ErrorCode.NotDeferred]: 409,
+  [ErrorCode.HolderRunning]: 409,
+  [ErrorCode.ConcurrencyLimit]: 409,
   [ErrorCode.PayloadTooLarge]: 413,
   // A NATS permissions violation (the credential may not do this); a missing or unknown bearer
   // token is answered 401 before any call.

@@ -123,6 +123,14 @@ export function toJetflowError(err: unknown, fields: JetflowErrorFields = {}): J
       code: ErrorCode.PayloadTooLarge,
     });
   }
+  // The server refused the credential this (publish or subscription): the same credential gets
+  // the same answer, so it is not retryable; the HTTP API and the console answer 403.
+  if (name === 'PermissionViolationError' || /^Permissions Violation/i.test(message)) {
+    return new TerminalError(`not permitted by the NATS credential: ${message}`, {
+      ...f,
+      code: ErrorCode.Unauthorized,
+    });
+  }
   if (name === 'JetStreamApiError') {
     const status = Number(e.status);
     // The server refused this very request (400-class, not "not found" or "timeout"): sending

@@ -7,10 +7,9 @@
  * server's error for a malformed signal payload. A screenshot of each page goes to
  * `.console-shots/` (git-ignored).
  */
-import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { Client } from '../../src/client/index.js';
@@ -25,15 +24,14 @@ import { defineWorkflow } from '../../src/engine/registry.js';
 import { activity } from '../../src/engine/activity.js';
 import {
   quietLogger,
-  repoRoot,
   startEngine,
   TEST_SHARDS,
   uniquePrefix,
   useServer,
 } from '../harness/jetflow.js';
+import { chromiumPath, shots } from './chromium.js';
 
 const env = useServer();
-const shots = resolve(repoRoot, '.console-shots');
 /** The demo's merchant payment, its bank call parked for review after two quick attempts. */
 const merchantPayment = defineWorkflow({
   type: 'merchantPayment',
@@ -49,21 +47,6 @@ const merchantPayment = defineWorkflow({
   }),
 });
 const definitions = [merchantPayment, order];
-
-/** The system chromium's path: provisioned when missing, or a clear failure (never a skip). */
-function chromiumPath(): string {
-  try {
-    return execFileSync('bash', [resolve(repoRoot, 'scripts/provision-chromium.sh')], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-    }).trim();
-  } catch (err) {
-    const stderr = (err as { stderr?: string }).stderr ?? '';
-    throw new Error(
-      `the console's browser tests need chromium, and scripts/provision-chromium.sh could not provide one:\n${stderr}`,
-    );
-  }
-}
 
 async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
   const end = Date.now() + ms;

@@ -96,6 +96,8 @@ export class EngineProcess {
       ackWaitMs?: number;
       failoverMs?: number;
       replicas?: number;
+      /** Told apart in `jetflow status` (default: every engine of the run has one name). */
+      name?: string;
       /** Module of workflow definitions (default test/fixtures/workflows.ts). */
       workflows?: string;
     } = {},
@@ -124,7 +126,7 @@ export class EngineProcess {
       String(this.opts.replicas ?? 1),
       // Names the run root so the global teardown can find a leaked engine.
       '--name',
-      `engine:${runRoot()}`,
+      `engine:${runRoot()}${this.opts.name ? `:${this.opts.name}` : ''}`,
       ...(this.opts.shardIds ? ['--shard-ids', this.opts.shardIds] : []),
     ];
     const child = spawn(process.execPath, args, {

@@ -275,9 +275,14 @@ describe('reset', () => {
       const followed: number[] = [];
       for await (const e of client.follow('fpayment', 'f1'))
         if (e.kind === 'step') followed.push(e.step);
-      expect(followed).toEqual(
-        Array.from({ length: (await client.query('fpayment', 'f1')).step + 1 }, (_, i) => i),
-      );
+      const last = (await client.query('fpayment', 'f1')).step;
+      expect(followed).toEqual(Array.from({ length: last + 1 }, (_, i) => i));
+      // After a step: the latest entry journaled before the call when it is after that step (the
+      // console's page follows from the step it has shown: a move in between is not lost).
+      const after: number[] = [];
+      for await (const e of client.follow('fpayment', 'f1', { afterStep: last - 1 }))
+        if (e.kind === 'step') after.push(e.step);
+      expect(after).toEqual([last]);
     } finally {
       await t.close();
     }
