@@ -930,15 +930,18 @@ export function startTriggerAdmin(o: {
             const dec = new TextDecoder();
             reply = {
               trigger: s.name,
-              parked: (await o.role.store.parked(s.name)).map((p) => ({
-                seq: p.seq,
-                subject: p.subject,
-                ...(p.key !== undefined ? { key: p.key } : {}),
-                error: p.error,
-                at: p.at,
-                headers: p.headers,
-                body: dec.decode(p.data),
-              })),
+              // In stream order (the parking lot holds them in the order they were parked).
+              parked: (await o.role.store.parked(s.name))
+                .sort((a, c) => a.seq - c.seq)
+                .map((p) => ({
+                  seq: p.seq,
+                  subject: p.subject,
+                  ...(p.key !== undefined ? { key: p.key } : {}),
+                  error: p.error,
+                  at: p.at,
+                  headers: p.headers,
+                  body: dec.decode(p.data),
+                })),
             };
           } else if (verb === 'trace') {
             const s = specOf(b);
