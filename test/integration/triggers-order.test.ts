@@ -7,7 +7,8 @@
  *   then refuses more (retryable `paused`), so its key's lane waits; the other keys' messages
  *   keep completing meanwhile, and the slow key's messages are applied in stream order once it
  *   is resumed. With a serial consumer (a window of 1) the other keys would wait behind it.
- * - Poison at the acceptance size: 20 bad messages parked with their errors; `park-key` parks
+ * - Poison at the acceptance size: 20 bad messages (a mapping that throws, an unknown event, a
+ *   reserved event type, a body over `maxInputBytes`) parked with their errors; `park-key` parks
  *   their keys' later messages behind them (also ones published while parked); a replay with the
  *   head still bad changes nothing; `skip` is in the ledger; after it, `replay --all` applies
  *   the rest in stream order; every message is accounted for.
@@ -174,7 +175,7 @@ describe('triggers: one slow key', () => {
 
 describe('triggers: poison at size', () => {
   it(
-    '20 bad messages parked with their errors; park-key holds 80 later ones in order; skip journaled; replay --all applies them in order; nothing lost',
+    '20 bad messages (4 kinds) parked with their errors; park-key holds 80 later ones in order; skip journaled; replay --all applies them in order; nothing lost',
     { timeout: 90_000 },
     async () => {
       const prefix = uniquePrefix();
@@ -182,11 +183,35 @@ describe('triggers: poison at size', () => {
       const subj = `${prefix}-pay`;
       await userStream(env.nc, stream, [`${subj}.>`]);
       const wf = triggerWorkflows({ JF_T_PAY_STREAM: stream, JF_T_PAY_SUBJECT: `${subj}.>` });
-      const engine = await startEngine(env.server.url, prefix, { workflows: wf });
+      const engine = await startEngine(env.server.url, prefix, {
+        workflows: wf,
+        maxInputBytes: 4_096,
+      });
       closers.push(() => engine.close());
       const c = await Client.connect(env.server.url, { prefix });
       closers.push(() => c.close());
       const bad = Array.from({ length: 20 }, (_, i) => `b${i}`);
+      // Four kinds of poison, five keys each: the mapping throws, an event the machine does not
+      // know, a reserved event type, a body over maxInputBytes.
+      const kinds = [
+        { body: { bad: true }, code: 'mapping_failed', message: 'event: bad payment 2' },
+        {
+          body: { type: 'REFUND' },
+          code: 'unknown_event',
+          message: 'workflow tpay has no transition on REFUND',
+        },
+        {
+          body: { type: 'xstate.stop' },
+          code: 'bad_event',
+          message: 'event type xstate.stop is reserved for the engine',
+        },
+        {
+          body: { pad: 'x'.repeat(5_000) },
+          code: 'payload_too_large',
+          message: 'larger than 4096',
+        },
+      ];
+      const kindOf = (k: string) => kinds[Number(k.slice(1)) % 4]!;
       const good = Array.from({ length: 5 }, (_, i) => `g${i}`);
       for (const k of [...bad, ...good]) await c.start('tpay', k, {});
       const seqOf = new Map<string, number>();
@@ -197,7 +222,7 @@ describe('triggers: poison at size', () => {
             await publish(
               env.nc,
               `${subj}.${k}`,
-              { orderId: k, n, bad: bad.includes(k) && n === 2 },
+              { orderId: k, n, ...(bad.includes(k) && n === 2 ? kindOf(k).body : {}) },
               `${k}-${n}`,
             )
           ).seq,
@@ -213,10 +238,8 @@ describe('triggers: poison at size', () => {
       const bySeq = new Map(p.map((x) => [x.seq, x]));
       for (const k of bad) {
         const head = seqOf.get(`${k}-2`)!;
-        expect(bySeq.get(head)).toMatchObject({
-          key: k,
-          error: { code: 'mapping_failed', message: 'event: bad payment 2' },
-        });
+        expect(bySeq.get(head)).toMatchObject({ key: k, error: { code: kindOf(k).code } });
+        expect(bySeq.get(head)!.error.message).toContain(kindOf(k).message);
         for (const n of [3, 4, 5])
           expect(bySeq.get(seqOf.get(`${k}-${n}`)!)).toMatchObject({
             key: k,
