@@ -18,7 +18,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
 import { triggerWorkflows } from '../fixtures/trigger-workflows.js';
-import type { TriggerLedgerEntry, TriggerRow } from '../../src/engine/triggers.js';
+import type { RewindReply, TriggerLedgerEntry, TriggerRow } from '../../src/engine/triggers.js';
 import {
   drained,
   publish,
@@ -45,7 +45,11 @@ describe('triggers: deliverFrom', () => {
    * Orders o1..o4 are in the stream before the engine first runs (o1, o2 before `at`); the
    * trigger starts where `from` says; o5 comes after, and once more after an engine restart.
    */
-  async function scenario(from: (seqs: number[], at: Date) => string, want: string[]) {
+  async function scenario(
+    from: (seqs: number[], at: Date) => string,
+    want: string[],
+    after?: (c: Client, at: Date) => Promise<void>,
+  ) {
     const prefix = uniquePrefix();
     const stream = `ORD_${prefix}`;
     const subj = `${prefix}-ord`;
@@ -96,13 +100,22 @@ describe('triggers: deliverFrom', () => {
         want.includes(id) || id === 'o5' || id === 'o6' ? ['started'] : [],
       );
     }
+    await after?.(c, at);
   }
 
   it("'new': only messages published after the consumer exists", () => scenario(() => 'new', []));
   it('{ seq }: from that stream sequence on', () =>
     scenario((seqs) => `seq:${seqs[1]}`, ['o2', 'o3', 'o4']));
-  it('{ time }: messages stored at or after that time', () =>
-    scenario((_, at) => `time:${at.toISOString()}`, ['o3', 'o4']));
+  it('{ time }: messages stored at or after that time; a rewind --since that time re-reads them, 0 new', () =>
+    scenario(
+      (_, at) => `time:${at.toISOString()}`,
+      ['o3', 'o4'],
+      async (c, at) => {
+        // Through the CLI's own path: `--since <duration>` is sent as epoch ms.
+        const r = await c.triggers<RewindReply>('rewind', { name: 'orders', since: at.getTime() });
+        expect(r).toMatchObject({ reread: 4, new: 0, duplicates: 4, done: true });
+      },
+    ));
 });
 
 describe('triggers: one slow key', () => {
