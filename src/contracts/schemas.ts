@@ -15,6 +15,9 @@ import { Type, type Static, type TObject, type TProperties, type TSchema } from 
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { ValueErrorType } from '@sinclair/typebox/errors';
 import { unpack } from './codec.js';
+import { BATCH_ITEM_STATUSES } from './batch.js';
+import { BULK_MAX_RATE } from './bulk.js';
+import { BULK_VERBS } from './wire.js';
 import type {
   AdminRequest,
   BatchRef,
@@ -293,6 +296,133 @@ export const TriggerRequestSchemas = {
 };
 
 export type TriggerVerb = keyof typeof TriggerRequestSchemas;
+
+// ---- Batch verbs (`<prefix>.admin.batch.<verb>`, `client.batches`, `jetflow batch`) ---------
+
+/** Longest batch id (the item workflow id `<batchId>=<itemKey>=<gen>` must stay ≤ 256). */
+export const BATCH_ID_MAX = 100;
+/** Most items in one `add` chunk (the client sends 500). */
+export const BATCH_ADD_MAX_ITEMS = 10_000;
+
+const BatchId = Type.String({
+  pattern: `^[A-Za-z0-9_=-]{1,${BATCH_ID_MAX}}$`,
+  description: `the batch id: 1-${BATCH_ID_MAX} characters of A-Z a-z 0-9 _ - =`,
+});
+const BatchText = Type.Optional(
+  Type.String({
+    maxLength: ADMIN_TEXT_MAX,
+    description: `at most ${ADMIN_TEXT_MAX} characters (journaled)`,
+  }),
+);
+
+/** `complete-with-errors` (default), `all-must-succeed` or `{failIfMoreThan: x}`, 0 ≤ x < 1. */
+export const BatchPolicySchema = Type.Union([
+  Type.Literal('complete-with-errors'),
+  Type.Literal('all-must-succeed'),
+  Type.Object(
+    { failIfMoreThan: Type.Number({ minimum: 0, exclusiveMaximum: 1 }) },
+    { additionalProperties: false },
+  ),
+]);
+
+/** What the batch does when it completes: signal one workflow or start one. */
+export const BatchCallbackSchema = Type.Union([
+  Type.Object(
+    {
+      signal: Type.Object(
+        {
+          type: TokenSchema,
+          id: TokenSchema,
+          event: Type.Optional(Type.String({ minLength: 1, description: 'the event type' })),
+        },
+        { additionalProperties: false },
+      ),
+    },
+    { additionalProperties: false },
+  ),
+  Type.Object(
+    {
+      start: Type.Object(
+        { type: TokenSchema, id: Type.Optional(TokenSchema) },
+        { additionalProperties: false },
+      ),
+    },
+    { additionalProperties: false },
+  ),
+]);
+
+const BatchWho = Type.Object(
+  { id: BatchId, by: BatchText, reason: BatchText },
+  { additionalProperties: false },
+);
+
+/** Bodies of the batch verbs, by verb; closed: an unknown field is refused. */
+export const BatchRequestSchemas = {
+  create: Type.Object(
+    {
+      id: BatchId,
+      type: TokenSchema,
+      policy: Type.Optional(Type.Union([BatchPolicySchema, Type.Null()])),
+      cancelRest: Type.Optional(Type.Boolean()),
+      onComplete: Type.Optional(Type.Union([BatchCallbackSchema, Type.Null()])),
+    },
+    { additionalProperties: false },
+  ),
+  add: Type.Object(
+    {
+      id: BatchId,
+      from: Type.Integer({ minimum: 0, description: 'position of the first item' }),
+      // Each item's key is checked on its own: a bad one is rejected, the chunk goes on.
+      items: Type.Array(Type.Unknown({ description: '{key, input}' }), {
+        maxItems: BATCH_ADD_MAX_ITEMS,
+      }),
+    },
+    { additionalProperties: false },
+  ),
+  seal: Type.Object({ id: BatchId }, { additionalProperties: false }),
+  status: Type.Object({ id: BatchId }, { additionalProperties: false }),
+  items: Type.Object(
+    {
+      id: BatchId,
+      status: Type.Optional(Type.Union(BATCH_ITEM_STATUSES.map((x) => Type.Literal(x)))),
+      cursor: Type.Optional(Type.Integer({ minimum: 1, description: 'from the previous page' })),
+      limit: Type.Optional(Type.Integer({ minimum: 1, description: 'at most 1000 are given' })),
+    },
+    { additionalProperties: false },
+  ),
+  'retry-failed': BatchWho,
+  cancel: BatchWho,
+  pause: BatchWho,
+  resume: BatchWho,
+};
+
+export type BatchRequestVerb = keyof typeof BatchRequestSchemas;
+
+// ---- Bulk jobs (`<prefix>.admin.bulk`) ----------------------------------------------------
+
+/**
+ * The job's own fields of a bulk request; the verb's fields (`reason`, `by`, `attempts`, …) are
+ * checked as for one workflow (`AdminFieldSchemas`, by `parseAdminFields`).
+ */
+export const BulkJobFieldsSchema = Type.Object({
+  verb: Type.Union(
+    BULK_VERBS.map((v) => Type.Literal(v)),
+    { description: 'the admin verb run on every match' },
+  ),
+  query: Type.Object(
+    {},
+    { additionalProperties: true, description: 'search filters, as for <prefix>.search' },
+  ),
+  dryRun: Type.Optional(Type.Boolean()),
+  ratePerSec: Type.Optional(
+    Type.Number({ exclusiveMinimum: 0, maximum: BULK_MAX_RATE, description: 'workflows a second' }),
+  ),
+});
+
+/** A bulk job's status or cancel request. */
+export const BulkJobRefSchema = Type.Object({
+  jobId: Type.String({ pattern: '^[A-Za-z0-9]{1,64}$', description: 'the id of a bulk job' }),
+});
 
 // ---- Activity tasks (msgpack on `wf.task.<queue>.<taskKey>`) --------------------------------
 

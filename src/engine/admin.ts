@@ -15,7 +15,13 @@ import {
 } from '../contracts/wire.js';
 import { BadRequestError, ErrorCode } from '../errors.js';
 import type { TSchema } from '@sinclair/typebox';
-import { ADMIN_TEXT_MAX, AdminFieldSchemas, compile, type Checker } from '../contracts/schemas.js';
+import {
+  ADMIN_TEXT_MAX,
+  AdminFieldSchemas,
+  compile,
+  firstIssue,
+  type Checker,
+} from '../contracts/schemas.js';
 import type { Registry } from './registry.js';
 
 /** Fields every verb takes. */
@@ -130,6 +136,7 @@ export function parseAdminFields(
     if (!allowed.includes(k)) {
       throw bad(`unknown field ${JSON.stringify(k)} for ${verb} (fields: ${allowed.join(', ')})`, {
         field: k,
+        why: 'Unexpected property',
       });
     }
   }
@@ -154,11 +161,15 @@ export function parseAdminFields(
     if (f.actorId !== undefined) {
       throw bad(`${verb} takes "nodeId" (a tree node) or "actorId" (a parked activity), not both`, {
         field: 'actorId',
+        why: 'Unexpected property',
       });
     }
     out.nodeId = f.nodeId;
   } else if (f.decisions !== undefined) {
-    throw bad('"decisions" goes with "nodeId" (resolve of a tree node)', { field: 'decisions' });
+    throw bad('"decisions" goes with "nodeId" (resolve of a tree node)', {
+      field: 'decisions',
+      why: 'Unexpected property',
+    });
   }
   if (f.decisions !== undefined) out.decisions = f.decisions;
   if (f.scope === 'dispatch') out.scope = 'dispatch';
@@ -180,6 +191,7 @@ export function parseAdminFields(
     if (!('output' in b)) {
       throw bad('resolve needs "output": the activity output to deliver (null allowed)', {
         field: 'output',
+        why: 'Expected required property',
       });
     }
     out.output = b.output;
@@ -193,7 +205,11 @@ export function parseAdminFields(
     const int = (k: string, min: number): number => {
       const n = b[k];
       if (typeof n !== 'number' || !Number.isInteger(n) || n < min) {
-        throw bad(`migrate needs "${k}": an integer >= ${min}`, { field: k, value: n });
+        throw bad(`migrate needs "${k}": an integer >= ${min}`, {
+          field: k,
+          why: n === undefined ? 'Expected required property' : `Expected integer >= ${min}`,
+          value: n,
+        });
       }
       return n;
     };
@@ -203,6 +219,7 @@ export function parseAdminFields(
     if (snap === null || typeof snap !== 'object' || Array.isArray(snap) || !('value' in snap)) {
       throw bad('migrate needs "snapshot": a persisted XState snapshot (with "value")', {
         field: 'snapshot',
+        why: 'Expected object with "value"',
       });
     }
     out.snapshot = snap;
@@ -226,7 +243,14 @@ const FIELD_CHECKS = Object.fromEntries(
 ) as Record<AdminField, Checker<TSchema>>;
 
 /** What a bad (or missing) admin field is told: the field's own message, naming it. */
-function badAdminField(k: AdminField, verb: AdminVerb, value: unknown, bad: BadField): Error {
+function badAdminField(k: AdminField, verb: AdminVerb, value: unknown, badField: BadField): Error {
+  // Every message names the field; `why` is the schema's reason, as for the other requests.
+  const why =
+    value === undefined
+      ? 'Expected required property'
+      : (firstIssue(FIELD_CHECKS[k], value)?.why ?? 'Invalid value');
+  const bad: BadField = (msg, details) =>
+    badField(msg, { ...(details as Record<string, unknown>), why });
   switch (k) {
     case 'reason':
     case 'by':

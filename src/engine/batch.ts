@@ -22,12 +22,20 @@ import type {
   BatchPolicy,
   BatchStatus,
 } from '../contracts/batch.js';
-import { BATCH_ITEM_STATUSES } from '../contracts/batch.js';
 import { isToken } from '../contracts/subjects.js';
 import { BadRequestError, ErrorCode } from '../errors.js';
+import {
+  BATCH_ID_MAX,
+  BatchCallbackSchema,
+  BatchPolicySchema,
+  BatchRequestSchemas,
+  compile,
+  firstIssue,
+  issueDetails,
+  type BatchRequestVerb,
+} from '../contracts/schemas.js';
 
-/** Longest batch id (the item workflow id `<batchId>=<itemKey>=<gen>` must stay ≤ 256). */
-export const BATCH_ID_MAX = 100;
+export { BATCH_ID_MAX };
 /** Longest item key. */
 export const ITEM_KEY_MAX = 140;
 /** Default event type of the callback. */
@@ -35,15 +43,6 @@ export const BATCH_COMPLETED = 'batch.completed';
 
 const bad = (message: string, details?: unknown) =>
   new BadRequestError(message, { code: ErrorCode.BadRequest, ...(details ? { details } : {}) });
-
-export function checkBatchId(id: unknown): string {
-  if (!isToken(id) || id.length > BATCH_ID_MAX) {
-    throw bad(
-      `batch id must be 1-${BATCH_ID_MAX} characters of A-Z a-z 0-9 _ - = (got ${JSON.stringify(id)})`,
-    );
-  }
-  return id;
-}
 
 /** Why an item key cannot be used, or undefined when it can. */
 export function itemKeyProblem(key: unknown): string | undefined {
@@ -62,58 +61,68 @@ export function itemWorkflowId(batchId: string, key: string, gen: number): strin
   return gen <= 1 ? `${batchId}=${key}` : `${batchId}=${key}=${gen}`;
 }
 
+const policyCheck = compile(BatchPolicySchema);
+const callbackCheck = compile(BatchCallbackSchema);
+
+/** A create request's `policy` (absent: `complete-with-errors`), checked by its schema. */
 export function parsePolicy(p: unknown): BatchPolicy {
-  if (p === undefined || p === null || p === 'complete-with-errors') return 'complete-with-errors';
-  if (p === 'all-must-succeed') return 'all-must-succeed';
-  if (typeof p === 'object' && !Array.isArray(p)) {
-    const x = (p as { failIfMoreThan?: unknown }).failIfMoreThan;
-    if (typeof x === 'number' && Number.isFinite(x) && x >= 0 && x < 1) {
-      return { failIfMoreThan: x };
-    }
-  }
+  if (p === undefined || p === null) return 'complete-with-errors';
+  if (policyCheck.Check(p)) return p;
   throw bad(
     `batch policy must be 'complete-with-errors', 'all-must-succeed' or { failIfMoreThan: x } with 0 <= x < 1 (got ${JSON.stringify(p)})`,
+    { field: 'policy', why: firstIssue(policyCheck, p)?.why ?? 'Expected union value' },
   );
 }
 
+/** A create request's `onComplete` (absent: none), checked by its schema. */
 export function parseCallback(c: unknown): BatchCallback | undefined {
   if (c === undefined || c === null) return undefined;
-  const o = c as { signal?: Record<string, unknown>; start?: Record<string, unknown> };
-  if (o.signal && typeof o.signal === 'object') {
-    const { type, id, event } = o.signal;
-    if (isToken(type) && isToken(id) && (event === undefined || typeof event === 'string')) {
-      return { signal: { type, id, ...(event ? { event } : {}) } };
-    }
-  }
-  if (o.start && typeof o.start === 'object') {
-    const { type, id } = o.start;
-    if (isToken(type) && (id === undefined || isToken(id))) {
-      return { start: { type, ...(id ? { id } : {}) } };
-    }
-  }
+  if (callbackCheck.Check(c)) return c;
   throw bad(
     `onComplete must be { signal: { type, id, event? } } or { start: { type, id? } } (got ${JSON.stringify(c)})`,
+    { field: 'onComplete', why: firstIssue(callbackCheck, c)?.why ?? 'Expected union value' },
   );
+}
+
+const BATCH_CHECKS = Object.fromEntries(
+  Object.entries(BatchRequestSchemas).map(([k, v]) => [k, compile(v)]),
+) as { [K in BatchRequestVerb]: ReturnType<typeof compile<(typeof BatchRequestSchemas)[K]>> };
+
+/**
+ * Check the (decoded) body of a batch verb against its schema (`BatchRequestSchemas`); throws
+ * `bad_request` with `details: {field, why}` naming the field at fault. Pure.
+ */
+export function parseBatchRequest(verb: BatchRequestVerb, body: unknown): Record<string, unknown> {
+  const c = BATCH_CHECKS[verb];
+  const b = body ?? {};
+  if (c.Check(b)) return b;
+  const i = firstIssue(c, b)!;
+  const top = i.field.split('.')[0];
+  const message =
+    i.field === ''
+      ? `a batch ${verb} request body must be an object`
+      : top === 'id' && !i.unknown
+        ? `batch id must be 1-${BATCH_ID_MAX} characters of A-Z a-z 0-9 _ - = (got ${JSON.stringify(i.value)})`
+        : top === 'policy' && !i.unknown
+          ? `batch policy must be 'complete-with-errors', 'all-must-succeed' or { failIfMoreThan: x } with 0 <= x < 1 (got ${JSON.stringify((b as { policy?: unknown }).policy)})`
+          : top === 'onComplete'
+            ? `onComplete must be { signal: { type, id, event? } } or { start: { type, id? } } (got ${JSON.stringify((b as { onComplete?: unknown }).onComplete)})`
+            : i.unknown
+              ? `batch ${verb}: unknown field ${JSON.stringify(i.field)}`
+              : `batch ${verb}: ${i.field}: ${i.why}`;
+  throw bad(message, issueDetails(i));
 }
 
 export function parseCreate(body: unknown): BatchCreateRequest {
-  const b = (body ?? {}) as Record<string, unknown>;
-  const id = checkBatchId(b.id);
-  if (!isToken(b.type)) throw bad(`batch ${id}: type must be a workflow type`);
+  const b = parseBatchRequest('create', body);
   const onComplete = parseCallback(b.onComplete);
   return {
-    id,
-    type: b.type,
+    id: b.id as string,
+    type: b.type as string,
     policy: parsePolicy(b.policy),
     ...(b.cancelRest === true ? { cancelRest: true } : {}),
     ...(onComplete ? { onComplete } : {}),
   };
-}
-
-export function parseItemStatus(s: unknown): BatchItemStatus | undefined {
-  if (s === undefined) return undefined;
-  if (BATCH_ITEM_STATUSES.includes(s as BatchItemStatus)) return s as BatchItemStatus;
-  throw bad(`item status must be one of ${BATCH_ITEM_STATUSES.join(', ')}`);
 }
 
 export const isTerminal = (s: BatchItemStatus) =>

@@ -13,10 +13,21 @@ import {
 } from '../contracts/bulk.js';
 import { BULK_VERBS, type AdminVerb } from '../contracts/wire.js';
 import { BadRequestError } from '../errors.js';
-import { isAdminVerb, parseAdminFields } from './admin.js';
+import { BulkJobFieldsSchema, compile, firstIssue, issueDetails } from '../contracts/schemas.js';
+import { parseAdminFields } from './admin.js';
 
 /** Search fields a bulk query may not carry: a job takes every match, in its own order. */
 const PAGING = ['sort', 'order', 'limit', 'cursor'] as const;
+
+/** The job's own fields (`BulkJobFieldsSchema`); the rest are the verb's. */
+const JOB_FIELDS = ['verb', 'query', 'dryRun', 'ratePerSec'];
+const jobCheck = compile(BulkJobFieldsSchema);
+const JOB_MESSAGES: Record<string, (why: string, value: unknown) => string> = {
+  verb: (_, v) => `unknown or missing verb ${JSON.stringify(v)} (verbs: ${BULK_VERBS.join(', ')})`,
+  query: () => 'query must be an object of search filters (as for <prefix>.search)',
+  dryRun: () => 'dryRun must be true or false',
+  ratePerSec: (why) => `ratePerSec must be a number in (0, ${BULK_MAX_RATE}]: ${why}`,
+};
 
 function bad(message: string, details?: unknown): BadRequestError {
   return new BadRequestError(message, details === undefined ? {} : { details });
@@ -32,34 +43,38 @@ export function parseBulkRequest(
   checkQuery: (query: Record<string, unknown>) => void,
 ): BulkRequest & { ratePerSec: number; dryRun: boolean } {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-    throw bad('a bulk request must be an object with "verb", "query", "reason" and "by"');
+    throw bad('a bulk request must be an object with "verb", "query", "reason" and "by"', {
+      field: '',
+      why: 'Expected object',
+    });
+  }
+  const jobFields = Object.fromEntries(
+    Object.entries(body).filter(([k]) => JOB_FIELDS.includes(k)),
+  );
+  if (!jobCheck.Check(jobFields)) {
+    const i = firstIssue(jobCheck, jobFields)!;
+    const top = i.field.split('.')[0] ?? '';
+    throw bad(
+      (JOB_MESSAGES[top] ?? ((why: string) => `${top}: ${why}`))(i.why, i.value),
+      issueDetails(i),
+    );
   }
   const b = body as Record<string, unknown>;
-  const verb = b.verb;
-  if (typeof verb !== 'string' || !isAdminVerb(verb) || !BULK_VERBS.includes(verb)) {
-    throw bad(`unknown or missing verb ${JSON.stringify(verb)} (verbs: ${BULK_VERBS.join(', ')})`, {
-      field: 'verb',
-    });
-  }
+  const verb = b.verb as AdminVerb;
   const q = b.query;
-  if (q === null || typeof q !== 'object' || Array.isArray(q)) {
-    throw bad('query must be an object of search filters (as for <prefix>.search)', {
-      field: 'query',
-    });
-  }
   const query = q as Record<string, unknown>;
   for (const k of PAGING) {
     if (k in query) {
       throw bad(
         `query.${k} is not allowed: a bulk job acts on every match (narrow the filters instead)`,
-        { field: `query.${k}` },
+        { field: `query.${k}`, why: 'Unexpected property' },
       );
     }
   }
   if (Object.keys(query).length === 0) {
     throw bad(
       'query has no filter: a bulk job over every workflow is refused (say e.g. {"status":"running"} to mean every running one)',
-      { field: 'query' },
+      { field: 'query', why: 'Expected at least one filter' },
     );
   }
   try {
@@ -69,25 +84,11 @@ export function parseBulkRequest(
     const field = (err.details as { field?: unknown } | undefined)?.field;
     throw bad(`query: ${err.message}`, {
       field: typeof field === 'string' ? `query.${field}` : 'query',
+      why: err.message,
     });
   }
-  if (b.dryRun !== undefined && typeof b.dryRun !== 'boolean') {
-    throw bad('dryRun must be true or false', { field: 'dryRun' });
-  }
-  let ratePerSec = BULK_DEFAULT_RATE;
-  if (b.ratePerSec !== undefined) {
-    const r = b.ratePerSec;
-    if (typeof r !== 'number' || !Number.isFinite(r) || r <= 0 || r > BULK_MAX_RATE) {
-      throw bad(`ratePerSec must be a number in (0, ${BULK_MAX_RATE}]`, {
-        field: 'ratePerSec',
-        value: r,
-      });
-    }
-    ratePerSec = r;
-  }
-  const rest = Object.fromEntries(
-    Object.entries(b).filter(([k]) => !['verb', 'query', 'dryRun', 'ratePerSec'].includes(k)),
-  );
+  const ratePerSec = (b.ratePerSec as number | undefined) ?? BULK_DEFAULT_RATE;
+  const rest = Object.fromEntries(Object.entries(b).filter(([k]) => !JOB_FIELDS.includes(k)));
   const fields = parseAdminFields(verb, rest, bad, {
     common: ['reason', 'by'],
     actorOptional: true,

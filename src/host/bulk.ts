@@ -40,7 +40,10 @@ import {
   type BulkStore,
 } from '../nats/bulk.js';
 import type { TopologyNames } from '../nats/topology.js';
+import { BulkJobRefSchema, compile, firstIssue } from '../contracts/schemas.js';
 import { runItemJob } from './job-loop.js';
+
+const jobRefCheck = compile(BulkJobRefSchema);
 
 /**
  * What a runner needs to run jobs over a batch's ledger (the engines' `BatchService`): the walk,
@@ -246,13 +249,14 @@ export class BulkRunner {
   }
 
   private jobIdOf(body: unknown): string {
-    const j = (body as { jobId?: unknown } | null)?.jobId;
-    if (typeof j !== 'string' || !/^[A-Za-z0-9]{1,64}$/.test(j)) {
+    const b = body ?? {};
+    if (!jobRefCheck.Check(b)) {
+      const i = firstIssue(jobRefCheck, b)!;
       throw new BadRequestError('the body must be {"jobId": "<id of a bulk job>"}', {
-        details: { field: 'jobId' },
+        details: { field: i.field || 'jobId', why: i.why },
       });
     }
-    return j;
+    return b.jobId;
   }
 
   private async load(body: unknown) {

@@ -419,13 +419,23 @@ export class TriggerRunner {
       ...(byMsgId ? { replay: true as const } : {}),
     };
     let pause = 250;
-    // A core message has no sequence: one id for all of its forwards, so that a retry after a
-    // lost reply is recognised as a repeat (not applied twice).
-    const coreId = isStream ? '' : nuid.next();
+    // A core message has no sequence: one id for its forwards, so that a retry after a lost
+    // reply is recognised as a repeat (not applied twice); a new one after a refusal.
+    let coreId = isStream ? '' : nuid.next();
+    // The inbox's dedup only says the id was stored, not that the step applied it: a copy the
+    // step refused (retryable) would hide the retry. After a refusal, or when the server calls
+    // the first copy a duplicate (a previous holder may have had it refused before it died),
+    // the message is forwarded under a fresh id and the record decides: a start is idempotent
+    // on the workflow id, a signal at or below the key's trigger watermark (or, replayed, with a
+    // remembered msg id) is a duplicate.
+    let fresh = false;
+    // A webhook request the sender delivers again after the hooks stream's dedup window is a
+    // new stream message: the record remembers the request's id (the last 64 per workflow).
+    const hookId = spec.webhook ? tm.header('Nats-Msg-Id') : undefined;
     for (;;) {
       if (this.stopped) return undefined;
       const msgId = isStream
-        ? replay
+        ? replay || fresh
           ? `jf-trigger.${spec.name}.${tm.seq}.r.${nuid.next()}`
           : `jf-trigger.${spec.name}.${tm.seq}`
         : `jf-trigger.${spec.name}.core.${coreId}`;
@@ -436,13 +446,25 @@ export class TriggerRunner {
           origin,
           msgId,
           this.replyTimeoutMs,
-          byMsgId && mapped.kind === 'signal' ? `trigger/${spec.name}/${tm.seq}` : undefined,
+          mapped.kind !== 'signal'
+            ? undefined
+            : hookId !== undefined
+              ? `hook/${hookId}`
+              : byMsgId
+                ? `trigger/${spec.name}/${tm.seq}`
+                : undefined,
         );
-        if ('pubDuplicate' in r) return { outcome: 'duplicate' };
+        if ('pubDuplicate' in r) {
+          if (!isStream || fresh) return { outcome: 'duplicate' };
+          fresh = true;
+          continue;
+        }
         if ('noReply' in r) return { outcome: 'forwarded' };
         const v = verdictOf(spec.kind, r.reply);
         if ('retry' in v) {
           this.noteError(tm.seq, v.retry);
+          fresh = true;
+          coreId = isStream ? '' : nuid.next();
         } else if (v.outcome === 'parked') {
           return { error: v.error };
         } else {
@@ -908,15 +930,18 @@ export function startTriggerAdmin(o: {
             const dec = new TextDecoder();
             reply = {
               trigger: s.name,
-              parked: (await o.role.store.parked(s.name)).map((p) => ({
-                seq: p.seq,
-                subject: p.subject,
-                ...(p.key !== undefined ? { key: p.key } : {}),
-                error: p.error,
-                at: p.at,
-                headers: p.headers,
-                body: dec.decode(p.data),
-              })),
+              // In stream order (the parking lot holds them in the order they were parked).
+              parked: (await o.role.store.parked(s.name))
+                .sort((a, c) => a.seq - c.seq)
+                .map((p) => ({
+                  seq: p.seq,
+                  subject: p.subject,
+                  ...(p.key !== undefined ? { key: p.key } : {}),
+                  error: p.error,
+                  at: p.at,
+                  headers: p.headers,
+                  body: dec.decode(p.data),
+                })),
             };
           } else if (verb === 'trace') {
             const s = specOf(b);

@@ -27,6 +27,7 @@ import type {
   BatchJobProgress,
   BatchCounter,
   BatchItem,
+  BatchItemStatus,
   BatchItemsReply,
   BatchMeta,
   BatchStatus,
@@ -37,7 +38,7 @@ import { Header, type Effect, type WorkflowRecord } from '../contracts/wire.js';
 import {
   batchStatus,
   callbackStartId,
-  checkBatchId,
+  parseBatchRequest,
   completedEvent,
   counterFor,
   decideOutcome,
@@ -46,7 +47,6 @@ import {
   itemKeyProblem,
   itemWorkflowId,
   parseCreate,
-  parseItemStatus,
 } from '../engine/batch.js';
 import type { Logger, RecordStore } from '../engine/ports.js';
 import type { Registry } from '../engine/registry.js';
@@ -302,11 +302,8 @@ export class BatchService {
 
   /** Add one chunk of items at positions `from`… (see the module comment). */
   async add(body: unknown): Promise<BatchAddReply> {
-    const b = (body ?? {}) as { id?: unknown; from?: unknown; items?: unknown };
-    const id = checkBatchId(b.id);
-    if (!Number.isInteger(b.from) || (b.from as number) < 0 || !Array.isArray(b.items)) {
-      throw new BadRequestError(`batch ${id}: add needs { from: position, items: [{key, input}] }`);
-    }
+    const b = parseBatchRequest('add', body);
+    const id = b.id as string;
     const from = b.from as number;
     const items = b.items as { key?: unknown; input?: unknown }[];
     const cur = await this.meta(id);
@@ -476,7 +473,7 @@ export class BatchService {
 
   /** Close the batch to new items: it completes once every item is terminal. */
   async seal(body: unknown): Promise<BatchStatus> {
-    const id = checkBatchId((body as { id?: unknown })?.id);
+    const id = parseBatchRequest('seal', body).id as string;
     const cur = await this.meta(id);
     if (!cur) throw notFound(id);
     if (cur.meta.inflight) await this.flushInflight(cur.meta);
@@ -485,7 +482,7 @@ export class BatchService {
   }
 
   async status(body: unknown): Promise<BatchStatus> {
-    const id = checkBatchId((body as { id?: unknown })?.id);
+    const id = parseBatchRequest('status', body).id as string;
     const [m, c] = await Promise.all([this.meta(id), this.counter(id)]);
     if (!m) throw notFound(id);
     const counter = c && c.c.gen === m.meta.gen ? c.c : counterFor(m.meta.gen, c?.c, this.now());
@@ -495,18 +492,17 @@ export class BatchService {
 
   /** A page of the ledger (in stream order), optionally of one status. */
   async items(body: unknown): Promise<BatchItemsReply> {
-    const b = (body ?? {}) as { id?: unknown; status?: unknown; cursor?: unknown; limit?: unknown };
-    const id = checkBatchId(b.id);
+    const b = parseBatchRequest('items', body) as {
+      id: string;
+      status?: BatchItemStatus;
+      cursor?: number;
+      limit?: number;
+    };
+    const id = b.id;
     if (!(await this.meta(id))) throw notFound(id);
-    const status = parseItemStatus(b.status);
-    const limit =
-      b.limit === undefined
-        ? 100
-        : Number.isInteger(b.limit)
-          ? Math.min(1000, b.limit as number)
-          : 0;
-    if (limit < 1) throw new BadRequestError('limit must be an integer from 1 to 1000');
-    const start = Number.isInteger(b.cursor) ? (b.cursor as number) : 1;
+    const status = b.status;
+    const limit = Math.min(1000, b.limit ?? 100);
+    const start = b.cursor ?? 1;
     const items: BatchItem[] = [];
     let cursor: number | undefined;
     await this.scan(id, start, (seq, it) => {
@@ -653,7 +649,7 @@ export class BatchService {
   }
 
   async pause(body: unknown): Promise<BatchStatus> {
-    const { id, by, reason } = who(body);
+    const { id, by, reason } = who('pause', body);
     await this.mutate(id, (m) =>
       m.paused ? undefined : ((m.paused = { at: this.now(), by, reason }), m),
     );
@@ -665,7 +661,7 @@ export class BatchService {
    * the ledger for them (the reply names it; `status` shows its progress).
    */
   async resume(body: unknown): Promise<BatchStatus> {
-    const { id, by, reason } = who(body);
+    const { id, by, reason } = who('resume', body);
     const jobId = nuid.next();
     const meta = await this.mutate(id, (m) => {
       if (!m.paused && (m.pending === 0 || m.canceled || m.jobs?.resume)) return undefined;
@@ -685,7 +681,7 @@ export class BatchService {
    * canceled by a background job that walks the ledger (the reply names it).
    */
   async cancel(body: unknown): Promise<BatchStatus> {
-    const { id, by, reason } = who(body);
+    const { id, by, reason } = who('cancel', body);
     const jobId = nuid.next();
     const meta = await this.mutate(id, (m) => {
       if (m.canceled && m.jobs?.cancel) return undefined;
@@ -714,7 +710,7 @@ export class BatchService {
    * names it); the batch stays open (`retrying`) until the job has walked the whole ledger.
    */
   async retryFailed(body: unknown): Promise<BatchStatus> {
-    const { id, by, reason } = who(body);
+    const { id, by, reason } = who('retry-failed', body);
     const [m, c] = await Promise.all([this.meta(id), this.counter(id)]);
     if (!m) throw notFound(id);
     let meta = m.meta;
@@ -1128,13 +1124,12 @@ function itemOf(m: JsMsg): BatchItem | undefined {
   return unpack(m.data) as BatchItem;
 }
 
-function who(body: unknown): { id: string; by: string; reason: string } {
-  const b = (body ?? {}) as { id?: unknown; by?: unknown; reason?: unknown };
-  return {
-    id: checkBatchId(b.id),
-    by: typeof b.by === 'string' ? b.by : 'unknown',
-    reason: typeof b.reason === 'string' ? b.reason : '',
-  };
+function who(
+  verb: 'retry-failed' | 'cancel' | 'pause' | 'resume',
+  body: unknown,
+): { id: string; by: string; reason: string } {
+  const b = parseBatchRequest(verb, body) as { id: string; by?: string; reason?: string };
+  return { id: b.id, by: b.by || 'unknown', reason: b.reason ?? '' };
 }
 
 /** The `batchItem` effect handler. */

@@ -486,6 +486,61 @@ describe('batches', () => {
     expect((await errorOf(client.batches.status('y'))).code).toBe('not_found');
   });
 
+  it('malformed requests: bad_request naming the field (wrong types, unknown fields, oversize), nothing stored', async () => {
+    const { prefix, client } = await setup();
+    const ask = async (verb: string, body: unknown) => {
+      const m = await env.nc.request(
+        `${prefix}.admin.batch.${verb}`,
+        new TextEncoder().encode(JSON.stringify(body)),
+        { timeout: 5_000 },
+      );
+      return {
+        header: m.headers?.get('Jf-Error'),
+        ...(m.json<{ error?: { code: string; message: string; details?: unknown } }>().error ?? {}),
+      };
+    };
+    const t = 'batchItem';
+    const cases: [string, unknown, string, RegExp][] = [
+      ['create', { id: 'm1', type: 5 }, 'type', /type/],
+      ['create', { id: 'a.b', type: t }, 'id', /batch id must be/],
+      ['create', { id: 'x'.repeat(101), type: t }, 'id', /batch id must be 1-100/],
+      ['create', { id: 'm1', type: t, policy: { failIfMoreThan: 1 } }, 'policy', /policy/],
+      ['create', { id: 'm1', type: t, policy: 'sometimes' }, 'policy', /policy/],
+      ['create', { id: 'm1', type: t, cancelRest: 'yes' }, 'cancelRest', /cancelRest/],
+      ['create', { id: 'm1', type: t, colour: 'red' }, 'colour', /unknown field "colour"/],
+      [
+        'create',
+        { id: 'm1', type: t, onComplete: { signal: { type: 'a' } } },
+        'onComplete',
+        /onComplete/,
+      ],
+      ['add', { id: 'm1', from: -1, items: [] }, 'from', /from/],
+      ['add', { id: 'm1', from: 0, items: 'x' }, 'items', /items/],
+      ['add', { id: 'm1', from: 0, items: Array(10_001).fill({}) }, 'items', /items/],
+      ['add', { id: 'm1', from: 0 }, 'items', /items/],
+      ['seal', { id: 'm1', now: true }, 'now', /unknown field/],
+      ['status', {}, 'id', /batch id must be/],
+      ['items', { id: 'm1', limit: 0 }, 'limit', /limit/],
+      ['items', { id: 'm1', status: 'sleeping' }, 'status', /status/],
+      ['items', { id: 'm1', cursor: 'x' }, 'cursor', /cursor/],
+      ['cancel', { id: 'm1', reason: 'x'.repeat(1025) }, 'reason', /reason/],
+      ['pause', { id: 'm1', by: 5 }, 'by', /by/],
+      ['retry-failed', { id: 'm1', force: true }, 'force', /unknown field/],
+      ['resume', [], '', /must be an object/],
+    ];
+    for (const [verb, body, field, message] of cases) {
+      const e = await ask(verb, body);
+      const what = `${verb} ${JSON.stringify(body).slice(0, 80)}`;
+      expect(e.header, what).toBe('bad_request');
+      expect(e.code, what).toBe('bad_request');
+      expect(e.message, what).toMatch(message);
+      const d = e.details as { field?: unknown; why?: unknown } | undefined;
+      expect(d?.field, what).toBe(field);
+      expect(typeof d?.why, what).toBe('string');
+    }
+    expect((await errorOf(client.batches.status('m1'))).code).toBe('not_found');
+  });
+
   it('CLI: batch create streams an NDJSON file, status --json, items --status failed', async () => {
     const { prefix, client, done } = await setup();
     const dir = mkdtempSync(join(tmpdir(), 'jf-batch-'));

@@ -249,6 +249,23 @@ describe('bulk retry of workflows parked for review', () => {
       ],
       [{ verb: 'pause', query: { type: 'rpayment' }, ...who, dryRun: 'yes' }, 'dryRun', /dryRun/],
       [
+        { verb: 'pause', query: { type: 'rpayment' }, ...who, ratePerSec: 10_001 },
+        'ratePerSec',
+        /ratePerSec must be a number in \(0, 10000\]/,
+      ],
+      [
+        { verb: 'pause', query: { type: 'rpayment' }, ...who, ratePerSec: 'fast' },
+        'ratePerSec',
+        /ratePerSec/,
+      ],
+      [{ verb: 5, query: { type: 'rpayment' }, ...who }, 'verb', /unknown or missing verb 5/],
+      [{ verb: 'pause', query: ['rpayment'], ...who }, 'query', /query must be an object/],
+      [
+        { verb: 'pause', query: { type: 'rpayment' }, by: 'x', reason: 'r'.repeat(1025) },
+        'reason',
+        /reason/,
+      ],
+      [
         { verb: 'pause', query: { type: 'rpayment' }, ...who, requestId: 'r' },
         'requestId',
         /unknown field/,
@@ -259,6 +276,9 @@ describe('bulk retry of workflows parked for review', () => {
       expect(e.code, JSON.stringify(body)).toBe('bad_request');
       expect(e.message).toMatch(message);
       expect((e.details as { field?: string }).field, JSON.stringify(body)).toBe(field);
+      expect((e.details as { why?: unknown }).why, JSON.stringify(body)).toEqual(
+        expect.any(String),
+      );
     }
     // A body that is not JSON.
     const raw = await env.nc.request(`${prefix}.admin.bulk`, new TextEncoder().encode('{nope'));
