@@ -21,7 +21,8 @@ import { ConfigError, ErrorCode, JetflowError } from '../errors.js';
 import { toJetflowError } from '../nats/connection.js';
 import type { Registry } from '../engine/registry.js';
 import { chartOf, type Chart } from '../engine/chart.js';
-import type { JournalEntry } from '../contracts/wire.js';
+import { ADMIN_VERBS, type JournalEntry } from '../contracts/wire.js';
+import { BATCH_ITEM_STATUSES } from '../contracts/batch.js';
 import type { SearchRequest } from '../contracts/search.js';
 import type { BulkRequest } from '../contracts/bulk.js';
 import { repoRoot, packageVersion } from './package-root.js';
@@ -90,22 +91,8 @@ const SignalBody = Type.Object(
   },
   { additionalProperties: false },
 );
-const VERBS = [
-  'pause',
-  'resume',
-  'retry',
-  'resolve',
-  'fail',
-  'reset',
-  'terminate',
-  // activity-tree nodes (with nodeId)
-  'shutdown',
-  'cancel',
-  // concurrency keys
-  'promote',
-  'skip',
-  'release',
-] as const;
+/** The admin verbs the pages offer: all but `prune` (trees) and `migrate` (a job), CLI only. */
+const VERBS = ADMIN_VERBS.filter((v) => v !== 'prune' && v !== 'migrate');
 const BATCH_VERBS = ['seal', 'retry-failed', 'cancel', 'pause', 'resume'] as const;
 const BatchParams = Type.Object({
   id: Token,
@@ -119,11 +106,7 @@ const BatchBody = Type.Object(
   { additionalProperties: false },
 );
 const BatchItemsQuery = Type.Object({
-  status: Type.Optional(
-    Type.Union(
-      ['pending', 'running', 'succeeded', 'failed', 'canceled'].map((v) => Type.Literal(v)),
-    ),
-  ),
+  status: Type.Optional(Type.Union(BATCH_ITEM_STATUSES.map((v) => Type.Literal(v)))),
   cursor: Type.Optional(Type.Integer({ minimum: 0 })),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
 });
