@@ -7,29 +7,18 @@
  * server's error for a malformed signal payload. A screenshot of each page goes to
  * `.console-shots/` (git-ignored).
  */
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chromium, type Browser, type Page } from 'playwright-core';
-import { Client } from '../../src/client/index.js';
-import { createWorker, type Worker } from '../../src/worker/index.js';
+import type { Browser, Page } from 'playwright-core';
+import type { Client } from '../../src/client/index.js';
 import type { Engine } from '../../src/host/engine.js';
-import { Visibility } from '../../src/host/visibility.js';
 import { startConsole, type ConsoleServer } from '../../src/host/console.js';
-import { createRegistry } from '../../src/engine/registry.js';
 import { order } from '../../actors/order.js';
 import { merchantPaymentMachine } from '../../actors/merchant-payment.js';
 import { defineWorkflow } from '../../src/engine/registry.js';
 import { activity } from '../../src/engine/activity.js';
-import {
-  quietLogger,
-  startEngine,
-  TEST_SHARDS,
-  uniquePrefix,
-  useServer,
-} from '../harness/jetflow.js';
-import { chromiumPath, shots } from './chromium.js';
+import { TEST_SHARDS, useServer } from '../harness/jetflow.js';
+import { confirmDialog, shots, startConsoleStack, until, type ConsoleStack } from './chromium.js';
 
 const env = useServer();
 /** The demo's merchant payment, its bank call parked for review after two quick attempts. */
@@ -48,36 +37,20 @@ const merchantPayment = defineWorkflow({
 });
 const definitions = [merchantPayment, order];
 
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 describe('web console in chromium', () => {
+  let stack: ConsoleStack;
   let engine: Engine;
-  let worker: Worker;
-  let vis: Visibility;
   let ui: ConsoleServer;
   let client: Client;
   let browser: Browser;
   let page: Page;
-  let dir: string;
   const bank: { down: boolean; gate: Promise<void> | undefined } = { down: true, gate: undefined };
 
   beforeAll(async () => {
-    const executablePath = chromiumPath();
-    mkdirSync(shots, { recursive: true });
-    dir = mkdtempSync(join(tmpdir(), 'jetflow-console-'));
-    const prefix = uniquePrefix();
-    engine = await startEngine(env.server.url, prefix, { workflows: definitions });
-    worker = await createWorker({
-      connection: env.nc,
-      prefix,
+    stack = await startConsoleStack({
+      url: env.server.url,
+      nc: env.nc,
+      definitions,
       queues: ['getSoldVouchers', 'calculatePayment', 'bank'],
       activities: {
         getSoldVouchers: () =>
@@ -98,43 +71,14 @@ describe('web console in chromium', () => {
         },
       },
     });
-    vis = await Visibility.create({
-      servers: env.server.url,
-      prefix,
-      file: join(dir, 'v.db'),
-      logger: quietLogger,
-      progress: () => undefined,
-    });
-    client = new Client(env.nc, { prefix });
-    ui = await startConsole({
-      client,
-      registry: createRegistry(definitions),
-      shards: TEST_SHARDS,
-      port: 0,
-      overviewEveryMs: 500,
-    });
-    browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
-    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    ({ engine, ui, client, browser, page } = stack);
   });
 
   afterAll(async () => {
-    await browser?.close();
-    await ui?.close();
-    await vis?.close();
-    await worker?.close();
-    await engine?.close();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await stack?.close();
   });
 
-  /** Confirm the open `verb` dialog with a reason; returns the server's answer as shown. */
-  async function confirm(verb: string, reason: string): Promise<string> {
-    const dialog = page.getByRole('dialog');
-    await dialog.getByLabel('Reason').fill(reason);
-    await dialog.getByRole('button', { name: 'Confirm' }).click();
-    const answer = page.getByTestId('answer');
-    await answer.getByText(new RegExp(`^${verb}(: done| failed)`)).waitFor();
-    return (await answer.textContent()) ?? '';
-  }
+  const confirm = (verb: string, reason: string) => confirmDialog(page, verb, reason);
 
   it('searches the failing merchant payments, opens one: statechart, timeline; fails its parked bank call', async () => {
     for (const id of ['m1', 'm2']) await client.start('merchantPayment', id, { merchantId: id });

@@ -6,62 +6,35 @@
  * activity tree with a parked node retried from the page, and a bulk action applied with its
  * progress bar to completion. Screenshots go to `.console-shots/` (git-ignored).
  */
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { headers } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { Client } from '../../src/client/index.js';
-import { createWorker, type Worker } from '../../src/worker/index.js';
+import type { Client } from '../../src/client/index.js';
 import type { Engine } from '../../src/host/engine.js';
-import { Visibility } from '../../src/host/visibility.js';
-import { startConsole, type ConsoleServer } from '../../src/host/console.js';
-import { createRegistry } from '../../src/engine/registry.js';
+import type { ConsoleServer } from '../../src/host/console.js';
 import { workflows as fixtures } from '../fixtures/workflows.js';
 import { triggerWorkflows } from '../fixtures/trigger-workflows.js';
-import {
-  quietLogger,
-  startEngine,
-  TEST_SHARDS,
-  uniquePrefix,
-  useServer,
-} from '../harness/jetflow.js';
-import { chromiumPath, shots } from './chromium.js';
+import { uniquePrefix, useServer } from '../harness/jetflow.js';
+import { confirmDialog, shots, startConsoleStack, until, type ConsoleStack } from './chromium.js';
 
 const env = useServer();
 /** Waits for the system (engine, worker, index), not only for the page: 15 s. */
 const poll = <T>(f: () => Promise<T>) => expect.poll(f, { timeout: 15_000, interval: 50 });
 
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 describe('console operator pages in chromium', () => {
+  let stack: ConsoleStack;
   let engine: Engine;
-  let worker: Worker;
-  let vis: Visibility;
   let ui: ConsoleServer;
   let client: Client;
-  let browser: Browser;
   let page: Page;
-  let dir: string;
   const prefix = uniquePrefix();
   const stream = `PAY_${prefix}`;
   const subject = `${prefix}-pay`;
   const bank = { down: true };
 
   beforeAll(async () => {
-    const executablePath = chromiumPath();
-    mkdirSync(shots, { recursive: true });
-    dir = mkdtempSync(join(tmpdir(), 'jetflow-console-ops-'));
     await (
       await jetstreamManager(env.nc)
     ).streams.add({ name: stream, subjects: [`${subject}.>`] });
@@ -69,10 +42,11 @@ describe('console operator pages in chromium', () => {
       ...fixtures,
       ...triggerWorkflows({ JF_T_PAY_STREAM: stream, JF_T_PAY_SUBJECT: `${subject}.>` }),
     ];
-    engine = await startEngine(env.server.url, prefix, { workflows: definitions });
-    worker = await createWorker({
-      connection: env.nc,
+    stack = await startConsoleStack({
+      url: env.server.url,
+      nc: env.nc,
       prefix,
+      definitions,
       queues: ['bank'],
       activities: {
         pay: () => {
@@ -85,43 +59,15 @@ describe('console operator pages in chromium', () => {
         },
       },
     });
-    vis = await Visibility.create({
-      servers: env.server.url,
-      prefix,
-      file: join(dir, 'v.db'),
-      logger: quietLogger,
-      progress: () => undefined,
-    });
-    client = new Client(env.nc, { prefix });
-    ui = await startConsole({
-      client,
-      registry: createRegistry(definitions),
-      shards: TEST_SHARDS,
-      port: 0,
-      overviewEveryMs: 500,
-    });
-    browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
-    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    ({ engine, ui, client, page } = stack);
   });
 
   afterAll(async () => {
-    await browser?.close();
-    await ui?.close();
-    await vis?.close();
-    await worker?.close();
-    await engine?.close();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await stack?.close();
   });
 
   /** Confirm the open dialog with a reason; returns the server's answer as shown. */
-  async function confirm(verb: string, reason: string): Promise<string> {
-    const dialog = page.getByRole('dialog');
-    await dialog.getByLabel('Reason').fill(reason);
-    await dialog.getByRole('button', { name: 'Confirm' }).click();
-    const answer = page.getByTestId('answer');
-    await answer.getByText(new RegExp(`^${verb}(: done| failed)`)).waitFor();
-    return (await answer.textContent()) ?? '';
-  }
+  const confirm = (verb: string, reason: string) => confirmDialog(page, verb, reason);
 
   it('concurrency keys: holder and waiters with positions; promote, skip; a running holder is not released', async () => {
     for (const id of ['a1', 'a2', 'a3']) await client.start('keyq', id, { key: 'k' });
