@@ -36,13 +36,14 @@ import type { PeerResult } from './peers/common.js';
 import { keysWorkload, type KeysWorkloadResult } from './keys-workload.js';
 import { runTriggerBench } from './triggers.js';
 import { runHttpBench } from './http.js';
+import { headOfLine } from './head-of-line.js';
 
 const { values } = parseArgs({
   options: {
     smoke: { type: 'boolean', default: false },
     'skip-peers': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
-    /** Comma-separated subset: keys,fanout,signals,timers,idle,triggers,http (sequential always runs). */
+    /** Comma-separated subset: keys,fanout,signals,hol,timers,idle,triggers,http (sequential always runs). */
     only: { type: 'string' },
     /** Only workload 1, metrics off / on / on with tracing (bench/observability.ts). */
     observability: { type: 'boolean', default: false },
@@ -75,6 +76,8 @@ const N = smoke
       triggerMsgs: 100,
       httpStarts: 30,
       rounds: 1,
+      holHot: 300,
+      holQuiet: 40,
     }
   : {
       seq64: 3000,
@@ -91,6 +94,8 @@ const N = smoke
       triggerMsgs: 2000,
       httpStarts: 1000,
       rounds: 3,
+      holHot: 5000,
+      holQuiet: 400,
     };
 
 const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
@@ -381,6 +386,20 @@ async function main(): Promise<void> {
       });
     }
 
+    // Workload 3b: head-of-line blocking, one hot workflow and the others on its shard.
+    if (want('hol')) {
+      const h = await headOfLine({
+        client,
+        shards: SHARDS,
+        hot: N.holHot,
+        quiet: N.holQuiet,
+        others: 8,
+        inFlight: 1000,
+        log,
+      });
+      emit({ system: 'jetflow', workload: 'head-of-line', ...h });
+    }
+
     // Workload 4: timer lateness.
     if (want('timers')) {
       const delays = Array.from(
@@ -576,6 +595,15 @@ async function main(): Promise<void> {
       efficiency >= 0.5,
       `${round(100 * efficiency, 1)}% (bound ${round(bound, 0)} wf/s = ${round(raw, 0)} msgs/s / ${round(seqWritesPerWf, 2)} writes/wf)`,
     ]);
+    const hol = rows.find((r) => r.workload === 'head-of-line') as
+      | (Row & { met: boolean; duringFlood: { p99Ms: number }; quiet: { p99Ms: number } })
+      | undefined;
+    if (hol)
+      targets.push([
+        `no head-of-line blocking: other workflows on the shard of one taking ${N.holHot} signals keep signal p99 < 100 ms`,
+        hol.met,
+        `p99 ${hol.duringFlood.p99Ms} ms during the flood (${hol.quiet.p99Ms} ms without it)`,
+      ]);
     const idle = rows.find((r) => r.workload === 'idle');
     if (idle) {
       targets.push([
