@@ -1,7 +1,7 @@
 /**
  * Head-of-line blocking (issue 18): while one workflow takes `hot` signals as fast as they come
- * (`inFlight` requests outstanding at once), other workflows on its shard take signals at a
- * modest rate and their signal latency (request → the engine's reply after the step) is
+ * (`inFlight` requests outstanding at once; `npm run bench` sends all of them at once), other workflows on its shard take signals at a
+ * fixed rate (one every 10 ms, open loop) and their signal latency (request → the engine's reply after the step) is
  * measured, beside the same measure with the hot workflow idle. Run by `npm run bench` (`--only
  * hol`); the target is a p99 under 100 ms during the flood.
  */
@@ -35,6 +35,8 @@ export interface HeadOfLineResult {
 }
 
 const TYPE = 'live';
+/** One probe signal into the other workflows every this many ms. */
+const PROBE_EVERY_MS = 10;
 
 export async function headOfLine(o: HeadOfLineOptions): Promise<HeadOfLineResult> {
   const tag = `hol${Date.now().toString(36)}`;
@@ -49,26 +51,30 @@ export async function headOfLine(o: HeadOfLineOptions): Promise<HeadOfLineResult
   const tick = (id: string) => o.client.signal(TYPE, id, { type: 'TICK' }).then(() => undefined);
   const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
 
-  // Baseline: the shard's other workflows, the hot one idle; two requests at a time.
-  const quiet = await runClosedLoop(o.quiet, 2, (i) => tick(others[i % others.length]!), 120_000);
-  const q = sorted(quiet.latenciesMs);
+  // The others' signals are sent on a fixed schedule, one every PROBE_EVERY_MS whatever is
+  // outstanding (open loop): a probe blocked behind the hot workflow does not hold the next ones
+  // back, so a stall shows in every probe it delays, not in one sample.
+  const probes = async (until: () => boolean, max = Infinity): Promise<number[]> => {
+    const out: Promise<number>[] = [];
+    for (let i = 0; until() && i < max; i++) {
+      const s = performance.now();
+      out.push(tick(others[i % others.length]!).then(() => performance.now() - s));
+      await new Promise((r) => setTimeout(r, PROBE_EVERY_MS));
+    }
+    return Promise.all(out);
+  };
+  // Baseline: the shard's other workflows, the hot one idle.
+  const q = sorted(await probes(() => true, o.quiet));
 
-  // The flood, and the same modest load on the others until it ends.
+  // The flood, and the same probes of the others until it ends.
   let flooding = true;
-  const during: number[] = [];
+  let floodMs = 0;
   const t0 = performance.now();
   const flood = runClosedLoop(o.hot, o.inFlight, () => tick(hotId), 600_000).finally(() => {
     flooding = false;
+    floodMs = performance.now() - t0;
   });
-  const probe = async (slot: number) => {
-    for (let i = slot; flooding; i += 2) {
-      const s = performance.now();
-      await tick(others[i % others.length]!);
-      during.push(performance.now() - s);
-    }
-  };
-  await Promise.all([flood, probe(0), probe(1)]);
-  const floodMs = performance.now() - t0;
+  const [, during] = await Promise.all([flood, probes(() => flooding)]);
   const d = sorted(during);
   const p99 = percentile(d, 99);
   o.log(`head-of-line: ${o.hot} signals into one workflow in ${round(floodMs, 0)} ms`);

@@ -33,6 +33,7 @@ describe('benchmark smoke run', () => {
       'concurrency-key',
       'fanout',
       'signals',
+      'head-of-line',
       'timers',
       'idle',
       'triggers',
@@ -41,6 +42,14 @@ describe('benchmark smoke run', () => {
     const keyed = rows.find((r) => r.workload === 'concurrency-key')!;
     expect(keyed.medianThroughputKeyed as number).toBeGreaterThan(0);
     expect((keyed.admission as { samples: number }).samples).toBeGreaterThan(0);
+    // Head-of-line: the other workflows of the hot one's shard were measured during its flood.
+    const hol = rows.find((r) => r.workload === 'head-of-line') as {
+      duringFlood: { signals: number; p99Ms: number };
+      quiet: { signals: number };
+    };
+    expect(hol.duringFlood.signals).toBeGreaterThan(0);
+    expect(hol.quiet.signals).toBeGreaterThan(0);
+    expect(out).toContain('no head-of-line blocking');
     // Trigger throughput as a ratio to the start rate, and HTTP start beside NATS start.
     const trig = rows.find((r) => r.workload === 'triggers')!;
     expect(trig.triggerStartsPerSec as number).toBeGreaterThan(0);
