@@ -15,6 +15,7 @@ import { NatsServer } from '../test/harness/nats-server.js';
 import { shardMapping } from '../src/contracts/subjects.js';
 import { Client } from '../src/client/index.js';
 import { topologyNames } from '../src/nats/topology.js';
+import { pack, unpack } from '../src/contracts/codec.js';
 import { completions } from './completions.js';
 import { spawnTs, stopChild } from './processes.js';
 import { cpuSampler, percentile, round, runClosedLoop } from './peers/common.js';
@@ -117,7 +118,11 @@ async function main(): Promise<void> {
       }
     }
     const jsm = await jetstreamManager(nc);
-    const hist = await jsm.streams.info(topologyNames(prefix).historyStream);
+    const names = topologyNames(prefix);
+    const hist = await jsm.streams.info(names.historyStream);
+    const breakdown = await entryBreakdown(jsm, names, `r${ROUNDS}-on-0`);
+    log(`entry breakdown (msgpack bytes per top-level field, workload 1, one workflow):`);
+    for (const line of breakdown) log(line);
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
     const on = median(rows.filter((x) => x.journal === 'on').map((x) => x.throughput));
     const off = median(rows.filter((x) => x.journal === 'off').map((x) => x.throughput));
@@ -149,6 +154,7 @@ async function main(): Promise<void> {
       serverCpuMsPerWf: { off: cpu('off', 'serverCpuMsPerWf'), on: cpu('on', 'serverCpuMsPerWf') },
       journalEntries: hist.state.messages,
       journalBytesPerEntry: round(hist.state.bytes / Math.max(1, hist.state.messages), 0),
+      journalCompression: hist.config.compression ?? 'none',
       target: 'loss <= 5% (median paired throughput ratio >= 0.95)',
       met: median(paired.map((p) => p.throughput)) >= 0.95,
     };
@@ -158,6 +164,34 @@ async function main(): Promise<void> {
     await nc.close();
     await server.stop();
   }
+}
+
+/**
+ * One workflow's journal entries, each broken down by top-level field: the msgpack bytes of the
+ * field's key and value, sorted largest first, and the entry's total.
+ */
+async function entryBreakdown(
+  jsm: Awaited<ReturnType<typeof jetstreamManager>>,
+  names: ReturnType<typeof topologyNames>,
+  id: string,
+): Promise<string[]> {
+  const out: string[] = [];
+  const it = await jsm.direct.getBatch(names.historyStream, {
+    seq: 1,
+    next_by_subj: names.subjects.journal('sequential', id),
+    batch: 20,
+  });
+  for await (const m of it as AsyncIterable<{ data: Uint8Array; subject: string }>) {
+    const entry = unpack(m.data) as Record<string, unknown>;
+    const fields = Object.entries(entry)
+      .map(([k, v]) => [k, pack({ [k]: v }).length - 1] as const)
+      .sort((a, b) => b[1] - a[1]);
+    out.push(
+      `step ${String(entry.step)} (${String(entry.cause)}): ${m.data.length} bytes; ` +
+        fields.map(([k, n]) => `${k} ${n}`).join(', '),
+    );
+  }
+  return out;
 }
 
 main().then(
