@@ -7,7 +7,8 @@
  * noise; medians are printed. No engine, no worker: only the journal's share of the server.
  *
  * Candidates: `full` (every field, as entries were first written), `stored` (the stored form,
- * `storedEntry`), each `+s2` (stream compression `s2`). Also the engine's encode cost per entry
+ * `storedEntry`), `stored-bare` (without the Content-Type header), `+s2` (stream compression
+ * `s2`). Also the engine's encode cost per entry
  * (`pack`, and `storedEntry` + `pack`), in-process.
  *
  * Options: --workflows N (per round and candidate, default 5000), --rounds R (default 3).
@@ -138,10 +139,13 @@ interface Candidate {
   name: string;
   form: (e: JournalEntry) => JournalEntry;
   compression: 'none' | 's2';
+  /** Without the `Content-Type` header (the body is msgpack whatever it says). */
+  bare?: boolean;
 }
 const candidates: Candidate[] = [
   { name: 'full', form: (e) => e, compression: 'none' },
   { name: 'stored', form: storedEntry, compression: 'none' },
+  { name: 'stored-bare', form: storedEntry, compression: 'none', bare: true },
   { name: 'full+s2', form: (e) => e, compression: 's2' },
   { name: 'stored+s2', form: storedEntry, compression: 's2' },
 ];
@@ -191,9 +195,9 @@ async function main(): Promise<void> {
           Array.from({ length: INFLIGHT }, async () => {
             while (next < entries.length) {
               const m = entries[next++]!;
-              const h = headers();
-              h.set(Header.ContentType, MSGPACK);
-              await js.publish(m.subject, m.data, { msgID: m.msgId, headers: h });
+              const h = c.bare ? undefined : headers();
+              h?.set(Header.ContentType, MSGPACK);
+              await js.publish(m.subject, m.data, { msgID: m.msgId, ...(h ? { headers: h } : {}) });
             }
           }),
         );

@@ -79,10 +79,8 @@ export function createEffectSink(
       delete (slim as { context?: unknown }).context;
       data = pack(slim);
     }
-    await js.publish(s.journal(entry.workflowType, entry.id), data, {
-      msgID: msgId,
-      headers: msgpackHeaders(),
-    });
+    // No Content-Type header: journal bodies are always msgpack (31 bytes less per entry).
+    await js.publish(s.journal(entry.workflowType, entry.id), data, { msgID: msgId });
   };
   const jsonHeaders = () => {
     const h = headers();
