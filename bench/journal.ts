@@ -5,7 +5,9 @@
  * see the same machine noise. Prints per-round throughput and the median ratio on / off.
  *
  * Options: --workflows N (per round and mode, default 2000), --rounds R (default 3), --profile DIR
- * (V8 CPU profiles of the engine, one per round and mode).
+ * (V8 CPU profiles of the engine, one per round and mode), --compression none|s2 (of the history
+ * stream). After the rounds it prints each field's share of an entry (stored form) for workload
+ * 1, a timer workflow and a fan-out.
  */
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -15,6 +17,7 @@ import { NatsServer } from '../test/harness/nats-server.js';
 import { shardMapping } from '../src/contracts/subjects.js';
 import { Client } from '../src/client/index.js';
 import { topologyNames } from '../src/nats/topology.js';
+import { pack, unpack } from '../src/contracts/codec.js';
 import { completions } from './completions.js';
 import { spawnTs, stopChild } from './processes.js';
 import { cpuSampler, percentile, round, runClosedLoop } from './peers/common.js';
@@ -25,6 +28,8 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     /** Write V8 CPU profiles of the engine (one per round and mode) into this directory. */
     profile: { type: 'string' },
+    /** Stream compression of the history stream: none (default) or s2. */
+    compression: { type: 'string', default: 'none' },
   },
 });
 const COUNT = Number(values.workflows);
@@ -68,6 +73,8 @@ async function main(): Promise<void> {
             resolve(root, 'bench/workflows.ts'),
             '--journal',
             journal,
+            '--journal-compression',
+            values.compression,
             '--log-level',
             'info',
             '--name',
@@ -111,13 +118,33 @@ async function main(): Promise<void> {
           };
           rows.push(row);
           log(JSON.stringify(row));
+          if (r === ROUNDS && journal === 'on') {
+            // For the breakdown: a workflow with a timer and one with parallel activities.
+            for (const [type, input] of [
+              ['sleeper', { ms: 50 }],
+              ['fanout', { n: 3 }],
+            ] as const) {
+              const w = done(type, 'breakdown');
+              await client.start(type, 'breakdown', input);
+              await w;
+            }
+          }
         } finally {
           await stopChild(engine);
         }
       }
     }
     const jsm = await jetstreamManager(nc);
-    const hist = await jsm.streams.info(topologyNames(prefix).historyStream);
+    const names = topologyNames(prefix);
+    const hist = await jsm.streams.info(names.historyStream);
+    for (const [type, id] of [
+      ['sequential', `r${ROUNDS}-on-0`],
+      ['sleeper', 'breakdown'],
+      ['fanout', 'breakdown'],
+    ] as const) {
+      log(`entry breakdown of ${type} ${id} (msgpack bytes per top-level field, stored form):`);
+      for (const line of await entryBreakdown(jsm, names, type, id)) log(line);
+    }
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
     const on = median(rows.filter((x) => x.journal === 'on').map((x) => x.throughput));
     const off = median(rows.filter((x) => x.journal === 'off').map((x) => x.throughput));
@@ -149,6 +176,7 @@ async function main(): Promise<void> {
       serverCpuMsPerWf: { off: cpu('off', 'serverCpuMsPerWf'), on: cpu('on', 'serverCpuMsPerWf') },
       journalEntries: hist.state.messages,
       journalBytesPerEntry: round(hist.state.bytes / Math.max(1, hist.state.messages), 0),
+      journalCompression: hist.config.compression ?? 'none',
       target: 'loss <= 5% (median paired throughput ratio >= 0.95)',
       met: median(paired.map((p) => p.throughput)) >= 0.95,
     };
@@ -158,6 +186,35 @@ async function main(): Promise<void> {
     await nc.close();
     await server.stop();
   }
+}
+
+/**
+ * One workflow's journal entries, each broken down by top-level field: the msgpack bytes of the
+ * field's key and value, sorted largest first, and the entry's total.
+ */
+async function entryBreakdown(
+  jsm: Awaited<ReturnType<typeof jetstreamManager>>,
+  names: ReturnType<typeof topologyNames>,
+  type: string,
+  id: string,
+): Promise<string[]> {
+  const out: string[] = [];
+  const it = await jsm.direct.getBatch(names.historyStream, {
+    seq: 1,
+    next_by_subj: names.subjects.journal(type, id),
+    batch: 20,
+  });
+  for await (const m of it as AsyncIterable<{ data: Uint8Array; subject: string }>) {
+    const entry = unpack(m.data) as Record<string, unknown>;
+    const fields = Object.entries(entry)
+      .map(([k, v]) => [k, pack({ [k]: v }).length - 1] as const)
+      .sort((a, b) => b[1] - a[1]);
+    out.push(
+      `step ${String(entry.step)} ${String(entry.kind)} (${String(entry.cause)}): ${m.data.length} bytes; ` +
+        fields.map(([k, n]) => `${k} ${n}`).join(', '),
+    );
+  }
+  return out;
 }
 
 main().then(

@@ -58,6 +58,8 @@ export interface EngineConfig {
   readonly journalMaxAgeMs: number;
   /** The history stream keeps at most this many bytes; the oldest entries go first. */
   readonly journalMaxBytes: number;
+  /** Stream compression of the history stream: `none` (default) or `s2` (half the disk). */
+  readonly journalCompression: 'none' | 's2';
   /** Event payloads larger than this (encoded) are journaled without the payload, marked. */
   readonly journalPayloadMaxBytes: number;
   /** JetStream dedup window for the inbox and events streams. */
@@ -124,6 +126,7 @@ export const ENGINE_DEFAULTS = Object.freeze({
   journal: true,
   journalMaxAgeMs: 30 * 24 * 3600_000,
   journalMaxBytes: 1024 * 1024 * 1024,
+  journalCompression: 'none' as const,
   journalPayloadMaxBytes: 4096,
   gatewayMaxInFlight: 1_000,
   duplicateWindowMs: 120_000,
@@ -226,6 +229,10 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
     1_000,
     86_400_000,
   );
+  const journalCompression = raw.journalCompression ?? ENGINE_DEFAULTS.journalCompression;
+  if (journalCompression !== 'none' && journalCompression !== 's2') {
+    bad('journalCompression', 'must be none or s2', journalCompression);
+  }
   const logLevel = raw.logLevel ?? ENGINE_DEFAULTS.logLevel;
   if (!['debug', 'info', 'warn', 'error', 'silent'].includes(logLevel)) {
     bad('logLevel', 'must be debug, info, warn, error or silent', logLevel);
@@ -283,6 +290,7 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
       1024 * 1024,
       2 ** 50,
     ),
+    journalCompression,
     journalPayloadMaxBytes: int(
       'journalPayloadMaxBytes',
       raw.journalPayloadMaxBytes ?? ENGINE_DEFAULTS.journalPayloadMaxBytes,

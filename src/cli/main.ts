@@ -106,6 +106,10 @@ export function engineOptions(
   set('journalMaxAgeMs', num(pick('journal-max-age-ms', 'JETFLOW_JOURNAL_MAX_AGE_MS')));
   set('journalMaxBytes', num(pick('journal-max-bytes', 'JETFLOW_JOURNAL_MAX_BYTES')));
   set(
+    'journalCompression',
+    pick('journal-compression', 'JETFLOW_JOURNAL_COMPRESSION') as 'none' | 's2' | undefined,
+  );
+  set(
     'journalPayloadMaxBytes',
     num(pick('journal-payload-max-bytes', 'JETFLOW_JOURNAL_PAYLOAD_MAX_BYTES')),
   );
@@ -206,6 +210,12 @@ const ENGINE_FLAGS: [string, string, string, string | undefined][] = [
     'n',
     'size bound of the history stream (default 1073741824)',
     'JETFLOW_JOURNAL_MAX_BYTES',
+  ],
+  [
+    'journal-compression',
+    'none|s2',
+    'stream compression of the history stream (default none)',
+    'JETFLOW_JOURNAL_COMPRESSION',
   ],
   [
     'journal-payload-max-bytes',

@@ -28,7 +28,7 @@ import { connectNats, connectionOptionsFromEnv, credsFileOptions } from '../nats
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { queueStatus, systemStatus, type QueueStatus, type SystemStatus } from '../nats/status.js';
 import { decodeBody, encodeBody, JSON_TYPE, unpack } from '../contracts/codec.js';
-import { withContext } from '../engine/journal.js';
+import { readEntry } from '../engine/journal.js';
 import {
   Header,
   type AdminReply,
@@ -721,7 +721,7 @@ export class Client implements AsyncDisposable {
       for await (const m of messages) {
         let e: JournalEntry;
         try {
-          e = withContext(unpack(m.data) as JournalEntry);
+          e = readEntry(unpack(m.data) as JournalEntry);
         } catch {
           continue;
         }

@@ -14,6 +14,7 @@ import {
   type JournalEntry,
   type JournalEvent,
   type JournalState,
+  type TaskRef,
   type WorkflowRecord,
 } from '../contracts/wire.js';
 import { BadRequestError, ErrorCode } from '../errors.js';
@@ -155,8 +156,9 @@ export function journalMsgId(type: string, id: string, step: number): string {
 }
 
 /**
- * The stored journal entry of `record`'s step, from its `journal` effect. The context is not
- * repeated: readers take it from `snapshot.context`.
+ * The full journal entry of `record`'s step, from its `journal` effect, as a reader gets it
+ * (without the context: {@link readEntry} adds it). The performer publishes its
+ * {@link storedEntry}.
  */
 export function stepEntry(
   record: WorkflowRecord,
@@ -243,11 +245,124 @@ function emittedOf(
   return {};
 }
 
-/** A journal entry as a reader gets it: the context filled in from the snapshot. */
-export function withContext(entry: JournalEntry): JournalEntry {
-  if (entry.kind !== 'step' || entry.context !== undefined) return entry;
-  const context = (entry.snapshot as { context?: unknown } | undefined)?.context;
-  return context === undefined ? entry : { ...entry, context };
+/**
+ * A step entry as it is stored: what a reader can rebuild from the rest of the same entry is
+ * left out (the server stores four or more entries per workflow, so each byte counts):
+ * - `to` (it is `snapshot.value` and its paths),
+ * - `stateSince` when it is the entry's `at` (the state was entered at this step),
+ * - `needsReview` when false,
+ * - `output` when it is `snapshot.output` (a completed workflow),
+ * - a pending task's `taskId`, `activity` and `queue` when the task was issued by this step (the
+ *   entry's task effect for the same actor has them).
+ * The context is never stored (it is `snapshot.context`). An entry whose snapshot is left out
+ * (too large for the server) keeps them all. {@link readEntry} restores the full entry; entries
+ * written before this form hold the fields already and read unchanged.
+ */
+export function storedEntry(entry: JournalEntry): JournalEntry {
+  if (entry.kind !== 'step' || entry.snapshot === undefined || entry.snapshotOmitted) return entry;
+  const snap = entry.snapshot as { value?: unknown; output?: unknown };
+  // Built key by key (not copied and deleted): a plain object msgpack encodes fast.
+  const out: Record<string, unknown> = {};
+  for (const k in entry) {
+    const v = (entry as unknown as Record<string, unknown>)[k];
+    if (v === undefined) continue;
+    switch (k) {
+      case 'context':
+        continue;
+      case 'to':
+        // `stepEntry` builds `to` from the snapshot's value: the same object, nothing to compare.
+        if (entry.to.value === snap.value || sameJson(entry.to, journalState(snap.value))) continue;
+        break;
+      case 'stateSince':
+        if (v === entry.at) continue;
+        break;
+      case 'needsReview':
+        if (v === false) continue;
+        break;
+      case 'output':
+        if (entry.status === 'completed' && (v === snap.output || sameJson(v, snap.output)))
+          continue;
+        break;
+      case 'tasks':
+        out.tasks = slimTasks(entry.tasks!, entry.effects);
+        continue;
+    }
+    out[k] = v;
+  }
+  return out as unknown as JournalEntry;
+}
+
+/** Pending tasks without the fields of the task effect that issued them in the same entry. */
+function slimTasks(
+  tasks: Record<string, TaskRef>,
+  effects: readonly JournalEffect[],
+): Record<string, TaskRef> {
+  const out: Record<string, TaskRef> = {};
+  for (const actorId in tasks) {
+    const t = tasks[actorId]!;
+    const issued = effects.some(
+      (e) =>
+        e.kind === 'task' &&
+        e.actorId === actorId &&
+        e.taskId === t.taskId &&
+        e.activity === t.activity &&
+        e.queue === t.queue,
+    );
+    if (!issued) {
+      out[actorId] = t;
+      continue;
+    }
+    const slim: Record<string, unknown> = {};
+    for (const k in t) {
+      if (k !== 'taskId' && k !== 'activity' && k !== 'queue')
+        slim[k] = (t as unknown as Record<string, unknown>)[k];
+    }
+    out[actorId] = slim as unknown as TaskRef;
+  }
+  return out;
+}
+
+/**
+ * A journal entry as a reader gets it: the fields {@link storedEntry} left out filled in from
+ * the rest of the entry, and the context from the snapshot. Every reader of the stream decodes
+ * through it.
+ */
+export function readEntry(entry: JournalEntry): JournalEntry {
+  if (entry.kind !== 'step') return entry;
+  const snap = entry.snapshot as
+    { value?: unknown; context?: unknown; output?: unknown } | undefined;
+  if (snap === undefined) return entry;
+  const e = entry as Partial<Extract<JournalEntry, { kind: 'step' }>>;
+  let tasks = e.tasks;
+  if (tasks && Object.values(tasks).some((t) => t.taskId === undefined)) {
+    tasks = { ...tasks };
+    for (const [actorId, t] of Object.entries(tasks)) {
+      if (t.taskId !== undefined) continue;
+      const issued = entry.effects.find((x) => x.kind === 'task' && x.actorId === actorId);
+      if (issued?.kind === 'task')
+        tasks[actorId] = {
+          ...t,
+          taskId: issued.taskId,
+          activity: issued.activity,
+          queue: issued.queue,
+        };
+    }
+  }
+  return {
+    ...entry,
+    ...(e.to === undefined ? { to: journalState(snap.value) } : {}),
+    ...(e.stateSince === undefined ? { stateSince: entry.at } : {}),
+    ...(e.needsReview === undefined ? { needsReview: false } : {}),
+    ...(e.output === undefined && entry.status === 'completed' && snap.output !== undefined
+      ? { output: snap.output }
+      : {}),
+    ...(tasks !== e.tasks ? { tasks } : {}),
+    ...(e.context === undefined && snap.context !== undefined ? { context: snap.context } : {}),
+  };
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
 }
 
 /** True when two state values are the same state (value-equal). */
@@ -337,7 +452,7 @@ export class HistoryPage {
       if (keep.length > 0) entries = keep;
       next = keep.length > 0 ? cut : cut + 1;
     }
-    return { entries: entries.map(withContext), next };
+    return { entries: entries.map(readEntry), next };
   }
 }
 

@@ -4,7 +4,7 @@ import { headers, type NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { EffectSink, Logger } from '../engine/ports.js';
 import { encodeBody, JSON_TYPE, MSGPACK, pack, type BodyEncoding } from '../contracts/codec.js';
-import { journalMsgId, stepEntry } from '../engine/journal.js';
+import { journalMsgId, stepEntry, storedEntry } from '../engine/journal.js';
 import {
   Header,
   type Effect,
@@ -71,7 +71,7 @@ export function createEffectSink(
    * journaling never fails a step.
    */
   const journal = async (entry: JournalEntry, msgId: string): Promise<void> => {
-    let data = pack(entry);
+    let data = pack(storedEntry(entry));
     const max = nc.info?.max_payload;
     if (max !== undefined && data.length + 1024 > max && entry.kind === 'step') {
       const slim: JournalEntry = { ...entry, snapshotOmitted: { bytes: data.length } };
@@ -79,10 +79,8 @@ export function createEffectSink(
       delete (slim as { context?: unknown }).context;
       data = pack(slim);
     }
-    await js.publish(s.journal(entry.workflowType, entry.id), data, {
-      msgID: msgId,
-      headers: msgpackHeaders(),
-    });
+    // No Content-Type header: journal bodies are always msgpack (31 bytes less per entry).
+    await js.publish(s.journal(entry.workflowType, entry.id), data, { msgID: msgId });
   };
   const jsonHeaders = () => {
     const h = headers();

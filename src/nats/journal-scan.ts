@@ -5,6 +5,7 @@
  */
 import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { unpack } from '../contracts/codec.js';
+import { readEntry } from '../engine/journal.js';
 import type { JournalEntry, WorkflowRecord } from '../contracts/wire.js';
 import { scanRecords } from './visibility.js';
 import { topologyNames, type TopologyNames } from './topology.js';
@@ -72,7 +73,7 @@ export async function readJournal(
       }
       let entry: JournalEntry;
       try {
-        entry = unpack(m.data) as JournalEntry;
+        entry = readEntry(unpack(m.data) as JournalEntry);
       } catch {
         undecodable++;
         continue;

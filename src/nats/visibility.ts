@@ -15,6 +15,7 @@ import {
   type BodyEncoding,
 } from '../contracts/codec.js';
 import { Header, type JournalEntry, type WorkflowRecord } from '../contracts/wire.js';
+import { readEntry } from '../engine/journal.js';
 import {
   BadRequestError,
   ErrorCode,
@@ -147,7 +148,7 @@ export async function tailJournal(
     for await (const m of messages) {
       let entry: JournalEntry | undefined;
       try {
-        entry = unpack(m.data) as JournalEntry;
+        entry = readEntry(unpack(m.data) as JournalEntry);
       } catch {
         entry = undefined;
       }

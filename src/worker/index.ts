@@ -847,12 +847,10 @@ export class Worker implements AsyncDisposable {
       ...(until !== undefined ? { until } : {}),
       what: `activity ${task.activity} (${task.actorId}): ${what}`,
     };
-    const h = headers();
-    h.set(Header.ContentType, MSGPACK);
+    // Journal bodies are always msgpack: no Content-Type header.
     this.js
       .publish(this.names.subjects.journal(task.workflowType, task.workflowId), pack(entry), {
         msgID: `${task.taskId}.adm.${stage}.${outcome}.${attempt}.${since}`,
-        headers: h,
       })
       .catch((err: unknown) =>
         this.logger.debug({ err, taskId: task.taskId }, 'admission not journaled'),

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { compileEngineConfig } from '../../src/config.js';
+import { topology } from '../../src/nats/topology.js';
 import { engineOptions } from '../../src/cli/main.js';
 import { ConfigError } from '../../src/errors.js';
 import { createSubjects, shardMapping } from '../../src/contracts/subjects.js';
@@ -35,6 +36,25 @@ describe('engine config', () => {
     });
     const env = engineOptions({}, { JETFLOW_ATTEMPT_RETENTION_MS: '86400000' });
     expect(compileEngineConfig(env).attemptRetentionMs).toBe(86_400_000);
+  });
+
+  it('journalCompression: none by default, s2 from a flag or the environment, else refused', () => {
+    expect(compileEngineConfig().journalCompression).toBe('none');
+    const flag = engineOptions({ 'journal-compression': 's2' }, {});
+    expect(compileEngineConfig(flag).journalCompression).toBe('s2');
+    const env = engineOptions({}, { JETFLOW_JOURNAL_COMPRESSION: 's2' });
+    expect(compileEngineConfig(env).journalCompression).toBe('s2');
+    const s2 = topology({ ...compileEngineConfig(flag) }).streams.find((x) =>
+      x.name?.endsWith('_HISTORY'),
+    );
+    expect(s2?.compression).toBe('s2');
+    const none = topology({ ...compileEngineConfig() }).streams.find((x) =>
+      x.name?.endsWith('_HISTORY'),
+    );
+    expect(none?.compression).toBe('none');
+    expect(() => compileEngineConfig({ journalCompression: 'zstd' as 's2' })).toThrow(
+      /journalCompression: must be none or s2/,
+    );
   });
 
   it('reads the M8 options from flags, env and file', () => {
