@@ -259,7 +259,7 @@ function emittedOf(
  * written before this form hold the fields already and read unchanged.
  */
 export function storedEntry(entry: JournalEntry): JournalEntry {
-  if (entry.kind !== 'step' || entry.snapshot === undefined || entry.snapshotOmitted) return entry;
+  if (entry.kind !== 'step' || entry.snapshot == null || entry.snapshotOmitted) return entry;
   const snap = entry.snapshot as { value?: unknown; output?: unknown };
   // Built key by key (not copied and deleted): a plain object msgpack encodes fast.
   const out: Record<string, unknown> = {};
@@ -331,7 +331,7 @@ export function readEntry(entry: JournalEntry): JournalEntry {
   if (entry.kind !== 'step') return entry;
   const snap = entry.snapshot as
     { value?: unknown; context?: unknown; output?: unknown } | undefined;
-  if (snap === undefined) return entry;
+  if (snap == null) return entry;
   const e = entry as Partial<Extract<JournalEntry, { kind: 'step' }>>;
   let tasks = e.tasks;
   if (tasks && Object.values(tasks).some((t) => t.taskId === undefined)) {

@@ -90,4 +90,11 @@ describe('journal entry stored form', () => {
     expect(storedEntry(e)).toBe(e);
     expect(readEntry(e)).toEqual(e);
   });
+
+  it('a deferred workflow entry (no machine started: snapshot null) is stored and read whole', () => {
+    // A throw here hung every deferred start: the journal effect failed, the start had no reply.
+    const e = { ...base, snapshot: null, status: 'deferred' } as unknown as Step;
+    expect(storedEntry(e)).toBe(e);
+    expect(roundTrip(e)).toEqual(e);
+  });
 });
