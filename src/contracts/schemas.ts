@@ -337,6 +337,7 @@ export const TaskMessageSchema = Type.Object({
   concurrency: Type.Optional(
     Type.Object({ key: Type.String(), limit: Type.Integer({ minimum: 1 }) }),
   ),
+  priority: Type.Optional(Type.Integer({ minimum: 1, maximum: 5 })),
   resultSubject: Type.String({ minLength: 1 }),
   scheduledAt: Type.Number(),
   token: Type.Optional(Type.String()),

@@ -55,6 +55,13 @@ export interface ActivityOptions {
    * their lease ends: the queue's `ackWaitMs`.
    */
   concurrency?: ActivityConcurrencySpec;
+  /**
+   * Priority level 1 to 5 (1 is served first; default 3, so unprioritized work is the middle
+   * level), or a pure function of the input giving it (a result that is not an integer 1-5 is
+   * 3). Between levels strict, with aging: a queue's workers serve a lower level first once its
+   * oldest task has waited the queue's `maxWaitMs` (default 60 s). See README "Priority".
+   */
+  priority?: number | ((input: never) => number);
 }
 
 /** See {@link ActivityOptions.concurrency}. */
@@ -86,6 +93,19 @@ export function rateKeyOf(spec: { key?: (input: never) => string }, input: unkno
   } catch {
     return '*';
   }
+}
+
+/** The task's priority level: the option, or its function of the input; 3 when absent or invalid. */
+export function priorityOf(o: { priority?: ActivityOptions['priority'] }, input: unknown): number {
+  let l: unknown = o.priority;
+  if (typeof l === 'function') {
+    try {
+      l = (l as (i: unknown) => unknown)(input);
+    } catch {
+      l = undefined;
+    }
+  }
+  return typeof l === 'number' && Number.isInteger(l) && l >= 1 && l <= 5 ? l : 3;
 }
 
 /** Where and how an HTTP activity calls its endpoint (carried on the task message). */
@@ -135,10 +155,19 @@ export function resolveActivityOptions(
     ...(input.http !== undefined ? { http: input.http } : {}),
     ...(input.rateLimit !== undefined ? { rateLimit: input.rateLimit } : {}),
     ...(input.concurrency !== undefined ? { concurrency: input.concurrency } : {}),
+    ...(input.priority !== undefined ? { priority: input.priority } : {}),
   };
   if (o.http !== undefined) checkHttpSpec(name, o.http);
   if (o.rateLimit !== undefined) checkRateLimit(name, o.rateLimit);
   if (o.concurrency !== undefined) checkConcurrency(name, o.concurrency);
+  if (
+    o.priority !== undefined &&
+    typeof o.priority !== 'function' &&
+    !(Number.isInteger(o.priority) && o.priority >= 1 && o.priority <= 5)
+  )
+    throw new ConfigError(
+      `invalid priority for activity ${name}: an integer from 1 (first) to 5, or a function (input) => 1..5 (got ${JSON.stringify(o.priority)})`,
+    );
   if (o.onExhausted !== undefined && o.onExhausted !== 'fail' && o.onExhausted !== 'review') {
     throw new ConfigError(
       `invalid onExhausted for activity ${name}: 'fail' or 'review' (got ${JSON.stringify(o.onExhausted)})`,

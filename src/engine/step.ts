@@ -13,6 +13,7 @@ import {
   DEFAULT_RETRY,
   resolveActivity,
   rateKeyOf,
+  priorityOf,
   resolveActivityOptions,
   type ActivityOptions,
 } from './activity.js';
@@ -26,7 +27,7 @@ import {
   searchAttributes,
   type JournalOptions,
 } from './journal.js';
-import { shardOf, type Subjects } from '../contracts/subjects.js';
+import { DEFAULT_PRIORITY, shardOf, type Subjects } from '../contracts/subjects.js';
 import type { KeyCancel } from './admission.js';
 import {
   HELD_MAX,
@@ -242,7 +243,14 @@ export function timerKeyOf(w: { type: string; id: string }, timerId: string, ste
 
 /** The effect that cancels a running activity. */
 function stopTaskEffect(actorId: string, t: TaskRef): Effect {
-  return { kind: 'stopTask', actorId, taskId: t.taskId, queue: t.queue, taskKey: t.taskKey };
+  return {
+    kind: 'stopTask',
+    actorId,
+    taskId: t.taskId,
+    queue: t.queue,
+    taskKey: t.taskKey,
+    ...(t.priority !== undefined ? { priority: t.priority } : {}),
+  };
 }
 
 /**
@@ -513,11 +521,14 @@ function materialize(
     const taskKey = taskKeyOf(taskId);
     const review =
       !extra.dispatched && (a.options.onExhausted ?? def.onExhausted ?? 'fail') === 'review';
+    const level = priorityOf(a.options, a.input);
+    const leveled = level !== DEFAULT_PRIORITY ? { priority: level } : {};
     tasks[actorId] = {
       taskId,
       taskKey,
       activity: a.name,
       queue: a.options.queue,
+      ...leveled,
       ...(review ? { onExhausted: 'review' as const } : {}),
       ...(extra.dispatched ? { dispatched: true as const } : {}),
     };
@@ -560,6 +571,7 @@ function materialize(
             },
           }
         : {}),
+      ...leveled,
     };
     effects.push({
       kind: 'task',

@@ -2,7 +2,9 @@
  * Activity tasks on JetStream: the engine side (publish a task, cancel it) and the queue
  * consumers workers pull from.
  */
-import { headers, type NatsConnection } from '@nats-io/transport-node';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { createInbox, headers, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -10,6 +12,8 @@ import {
   type JetStreamClient,
   type JetStreamManager,
   type JsMsg,
+  type MsgRequest,
+  type NextMsgRequest,
 } from '@nats-io/jetstream';
 import type { Logger, TraceCarrier } from '../engine/ports.js';
 import { injectTrace } from '../tracing/index.js';
@@ -72,7 +76,7 @@ export function taskEffectHandlers(
       // The step's span (when traced): the worker's attempt span continues it.
       injectTrace(h);
       const task = taskMessageOf(record, e, names);
-      await js.publish(s.task(e.task.queue, e.task.taskKey), pack(task), {
+      await js.publish(s.task(e.task.queue, e.task.taskKey, task.priority), pack(task), {
         msgID: e.task.taskId,
         headers: h,
       });
@@ -82,8 +86,11 @@ export function taskEffectHandlers(
       // A queued task and its pending retry schedules are removed before any worker starts them
       // (retries first: a retry that fires in between lands on the task subject, purged next);
       // a running attempt is told to abort.
-      await jsm.streams.purge(names.tasksStream, { filter: s.taskRetries(e.queue, e.taskKey) });
-      await jsm.streams.purge(names.tasksStream, { filter: s.task(e.queue, e.taskKey) });
+      const level = e.priority;
+      await jsm.streams.purge(names.tasksStream, {
+        filter: s.taskRetries(e.queue, e.taskKey, level),
+      });
+      await jsm.streams.purge(names.tasksStream, { filter: s.task(e.queue, e.taskKey, level) });
       nc.publish(s.taskControl(e.queue), pack({ cancel: e.taskId }));
       logger.debug({ taskId: e.taskId }, 'activity canceled');
     },
@@ -104,6 +111,12 @@ export interface QueueSettings {
    * activity heartbeats.
    */
   ackWaitMs: number;
+  /**
+   * Aging of priority levels: once the oldest waiting task of a level has waited this long, the
+   * queue's workers take from that level before any higher one, so no task waits much longer
+   * than this behind higher levels. Kept in the level-3 consumer's metadata.
+   */
+  maxWaitMs: number;
 }
 
 /**
@@ -115,7 +128,10 @@ export type QueueSettingsInput = Partial<QueueSettings> & { force?: boolean };
 export const DEFAULT_QUEUE_SETTINGS: QueueSettings = Object.freeze({
   maxInFlight: 1000,
   ackWaitMs: 30_000,
+  maxWaitMs: 60_000,
 });
+
+const MAX_WAIT_KEY = 'jetflow.maxWaitMs';
 
 /** The settings a queue consumer actually has. */
 export function settingsOf(info: ConsumerInfo): QueueSettings {
@@ -125,7 +141,15 @@ export function settingsOf(info: ConsumerInfo): QueueSettings {
       info.config.ack_wait !== undefined
         ? Math.round(info.config.ack_wait / 1_000_000)
         : DEFAULT_QUEUE_SETTINGS.ackWaitMs,
+    maxWaitMs: maxWaitOf(info.config.metadata?.[MAX_WAIT_KEY]),
   };
+}
+
+function maxWaitOf(raw: string | undefined): number {
+  const n = Number(raw);
+  return raw !== undefined && Number.isSafeInteger(n) && n >= 1
+    ? n
+    : DEFAULT_QUEUE_SETTINGS.maxWaitMs;
 }
 
 /**
@@ -160,7 +184,9 @@ export async function ensureQueueConsumer(
         ack_wait: ms(initial.ackWaitMs),
         max_ack_pending: initial.maxInFlight,
         max_deliver: -1,
+        metadata: { [MAX_WAIT_KEY]: String(initial.maxWaitMs) },
       });
+      await ensureLevelConsumers(jsm, names, queue, settingsOf(info), logger);
       return settingsOf(info);
     } catch (err) {
       // Another worker created it at the same time with other settings: adopt that one.
@@ -172,21 +198,75 @@ export async function ensureQueueConsumer(
   const differs = (Object.keys(asked) as (keyof QueueSettings)[]).filter(
     (k) => asked[k] !== undefined && asked[k] !== actual[k],
   );
-  if (differs.length === 0) return actual;
+  if (differs.length === 0) {
+    await ensureLevelConsumers(jsm, names, queue, actual, logger);
+    return actual;
+  }
   if (!force) {
     logger?.warn(
       { queue, asked, actual, differs },
       'queue settings differ from the existing queue consumer; keeping the existing ones (pass force: true to overwrite)',
     );
+    await ensureLevelConsumers(jsm, names, queue, actual, logger);
     return actual;
   }
   const next = { ...actual, ...asked };
   info = await jsm.consumers.update(names.tasksStream, durable, {
     ack_wait: ms(next.ackWaitMs),
     max_ack_pending: next.maxInFlight,
+    metadata: { ...info.config.metadata, [MAX_WAIT_KEY]: String(next.maxWaitMs) },
   });
   logger?.info({ queue, before: actual, after: settingsOf(info) }, 'queue settings overwritten');
+  await ensureLevelConsumers(jsm, names, queue, settingsOf(info), logger);
   return settingsOf(info);
+}
+
+/** The priority levels that have a consumer of their own (level 3 is the queue's consumer). */
+export const OTHER_LEVELS = [1, 2, 4, 5] as const;
+
+/**
+ * The consumers of levels 1, 2, 4 and 5 of a queue (`queue<level>-<queue>`, filter
+ * `<prefix>.task.<queue>.p<level>.*`), created or brought to the level-3 consumer's `ackWaitMs`
+ * and `maxInFlight`: each level's consumer enforces `maxInFlight` on its own level.
+ */
+async function ensureLevelConsumers(
+  jsm: JetStreamManager,
+  names: TopologyNames,
+  queue: string,
+  settings: QueueSettings,
+  logger?: Logger,
+): Promise<void> {
+  for (const level of OTHER_LEVELS) {
+    const durable = names.levelConsumer(queue, level);
+    const info = await jsm.consumers.info(names.tasksStream, durable).catch(() => undefined);
+    if (!info) {
+      try {
+        await jsm.consumers.add(names.tasksStream, {
+          durable_name: durable,
+          description: `jetflow activity queue ${queue}, priority ${level}`,
+          filter_subject: names.subjects.taskFilter(queue, level),
+          ack_policy: AckPolicy.Explicit,
+          deliver_policy: DeliverPolicy.All,
+          ack_wait: ms(settings.ackWaitMs),
+          max_ack_pending: settings.maxInFlight,
+          max_deliver: -1,
+        });
+      } catch (err) {
+        // Created by another worker meanwhile: fine; otherwise the queue cannot serve the level.
+        if (!(await jsm.consumers.info(names.tasksStream, durable).catch(() => undefined)))
+          throw err;
+      }
+      continue;
+    }
+    const have = settingsOf(info);
+    if (have.ackWaitMs !== settings.ackWaitMs || have.maxInFlight !== settings.maxInFlight) {
+      await jsm.consumers.update(names.tasksStream, durable, {
+        ack_wait: ms(settings.ackWaitMs),
+        max_ack_pending: settings.maxInFlight,
+      });
+      logger?.info({ queue, level }, 'priority level consumer brought to the queue settings');
+    }
+  }
 }
 
 /** Attempt number of a delivered task: `Jf-Attempt` (absent = 1) + delivery count - 1. */
@@ -225,11 +305,18 @@ export async function scheduleRetry(
   trace?: TraceCarrier,
 ): Promise<number> {
   const s = names.subjects;
-  const ack = await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
-    msgID: `${task.taskId}.a${attempt}`,
-    headers: taskHeaders(attempt, trace),
-    schedule: { specification: new Date(dueAt), target: s.task(task.queue, task.taskKey) },
-  });
+  const ack = await js.publish(
+    s.taskRetry(task.queue, task.taskKey, attempt, task.priority),
+    body,
+    {
+      msgID: `${task.taskId}.a${attempt}`,
+      headers: taskHeaders(attempt, trace),
+      schedule: {
+        specification: new Date(dueAt),
+        target: s.task(task.queue, task.taskKey, task.priority),
+      },
+    },
+  );
   return ack.seq;
 }
 
@@ -254,10 +341,13 @@ export async function postponeTask(
   const s = names.subjects;
   const h = taskHeaders(attempt, trace);
   h.set(Header.RateSlot, String(at));
-  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
+  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt, task.priority), body, {
     msgID: `${task.taskId}.a${attempt}.s${at}`,
     headers: h,
-    schedule: { specification: new Date(fireAt), target: s.task(task.queue, task.taskKey) },
+    schedule: {
+      specification: new Date(fireAt),
+      target: s.task(task.queue, task.taskKey, task.priority),
+    },
   });
 }
 
@@ -282,10 +372,13 @@ export async function postponeForSlot(
   const s = names.subjects;
   const h = taskHeaders(attempt, trace);
   h.set(Header.SlotWait, String(since));
-  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
+  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt, task.priority), body, {
     msgID: `${task.taskId}.a${attempt}.w${fireAt}`,
     headers: h,
-    schedule: { specification: new Date(fireAt), target: s.task(task.queue, task.taskKey) },
+    schedule: {
+      specification: new Date(fireAt),
+      target: s.task(task.queue, task.taskKey, task.priority),
+    },
   });
 }
 
@@ -304,9 +397,9 @@ export async function fireRetryNow(
   trace?: TraceCarrier,
 ): Promise<boolean> {
   const s = names.subjects;
-  const retrySubject = s.taskRetry(task.queue, task.taskKey, attempt);
+  const retrySubject = s.taskRetry(task.queue, task.taskKey, attempt, task.priority);
   try {
-    await js.publish(s.task(task.queue, task.taskKey), body, {
+    await js.publish(s.task(task.queue, task.taskKey, task.priority), body, {
       msgID: `${task.taskId}.a${attempt}.now`,
       headers: taskHeaders(attempt, trace),
       cancelSchedule: { scheduleSubject: retrySubject },
@@ -333,8 +426,90 @@ export async function releaseTask(
   seq: number,
   trace?: TraceCarrier,
 ): Promise<void> {
-  await js.publish(names.subjects.task(task.queue, task.taskKey), body, {
+  await js.publish(names.subjects.task(task.queue, task.taskKey, task.priority), body, {
     msgID: `${task.taskId}.r${seq}`,
     headers: taskHeaders(attempt, trace),
   });
+}
+
+// nats.js turns a pull's raw reply into a JsMsg (ack, nak, term, working, delivery info) with
+// `toJsMsg`, which its package does not export: loaded from the same installed module.
+const requireHere = createRequire(import.meta.url);
+const { toJsMsg } = requireHere(
+  join(dirname(requireHere.resolve('@nats-io/jetstream')), 'jsmsg.js'),
+) as { toJsMsg: (m: Msg, ackTimeout?: number) => JsMsg };
+
+/**
+ * One pull request on a priority level's consumer of `queue`: up to `batch` tasks. With
+ * `waitMs` 0 it does not wait (`no_wait`: an empty level answers at once); otherwise the server
+ * holds the request up to `waitMs` for the first messages. Resolves the tasks received, in
+ * stream order; `stop` ends it early (a message the server sends after that is redelivered
+ * after AckWait, as with any pull a client abandons).
+ */
+export function pullLevel(
+  nc: NatsConnection,
+  names: TopologyNames,
+  queue: string,
+  level: number,
+  batch: number,
+  waitMs: number,
+  stop: AbortSignal,
+): Promise<JsMsg[]> {
+  return new Promise((resolve) => {
+    const inbox = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
+    const got: JsMsg[] = [];
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(guard);
+      stop.removeEventListener('abort', finish);
+      sub.unsubscribe();
+      resolve(got);
+    };
+    const sub = nc.subscribe(inbox, {
+      callback: (err, m) => {
+        if (err) return finish();
+        const code = m.headers?.code ?? 0;
+        if (code === 100) return; // idle heartbeat or flow control
+        // 404 no messages, 408 request expired, 409 (MaxAckPending reached, leader change...).
+        if (code !== 0) return finish();
+        got.push(toJsMsg(m));
+        if (got.length >= batch) finish();
+      },
+    });
+    // The server answers a pull within its expiry; this only ends one it never answers.
+    const guard = setTimeout(finish, waitMs + 5_000);
+    stop.addEventListener('abort', finish, { once: true });
+    if (stop.aborted) return finish();
+    const req = waitMs > 0 ? { batch, expires: ms(waitMs) } : { batch, no_wait: true };
+    nc.publish(
+      `$JS.API.CONSUMER.MSG.NEXT.${names.tasksStream}.${names.levelConsumer(queue, level)}`,
+      JSON.stringify(req),
+      { reply: inbox },
+    );
+  });
+}
+
+/**
+ * Enqueue time (epoch ms) of the oldest task of `queue` at `level` that no worker has been
+ * given yet (after the level consumer's delivered sequence); undefined when none waits. Two
+ * requests: the consumer's info and one message get.
+ */
+export async function oldestWaiting(
+  jsm: JetStreamManager,
+  names: TopologyNames,
+  queue: string,
+  level: number,
+): Promise<number | undefined> {
+  const ci = await jsm.consumers.info(names.tasksStream, names.levelConsumer(queue, level));
+  if (ci.num_pending === 0) return undefined;
+  const m = await jsm.streams
+    // The server's message get takes `next_by_subj` (nats.js types only its direct get's).
+    .getMessage(names.tasksStream, {
+      next_by_subj: names.subjects.taskFilter(queue, level),
+      seq: ci.delivered.stream_seq + 1,
+    } as NextMsgRequest as unknown as MsgRequest)
+    .catch(() => undefined);
+  return m?.time.getTime();
 }

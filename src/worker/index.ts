@@ -35,13 +35,20 @@
 import { setMaxListeners } from 'node:events';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { headers, nuid } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager, type JsMsg, type JetStreamClient } from '@nats-io/jetstream';
+import {
+  jetstream,
+  jetstreamManager,
+  type JsMsg,
+  type JetStreamClient,
+  type JetStreamManager,
+} from '@nats-io/jetstream';
 import { LRUCache } from 'lru-cache';
 import { backoffDelayMs } from '../engine/retry.js';
 import type { AdmissionOutcome, AdmissionStage, Logger } from '../engine/ports.js';
 import { MSGPACK, pack } from '../contracts/codec.js';
 import { decodeTask, decodeTaskControl } from '../contracts/schemas.js';
-import { DEFAULT_PREFIX } from '../contracts/subjects.js';
+import { DEFAULT_PREFIX, DEFAULT_PRIORITY } from '../contracts/subjects.js';
+import { levelOrder, nextProbeAt, type LevelProbe } from '../engine/priority.js';
 import {
   Header,
   WIRE_VERSION,
@@ -83,6 +90,8 @@ import {
   DEFAULT_QUEUE_SETTINGS,
   ensureQueueConsumer,
   fireRetryNow,
+  oldestWaiting,
+  pullLevel,
   postponeForSlot,
   postponeTask,
   releaseTask,
@@ -227,6 +236,14 @@ const RETRY_SCHEDULE_SLACK_MS = 1_000;
 
 /** How often a worker re-reads its queues' consumer settings (AckWait for lease renewal). */
 const SETTINGS_REFRESH_MS = 5_000;
+/**
+ * An idle worker waits for tasks on one level's consumer (the level it served last): up to this
+ * long, or this short while tasks of levels other than 3 came within the last minute (the other
+ * levels are polled between waits, so a task there waits at most this long on an idle worker).
+ */
+const IDLE_WAIT_MS = 1_000;
+const IDLE_WAIT_SHORT_MS = 100;
+const IDLE_OTHER_LEVELS_MS = 60_000;
 
 /** A concurrency slot this worker holds for an attempt. */
 interface SlotHold {
@@ -339,6 +356,7 @@ export class Worker implements AsyncDisposable {
     /** False on a tasks stream without `allow_msg_schedules` (older topology): retries nak. */
     private readonly scheduledRetries: boolean,
     private readonly ledger: AttemptLedger,
+    private readonly jsm: JetStreamManager,
   ) {
     this.logger = o.logger ?? silent;
     this.tracing = o.tracing ?? tracingActive();
@@ -377,6 +395,7 @@ export class Worker implements AsyncDisposable {
       settings,
       scheduledRetries,
       ledger,
+      jsm,
     );
     w.start();
     return w;
@@ -417,31 +436,24 @@ export class Worker implements AsyncDisposable {
    * server restarts gracefully, missed heartbeats while it is away), is logged and retried.
    */
   private async pull(queue: string): Promise<void> {
-    let consumer;
-    for (;;) {
-      try {
-        consumer = await this.js.consumers.get(
-          this.names.tasksStream,
-          this.names.queueConsumer(queue),
-        );
-        break;
-      } catch (err) {
-        if (this.stop.signal.aborted) return;
-        this.logger.warn({ err, queue }, 'queue consumer not reachable; retrying');
-        await new Promise((r) => setTimeout(r, 500));
-      }
-    }
     const limit = this.o.concurrency ?? 10;
     const rate = this.o.rateLimitPerSecond?.[queue];
     const limiter = rate ? new RateLimiter(rate) : undefined;
     const mine = new Set<Promise<void>>();
+    const nc = this.o.connection;
+    const aging = new Map<number, number>(); // level -> when to probe its oldest task again
+    // The level an idle worker waits on, and when a task of a level other than 3 last came.
+    let lastLevel = DEFAULT_PRIORITY;
+    let otherLevelAt = 0;
+    // The level the last fill took from in strict order: only lower levels can wait behind it.
+    let servedLevel = 5;
     let refreshedAt = Date.now();
     while (!this.stop.signal.aborted) {
       if (Date.now() - refreshedAt >= SETTINGS_REFRESH_MS) {
         // The consumer is the source of truth: follow an operator's forced change.
         refreshedAt = Date.now();
-        await consumer
-          .info(false)
+        await this.jsm.consumers
+          .info(this.names.tasksStream, this.names.queueConsumer(queue))
           .then((info) => this.settings.set(queue, settingsOf(info)))
           .catch((err: unknown) => this.logger.debug({ err, queue }, 'queue settings not re-read'));
       }
@@ -451,31 +463,58 @@ export class Worker implements AsyncDisposable {
       }
       if (limiter) await limiter.take(this.stop.signal);
       if (this.stop.signal.aborted) break;
+      const free = limiter ? 1 : limit - mine.size;
       try {
-        const batch = await consumer.fetch({
-          max_messages: limiter ? 1 : limit - mine.size,
-          expires: 1000,
-        });
-        // close() ends the pull at once rather than after `expires`: the messages already
-        // received are still handled, and the server drops a pull request whose subscription
-        // is gone, so it delivers nothing more to it.
-        const end = () => batch.stop();
-        this.stop.signal.addEventListener('abort', end, { once: true });
-        if (this.stop.signal.aborted) end();
-        try {
-          for await (const m of batch) {
-            const p = this.handle(queue, m).catch((err: unknown) =>
-              this.logger.error({ err, queue }, 'task handler failed'),
-            );
-            mine.add(p);
-            this.inflight.add(p);
-            void p.finally(() => {
-              mine.delete(p);
-              this.inflight.delete(p);
-            });
+        // Aged levels first, one task each; then the rest of the free slots strictly by level.
+        const { order, aged } = await this.levelOrder(queue, aging, servedLevel);
+        let got: JsMsg[] = [];
+        let strict: number | undefined; // the level the strict scan took from
+        let scanned = false; // the strict scan ran (some slots were left after aged levels)
+        for (const l of order) {
+          const want = aged.has(l) ? 1 : free - got.length;
+          if (want <= 0) break;
+          if (!aged.has(l)) scanned = true;
+          const some = await pullLevel(nc, this.names, queue, l, want, 0, this.stop.signal);
+          if (some.length === 0) continue;
+          got.push(...some);
+          if (l !== DEFAULT_PRIORITY) otherLevelAt = Date.now();
+          lastLevel = l;
+          if (aged.has(l)) {
+            for (let i = 0; i < some.length; i++)
+              this.o.metrics?.admission?.('priority', 'admitted');
+            continue;
           }
-        } finally {
-          this.stop.signal.removeEventListener('abort', end);
+          strict = l;
+          break;
+        }
+        if (strict !== undefined) servedLevel = strict;
+        else if (scanned) servedLevel = 5; // every level it tried was empty
+        if (got.length === 0 && !this.stop.signal.aborted) {
+          // Nothing waits at any level: wait on the level served last, briefly while levels
+          // other than 3 are in use (they are polled between waits), else up to a second.
+          const recent = Date.now() - otherLevelAt < IDLE_OTHER_LEVELS_MS;
+          // One task ends the wait, so that the next fill looks at every level again.
+          got = await pullLevel(
+            nc,
+            this.names,
+            queue,
+            lastLevel,
+            1,
+            recent ? IDLE_WAIT_SHORT_MS : IDLE_WAIT_MS,
+            this.stop.signal,
+          );
+          if (got.length > 0) servedLevel = lastLevel;
+        }
+        for (const m of got) {
+          const p = this.handle(queue, m).catch((err: unknown) =>
+            this.logger.error({ err, queue }, 'task handler failed'),
+          );
+          mine.add(p);
+          this.inflight.add(p);
+          void p.finally(() => {
+            mine.delete(p);
+            this.inflight.delete(p);
+          });
         }
       } catch (err) {
         if (this.stop.signal.aborted) break;
@@ -483,6 +522,35 @@ export class Worker implements AsyncDisposable {
         await new Promise((r) => setTimeout(r, 500));
       }
     }
+  }
+
+  /**
+   * The order of priority levels for the next fill of `queue` (aging, `src/engine/priority.ts`):
+   * each level below 1 whose probe is due has its oldest undelivered task read (a level is probed
+   * again only when a task of it could have aged meanwhile, or at once while it is aged).
+   */
+  private async levelOrder(
+    queue: string,
+    aging: Map<number, number>,
+    servedLevel: number,
+  ): Promise<{ order: number[]; aged: Set<number> }> {
+    const { maxWaitMs } = this.settings.get(queue) ?? DEFAULT_QUEUE_SETTINGS;
+    const now = Date.now();
+    const probes: LevelProbe[] = [];
+    // A level at or above the one served last is served anyway: only those below can wait.
+    for (const level of [2, 3, 4, 5]) {
+      if (level <= servedLevel || (aging.get(level) ?? 0) > now) continue;
+      const oldestAt = await oldestWaiting(this.jsm, this.names, queue, level).catch(
+        (err: unknown) => {
+          this.logger.debug({ err, queue, level }, 'priority level not probed');
+          return undefined;
+        },
+      );
+      const probe = { level, oldestAt };
+      aging.set(level, nextProbeAt(probe, now, maxWaitMs));
+      probes.push(probe);
+    }
+    return levelOrder(probes, now, maxWaitMs);
   }
 
   /** Publish an attempt notice (msg id `progress.<taskId>.<attempt>`); best effort. */
