@@ -135,6 +135,12 @@ export interface ActivityContext {
   signal: AbortSignal;
   /** Report progress: extends the task's lease (JetStream `working()`). */
   heartbeat(): void;
+  /**
+   * When this delivery's task message entered its queue (epoch ms, the server's clock): the
+   * engine's publish, or the retry or postponement that put it back. Start minus this is the
+   * time the attempt waited on the queue (behind other tasks, higher priority levels, workers).
+   */
+  enqueuedAt: number;
   /** For a tree node: its identity (`id`, `parentId`, `rootId`, `name`, `mode`, `run`, …). */
   node?: Record<string, unknown>;
   /**
@@ -171,6 +177,13 @@ export interface WorkerOptions {
   queueSettings?: Record<string, QueueSettingsInput>;
   /** Max tasks started per second by this worker, per queue. */
   rateLimitPerSecond?: Record<string, number>;
+  /**
+   * Serve priority levels (default true): each fill takes from the highest level with tasks
+   * (levels 1 to 5, aged by the queue's `maxWaitMs`). `false`: this worker pulls level 3 only
+   * (unprioritized work), as before levels existed, saving the scan of the other levels on each
+   * fill; tasks of other levels wait for a worker that serves them.
+   */
+  priorityLevels?: boolean;
   /**
    * Grace for in-flight tasks on `close()` before they are aborted and released (default 10 s).
    * Result publishes still being retried at that point are given up.
@@ -436,6 +449,7 @@ export class Worker implements AsyncDisposable {
    * server restarts gracefully, missed heartbeats while it is away), is logged and retried.
    */
   private async pull(queue: string): Promise<void> {
+    if (this.o.priorityLevels === false) return this.pullDefaultLevel(queue);
     const limit = this.o.concurrency ?? 10;
     const rate = this.o.rateLimitPerSecond?.[queue];
     const limiter = rate ? new RateLimiter(rate) : undefined;
@@ -515,6 +529,79 @@ export class Worker implements AsyncDisposable {
             mine.delete(p);
             this.inflight.delete(p);
           });
+        }
+      } catch (err) {
+        if (this.stop.signal.aborted) break;
+        this.logger.warn({ err, queue }, 'fetch failed; retrying');
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+
+  /**
+   * `priorityLevels: false`: only level 3 (the queue's own consumer), pulled as before priority
+   * levels existed (nats.js fetch, batches of the free slots, no scan of other levels).
+   */
+  private async pullDefaultLevel(queue: string): Promise<void> {
+    let consumer;
+    for (;;) {
+      try {
+        consumer = await this.js.consumers.get(
+          this.names.tasksStream,
+          this.names.queueConsumer(queue),
+        );
+        break;
+      } catch (err) {
+        if (this.stop.signal.aborted) return;
+        this.logger.warn({ err, queue }, 'queue consumer not reachable; retrying');
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+    const limit = this.o.concurrency ?? 10;
+    const rate = this.o.rateLimitPerSecond?.[queue];
+    const limiter = rate ? new RateLimiter(rate) : undefined;
+    const mine = new Set<Promise<void>>();
+    let refreshedAt = Date.now();
+    while (!this.stop.signal.aborted) {
+      if (Date.now() - refreshedAt >= SETTINGS_REFRESH_MS) {
+        // The consumer is the source of truth: follow an operator's forced change.
+        refreshedAt = Date.now();
+        await consumer
+          .info(false)
+          .then((info) => this.settings.set(queue, settingsOf(info)))
+          .catch((err: unknown) => this.logger.debug({ err, queue }, 'queue settings not re-read'));
+      }
+      if (mine.size >= limit) {
+        await Promise.race(mine);
+        continue;
+      }
+      if (limiter) await limiter.take(this.stop.signal);
+      if (this.stop.signal.aborted) break;
+      try {
+        const batch = await consumer.fetch({
+          max_messages: limiter ? 1 : limit - mine.size,
+          expires: 1000,
+        });
+        // close() ends the pull at once rather than after `expires`: the messages already
+        // received are still handled, and the server drops a pull request whose subscription
+        // is gone, so it delivers nothing more to it.
+        const end = () => batch.stop();
+        this.stop.signal.addEventListener('abort', end, { once: true });
+        if (this.stop.signal.aborted) end();
+        try {
+          for await (const m of batch) {
+            const p = this.handle(queue, m).catch((err: unknown) =>
+              this.logger.error({ err, queue }, 'task handler failed'),
+            );
+            mine.add(p);
+            this.inflight.add(p);
+            void p.finally(() => {
+              mine.delete(p);
+              this.inflight.delete(p);
+            });
+          }
+        } finally {
+          this.stop.signal.removeEventListener('abort', end);
         }
       } catch (err) {
         if (this.stop.signal.aborted) break;
@@ -1254,6 +1341,7 @@ export class Worker implements AsyncDisposable {
         taskId: task.taskId,
         signal: ac.signal,
         heartbeat,
+        enqueuedAt: m.time.getTime(),
         ...(task.node ? { node: task.node } : {}),
         ...(rateSlot !== undefined ? { rateSlot } : {}),
       };

@@ -8,13 +8,16 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { startEngine, uniquePrefix } from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
-import { createWorker, type Worker } from '../../src/worker/index.js';
+import { createWorker, type ActivityContext, type Worker } from '../../src/worker/index.js';
 import { prioritized, type PrioInput } from '../fixtures/prio-workflows.js';
 
 export interface Start {
   level: number;
   i: number;
+  /** When the test started the workflow. */
   enq: number;
+  /** When the task message entered its queue (`ctx.enqueuedAt`). */
+  queued: number;
   at: number;
 }
 
@@ -44,8 +47,14 @@ async function rig(
       queueSettings: { prio: { maxWaitMs: o.maxWaitMs } },
       concurrency: o.concurrency,
       activities: {
-        job: async (input: PrioInput) => {
-          starts.push({ level: input.level, i: input.i, enq: input.enq, at: Date.now() });
+        job: async (input: PrioInput, ctx: ActivityContext) => {
+          starts.push({
+            level: input.level,
+            i: input.i,
+            enq: input.enq,
+            queued: ctx.enqueuedAt,
+            at: Date.now(),
+          });
           await new Promise((r) => setTimeout(r, o.workMs));
           return null;
         },
@@ -132,8 +141,10 @@ export async function runStrict(
 }
 
 export interface AgingOutcome {
-  /** Wait (start - enqueue, ms) of each late level-5 task, in enqueue order. */
+  /** Wait on the queue (start - enqueuedAt, ms) of each late level-5 task, in enqueue order. */
   waits: number[];
+  /** The same from the workflow's start (includes the engine's step before the task exists). */
+  fromStart: number[];
   /** For each late level-5 task: level-1 tasks that started after it (> 0: not starved). */
   highAfter: number[];
   maxWaitMs: number;
@@ -168,7 +179,8 @@ export async function runAging(
     await until('every task to start', () => r.starts.length >= o.flood + o.late, 600_000);
     const late = r.starts.filter((s) => s.level === 5).sort((a, b) => a.i - b.i);
     return {
-      waits: late.map((s) => s.at - s.enq),
+      waits: late.map((s) => s.at - s.queued),
+      fromStart: late.map((s) => s.at - s.enq),
       highAfter: late.map((s) => r.starts.filter((x) => x.level === 1 && x.at > s.at).length),
       maxWaitMs: o.maxWaitMs,
       workMs: o.workMs,

@@ -4,11 +4,19 @@
  * all of it; with a short `maxWaitMs`, level-5 tasks under a level-1 flood start long before the
  * flood drains (aging). Real nats-server, engine and worker on their own connections.
  */
-import { describe, expect, it } from 'vitest';
-import { useServer } from '../harness/jetflow.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import { runAging, runStrict } from '../chaos/priority-scenario.js';
+import { Client } from '../../src/client/index.js';
+import { createWorker } from '../../src/worker/index.js';
+import { createMetricsRegistry, createWorkerMetrics } from '../../src/metrics/index.js';
+import { prioritized, type PrioInput } from '../fixtures/prio-workflows.js';
 
 const env = useServer();
+const open: { close(): Promise<void> }[] = [];
+afterEach(async () => {
+  for (const o of open.splice(0).reverse()) await o.close();
+});
 
 describe('activity priority', () => {
   it(
@@ -43,6 +51,64 @@ describe('activity priority', () => {
       console.log('priority aging:', JSON.stringify(out));
       // Each late level-5 task started while level-1 tasks still waited (hundreds after it).
       for (const n of out.highAfter) expect(n).toBeGreaterThan(100);
+    },
+  );
+
+  it(
+    'jetflow why names the priority stage of a task behind higher levels; an aged task is served first and counted',
+    { timeout: 30_000 },
+    async () => {
+      const prefix = uniquePrefix();
+      open.push(await startEngine(env.server.url, prefix, { workflows: [prioritized] }));
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      const order: string[] = [];
+      const registry = createMetricsRegistry();
+      open.push(
+        await createWorker({
+          connection: env.nc,
+          prefix,
+          metrics: createWorkerMetrics(registry),
+          queues: ['prio'],
+          queueSettings: { prio: { maxWaitMs: 1_000 } },
+          concurrency: 1,
+          activities: {
+            job: async (input: PrioInput) => {
+              order.push(`${input.level}-${input.i}`);
+              await gate;
+              return null;
+            },
+          },
+        }),
+      );
+      const client = new Client(env.nc, { prefix });
+      const start = (level: number, i: number) =>
+        client.start('prioritized', `${level}-${i}`, { level, i, enq: Date.now() });
+      await start(1, 0);
+      while (order.length === 0) await new Promise((r) => setTimeout(r, 20));
+      await start(1, 1);
+      await start(1, 2);
+      await start(5, 0);
+      let why = await client.why('prioritized', '5-0');
+      for (let i = 0; i < 50 && why.stage !== 'priority'; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        why = await client.why('prioritized', '5-0');
+      }
+      expect(why.stage).toBe('priority');
+      expect(why.summary).toMatch(
+        /waits at priority 5 behind 2 undelivered task\(s\) of levels 1-4/,
+      );
+      expect(why.summary).toContain('maxWaitMs (1000 ms)');
+      expect((await client.why('prioritized', '1-1')).stage).toBe('dispatch');
+      // Past maxWaitMs the level-5 task goes first when the slot frees, before the level-1 ones.
+      await new Promise((r) => setTimeout(r, 1_200));
+      release();
+      for (const id of ['1-0', '1-1', '1-2', '5-0'])
+        await client.result('prioritized', id, { timeoutMs: 10_000 });
+      expect(order).toEqual(['1-0', '5-0', '1-1', '1-2']);
+      expect(await registry.metrics()).toMatch(
+        /jetflow_admission_total\{stage="priority",outcome="admitted"\} 1\b/,
+      );
     },
   );
 });
