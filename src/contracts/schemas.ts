@@ -338,6 +338,12 @@ export const TaskMessageSchema = Type.Object({
     Type.Object({ key: Type.String(), limit: Type.Integer({ minimum: 1 }) }),
   ),
   priority: Type.Optional(Type.Integer({ minimum: 1, maximum: 5 })),
+  fairness: Type.Optional(
+    Type.Object({
+      key: Type.String({ minLength: 1, maxLength: 256 }),
+      weight: Type.Integer({ minimum: 1, maximum: 1000 }),
+    }),
+  ),
   resultSubject: Type.String({ minLength: 1 }),
   scheduledAt: Type.Number(),
   token: Type.Optional(Type.String()),

@@ -65,6 +65,13 @@ export interface Subjects {
   taskRetries(queue: string, taskKey: string, level?: number): string;
   /** Filter of one queue's consumer of one priority level (default 3: `<prefix>.task.<queue>.*`). */
   taskFilter(queue: string, level?: number): string;
+  /**
+   * Where a task with a fairness key waits for its turn: `<prefix>.task.<queue>.fair.<level>.<keyToken>`
+   * (outside every queue consumer's filter); workers move it onto `task()` round robin by key.
+   */
+  taskStaging(queue: string, level: number, keyToken: string): string;
+  /** Every staged task of a queue. */
+  taskStagingFilter(queue: string): string;
   /** Core-NATS subject where the engine tells a queue's workers to abort a task. */
   taskControl(queue: string): string;
   /** Wildcard of every task subject (the tasks stream). */
@@ -155,6 +162,8 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     taskRetry: (q: string, k: string, a: number, l = 3) => `${p}.task.${q}.${lvl(l)}${k}.${a}`,
     taskRetries: (q: string, k: string, l = 3) => `${p}.task.${q}.${lvl(l)}${k}.*`,
     taskFilter: (q: string, l = 3) => `${p}.task.${q}.${lvl(l)}*`,
+    taskStaging: (q: string, l: number, k: string) => `${p}.task.${q}.fair.${l}.${k}`,
+    taskStagingFilter: (q: string) => `${p}.task.${q}.fair.>`,
     taskControl: (q: string) => `${p}.taskctl.${q}`,
     tasksWildcard: `${p}.task.>`,
     timer: (t: string, i: string, k: string) => `${p}.timer.${t}.${i}.${k}`,

@@ -883,6 +883,12 @@ export interface TaskMessage {
    * first. Absent: 3. It picks the task's subject and so its queue consumer.
    */
   priority?: number;
+  /**
+   * The task's fairness key (`ActivityOptions.fairnessKey`) and its weight (tasks per turn):
+   * published first to the key's staging subject, from which workers move tasks onto the
+   * level's subject round robin across keys.
+   */
+  fairness?: { key: string; weight: number };
   /** Where the worker publishes the result (JetStream): `wf.inbox.result.<type>.<id>`. */
   resultSubject: string;
   scheduledAt: number;

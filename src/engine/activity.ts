@@ -62,6 +62,15 @@ export interface ActivityOptions {
    * oldest task has waited the queue's `maxWaitMs` (default 60 s). See README "Priority".
    */
   priority?: number | ((input: never) => number);
+  /**
+   * Fairness within a priority level: tasks with a key (a string, or a pure function of the
+   * input, e.g. a tenant id; 1-256 characters, anything else is no key) are served round robin
+   * across keys, `fairnessWeights[key]` tasks per turn (default 1), so a key with 100,000 tasks
+   * does not delay one with 10. Tasks without a key are served as before. See README "Fairness".
+   */
+  fairnessKey?: string | ((input: never) => string);
+  /** Tasks per turn of a fairness key (1-1000; default 1). */
+  fairnessWeights?: Record<string, number>;
 }
 
 /** See {@link ActivityOptions.concurrency}. */
@@ -106,6 +115,24 @@ export function priorityOf(o: { priority?: ActivityOptions['priority'] }, input:
     }
   }
   return typeof l === 'number' && Number.isInteger(l) && l >= 1 && l <= 5 ? l : 3;
+}
+
+/** The task's fairness key and weight; undefined without a key (or a key function that fails). */
+export function fairnessOf(
+  o: Pick<ActivityOptions, 'fairnessKey' | 'fairnessWeights'>,
+  input: unknown,
+): { key: string; weight: number } | undefined {
+  let k: unknown = o.fairnessKey;
+  if (typeof k === 'function') {
+    try {
+      k = (k as (i: unknown) => unknown)(input);
+    } catch {
+      k = undefined;
+    }
+  }
+  if (typeof k !== 'string' || k.length === 0 || k.length > 256) return undefined;
+  const w = o.fairnessWeights && Object.hasOwn(o.fairnessWeights, k) ? o.fairnessWeights[k] : 1;
+  return { key: k, weight: w ?? 1 };
 }
 
 /** Where and how an HTTP activity calls its endpoint (carried on the task message). */
@@ -156,6 +183,8 @@ export function resolveActivityOptions(
     ...(input.rateLimit !== undefined ? { rateLimit: input.rateLimit } : {}),
     ...(input.concurrency !== undefined ? { concurrency: input.concurrency } : {}),
     ...(input.priority !== undefined ? { priority: input.priority } : {}),
+    ...(input.fairnessKey !== undefined ? { fairnessKey: input.fairnessKey } : {}),
+    ...(input.fairnessWeights !== undefined ? { fairnessWeights: input.fairnessWeights } : {}),
   };
   if (o.http !== undefined) checkHttpSpec(name, o.http);
   if (o.rateLimit !== undefined) checkRateLimit(name, o.rateLimit);
@@ -167,6 +196,23 @@ export function resolveActivityOptions(
   )
     throw new ConfigError(
       `invalid priority for activity ${name}: an integer from 1 (first) to 5, or a function (input) => 1..5 (got ${JSON.stringify(o.priority)})`,
+    );
+  if (
+    o.fairnessKey !== undefined &&
+    typeof o.fairnessKey !== 'function' &&
+    !(typeof o.fairnessKey === 'string' && o.fairnessKey.length > 0 && o.fairnessKey.length <= 256)
+  )
+    throw new ConfigError(
+      `invalid fairnessKey for activity ${name}: a string of 1-256 characters or a function (input) => string`,
+    );
+  if (
+    o.fairnessWeights !== undefined &&
+    (typeof o.fairnessWeights !== 'object' ||
+      o.fairnessWeights === null ||
+      !Object.values(o.fairnessWeights).every((w) => Number.isInteger(w) && w >= 1 && w <= 1000))
+  )
+    throw new ConfigError(
+      `invalid fairnessWeights for activity ${name}: an object of integers from 1 to 1000 by key`,
     );
   if (o.onExhausted !== undefined && o.onExhausted !== 'fail' && o.onExhausted !== 'review') {
     throw new ConfigError(

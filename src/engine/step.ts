@@ -14,6 +14,7 @@ import {
   resolveActivity,
   rateKeyOf,
   priorityOf,
+  fairnessOf,
   resolveActivityOptions,
   type ActivityOptions,
 } from './activity.js';
@@ -523,6 +524,7 @@ function materialize(
       !extra.dispatched && (a.options.onExhausted ?? def.onExhausted ?? 'fail') === 'review';
     const level = priorityOf(a.options, a.input);
     const leveled = level !== DEFAULT_PRIORITY ? { priority: level } : {};
+    const fair = fairnessOf(a.options, a.input);
     tasks[actorId] = {
       taskId,
       taskKey,
@@ -572,6 +574,7 @@ function materialize(
           }
         : {}),
       ...leveled,
+      ...(fair ? { fairness: fair } : {}),
     };
     effects.push({
       kind: 'task',

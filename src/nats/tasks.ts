@@ -2,6 +2,7 @@
  * Activity tasks on JetStream: the engine side (publish a task, cancel it) and the queue
  * consumers workers pull from.
  */
+import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { createInbox, headers, type Msg, type NatsConnection } from '@nats-io/transport-node';
@@ -17,7 +18,7 @@ import {
 } from '@nats-io/jetstream';
 import type { Logger, TraceCarrier } from '../engine/ports.js';
 import { injectTrace } from '../tracing/index.js';
-import { MSGPACK, pack } from '../contracts/codec.js';
+import { MSGPACK, pack, unpack } from '../contracts/codec.js';
 import {
   fullTask,
   Header,
@@ -76,7 +77,11 @@ export function taskEffectHandlers(
       // The step's span (when traced): the worker's attempt span continues it.
       injectTrace(h);
       const task = taskMessageOf(record, e, names);
-      await js.publish(s.task(e.task.queue, e.task.taskKey, task.priority), pack(task), {
+      // A task with a fairness key waits for its key's turn on the key's staging subject.
+      const subject = task.fairness
+        ? s.taskStaging(task.queue, task.priority ?? 3, fairnessToken(task.fairness.key))
+        : s.task(e.task.queue, e.task.taskKey, task.priority);
+      await js.publish(subject, pack(task), {
         msgID: e.task.taskId,
         headers: h,
       });
@@ -512,4 +517,76 @@ export async function oldestWaiting(
     } as NextMsgRequest as unknown as MsgRequest)
     .catch(() => undefined);
   return m?.time.getTime();
+}
+
+/** The subject token of a fairness key (any string): 22 characters of its SHA-256. */
+export function fairnessToken(key: string): string {
+  return createHash('sha256').update(key).digest('base64url').slice(0, 22);
+}
+
+/**
+ * The fairness keys of `queue` that have staged tasks, by priority level: key token → count
+ * (one stream info request; its size grows with the keys that have tasks, not with the tasks).
+ */
+export async function stagedKeys(
+  jsm: JetStreamManager,
+  names: TopologyNames,
+  queue: string,
+): Promise<Map<number, Map<string, number>>> {
+  const filter = names.subjects.taskStagingFilter(queue);
+  const info = await jsm.streams.info(names.tasksStream, { subjects_filter: filter });
+  const out = new Map<number, Map<string, number>>();
+  const head = filter.length - 1; // `<prefix>.task.<queue>.fair.`
+  for (const [subject, n] of Object.entries(info.state.subjects ?? {})) {
+    const [level, token] = subject.slice(head).split('.');
+    const l = Number(level);
+    if (!token || !Number.isInteger(l)) continue;
+    const m = out.get(l) ?? new Map<string, number>();
+    m.set(token, n);
+    out.set(l, m);
+  }
+  return out;
+}
+
+/**
+ * Move the oldest staged task of one fairness key onto its level's task subject (msg id
+ * `<taskId>.f`, so two workers moving the same task store it once), then delete it from the
+ * staging subject. Resolves the task's weight, or undefined when the key has no staged task.
+ * A worker that dies between the two leaves the staged copy, which the next move publishes
+ * again under the same msg id (a duplicate after the dedup window is refused by the attempt
+ * ledger).
+ */
+export async function moveStaged(
+  js: JetStreamClient,
+  jsm: JetStreamManager,
+  names: TopologyNames,
+  queue: string,
+  level: number,
+  token: string,
+): Promise<number | undefined> {
+  const m = await jsm.streams
+    .getMessage(names.tasksStream, {
+      next_by_subj: names.subjects.taskStaging(queue, level, token),
+      seq: 0,
+    } as NextMsgRequest as unknown as MsgRequest)
+    .catch(() => undefined);
+  if (!m) return undefined;
+  let task: TaskMessage;
+  try {
+    task = unpack(m.data) as TaskMessage;
+  } catch {
+    await jsm.streams.deleteMessage(names.tasksStream, m.seq, false).catch(() => false);
+    return 1;
+  }
+  const h = headers();
+  // Its headers (content type, trace) but not the server's (`Nats-*`: msg id, stream info).
+  for (const [k, v] of m.header ? [...m.header] : [])
+    if (!/^nats-/i.test(k)) for (const x of v) h.append(k, x);
+  await js.publish(names.subjects.task(queue, String(task.taskKey), level), m.data, {
+    msgID: `${String(task.taskId)}.f`,
+    headers: h,
+  });
+  await jsm.streams.deleteMessage(names.tasksStream, m.seq, false).catch(() => false);
+  const w = task.fairness?.weight;
+  return typeof w === 'number' && Number.isInteger(w) && w >= 1 ? w : 1;
 }

@@ -81,6 +81,8 @@ export function rolePermissions(role: Role, o: AuthOptions): RolePermissions {
           // The oldest waiting task of a priority level (aging, `maxWaitMs`): a message get on
           // the tasks stream (the API cannot limit it to the worker's queues).
           `${api}.STREAM.MSG.GET.${n.tasksStream}`,
+          // Fairness keys: a staged task moved onto its level's subject is deleted from staging.
+          `${api}.STREAM.MSG.DELETE.${n.tasksStream}`,
           ...o.queues.flatMap((q) => [
             ...[1, 2, 3, 4, 5].flatMap((l) => {
               const c = n.levelConsumer(q, l);

@@ -90,8 +90,10 @@ import {
   DEFAULT_QUEUE_SETTINGS,
   ensureQueueConsumer,
   fireRetryNow,
+  moveStaged,
   oldestWaiting,
   pullLevel,
+  stagedKeys,
   postponeForSlot,
   postponeTask,
   releaseTask,
@@ -257,6 +259,14 @@ const SETTINGS_REFRESH_MS = 5_000;
 const IDLE_WAIT_MS = 1_000;
 const IDLE_WAIT_SHORT_MS = 100;
 const IDLE_OTHER_LEVELS_MS = 60_000;
+/** The fairness mover looks for staged tasks this often while it moves some, else this. */
+const FAIR_BUSY_MS = 5;
+const FAIR_IDLE_MS = 100;
+/**
+ * Undelivered tasks the fairness mover keeps on a level's consumer: two, so that a fill finds a
+ * task while the next is moved; a new key's first task waits behind at most these.
+ */
+const FAIR_BUFFER = 2;
 
 /** A concurrency slot this worker holds for an attempt. */
 interface SlotHold {
@@ -440,6 +450,12 @@ export class Worker implements AsyncDisposable {
           this.logger.error({ err, queue: q }, 'queue loop ended unexpectedly'),
         ),
       );
+      if (this.o.priorityLevels !== false)
+        this.loops.push(
+          this.moveFair(q).catch((err: unknown) =>
+            this.logger.error({ err, queue: q }, 'fairness loop ended unexpectedly'),
+          ),
+        );
     }
   }
 
@@ -535,6 +551,65 @@ export class Worker implements AsyncDisposable {
         this.logger.warn({ err, queue }, 'fetch failed; retrying');
         await new Promise((r) => setTimeout(r, 500));
       }
+    }
+  }
+
+  /**
+   * Fairness keys: move staged tasks of `queue` onto their levels' subjects, round robin across
+   * the keys of each level (a key's weight in tasks per turn), while the level consumer has fewer
+   * than this worker's `concurrency` tasks undelivered: so a key's backlog waits in its staging
+   * subject, not ahead of other keys in the queue. Every worker of the queue moves; a task two
+   * workers move at once is stored once (msg id).
+   */
+  private async moveFair(queue: string): Promise<void> {
+    // The level's undelivered tasks it keeps: enough that a fill finds some, few enough that a
+    // new key's tasks are not queued behind many of another key's (they count against fairness).
+    const target = FAIR_BUFFER;
+    const cursors = new Map<number, number>();
+    const weights = new Map<string, number>();
+    while (!this.stop.signal.aborted) {
+      let moved = 0;
+      try {
+        const staged = await stagedKeys(this.jsm, this.names, queue);
+        for (const level of [...staged.keys()].sort((a, b) => a - b)) {
+          const keys = [...staged.get(level)!.keys()].sort();
+          const left = new Map(staged.get(level));
+          const ci = await this.jsm.consumers.info(
+            this.names.tasksStream,
+            this.names.levelConsumer(queue, level),
+          );
+          let room = target - ci.num_pending;
+          let cursor = cursors.get(level) ?? 0;
+          let idle = 0; // keys in a row that had nothing
+          while (room > 0 && idle < keys.length && !this.stop.signal.aborted) {
+            const token = keys[cursor % keys.length]!;
+            cursor++;
+            let turn = Math.min(weights.get(token) ?? 1, left.get(token) ?? 0, room);
+            if (turn <= 0) {
+              idle++;
+              continue;
+            }
+            idle = 0;
+            while (turn-- > 0) {
+              const w = await moveStaged(this.js, this.jsm, this.names, queue, level, token);
+              if (w === undefined) {
+                left.set(token, 0);
+                break;
+              }
+              weights.set(token, w);
+              left.set(token, (left.get(token) ?? 1) - 1);
+              room--;
+              moved++;
+            }
+          }
+          cursors.set(level, cursor);
+        }
+      } catch (err) {
+        if (this.stop.signal.aborted) break;
+        this.logger.warn({ err, queue }, 'fairness: staged tasks not moved; retrying');
+      }
+      // Staged tasks move as the queue drains; nothing staged: look again a little later.
+      await pause(moved > 0 ? FAIR_BUSY_MS : FAIR_IDLE_MS, this.stop.signal);
     }
   }
 

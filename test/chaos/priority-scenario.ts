@@ -9,9 +9,10 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { startEngine, uniquePrefix } from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
 import { createWorker, type ActivityContext, type Worker } from '../../src/worker/index.js';
-import { prioritized, type PrioInput } from '../fixtures/prio-workflows.js';
+import { fair, prioritized, type PrioInput } from '../fixtures/prio-workflows.js';
 
 export interface Start {
+  tenant?: string;
   level: number;
   i: number;
   /** When the test started the workflow. */
@@ -33,7 +34,7 @@ async function rig(
 ): Promise<Rig & { worker: () => Promise<Worker> }> {
   const prefix = uniquePrefix();
   const closers: (() => Promise<unknown>)[] = [];
-  const engine = await startEngine(url, prefix, { workflows: [prioritized] });
+  const engine = await startEngine(url, prefix, { workflows: [prioritized, fair] });
   closers.push(() => engine.close());
   const cnc = await connect({ servers: url });
   closers.push(() => cnc.close());
@@ -49,6 +50,7 @@ async function rig(
       activities: {
         job: async (input: PrioInput, ctx: ActivityContext) => {
           starts.push({
+            ...(input.tenant !== undefined ? { tenant: input.tenant } : {}),
             level: input.level,
             i: input.i,
             enq: input.enq,
@@ -74,13 +76,23 @@ async function rig(
   };
 }
 
-/** Start `n` workflows at `level` (ids `<level>-<i>`), 100 at a time. */
-async function startMany(client: Client, level: number, n: number, from = 0): Promise<void> {
+/** Start `n` workflows at `level` (ids `<level>-<i>`, or `<tenant>-<i>` of type `fair`), 100 at a time. */
+async function startMany(
+  client: Client,
+  level: number,
+  n: number,
+  from = 0,
+  tenant?: string,
+): Promise<void> {
   for (let b = from; b < from + n; b += 100) {
     const batch: Promise<unknown>[] = [];
     for (let i = b; i < Math.min(from + n, b + 100); i++) {
-      const input: PrioInput = { level, enq: Date.now(), i };
-      batch.push(client.start('prioritized', `${level}-${i}`, input));
+      const input: PrioInput = { level, enq: Date.now(), i, ...(tenant ? { tenant } : {}) };
+      batch.push(
+        tenant
+          ? client.start('fair', `${tenant}-${i}`, input)
+          : client.start('prioritized', `${level}-${i}`, input),
+      );
     }
     await Promise.all(batch);
   }
@@ -184,6 +196,57 @@ export async function runAging(
       highAfter: late.map((s) => r.starts.filter((x) => x.level === 1 && x.at > s.at).length),
       maxWaitMs: o.maxWaitMs,
       workMs: o.workMs,
+    };
+  } finally {
+    await r.close();
+  }
+}
+
+export interface FairOutcome {
+  big: number;
+  small: number;
+  concurrency: number;
+  /** For each of B's tasks: tasks that started after it was enqueued and before it started. */
+  slotsWaited: number[];
+  /** Tenant A's tasks not started when B's were enqueued. */
+  bigWaiting: number;
+  /** Tenant A's tasks that started between consecutive starts of B's (round robin: 1 or 2). */
+  between: number[];
+  ms: number;
+}
+
+/** Tenant A enqueues `big` tasks (the worker draining them), then tenant B `small`. */
+export async function runFair(
+  url: string,
+  o: { big: number; small: number; workMs: number; concurrency: number },
+): Promise<FairOutcome> {
+  const r = await rig(url, { ...o, maxWaitMs: 3_600_000 });
+  try {
+    const t0 = Date.now();
+    await r.worker();
+    await startMany(r.client, 3, o.big, 0, 'A');
+    await until('tenant A tasks to start', () => r.starts.length >= 10, 60_000);
+    const bigWaiting = o.big - r.starts.length;
+    await startMany(r.client, 3, o.small, 0, 'B');
+    await until(
+      'every B task to start',
+      () => r.starts.filter((s) => s.tenant === 'B').length >= o.small,
+      600_000,
+    );
+    const slotsWaited = r.starts
+      .filter((s) => s.tenant === 'B')
+      .map((b) => r.starts.filter((x) => x.at > b.enq && x.at < b.at).length);
+    const bIdx = r.starts.flatMap((s, i) => (s.tenant === 'B' ? [i] : []));
+    const between = bIdx.slice(1).map((i, k) => i - bIdx[k]! - 1);
+    await until('every task to start', () => r.starts.length >= o.big + o.small, 600_000);
+    return {
+      between,
+      big: o.big,
+      small: o.small,
+      concurrency: o.concurrency,
+      slotsWaited,
+      bigWaiting,
+      ms: Date.now() - t0,
     };
   } finally {
     await r.close();

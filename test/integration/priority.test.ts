@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
-import { runAging, runStrict } from '../chaos/priority-scenario.js';
+import { runAging, runFair, runStrict } from '../chaos/priority-scenario.js';
 import { Client } from '../../src/client/index.js';
 import { createWorker } from '../../src/worker/index.js';
 import { createMetricsRegistry, createWorkerMetrics } from '../../src/metrics/index.js';
@@ -109,6 +109,22 @@ describe('activity priority', () => {
       expect(await registry.metrics()).toMatch(
         /jetflow_admission_total\{stage="priority",outcome="admitted"\} 1\b/,
       );
+    },
+  );
+
+  it(
+    "fairness: tenant A enqueues 1,000 tasks, then tenant B 10: B's tasks are served round robin with A's, not after A's backlog",
+    { timeout: 120_000 },
+    async () => {
+      const out = await runFair(env.server.url, {
+        big: 1_000,
+        small: 10,
+        workMs: 20,
+        concurrency: 10,
+      });
+      console.log('fairness:', JSON.stringify(out));
+      expect(out.bigWaiting).toBeGreaterThan(500);
+      for (const n of out.slotsWaited) expect(n).toBeLessThanOrEqual(2 * out.concurrency);
     },
   );
 });
