@@ -143,6 +143,11 @@ export interface ActivityContext {
    * time the attempt waited on the queue (behind other tasks, higher priority levels, workers).
    */
   enqueuedAt: number;
+  /**
+   * When the engine issued the task (epoch ms, the engine's clock): for a task with a fairness
+   * key, when it was staged. Start minus this is its whole wait, retries included.
+   */
+  scheduledAt: number;
   /** For a tree node: its identity (`id`, `parentId`, `rootId`, `name`, `mode`, `run`, …). */
   node?: Record<string, unknown>;
   /**
@@ -268,6 +273,14 @@ const FAIR_IDLE_MS = 100;
  */
 const FAIR_BUFFER = 2;
 
+/** See `Worker.fairState`. */
+interface FairState {
+  /** Level → key token → staged tasks left (as last listed, counted down by moves). */
+  staged: Map<number, Map<string, number>>;
+  cursors: Map<number, number>;
+  weights: Map<string, number>;
+}
+
 /** A concurrency slot this worker holds for an attempt. */
 interface SlotHold {
   release(): Promise<void>;
@@ -365,6 +378,8 @@ export class Worker implements AsyncDisposable {
   /** Local timers that publish scheduled retries on time (the schedules are the durable copy). */
   private readonly retryTimers = new Set<NodeJS.Timeout>();
   private readonly controls: Subscription[] = [];
+  /** Fairness keys per queue: the staged keys last listed, round-robin cursors, key weights. */
+  private readonly fair = new Map<string, FairState>();
   private loops: Promise<void>[] = [];
   private closing: Promise<void> | undefined;
   private readonly logger: Logger;
@@ -503,7 +518,20 @@ export class Worker implements AsyncDisposable {
         for (const l of order) {
           const want = aged.has(l) ? 1 : free - got.length;
           if (want <= 0) break;
-          if (!aged.has(l)) scanned = true;
+          if (!aged.has(l)) {
+            scanned = true;
+            // Staged tasks of fairness keys at this level: move this fill's share first, so
+            // that the level is not taken for empty while the mover catches up, and from a
+            // fresh list of keys, so that a key that just came gets its turn in this fill.
+            if (this.fair.get(queue)?.staged.get(l)?.size) {
+              try {
+                this.fairState(queue).staged = await stagedKeys(this.jsm, this.names, queue);
+                await this.moveTurns(queue, l, want);
+              } catch (err) {
+                this.logger.debug({ err, queue, level: l }, 'fairness: fill moved nothing');
+              }
+            }
+          }
           const some = await pullLevel(nc, this.names, queue, l, want, 0, this.stop.signal);
           if (some.length === 0) continue;
           got.push(...some);
@@ -562,47 +590,18 @@ export class Worker implements AsyncDisposable {
    * workers move at once is stored once (msg id).
    */
   private async moveFair(queue: string): Promise<void> {
-    // The level's undelivered tasks it keeps: enough that a fill finds some, few enough that a
-    // new key's tasks are not queued behind many of another key's (they count against fairness).
-    const target = FAIR_BUFFER;
-    const cursors = new Map<number, number>();
-    const weights = new Map<string, number>();
+    const fair = this.fairState(queue);
     while (!this.stop.signal.aborted) {
       let moved = 0;
       try {
         const staged = await stagedKeys(this.jsm, this.names, queue);
+        fair.staged = staged;
         for (const level of [...staged.keys()].sort((a, b) => a - b)) {
-          const keys = [...staged.get(level)!.keys()].sort();
-          const left = new Map(staged.get(level));
           const ci = await this.jsm.consumers.info(
             this.names.tasksStream,
             this.names.levelConsumer(queue, level),
           );
-          let room = target - ci.num_pending;
-          let cursor = cursors.get(level) ?? 0;
-          let idle = 0; // keys in a row that had nothing
-          while (room > 0 && idle < keys.length && !this.stop.signal.aborted) {
-            const token = keys[cursor % keys.length]!;
-            cursor++;
-            let turn = Math.min(weights.get(token) ?? 1, left.get(token) ?? 0, room);
-            if (turn <= 0) {
-              idle++;
-              continue;
-            }
-            idle = 0;
-            while (turn-- > 0) {
-              const w = await moveStaged(this.js, this.jsm, this.names, queue, level, token);
-              if (w === undefined) {
-                left.set(token, 0);
-                break;
-              }
-              weights.set(token, w);
-              left.set(token, (left.get(token) ?? 1) - 1);
-              room--;
-              moved++;
-            }
-          }
-          cursors.set(level, cursor);
+          moved += await this.moveTurns(queue, level, FAIR_BUFFER - ci.num_pending);
         }
       } catch (err) {
         if (this.stop.signal.aborted) break;
@@ -611,6 +610,54 @@ export class Worker implements AsyncDisposable {
       // Staged tasks move as the queue drains; nothing staged: look again a little later.
       await pause(moved > 0 ? FAIR_BUSY_MS : FAIR_IDLE_MS, this.stop.signal);
     }
+  }
+
+  /** The fairness mover's state of a queue, shared by its loop and the fills. */
+  private fairState(queue: string): FairState {
+    let f = this.fair.get(queue);
+    if (!f) {
+      f = { staged: new Map(), cursors: new Map(), weights: new Map() };
+      this.fair.set(queue, f);
+    }
+    return f;
+  }
+
+  /**
+   * Move up to `room` staged tasks of `level` onto its subject, round robin across its keys
+   * (as last listed) from where the previous round stopped, a key's weight per turn. Returns
+   * how many moved.
+   */
+  private async moveTurns(queue: string, level: number, room: number): Promise<number> {
+    const fair = this.fairState(queue);
+    const left = fair.staged.get(level);
+    if (!left || room <= 0) return 0;
+    const keys = [...left.keys()].sort();
+    let cursor = fair.cursors.get(level) ?? 0;
+    let idle = 0; // keys in a row that had nothing
+    let moved = 0;
+    while (room > 0 && idle < keys.length && !this.stop.signal.aborted) {
+      const token = keys[cursor % keys.length]!;
+      cursor++;
+      let turn = Math.min(fair.weights.get(token) ?? 1, left.get(token) ?? 0, room);
+      if (turn <= 0) {
+        idle++;
+        continue;
+      }
+      idle = 0;
+      while (turn-- > 0) {
+        const w = await moveStaged(this.js, this.jsm, this.names, queue, level, token);
+        if (w === undefined) {
+          left.set(token, 0);
+          break;
+        }
+        fair.weights.set(token, w);
+        left.set(token, (left.get(token) ?? 1) - 1);
+        room--;
+        moved++;
+      }
+    }
+    fair.cursors.set(level, cursor);
+    return moved;
   }
 
   /**
@@ -1417,6 +1464,7 @@ export class Worker implements AsyncDisposable {
         signal: ac.signal,
         heartbeat,
         enqueuedAt: m.time.getTime(),
+        scheduledAt: task.scheduledAt,
         ...(task.node ? { node: task.node } : {}),
         ...(rateSlot !== undefined ? { rateSlot } : {}),
       };

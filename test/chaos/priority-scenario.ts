@@ -19,6 +19,8 @@ export interface Start {
   enq: number;
   /** When the task message entered its queue (`ctx.enqueuedAt`). */
   queued: number;
+  /** When the engine issued (for a fairness key: staged) the task (`ctx.scheduledAt`). */
+  issued: number;
   at: number;
 }
 
@@ -55,6 +57,7 @@ async function rig(
             i: input.i,
             enq: input.enq,
             queued: ctx.enqueuedAt,
+            issued: ctx.scheduledAt,
             at: Date.now(),
           });
           await new Promise((r) => setTimeout(r, o.workMs));
@@ -206,11 +209,14 @@ export interface FairOutcome {
   big: number;
   small: number;
   concurrency: number;
-  /** For each of B's tasks: tasks that started after it was enqueued and before it started. */
+  /** For each of B's tasks: tasks that started after it was staged and before it started. */
   slotsWaited: number[];
   /** Tenant A's tasks not started when B's were enqueued. */
   bigWaiting: number;
-  /** Tenant A's tasks that started between consecutive starts of B's (round robin: 1 or 2). */
+  /**
+   * Tenant A's tasks that started between consecutive starts of B's, when the second was already
+   * staged (round robin: 1, or 2 when a fill and the mover move at once).
+   */
   between: number[];
   ms: number;
 }
@@ -235,9 +241,14 @@ export async function runFair(
     );
     const slotsWaited = r.starts
       .filter((s) => s.tenant === 'B')
-      .map((b) => r.starts.filter((x) => x.at > b.enq && x.at < b.at).length);
+      .map((b) => r.starts.filter((x) => x.at > b.issued && x.at < b.at).length);
+    // Between two consecutive starts of B's, counted when the second was staged before the first
+    // started (otherwise it was not there to take its turn yet).
     const bIdx = r.starts.flatMap((s, i) => (s.tenant === 'B' ? [i] : []));
-    const between = bIdx.slice(1).map((i, k) => i - bIdx[k]! - 1);
+    const between = bIdx
+      .slice(1)
+      .filter((i, k) => r.starts[i]!.issued < r.starts[bIdx[k]!]!.at)
+      .map((i) => i - bIdx[bIdx.indexOf(i) - 1]! - 1);
     await until('every task to start', () => r.starts.length >= o.big + o.small, 600_000);
     return {
       between,

@@ -4,11 +4,12 @@
  * of the remaining level-5 ones; with maxWaitMs 500, level-5 tasks under a 10,000-task level-1
  * flood start after about maxWaitMs, not after the flood (their waits are printed; the issue's
  * bound, maxWaitMs plus one task time, is a timing figure checked by reading them, not asserted
- * on a shared machine). PRIO_N overrides 10,000.
+ * on a shared machine); tenant A enqueues 10,000 tasks, then tenant B 10: B's are served round robin
+ * with A's (the task slots each of B's waited from its enqueue are printed). PRIO_N overrides 10,000.
  */
 import { describe, expect, it } from 'vitest';
 import { useServer } from '../harness/jetflow.js';
-import { runAging, runStrict } from './priority-scenario.js';
+import { runAging, runFair, runStrict } from './priority-scenario.js';
 
 const env = useServer();
 const N = Number(process.env.PRIO_N ?? 10_000);
@@ -42,5 +43,17 @@ describe('activity priority, full size', () => {
       JSON.stringify({ ...out, max: Math.max(...out.waits), overBound: over.length }),
     );
     for (const n of out.highAfter) expect(n).toBeGreaterThan(100);
+  });
+
+  it(`fairness: tenant A enqueues ${N}, then tenant B 10`, { timeout: 900_000 }, async () => {
+    const out = await runFair(env.server.url, {
+      big: N,
+      small: 10,
+      workMs: 20,
+      concurrency: 10,
+    });
+    console.log('fairness:', JSON.stringify(out));
+    expect(out.bigWaiting).toBeGreaterThan(N / 2);
+    for (const n of out.between) expect(n).toBeLessThanOrEqual(2);
   });
 });

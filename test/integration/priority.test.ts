@@ -124,7 +124,10 @@ describe('activity priority', () => {
       });
       console.log('fairness:', JSON.stringify(out));
       expect(out.bigWaiting).toBeGreaterThan(500);
-      for (const n of out.slotsWaited) expect(n).toBeLessThanOrEqual(2 * out.concurrency);
+      // Round robin: one task of A (two when a fill and the mover move at once) between two of
+      // B's. The task slots each of B's waited from its staging are printed (README: measured).
+      expect(out.between.length).toBeGreaterThan(0);
+      for (const n of out.between) expect(n).toBeLessThanOrEqual(2);
     },
   );
 });
