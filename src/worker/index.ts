@@ -526,7 +526,9 @@ export class Worker implements AsyncDisposable {
             if (this.fair.get(queue)?.staged.get(l)?.size) {
               try {
                 this.fairState(queue).staged = await stagedKeys(this.jsm, this.names, queue);
-                await this.moveTurns(queue, l, want);
+                // A few at a time (fills follow each other while slots are free): a key that
+                // comes meanwhile gets its turn in the next fill, not after this fill's moves.
+                await this.moveTurns(queue, l, Math.min(want, FAIR_BUFFER));
               } catch (err) {
                 this.logger.debug({ err, queue, level: l }, 'fairness: fill moved nothing');
               }
