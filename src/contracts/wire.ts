@@ -157,6 +157,8 @@ export interface WaitingTask {
   taskKey?: string;
   /** Activities: the task's priority level when not 3. */
   priority?: number;
+  /** Activities: the task's fairness key, when it has one. */
+  fairness?: string;
   /** Child workflows and watches: the awaited workflow. */
   target?: WorkflowRef;
   /** Parked for manual review (`onExhausted: 'review'`). */
@@ -791,6 +793,8 @@ export interface TaskRef {
   queue: string;
   /** The task's priority level when not 3 (its subject carries it). */
   priority?: number;
+  /** The task's fairness key, when it has one (it is staged until its turn). */
+  fairness?: string;
   /** Set when the activity's `onExhausted` is `'review'`: a final failure parks it. */
   onExhausted?: 'review';
   /** Set while the activity is parked for manual review (retry, resolve or fail it). */

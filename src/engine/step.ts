@@ -525,12 +525,14 @@ function materialize(
     const level = priorityOf(a.options, a.input);
     const leveled = level !== DEFAULT_PRIORITY ? { priority: level } : {};
     const fair = fairnessOf(a.options, a.input);
+
     tasks[actorId] = {
       taskId,
       taskKey,
       activity: a.name,
       queue: a.options.queue,
       ...leveled,
+      ...(fair ? { fairness: fair.key } : {}),
       ...(review ? { onExhausted: 'review' as const } : {}),
       ...(extra.dispatched ? { dispatched: true as const } : {}),
     };

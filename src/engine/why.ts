@@ -43,6 +43,8 @@ export interface TaskObservation {
    * queue, and the queue's `maxWaitMs` (after which it is served before them).
    */
   priority?: { level: number; ahead: number; maxWaitMs: number };
+  /** A task with a fairness key still staged: its key's staged tasks and the keys taking turns. */
+  staged?: { key: string; level: number; ofKey: number; keys: number };
   /** The latest attempt a worker took (attempt ledger). */
   taken?: { attempt: number; worker: string; at: number };
   /**
@@ -213,6 +215,14 @@ function taskWait(
         `${name}: attempt ${seen.retry.attempt - 1} failed; attempt ${seen.retry.attempt} ` +
         (due === null ? 'is scheduled' : `is due at ${iso(due)} (in ${ago(due - now)})`),
       ...(due === null ? {} : { until: iso(due) }),
+      data,
+    };
+  }
+  const st = seen?.staged;
+  if (st && !seen?.queued) {
+    return {
+      stage: 'priority',
+      what: `${name} waits for its fairness key's turn at priority ${st.level}: key ${JSON.stringify(st.key)} has ${st.ofKey} staged task(s), ${st.keys} key(s) take turns (round robin)`,
       data,
     };
   }

@@ -16,7 +16,7 @@ import type { AttemptTaker } from './attempts.js';
 import { openSlots, type Slots } from './slots.js';
 import { openKeysBucket } from './keys.js';
 import type { TopologyNames } from './topology.js';
-import { DEFAULT_QUEUE_SETTINGS, settingsOf } from './tasks.js';
+import { DEFAULT_QUEUE_SETTINGS, fairnessToken, settingsOf, stagedKeys } from './tasks.js';
 import { DEFAULT_PRIORITY } from '../contracts/subjects.js';
 
 /** `Nats-Schedule: @at <RFC 3339>` → epoch ms (null for anything else). */
@@ -115,6 +115,13 @@ export async function observeWhy(
           maxWaitMs: main ? settingsOf(main).maxWaitMs : DEFAULT_QUEUE_SETTINGS.maxWaitMs,
         };
       }
+    }
+    if (!msg && t.fairness !== undefined) {
+      // Not on its level's subject yet: staged under its fairness key until its turn.
+      const staged = await quietly(stagedKeys(jsm, names, queue));
+      const keys = staged?.get(level);
+      const ofKey = keys?.get(fairnessToken(t.fairness)) ?? 0;
+      if (ofKey > 0) seen.staged = { key: t.fairness, level, ofKey, keys: keys!.size };
     }
     // A retry waiting out its backoff: a scheduled message on `<task subject>.<attempt>`.
     const info = await quietly(

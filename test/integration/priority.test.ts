@@ -10,7 +10,7 @@ import { runAging, runFair, runStrict } from '../chaos/priority-scenario.js';
 import { Client } from '../../src/client/index.js';
 import { createWorker } from '../../src/worker/index.js';
 import { createMetricsRegistry, createWorkerMetrics } from '../../src/metrics/index.js';
-import { prioritized, type PrioInput } from '../fixtures/prio-workflows.js';
+import { fair, prioritized, type PrioInput } from '../fixtures/prio-workflows.js';
 
 const env = useServer();
 const open: { close(): Promise<void> }[] = [];
@@ -130,4 +130,41 @@ describe('activity priority', () => {
       for (const n of out.between) expect(n).toBeLessThanOrEqual(2);
     },
   );
+
+  it('jetflow why names the fairness turn of a staged task', { timeout: 30_000 }, async () => {
+    const prefix = uniquePrefix();
+    open.push(await startEngine(env.server.url, prefix, { workflows: [fair] }));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let started = 0;
+    open.push(
+      await createWorker({
+        connection: env.nc,
+        prefix,
+        queues: ['prio'],
+        concurrency: 1,
+        activities: {
+          job: async () => {
+            started++;
+            await gate;
+            return null;
+          },
+        },
+      }),
+    );
+    const client = new Client(env.nc, { prefix });
+    for (let i = 0; i < 6; i++)
+      await client.start('fair', `A-${i}`, { level: 3, i, enq: Date.now(), tenant: 'A' });
+    let why = await client.why('fair', 'A-5');
+    for (let i = 0; i < 50 && (started === 0 || why.stage !== 'priority'); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      why = await client.why('fair', 'A-5');
+    }
+    expect(why.stage).toBe('priority');
+    expect(why.summary).toMatch(
+      /waits for its fairness key's turn at priority 3: key "A" has [1-5] staged task\(s\), 1 key\(s\) take turns/,
+    );
+    release();
+    for (let i = 0; i < 6; i++) await client.result('fair', `A-${i}`, { timeoutMs: 10_000 });
+  });
 });
