@@ -278,7 +278,8 @@ interface FairState {
   /** Level → key token → staged tasks left (as last listed, counted down by moves). */
   staged: Map<number, Map<string, number>>;
   cursors: Map<number, number>;
-  weights: Map<string, number>;
+  /** Level → tasks left in the turn of the key at its cursor (undefined: a turn starts). */
+  turns: Map<number, number | undefined>;
 }
 
 /** A concurrency slot this worker holds for an attempt. */
@@ -618,7 +619,7 @@ export class Worker implements AsyncDisposable {
   private fairState(queue: string): FairState {
     let f = this.fair.get(queue);
     if (!f) {
-      f = { staged: new Map(), cursors: new Map(), weights: new Map() };
+      f = { staged: new Map(), cursors: new Map(), turns: new Map() };
       this.fair.set(queue, f);
     }
     return f;
@@ -635,29 +636,38 @@ export class Worker implements AsyncDisposable {
     if (!left || room <= 0) return 0;
     const keys = [...left.keys()].sort();
     let cursor = fair.cursors.get(level) ?? 0;
+    // What is left of the turn of the key at the cursor (a turn is its weight in tasks, learned
+    // from its first task moved), kept across rounds so that small rounds do not cut turns.
+    let turn = fair.turns.get(level);
     let idle = 0; // keys in a row that had nothing
     let moved = 0;
+    const next = () => {
+      cursor++;
+      turn = undefined;
+    };
     while (room > 0 && idle < keys.length && !this.stop.signal.aborted) {
       const token = keys[cursor % keys.length]!;
-      cursor++;
-      let turn = Math.min(fair.weights.get(token) ?? 1, left.get(token) ?? 0, room);
-      if (turn <= 0) {
+      if ((left.get(token) ?? 0) <= 0) {
         idle++;
+        next();
+        continue;
+      }
+      const w = await moveStaged(this.js, this.jsm, this.names, queue, level, token);
+      if (w === undefined) {
+        left.set(token, 0);
+        idle++;
+        next();
         continue;
       }
       idle = 0;
-      while (turn-- > 0) {
-        const w = await moveStaged(this.js, this.jsm, this.names, queue, level, token);
-        if (w === undefined) {
-          left.set(token, 0);
-          break;
-        }
-        fair.weights.set(token, w);
-        left.set(token, (left.get(token) ?? 1) - 1);
-        room--;
-        moved++;
-      }
+      this.o.metrics?.admission?.('priority', 'admitted');
+      left.set(token, (left.get(token) ?? 1) - 1);
+      room--;
+      moved++;
+      turn = (turn ?? w) - 1;
+      if (turn <= 0) next();
     }
+    fair.turns.set(level, turn);
     fair.cursors.set(level, cursor);
     return moved;
   }

@@ -263,3 +263,20 @@ export async function runFair(
     await r.close();
   }
 }
+
+/**
+ * Weights: tenant `W` (weight 3) and tenant `X` (weight 1) each enqueue `n` tasks before the
+ * worker starts: the start order, by tenant.
+ */
+export async function runWeights(url: string, n: number): Promise<string> {
+  const r = await rig(url, { workMs: 5, concurrency: 1, maxWaitMs: 3_600_000 });
+  try {
+    await startMany(r.client, 3, n, 0, 'W');
+    await startMany(r.client, 3, n, 0, 'X');
+    await r.worker();
+    await until('every task to start', () => r.starts.length >= 2 * n, 120_000);
+    return r.starts.map((s) => s.tenant).join('');
+  } finally {
+    await r.close();
+  }
+}

@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
-import { runAging, runFair, runStrict } from '../chaos/priority-scenario.js';
+import { runAging, runFair, runStrict, runWeights } from '../chaos/priority-scenario.js';
 import { Client } from '../../src/client/index.js';
 import { createWorker } from '../../src/worker/index.js';
 import { createMetricsRegistry, createWorkerMetrics } from '../../src/metrics/index.js';
@@ -167,4 +167,19 @@ describe('activity priority', () => {
     release();
     for (let i = 0; i < 6; i++) await client.result('fair', `A-${i}`, { timeoutMs: 10_000 });
   });
+
+  it(
+    'fairness weights: a key of weight 3 gets three tasks per turn',
+    { timeout: 60_000 },
+    async () => {
+      const order = await runWeights(env.server.url, 30);
+      console.log('weights:', order);
+      // From the second turn of X on (the first turns may include the 2 tasks the mover keeps
+      // on the consumer) until W runs out: three of W, then one of X.
+      const second = order.indexOf('X', order.indexOf('X') + 1);
+      const seg = order.slice(second + 1, order.lastIndexOf('W') + 1);
+      expect(seg.length).toBeGreaterThan(20);
+      expect(seg).toMatch(/^(WWWX)*W{1,3}$/);
+    },
+  );
 });
