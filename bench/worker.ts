@@ -22,6 +22,8 @@ const worker = await createWorker({
   connection: nc,
   prefix: prefix!,
   concurrency: 256,
+  // bench:priority's baseline: BENCH_PRIORITY_LEVELS=off pulls level 3 only, as before levels.
+  priorityLevels: process.env.BENCH_PRIORITY_LEVELS !== 'off',
   activities: { inc: ({ x }: { x: number }) => x + 1 },
   ...(metrics ? { metrics } : {}),
 });

@@ -164,8 +164,23 @@ export const gate = defineWorkflow({
   concurrency: { key: (input: { k: string }) => input.k, limit: 1 },
 });
 
+/** `bench:priority`: workload 1 with its three activities at priority 1 (their own subjects). */
+export const sequentialPrio = defineWorkflow({
+  type: 'sequentialPrio',
+  version: 1,
+  machine: sequential.machine.provide({
+    actors: {
+      inc: activity<{ x: number }, number>('inc', {
+        priority: 1,
+        retry: { maxAttempts: 3, initialIntervalMs: 100 },
+      }),
+    },
+  }),
+});
+
 export const workflows: WorkflowDefinition[] = [
   sequential,
+  sequentialPrio,
   fanout,
   live,
   sleeper,

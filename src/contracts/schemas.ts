@@ -467,6 +467,13 @@ export const TaskMessageSchema = Type.Object({
   concurrency: Type.Optional(
     Type.Object({ key: Type.String(), limit: Type.Integer({ minimum: 1 }) }),
   ),
+  priority: Type.Optional(Type.Integer({ minimum: 1, maximum: 5 })),
+  fairness: Type.Optional(
+    Type.Object({
+      key: Type.String({ minLength: 1, maxLength: 256 }),
+      weight: Type.Integer({ minimum: 1, maximum: 1000 }),
+    }),
+  ),
   resultSubject: Type.String({ minLength: 1 }),
   scheduledAt: Type.Number(),
   token: Type.Optional(Type.String()),

@@ -50,17 +50,28 @@ export interface Subjects {
   shardFilter(shard: number): string;
   /** Filter for one workflow's messages inside its shard. */
   workflowFilter(shard: number, type: string, id: string): string;
-  /** Activity task of one invocation: `<prefix>.task.<queue>.<taskKey>` (stream `*_TASKS`). */
-  task(queue: string, taskKey: string): string;
   /**
-   * Schedule subject of one task's retry: `<prefix>.task.<queue>.<taskKey>.<attempt>` (in the
-   * tasks stream, outside every queue consumer's filter); the schedule targets `task()`.
+   * Activity task of one invocation: `<prefix>.task.<queue>.<taskKey>` (stream `*_TASKS`) at
+   * priority 3 (the default), `<prefix>.task.<queue>.p<level>.<taskKey>` at levels 1, 2, 4 and 5
+   * (a task key is 27 characters, so `p1` is never one).
    */
-  taskRetry(queue: string, taskKey: string, attempt: number): string;
+  task(queue: string, taskKey: string, level?: number): string;
+  /**
+   * Schedule subject of one task's retry: `<task subject>.<attempt>` (in the tasks stream,
+   * outside every queue consumer's filter); the schedule targets `task()`.
+   */
+  taskRetry(queue: string, taskKey: string, attempt: number, level?: number): string;
   /** Every pending retry schedule of one task (purged on cancel). */
-  taskRetries(queue: string, taskKey: string): string;
-  /** Filter of one queue's consumer. */
-  taskFilter(queue: string): string;
+  taskRetries(queue: string, taskKey: string, level?: number): string;
+  /** Filter of one queue's consumer of one priority level (default 3: `<prefix>.task.<queue>.*`). */
+  taskFilter(queue: string, level?: number): string;
+  /**
+   * Where a task with a fairness key waits for its turn: `<prefix>.task.<queue>.fair.<level>.<keyToken>`
+   * (outside every queue consumer's filter); workers move it onto `task()` round robin by key.
+   */
+  taskStaging(queue: string, level: number, keyToken: string): string;
+  /** Every staged task of a queue. */
+  taskStagingFilter(queue: string): string;
   /** Core-NATS subject where the engine tells a queue's workers to abort a task. */
   taskControl(queue: string): string;
   /** Wildcard of every task subject (the tasks stream). */
@@ -119,6 +130,15 @@ export interface Subjects {
 }
 
 /** Build the subject table for `prefix`. */
+/** Priority levels of activity tasks: 1 is served first; unprioritized work is level 3. */
+export const PRIORITY_LEVELS = [1, 2, 3, 4, 5] as const;
+export const DEFAULT_PRIORITY = 3;
+
+/** The subject token of a priority level before the task key: none for level 3. */
+function lvl(level: number): string {
+  return level === DEFAULT_PRIORITY ? '' : `p${level}.`;
+}
+
 export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
   if (!PREFIX.test(prefix)) {
     throw new TypeError(
@@ -138,10 +158,12 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX): Subjects {
     shardInbox: (s: number, k: InboxKind, t: string, i: string) => `${p}.in.${s}.${k}.${t}.${i}`,
     shardFilter: (s: number) => `${p}.in.${s}.>`,
     workflowFilter: (s: number, t: string, i: string) => `${p}.in.${s}.*.${t}.${i}`,
-    task: (q: string, k: string) => `${p}.task.${q}.${k}`,
-    taskRetry: (q: string, k: string, a: number) => `${p}.task.${q}.${k}.${a}`,
-    taskRetries: (q: string, k: string) => `${p}.task.${q}.${k}.*`,
-    taskFilter: (q: string) => `${p}.task.${q}.*`,
+    task: (q: string, k: string, l = 3) => `${p}.task.${q}.${lvl(l)}${k}`,
+    taskRetry: (q: string, k: string, a: number, l = 3) => `${p}.task.${q}.${lvl(l)}${k}.${a}`,
+    taskRetries: (q: string, k: string, l = 3) => `${p}.task.${q}.${lvl(l)}${k}.*`,
+    taskFilter: (q: string, l = 3) => `${p}.task.${q}.${lvl(l)}*`,
+    taskStaging: (q: string, l: number, k: string) => `${p}.task.${q}.fair.${l}.${k}`,
+    taskStagingFilter: (q: string) => `${p}.task.${q}.fair.>`,
     taskControl: (q: string) => `${p}.taskctl.${q}`,
     tasksWildcard: `${p}.task.>`,
     timer: (t: string, i: string, k: string) => `${p}.timer.${t}.${i}.${k}`,

@@ -155,6 +155,10 @@ export interface WaitingTask {
   activity?: string;
   queue?: string;
   taskKey?: string;
+  /** Activities: the task's priority level when not 3. */
+  priority?: number;
+  /** Activities: the task's fairness key, when it has one. */
+  fairness?: string;
   /** Child workflows and watches: the awaited workflow. */
   target?: WorkflowRef;
   /** Parked for manual review (`onExhausted: 'review'`). */
@@ -206,7 +210,15 @@ export type Effect =
   /** Publish an activity task to its queue (msg id = `taskId`). */
   | { kind: 'task'; task: StoredTask }
   /** Cancel an activity: purge its queued task and tell a running attempt to abort. */
-  | { kind: 'stopTask'; actorId: string; taskId: string; queue: string; taskKey: string }
+  | {
+      kind: 'stopTask';
+      actorId: string;
+      taskId: string;
+      queue: string;
+      taskKey: string;
+      /** The task's priority level when not 3 (its subject). */
+      priority?: number;
+    }
   /**
    * Durable timer: a scheduled message (`Nats-Schedule: @at <dueAt>`) on
    * `wf.timer.<type>.<id>.<timerKey>` whose target is the workflow's shard inbox. `timerKey`
@@ -779,6 +791,10 @@ export interface TaskRef {
   taskKey: string;
   activity: string;
   queue: string;
+  /** The task's priority level when not 3 (its subject carries it). */
+  priority?: number;
+  /** The task's fairness key, when it has one (it is staged until its turn). */
+  fairness?: string;
   /** Set when the activity's `onExhausted` is `'review'`: a final failure parks it. */
   onExhausted?: 'review';
   /** Set while the activity is parked for manual review (retry, resolve or fail it). */
@@ -866,6 +882,17 @@ export interface TaskMessage {
    * most `limit` attempts of (activity, key) run at once (see `ActivityOptions.concurrency`).
    */
   concurrency?: { key: string; limit: number };
+  /**
+   * The task's priority level, computed by the engine (`ActivityOptions.priority`): 1 is served
+   * first. Absent: 3. It picks the task's subject and so its queue consumer.
+   */
+  priority?: number;
+  /**
+   * The task's fairness key (`ActivityOptions.fairnessKey`) and its weight (tasks per turn):
+   * published first to the key's staging subject, from which workers move tasks onto the
+   * level's subject round robin across keys.
+   */
+  fairness?: { key: string; weight: number };
   /** Where the worker publishes the result (JetStream): `wf.inbox.result.<type>.<id>`. */
   resultSubject: string;
   scheduledAt: number;

@@ -55,6 +55,22 @@ export interface ActivityOptions {
    * their lease ends: the queue's `ackWaitMs`.
    */
   concurrency?: ActivityConcurrencySpec;
+  /**
+   * Priority level 1 to 5 (1 is served first; default 3, so unprioritized work is the middle
+   * level), or a pure function of the input giving it (a result that is not an integer 1-5 is
+   * 3). Between levels strict, with aging: a queue's workers serve a lower level first once its
+   * oldest task has waited the queue's `maxWaitMs` (default 60 s). See README "Priority".
+   */
+  priority?: number | ((input: never) => number);
+  /**
+   * Fairness within a priority level: tasks with a key (a string, or a pure function of the
+   * input, e.g. a tenant id; 1-256 characters, anything else is no key) are served round robin
+   * across keys, `fairnessWeights[key]` tasks per turn (default 1), so a key with 100,000 tasks
+   * does not delay one with 10. Tasks without a key are served as before. See README "Fairness".
+   */
+  fairnessKey?: string | ((input: never) => string);
+  /** Tasks per turn of a fairness key (1-1000; default 1). */
+  fairnessWeights?: Record<string, number>;
 }
 
 /** See {@link ActivityOptions.concurrency}. */
@@ -86,6 +102,37 @@ export function rateKeyOf(spec: { key?: (input: never) => string }, input: unkno
   } catch {
     return '*';
   }
+}
+
+/** The task's priority level: the option, or its function of the input; 3 when absent or invalid. */
+export function priorityOf(o: { priority?: ActivityOptions['priority'] }, input: unknown): number {
+  let l: unknown = o.priority;
+  if (typeof l === 'function') {
+    try {
+      l = (l as (i: unknown) => unknown)(input);
+    } catch {
+      l = undefined;
+    }
+  }
+  return typeof l === 'number' && Number.isInteger(l) && l >= 1 && l <= 5 ? l : 3;
+}
+
+/** The task's fairness key and weight; undefined without a key (or a key function that fails). */
+export function fairnessOf(
+  o: Pick<ActivityOptions, 'fairnessKey' | 'fairnessWeights'>,
+  input: unknown,
+): { key: string; weight: number } | undefined {
+  let k: unknown = o.fairnessKey;
+  if (typeof k === 'function') {
+    try {
+      k = (k as (i: unknown) => unknown)(input);
+    } catch {
+      k = undefined;
+    }
+  }
+  if (typeof k !== 'string' || k.length === 0 || k.length > 256) return undefined;
+  const w = o.fairnessWeights && Object.hasOwn(o.fairnessWeights, k) ? o.fairnessWeights[k] : 1;
+  return { key: k, weight: w ?? 1 };
 }
 
 /** Where and how an HTTP activity calls its endpoint (carried on the task message). */
@@ -135,10 +182,38 @@ export function resolveActivityOptions(
     ...(input.http !== undefined ? { http: input.http } : {}),
     ...(input.rateLimit !== undefined ? { rateLimit: input.rateLimit } : {}),
     ...(input.concurrency !== undefined ? { concurrency: input.concurrency } : {}),
+    ...(input.priority !== undefined ? { priority: input.priority } : {}),
+    ...(input.fairnessKey !== undefined ? { fairnessKey: input.fairnessKey } : {}),
+    ...(input.fairnessWeights !== undefined ? { fairnessWeights: input.fairnessWeights } : {}),
   };
   if (o.http !== undefined) checkHttpSpec(name, o.http);
   if (o.rateLimit !== undefined) checkRateLimit(name, o.rateLimit);
   if (o.concurrency !== undefined) checkConcurrency(name, o.concurrency);
+  if (
+    o.priority !== undefined &&
+    typeof o.priority !== 'function' &&
+    !(Number.isInteger(o.priority) && o.priority >= 1 && o.priority <= 5)
+  )
+    throw new ConfigError(
+      `invalid priority for activity ${name}: an integer from 1 (first) to 5, or a function (input) => 1..5 (got ${JSON.stringify(o.priority)})`,
+    );
+  if (
+    o.fairnessKey !== undefined &&
+    typeof o.fairnessKey !== 'function' &&
+    !(typeof o.fairnessKey === 'string' && o.fairnessKey.length > 0 && o.fairnessKey.length <= 256)
+  )
+    throw new ConfigError(
+      `invalid fairnessKey for activity ${name}: a string of 1-256 characters or a function (input) => string`,
+    );
+  if (
+    o.fairnessWeights !== undefined &&
+    (typeof o.fairnessWeights !== 'object' ||
+      o.fairnessWeights === null ||
+      !Object.values(o.fairnessWeights).every((w) => Number.isInteger(w) && w >= 1 && w <= 1000))
+  )
+    throw new ConfigError(
+      `invalid fairnessWeights for activity ${name}: an object of integers from 1 to 1000 by key`,
+    );
   if (o.onExhausted !== undefined && o.onExhausted !== 'fail' && o.onExhausted !== 'review') {
     throw new ConfigError(
       `invalid onExhausted for activity ${name}: 'fail' or 'review' (got ${JSON.stringify(o.onExhausted)})`,

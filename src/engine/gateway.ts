@@ -214,6 +214,8 @@ function waitingOf(r: WorkflowRecord): NonNullable<QueryReply['waiting']> {
       w.activity = t.activity;
       w.queue = t.queue;
       w.taskKey = t.taskKey;
+      if (t.priority !== undefined) w.priority = t.priority;
+      if (t.fairness !== undefined) w.fairness = t.fairness;
     }
     if (t.target) w.target = { type: t.target.type, id: t.target.id };
     if (t.parked) w.parked = true;

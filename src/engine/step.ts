@@ -13,6 +13,8 @@ import {
   DEFAULT_RETRY,
   resolveActivity,
   rateKeyOf,
+  priorityOf,
+  fairnessOf,
   resolveActivityOptions,
   type ActivityOptions,
 } from './activity.js';
@@ -26,7 +28,7 @@ import {
   searchAttributes,
   type JournalOptions,
 } from './journal.js';
-import { shardOf, type Subjects } from '../contracts/subjects.js';
+import { DEFAULT_PRIORITY, shardOf, type Subjects } from '../contracts/subjects.js';
 import type { KeyCancel } from './admission.js';
 import {
   HELD_MAX,
@@ -242,7 +244,14 @@ export function timerKeyOf(w: { type: string; id: string }, timerId: string, ste
 
 /** The effect that cancels a running activity. */
 function stopTaskEffect(actorId: string, t: TaskRef): Effect {
-  return { kind: 'stopTask', actorId, taskId: t.taskId, queue: t.queue, taskKey: t.taskKey };
+  return {
+    kind: 'stopTask',
+    actorId,
+    taskId: t.taskId,
+    queue: t.queue,
+    taskKey: t.taskKey,
+    ...(t.priority !== undefined ? { priority: t.priority } : {}),
+  };
 }
 
 /**
@@ -513,11 +522,17 @@ function materialize(
     const taskKey = taskKeyOf(taskId);
     const review =
       !extra.dispatched && (a.options.onExhausted ?? def.onExhausted ?? 'fail') === 'review';
+    const level = priorityOf(a.options, a.input);
+    const leveled = level !== DEFAULT_PRIORITY ? { priority: level } : {};
+    const fair = fairnessOf(a.options, a.input);
+
     tasks[actorId] = {
       taskId,
       taskKey,
       activity: a.name,
       queue: a.options.queue,
+      ...leveled,
+      ...(fair ? { fairness: fair.key } : {}),
       ...(review ? { onExhausted: 'review' as const } : {}),
       ...(extra.dispatched ? { dispatched: true as const } : {}),
     };
@@ -560,6 +575,8 @@ function materialize(
             },
           }
         : {}),
+      ...leveled,
+      ...(fair ? { fairness: fair } : {}),
     };
     effects.push({
       kind: 'task',

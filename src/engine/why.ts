@@ -10,8 +10,8 @@ import type { KeyRecord, QueryReply, WorkflowRef } from '../contracts/wire.js';
 /**
  * The stages a workflow can wait in, in the order `why` reports them (the first is the one that
  * holds it): an operator's pause, a debounce window of its signals, an activity's rate limit,
- * its concurrency key, an activity parked for review, a task not
- * yet handed to a worker, a retry's backoff, an attempt a worker runs, a child workflow, a timer,
+ * its concurrency key, an activity parked for review, a task waiting behind tasks of higher
+ * priority levels, a task not yet handed to a worker, a retry's backoff, an attempt a worker runs, a child workflow, a timer,
  * and last an event from outside.
  */
 export const WHY_STAGES = [
@@ -20,6 +20,7 @@ export const WHY_STAGES = [
   'rate-limit',
   'concurrency-key',
   'review',
+  'priority',
   'dispatch',
   'backoff',
   'attempt',
@@ -37,6 +38,13 @@ export interface TaskObservation {
   retry?: { attempt: number; dueAt: number | null };
   /** Postponed by its activity's rate limit to the slot it holds. */
   postponed?: { attempt: number; dueAt: number | null };
+  /**
+   * An undelivered task's priority level, the undelivered tasks of the levels above it on its
+   * queue, and the queue's `maxWaitMs` (after which it is served before them).
+   */
+  priority?: { level: number; ahead: number; maxWaitMs: number };
+  /** A task with a fairness key still staged: its key's staged tasks and the keys taking turns. */
+  staged?: { key: string; level: number; ofKey: number; keys: number };
   /** The latest attempt a worker took (attempt ledger). */
   taken?: { attempt: number; worker: string; at: number };
   /**
@@ -207,6 +215,29 @@ function taskWait(
         `${name}: attempt ${seen.retry.attempt - 1} failed; attempt ${seen.retry.attempt} ` +
         (due === null ? 'is scheduled' : `is due at ${iso(due)} (in ${ago(due - now)})`),
       ...(due === null ? {} : { until: iso(due) }),
+      data,
+    };
+  }
+  const st = seen?.staged;
+  if (st && !seen?.queued) {
+    return {
+      stage: 'priority',
+      what: `${name} waits for its fairness key's turn at priority ${st.level}: key ${JSON.stringify(st.key)} has ${st.ofKey} staged task(s), ${st.keys} key(s) take turns (round robin)`,
+      data,
+    };
+  }
+  const prio = seen?.priority;
+  if (seen?.queued && !seen.queued.delivered && prio && prio.ahead > 0) {
+    const waited = now - seen.queued.at;
+    const aging =
+      waited >= prio.maxWaitMs
+        ? `it has waited past maxWaitMs (${prio.maxWaitMs} ms): the next free slot of the queue takes it`
+        : `served before them once it has waited maxWaitMs (${prio.maxWaitMs} ms), at ${iso(seen.queued.at + prio.maxWaitMs)}`;
+    return {
+      stage: 'priority',
+      what: `${name} waits at priority ${prio.level} behind ${prio.ahead} undelivered task(s) of levels 1-${prio.level - 1} on queue ${t.queue ?? '?'} (for ${ago(waited)}); ${aging}`,
+      since: iso(seen.queued.at),
+      until: iso(Math.max(now, seen.queued.at + prio.maxWaitMs)),
       data,
     };
   }

@@ -105,7 +105,17 @@ export async function queueStatus(nc: NatsConnection, prefix: string): Promise<Q
   const out: QueueStatus[] = [];
   const mark = names.queueConsumer('');
   try {
+    // Priority levels other than 3 have consumers `queue<level>-<queue>`: counted in their queue.
+    const levels = new Map<string, { pending: number; inFlight: number }>();
     for await (const ci of jsm.consumers.list(names.tasksStream)) {
+      const leveled = /^queue[1245]-(.+)$/.exec(ci.name);
+      if (leveled) {
+        const l = levels.get(leveled[1]!) ?? { pending: 0, inFlight: 0 };
+        l.pending += ci.num_pending;
+        l.inFlight += ci.num_ack_pending;
+        levels.set(leveled[1]!, l);
+        continue;
+      }
       if (!ci.name.startsWith(mark)) continue;
       out.push({
         queue: ci.name.slice(mark.length),
@@ -113,6 +123,13 @@ export async function queueStatus(nc: NatsConnection, prefix: string): Promise<Q
         inFlight: ci.num_ack_pending,
         limit: ci.config.max_ack_pending ?? -1,
       });
+    }
+    for (const q of out) {
+      const l = levels.get(q.queue);
+      if (l) {
+        q.pending += l.pending;
+        q.inFlight += l.inFlight;
+      }
     }
   } catch {
     return out; // no tasks stream yet: no queues

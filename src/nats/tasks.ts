@@ -2,7 +2,10 @@
  * Activity tasks on JetStream: the engine side (publish a task, cancel it) and the queue
  * consumers workers pull from.
  */
-import { headers, type NatsConnection } from '@nats-io/transport-node';
+import { createHash } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { createInbox, headers, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -10,10 +13,12 @@ import {
   type JetStreamClient,
   type JetStreamManager,
   type JsMsg,
+  type MsgRequest,
+  type NextMsgRequest,
 } from '@nats-io/jetstream';
 import type { Logger, TraceCarrier } from '../engine/ports.js';
 import { injectTrace } from '../tracing/index.js';
-import { MSGPACK, pack } from '../contracts/codec.js';
+import { MSGPACK, pack, unpack } from '../contracts/codec.js';
 import {
   fullTask,
   Header,
@@ -72,7 +77,11 @@ export function taskEffectHandlers(
       // The step's span (when traced): the worker's attempt span continues it.
       injectTrace(h);
       const task = taskMessageOf(record, e, names);
-      await js.publish(s.task(e.task.queue, e.task.taskKey), pack(task), {
+      // A task with a fairness key waits for its key's turn on the key's staging subject.
+      const subject = task.fairness
+        ? s.taskStaging(task.queue, task.priority ?? 3, fairnessToken(task.fairness.key))
+        : s.task(e.task.queue, e.task.taskKey, task.priority);
+      await js.publish(subject, pack(task), {
         msgID: e.task.taskId,
         headers: h,
       });
@@ -82,8 +91,11 @@ export function taskEffectHandlers(
       // A queued task and its pending retry schedules are removed before any worker starts them
       // (retries first: a retry that fires in between lands on the task subject, purged next);
       // a running attempt is told to abort.
-      await jsm.streams.purge(names.tasksStream, { filter: s.taskRetries(e.queue, e.taskKey) });
-      await jsm.streams.purge(names.tasksStream, { filter: s.task(e.queue, e.taskKey) });
+      const level = e.priority;
+      await jsm.streams.purge(names.tasksStream, {
+        filter: s.taskRetries(e.queue, e.taskKey, level),
+      });
+      await jsm.streams.purge(names.tasksStream, { filter: s.task(e.queue, e.taskKey, level) });
       nc.publish(s.taskControl(e.queue), pack({ cancel: e.taskId }));
       logger.debug({ taskId: e.taskId }, 'activity canceled');
     },
@@ -104,6 +116,12 @@ export interface QueueSettings {
    * activity heartbeats.
    */
   ackWaitMs: number;
+  /**
+   * Aging of priority levels: once the oldest waiting task of a level has waited this long, the
+   * queue's workers take from that level before any higher one, so no task waits much longer
+   * than this behind higher levels. Kept in the level-3 consumer's metadata.
+   */
+  maxWaitMs: number;
 }
 
 /**
@@ -115,7 +133,10 @@ export type QueueSettingsInput = Partial<QueueSettings> & { force?: boolean };
 export const DEFAULT_QUEUE_SETTINGS: QueueSettings = Object.freeze({
   maxInFlight: 1000,
   ackWaitMs: 30_000,
+  maxWaitMs: 60_000,
 });
+
+const MAX_WAIT_KEY = 'jetflow.maxWaitMs';
 
 /** The settings a queue consumer actually has. */
 export function settingsOf(info: ConsumerInfo): QueueSettings {
@@ -125,7 +146,15 @@ export function settingsOf(info: ConsumerInfo): QueueSettings {
       info.config.ack_wait !== undefined
         ? Math.round(info.config.ack_wait / 1_000_000)
         : DEFAULT_QUEUE_SETTINGS.ackWaitMs,
+    maxWaitMs: maxWaitOf(info.config.metadata?.[MAX_WAIT_KEY]),
   };
+}
+
+function maxWaitOf(raw: string | undefined): number {
+  const n = Number(raw);
+  return raw !== undefined && Number.isSafeInteger(n) && n >= 1
+    ? n
+    : DEFAULT_QUEUE_SETTINGS.maxWaitMs;
 }
 
 /**
@@ -160,7 +189,9 @@ export async function ensureQueueConsumer(
         ack_wait: ms(initial.ackWaitMs),
         max_ack_pending: initial.maxInFlight,
         max_deliver: -1,
+        metadata: { [MAX_WAIT_KEY]: String(initial.maxWaitMs) },
       });
+      await ensureLevelConsumers(jsm, names, queue, settingsOf(info), logger);
       return settingsOf(info);
     } catch (err) {
       // Another worker created it at the same time with other settings: adopt that one.
@@ -172,21 +203,75 @@ export async function ensureQueueConsumer(
   const differs = (Object.keys(asked) as (keyof QueueSettings)[]).filter(
     (k) => asked[k] !== undefined && asked[k] !== actual[k],
   );
-  if (differs.length === 0) return actual;
+  if (differs.length === 0) {
+    await ensureLevelConsumers(jsm, names, queue, actual, logger);
+    return actual;
+  }
   if (!force) {
     logger?.warn(
       { queue, asked, actual, differs },
       'queue settings differ from the existing queue consumer; keeping the existing ones (pass force: true to overwrite)',
     );
+    await ensureLevelConsumers(jsm, names, queue, actual, logger);
     return actual;
   }
   const next = { ...actual, ...asked };
   info = await jsm.consumers.update(names.tasksStream, durable, {
     ack_wait: ms(next.ackWaitMs),
     max_ack_pending: next.maxInFlight,
+    metadata: { ...info.config.metadata, [MAX_WAIT_KEY]: String(next.maxWaitMs) },
   });
   logger?.info({ queue, before: actual, after: settingsOf(info) }, 'queue settings overwritten');
+  await ensureLevelConsumers(jsm, names, queue, settingsOf(info), logger);
   return settingsOf(info);
+}
+
+/** The priority levels that have a consumer of their own (level 3 is the queue's consumer). */
+export const OTHER_LEVELS = [1, 2, 4, 5] as const;
+
+/**
+ * The consumers of levels 1, 2, 4 and 5 of a queue (`queue<level>-<queue>`, filter
+ * `<prefix>.task.<queue>.p<level>.*`), created or brought to the level-3 consumer's `ackWaitMs`
+ * and `maxInFlight`: each level's consumer enforces `maxInFlight` on its own level.
+ */
+async function ensureLevelConsumers(
+  jsm: JetStreamManager,
+  names: TopologyNames,
+  queue: string,
+  settings: QueueSettings,
+  logger?: Logger,
+): Promise<void> {
+  for (const level of OTHER_LEVELS) {
+    const durable = names.levelConsumer(queue, level);
+    const info = await jsm.consumers.info(names.tasksStream, durable).catch(() => undefined);
+    if (!info) {
+      try {
+        await jsm.consumers.add(names.tasksStream, {
+          durable_name: durable,
+          description: `jetflow activity queue ${queue}, priority ${level}`,
+          filter_subject: names.subjects.taskFilter(queue, level),
+          ack_policy: AckPolicy.Explicit,
+          deliver_policy: DeliverPolicy.All,
+          ack_wait: ms(settings.ackWaitMs),
+          max_ack_pending: settings.maxInFlight,
+          max_deliver: -1,
+        });
+      } catch (err) {
+        // Created by another worker meanwhile: fine; otherwise the queue cannot serve the level.
+        if (!(await jsm.consumers.info(names.tasksStream, durable).catch(() => undefined)))
+          throw err;
+      }
+      continue;
+    }
+    const have = settingsOf(info);
+    if (have.ackWaitMs !== settings.ackWaitMs || have.maxInFlight !== settings.maxInFlight) {
+      await jsm.consumers.update(names.tasksStream, durable, {
+        ack_wait: ms(settings.ackWaitMs),
+        max_ack_pending: settings.maxInFlight,
+      });
+      logger?.info({ queue, level }, 'priority level consumer brought to the queue settings');
+    }
+  }
 }
 
 /** Attempt number of a delivered task: `Jf-Attempt` (absent = 1) + delivery count - 1. */
@@ -225,11 +310,18 @@ export async function scheduleRetry(
   trace?: TraceCarrier,
 ): Promise<number> {
   const s = names.subjects;
-  const ack = await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
-    msgID: `${task.taskId}.a${attempt}`,
-    headers: taskHeaders(attempt, trace),
-    schedule: { specification: new Date(dueAt), target: s.task(task.queue, task.taskKey) },
-  });
+  const ack = await js.publish(
+    s.taskRetry(task.queue, task.taskKey, attempt, task.priority),
+    body,
+    {
+      msgID: `${task.taskId}.a${attempt}`,
+      headers: taskHeaders(attempt, trace),
+      schedule: {
+        specification: new Date(dueAt),
+        target: s.task(task.queue, task.taskKey, task.priority),
+      },
+    },
+  );
   return ack.seq;
 }
 
@@ -254,10 +346,13 @@ export async function postponeTask(
   const s = names.subjects;
   const h = taskHeaders(attempt, trace);
   h.set(Header.RateSlot, String(at));
-  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
+  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt, task.priority), body, {
     msgID: `${task.taskId}.a${attempt}.s${at}`,
     headers: h,
-    schedule: { specification: new Date(fireAt), target: s.task(task.queue, task.taskKey) },
+    schedule: {
+      specification: new Date(fireAt),
+      target: s.task(task.queue, task.taskKey, task.priority),
+    },
   });
 }
 
@@ -282,10 +377,13 @@ export async function postponeForSlot(
   const s = names.subjects;
   const h = taskHeaders(attempt, trace);
   h.set(Header.SlotWait, String(since));
-  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt), body, {
+  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt, task.priority), body, {
     msgID: `${task.taskId}.a${attempt}.w${fireAt}`,
     headers: h,
-    schedule: { specification: new Date(fireAt), target: s.task(task.queue, task.taskKey) },
+    schedule: {
+      specification: new Date(fireAt),
+      target: s.task(task.queue, task.taskKey, task.priority),
+    },
   });
 }
 
@@ -304,9 +402,9 @@ export async function fireRetryNow(
   trace?: TraceCarrier,
 ): Promise<boolean> {
   const s = names.subjects;
-  const retrySubject = s.taskRetry(task.queue, task.taskKey, attempt);
+  const retrySubject = s.taskRetry(task.queue, task.taskKey, attempt, task.priority);
   try {
-    await js.publish(s.task(task.queue, task.taskKey), body, {
+    await js.publish(s.task(task.queue, task.taskKey, task.priority), body, {
       msgID: `${task.taskId}.a${attempt}.now`,
       headers: taskHeaders(attempt, trace),
       cancelSchedule: { scheduleSubject: retrySubject },
@@ -333,8 +431,162 @@ export async function releaseTask(
   seq: number,
   trace?: TraceCarrier,
 ): Promise<void> {
-  await js.publish(names.subjects.task(task.queue, task.taskKey), body, {
+  await js.publish(names.subjects.task(task.queue, task.taskKey, task.priority), body, {
     msgID: `${task.taskId}.r${seq}`,
     headers: taskHeaders(attempt, trace),
   });
+}
+
+// nats.js turns a pull's raw reply into a JsMsg (ack, nak, term, working, delivery info) with
+// `toJsMsg`, which its package does not export: loaded from the same installed module.
+const requireHere = createRequire(import.meta.url);
+const { toJsMsg } = requireHere(
+  join(dirname(requireHere.resolve('@nats-io/jetstream')), 'jsmsg.js'),
+) as { toJsMsg: (m: Msg, ackTimeout?: number) => JsMsg };
+
+/**
+ * One pull request on a priority level's consumer of `queue`: up to `batch` tasks. With
+ * `waitMs` 0 it does not wait (`no_wait`: an empty level answers at once); otherwise the server
+ * holds the request up to `waitMs` for the first messages. Resolves the tasks received, in
+ * stream order; `stop` ends it early (a message the server sends after that is redelivered
+ * after AckWait, as with any pull a client abandons).
+ */
+export function pullLevel(
+  nc: NatsConnection,
+  names: TopologyNames,
+  queue: string,
+  level: number,
+  batch: number,
+  waitMs: number,
+  stop: AbortSignal,
+): Promise<JsMsg[]> {
+  return new Promise((resolve) => {
+    const inbox = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
+    const got: JsMsg[] = [];
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(guard);
+      stop.removeEventListener('abort', finish);
+      sub.unsubscribe();
+      resolve(got);
+    };
+    const sub = nc.subscribe(inbox, {
+      callback: (err, m) => {
+        if (err) return finish();
+        const code = m.headers?.code ?? 0;
+        if (code === 100) return; // idle heartbeat or flow control
+        // 404 no messages, 408 request expired, 409 (MaxAckPending reached, leader change...).
+        if (code !== 0) return finish();
+        got.push(toJsMsg(m));
+        if (got.length >= batch) finish();
+      },
+    });
+    // The server answers a pull within its expiry; this only ends one it never answers.
+    const guard = setTimeout(finish, waitMs + 5_000);
+    stop.addEventListener('abort', finish, { once: true });
+    if (stop.aborted) return finish();
+    const req = waitMs > 0 ? { batch, expires: ms(waitMs) } : { batch, no_wait: true };
+    nc.publish(
+      `$JS.API.CONSUMER.MSG.NEXT.${names.tasksStream}.${names.levelConsumer(queue, level)}`,
+      JSON.stringify(req),
+      { reply: inbox },
+    );
+  });
+}
+
+/**
+ * Enqueue time (epoch ms) of the oldest task of `queue` at `level` that no worker has been
+ * given yet (after the level consumer's delivered sequence); undefined when none waits. Two
+ * requests: the consumer's info and one message get.
+ */
+export async function oldestWaiting(
+  jsm: JetStreamManager,
+  names: TopologyNames,
+  queue: string,
+  level: number,
+): Promise<number | undefined> {
+  const ci = await jsm.consumers.info(names.tasksStream, names.levelConsumer(queue, level));
+  if (ci.num_pending === 0) return undefined;
+  const m = await jsm.streams
+    // The server's message get takes `next_by_subj` (nats.js types only its direct get's).
+    .getMessage(names.tasksStream, {
+      next_by_subj: names.subjects.taskFilter(queue, level),
+      seq: ci.delivered.stream_seq + 1,
+    } as NextMsgRequest as unknown as MsgRequest)
+    .catch(() => undefined);
+  return m?.time.getTime();
+}
+
+/** The subject token of a fairness key (any string): 22 characters of its SHA-256. */
+export function fairnessToken(key: string): string {
+  return createHash('sha256').update(key).digest('base64url').slice(0, 22);
+}
+
+/**
+ * The fairness keys of `queue` that have staged tasks, by priority level: key token → count
+ * (one stream info request; its size grows with the keys that have tasks, not with the tasks).
+ */
+export async function stagedKeys(
+  jsm: JetStreamManager,
+  names: TopologyNames,
+  queue: string,
+): Promise<Map<number, Map<string, number>>> {
+  const filter = names.subjects.taskStagingFilter(queue);
+  const info = await jsm.streams.info(names.tasksStream, { subjects_filter: filter });
+  const out = new Map<number, Map<string, number>>();
+  const head = filter.length - 1; // `<prefix>.task.<queue>.fair.`
+  for (const [subject, n] of Object.entries(info.state.subjects ?? {})) {
+    const [level, token] = subject.slice(head).split('.');
+    const l = Number(level);
+    if (!token || !Number.isInteger(l)) continue;
+    const m = out.get(l) ?? new Map<string, number>();
+    m.set(token, n);
+    out.set(l, m);
+  }
+  return out;
+}
+
+/**
+ * Move the oldest staged task of one fairness key onto its level's task subject (msg id
+ * `<taskId>.f`, so two workers moving the same task store it once), then delete it from the
+ * staging subject. Resolves the task's weight, or undefined when the key has no staged task.
+ * A worker that dies between the two leaves the staged copy, which the next move publishes
+ * again under the same msg id (a duplicate after the dedup window is refused by the attempt
+ * ledger).
+ */
+export async function moveStaged(
+  js: JetStreamClient,
+  jsm: JetStreamManager,
+  names: TopologyNames,
+  queue: string,
+  level: number,
+  token: string,
+): Promise<number | undefined> {
+  const m = await jsm.streams
+    .getMessage(names.tasksStream, {
+      next_by_subj: names.subjects.taskStaging(queue, level, token),
+      seq: 0,
+    } as NextMsgRequest as unknown as MsgRequest)
+    .catch(() => undefined);
+  if (!m) return undefined;
+  let task: TaskMessage;
+  try {
+    task = unpack(m.data) as TaskMessage;
+  } catch {
+    await jsm.streams.deleteMessage(names.tasksStream, m.seq, false).catch(() => false);
+    return 1;
+  }
+  const h = headers();
+  // Its headers (content type, trace) but not the server's (`Nats-*`: msg id, stream info).
+  for (const [k, v] of m.header ? [...m.header] : [])
+    if (!/^nats-/i.test(k)) for (const x of v) h.append(k, x);
+  await js.publish(names.subjects.task(queue, String(task.taskKey), level), m.data, {
+    msgID: `${String(task.taskId)}.f`,
+    headers: h,
+  });
+  await jsm.streams.deleteMessage(names.tasksStream, m.seq, false).catch(() => false);
+  const w = task.fairness?.weight;
+  return typeof w === 'number' && Number.isInteger(w) && w >= 1 ? w : 1;
 }

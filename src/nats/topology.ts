@@ -100,6 +100,11 @@ export interface TopologyNames {
   hooksStream: string;
   hookSubject(trigger: string): string;
   queueConsumer(queue: string): string;
+  /**
+   * The consumer of one priority level of a queue: `queue-<queue>` for level 3 (the queue's
+   * consumer, which unprioritized work has always used), `queue<level>-<queue>` for the others.
+   */
+  levelConsumer(queue: string, level: number): string;
   shardConsumer(shard: number): string;
 }
 
@@ -114,6 +119,7 @@ export function topologyNames(prefix: string): TopologyNames {
     schedulesStream: `${up}_SCHEDULES`,
     schedulesBucket: `${prefix}_schedules`,
     queueConsumer: (q) => `queue-${q}`,
+    levelConsumer: (q, l) => (l === 3 ? `queue-${q}` : `queue${l}-${q}`),
     bucket: `${prefix}_workflows`,
     attemptsBucket: `${prefix}_attempts`,
     bulkBucket: `${prefix}_bulk`,

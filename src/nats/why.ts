@@ -16,6 +16,8 @@ import type { AttemptTaker } from './attempts.js';
 import { openSlots, type Slots } from './slots.js';
 import { openKeysBucket } from './keys.js';
 import type { TopologyNames } from './topology.js';
+import { DEFAULT_QUEUE_SETTINGS, fairnessToken, settingsOf, stagedKeys } from './tasks.js';
+import { DEFAULT_PRIORITY } from '../contracts/subjects.js';
 
 /** `Nats-Schedule: @at <RFC 3339>` → epoch ms (null for anything else). */
 function scheduleTime(spec: string | undefined): number | null {
@@ -66,19 +68,26 @@ export async function observeWhy(
   const consumers = new Map<string, ConsumerInfo | undefined>();
   const attempts = await quietly(new Kvm(nc).open(names.attemptsBucket));
   let slots: Slots | undefined;
+  // Consumer info by `<queue>#<level>` (level 3 is the queue's own consumer).
+  const levelInfo = new Map<string, ConsumerInfo | undefined>();
+  const infoOf = async (queue: string, level: number) => {
+    const k = `${queue}#${level}`;
+    if (!levelInfo.has(k))
+      levelInfo.set(
+        k,
+        await quietly(jsm.consumers.info(names.tasksStream, names.levelConsumer(queue, level))),
+      );
+    return levelInfo.get(k);
+  };
   for (const t of activities) {
     const queue = t.queue!;
     const taskKey = t.taskKey!;
-    if (!consumers.has(queue)) {
-      consumers.set(
-        queue,
-        await quietly(jsm.consumers.info(names.tasksStream, names.queueConsumer(queue))),
-      );
-    }
-    const ci = consumers.get(queue);
+    const level = t.priority ?? DEFAULT_PRIORITY;
+    if (!consumers.has(queue)) consumers.set(queue, await infoOf(queue, DEFAULT_PRIORITY));
+    const ci = await infoOf(queue, level);
     const seen: TaskObservation = {};
     const msg = await quietly(
-      jsm.streams.getMessage(names.tasksStream, { last_by_subj: s.task(queue, taskKey) }),
+      jsm.streams.getMessage(names.tasksStream, { last_by_subj: s.task(queue, taskKey, level) }),
     );
     let scheduledAt: number | undefined;
     let concurrency: TaskMessage['concurrency'];
@@ -95,10 +104,30 @@ export async function observeWhy(
         delivered: ci !== undefined && msg.seq <= ci.delivered.stream_seq,
         at: msg.time.getTime(),
       };
+      if (!seen.queued.delivered) {
+        // Undelivered tasks of the levels above its own: what it waits behind.
+        let ahead = 0;
+        for (let l = 1; l < level; l++) ahead += (await infoOf(queue, l))?.num_pending ?? 0;
+        const main = consumers.get(queue);
+        seen.priority = {
+          level,
+          ahead,
+          maxWaitMs: main ? settingsOf(main).maxWaitMs : DEFAULT_QUEUE_SETTINGS.maxWaitMs,
+        };
+      }
+    }
+    if (!msg && t.fairness !== undefined) {
+      // Not on its level's subject yet: staged under its fairness key until its turn.
+      const staged = await quietly(stagedKeys(jsm, names, queue));
+      const keys = staged?.get(level);
+      const ofKey = keys?.get(fairnessToken(t.fairness)) ?? 0;
+      if (ofKey > 0) seen.staged = { key: t.fairness, level, ofKey, keys: keys!.size };
     }
     // A retry waiting out its backoff: a scheduled message on `<task subject>.<attempt>`.
     const info = await quietly(
-      jsm.streams.info(names.tasksStream, { subjects_filter: `${s.task(queue, taskKey)}.*` }),
+      jsm.streams.info(names.tasksStream, {
+        subjects_filter: `${s.task(queue, taskKey, level)}.*`,
+      }),
     );
     const retrySubjects = Object.keys(info?.state.subjects ?? {});
     let retryAttempt = 0;
@@ -110,7 +139,7 @@ export async function observeWhy(
     if (retryAttempt > 0) {
       const sched = await quietly(
         jsm.streams.getMessage(names.tasksStream, {
-          last_by_subj: s.taskRetry(queue, taskKey, retryAttempt),
+          last_by_subj: s.taskRetry(queue, taskKey, retryAttempt, level),
         }),
       );
       const dueAt = scheduleTime(sched?.header.get('Nats-Schedule'));

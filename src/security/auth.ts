@@ -78,19 +78,26 @@ export function rolePermissions(role: Role, o: AuthOptions): RolePermissions {
         publish: [
           `${api}.INFO`,
           `${api}.STREAM.INFO.${n.tasksStream}`,
-          ...o.queues.flatMap((q) => {
-            const c = n.queueConsumer(q);
-            return [
-              `${api}.CONSUMER.CREATE.${n.tasksStream}.${c}`,
-              `${api}.CONSUMER.CREATE.${n.tasksStream}.${c}.>`,
-              `${api}.CONSUMER.DURABLE.CREATE.${n.tasksStream}.${c}`,
-              `${api}.CONSUMER.INFO.${n.tasksStream}.${c}`,
-              `${api}.CONSUMER.MSG.NEXT.${n.tasksStream}.${c}`,
-              `$JS.ACK.${n.tasksStream}.${c}.>`,
-              // Retries and releases of its own queue's tasks.
-              `${p}.task.${q}.>`,
-            ];
-          }),
+          // The oldest waiting task of a priority level (aging, `maxWaitMs`): a message get on
+          // the tasks stream (the API cannot limit it to the worker's queues).
+          `${api}.STREAM.MSG.GET.${n.tasksStream}`,
+          // Fairness keys: a staged task moved onto its level's subject is deleted from staging.
+          `${api}.STREAM.MSG.DELETE.${n.tasksStream}`,
+          ...o.queues.flatMap((q) => [
+            ...[1, 2, 3, 4, 5].flatMap((l) => {
+              const c = n.levelConsumer(q, l);
+              return [
+                `${api}.CONSUMER.CREATE.${n.tasksStream}.${c}`,
+                `${api}.CONSUMER.CREATE.${n.tasksStream}.${c}.>`,
+                `${api}.CONSUMER.DURABLE.CREATE.${n.tasksStream}.${c}`,
+                `${api}.CONSUMER.INFO.${n.tasksStream}.${c}`,
+                `${api}.CONSUMER.MSG.NEXT.${n.tasksStream}.${c}`,
+                `$JS.ACK.${n.tasksStream}.${c}.>`,
+              ];
+            }),
+            // Retries and releases of its own queue's tasks.
+            `${p}.task.${q}.>`,
+          ]),
           // Results and attempt notices: any workflow, but only with the task's proof. The server
           // checks a publish after its mappings: `<p>.inbox.result.…` as the shard subject.
           s.shardInbox('*' as unknown as number, 'result', '*', '*'),

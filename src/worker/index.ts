@@ -35,13 +35,20 @@
 import { setMaxListeners } from 'node:events';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { headers, nuid } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager, type JsMsg, type JetStreamClient } from '@nats-io/jetstream';
+import {
+  jetstream,
+  jetstreamManager,
+  type JsMsg,
+  type JetStreamClient,
+  type JetStreamManager,
+} from '@nats-io/jetstream';
 import { LRUCache } from 'lru-cache';
 import { backoffDelayMs } from '../engine/retry.js';
 import type { AdmissionOutcome, AdmissionStage, Logger } from '../engine/ports.js';
 import { MSGPACK, pack } from '../contracts/codec.js';
 import { decodeTask, decodeTaskControl } from '../contracts/schemas.js';
-import { DEFAULT_PREFIX } from '../contracts/subjects.js';
+import { DEFAULT_PREFIX, DEFAULT_PRIORITY } from '../contracts/subjects.js';
+import { levelOrder, nextProbeAt, type LevelProbe } from '../engine/priority.js';
 import {
   Header,
   WIRE_VERSION,
@@ -83,6 +90,10 @@ import {
   DEFAULT_QUEUE_SETTINGS,
   ensureQueueConsumer,
   fireRetryNow,
+  moveStaged,
+  oldestWaiting,
+  pullLevel,
+  stagedKeys,
   postponeForSlot,
   postponeTask,
   releaseTask,
@@ -126,6 +137,17 @@ export interface ActivityContext {
   signal: AbortSignal;
   /** Report progress: extends the task's lease (JetStream `working()`). */
   heartbeat(): void;
+  /**
+   * When this delivery's task message entered its queue (epoch ms, the server's clock): the
+   * engine's publish, or the retry or postponement that put it back. Start minus this is the
+   * time the attempt waited on the queue (behind other tasks, higher priority levels, workers).
+   */
+  enqueuedAt: number;
+  /**
+   * When the engine issued the task (epoch ms, the engine's clock): for a task with a fairness
+   * key, when it was staged. Start minus this is its whole wait, retries included.
+   */
+  scheduledAt: number;
   /** For a tree node: its identity (`id`, `parentId`, `rootId`, `name`, `mode`, `run`, …). */
   node?: Record<string, unknown>;
   /**
@@ -162,6 +184,13 @@ export interface WorkerOptions {
   queueSettings?: Record<string, QueueSettingsInput>;
   /** Max tasks started per second by this worker, per queue. */
   rateLimitPerSecond?: Record<string, number>;
+  /**
+   * Serve priority levels (default true): each fill takes from the highest level with tasks
+   * (levels 1 to 5, aged by the queue's `maxWaitMs`). `false`: this worker pulls level 3 only
+   * (unprioritized work), as before levels existed, saving the scan of the other levels on each
+   * fill; tasks of other levels wait for a worker that serves them.
+   */
+  priorityLevels?: boolean;
   /**
    * Grace for in-flight tasks on `close()` before they are aborted and released (default 10 s).
    * Result publishes still being retried at that point are given up.
@@ -227,6 +256,31 @@ const RETRY_SCHEDULE_SLACK_MS = 1_000;
 
 /** How often a worker re-reads its queues' consumer settings (AckWait for lease renewal). */
 const SETTINGS_REFRESH_MS = 5_000;
+/**
+ * An idle worker waits for tasks on one level's consumer (the level it served last): up to this
+ * long, or this short while tasks of levels other than 3 came within the last minute (the other
+ * levels are polled between waits, so a task there waits at most this long on an idle worker).
+ */
+const IDLE_WAIT_MS = 1_000;
+const IDLE_WAIT_SHORT_MS = 100;
+const IDLE_OTHER_LEVELS_MS = 60_000;
+/** The fairness mover looks for staged tasks this often while it moves some, else this. */
+const FAIR_BUSY_MS = 5;
+const FAIR_IDLE_MS = 100;
+/**
+ * Undelivered tasks the fairness mover keeps on a level's consumer: two, so that a fill finds a
+ * task while the next is moved; a new key's first task waits behind at most these.
+ */
+const FAIR_BUFFER = 2;
+
+/** See `Worker.fairState`. */
+interface FairState {
+  /** Level → key token → staged tasks left (as last listed, counted down by moves). */
+  staged: Map<number, Map<string, number>>;
+  cursors: Map<number, number>;
+  /** Level → tasks left in the turn of the key at its cursor (undefined: a turn starts). */
+  turns: Map<number, number | undefined>;
+}
 
 /** A concurrency slot this worker holds for an attempt. */
 interface SlotHold {
@@ -325,6 +379,8 @@ export class Worker implements AsyncDisposable {
   /** Local timers that publish scheduled retries on time (the schedules are the durable copy). */
   private readonly retryTimers = new Set<NodeJS.Timeout>();
   private readonly controls: Subscription[] = [];
+  /** Fairness keys per queue: the staged keys last listed, round-robin cursors, key weights. */
+  private readonly fair = new Map<string, FairState>();
   private loops: Promise<void>[] = [];
   private closing: Promise<void> | undefined;
   private readonly logger: Logger;
@@ -339,6 +395,7 @@ export class Worker implements AsyncDisposable {
     /** False on a tasks stream without `allow_msg_schedules` (older topology): retries nak. */
     private readonly scheduledRetries: boolean,
     private readonly ledger: AttemptLedger,
+    private readonly jsm: JetStreamManager,
   ) {
     this.logger = o.logger ?? silent;
     this.tracing = o.tracing ?? tracingActive();
@@ -377,6 +434,7 @@ export class Worker implements AsyncDisposable {
       settings,
       scheduledRetries,
       ledger,
+      jsm,
     );
     w.start();
     return w;
@@ -408,6 +466,12 @@ export class Worker implements AsyncDisposable {
           this.logger.error({ err, queue: q }, 'queue loop ended unexpectedly'),
         ),
       );
+      if (this.o.priorityLevels !== false)
+        this.loops.push(
+          this.moveFair(q).catch((err: unknown) =>
+            this.logger.error({ err, queue: q }, 'fairness loop ended unexpectedly'),
+          ),
+        );
     }
   }
 
@@ -417,6 +481,202 @@ export class Worker implements AsyncDisposable {
    * server restarts gracefully, missed heartbeats while it is away), is logged and retried.
    */
   private async pull(queue: string): Promise<void> {
+    if (this.o.priorityLevels === false) return this.pullDefaultLevel(queue);
+    const limit = this.o.concurrency ?? 10;
+    const rate = this.o.rateLimitPerSecond?.[queue];
+    const limiter = rate ? new RateLimiter(rate) : undefined;
+    const mine = new Set<Promise<void>>();
+    const nc = this.o.connection;
+    const aging = new Map<number, number>(); // level -> when to probe its oldest task again
+    // The level an idle worker waits on, and when a task of a level other than 3 last came.
+    let lastLevel = DEFAULT_PRIORITY;
+    let otherLevelAt = 0;
+    // The level the last fill took from in strict order: only lower levels can wait behind it.
+    let servedLevel = 5;
+    let refreshedAt = Date.now();
+    while (!this.stop.signal.aborted) {
+      if (Date.now() - refreshedAt >= SETTINGS_REFRESH_MS) {
+        // The consumer is the source of truth: follow an operator's forced change.
+        refreshedAt = Date.now();
+        await this.jsm.consumers
+          .info(this.names.tasksStream, this.names.queueConsumer(queue))
+          .then((info) => this.settings.set(queue, settingsOf(info)))
+          .catch((err: unknown) => this.logger.debug({ err, queue }, 'queue settings not re-read'));
+      }
+      if (mine.size >= limit) {
+        await Promise.race(mine);
+        continue;
+      }
+      if (limiter) await limiter.take(this.stop.signal);
+      if (this.stop.signal.aborted) break;
+      const free = limiter ? 1 : limit - mine.size;
+      try {
+        // Aged levels first, one task each; then the rest of the free slots strictly by level.
+        const { order, aged } = await this.levelOrder(queue, aging, servedLevel);
+        let got: JsMsg[] = [];
+        let strict: number | undefined; // the level the strict scan took from
+        let scanned = false; // the strict scan ran (some slots were left after aged levels)
+        for (const l of order) {
+          const want = aged.has(l) ? 1 : free - got.length;
+          if (want <= 0) break;
+          if (!aged.has(l)) {
+            scanned = true;
+            // Staged tasks of fairness keys at this level: move this fill's share first, so
+            // that the level is not taken for empty while the mover catches up, and from a
+            // fresh list of keys, so that a key that just came gets its turn in this fill.
+            if (this.fair.get(queue)?.staged.get(l)?.size) {
+              try {
+                this.fairState(queue).staged = await stagedKeys(this.jsm, this.names, queue);
+                // A few at a time (fills follow each other while slots are free): a key that
+                // comes meanwhile gets its turn in the next fill, not after this fill's moves.
+                await this.moveTurns(queue, l, Math.min(want, FAIR_BUFFER));
+              } catch (err) {
+                this.logger.debug({ err, queue, level: l }, 'fairness: fill moved nothing');
+              }
+            }
+          }
+          const some = await pullLevel(nc, this.names, queue, l, want, 0, this.stop.signal);
+          if (some.length === 0) continue;
+          got.push(...some);
+          if (l !== DEFAULT_PRIORITY) otherLevelAt = Date.now();
+          lastLevel = l;
+          if (aged.has(l)) {
+            for (let i = 0; i < some.length; i++)
+              this.o.metrics?.admission?.('priority', 'admitted');
+            continue;
+          }
+          strict = l;
+          break;
+        }
+        if (strict !== undefined) servedLevel = strict;
+        else if (scanned) servedLevel = 5; // every level it tried was empty
+        if (got.length === 0 && !this.stop.signal.aborted) {
+          // Nothing waits at any level: wait on the level served last, briefly while levels
+          // other than 3 are in use (they are polled between waits), else up to a second.
+          const recent = Date.now() - otherLevelAt < IDLE_OTHER_LEVELS_MS;
+          // One task ends the wait, so that the next fill looks at every level again.
+          got = await pullLevel(
+            nc,
+            this.names,
+            queue,
+            lastLevel,
+            1,
+            recent ? IDLE_WAIT_SHORT_MS : IDLE_WAIT_MS,
+            this.stop.signal,
+          );
+          if (got.length > 0) servedLevel = lastLevel;
+        }
+        for (const m of got) {
+          const p = this.handle(queue, m).catch((err: unknown) =>
+            this.logger.error({ err, queue }, 'task handler failed'),
+          );
+          mine.add(p);
+          this.inflight.add(p);
+          void p.finally(() => {
+            mine.delete(p);
+            this.inflight.delete(p);
+          });
+        }
+      } catch (err) {
+        if (this.stop.signal.aborted) break;
+        this.logger.warn({ err, queue }, 'fetch failed; retrying');
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+
+  /**
+   * Fairness keys: move staged tasks of `queue` onto their levels' subjects, round robin across
+   * the keys of each level (a key's weight in tasks per turn), while the level consumer has fewer
+   * than this worker's `concurrency` tasks undelivered: so a key's backlog waits in its staging
+   * subject, not ahead of other keys in the queue. Every worker of the queue moves; a task two
+   * workers move at once is stored once (msg id).
+   */
+  private async moveFair(queue: string): Promise<void> {
+    const fair = this.fairState(queue);
+    while (!this.stop.signal.aborted) {
+      let moved = 0;
+      try {
+        const staged = await stagedKeys(this.jsm, this.names, queue);
+        fair.staged = staged;
+        for (const level of [...staged.keys()].sort((a, b) => a - b)) {
+          const ci = await this.jsm.consumers.info(
+            this.names.tasksStream,
+            this.names.levelConsumer(queue, level),
+          );
+          moved += await this.moveTurns(queue, level, FAIR_BUFFER - ci.num_pending);
+        }
+      } catch (err) {
+        if (this.stop.signal.aborted) break;
+        this.logger.warn({ err, queue }, 'fairness: staged tasks not moved; retrying');
+      }
+      // Staged tasks move as the queue drains; nothing staged: look again a little later.
+      await pause(moved > 0 ? FAIR_BUSY_MS : FAIR_IDLE_MS, this.stop.signal);
+    }
+  }
+
+  /** The fairness mover's state of a queue, shared by its loop and the fills. */
+  private fairState(queue: string): FairState {
+    let f = this.fair.get(queue);
+    if (!f) {
+      f = { staged: new Map(), cursors: new Map(), turns: new Map() };
+      this.fair.set(queue, f);
+    }
+    return f;
+  }
+
+  /**
+   * Move up to `room` staged tasks of `level` onto its subject, round robin across its keys
+   * (as last listed) from where the previous round stopped, a key's weight per turn. Returns
+   * how many moved.
+   */
+  private async moveTurns(queue: string, level: number, room: number): Promise<number> {
+    const fair = this.fairState(queue);
+    const left = fair.staged.get(level);
+    if (!left || room <= 0) return 0;
+    const keys = [...left.keys()].sort();
+    let cursor = fair.cursors.get(level) ?? 0;
+    // What is left of the turn of the key at the cursor (a turn is its weight in tasks, learned
+    // from its first task moved), kept across rounds so that small rounds do not cut turns.
+    let turn = fair.turns.get(level);
+    let idle = 0; // keys in a row that had nothing
+    let moved = 0;
+    const next = () => {
+      cursor++;
+      turn = undefined;
+    };
+    while (room > 0 && idle < keys.length && !this.stop.signal.aborted) {
+      const token = keys[cursor % keys.length]!;
+      if ((left.get(token) ?? 0) <= 0) {
+        idle++;
+        next();
+        continue;
+      }
+      const w = await moveStaged(this.js, this.jsm, this.names, queue, level, token);
+      if (w === undefined) {
+        left.set(token, 0);
+        idle++;
+        next();
+        continue;
+      }
+      idle = 0;
+      this.o.metrics?.admission?.('priority', 'admitted');
+      left.set(token, (left.get(token) ?? 1) - 1);
+      room--;
+      moved++;
+      turn = (turn ?? w) - 1;
+      if (turn <= 0) next();
+    }
+    fair.turns.set(level, turn);
+    fair.cursors.set(level, cursor);
+    return moved;
+  }
+
+  /**
+   * `priorityLevels: false`: only level 3 (the queue's own consumer), pulled as before priority
+   * levels existed (nats.js fetch, batches of the free slots, no scan of other levels).
+   */
+  private async pullDefaultLevel(queue: string): Promise<void> {
     let consumer;
     for (;;) {
       try {
@@ -483,6 +743,35 @@ export class Worker implements AsyncDisposable {
         await new Promise((r) => setTimeout(r, 500));
       }
     }
+  }
+
+  /**
+   * The order of priority levels for the next fill of `queue` (aging, `src/engine/priority.ts`):
+   * each level below 1 whose probe is due has its oldest undelivered task read (a level is probed
+   * again only when a task of it could have aged meanwhile, or at once while it is aged).
+   */
+  private async levelOrder(
+    queue: string,
+    aging: Map<number, number>,
+    servedLevel: number,
+  ): Promise<{ order: number[]; aged: Set<number> }> {
+    const { maxWaitMs } = this.settings.get(queue) ?? DEFAULT_QUEUE_SETTINGS;
+    const now = Date.now();
+    const probes: LevelProbe[] = [];
+    // A level at or above the one served last is served anyway: only those below can wait.
+    for (const level of [2, 3, 4, 5]) {
+      if (level <= servedLevel || (aging.get(level) ?? 0) > now) continue;
+      const oldestAt = await oldestWaiting(this.jsm, this.names, queue, level).catch(
+        (err: unknown) => {
+          this.logger.debug({ err, queue, level }, 'priority level not probed');
+          return undefined;
+        },
+      );
+      const probe = { level, oldestAt };
+      aging.set(level, nextProbeAt(probe, now, maxWaitMs));
+      probes.push(probe);
+    }
+    return levelOrder(probes, now, maxWaitMs);
   }
 
   /** Publish an attempt notice (msg id `progress.<taskId>.<attempt>`); best effort. */
@@ -1184,6 +1473,8 @@ export class Worker implements AsyncDisposable {
         taskId: task.taskId,
         signal: ac.signal,
         heartbeat,
+        enqueuedAt: m.time.getTime(),
+        scheduledAt: task.scheduledAt,
         ...(task.node ? { node: task.node } : {}),
         ...(rateSlot !== undefined ? { rateSlot } : {}),
       };
