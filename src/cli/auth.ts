@@ -14,6 +14,7 @@ export interface AuthFlags {
   maxFile?: string;
   maxMem?: string;
   maxPayload?: string;
+  priorityWorkers?: boolean;
 }
 
 const split = (s: string | undefined) =>
@@ -44,6 +45,7 @@ export function authVerb(o: AuthFlags, io: Io): number {
       ...(o.maxFile ? { maxFile: o.maxFile } : {}),
       ...(o.maxMem ? { maxMem: o.maxMem } : {}),
       ...(o.maxPayload ? { maxPayload: Number(o.maxPayload) } : {}),
+      ...(o.priorityWorkers ? { priorityWorkers: true } : {}),
     },
     seeds,
   );

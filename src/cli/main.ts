@@ -414,6 +414,10 @@ function buildProgram(io: Io, env: NodeJS.ProcessEnv, done: (code: number) => vo
     .option('--max-file <size>', "the account's JetStream file limit (e.g. 10G)")
     .option('--max-mem <size>', "the account's JetStream memory limit (e.g. 256M)")
     .option('--max-payload <bytes>', "max payload of the account's connections")
+    .option(
+      '--priority-workers',
+      'let workers age priority levels and move fairness keys (a message get and delete on the tasks stream: not limited to their queues)',
+    )
     .action(async (o: AuthFlags) => {
       const { authVerb } = await import('./auth.js');
       done(authVerb(o, io));

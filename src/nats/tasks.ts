@@ -28,6 +28,8 @@ import {
 } from '../contracts/wire.js';
 import { DEFAULT_RETRY } from '../engine/retry.js';
 import { taskToken } from '../engine/proof.js';
+import { ConfigError, ErrorCode } from '../errors.js';
+import { toJetflowError } from './connection.js';
 import type { EffectHandler } from './effects.js';
 import type { TopologyNames } from './topology.js';
 
@@ -569,7 +571,16 @@ export async function moveStaged(
       next_by_subj: names.subjects.taskStaging(queue, level, token),
       seq: 0,
     } as NextMsgRequest as unknown as MsgRequest)
-    .catch(() => undefined);
+    .catch((err: unknown) => {
+      // Without the message get (`jetflow auth --priority-workers`) no staged task ever moves:
+      // say so (the mover logs it) instead of reading it as an empty key.
+      if (toJetflowError(err).code === ErrorCode.Unauthorized) {
+        throw new ConfigError(
+          `fairness keys of queue ${queue}: this worker may not read staged tasks (${names.tasksStream} message get); grant it with jetflow auth --priority-workers`,
+        );
+      }
+      return undefined;
+    });
   if (!m) return undefined;
   let task: TaskMessage;
   try {

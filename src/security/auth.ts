@@ -34,6 +34,13 @@ export interface AuthOptions {
   types: readonly string[];
   /** Queues the `worker` role may pull; at least one. */
   queues: readonly string[];
+  /**
+   * Let workers age priority levels and move fairness-staged tasks: a message get and delete on
+   * the tasks stream, which the server cannot limit to the worker's queues (so a worker could
+   * read or delete other queues' task messages in this account). Off by default: without it,
+   * levels are served strictly (no aging) and tasks with a `fairnessKey` are never moved.
+   */
+  priorityWorkers?: boolean;
   /** The account's JetStream limits (nats-server units, e.g. `1G`); absent = unlimited. */
   maxFile?: string;
   maxMem?: string;
@@ -78,11 +85,15 @@ export function rolePermissions(role: Role, o: AuthOptions): RolePermissions {
         publish: [
           `${api}.INFO`,
           `${api}.STREAM.INFO.${n.tasksStream}`,
-          // The oldest waiting task of a priority level (aging, `maxWaitMs`): a message get on
-          // the tasks stream (the API cannot limit it to the worker's queues).
-          `${api}.STREAM.MSG.GET.${n.tasksStream}`,
-          // Fairness keys: a staged task moved onto its level's subject is deleted from staging.
-          `${api}.STREAM.MSG.DELETE.${n.tasksStream}`,
+          // Only with `priorityWorkers` (the API cannot limit these to the worker's queues): the
+          // oldest waiting task of a level (aging, `maxWaitMs`) is a message get, and a staged
+          // task moved onto its level's subject (fairness keys) is deleted from staging.
+          ...(o.priorityWorkers
+            ? [
+                `${api}.STREAM.MSG.GET.${n.tasksStream}`,
+                `${api}.STREAM.MSG.DELETE.${n.tasksStream}`,
+              ]
+            : []),
           ...o.queues.flatMap((q) => [
             ...[1, 2, 3, 4, 5].flatMap((l) => {
               const c = n.levelConsumer(q, l);

@@ -149,6 +149,13 @@ describe('roles', () => {
     await refused(nc, 'publish', 'wf.task.other.k');
     await refused(nc, 'publish', 'wf.timer.counter.x.k');
     await refused(nc, 'subscription', 'wf.taskctl.other');
+    // Reading or deleting any task message by sequence (other queues' tokens) needs the
+    // account's opt-in (`jetflow auth --priority-workers`).
+    await refused(nc, 'publish', '$JS.API.STREAM.MSG.GET.WF_TASKS');
+    await refused(nc, 'publish', '$JS.API.STREAM.MSG.DELETE.WF_TASKS');
+    const opted = authConfig({ ...common, account: 'P', types: [], priorityWorkers: true });
+    expect(opted.config).toContain('$JS.API.STREAM.MSG.GET.WF_TASKS');
+    expect(A.config).not.toContain('$JS.API.STREAM.MSG.GET.WF_TASKS');
   });
 
   it('operator: pauses and resumes (admin verbs); forges nothing', async () => {
