@@ -70,8 +70,19 @@ export function createEffectSink(
    * plus the event) is journaled without its snapshot and context, marked `snapshotOmitted`:
    * journaling never fails a step.
    */
-  const journal = async (entry: JournalEntry, msgId: string): Promise<void> => {
-    let data = pack(storedEntry(entry));
+  const journal = async (build: () => JournalEntry, msgId: string): Promise<void> => {
+    // An entry that cannot be built is a bug in jetflow, never in the workflow: the step goes on
+    // without it (its record and other effects are stored), loudly, instead of staying owed
+    // forever with the start or signal that caused it unanswered.
+    let entry: JournalEntry;
+    let data: Uint8Array;
+    try {
+      entry = build();
+      data = pack(storedEntry(entry));
+    } catch (err) {
+      logger.error({ err, msgId }, 'journal entry not built: the step goes on without it');
+      return;
+    }
     const max = nc.info?.max_payload;
     if (max !== undefined && data.length + 1024 > max && entry.kind === 'step') {
       const slim: JournalEntry = { ...entry, snapshotOmitted: { bytes: data.length } };
@@ -138,7 +149,7 @@ export function createEffectSink(
         }
         if (e.kind === 'journal') {
           return journal(
-            stepEntry(record, e, engine),
+            () => stepEntry(record, e, engine),
             journalMsgId(record.type, record.id, record.step),
           );
         }
@@ -189,7 +200,7 @@ export function createEffectSink(
       );
     },
     notify,
-    journal,
+    journal: (entry: JournalEntry, msgId: string) => journal(() => entry, msgId),
     message: (m) => message(m, m.msgId),
     reply(subject: string, encoding: BodyEncoding, body: unknown, errorCode?: string) {
       const h = headers();

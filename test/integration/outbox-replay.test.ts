@@ -443,6 +443,41 @@ describe('failed effects (M7, L6)', () => {
     expect(taskCalls).toBe(2);
   });
 
+  it('a journal entry that cannot be built is logged and left out; the step is not stuck', async () => {
+    const prefix = uniquePrefix();
+    const jsm = await jetstreamManager(env.nc);
+    const { names } = await ensureTopology(env.nc, jsm, {
+      ...ENGINE_DEFAULTS,
+      prefix,
+      shards: TEST_SHARDS,
+    });
+    const errors: string[] = [];
+    const logger = { ...quietLogger, error: (_o: unknown, m?: string) => errors.push(m ?? '') };
+    const sink = createEffectSink(env.nc, jetstream(env.nc), names, logger);
+    // `timers` null: building the entry throws (a jetflow bug, never the workflow's).
+    const rec = {
+      v: WIRE_VERSION,
+      type: 'counter',
+      id: `${prefix}-jb`,
+      version: 1,
+      status: 'running',
+      snapshot: {},
+      step: 1,
+      lastSeq: 1,
+      timers: null,
+      tasks: {},
+      shard: 0,
+      createdAt: 0,
+      updatedAt: 0,
+      outbox: [
+        { kind: 'notify', notification: notification(1, prefix) },
+        { kind: 'journal', cause: 'signal', seq: 1, event: { type: 'X' } },
+      ],
+    } as unknown as WorkflowRecord;
+    await sink.perform(rec);
+    expect(errors).toEqual(['journal entry not built: the step goes on without it']);
+  });
+
   it('an effect kind without a handler is not done: it stays owed', async () => {
     const prefix = uniquePrefix();
     const jsm = await jetstreamManager(env.nc);
