@@ -459,10 +459,13 @@ export async function keysVerb(
         ...(h.canceling ? { canceling: h.canceling } : {}),
         ...(h.promoted ? { promoted: true } : {}),
       })),
+      // In admission order (the client orders them: priority, aging, fairness).
       waiters: r.waiters.map((w, i) => ({
         position: i + 1,
         id: w.id,
         waitingMs: now - w.queuedAt,
+        ...(w.priority !== undefined ? { priority: w.priority } : {}),
+        ...(w.fairness !== undefined ? { fairness: w.fairness } : {}),
         ...(w.promoted ? { promoted: true } : {}),
       })),
     }));
@@ -489,7 +492,7 @@ export async function keysVerb(
       );
     for (const w of r.waiters)
       io.out.line(
-        `  ${String(w.position).padStart(6)}  ${w.id}  waiting ${secs(w.waitingMs)}${w.promoted ? ' (promoted)' : ''}`,
+        `  ${String(w.position).padStart(6)}  ${w.id}  waiting ${secs(w.waitingMs)}${w.priority !== undefined ? `, priority ${w.priority}` : ''}${w.fairness !== undefined ? `, fairness ${w.fairness}` : ''}${w.promoted ? ' (promoted)' : ''}`,
       );
   }
   return ExitCode.Ok;

@@ -20,7 +20,7 @@ import type { WebhookOptions } from '../engine/triggers.js';
 import { Schedules } from '../nats/schedules.js';
 import { Batches } from './batches.js';
 import { listKeyRecords, openKeysBucket } from '../nats/keys.js';
-import { keyTokenOf } from '../engine/admission.js';
+import { keyTokenOf, waiterOrder } from '../engine/admission.js';
 import { explainWhy, type WhyReply } from '../engine/why.js';
 import { observeWhy } from '../nats/why.js';
 import type { KeyRecord } from '../contracts/wire.js';
@@ -206,18 +206,20 @@ export class Client implements AsyncDisposable {
   /**
    * Start `type/id` with `input`. Idempotent by id: a second start replies `created: false`.
    * `msgId` (e.g. an HTTP `Idempotency-Key`) is the message id the server deduplicates on.
+   * `priority` (1 first to 5; default the definition's, else 3) orders the start among its
+   * concurrency key's waiters and is its activities' default level.
    */
   async start(
     type: string,
     id: string,
     input?: unknown,
-    opts: { msgId?: string | undefined } = {},
+    opts: { msgId?: string | undefined; priority?: number | undefined } = {},
   ): Promise<StartReply> {
     this.check(type, id);
     return await this.traced('start', type, id, () =>
       this.request<StartReply>(
         this.names.subjects.start(type, id),
-        { input },
+        opts.priority !== undefined ? { input, priority: opts.priority } : { input },
         opts.msgId ? { [Header.MsgId]: opts.msgId } : undefined,
       ),
     );
@@ -452,15 +454,22 @@ export class Client implements AsyncDisposable {
   }
 
   /**
-   * Concurrency keys of `type` (one key with `key`): holders and waiters in order, read from the
-   * keys bucket. A key nobody holds or waits for has no record.
+   * Concurrency keys of `type` (one key with `key`): holders, and waiters in the order they
+   * would be admitted now (priority, aging and fairness applied: the first is position 1), read
+   * from the keys bucket. A key nobody holds or waits for has no record.
    */
   async keys(type: string, key?: string): Promise<KeyRecord[]> {
     const kv = await openKeysBucket(this.nc, this.names);
-    if (key === undefined) return listKeyRecords(kv, type);
-    const e = await kv.get(`${type}.${keyTokenOf(key)}`);
-    if (!e || e.operation !== 'PUT' || e.value.length === 0) return [];
-    return [unpack(e.value) as KeyRecord];
+    let recs: KeyRecord[];
+    if (key === undefined) {
+      recs = await listKeyRecords(kv, type);
+    } else {
+      const e = await kv.get(`${type}.${keyTokenOf(key)}`);
+      recs =
+        !e || e.operation !== 'PUT' || e.value.length === 0 ? [] : [unpack(e.value) as KeyRecord];
+    }
+    const now = Date.now();
+    return recs.map((r) => ({ ...r, waiters: waiterOrder(r, now) }));
   }
 
   /**

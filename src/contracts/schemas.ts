@@ -79,9 +79,18 @@ export function closed<P extends TProperties>(schema: TObject<P>): TObject<P> {
 
 // ---- Public requests (NATS `wf.start|signal|cancel|history`, and the HTTP API) ---------------
 
-/** Body of a start: `{"input": …}` (`StartRequest`). */
+/** A priority level: 1 (first) to 5; 3 is the default. */
+const PrioritySchema = Type.Integer({
+  minimum: 1,
+  maximum: 5,
+  description:
+    "the start's priority level, 1 (first) to 5 (default: the definition's, else 3): its place among its concurrency key's waiters and its activities' default level",
+});
+
+/** Body of a start: `{"input": …, "priority"?: 1-5}` (`StartRequest`). */
 export const StartRequestSchema = Type.Object({
   input: Type.Optional(Type.Unknown({ description: 'the workflow input (any JSON)' })),
+  priority: Type.Optional(PrioritySchema),
 });
 
 /** An XState event: its `type` and payload fields. */
@@ -132,6 +141,7 @@ export const HistoryRequestSchema = Type.Object(
 
 export const StartInboxSchema = Type.Object({
   input: Type.Optional(Type.Unknown()),
+  priority: Type.Optional(PrioritySchema),
   parent: Type.Optional(ParentRefSchema),
   batch: Type.Optional(BatchRefSchema),
   trigger: Type.Optional(TriggerOriginSchema),

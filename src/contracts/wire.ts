@@ -60,6 +60,11 @@ export type WorkflowStatus = 'deferred' | 'running' | 'completed' | 'failed' | '
 /** Body of `wf.start.<type>.<id>`. */
 export interface StartRequest {
   input?: unknown;
+  /**
+   * The start's priority level, 1 (first) to 5, over the definition's `priority` (default 3):
+   * its place among its concurrency key's waiters, and its activities' default level.
+   */
+  priority?: number;
 }
 
 /**
@@ -580,6 +585,11 @@ export interface WorkflowRecord {
   step: number;
   /** Inbox stream sequence of the last applied message: a redelivery at or below it is a repeat. */
   lastSeq: number;
+  /**
+   * The workflow's priority level when not 3 (from its start or its definition): its place among
+   * the waiters of its concurrency key, and the default level of its activities.
+   */
+  priority?: number;
   /** Timers set and not yet fired or cancelled: timer id → step that set it. */
   timers: Record<string, number>;
   /**
@@ -695,7 +705,9 @@ export interface AdmitMessage {
 /**
  * The durable state of one concurrency key: value of `<type>.<keyToken>` in bucket
  * `<prefix>_keys`, written only with compare-and-set. `holders` run (at most `limit`);
- * `waiters` wait in FIFO order.
+ * `waiters` are kept in arrival order and admitted in the order of `waiterOrder`
+ * (`src/engine/admission.ts`): promoted first, then aged, then by priority level, round robin
+ * across fairness keys, FIFO within one; without priorities or fairness keys, FIFO.
  */
 export interface KeyRecord {
   v: typeof WIRE_VERSION;
@@ -706,6 +718,10 @@ export interface KeyRecord {
   holders: KeyHolder[];
   waiters: KeyWaiter[];
   updatedAt: number;
+  /** The aging bound of the last definition that acquired a slot, when not the default 60 s. */
+  maxWaitMs?: number;
+  /** Per priority level (`"1"`..`"5"`): the fairness key served last and how many in a row. */
+  turns?: Record<string, { key: string; n: number }>;
 }
 
 export interface KeyHolder {
@@ -730,6 +746,12 @@ export interface KeyWaiter {
   /** Epoch ms the start arrived. */
   queuedAt: number;
   promoted?: true;
+  /** The start's priority level when not 3 (1 first). */
+  priority?: number;
+  /** The start's fairness key, when it has one. */
+  fairness?: string;
+  /** Waiters of its fairness key admitted per turn, when not 1. */
+  weight?: number;
 }
 
 /** Body of an internal inbox message (msgpack). */
@@ -737,6 +759,8 @@ export type InboxMessage =
   | {
       kind: 'start';
       input: unknown;
+      /** The start's own priority level (1-5), over the definition's. */
+      priority?: number;
       parent?: ParentRef;
       batch?: BatchRef;
       trigger?: TriggerOrigin;

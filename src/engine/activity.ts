@@ -104,8 +104,16 @@ export function rateKeyOf(spec: { key?: (input: never) => string }, input: unkno
   }
 }
 
-/** The task's priority level: the option, or its function of the input; 3 when absent or invalid. */
-export function priorityOf(o: { priority?: ActivityOptions['priority'] }, input: unknown): number {
+/**
+ * The task's priority level: the option, or its function of the input; `inherited` (the
+ * workflow's level, default 3) when absent; 3 when invalid.
+ */
+export function priorityOf(
+  o: { priority?: ActivityOptions['priority'] },
+  input: unknown,
+  inherited = 3,
+): number {
+  if (o.priority === undefined) return inherited;
   let l: unknown = o.priority;
   if (typeof l === 'function') {
     try {
@@ -133,6 +141,41 @@ export function fairnessOf(
   if (typeof k !== 'string' || k.length === 0 || k.length > 256) return undefined;
   const w = o.fairnessWeights && Object.hasOwn(o.fairnessWeights, k) ? o.fairnessWeights[k] : 1;
   return { key: k, weight: w ?? 1 };
+}
+
+/**
+ * Check `priority`, `fairnessKey` and `fairnessWeights` (of an activity or a workflow
+ * definition: `what` names it); throws {@link ConfigError}.
+ */
+export function checkPriorityOptions(
+  what: string,
+  o: Pick<ActivityOptions, 'priority' | 'fairnessKey' | 'fairnessWeights'>,
+): void {
+  if (
+    o.priority !== undefined &&
+    typeof o.priority !== 'function' &&
+    !(Number.isInteger(o.priority) && o.priority >= 1 && o.priority <= 5)
+  )
+    throw new ConfigError(
+      `invalid priority for ${what}: an integer from 1 (first) to 5, or a function (input) => 1..5 (got ${JSON.stringify(o.priority)})`,
+    );
+  if (
+    o.fairnessKey !== undefined &&
+    typeof o.fairnessKey !== 'function' &&
+    !(typeof o.fairnessKey === 'string' && o.fairnessKey.length > 0 && o.fairnessKey.length <= 256)
+  )
+    throw new ConfigError(
+      `invalid fairnessKey for ${what}: a string of 1-256 characters or a function (input) => string`,
+    );
+  if (
+    o.fairnessWeights !== undefined &&
+    (typeof o.fairnessWeights !== 'object' ||
+      o.fairnessWeights === null ||
+      !Object.values(o.fairnessWeights).every((w) => Number.isInteger(w) && w >= 1 && w <= 1000))
+  )
+    throw new ConfigError(
+      `invalid fairnessWeights for ${what}: an object of integers from 1 to 1000 by key`,
+    );
 }
 
 /** Where and how an HTTP activity calls its endpoint (carried on the task message). */
@@ -189,31 +232,7 @@ export function resolveActivityOptions(
   if (o.http !== undefined) checkHttpSpec(name, o.http);
   if (o.rateLimit !== undefined) checkRateLimit(name, o.rateLimit);
   if (o.concurrency !== undefined) checkConcurrency(name, o.concurrency);
-  if (
-    o.priority !== undefined &&
-    typeof o.priority !== 'function' &&
-    !(Number.isInteger(o.priority) && o.priority >= 1 && o.priority <= 5)
-  )
-    throw new ConfigError(
-      `invalid priority for activity ${name}: an integer from 1 (first) to 5, or a function (input) => 1..5 (got ${JSON.stringify(o.priority)})`,
-    );
-  if (
-    o.fairnessKey !== undefined &&
-    typeof o.fairnessKey !== 'function' &&
-    !(typeof o.fairnessKey === 'string' && o.fairnessKey.length > 0 && o.fairnessKey.length <= 256)
-  )
-    throw new ConfigError(
-      `invalid fairnessKey for activity ${name}: a string of 1-256 characters or a function (input) => string`,
-    );
-  if (
-    o.fairnessWeights !== undefined &&
-    (typeof o.fairnessWeights !== 'object' ||
-      o.fairnessWeights === null ||
-      !Object.values(o.fairnessWeights).every((w) => Number.isInteger(w) && w >= 1 && w <= 1000))
-  )
-    throw new ConfigError(
-      `invalid fairnessWeights for activity ${name}: an object of integers from 1 to 1000 by key`,
-    );
+  checkPriorityOptions(`activity ${name}`, o);
   if (o.onExhausted !== undefined && o.onExhausted !== 'fail' && o.onExhausted !== 'review') {
     throw new ConfigError(
       `invalid onExhausted for activity ${name}: 'fail' or 'review' (got ${JSON.stringify(o.onExhausted)})`,

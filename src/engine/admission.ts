@@ -6,7 +6,10 @@
  *
  * Invariants (property-tested in `test/unit/admission.test.ts`):
  * - at most `limit` holders; a workflow id is a holder or a waiter, never both, at most once;
- * - waiters leave in FIFO order (an operator's `promote` moves one to the head);
+ * - waiters leave in the order of {@link waiterOrder}: promoted ones first, then those that
+ *   have waited `maxWaitMs` behind a higher level (aging: nothing starves), then strictly by
+ *   priority level, round robin across fairness keys within a level (weighted), FIFO within one
+ *   fairness key. Without priorities and fairness keys that is plain FIFO;
  * - every function is idempotent for the same workflow: a repeat after a crash changes nothing
  *   and returns the same outcome (a repeated release returns the admits its first run made).
  */
@@ -37,7 +40,15 @@ export interface ConcurrencyOptions<I = never> {
    * start replaces it (the replaced one is canceled).
    */
   onLimit?: OnLimit;
+  /**
+   * Aging of waiters (ms, default 60 s): a waiter that has waited this long behind waiters of a
+   * higher priority level is admitted before them (see the definition's `priority`).
+   */
+  maxWaitMs?: number;
 }
+
+/** Default `concurrency.maxWaitMs`. */
+export const DEFAULT_KEY_MAX_WAIT_MS = 60_000;
 
 /** Max length of a concurrency key (it is stored and shown; its token is a hash). */
 export const KEY_MAX_LENGTH = 512;
@@ -49,6 +60,14 @@ export function checkConcurrency(type: string, c: ConcurrencyOptions<never>): vo
   }
   if (!Number.isInteger(c.limit) || c.limit < 1) {
     throw new ConfigError(`workflow ${type}: concurrency.limit must be a positive integer`);
+  }
+  if (
+    c.maxWaitMs !== undefined &&
+    !(Number.isInteger(c.maxWaitMs) && c.maxWaitMs >= 1 && c.maxWaitMs <= 30 * 86_400_000)
+  ) {
+    throw new ConfigError(
+      `workflow ${type}: concurrency.maxWaitMs must be an integer of ms from 1 to 30 days`,
+    );
   }
   if (c.onLimit !== undefined && !ON_LIMIT.includes(c.onLimit)) {
     throw new ConfigError(
@@ -96,6 +115,12 @@ export interface AcquireRequest {
   limit: number;
   onLimit: OnLimit;
   now: number;
+  /** The start's priority level (1 first; default 3). */
+  priority?: number;
+  /** The start's fairness key and its weight (waiters per turn). */
+  fairness?: { key: string; weight: number };
+  /** The definition's `concurrency.maxWaitMs` (default 60 s). */
+  maxWaitMs?: number;
 }
 
 /** What the key decided for a start. */
@@ -129,7 +154,148 @@ const clone = (r: KeyRecord): KeyRecord => ({
   ...r,
   holders: r.holders.map((h) => ({ ...h })),
   waiters: r.waiters.map((w) => ({ ...w })),
+  ...(r.turns ? { turns: { ...r.turns } } : {}),
 });
+
+const levelOf = (w: KeyWaiter): number => w.priority ?? 3;
+const fairKeyOf = (w: KeyWaiter): string => w.fairness ?? '';
+
+/**
+ * Index (in `rec.waiters`) of the waiter the next free slot goes to, and the fairness turn that
+ * choice makes (to store in `rec.turns`); undefined when nobody waits. The order, at `now`:
+ * 1. promoted waiters (an operator's `promote` puts one at the head: the last promoted first);
+ * 2. aged waiters: waited `maxWaitMs` or longer while a higher level (lower number) still has
+ *    waiters, in arrival order (so no level starves);
+ * 3. the highest level present; within it, round robin across fairness keys in key order
+ *    (`weight` waiters of a key per turn; waiters without a key form one more key, ``), and
+ *    arrival order within one key.
+ */
+export function nextWaiter(
+  rec: Pick<KeyRecord, 'waiters' | 'turns' | 'maxWaitMs'>,
+  now: number,
+): { index: number; turn?: { level: number; key: string; n: number } } | undefined {
+  const ws = rec.waiters;
+  if (ws.length === 0) return undefined;
+  const promoted = ws.findIndex((w) => w.promoted);
+  if (promoted >= 0) return { index: promoted };
+  let top = 5;
+  for (const w of ws) top = Math.min(top, levelOf(w));
+  const maxWait = rec.maxWaitMs ?? DEFAULT_KEY_MAX_WAIT_MS;
+  const aged = ws.findIndex((w) => levelOf(w) > top && now - w.queuedAt >= maxWait);
+  if (aged >= 0) return { index: aged };
+  // Round robin across the fairness keys of level `top`.
+  const first = new Map<string, number>(); // fairness key → index of its first waiter
+  for (let i = 0; i < ws.length; i++) {
+    const w = ws[i]!;
+    if (levelOf(w) !== top) continue;
+    const k = fairKeyOf(w);
+    if (!first.has(k)) first.set(k, i);
+  }
+  if (first.size === 1) {
+    const [[key, index]] = [...first] as [[string, number]];
+    if (key === '') return { index };
+  }
+  const last = rec.turns?.[String(top)];
+  if (last && first.has(last.key)) {
+    const i = first.get(last.key)!;
+    if (last.n < (ws[i]!.weight ?? 1)) {
+      return { index: i, turn: { level: top, key: last.key, n: last.n + 1 } };
+    }
+  }
+  const keys = [...first.keys()].sort();
+  const key = (last && keys.find((k) => k > last.key)) ?? keys[0]!;
+  return { index: first.get(key)!, turn: { level: top, key, n: 1 } };
+}
+
+/** Take the next waiter out of `rec` (mutated: waiters and turns); undefined when none. */
+function takeNext(rec: KeyRecord, now: number): KeyWaiter | undefined {
+  const next = nextWaiter(rec, now);
+  if (!next) return undefined;
+  const [w] = rec.waiters.splice(next.index, 1);
+  if (next.turn) {
+    rec.turns = { ...rec.turns, [String(next.turn.level)]: { key: next.turn.key, n: next.turn.n } };
+  }
+  return w;
+}
+
+/**
+ * The waiters in the order they would be admitted if slots freed now, one by one (the same
+ * choices as repeated {@link nextWaiter}): what positions mean. Arrival order when no waiter
+ * has a priority or a fairness key (the common case; promoted ones are at the head already).
+ * Otherwise O(n · k) for n waiters and k fairness keys.
+ */
+export function waiterOrder(rec: KeyRecord | undefined, now: number): KeyWaiter[] {
+  if (!rec) return [];
+  const ws = rec.waiters;
+  if (ws.every((w) => w.priority === undefined && w.fairness === undefined)) return ws;
+  const out: KeyWaiter[] = [];
+  const taken = new Uint8Array(ws.length);
+  const take = (i: number) => {
+    taken[i] = 1;
+    out.push(ws[i]!);
+    left[levelOf(ws[i]!)]!--;
+  };
+  const left = [0, 0, 0, 0, 0, 0];
+  // Per level: fairness key → its waiters' indices (arrival order) and a read pointer.
+  const queues = new Map<number, Map<string, { at: number[]; next: number }>>();
+  for (let i = 0; i < ws.length; i++) {
+    const w = ws[i]!;
+    const l = levelOf(w);
+    left[l]!++;
+    let byKey = queues.get(l);
+    if (!byKey) queues.set(l, (byKey = new Map<string, { at: number[]; next: number }>()));
+    const k = fairKeyOf(w);
+    const q = byKey.get(k);
+    if (q) q.at.push(i);
+    else byKey.set(k, { at: [i], next: 0 });
+  }
+  for (let i = 0; i < ws.length; i++) if (ws[i]!.promoted) take(i);
+  const maxWait = rec.maxWaitMs ?? DEFAULT_KEY_MAX_WAIT_MS;
+  const aged: number[] = [];
+  for (let i = 0; i < ws.length; i++) {
+    if (!taken[i] && now - ws[i]!.queuedAt >= maxWait) aged.push(i);
+  }
+  let agedAt = 0;
+  const turns = { ...rec.turns };
+  while (out.length < ws.length) {
+    let top = 1;
+    while (left[top] === 0) top++;
+    // The top level never goes up again: an aged waiter at or above it is served by its level.
+    while (agedAt < aged.length && (taken[aged[agedAt]!] || levelOf(ws[aged[agedAt]!]!) <= top)) {
+      agedAt++;
+    }
+    if (agedAt < aged.length) {
+      take(aged[agedAt]!);
+      continue;
+    }
+    const byKey = queues.get(top)!;
+    const head = (k: string): number | undefined => {
+      const q = byKey.get(k);
+      if (!q) return undefined;
+      while (q.next < q.at.length && taken[q.at[q.next]!]) q.next++;
+      return q.next < q.at.length ? q.at[q.next] : undefined;
+    };
+    const live = [...byKey.keys()].filter((k) => head(k) !== undefined);
+    if (live.length === 1 && live[0] === '') {
+      take(head('')!);
+      continue;
+    }
+    const last = turns[String(top)];
+    if (last) {
+      const i = head(last.key);
+      if (i !== undefined && last.n < (ws[i]!.weight ?? 1)) {
+        turns[String(top)] = { key: last.key, n: last.n + 1 };
+        take(i);
+        continue;
+      }
+    }
+    live.sort();
+    const key = (last && live.find((k) => k > last.key)) ?? live[0]!;
+    turns[String(top)] = { key, n: 1 };
+    take(head(key)!);
+  }
+  return out;
+}
 
 /**
  * A start asks for a slot. Idempotent: a holder is admitted again, a waiter keeps its place (a
@@ -142,14 +308,14 @@ export function acquire(
   if (rec) {
     const held = rec.holders.find((h) => h.id === req.id);
     if (held) return { next: undefined, result: { kind: 'admitted', at: held.at } };
-    const at = rec.waiters.findIndex((w) => w.id === req.id);
-    if (at >= 0) {
+    const waiting = rec.waiters.find((w) => w.id === req.id);
+    if (waiting) {
       return {
         next: undefined,
         result: {
           kind: 'deferred',
-          position: at + 1,
-          queuedAt: rec.waiters[at]!.queuedAt,
+          position: positionOf(rec, req.id, req.now)!,
+          queuedAt: waiting.queuedAt,
           cancel: [],
         },
       };
@@ -158,12 +324,24 @@ export function acquire(
   const next = rec ? clone(rec) : emptyRecord(req.type, req.key, req.limit, req.now);
   next.limit = req.limit;
   next.updatedAt = req.now;
+  if (req.maxWaitMs !== undefined && req.maxWaitMs !== DEFAULT_KEY_MAX_WAIT_MS) {
+    next.maxWaitMs = req.maxWaitMs;
+  } else {
+    delete next.maxWaitMs;
+  }
   if (next.holders.length < next.limit && next.waiters.length === 0) {
     next.holders.push({ id: req.id, startSeq: req.startSeq, at: req.now, queuedAt: req.now });
     return { next, result: { kind: 'admitted', at: req.now } };
   }
   // Free slots with waiters ahead (a hand-over in flight, or a raised limit): they go first.
-  const waiter: KeyWaiter = { id: req.id, startSeq: req.startSeq, queuedAt: req.now };
+  const waiter: KeyWaiter = {
+    id: req.id,
+    startSeq: req.startSeq,
+    queuedAt: req.now,
+    ...(req.priority !== undefined && req.priority !== 3 ? { priority: req.priority } : {}),
+    ...(req.fairness ? { fairness: req.fairness.key } : {}),
+    ...(req.fairness && req.fairness.weight !== 1 ? { weight: req.fairness.weight } : {}),
+  };
   const cancel: KeyCancel[] = [];
   switch (req.onLimit) {
     case 'cancel-newest':
@@ -203,9 +381,10 @@ export function acquire(
       break;
   }
   next.waiters.push(waiter);
+  const position = positionOf(next, req.id, req.now) ?? next.waiters.length;
   return {
     next,
-    result: { kind: 'deferred', position: next.waiters.length, queuedAt: req.now, cancel },
+    result: { kind: 'deferred', position, queuedAt: req.now, cancel },
   };
 }
 
@@ -252,11 +431,11 @@ export function release(
   };
 }
 
-/** Move head waiters into free slots (marked `via`); the admits to send. */
+/** Move the next waiters ({@link nextWaiter}) into free slots (marked `via`); the admits to send. */
 function fill(next: KeyRecord, via: string, now: number): Admit[] {
   const admits: Admit[] = [];
   while (next.holders.length < next.limit && next.waiters.length > 0) {
-    const w = next.waiters.shift()!;
+    const w = takeNext(next, now)!;
     const holder: KeyHolder = {
       id: w.id,
       startSeq: w.startSeq,
@@ -298,8 +477,12 @@ export function promote(
   return { next, result: { was: 'waiter', from: w + 1 } };
 }
 
-/** 1-based position of waiter `id`, or undefined. */
-export function positionOf(rec: KeyRecord | undefined, id: string): number | undefined {
-  const i = rec?.waiters.findIndex((w) => w.id === id) ?? -1;
+/** 1-based position of waiter `id` in {@link waiterOrder} at `now`, or undefined. */
+export function positionOf(
+  rec: KeyRecord | undefined,
+  id: string,
+  now: number,
+): number | undefined {
+  const i = waiterOrder(rec, now).findIndex((w) => w.id === id);
   return i >= 0 ? i + 1 : undefined;
 }

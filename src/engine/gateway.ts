@@ -78,9 +78,21 @@ export function parseRequest(
   const b = (body ?? {}) as Record<string, unknown>;
   if (!registry.has(req.type)) registry.latest(req.type); // throws unknown_type with the known list
   switch (req.verb) {
-    case 'start':
+    case 'start': {
       // Open: unknown fields are ignored (the HTTP API, `closed`, refuses them).
-      return { kind: 'start', input: b.input };
+      const p = b.priority;
+      if (p !== undefined && !(Number.isInteger(p) && (p as number) >= 1 && (p as number) <= 5)) {
+        throw new BadRequestError(
+          `priority must be an integer from 1 (first) to 5, got ${JSON.stringify(p)?.slice(0, 40)}`,
+          { ...fields, details: { field: 'priority', value: p } },
+        );
+      }
+      return {
+        kind: 'start',
+        input: b.input,
+        ...(p !== undefined ? { priority: p as number } : {}),
+      };
+    }
     case 'cancel': {
       if (!cancelCheck.Check(b))
         throw badField(cancelCheck, b, fields, 'cancel reason must be a string');

@@ -44,6 +44,7 @@ import {
   release,
   sendFailed,
   startReply,
+  startPriority,
   type Decision,
   type StartAdmission,
   type StepInput,
@@ -51,6 +52,7 @@ import {
   TRIGGER_ATTRIBUTE,
 } from './step.js';
 import { keyOfInput, keyTokenOf } from './admission.js';
+import { fairnessOf } from './activity.js';
 import { decodeAdmin } from './admin.js';
 import { eventPayload, journalEvent, type JournalOptions } from './journal.js';
 import type { Registry } from './registry.js';
@@ -308,6 +310,7 @@ export function decodeInbox(e: InboxEntry): InboxMessage {
       return {
         kind: 'start',
         input: b.input,
+        ...(b.priority !== undefined ? { priority: b.priority } : {}),
         ...(b.parent !== undefined ? { parent: b.parent } : {}),
         ...(b.batch !== undefined ? { batch: b.batch } : {}),
         ...(b.trigger !== undefined ? { trigger: b.trigger as TriggerOrigin } : {}),
@@ -810,7 +813,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
    */
   async function admission(
     e: InboxEntry,
-    input: unknown,
+    message: Extract<InboxMessage, { kind: 'start' }>,
     now: number,
     epoch: string | undefined,
   ): Promise<{ admission: StartAdmission } | { decision: Decision } | undefined> {
@@ -819,6 +822,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const def = opts.registry.latest(e.type);
     const c = def.concurrency;
     if (!c) return undefined;
+    const input = message.input;
     const fields = { workflowType: e.type, workflowId: e.id };
     let k: { key: string; keyToken: string };
     try {
@@ -833,7 +837,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       id: e.id,
       seq: e.seq,
       shard: e.shard,
-      message: { kind: 'start', input },
+      message,
       now,
       inbox: epoch,
     };
@@ -847,7 +851,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     }
     if (probe.kind !== 'write') return { decision: probe };
     const onLimit = c.onLimit ?? 'queue';
+    const fairness = fairnessOf(def, input);
     const outcome = await keys.acquire({
+      priority: startPriority(def, message),
+      ...(fairness ? { fairness } : {}),
+      ...(c.maxWaitMs !== undefined ? { maxWaitMs: c.maxWaitMs } : {}),
       type: e.type,
       key: k.key,
       keyToken: k.keyToken,
@@ -1033,7 +1041,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     // record decides whether the start runs now, waits, or is refused.
     const admitted =
       decoded && message.kind === 'start' && !cur
-        ? await admission(e, message.input, now, epoch)
+        ? await admission(e, message, now, epoch)
         : undefined;
     const decideStart = metrics ? performance.now() : 0;
     try {

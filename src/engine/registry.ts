@@ -2,6 +2,7 @@
  * The registry of workflow definitions, keyed `type@version`. A new start uses the latest version
  * of its type; a running workflow keeps the version it started with (its record names it).
  */
+import { checkPriorityOptions } from './activity.js';
 import type { AnyStateMachine } from 'xstate';
 import { ErrorCode, BadRequestError, ConfigError } from '../errors.js';
 import { isToken } from '../contracts/subjects.js';
@@ -38,6 +39,22 @@ export interface WorkflowDefinition<M extends AnyStateMachine = AnyStateMachine>
    * `key(input)` run at once; the slot is held for the whole run. See {@link ConcurrencyOptions}.
    */
   concurrency?: ConcurrencyOptions<never>;
+  /**
+   * Priority level of this type's starts, 1 (first) to 5, or a pure function of the input;
+   * default 3. A start's own `priority` (client `start(…, { priority })`, the start body's
+   * `priority`) wins. It orders the waiters of a concurrency key (strict between levels, with
+   * aging after `concurrency.maxWaitMs`), and it is the default level of the workflow's
+   * activities (an activity's own `priority` option wins).
+   */
+  priority?: number | ((input: never) => number);
+  /**
+   * Fairness among the waiters of a concurrency key within one priority level: waiters are
+   * admitted round robin across fairness keys (say a tenant id), `fairnessWeights[key]` per
+   * turn (default 1), FIFO within one key. A string or a pure function of the input.
+   */
+  fairnessKey?: string | ((input: never) => string);
+  /** Waiters admitted per turn of a fairness key (1-1000; default 1). */
+  fairnessWeights?: Record<string, number>;
   /**
    * Debounce of signals, by event type: a signal of a listed type is not applied at once; it is
    * kept in the record and a durable timer is set `ms` ahead, moved again by every further signal
@@ -132,6 +149,7 @@ export function defineWorkflow<M extends AnyStateMachine>(
     throw new ConfigError(`workflow ${def.type}: version must be a positive integer`);
   }
   if (def.concurrency !== undefined) checkConcurrency(def.type, def.concurrency);
+  checkPriorityOptions(`workflow ${def.type}`, def);
   if (def.debounce !== undefined) checkDebounce(def.type, def.debounce);
   if (def.triggers !== undefined) checkTriggers(def.type, def.triggers);
   return Object.freeze(def);

@@ -471,7 +471,7 @@ const DEBOUNCE_EVENT = 'jetflow.debounce';
 function materialize(
   def: WorkflowDefinition,
   ctx: StepContext,
-  rec: { type: string; id: string; step: number; secret?: string },
+  rec: { type: string; id: string; step: number; secret?: string; priority?: number },
   before: Pending,
   commands: m.Command[],
   now: number,
@@ -522,7 +522,8 @@ function materialize(
     const taskKey = taskKeyOf(taskId);
     const review =
       !extra.dispatched && (a.options.onExhausted ?? def.onExhausted ?? 'fail') === 'review';
-    const level = priorityOf(a.options, a.input);
+    // An activity without its own priority takes its workflow's (set at its start).
+    const level = priorityOf(a.options, a.input, rec.priority);
     const leveled = level !== DEFAULT_PRIORITY ? { priority: level } : {};
     const fair = fairnessOf(a.options, a.input);
 
@@ -865,6 +866,17 @@ function withoutFinishedChildren(
 }
 
 /**
+ * A start's priority level: the start's own (`priority` in its body), else the definition's
+ * `priority` (a level or a function of the input), else 3.
+ */
+export function startPriority(
+  def: Pick<WorkflowDefinition, 'priority'>,
+  message: { input: unknown; priority?: number },
+): number {
+  return message.priority ?? priorityOf(def, message.input);
+}
+
+/**
  * The record of a workflow whose machine starts now (at its start, or at its admission by a
  * concurrency key: then `at.step` is the admission's step). No journal effect: the caller adds it.
  */
@@ -885,6 +897,8 @@ function begin(
     batch?: WorkflowRecord['batch'];
     /** The new record's secret (`StepInput.secret`). */
     secret?: string;
+    /** The workflow's priority level when not 3 (its activities' default). */
+    priority?: number;
   },
   input: unknown,
 ): Extract<Decision, { kind: 'write' | 'reject' }> {
@@ -907,7 +921,14 @@ function begin(
   const { actions } = start;
   const status = statusOf(start.snapshot);
   const secret = at.secret;
-  const head = { type, id, step: at.step, ...(secret ? { secret } : {}) };
+  const priority = at.priority !== undefined && at.priority !== 3 ? at.priority : undefined;
+  const head = {
+    type,
+    id,
+    step: at.step,
+    ...(secret ? { secret } : {}),
+    ...(priority !== undefined ? { priority } : {}),
+  };
   const p = materialize(
     def,
     ctx,
@@ -937,6 +958,7 @@ function begin(
     tasks: p.tasks,
     shard,
     ...(secret ? { secret } : {}),
+    ...(priority !== undefined ? { priority } : {}),
     ...(at.inbox !== undefined ? { inbox: at.inbox } : {}),
     createdAt: now,
     updatedAt: now,
@@ -1022,6 +1044,7 @@ function deferStart(
 ): Decision {
   const { type, id, seq, shard, now } = input;
   const message = input.message as Extract<InboxMessage, { kind: 'start' }>;
+  const level = startPriority(def, message);
   const rec: WorkflowRecord = {
     v: WIRE_VERSION,
     type,
@@ -1038,6 +1061,7 @@ function deferStart(
     ...(input.inbox !== undefined ? { inbox: input.inbox } : {}),
     ...(message.parent ? { parent: message.parent } : {}),
     ...(message.batch ? { batch: message.batch } : {}),
+    ...(level !== DEFAULT_PRIORITY ? { priority: level } : {}),
     createdAt: now,
     updatedAt: now,
     stateSince: now,
@@ -1124,6 +1148,7 @@ function deferredStep(
           inbox: input.inbox ?? stored.inbox,
           ...(stored.parent ? { parent: stored.parent } : {}),
           ...(stored.batch ? { batch: stored.batch } : {}),
+          ...(stored.priority !== undefined ? { priority: stored.priority } : {}),
         },
         a.input,
       );
@@ -1398,6 +1423,7 @@ export function decide(
         parent: message.parent,
         ...(message.batch ? { batch: message.batch } : {}),
         ...(input.secret ? { secret: input.secret } : {}),
+        priority: startPriority(def, message),
       },
       message.input,
     );
@@ -1918,7 +1944,13 @@ export function decide(
   const p = materialize(
     def,
     ctx,
-    { type, id, step: stepNo, ...(stored.secret ? { secret: stored.secret } : {}) },
+    {
+      type,
+      id,
+      step: stepNo,
+      ...(stored.secret ? { secret: stored.secret } : {}),
+      ...(stored.priority !== undefined ? { priority: stored.priority } : {}),
+    },
     before,
     m.toCommands(next.actions, stepNo),
     now,
@@ -2827,6 +2859,7 @@ function reset(
       id: stored.id,
       step: stepNo,
       ...(stored.secret ? { secret: stored.secret } : {}),
+      ...(stored.priority !== undefined ? { priority: stored.priority } : {}),
     },
     { timers: {}, tasks: {} },
     commands,

@@ -125,10 +125,14 @@ function keyWait(q: QueryReply, key: KeyRecord | undefined, now: number): WhyWai
   const held = holders.length
     ? `held by ${holders.map((h) => `${h.id} (for ${ago(now - h.at)})`).join(', ')}`
     : 'no holder recorded (the slot is being handed over)';
+  const me = key?.waiters.find((w) => w.id === q.id);
+  const rank = me
+    ? `, priority ${me.priority ?? 3}${me.fairness !== undefined ? `, fairness key ${JSON.stringify(me.fairness)}` : ''}`
+    : '';
   const pos =
     d.position === null
       ? 'being admitted'
-      : `position ${d.position} of ${key?.waiters.length ?? '?'} waiting`;
+      : `position ${d.position} of ${key?.waiters.length ?? '?'} waiting${rank}`;
   return {
     stage: 'concurrency-key',
     what: `deferred on concurrency key ${JSON.stringify(d.key)} (limit ${key?.limit ?? '?'}): ${pos}, ${held}`,
@@ -139,6 +143,8 @@ function keyWait(q: QueryReply, key: KeyRecord | undefined, now: number): WhyWai
       limit: key?.limit,
       holders: holders.map((h) => ({ id: h.id, since: iso(h.at) })),
       waiters: key?.waiters.length,
+      ...(me ? { priority: me.priority ?? 3 } : {}),
+      ...(me?.fairness !== undefined ? { fairness: me.fairness } : {}),
     },
   };
 }

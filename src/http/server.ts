@@ -509,7 +509,10 @@ export async function startHttp(opts: HttpOptions): Promise<HttpServer> {
   app.post(ROUTES.start.url, { schema: schema(ROUTES.start) }, async (req, reply) => {
     const { type, id } = req.params as P;
     const body = req.body as Static<typeof StartBody>;
-    const r = await client.start(type, id, body.input, { msgId: key(req.headers) });
+    const r = await client.start(type, id, body.input, {
+      msgId: key(req.headers),
+      priority: body.priority,
+    });
     return reply.code(r.created ? 201 : 200).send(r);
   });
   app.post(ROUTES.signal.url, { schema: schema(ROUTES.signal) }, async (req) => {

@@ -299,7 +299,7 @@ export function startGateway(o: GatewayOptions): Gateway {
       // A deferred workflow's position changes as the waiters ahead are admitted: read it now.
       const position =
         r.status === 'deferred' && r.admission && o.keys
-          ? (positionOf(await o.keys.get(r.type, r.admission.keyToken), r.id) ?? null)
+          ? (positionOf(await o.keys.get(r.type, r.admission.keyToken), r.id, Date.now()) ?? null)
           : undefined;
       sink.reply(m.reply, enc, queryReply(registry, r, body, position));
     } catch (err) {
