@@ -277,9 +277,12 @@ const FAIR_BUFFER = 2;
 interface FairState {
   /** Level → key token → staged tasks left (as last listed, counted down by moves). */
   staged: Map<number, Map<string, number>>;
-  cursors: Map<number, number>;
-  /** Level → tasks left in the turn of the key at its cursor (undefined: a turn starts). */
-  turns: Map<number, number | undefined>;
+  /** Level → the key served last. */
+  cursors: Map<number, string>;
+  /** Level → tasks left in the turn of the key served last (0: the next key's turn). */
+  turns: Map<number, number>;
+  /** The moves in progress (the mover's and fills'), one after another. */
+  moving: Promise<unknown>;
 }
 
 /** A concurrency slot this worker holds for an attempt. */
@@ -619,7 +622,7 @@ export class Worker implements AsyncDisposable {
   private fairState(queue: string): FairState {
     let f = this.fair.get(queue);
     if (!f) {
-      f = { staged: new Map(), cursors: new Map(), turns: new Map() };
+      f = { staged: new Map(), cursors: new Map(), turns: new Map(), moving: Promise.resolve() };
       this.fair.set(queue, f);
     }
     return f;
@@ -630,45 +633,49 @@ export class Worker implements AsyncDisposable {
    * (as last listed) from where the previous round stopped, a key's weight per turn. Returns
    * how many moved.
    */
-  private async moveTurns(queue: string, level: number, room: number): Promise<number> {
+  private moveTurns(queue: string, level: number, room: number): Promise<number> {
+    // One at a time per queue: the mover and a fill moving at once would both start from the
+    // same cursor and give one key two turns in a row.
+    const fair = this.fairState(queue);
+    const run = fair.moving.then(() => this.moveTurnsNow(queue, level, room));
+    fair.moving = run.catch(() => undefined);
+    return run;
+  }
+
+  private async moveTurnsNow(queue: string, level: number, room: number): Promise<number> {
     const fair = this.fairState(queue);
     const left = fair.staged.get(level);
     if (!left || room <= 0) return 0;
     const keys = [...left.keys()].sort();
-    let cursor = fair.cursors.get(level) ?? 0;
-    // What is left of the turn of the key at the cursor (a turn is its weight in tasks, learned
-    // from its first task moved), kept across rounds so that small rounds do not cut turns.
-    let turn = fair.turns.get(level);
-    let idle = 0; // keys in a row that had nothing
-    let moved = 0;
-    const next = () => {
-      cursor++;
-      turn = undefined;
+    // The key served last and what is left of its turn (a turn is its weight in tasks, learned
+    // from its first task moved), kept across rounds so that small rounds do not cut turns. The
+    // next turn goes to the next key after it in key order: a key that just came is served as
+    // soon as its place in the order comes, whatever keys came and went before.
+    let last = fair.cursors.get(level);
+    let turn = fair.turns.get(level) ?? 0;
+    const has = (k: string) => (left.get(k) ?? 0) > 0;
+    const pick = (): string | undefined => {
+      if (last !== undefined && turn > 0 && has(last)) return last;
+      return keys.find((k) => (last === undefined || k > last) && has(k)) ?? keys.find(has);
     };
-    while (room > 0 && idle < keys.length && !this.stop.signal.aborted) {
-      const token = keys[cursor % keys.length]!;
-      if ((left.get(token) ?? 0) <= 0) {
-        idle++;
-        next();
-        continue;
-      }
+    let moved = 0;
+    while (room > 0 && !this.stop.signal.aborted) {
+      const token = pick();
+      if (token === undefined) break;
       const w = await moveStaged(this.js, this.jsm, this.names, queue, level, token);
       if (w === undefined) {
         left.set(token, 0);
-        idle++;
-        next();
         continue;
       }
-      idle = 0;
       this.o.metrics?.admission?.('priority', 'admitted');
       left.set(token, (left.get(token) ?? 1) - 1);
       room--;
       moved++;
-      turn = (turn ?? w) - 1;
-      if (turn <= 0) next();
+      turn = (token === last && turn > 0 ? turn : w) - 1;
+      last = token;
     }
+    if (last !== undefined) fair.cursors.set(level, last);
     fair.turns.set(level, turn);
-    fair.cursors.set(level, cursor);
     return moved;
   }
 

@@ -124,8 +124,8 @@ describe('activity priority', () => {
       });
       console.log('fairness:', JSON.stringify(out));
       expect(out.bigWaiting).toBeGreaterThan(500);
-      // Round robin: one task of A (two when a fill and the mover move at once) between two of
-      // B's. The task slots each of B's waited from its staging are printed (README: measured).
+      // Round robin: one task of A between two of B's (two when one fill's tasks start out of
+      // order). The task slots each of B's waited from its staging are printed (README: measured).
       expect(out.between.length).toBeGreaterThan(0);
       for (const n of out.between) expect(n).toBeLessThanOrEqual(2);
     },
@@ -155,16 +155,24 @@ describe('activity priority', () => {
     const client = new Client(env.nc, { prefix });
     for (let i = 0; i < 6; i++)
       await client.start('fair', `A-${i}`, { level: 3, i, enq: Date.now(), tenant: 'A' });
+    // Until the first task runs and A-5's is staged (the engine has issued it) while others
+    // were moved: a move publishes the task on its level, then deletes it from its staging
+    // subject, so for a moment a started task is still counted as staged. On a loaded machine
+    // the six starts' steps can take a while; the last answer is shown if it never comes.
+    const turnOf =
+      /waits for its fairness key's turn at priority 3: key "A" has [1-5] staged task\(s\), 1 key\(s\) take turns/;
     let why = await client.why('fair', 'A-5');
-    for (let i = 0; i < 50 && (started === 0 || why.stage !== 'priority'); i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      why = await client.why('fair', 'A-5');
+    try {
+      const end = Date.now() + 15_000;
+      while ((started === 0 || !turnOf.test(why.summary)) && Date.now() < end) {
+        await new Promise((r) => setTimeout(r, 50));
+        why = await client.why('fair', 'A-5');
+      }
+      expect(why.stage, JSON.stringify(why)).toBe('priority');
+      expect(why.summary).toMatch(turnOf);
+    } finally {
+      release();
     }
-    expect(why.stage).toBe('priority');
-    expect(why.summary).toMatch(
-      /waits for its fairness key's turn at priority 3: key "A" has [1-5] staged task\(s\), 1 key\(s\) take turns/,
-    );
-    release();
     for (let i = 0; i < 6; i++) await client.result('fair', `A-${i}`, { timeoutMs: 10_000 });
   });
 
