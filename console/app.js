@@ -1002,7 +1002,17 @@ async function keysPage(params) {
                     h('td', {}, String(i + 1)),
                     h('td', {}, h('a', { href: wfHref(type, w.id) }, w.id)),
                     h('td', {}, `waiting ${secs(r.at - w.queuedAt)}`),
-                    h('td', {}, w.promoted ? 'promoted' : ''),
+                    h(
+                      'td',
+                      {},
+                      [
+                        w.promoted ? 'promoted' : '',
+                        w.priority !== undefined ? `priority ${w.priority}` : '',
+                        w.fairness !== undefined ? `fairness ${w.fairness}` : '',
+                      ]
+                        .filter(Boolean)
+                        .join('; '),
+                    ),
                     h('td', {}, act('promote', 'Promote', w.id), ' ', act('skip', 'Skip', w.id)),
                   ),
                 ),
