@@ -24,7 +24,7 @@ import type { EffectHandler } from './effects.js';
 import type { TopologyNames } from './topology.js';
 import { isCasFailure } from './store.js';
 import { toJetflowError } from './connection.js';
-import { RetryableError, ErrorCode } from '../errors.js';
+import { RetryableError, TerminalError, ErrorCode } from '../errors.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -86,7 +86,20 @@ export function createKeyStore(
         stats.changes++;
         return c.result;
       } catch (err) {
-        if (!isCasFailure(err)) throw toJetflowError(err, fields);
+        if (!isCasFailure(err)) {
+          const e = toJetflowError(err, fields);
+          if (e.code !== ErrorCode.PayloadTooLarge || !c.next) throw e;
+          // The whole key is one record: its waiters are bounded by the server's max_payload.
+          throw new TerminalError(
+            `concurrency key ${JSON.stringify(c.next.key)} of ${type} cannot take this change: its record (${c.next.holders.length} holders, ${c.next.waiters.length} waiters) would be over the server's max_payload`,
+            {
+              ...fields,
+              code: ErrorCode.PayloadTooLarge,
+              details: { key: c.next.key, waiters: c.next.waiters.length },
+              cause: err,
+            },
+          );
+        }
         stats.conflicts++;
         if (attempt >= MAX_CAS_ATTEMPTS) {
           throw new RetryableError(

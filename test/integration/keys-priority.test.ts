@@ -3,13 +3,18 @@
  * a concurrency key's waiters are admitted by priority level (a start's own `priority`, or the
  * definition's), with aging after `concurrency.maxWaitMs`, round robin across fairness keys;
  * positions, `jetflow keys` and `why` tell that order; a workflow's level is its activities'
- * default.
+ * default. And the bound on a key's waiters: its one record under the server's `max_payload`.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
 import { JetflowError } from '../../src/errors.js';
 import { workflows } from '../fixtures/workflows.js';
+import { Kvm } from '@nats-io/kv';
+import { pack, unpack } from '../../src/contracts/codec.js';
+import { keyTokenOf } from '../../src/engine/admission.js';
+import type { KeyRecord } from '../../src/contracts/wire.js';
+import { topologyNames } from '../../src/nats/topology.js';
 
 const env = useServer();
 const open: { close(): Promise<void> }[] = [];
@@ -33,7 +38,7 @@ async function setup() {
   const engine = await startEngine(env.server.url, prefix, { workflows });
   open.push(engine);
   const client = new Client(env.nc, { prefix });
-  return { client };
+  return { client, prefix };
 }
 
 /**
@@ -154,5 +159,43 @@ describe('priority for starts: the waiters of a concurrency key', () => {
       expect((err as JetflowError).message).toMatch(/priority must be an integer from 1/);
     }
     await expect(client.query('keyprio', 'bad')).rejects.toMatchObject({ code: 'not_found' });
+  });
+
+  it('a key whose record would outgrow max_payload refuses the start clearly, storing nothing', async () => {
+    const { client, prefix } = await setup();
+    await client.start('keyq', 'h', { key: 'full' });
+    const kv = await new Kvm(env.nc).open(topologyNames(prefix).keysBucket);
+    const at = `keyq.${keyTokenOf('full')}`;
+    const rec = unpack((await kv.get(at))!.value) as KeyRecord;
+    // Waiters up to within 40 bytes of the server's max_payload (a waiter takes ~50).
+    const max = env.nc.info!.max_payload;
+    const waiter = (i: number) => ({
+      id: `waiter-${i}`,
+      startSeq: 1_000 + i,
+      queuedAt: Date.now(),
+    });
+    rec.waiters = [];
+    let size = pack(rec).length;
+    for (let i = 0; ; i++) {
+      const grown = size + pack(waiter(i)).length;
+      if (grown > max - 40) break;
+      rec.waiters.push(waiter(i));
+      size = grown;
+    }
+    await kv.put(at, pack(rec));
+    const n = rec.waiters.length;
+    const err = await client
+      .start('keyq', 'one-more', { key: 'full' })
+      .then(() => undefined)
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(JetflowError);
+    expect((err as JetflowError).code).toBe('payload_too_large');
+    expect((err as JetflowError).message).toMatch(
+      new RegExp(
+        `concurrency key "full" of keyq cannot take this change: its record \\(1 holders, ${n + 1} waiters\\) would be over the server's max_payload`,
+      ),
+    );
+    await expect(client.query('keyq', 'one-more')).rejects.toMatchObject({ code: 'not_found' });
+    expect((unpack((await kv.get(at))!.value) as KeyRecord).waiters).toHaveLength(n);
   });
 });
