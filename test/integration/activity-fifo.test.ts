@@ -1,0 +1,130 @@
+/**
+ * FIFO among tasks waiting for an activity's concurrency key, against a real nats-server with two
+ * worker processes (`test/fixtures/fifo-worker.ts`, each printing when its activity starts): tasks
+ * that joined a key's waiters in the order a1..an (limit 1, the slot held by a blocker) start in
+ * that order once the blocker ends; and 20 tasks of 20 ms enqueued at once all complete (the wall
+ * time is printed, as an indication: timing is for benchmarks).
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { resolve } from 'node:path';
+import { repoRoot, startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
+import { Client } from '../../src/client/index.js';
+import { openSlots } from '../../src/nats/slots.js';
+import { topologyNames } from '../../src/nats/topology.js';
+import { fifoed } from '../fixtures/slot-workflows.js';
+
+const env = useServer();
+const open: { close(): Promise<void> }[] = [];
+const procs: ChildProcess[] = [];
+afterEach(async () => {
+  for (const p of procs.splice(0)) if (p.exitCode === null) p.kill('SIGKILL');
+  for (const o of open.splice(0).reverse()) await o.close();
+});
+
+/** A worker process; `starts` collects `[workflowId, epoch ms]` as its activity prints them. */
+async function workerProcess(
+  prefix: string,
+  workMs: number,
+  starts: [string, number][],
+): Promise<ChildProcess> {
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      resolve(repoRoot, 'test/fixtures/fifo-worker.ts'),
+      env.server.url,
+      prefix,
+      String(workMs),
+    ],
+    { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  procs.push(child);
+  let out = '';
+  let rest = '';
+  child.stdout.on('data', (b: Buffer) => {
+    out += b.toString();
+    rest += b.toString();
+    const lines = rest.split('\n');
+    rest = lines.pop()!;
+    for (const l of lines) {
+      const m = /^start (\S+) (\d+(?:\.\d+)?)$/.exec(l);
+      if (m) starts.push([m[1]!, Number(m[2])]);
+    }
+  });
+  child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+  const deadline = Date.now() + 30_000;
+  while (!out.includes('worker ready') && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 25));
+  expect(out).toContain('worker ready');
+  return child;
+}
+
+async function until(what: string, f: () => Promise<boolean> | boolean, ms = 15_000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await f()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('activity concurrency key: FIFO among waiting tasks', () => {
+  it('tasks that queued a1..a8 on a key with limit 1 start in that order (two worker processes)', async () => {
+    const prefix = uniquePrefix();
+    const engine = await startEngine(env.server.url, prefix, { workflows: [fifoed] });
+    open.push(engine);
+    const starts: [string, number][] = [];
+    await workerProcess(prefix, 20, starts);
+    await workerProcess(prefix, 20, starts);
+    const client = new Client(env.nc, { prefix });
+    const slots = await openSlots(env.nc, topologyNames(prefix));
+    await client.start('fifoed', 'hold-1', { key: 'k' });
+    await until('the blocker to start', () => starts.some(([id]) => id === 'hold-1'));
+    const n = 8;
+    const ids = Array.from({ length: n }, (_, i) => `a${i + 1}`);
+    // Each task is started once the previous one is among the key's waiters: the order in
+    // which they queued is a1..an, whichever worker took them.
+    for (const id of ids) {
+      await client.start('fifoed', id, { key: 'k' });
+      await until(`${id} to queue`, async () => {
+        const rec = await slots.read('fifoCall', 'k');
+        return (rec?.waiters ?? []).some((w) => w.id.startsWith(`fifoed.${id}.`));
+      });
+    }
+    const rec = await slots.read('fifoCall', 'k');
+    expect(rec!.waiters!.map((w) => w.id.split('.')[1])).toEqual(ids);
+    env.nc.publish(`${prefix}.test.release`);
+    for (const id of ['hold-1', ...ids]) await client.result('fifoed', id, { timeoutMs: 30_000 });
+    const order = [...starts]
+      .filter(([id]) => id !== 'hold-1')
+      .sort((a, b) => a[1] - b[1])
+      .map(([id]) => id);
+    expect(order).toEqual(ids);
+    const after = await slots.read('fifoCall', 'k');
+    expect(after?.holders ?? []).toEqual([]);
+    expect(after?.waiters ?? []).toEqual([]);
+  }, 60_000);
+
+  it('20 tasks of 20 ms at once on a key with limit 1: all complete, one at a time', async () => {
+    const prefix = uniquePrefix();
+    const engine = await startEngine(env.server.url, prefix, { workflows: [fifoed] });
+    open.push(engine);
+    const starts: [string, number][] = [];
+    await workerProcess(prefix, 20, starts);
+    await workerProcess(prefix, 20, starts);
+    const client = new Client(env.nc, { prefix });
+    const ids = Array.from({ length: 20 }, (_, i) => `t${i + 1}`);
+    const t0 = performance.now();
+    await Promise.all(ids.map((id) => client.start('fifoed', id, { key: 'k' })));
+    for (const id of ids) await client.result('fifoed', id, { timeoutMs: 60_000 });
+    const wall = performance.now() - t0;
+    console.log(`activity FIFO: 20 tasks × 20 ms, limit 1, two workers: ${wall.toFixed(0)} ms`);
+    const sorted = [...starts].sort((a, b) => a[1] - b[1]);
+    expect(sorted.map(([id]) => id).sort()).toEqual([...ids].sort());
+    // One at a time: each start at least the work time after the previous one.
+    for (let i = 1; i < sorted.length; i++)
+      expect(sorted[i]![1] - sorted[i - 1]![1]).toBeGreaterThanOrEqual(19);
+  }, 90_000);
+});
