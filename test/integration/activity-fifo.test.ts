@@ -2,8 +2,10 @@
  * FIFO among tasks waiting for an activity's concurrency key, against a real nats-server with two
  * worker processes (`test/fixtures/fifo-worker.ts`, each printing when its activity starts): tasks
  * that joined a key's waiters in the order a1..an (limit 1, the slot held by a blocker) start in
- * that order once the blocker ends; and 20 tasks of 20 ms enqueued at once all complete (the wall
- * time is printed, as an indication: timing is for benchmarks).
+ * that order once the blocker ends; a head waiter whose worker process is SIGKILLed stops blocking
+ * the queue once its waiter lease ends (the task behind it runs first; it runs later, as its next
+ * attempt); and 20 tasks of 20 ms enqueued at once all complete (the wall time is printed, as an
+ * indication: timing is for benchmarks).
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -11,6 +13,7 @@ import { resolve } from 'node:path';
 import { repoRoot, startEngine, uniquePrefix, useServer } from '../harness/jetflow.js';
 import { Client } from '../../src/client/index.js';
 import { openSlots } from '../../src/nats/slots.js';
+import { liveWaiters } from '../../src/engine/slots.js';
 import { topologyNames } from '../../src/nats/topology.js';
 import { fifoed } from '../fixtures/slot-workflows.js';
 
@@ -22,11 +25,15 @@ afterEach(async () => {
   for (const o of open.splice(0).reverse()) await o.close();
 });
 
-/** A worker process; `starts` collects `[workflowId, epoch ms]` as its activity prints them. */
+/** A start of `fifoCall` as its worker process prints it. */
+type Start = [workflowId: string, at: number, attempt: number];
+
+/** A worker process; `starts` collects the starts of its activity. */
 async function workerProcess(
   prefix: string,
   workMs: number,
-  starts: [string, number][],
+  starts: Start[],
+  opts: { concurrency?: number; ackWaitMs?: number } = {},
 ): Promise<ChildProcess> {
   const child = spawn(
     process.execPath,
@@ -37,6 +44,8 @@ async function workerProcess(
       env.server.url,
       prefix,
       String(workMs),
+      String(opts.concurrency ?? 20),
+      ...(opts.ackWaitMs ? [String(opts.ackWaitMs)] : []),
     ],
     { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] },
   );
@@ -49,8 +58,8 @@ async function workerProcess(
     const lines = rest.split('\n');
     rest = lines.pop()!;
     for (const l of lines) {
-      const m = /^start (\S+) (\d+(?:\.\d+)?)$/.exec(l);
-      if (m) starts.push([m[1]!, Number(m[2])]);
+      const m = /^start (\S+) (\d+(?:\.\d+)?) (\d+)$/.exec(l);
+      if (m) starts.push([m[1]!, Number(m[2]), Number(m[3])]);
     }
   });
   child.stderr.on('data', (b: Buffer) => (out += b.toString()));
@@ -75,7 +84,7 @@ describe('activity concurrency key: FIFO among waiting tasks', () => {
     const prefix = uniquePrefix();
     const engine = await startEngine(env.server.url, prefix, { workflows: [fifoed] });
     open.push(engine);
-    const starts: [string, number][] = [];
+    const starts: Start[] = [];
     await workerProcess(prefix, 20, starts);
     await workerProcess(prefix, 20, starts);
     const client = new Client(env.nc, { prefix });
@@ -107,11 +116,54 @@ describe('activity concurrency key: FIFO among waiting tasks', () => {
     expect(after?.waiters ?? []).toEqual([]);
   }, 60_000);
 
+  it('a head waiter whose worker is SIGKILLed stops blocking the queue after its waiter lease', async () => {
+    const prefix = uniquePrefix();
+    const engine = await startEngine(env.server.url, prefix, { workflows: [fifoed] });
+    open.push(engine);
+    const starts: Start[] = [];
+    // AckWait 9 s: the dead worker's task comes back after its waiter entry (5 s) has expired.
+    const ackWaitMs = 9_000;
+    // The blocker's worker runs one task at a time: it takes nothing else while it blocks.
+    await workerProcess(prefix, 20, starts, { concurrency: 1, ackWaitMs });
+    const client = new Client(env.nc, { prefix });
+    const slots = await openSlots(env.nc, topologyNames(prefix));
+    const waiters = async () =>
+      liveWaiters((await slots.read('fifoCall', 'k')) ?? { limit: 1, holders: [] }, Date.now());
+    await client.start('fifoed', 'hold-1', { key: 'k' });
+    await until('the blocker to start', () => starts.some(([id]) => id === 'hold-1'));
+    const doomed = await workerProcess(prefix, 20, starts, { ackWaitMs });
+    await client.start('fifoed', 'a1', { key: 'k' });
+    await until('a1 to queue', async () => (await waiters()).length === 1);
+    doomed.kill('SIGKILL');
+    await new Promise((r) => doomed.once('exit', r));
+    await workerProcess(prefix, 20, starts, { ackWaitMs });
+    await client.start('fifoed', 'b1', { key: 'k' });
+    await until('b1 to queue behind a1', async () =>
+      (await waiters()).some((w) => w.id.startsWith('fifoed.b1.')),
+    );
+    // a1's entry ends with its lease (nobody asks for it any more): then the blocker ends.
+    await until('a1 to leave the queue', async () =>
+      (await waiters()).every((w) => !w.id.startsWith('fifoed.a1.')),
+    );
+    env.nc.publish(`${prefix}.test.release`);
+    for (const id of ['hold-1', 'b1', 'a1'])
+      await client.result('fifoed', id, { timeoutMs: 30_000 });
+    const order = [...starts]
+      .filter(([id]) => id !== 'hold-1')
+      .sort((a, b) => a[1] - b[1])
+      .map(([id, , attempt]) => `${id}#${attempt}`);
+    // a1's first attempt died waiting (it never started); b1 was served before its redelivery.
+    expect(order).toEqual(['b1#1', 'a1#2']);
+    const after = await slots.read('fifoCall', 'k');
+    expect(after?.holders ?? []).toEqual([]);
+    expect(after?.waiters ?? []).toEqual([]);
+  }, 60_000);
+
   it('20 tasks of 20 ms at once on a key with limit 1: all complete, one at a time', async () => {
     const prefix = uniquePrefix();
     const engine = await startEngine(env.server.url, prefix, { workflows: [fifoed] });
     open.push(engine);
-    const starts: [string, number][] = [];
+    const starts: Start[] = [];
     await workerProcess(prefix, 20, starts);
     await workerProcess(prefix, 20, starts);
     const client = new Client(env.nc, { prefix });
