@@ -95,7 +95,7 @@ const SLOT_POSTPONE_MS = 1_000;
  * every {@link SLOT_WAIT_IN_PLACE_MS}; postponed, when it comes back after at most 1.5 ×
  * {@link SLOT_POSTPONE_MS}). A waiter whose task vanished holds the queue up this long at most.
  */
-export const SLOT_WAITER_LEASE_MS = 5_000;
+const SLOT_WAITER_LEASE_MS = 5_000;
 /** A task waiting in place with its turn near asks again at least this often. */
 const SLOT_TURN_POLL_MS = 100;
 /** A worker reads the queue of a key it postponed tasks of this often, to bring them back. */
@@ -106,7 +106,7 @@ const SLOT_WAKE_POLL_MS = 100;
  * next two rounds of holders. It waits in place (a postponed one is brought back) so that a freed
  * slot is taken at once rather than after a postponement.
  */
-export function slotTurnNear(position: number, limit: number): boolean {
+function slotTurnNear(position: number, limit: number): boolean {
   return position < 2 * limit;
 }
 import {
