@@ -56,6 +56,10 @@ export interface TaskObservation {
     limit: number;
     holders: { id: string; worker: string; at: number }[];
     holds: boolean;
+    /** The live waiters of the key (tasks queued for a slot, served first come first). */
+    waiting?: number;
+    /** The task's place among them (1: next), when it is queued. */
+    position?: number;
     postponed?: { attempt: number; dueAt: number | null; since: number };
   };
 }
@@ -205,9 +209,13 @@ function taskWait(
       ? `postponed` +
         (p.dueAt === null ? '' : `, back at ${iso(p.dueAt)} (in ${ago(p.dueAt - now)})`)
       : 'waiting in place on its worker';
+    const place =
+      slot.position !== undefined
+        ? `position ${slot.position} of ${slot.waiting ?? '?'} waiting, `
+        : '';
     return {
       stage: 'concurrency-key',
-      what: `${name} waits for a slot of its concurrency key ${JSON.stringify(slot.key)} (limit ${slot.limit}): ${how}; ${held}`,
+      what: `${name} waits for a slot of its concurrency key ${JSON.stringify(slot.key)} (limit ${slot.limit}): ${place}${how}; ${held}`,
       ...(p ? { since: iso(p.since) } : {}),
       ...(p && p.dueAt !== null ? { until: iso(p.dueAt) } : {}),
       data,

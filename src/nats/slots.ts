@@ -1,23 +1,26 @@
 /**
  * Activity concurrency per key, held by the server: bucket `<prefix>_slots`, one record per
  * (activity, key) at `<activity>.<hash of key>` listing the attempts that hold its slots, each
- * with a lease (msgpack {@link SlotRecord}). Every change reads the record, applies a pure
+ * with a lease, and the attempts waiting for one, first come first, each with a waiter lease
+ * (msgpack {@link SlotRecord}). Every change reads the record, applies a pure
  * function of `src/engine/slots.ts` and writes it back by compare-and-set on the revision read
  * (a lost race is decided again on the newer record), so the takes of one key form one sequence
  * whichever worker makes them. A worker renews its holders' leases while their attempts run; a
- * dead worker's holder is dropped by the first reader after its lease (the queue's AckWait). A
- * record left with no holder is deleted.
+ * dead worker's holder is dropped by the first change after its lease (the queue's AckWait). A
+ * record left with no holder and no waiter is deleted.
  */
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { pack, unpack } from '../contracts/codec.js';
 import {
   EMPTY_SLOTS,
+  leaveSlotQueue,
   releaseSlot,
   renewSlot,
   takeSlot,
   type SlotRecord,
   type SlotTake,
+  type SlotWait,
 } from '../engine/slots.js';
 import { rateRecordKey } from './rates.js';
 import { isCasFailure } from './store.js';
@@ -32,13 +35,17 @@ export interface SlotSpec {
 }
 
 export interface Slots {
-  /** Take a slot of `(activity, key)` for attempt `id`; `granted: false` when all are held. */
+  /**
+   * Take a slot of `(activity, key)` for attempt `id` (see `takeSlot`); `granted: false`: none is
+   * free for it, and it is (or stays) queued as a waiter at `position`.
+   */
   take(
     activity: string,
     spec: SlotSpec,
     id: string,
     worker: string,
     leaseMs: number,
+    wait: SlotWait,
     now?: number,
   ): Promise<SlotTake>;
   /** Renew `id`'s lease (putting it back if it was dropped): `lost` tells it had been. */
@@ -52,12 +59,21 @@ export interface Slots {
   ): Promise<{ lost: boolean }>;
   /** Give `id`'s slot back. */
   release(activity: string, spec: SlotSpec, id: string): Promise<void>;
+  /** Take `id`'s task out of the waiters (it ends without a slot). */
+  leave(activity: string, spec: SlotSpec, id: string): Promise<void>;
   /** The record of `(activity, key)` as stored (holders not yet dropped included). */
   read(activity: string, key: string): Promise<SlotRecord | undefined>;
 }
 
 /** Record key of `(activity, key)`: the activity (a token) and a hash of the user's key. */
 export const slotRecordKey = rateRecordKey;
+
+/** Whether a change dropped a holder or a waiter (else there is nothing to write). */
+function sizeChanged(a: SlotRecord, b: SlotRecord): boolean {
+  return (
+    a.holders.length !== b.holders.length || (a.waiters ?? []).length !== (b.waiters ?? []).length
+  );
+}
 
 function recordOf(e: KvEntry | null): SlotRecord | undefined {
   if (!e || e.operation !== 'PUT' || e.value.length === 0) return undefined;
@@ -75,10 +91,12 @@ export function fromSlotsBucket(kv: KV): Slots {
       const { write, out } = f(recordOf(e) ?? EMPTY_SLOTS);
       if (!write) return out;
       try {
-        // A record left with no holder is deleted (at its revision), so keys do not accumulate.
-        if (e && write.holders.length === 0) await kv.delete(k, { previousSeq: e.revision });
+        // A record left with no holder and no waiter is deleted (at its revision), so keys do
+        // not accumulate.
+        const empty = write.holders.length === 0 && (write.waiters ?? []).length === 0;
+        if (e && empty) await kv.delete(k, { previousSeq: e.revision });
         else if (e) await kv.update(k, pack(write), e.revision);
-        else if (write.holders.length > 0) await kv.create(k, pack(write));
+        else if (!empty) await kv.create(k, pack(write));
         return out;
       } catch (err) {
         if (!isCasFailure(err) || i >= MAX_CAS_ATTEMPTS) throw err;
@@ -86,12 +104,12 @@ export function fromSlotsBucket(kv: KV): Slots {
     }
   }
   return {
-    take(activity, spec, id, worker, leaseMs, now) {
+    take(activity, spec, id, worker, leaseMs, wait, now) {
       return change(slotRecordKey(activity, spec.key), (rec) => {
-        const t = takeSlot(rec, id, worker, spec.limit, now ?? Date.now(), leaseMs);
-        // Not granted: written only when it dropped expired holders (a dead worker's slots).
-        const write = t.granted || t.record.holders.length !== rec.holders.length;
-        return { ...(write ? { write: t.record } : {}), out: t };
+        const t = takeSlot(rec, id, worker, spec.limit, now ?? Date.now(), leaseMs, wait);
+        // Not granted: written only when it queued, renewed its waiter lease or dropped expired
+        // entries, so a task asking again in place mostly reads.
+        return { ...(t.changed ? { write: t.record } : {}), out: t };
       });
     },
     renew(activity, spec, id, worker, leaseMs, at) {
@@ -102,9 +120,14 @@ export function fromSlotsBucket(kv: KV): Slots {
     },
     release(activity, spec, id) {
       return change(slotRecordKey(activity, spec.key), (rec) => {
-        const holders = rec.holders.length;
         const next = releaseSlot(rec, id, Date.now());
-        return { ...(next.holders.length !== holders ? { write: next } : {}), out: undefined };
+        return { ...(sizeChanged(rec, next) ? { write: next } : {}), out: undefined };
+      });
+    },
+    leave(activity, spec, id) {
+      return change(slotRecordKey(activity, spec.key), (rec) => {
+        const next = leaveSlotQueue(rec, id, Date.now());
+        return { ...(sizeChanged(rec, next) ? { write: next } : {}), out: undefined };
       });
     },
     async read(activity, key) {

@@ -362,7 +362,8 @@ export async function postponeTask(
  * Postpone attempt `attempt` of a task whose activity's concurrency key has no free slot: a
  * scheduled message fired at `fireAt` on the task's retry subject, with `Jf-Attempt: <attempt>`
  * (a wait uses no attempt) and `Jf-Slot-Wait: <since>` (epoch ms it first found the key full, for
- * `jetflow why`). Msg id `<taskId>.a<attempt>.w<fireAt>`.
+ * `jetflow why`). Msg id `<taskId>.a<attempt>.w<fireAt>`. Returns the schedule's stream sequence
+ * (for {@link firePostponedNow}).
  *
  * @throws when the publish is not acknowledged (the caller keeps the task).
  */
@@ -375,18 +376,59 @@ export async function postponeForSlot(
   fireAt: number,
   since: number,
   trace?: TraceCarrier,
-): Promise<void> {
+): Promise<number> {
   const s = names.subjects;
   const h = taskHeaders(attempt, trace);
   h.set(Header.SlotWait, String(since));
-  await js.publish(s.taskRetry(task.queue, task.taskKey, attempt, task.priority), body, {
-    msgID: `${task.taskId}.a${attempt}.w${fireAt}`,
-    headers: h,
-    schedule: {
-      specification: new Date(fireAt),
-      target: s.task(task.queue, task.taskKey, task.priority),
+  const ack = await js.publish(
+    s.taskRetry(task.queue, task.taskKey, attempt, task.priority),
+    body,
+    {
+      msgID: `${task.taskId}.a${attempt}.w${fireAt}`,
+      headers: h,
+      schedule: {
+        specification: new Date(fireAt),
+        target: s.task(task.queue, task.taskKey, task.priority),
+      },
     },
-  });
+  );
+  return ack.seq;
+}
+
+/**
+ * Bring a task postponed for its concurrency key back now (its turn is near): publish it on its
+ * task subject with the same headers and cancel its schedule in the same server operation, only
+ * if the schedule is still stored at `scheduleSeq` (one that fired or whose task was canceled
+ * makes this a no-op). Msg id `<taskId>.a<attempt>.w<fireAt>.now`. Returns whether it was
+ * published.
+ */
+export async function firePostponedNow(
+  js: JetStreamClient,
+  names: TopologyNames,
+  task: TaskMessage,
+  body: Uint8Array,
+  attempt: number,
+  fireAt: number,
+  since: number,
+  scheduleSeq: number,
+  trace?: TraceCarrier,
+): Promise<boolean> {
+  const s = names.subjects;
+  const retrySubject = s.taskRetry(task.queue, task.taskKey, attempt, task.priority);
+  const h = taskHeaders(attempt, trace);
+  h.set(Header.SlotWait, String(since));
+  try {
+    await js.publish(s.task(task.queue, task.taskKey, task.priority), body, {
+      msgID: `${task.taskId}.a${attempt}.w${fireAt}.now`,
+      headers: h,
+      cancelSchedule: { scheduleSubject: retrySubject },
+      expect: { lastSubjectSequence: scheduleSeq, lastSubjectSequenceSubject: retrySubject },
+    });
+    return true;
+  } catch (err) {
+    if (/wrong last sequence/i.test(String((err as Error)?.message))) return false;
+    throw err;
+  }
 }
 
 /**

@@ -14,6 +14,7 @@ import { keyTokenOf } from '../engine/admission.js';
 import type { QueueObservation, TaskObservation, WhyInput } from '../engine/why.js';
 import type { AttemptTaker } from './attempts.js';
 import { openSlots, type Slots } from './slots.js';
+import { liveWaiters, waiterPosition } from '../engine/slots.js';
 import { openKeysBucket } from './keys.js';
 import type { TopologyNames } from './topology.js';
 import { DEFAULT_QUEUE_SETTINGS, fairnessToken, settingsOf, stagedKeys } from './tasks.js';
@@ -179,11 +180,16 @@ export async function observeWhy(
       const rec = slots ? await quietly(slots.read(t.activity, concurrency.key)) : undefined;
       const holders = (rec?.holders ?? []).filter((h) => h.exp > now);
       const mine = seen.taken ? `${t.taskId}#${seen.taken.attempt}` : undefined;
+      // Its place among the key's waiters (any attempt of the task holds it).
+      const waiting = rec ? liveWaiters(rec, now).length : 0;
+      const position = rec ? waiterPosition(rec, `${t.taskId}#0`, now) : -1;
       seen.slot = {
         key: concurrency.key,
         limit: concurrency.limit,
         holders: holders.map((h) => ({ id: h.id, worker: h.worker, at: h.at })),
         holds: holders.some((h) => h.id === mine),
+        waiting,
+        ...(position >= 0 ? { position: position + 1 } : {}),
         ...(slotPostponed ? { postponed: slotPostponed } : {}),
       };
     }

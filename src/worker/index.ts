@@ -78,17 +78,41 @@ import {
 import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { attemptKey, openAttemptLedger, type AttemptLedger } from '../nats/attempts.js';
 import { openRateLimiter, type RateLimiter as GlobalRateLimiter } from '../nats/rates.js';
-import { openSlots, type Slots } from '../nats/slots.js';
+import { openSlots, slotRecordKey, type Slots } from '../nats/slots.js';
+import { liveWaiters, waiterPosition, type SlotWait } from '../engine/slots.js';
 
 /** A rate-limit slot less than this far ahead is waited for in place, not postponed. */
 const RATE_WAIT_IN_PLACE_MS = 1_000;
-/** A task whose concurrency key is full waits this long in place before it is postponed. */
+/**
+ * A task whose concurrency key is full waits this long in place before it is postponed, unless
+ * its turn is near (see {@link slotTurnNear}): then it waits in place until it gets its slot.
+ */
 const SLOT_WAIT_IN_PLACE_MS = 1_000;
 /** A task postponed for its concurrency key comes back after this (plus up to half of it). */
 const SLOT_POSTPONE_MS = 1_000;
+/**
+ * A waiter's lease in a key's queue, renewed each time its task asks again (in place, at least
+ * every {@link SLOT_WAIT_IN_PLACE_MS}; postponed, when it comes back after at most 1.5 ×
+ * {@link SLOT_POSTPONE_MS}). A waiter whose task vanished holds the queue up this long at most.
+ */
+const SLOT_WAITER_LEASE_MS = 5_000;
+/** A task waiting in place with its turn near asks again at least this often. */
+const SLOT_TURN_POLL_MS = 100;
+/** A worker reads the queue of a key it postponed tasks of this often, to bring them back. */
+const SLOT_WAKE_POLL_MS = 100;
+
+/**
+ * Whether a waiter at `position` (0: next) of a key with `limit` slots is near its turn: among the
+ * next two rounds of holders. It waits in place (a postponed one is brought back) so that a freed
+ * slot is taken at once rather than after a postponement.
+ */
+function slotTurnNear(position: number, limit: number): boolean {
+  return position < 2 * limit;
+}
 import {
   DEFAULT_QUEUE_SETTINGS,
   ensureQueueConsumer,
+  firePostponedNow,
   fireRetryNow,
   moveStaged,
   oldestWaiting,
@@ -285,6 +309,27 @@ interface FairState {
   moving: Promise<unknown>;
 }
 
+/**
+ * Tasks one worker postponed for one concurrency key, watched so that each is brought back as
+ * soon as its turn is near (its schedule, the durable copy, brings it back otherwise).
+ */
+interface ParkedKey {
+  activity: string;
+  spec: { key: string; limit: number };
+  tasks: Map<string, ParkedTask>;
+  timer?: NodeJS.Timeout;
+}
+
+interface ParkedTask {
+  task: TaskMessage;
+  body: Uint8Array;
+  attempt: number;
+  fireAt: number;
+  since: number;
+  seq: number;
+  trace: TraceCarrier | undefined;
+}
+
 /** A concurrency slot this worker holds for an attempt. */
 interface SlotHold {
   release(): Promise<void>;
@@ -381,6 +426,10 @@ export class Worker implements AsyncDisposable {
   private readonly inflight = new Set<Promise<void>>();
   /** Local timers that publish scheduled retries on time (the schedules are the durable copy). */
   private readonly retryTimers = new Set<NodeJS.Timeout>();
+  /** Tasks waiting in place for a concurrency key, by slot record key: woken by a local release. */
+  private readonly slotWakers = new Map<string, Set<() => void>>();
+  /** Tasks this worker postponed for a concurrency key, by slot record key (see `watchParked`). */
+  private readonly parked = new Map<string, ParkedKey>();
   private readonly controls: Subscription[] = [];
   /** Fairness keys per queue: the staged keys last listed, round-robin cursors, key weights. */
   private readonly fair = new Map<string, FairState>();
@@ -1006,10 +1055,13 @@ export class Worker implements AsyncDisposable {
 
   /**
    * The activity's concurrency key, once the attempt is taken: take a slot of `(activity, key)`
-   * (a compare-and-set on its record in the slots bucket). All held: wait in place (keeping the
-   * lease) for up to a second, retrying, then give the attempt back, postpone the task as a
-   * scheduled message and ack this delivery. Resolves the slot held (renewed while the attempt
-   * runs, released by its caller), or `postponed` when the task left this worker.
+   * (a compare-and-set on its record in the slots bucket), or queue for one: the record's waiters
+   * are served first come first. Not granted: wait in place (keeping the lease), asking again; a
+   * task whose turn is near (`slotTurnNear`) waits until it is granted (unless the worker is
+   * closing), any other for up to a second, then gives the attempt back, is postponed as a
+   * scheduled message (brought back early once its turn is near, see `watchParked`) and this
+   * delivery is acked. Resolves the slot held (renewed while the attempt runs, released by its
+   * caller), or `postponed` when the task left this worker.
    */
   private async slotGate(
     queue: string,
@@ -1021,16 +1073,25 @@ export class Worker implements AsyncDisposable {
   ): Promise<SlotHold | 'postponed'> {
     const spec = task.concurrency!;
     const id = `${task.taskId}#${attempt}`;
+    const recordKey = slotRecordKey(task.activity, spec.key);
     // The lease is the queue's AckWait: a dead worker's slot frees when its task is redelivered.
     const leaseMs = () => (this.settings.get(queue) ?? DEFAULT_QUEUE_SETTINGS).ackWaitMs;
     const header = Number(m.headers?.get(Header.SlotWait) || NaN);
     const since = Number.isSafeInteger(header) ? header : Date.now();
+    // A postponed task that lost its place (its waiter lease passed) queues again where it was.
+    const wait: SlotWait = {
+      leaseMs: SLOT_WAITER_LEASE_MS,
+      ...(Number.isSafeInteger(header) ? { queuedAt: header } : {}),
+    };
     let deadline = Date.now() + SLOT_WAIT_IN_PLACE_MS;
     for (let i = 0; ; i++) {
       let granted = false;
+      let position = Infinity;
       try {
         const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
-        granted = (await slots.take(task.activity, spec, id, this.id, leaseMs())).granted;
+        const t = await slots.take(task.activity, spec, id, this.id, leaseMs(), wait);
+        granted = t.granted;
+        position = t.position;
       } catch (err) {
         this.slots = undefined;
         this.logger.warn({ ...log, err }, 'concurrency slots not readable; retrying');
@@ -1039,6 +1100,7 @@ export class Worker implements AsyncDisposable {
       if (this.forced.signal.aborted) return { release: () => Promise.resolve() };
       if (this.canceled.has(task.taskId)) {
         this.stats.canceled++;
+        await this.leaveSlotQueue(task, spec, id, log);
         m.term('canceled');
         return 'postponed';
       }
@@ -1057,8 +1119,12 @@ export class Worker implements AsyncDisposable {
             `attempt ${attempt} waits for a slot of concurrency key ${JSON.stringify(spec.key)} (limit ${spec.limit}, all held)`,
           );
       }
-      if (Date.now() < deadline) {
-        await pause(Math.min(250, 25 * 2 ** Math.min(i, 4)), this.forced.signal);
+      const near = slotTurnNear(position, spec.limit) && !this.stop.signal.aborted;
+      if (near || Date.now() < deadline) {
+        const ms = near
+          ? Math.min(SLOT_TURN_POLL_MS, 25 * 2 ** Math.min(i, 2))
+          : Math.min(250, 25 * 2 ** Math.min(i, 4));
+        await this.slotPause(recordKey, ms);
         continue;
       }
       // Postponed: the attempt is given back first (the postponed copy takes it again). When
@@ -1071,17 +1137,11 @@ export class Worker implements AsyncDisposable {
         continue;
       }
       const fireAt = Date.now() + SLOT_POSTPONE_MS + Math.floor(Math.random() * SLOT_POSTPONE_MS);
+      const body = m.data.slice();
+      const trace = traceOf(m);
+      let seq: number;
       try {
-        await postponeForSlot(
-          this.js,
-          this.names,
-          task,
-          m.data.slice(),
-          attempt,
-          fireAt,
-          since,
-          traceOf(m),
-        );
+        seq = await postponeForSlot(this.js, this.names, task, body, attempt, fireAt, since, trace);
       } catch (err) {
         this.logger.warn({ ...log, err }, 'task waiting for a slot not postponed; nak');
         m.nak(SLOT_POSTPONE_MS);
@@ -1101,11 +1161,144 @@ export class Worker implements AsyncDisposable {
           `attempt ${attempt} postponed until ${new Date(fireAt).toISOString()}: concurrency key ${JSON.stringify(spec.key)} (limit ${spec.limit}) has no free slot; it asks again then`,
         );
       this.logger.debug(
-        { ...log, key: spec.key, limit: spec.limit },
+        { ...log, key: spec.key, limit: spec.limit, position },
         'postponed: its concurrency key has no free slot',
       );
       m.ack();
+      this.watchParked(recordKey, task.activity, spec, id, {
+        task,
+        body,
+        attempt,
+        fireAt,
+        since,
+        seq,
+        trace,
+      });
       return 'postponed';
+    }
+  }
+
+  /** Take a task that ends without a slot out of its key's waiters (best effort: else it expires). */
+  private async leaveSlotQueue(
+    task: TaskMessage,
+    spec: { key: string; limit: number },
+    id: string,
+    log: Record<string, unknown>,
+  ): Promise<void> {
+    try {
+      const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
+      await slots.leave(task.activity, spec, id);
+    } catch (err) {
+      this.logger.debug({ ...log, err }, 'left the waiters of its concurrency key by expiry');
+    }
+  }
+
+  /** Resolves after `ms`, when a slot of `recordKey` is released on this worker, or when forced. */
+  private slotPause(recordKey: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.forced.signal.aborted) return resolve();
+      let set = this.slotWakers.get(recordKey);
+      if (!set) this.slotWakers.set(recordKey, (set = new Set()));
+      const wakers = set;
+      const done = () => {
+        clearTimeout(timer);
+        wakers.delete(done);
+        if (wakers.size === 0 && this.slotWakers.get(recordKey) === wakers)
+          this.slotWakers.delete(recordKey);
+        this.forced.signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      wakers.add(done);
+      this.forced.signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  /** A slot of `recordKey` was released here: its waiters in place and parked ask at once. */
+  private slotFreed(recordKey: string): void {
+    for (const wake of [...(this.slotWakers.get(recordKey) ?? [])]) wake();
+    const parked = this.parked.get(recordKey);
+    if (parked?.timer) {
+      clearTimeout(parked.timer);
+      parked.timer = undefined;
+      this.scheduleWake(recordKey, parked, 0);
+    }
+  }
+
+  /**
+   * Watch a task this worker postponed for its concurrency key: every {@link SLOT_WAKE_POLL_MS}
+   * (one read of the key's record for all of them), a task whose turn is near is published again
+   * now and its schedule canceled (`firePostponedNow`), so it is back in place before the slot
+   * frees. A task whose schedule is due, that left the queue or was canceled is no longer
+   * watched; a worker that closes stops watching (the schedules fire).
+   */
+  private watchParked(
+    recordKey: string,
+    activity: string,
+    spec: { key: string; limit: number },
+    id: string,
+    p: ParkedTask,
+  ): void {
+    if (this.stop.signal.aborted) return;
+    let key = this.parked.get(recordKey);
+    if (!key) this.parked.set(recordKey, (key = { activity, spec, tasks: new Map() }));
+    key.tasks.set(id, p);
+    if (!key.timer) this.scheduleWake(recordKey, key, SLOT_WAKE_POLL_MS);
+  }
+
+  private scheduleWake(recordKey: string, key: ParkedKey, ms: number): void {
+    key.timer = setTimeout(() => {
+      void this.wakeParked(key).finally(() => {
+        if (key.tasks.size > 0 && !this.stop.signal.aborted) {
+          if (!key.timer) this.scheduleWake(recordKey, key, SLOT_WAKE_POLL_MS);
+        } else if (this.parked.get(recordKey) === key) this.parked.delete(recordKey);
+      });
+      key.timer = undefined;
+    }, ms);
+  }
+
+  private async wakeParked(key: ParkedKey): Promise<void> {
+    let rec;
+    try {
+      const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
+      rec = await slots.read(key.activity, key.spec.key);
+    } catch (err) {
+      this.logger.debug({ err, key: key.spec.key }, 'concurrency key queue not read');
+      return;
+    }
+    const now = Date.now();
+    const waiting = rec ? liveWaiters(rec, now).length : 0;
+    for (const [id, p] of key.tasks) {
+      // Due soon (its schedule brings it back), canceled, or out of the queue: not watched.
+      const position = rec && waiting > 0 ? waiterPosition(rec, id, now) : -1;
+      if (p.fireAt - now < SLOT_WAKE_POLL_MS || this.canceled.has(p.task.taskId) || position < 0) {
+        key.tasks.delete(id);
+        continue;
+      }
+      if (!slotTurnNear(position, key.spec.limit)) continue;
+      key.tasks.delete(id);
+      try {
+        const fired = await firePostponedNow(
+          this.js,
+          this.names,
+          p.task,
+          p.body,
+          p.attempt,
+          p.fireAt,
+          p.since,
+          p.seq,
+          p.trace,
+        );
+        this.logger.debug(
+          { taskId: p.task.taskId, attempt: p.attempt, key: key.spec.key, position, fired },
+          'postponed task brought back: its turn is near',
+        );
+      } catch (err) {
+        this.logger.debug(
+          { err, taskId: p.task.taskId, attempt: p.attempt },
+          'postponed task not brought back early; its schedule fires it',
+        );
+      }
     }
   }
 
@@ -1198,6 +1391,7 @@ export class Worker implements AsyncDisposable {
           try {
             const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
             await slots.release(task.activity, spec, id);
+            this.slotFreed(slotRecordKey(task.activity, spec.key));
             return;
           } catch (err) {
             this.slots = undefined;
@@ -1711,6 +1905,9 @@ export class Worker implements AsyncDisposable {
       this.stop.abort();
       for (const t of this.retryTimers) clearTimeout(t);
       this.retryTimers.clear();
+      // Tasks postponed for a concurrency key: their schedules bring them back.
+      for (const key of this.parked.values()) clearTimeout(key.timer);
+      this.parked.clear();
       await Promise.allSettled(this.loops);
       let graceTimer: NodeJS.Timeout | undefined;
       const grace = new Promise((r) => {
