@@ -75,6 +75,12 @@ describe('HTTP ingress routes', () => {
     const again = await call('POST', '/v1/workflows/order/o1', { input: { total: 99 } });
     expect(again.status).toBe(200);
     expect(again.json).toMatchObject({ created: false });
+    // A start's own priority (1-5) is part of the body.
+    const urgent = await call('POST', '/v1/workflows/order/o2', {
+      input: { total: 1 },
+      priority: 1,
+    });
+    expect(urgent.status).toBe(201);
 
     const paid = await call('POST', '/v1/workflows/order/o1/signals', { type: 'PAY', amount: 10 });
     expect(paid.status).toBe(200);
@@ -176,6 +182,11 @@ describe('HTTP errors as application/problem+json', () => {
     expect(details).toHaveLength(1);
     expect(details[0]!.why).toContain('type');
     expectProblem(await call('POST', '/v1/workflows/order/b1', { inputt: 1 }), 400, 'bad_request');
+    expectProblem(
+      await call('POST', '/v1/workflows/order/b1', { input: {}, priority: 9 }),
+      400,
+      'bad_request',
+    );
     expectProblem(await call('GET', '/v1/workflows/order/bad.id'), 400, 'bad_request');
     expectProblem(await call('GET', '/v1/workflows/order/b1/result?wait=soon'), 400, 'bad_request');
     expectProblem(
