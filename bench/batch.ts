@@ -28,7 +28,7 @@ import { Redis } from 'ioredis';
 import { NatsServer } from '../test/harness/nats-server.js';
 import { shardMapping } from '../src/contracts/subjects.js';
 import { Client } from '../src/client/index.js';
-import { spawnTs, stopChild } from './processes.js';
+import { spawnEngine, stopChild } from './processes.js';
 import {
   freePort,
   makeTempDir,
@@ -120,26 +120,15 @@ async function jetflow(): Promise<void> {
   const metricsPort = await freePort();
   const nc = await connect({ servers: server.url });
   const client = new Client(nc, { prefix, timeoutMs: 60_000 });
-  const engine = await spawnTs(
-    'src/cli/main.ts',
-    [
-      'engine',
-      '--nats-url',
-      server.url,
-      '--prefix',
-      prefix,
-      '--shards',
-      String(SHARDS),
-      '--workflows',
-      resolve(root, 'test/fixtures/batch-workflows.ts'),
-      '--name',
-      'bench-batch-engine',
-      '--metrics-port',
-      String(metricsPort),
-    ],
-    '"engine started"',
-    values['heap-snapshots'] ? ['--heapsnapshot-signal=SIGUSR2'] : [],
-  );
+  const engine = await spawnEngine({
+    url: server.url,
+    prefix,
+    shards: SHARDS,
+    workflows: 'test/fixtures/batch-workflows.ts',
+    name: 'bench-batch-engine',
+    extra: ['--metrics-port', String(metricsPort)],
+    node: values['heap-snapshots'] ? ['--heapsnapshot-signal=SIGUSR2'] : [],
+  });
   try {
     // 1. Submission into a paused batch.
     await client.batches.create({ id: 'sub', type: 'batchItem' });

@@ -19,7 +19,7 @@ import { Client } from '../src/client/index.js';
 import { topologyNames } from '../src/nats/topology.js';
 import { pack, unpack } from '../src/contracts/codec.js';
 import { completions } from './completions.js';
-import { spawnTs, stopChild } from './processes.js';
+import { spawnEngine, spawnTs, stopChild } from './processes.js';
 import { cpuSampler, percentile, round, runClosedLoop } from './peers/common.js';
 
 const { values } = parseArgs({
@@ -36,7 +36,6 @@ const COUNT = Number(values.workflows);
 const ROUNDS = Number(values.rounds);
 const SHARDS = 16;
 const prefix = 'benchj';
-const root = resolve(import.meta.dirname, '..');
 const log = (s: string) => process.stderr.write(`[bench:journal] ${s}\n`);
 
 async function main(): Promise<void> {
@@ -59,32 +58,20 @@ async function main(): Promise<void> {
   try {
     for (let r = 1; r <= ROUNDS; r++) {
       for (const journal of r % 2 === 1 ? ['off', 'on'] : ['on', 'off']) {
-        const engine = await spawnTs(
-          'src/cli/main.ts',
-          [
-            'engine',
-            '--nats-url',
-            server.url,
-            '--prefix',
-            prefix,
-            '--shards',
-            String(SHARDS),
-            '--workflows',
-            resolve(root, 'bench/workflows.ts'),
-            '--journal',
-            journal,
-            '--journal-compression',
-            values.compression,
-            '--log-level',
-            'info',
-            '--name',
-            'bench-engine',
+        const engine = await spawnEngine({
+          url: server.url,
+          prefix,
+          shards: SHARDS,
+          workflows: 'bench/workflows.ts',
+          name: 'bench-engine',
+          extra: [
+            ...['--journal', journal, '--journal-compression', values.compression],
+            ...['--log-level', 'info'],
           ],
-          '"engine started"',
-          values.profile
+          node: values.profile
             ? ['--cpu-prof', `--cpu-prof-dir=${resolve(values.profile, `engine-r${r}-${journal}`)}`]
             : [],
-        );
+        });
         worker ??= await spawnTs('bench/worker.ts', [server.url, prefix], 'worker ready');
         try {
           const run = async (tag: string, n: number) =>

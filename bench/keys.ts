@@ -13,14 +13,13 @@
  * Options: --workflows N (per round and mode, default 2000), --rounds R (default 3), --pairs P
  * (admission latency samples, default 500), --smoke (200 workflows, 1 round, 30 pairs).
  */
-import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { NatsServer } from '../test/harness/nats-server.js';
 import { shardMapping } from '../src/contracts/subjects.js';
 import { Client } from '../src/client/index.js';
 import { completions } from './completions.js';
-import { spawnTs, stopChild } from './processes.js';
+import { spawnEngine, spawnTs, stopChild } from './processes.js';
 import { cpuSampler } from './peers/common.js';
 import { keysWorkload } from './keys-workload.js';
 
@@ -38,7 +37,6 @@ const ROUNDS = smoke ? 1 : Number(values.rounds);
 const PAIRS = smoke ? 30 : Number(values.pairs);
 const SHARDS = 16;
 const prefix = 'benchk';
-const root = resolve(import.meta.dirname, '..');
 const log = (s: string) => process.stderr.write(`[bench:keys] ${s}\n`);
 
 async function main(): Promise<void> {
@@ -46,27 +44,14 @@ async function main(): Promise<void> {
   const nc = await connect({ servers: server.url });
   const client = new Client(nc, { prefix, timeoutMs: 60_000 });
   const done = completions(nc, prefix);
-  const engine = await spawnTs(
-    'src/cli/main.ts',
-    [
-      'engine',
-      '--nats-url',
-      server.url,
-      '--prefix',
-      prefix,
-      '--shards',
-      String(SHARDS),
-      '--workflows',
-      resolve(root, 'bench/workflows.ts'),
-      '--journal',
-      'on',
-      '--log-level',
-      'info',
-      '--name',
-      'bench-engine',
-    ],
-    '"engine started"',
-  );
+  const engine = await spawnEngine({
+    url: server.url,
+    prefix,
+    shards: SHARDS,
+    workflows: 'bench/workflows.ts',
+    name: 'bench-engine',
+    extra: ['--journal', 'on', '--log-level', 'info'],
+  });
   const worker = await spawnTs('bench/worker.ts', [server.url, prefix], 'worker ready');
   try {
     const r = await keysWorkload({

@@ -10,14 +10,13 @@
  * Reported: throughput per mode and round, and the median paired ratios on / off and prio / off.
  * Options: --workflows N (per round and mode, default 2000), --rounds R (default 3), --smoke.
  */
-import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { NatsServer } from '../test/harness/nats-server.js';
 import { shardMapping } from '../src/contracts/subjects.js';
 import { Client } from '../src/client/index.js';
 import { completions } from './completions.js';
-import { spawnTs, stopChild } from './processes.js';
+import { spawnEngine, spawnTs, stopChild } from './processes.js';
 import { round, runClosedLoop } from './peers/common.js';
 
 const { values } = parseArgs({
@@ -32,7 +31,6 @@ const COUNT = smoke ? 200 : Number(values.workflows);
 const ROUNDS = smoke ? 1 : Number(values.rounds);
 const SHARDS = 16;
 const prefix = 'benchp';
-const root = resolve(import.meta.dirname, '..');
 const log = (s: string) => process.stderr.write(`[bench:priority] ${s}\n`);
 
 const MODES = [
@@ -46,25 +44,14 @@ async function main(): Promise<void> {
   const nc = await connect({ servers: server.url });
   const client = new Client(nc, { prefix, timeoutMs: 60_000 });
   const done = completions(nc, prefix);
-  const engine = await spawnTs(
-    'src/cli/main.ts',
-    [
-      'engine',
-      '--nats-url',
-      server.url,
-      '--prefix',
-      prefix,
-      '--shards',
-      String(SHARDS),
-      '--workflows',
-      resolve(root, 'bench/workflows.ts'),
-      '--log-level',
-      'info',
-      '--name',
-      'bench-engine',
-    ],
-    '"engine started"',
-  );
+  const engine = await spawnEngine({
+    url: server.url,
+    prefix,
+    shards: SHARDS,
+    workflows: 'bench/workflows.ts',
+    name: 'bench-engine',
+    extra: ['--log-level', 'info'],
+  });
   const run = (type: string, tag: string, n: number) =>
     runClosedLoop(
       n,

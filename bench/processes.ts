@@ -52,3 +52,38 @@ export async function stopChild(c: ChildProcess): Promise<void> {
   await exited;
   clearTimeout(t);
 }
+
+/**
+ * An engine process (`jetflow engine` from the sources) for a benchmark: `workflows` is a
+ * repo-relative module, `extra` more flags (e.g. `['--journal', 'on']`), `node` flags of node
+ * itself (a CPU profile); resolves once it logged that it started.
+ */
+export function spawnEngine(o: {
+  url: string;
+  prefix: string;
+  shards: number;
+  workflows: string;
+  name: string;
+  extra?: string[];
+  node?: string[];
+}): Promise<ChildProcess> {
+  return spawnTs(
+    'src/cli/main.ts',
+    [
+      'engine',
+      '--nats-url',
+      o.url,
+      '--prefix',
+      o.prefix,
+      '--shards',
+      String(o.shards),
+      '--workflows',
+      resolve(root, o.workflows),
+      '--name',
+      o.name,
+      ...(o.extra ?? []),
+    ],
+    '"engine started"',
+    o.node,
+  );
+}

@@ -8,7 +8,7 @@
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { NatsServer } from '../test/harness/nats-server.js';
@@ -16,14 +16,13 @@ import { shardMapping } from '../src/contracts/subjects.js';
 import { Client } from '../src/client/index.js';
 import { Visibility } from '../src/host/visibility.js';
 import { completions } from './completions.js';
-import { spawnTs, stopChild } from './processes.js';
+import { spawnEngine, spawnTs, stopChild } from './processes.js';
 import { percentile, round, runClosedLoop } from './peers/common.js';
 
 const { values } = parseArgs({ options: { workflows: { type: 'string', default: '3000' } } });
 const COUNT = Number(values.workflows);
 const SHARDS = 16;
 const prefix = 'benchv';
-const root = resolve(import.meta.dirname, '..');
 const log = (s: string) => process.stderr.write(`[bench:visibility-lag] ${s}\n`);
 
 async function main(): Promise<void> {
@@ -32,23 +31,13 @@ async function main(): Promise<void> {
   const client = new Client(nc, { prefix, timeoutMs: 60_000 });
   const done = completions(nc, prefix);
   const dir = mkdtempSync(join(tmpdir(), 'jetflow-vis-lag-'));
-  const engine = await spawnTs(
-    'src/cli/main.ts',
-    [
-      'engine',
-      '--nats-url',
-      server.url,
-      '--prefix',
-      prefix,
-      '--shards',
-      String(SHARDS),
-      '--workflows',
-      resolve(root, 'bench/workflows.ts'),
-      '--name',
-      'bench-engine',
-    ],
-    '"engine started"',
-  );
+  const engine = await spawnEngine({
+    url: server.url,
+    prefix,
+    shards: SHARDS,
+    workflows: 'bench/workflows.ts',
+    name: 'bench-engine',
+  });
   // After the engine: it creates the tasks stream the worker's queues live in.
   const worker = await spawnTs('bench/worker.ts', [server.url, prefix], 'worker ready');
   const vis = await Visibility.create({
