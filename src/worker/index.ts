@@ -79,7 +79,7 @@ import { topologyNames, type TopologyNames } from '../nats/topology.js';
 import { attemptKey, openAttemptLedger, type AttemptLedger } from '../nats/attempts.js';
 import { openRateLimiter, type RateLimiter as GlobalRateLimiter } from '../nats/rates.js';
 import { openSlots, slotRecordKey, type Slots } from '../nats/slots.js';
-import { liveWaiters, waiterPosition, type SlotWait } from '../engine/slots.js';
+import { liveHolders, liveWaiters, waiterPosition, type SlotWait } from '../engine/slots.js';
 
 /** A rate-limit slot less than this far ahead is waited for in place, not postponed. */
 const RATE_WAIT_IN_PLACE_MS = 1_000;
@@ -96,6 +96,18 @@ const SLOT_POSTPONE_MS = 1_000;
  * {@link SLOT_POSTPONE_MS}). A waiter whose task vanished holds the queue up this long at most.
  */
 const SLOT_WAITER_LEASE_MS = 5_000;
+/**
+ * A task whose turn is near waits in place at most this long: a long-running holder would
+ * otherwise keep it (a worker slot and a `maxInFlight` place) for the holder's whole run. Then it
+ * is postponed for {@link SLOT_NEAR_POSTPONE_MS}, its waiter lease stretched to cover that, and
+ * its worker brings it back as soon as a slot is free for it.
+ */
+const SLOT_NEAR_WAIT_MAX_MS = 5_000;
+/**
+ * How long a task postponed while its turn was near stays away unless its worker brings it back
+ * (a slot freed): the bound on a slot left idle when that worker died meanwhile.
+ */
+const SLOT_NEAR_POSTPONE_MS = 30_000;
 /** A task waiting in place with its turn near asks again at least this often. */
 const SLOT_TURN_POLL_MS = 100;
 /** A worker reads the queue of a key it postponed tasks of this often, to bring them back. */
@@ -328,6 +340,8 @@ interface ParkedTask {
   since: number;
   seq: number;
   trace: TraceCarrier | undefined;
+  /** It waited in place its longest (its turn was near): back as soon as a slot is free for it. */
+  near: boolean;
 }
 
 /** A concurrency slot this worker holds for an attempt. */
@@ -1084,6 +1098,8 @@ export class Worker implements AsyncDisposable {
       ...(Number.isSafeInteger(header) ? { queuedAt: header } : {}),
     };
     let deadline = Date.now() + SLOT_WAIT_IN_PLACE_MS;
+    const nearUntil = Date.now() + SLOT_NEAR_WAIT_MAX_MS;
+    let near = false;
     for (let i = 0; ; i++) {
       let granted = false;
       let position = Infinity;
@@ -1119,13 +1135,29 @@ export class Worker implements AsyncDisposable {
             `attempt ${attempt} waits for a slot of concurrency key ${JSON.stringify(spec.key)} (limit ${spec.limit}, all held)`,
           );
       }
-      const near = slotTurnNear(position, spec.limit) && !this.stop.signal.aborted;
-      if (near || Date.now() < deadline) {
-        const ms = near
+      near = slotTurnNear(position, spec.limit) && !this.stop.signal.aborted;
+      const inPlace = near && Date.now() < nearUntil;
+      if (inPlace || Date.now() < deadline) {
+        const ms = inPlace
           ? Math.min(SLOT_TURN_POLL_MS, 25 * 2 ** Math.min(i, 2))
           : Math.min(250, 25 * 2 ** Math.min(i, 4));
         await this.slotPause(recordKey, ms);
         continue;
+      }
+      if (near) {
+        // Its place is kept while it is away: the waiter lease covers the postponement.
+        try {
+          const slots = await (this.slots ??= openSlots(this.o.connection, this.names));
+          const t = await slots.take(task.activity, spec, id, this.id, leaseMs(), {
+            ...wait,
+            leaseMs: SLOT_NEAR_POSTPONE_MS + SLOT_WAITER_LEASE_MS,
+          });
+          if (t.granted) return this.holdSlot(task, spec, id, leaseMs, log);
+        } catch (err) {
+          this.slots = undefined;
+          this.logger.warn({ ...log, err }, 'concurrency slots not readable; retrying');
+          continue;
+        }
       }
       // Postponed: the attempt is given back first (the postponed copy takes it again). When
       // it cannot be, the postponed copy could not take it: go on waiting in place.
@@ -1136,7 +1168,9 @@ export class Worker implements AsyncDisposable {
         deadline = Date.now() + SLOT_WAIT_IN_PLACE_MS;
         continue;
       }
-      const fireAt = Date.now() + SLOT_POSTPONE_MS + Math.floor(Math.random() * SLOT_POSTPONE_MS);
+      const fireAt = near
+        ? Date.now() + SLOT_NEAR_POSTPONE_MS
+        : Date.now() + SLOT_POSTPONE_MS + Math.floor(Math.random() * SLOT_POSTPONE_MS);
       const body = m.data.slice();
       const trace = traceOf(m);
       let seq: number;
@@ -1173,6 +1207,7 @@ export class Worker implements AsyncDisposable {
         since,
         seq,
         trace,
+        near,
       });
       return 'postponed';
     }
@@ -1275,7 +1310,10 @@ export class Worker implements AsyncDisposable {
         key.tasks.delete(id);
         continue;
       }
-      if (!slotTurnNear(position, key.spec.limit)) continue;
+      // One that waited in place its longest comes back when a slot is free for it; any other
+      // once its turn is near.
+      const free = rec ? Math.max(0, key.spec.limit - liveHolders(rec, now).length) : 0;
+      if (p.near ? position >= free : !slotTurnNear(position, key.spec.limit)) continue;
       key.tasks.delete(id);
       try {
         const fired = await firePostponedNow(

@@ -4,8 +4,9 @@
  * that joined a key's waiters in the order a1..an (limit 1, the slot held by a blocker) start in
  * that order once the blocker ends; a head waiter whose worker process is SIGKILLed stops blocking
  * the queue once its waiter lease ends (the task behind it runs first; it runs later, as its next
- * attempt); and 20 tasks of 20 ms enqueued at once all complete (the wall time is printed, as an
- * indication: timing is for benchmarks).
+ * attempt); 20 tasks of 20 ms enqueued at once all complete (the wall time is printed, as an
+ * indication: timing is for benchmarks); and a waiter next in turn behind a long-running holder
+ * gives its worker slot back after a while (postponed, keeping its place) and still runs next.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -190,5 +191,53 @@ describe('activity concurrency key: FIFO among waiting tasks', () => {
     // One at a time: each start at least the work time after the previous one.
     for (let i = 1; i < sorted.length; i++)
       expect(sorted[i]![1] - sorted[i - 1]![1]).toBeGreaterThanOrEqual(19);
+  }, 90_000);
+
+  it('a waiter next in turn behind a long holder frees its worker slot after 5 s, keeps its place and runs next', async () => {
+    const prefix = uniquePrefix();
+    const engine = await startEngine(env.server.url, prefix, { workflows: [fifoed] });
+    open.push(engine);
+    const starts: Start[] = [];
+    // One task at a time on each worker: the blocker's worker takes nothing else.
+    await workerProcess(prefix, 20, starts, { concurrency: 1 });
+    const client = new Client(env.nc, { prefix });
+    await client.start('fifoed', 'hold-1', { key: 'k' });
+    await until('the blocker to start', () => starts.some(([id]) => id === 'hold-1'));
+    await workerProcess(prefix, 20, starts, { concurrency: 1 });
+    await client.start('fifoed', 'a1', { key: 'k' });
+    // a1 waits in place on the second worker (its turn is next), then is postponed.
+    await until(
+      'a1 to be postponed',
+      async () =>
+        (await client.history('fifoed', 'a1', { limit: 100 })).entries.some(
+          (e) => e.kind === 'admission' && e.outcome === 'deferred',
+        ),
+      20_000,
+    );
+    // Its worker is free again: a task of another key runs while the blocker still holds k.
+    await client.start('fifoed', 'other', { key: 'k2' });
+    await client.result('fifoed', 'other', { timeoutMs: 15_000 });
+    expect(starts.some(([id]) => id === 'a1')).toBe(false);
+    // a1 kept its place: a later waiter does not go first.
+    await client.start('fifoed', 'b1', { key: 'k' });
+    const slots = await openSlots(env.nc, topologyNames(prefix));
+    await until('b1 to queue behind a1', async () => {
+      const w = liveWaiters((await slots.read('fifoCall', 'k'))!, Date.now());
+      return w.length === 2 && w[0]!.id.startsWith('fifoed.a1.');
+    });
+    const released = Date.now();
+    env.nc.publish(`${prefix}.test.release`);
+    for (const id of ['hold-1', 'a1', 'b1'])
+      await client.result('fifoed', id, { timeoutMs: 30_000 });
+    const order = [...starts]
+      .filter(([id]) => id === 'a1' || id === 'b1')
+      .sort((a, b) => a[1] - b[1])
+      .map(([id, , attempt]) => `${id}#${attempt}`);
+    expect(order).toEqual(['a1#1', 'b1#1']);
+    const a1 = starts.find(([id]) => id === 'a1')!;
+    console.log(
+      `postponed head waiter back after the release: ${(a1[1] - released).toFixed(0)} ms`,
+    );
+    await noneLeft(prefix);
   }, 90_000);
 });
