@@ -32,6 +32,10 @@
  *   is rejected without touching the record).
  * - A message whose workflow `type@version` is not registered on this engine is never rejected
  *   or acked: it is given back (nak with a delay) for an engine that knows the definition.
+ * - Folding (issue 18): queued messages of one workflow that came in one delivery run (see
+ *   `foldable` for why they are contiguous) may be applied in one write (`applyFolded`): each is
+ *   still decided on its own and keeps its step, journal entry, notifications and reply; the
+ *   record's `lastSeq` is the last one's and its outbox carries the earlier steps' effects.
  */
 import { newSecret } from './proof.js';
 import { LRUCache } from 'lru-cache';
