@@ -300,7 +300,7 @@ export type Effect =
    * messages of one workflow folded into one write), oldest first. Each keeps what it owes:
    * its journal entry (built when it was decided: it needs the record of its own step) and its
    * notifications and alerts, with the msg ids they would have had as steps of their own. The
-   * performer publishes them step by step, before any other effect of the outbox. Engines from
+   * performer publishes them in step order, before any other effect of the outbox. Engines from
    * before this kind have no handler for it: the outbox stays owed until a newer engine performs it.
    */
   | { kind: 'steps'; steps: FoldedStep[] }

@@ -132,25 +132,30 @@ export function createEffectSink(
     );
   };
   /**
-   * The steps folded into this record's write, one after another (each one's journal entry and
-   * notifications concurrently, as a step of its own publishes them), with their own msg ids.
+   * The steps folded into this record's write: every one's journal entry and notifications, in
+   * step order. They are published back to back and their acks awaited together: publishes of
+   * one connection reach a stream in the order they were made, so the journal keeps step order
+   * (nothing here awaits between two publishes). Settles every publish before it throws.
    */
   const folded = async (
     e: Extract<Effect, { kind: 'steps' }>,
     record: WorkflowRecord,
   ): Promise<void> => {
+    const sent: Promise<void>[] = [];
     for (const step of e.steps) {
       const base = `${record.type}.${record.id}.${step.step}`;
       const entry = step.entry;
-      await Promise.all([
-        entry ? journal(() => entry, journalMsgId(record.type, record.id, step.step)) : undefined,
-        ...step.effects.map(([i, x]) =>
+      if (entry) sent.push(journal(() => entry, journalMsgId(record.type, record.id, step.step)));
+      for (const [i, x] of step.effects) {
+        sent.push(
           x.kind === 'notify'
             ? notify(x.notification, `${base}.${i}`)
             : alert(x, record, `${base}.${i}`),
-        ),
-      ]);
+        );
+      }
     }
+    const failed = (await Promise.allSettled(sent)).find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
   };
   return {
     async perform(record, only) {
