@@ -1485,6 +1485,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     let bytes = 0;
     let rec = first;
     let live = cur.live;
+    let pending: { step: FoldedStep; size: number } | undefined;
     for (const d of ds) {
       if (d.kind !== 'signal' && d.kind !== 'result' && d.kind !== 'timer') break;
       let message: InboxMessage;
@@ -1511,20 +1512,20 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         break; // Applied alone, where its failure is handled.
       }
       if (decision.kind !== 'write' || decision.create || decision.again) break;
-      const prev = parts[parts.length - 1];
-      if (prev) {
+      if (pending) {
         // The previous step becomes a folded one: it is written as what it owes.
-        const step = foldStep(prev.decision.record);
-        const size = pack(step).length;
-        if (bytes + size > foldMaxBytes) break;
-        bytes += size;
-        steps.push(step);
+        if (bytes + pending.size > foldMaxBytes) break;
+        bytes += pending.size;
+        steps.push(pending.step);
       }
       parts.push({ d, message, decision, before: rec });
       rec = decision.record;
       live = decision.live;
       if (rec.status !== 'running' || rec.paused || rec.held?.length) break;
-      if (!foldableOutbox(rec.outbox)) break;
+      if (!foldableOutbox(rec.outbox) || parts.length === ds.length) break;
+      // Built now, from this step's own record, before the next step is decided on it.
+      const step = foldStep(rec);
+      pending = { step, size: pack(step).length };
     }
     if (parts.length < 2) return undefined;
     if (metrics) metrics.phase('decide', since(decideStart));
