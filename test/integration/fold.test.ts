@@ -198,6 +198,32 @@ describe('folding queued messages of one workflow (issue 18)', () => {
     }
   });
 
+  it('a stale owner folding messages another engine has begun to apply loses its write and applies the rest once', async () => {
+    const prefix = uniquePrefix();
+    const r = await rig(prefix);
+    const a = r.make(); // held the shard, lost it, got it back (its cached record is stale)
+    const b = r.make(); // held the shard in between
+    await a.handle(await r.delivery(await r.publish('start', 'f4', { input: {} })));
+    const seqs: number[] = [];
+    for (let i = 1; i <= 4; i++)
+      seqs.push(await r.publish('signal', 'f4', { event: { type: 'SIG', n: i } }));
+    const ds = await Promise.all(seqs.map((s) => r.delivery(s, 'run-a')));
+    await b.handle({ ...ds[0]!, run: undefined, ack: () => Promise.resolve() });
+    const writes = r.counts.writes;
+    await Promise.all(ds.map((d) => a.handle(d)));
+    expect(a.stats.conflicts).toBeGreaterThanOrEqual(1);
+    expect(a.stats.repeats).toBe(1);
+    const rec = (await r.store.get('counter', 'f4'))!.record;
+    expect(contextSeq(rec.snapshot)).toEqual([1, 2, 3, 4]);
+    expect(rec.step).toBe(4);
+    // Two write attempts: the fold of four, refused (compare-and-set on a stale revision), and,
+    // after the first message turned out a repeat, one write for the three after it.
+    expect(r.counts.writes - writes).toBe(2);
+    expect((await r.journal('f4')).map((e) => e.step)).toEqual([0, 1, 2, 3, 4]);
+    await a.close();
+    await b.close();
+  });
+
   it('a message that cannot fold ends the batch and is applied alone; other runs never fold', async () => {
     const prefix = uniquePrefix();
     const r = await rig(prefix);
