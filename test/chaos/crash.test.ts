@@ -79,7 +79,9 @@ describe('engine SIGKILLed at random moments', () => {
       }
     };
     const bursts = Array.from({ length: BURSTS }, (_, i) => `b${i}`);
-    const burst = async (id: string) => {
+    // Spread over the run (one a second), so that kills land in the middle of folds.
+    const burst = async (id: string, i: number) => {
+      await new Promise((r) => setTimeout(r, i * 1_000));
       await untilAnswered(() => client.start('counter', id));
       await Promise.all(
         Array.from({ length: SIGNALS }, (_, n) =>
@@ -89,7 +91,10 @@ describe('engine SIGKILLed at random moments', () => {
         ),
       );
     };
-    await Promise.all([...Array.from({ length: 50 }, drive), ...bursts.map(burst)]);
+    await Promise.all([
+      ...Array.from({ length: 50 }, drive),
+      ...bursts.map((id, i) => burst(id, i)),
+    ]);
     driving = false;
     await killer;
     expect(kills).toBeGreaterThanOrEqual(MIN_KILLS);
