@@ -34,6 +34,11 @@ export interface EngineConfig {
   readonly ackWaitMs: number;
   /** Max unacknowledged inbox messages per shard (also bounds engine memory). */
   readonly maxAckPendingPerShard: number;
+  /**
+   * Most queued messages of one workflow applied in one record write (issue 18: signals,
+   * activity results and timers delivered back to back); 1 turns folding off.
+   */
+  readonly foldMax: number;
   /** Lifecycle notifications are kept this long in the events stream. */
   readonly eventsMaxAgeMs: number;
   /** The events stream keeps at most this many bytes; the oldest notifications go first. */
@@ -120,6 +125,7 @@ export const ENGINE_DEFAULTS = Object.freeze({
   cacheMaxBytes: 256 * 1024 * 1024,
   ackWaitMs: 30_000,
   maxAckPendingPerShard: 1_000,
+  foldMax: 64,
   eventsMaxAgeMs: 7 * 24 * 3600_000,
   eventsMaxBytes: 256 * 1024 * 1024,
   finishedRetentionMs: 7 * 24 * 3600_000,
@@ -264,6 +270,7 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
       1,
       1_000_000,
     ),
+    foldMax: int('foldMax', raw.foldMax ?? ENGINE_DEFAULTS.foldMax, 1, 1_000),
     eventsMaxAgeMs: int(
       'eventsMaxAgeMs',
       raw.eventsMaxAgeMs ?? ENGINE_DEFAULTS.eventsMaxAgeMs,

@@ -98,6 +98,7 @@ export function engineOptions(
   set('replicas', num(pick('replicas', 'JETFLOW_REPLICAS')));
   set('cacheSize', num(pick('cache-size', 'JETFLOW_CACHE_SIZE')));
   set('cacheMaxBytes', num(pick('cache-max-bytes', 'JETFLOW_CACHE_MAX_BYTES')));
+  set('foldMax', num(pick('fold-max', 'JETFLOW_FOLD_MAX')));
   set('finishedRetentionMs', num(pick('finished-retention-ms', 'JETFLOW_FINISHED_RETENTION_MS')));
   set('attemptRetentionMs', num(pick('attempt-retention-ms', 'JETFLOW_ATTEMPT_RETENTION_MS')));
   set('eventsMaxBytes', num(pick('events-max-bytes', 'JETFLOW_EVENTS_MAX_BYTES')));
@@ -174,6 +175,12 @@ const ENGINE_FLAGS: [string, string, string, string | undefined][] = [
     'n',
     'bytes of cached records, estimated (default 268435456)',
     'JETFLOW_CACHE_MAX_BYTES',
+  ],
+  [
+    'fold-max',
+    'n',
+    'queued messages of one workflow applied in one record write, 1 = off (default 64)',
+    'JETFLOW_FOLD_MAX',
   ],
   [
     'finished-retention-ms',

@@ -301,6 +301,15 @@ export type Effect =
    */
   | { kind: 'alert'; queue: string; alert: Record<string, unknown> }
   /**
+   * Steps applied in the same record write as this record's step (issue 18: several queued
+   * messages of one workflow folded into one write), oldest first. Each keeps what it owes:
+   * its journal entry (built when it was decided: it needs the record of its own step) and its
+   * notifications and alerts, with the msg ids they would have had as steps of their own. The
+   * performer publishes them in step order, before any other effect of the outbox. Engines from
+   * before this kind have no handler for it: the outbox stays owed until a newer engine performs it.
+   */
+  | { kind: 'steps'; steps: FoldedStep[] }
+  /**
    * Append the step's journal entry. The effect holds what the record does not (the event, the
    * state before, the activity outcome); the performer completes it from the record.
    */
@@ -330,6 +339,16 @@ export type Effect =
       /** For a cross-workflow send: its sender (delivered to the machine as `$from`). */
       sender?: SendOrigin;
     };
+
+/**
+ * A step folded into a later step's record write (see the `steps` effect): its number, its journal
+ * entry and its own notify and alert effects with their index in its outbox (the msg id).
+ */
+export interface FoldedStep {
+  step: number;
+  entry?: JournalEntry;
+  effects: [number, Extract<Effect, { kind: 'notify' } | { kind: 'alert' }>][];
+}
 
 /** A debounce window as the journal tells it. */
 export interface JournalDebounce {

@@ -58,6 +58,14 @@ export interface InboxDelivery extends InboxEntry {
    * it the message is left unacknowledged and comes back after the consumer's AckWait.
    */
   nak?(delayMs: number): void;
+  /**
+   * The delivery run this message came in, for folding (issue 18): set only on a first delivery
+   * (never a redelivery) whose consumer delivery sequence follows the previous delivery this
+   * subscription received. Two deliveries with the same run came from one unbroken stretch of
+   * first deliveries of one consumer, all to this engine, in stream order: no message of their
+   * subjects between them went anywhere else. Absent: the message is applied alone.
+   */
+  run?: string;
 }
 
 /** Identity of the inbox stream (its creation time): changes when the stream is recreated. */

@@ -32,6 +32,10 @@
  *   is rejected without touching the record).
  * - A message whose workflow `type@version` is not registered on this engine is never rejected
  *   or acked: it is given back (nak with a delay) for an engine that knows the definition.
+ * - Folding (issue 18): queued messages of one workflow that came in one delivery run (see
+ *   `foldable` for why they are contiguous) may be applied in one write (`applyFolded`): each is
+ *   still decided on its own and keeps its step, journal entry, notifications and reply; the
+ *   record's `lastSeq` is the last one's and its outbox carries the earlier steps' effects.
  */
 import { newSecret } from './proof.js';
 import { LRUCache } from 'lru-cache';
@@ -54,7 +58,7 @@ import {
 import { keyOfInput, keyTokenOf } from './admission.js';
 import { fairnessOf } from './activity.js';
 import { decodeAdmin } from './admin.js';
-import { eventPayload, journalEvent, type JournalOptions } from './journal.js';
+import { eventPayload, journalEvent, stepEntry, type JournalOptions } from './journal.js';
 import type { Registry } from './registry.js';
 import type { Subjects } from '../contracts/subjects.js';
 import type {
@@ -74,10 +78,12 @@ import type {
   RecordStore,
   StoredRecord,
 } from './ports.js';
-import { unpack } from '../contracts/codec.js';
+import { pack, unpack } from '../contracts/codec.js';
 import {
   WIRE_VERSION,
   type AdminReply,
+  type Effect,
+  type FoldedStep,
   type InboxMessage,
   type ResultMessage,
   type TriggerOrigin,
@@ -158,7 +164,19 @@ export interface ProcessorOptions {
   metrics?: EngineMetrics;
   /** Spans around steps (absent: no tracing, at no cost). */
   tracing?: StepTracing;
+  /**
+   * Most queued messages of one workflow folded into one record write (default
+   * {@link FOLD_MAX_MESSAGES}; 1: every message is a step with a write of its own).
+   */
+  foldMax?: number;
+  /** Most bytes the folded steps may add to the record (default {@link FOLD_MAX_BYTES}). */
+  foldMaxBytes?: number;
 }
+
+/** Default most messages of one workflow applied in one record write. */
+export const FOLD_MAX_MESSAGES = 64;
+/** Default most bytes (msgpack) folded steps add to a record: their journal entries, mostly. */
+export const FOLD_MAX_BYTES = 256 * 1024;
 
 interface CacheEntry {
   stored: StoredRecord;
@@ -171,6 +189,8 @@ interface CacheEntry {
   owed?: readonly number[];
   /** The reply of the step that wrote `stored`, for a retry of the same delivery. */
   reply?: unknown;
+  /** The replies of the steps folded into `stored`'s write, by inbox sequence (same purpose). */
+  replies?: ReadonlyMap<number, unknown>;
 }
 
 /**
@@ -232,6 +252,12 @@ export interface Processor {
 }
 
 const keyOf = (type: string, id: string) => `${type}.${id}`;
+
+/** A delivery waiting in its workflow's queue; `taken` once applied (alone or folded). */
+interface Queued {
+  d: InboxDelivery;
+  taken: boolean;
+}
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const INBOX = {
@@ -444,12 +470,11 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     message: InboxMessage,
     decision: Extract<Decision, { kind: 'write' }>,
     before: WorkflowRecord | undefined,
-    after: CacheEntry,
+    r: WorkflowRecord,
   ) => {
     if (!metrics?.admission) return;
     const count = (stage: AdmissionStage, outcome: AdmissionOutcome) =>
       metrics.admission?.(stage, outcome);
-    const r = after.stored.record;
     if (message.kind === 'start' && r.status === 'deferred') count('concurrency-key', 'deferred');
     else if (before?.status === 'deferred' && r.status !== 'deferred')
       count('concurrency-key', 'admitted');
@@ -495,6 +520,36 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     cache.set(key, entry, finished && finishedTtl > 0 ? { ttl: finishedTtl } : undefined);
   };
   const tails = new Map<string, Promise<void>>();
+  /** Deliveries of each workflow not yet applied, in the order they were handed over. */
+  const queues = new Map<string, Queued[]>();
+  const foldMax = Math.max(1, opts.foldMax ?? FOLD_MAX_MESSAGES);
+  const foldMaxBytes = opts.foldMaxBytes ?? FOLD_MAX_BYTES;
+  /**
+   * The head of a workflow's queue and the deliveries behind it that may be applied in the same
+   * write: those of the head's delivery run (`InboxDelivery.run`), up to `foldMax`.
+   *
+   * Why they are contiguous for the workflow (no message of it lies between them in the inbox
+   * that is not among them): deliveries of one run are first deliveries of one shard consumer
+   * with consecutive delivery sequences, all received by this subscription. A consumer delivers
+   * each message of its filter for the first time in stream order, numbering every delivery; so
+   * every message of the shard's subjects stored between two deliveries of a run was delivered
+   * for the first time between them, to this engine, and handed to `handle` between them. A
+   * message of this workflow among those is therefore queued between them here, and a queue is
+   * applied from its head in order. The head itself is checked against the stream as before
+   * (`firstFrom(lastSeq + 1)`), and every write is a compare-and-set, so an engine that
+   * applied any of them meanwhile makes this write fail and the deliveries be decided again.
+   */
+  const foldable = (q: readonly Queued[]): Queued[] => {
+    const head = q[0]!;
+    const out = [head];
+    if (foldMax <= 1 || head.d.run === undefined) return out;
+    for (let i = 1; i < q.length && out.length < foldMax; i++) {
+      const x = q[i]!;
+      if (x.d.run !== head.d.run || x.d.seq <= out[out.length - 1]!.d.seq) break;
+      out.push(x);
+    }
+    return out;
+  };
   // Inbox sequences this engine handled without a record write (rejections, ignored results and
   // timers, repeated starts): their acks are asynchronous, so the gap check can still see them.
   const handledWithoutWrite = new LRUCache<number, true>({ max: 10_000 });
@@ -1297,7 +1352,8 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     if (!written) throw new Error('unreachable: a write decision without a written record');
     remember(key, written);
     countWrite(cur?.stored.record, written.stored.record);
-    if (metrics?.admission) countAdmission(message, decision, cur?.stored.record, written);
+    if (metrics?.admission)
+      countAdmission(message, decision, cur?.stored.record, written.stored.record);
     if (metrics && message.kind === 'timer')
       metrics.timerFired(message.dueAt === undefined ? undefined : (now - message.dueAt) / 1000);
     const entry = await settleOutbox(written);
@@ -1384,8 +1440,156 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     );
   }
 
+  /** True when an outbox holds only what a folded step may owe (see {@link FoldedStep}). */
+  const foldableOutbox = (outbox: readonly Effect[]) =>
+    outbox.every((e) => e.kind === 'journal' || e.kind === 'notify' || e.kind === 'alert');
+
+  /** What a step folded into a later step's write owes: its journal entry and notifications. */
+  function foldStep(record: WorkflowRecord): FoldedStep {
+    const effects: FoldedStep['effects'] = [];
+    let entry: FoldedStep['entry'];
+    for (const [i, e] of record.outbox.entries()) {
+      if (e.kind === 'notify' || e.kind === 'alert') effects.push([i, e]);
+      else if (e.kind === 'journal') entry = stepEntry(record, e, engineName);
+    }
+    return { step: record.step, ...(entry ? { entry } : {}), effects };
+  }
+
+  /**
+   * Apply the head of `ds` (known to be next in order for its workflow) and the deliveries after
+   * it (contiguous with it: see `foldable`) in ONE record write: each message is decided in turn
+   * on the record the previous one left, exactly as it would be alone; the record written is the
+   * last one's, with `lastSeq` its sequence, and its outbox keeps the earlier steps' effects
+   * (`steps`, performed first). Every message keeps its own step number, journal entry,
+   * notifications and reply; a redelivery of any of them is a repeat (its sequence is at or below
+   * `lastSeq`).
+   *
+   * Only the common kinds fold: signals (not trigger messages, not `startIfAbsent` sends),
+   * activity results and timers, each decided into a write of a running, unpaused workflow
+   * whose earlier steps owe nothing but journal entries, notifications and alerts (a step that
+   * starts or stops work, sets timers or tells other workflows ends the batch, as its last
+   * message). Anything else (a rejection, an ignored message, a start, an admin verb, a deferral)
+   * ends the batch before it and is applied alone, as are all messages when the cached record
+   * still owes effects. Resolves how many messages were applied, or undefined when fewer than two
+   * fold (the caller then applies the head alone).
+   */
+  async function applyFolded(
+    ds: readonly InboxDelivery[],
+    cur: CacheEntry | undefined,
+    epoch: string | undefined,
+  ): Promise<number | undefined> {
+    if (!cur || !cur.effectsDone || cur.owed !== undefined) return undefined;
+    const first = cur.stored.record;
+    if (first.status !== 'running' || first.paused || first.held?.length) return undefined;
+    const now = clock.now();
+    const decideStart = metrics ? performance.now() : 0;
+    const parts: {
+      d: InboxDelivery;
+      message: InboxMessage;
+      decision: Extract<Decision, { kind: 'write' }>;
+      before: WorkflowRecord;
+    }[] = [];
+    const steps: FoldedStep[] = [];
+    let bytes = 0;
+    let rec = first;
+    let live = cur.live;
+    let pending: { step: FoldedStep; size: number } | undefined;
+    for (const d of ds) {
+      if (d.kind !== 'signal' && d.kind !== 'result' && d.kind !== 'timer') break;
+      let message: InboxMessage;
+      let decision: Decision;
+      try {
+        message = decodeInbox(d);
+        if (message.kind === 'signal' && (message.trigger || message.startIfAbsent)) break;
+        if (message.kind === 'progress') break;
+        decision = decide(
+          ctx,
+          rec,
+          {
+            type: d.type,
+            id: d.id,
+            seq: d.seq,
+            shard: d.shard,
+            message,
+            now,
+            inbox: epoch,
+          },
+          live,
+        );
+      } catch {
+        break; // Applied alone, where its failure is handled.
+      }
+      if (decision.kind !== 'write' || decision.create || decision.again) break;
+      if (pending) {
+        // The previous step becomes a folded one: it is written as what it owes.
+        if (bytes + pending.size > foldMaxBytes) break;
+        bytes += pending.size;
+        steps.push(pending.step);
+      }
+      parts.push({ d, message, decision, before: rec });
+      rec = decision.record;
+      live = decision.live;
+      if (rec.status !== 'running' || rec.paused || rec.held?.length) break;
+      if (!foldableOutbox(rec.outbox) || parts.length === ds.length) break;
+      // Built now, from this step's own record, before the next step is decided on it.
+      const step = foldStep(rec);
+      pending = { step, size: pack(step).length };
+    }
+    if (parts.length < 2) return undefined;
+    if (metrics) metrics.phase('decide', since(decideStart));
+    const last = parts[parts.length - 1]!;
+    const record: WorkflowRecord = {
+      ...last.decision.record,
+      // The last step's effects keep their indexes (their msg ids); the folded steps go after.
+      outbox: [...last.decision.record.outbox, { kind: 'steps', steps }],
+    };
+    const persistStart = metrics ? performance.now() : 0;
+    let stored: StoredRecord;
+    try {
+      stored = await store.update(record, cur.stored.revision);
+    } catch (err) {
+      // A record too large with the folded steps: the head is applied alone.
+      if (err instanceof TerminalError && !(err instanceof ConflictError)) return undefined;
+      throw err;
+    }
+    if (metrics) metrics.phase('persist', since(persistStart));
+    const written: CacheEntry = {
+      stored,
+      effectsDone: false,
+      live: last.decision.live,
+      reply: last.decision.reply,
+      replies: new Map(parts.map((p) => [p.d.seq, p.decision.reply])),
+    };
+    remember(keyOf(record.type, record.id), written);
+    for (const p of parts) {
+      countWrite(p.before, p.decision.record);
+      if (metrics?.admission) countAdmission(p.message, p.decision, p.before, p.decision.record);
+      if (metrics && p.message.kind === 'timer') {
+        const due = p.message.dueAt;
+        metrics.timerFired(due === undefined ? undefined : (now - due) / 1000);
+      }
+    }
+    const entry = await settleOutbox(written);
+    // When the outbox could never be performed and the workflow failed: the folded steps' own
+    // effects were performed unless their part failed too.
+    const stepsFailed = entry !== written && written.owed?.includes(record.outbox.length - 1);
+    for (const [i, p] of parts.entries()) {
+      const failed = entry !== written && (i === parts.length - 1 || stepsFailed);
+      if (failed) replyFailed(p.d, entry);
+      else {
+        const replyTo = replyOf(p.d);
+        if (replyTo) effects.reply(replyTo, p.d.replyEncoding, p.decision.reply);
+      }
+    }
+    await markDone(entry);
+    return parts.length;
+  }
+
   /** Apply `d` after any earlier unapplied message of the same workflow. */
-  async function apply(d: InboxDelivery): Promise<'deferred' | undefined> {
+  async function apply(
+    d: InboxDelivery,
+    rest: readonly InboxDelivery[],
+  ): Promise<number | 'deferred'> {
     if (!isToken(d.type) || !isToken(d.id)) {
       // Not a workflow jetflow can name (nor store: KV keys are tokens). Nothing to notify.
       stats.rejected++;
@@ -1396,7 +1600,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
       );
       logger.warn({ seq: d.seq, shard: d.shard, kind: d.kind }, err.message);
       replyError(d, err);
-      return undefined;
+      return 1;
     }
     let from = 0;
     let epoch = identity ? await identity.current() : undefined;
@@ -1408,7 +1612,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         // Not on the workflow's shard: rejected by decide, without comparing sequences.
         const r = await applyOne(d, cur, fresh, epoch);
         if (r === 'stale') continue;
-        return r === 'deferred' ? 'deferred' : undefined;
+        return r === 'deferred' ? 'deferred' : 1;
       }
       if (identity && !refreshed && rec?.inbox !== undefined && rec.inbox !== epoch) {
         // Written in another incarnation of the inbox stream, or this engine's view is old.
@@ -1445,6 +1649,9 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           else if (entry.reply !== undefined && r.lastSeq === d.seq) {
             // A retry of the delivery this engine applied: the requester gets the step's reply.
             effects.reply(replyTo, d.replyEncoding, entry.reply);
+          } else if (entry.replies?.has(d.seq)) {
+            // The same, for a message whose step was folded into the write of a later one.
+            effects.reply(replyTo, d.replyEncoding, entry.replies.get(d.seq));
           } else {
             effects.reply(
               replyTo,
@@ -1463,7 +1670,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           }
         }
         await markDone(entry);
-        return undefined;
+        return 1;
       }
       from = Math.max(from, lastSeq + 1);
       const earlier = from < d.seq ? await inbox.firstFrom(d.shard, d.type, d.id, from) : undefined;
@@ -1485,24 +1692,34 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         if (r === 'done') from = earlier.seq + 1;
         continue;
       }
+      if (rest.length > 0) {
+        const folded = await applyFolded([d, ...rest], cur, epoch);
+        if (folded !== undefined) return folded;
+      }
       const r = await applyOne(d, cur, fresh, epoch);
       if (r === 'stale') continue;
-      return r === 'deferred' ? 'deferred' : undefined;
+      return r === 'deferred' ? 'deferred' : 1;
     }
   }
 
-  async function run(d: InboxDelivery): Promise<void> {
+  /**
+   * Apply `d`, and with it as many of `rest` (deliveries of the same workflow queued behind it,
+   * contiguous with it) as fold into its write. Resolves how many of `[d, ...rest]` were applied
+   * and acknowledged (or left for redelivery), at least 1.
+   */
+  async function run(d: InboxDelivery, rest: readonly InboxDelivery[]): Promise<number> {
     const key = keyOf(d.type, d.id);
     let conflicts = 0;
     for (let attempt = 0; ; attempt++) {
       try {
-        if ((await apply(d)) === 'deferred') {
+        const applied = await apply(d, rest);
+        if (applied === 'deferred') {
           // Not acked: redelivered later, here or (after a shard move) on an engine that knows it.
           d.nak?.(deferDelayMs);
-          return;
+          return 1;
         }
-        await d.ack();
-        return;
+        await Promise.all([d, ...rest].slice(0, applied).map((x) => x.ack()));
+        return applied;
       } catch (err) {
         // An effects failure keeps the entry: it knows which effects are still owed.
         if (!(err instanceof EffectsError)) cache.delete(key);
@@ -1536,7 +1753,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
             )
             .catch(() => undefined);
           await d.ack();
-          return;
+          return 1;
         }
         stats.transientErrors++;
         if (stopping) {
@@ -1544,7 +1761,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
             { ...wf(d.type, d.id), err: toErrorData(err), seq: d.seq },
             'stopping: message left for redelivery',
           );
-          return;
+          return 1;
         }
         const retryAfter = err instanceof RetryableError ? (err.retryAfterMs ?? 0) : 0;
         const delay = Math.max(retryAfter, Math.min(maxBackoffMs, 50 * 2 ** Math.min(attempt, 10)));
@@ -1567,8 +1784,27 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   return {
     handle(d) {
       const key = keyOf(d.type, d.id);
+      const queued: Queued = { d, taken: false };
+      let queue = queues.get(key);
+      if (!queue) queues.set(key, (queue = []));
+      queue.push(queued);
+      const turn = async (): Promise<void> => {
+        // Already applied, folded into the write of a message queued before it.
+        if (queued.taken) return;
+        const q = queues.get(key)!;
+        const batch = foldable(q);
+        const rest = batch.slice(1).map((x) => x.d);
+        let applied = 1;
+        try {
+          applied = await (tracing ? tracing.step(d, () => run(d, rest)) : run(d, rest));
+        } finally {
+          for (const x of batch.slice(0, applied)) x.taken = true;
+          q.splice(0, applied);
+          if (q.length === 0 && queues.get(key) === q) queues.delete(key);
+        }
+      };
       const prev = tails.get(key) ?? Promise.resolve();
-      const next = prev.then(() => (tracing ? tracing.step(d, () => run(d)) : run(d)));
+      const next = prev.then(turn);
       const tail = next.catch(() => undefined);
       tails.set(key, tail);
       void tail.then(() => {

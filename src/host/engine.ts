@@ -167,6 +167,7 @@ export class Engine implements AsyncDisposable {
         clock,
         logger,
         cacheSize: config.cacheSize,
+        foldMax: config.foldMax,
         cacheMaxBytes: config.cacheMaxBytes,
         finishedRetentionMs: config.finishedRetentionMs,
         shards: config.shards,

@@ -120,6 +120,43 @@ export function createEffectSink(
       headers: h,
     });
   };
+  const alert = async (
+    e: Extract<Effect, { kind: 'alert' }>,
+    record: WorkflowRecord,
+    msgId: string,
+  ): Promise<void> => {
+    await js.publish(
+      s.alerts(e.queue, record.type, record.id),
+      enc.encode(JSON.stringify(e.alert)),
+      { msgID: msgId, headers: jsonHeaders() },
+    );
+  };
+  /**
+   * The steps folded into this record's write: every one's journal entry and notifications, in
+   * step order. They are published back to back and their acks awaited together: publishes of
+   * one connection reach a stream in the order they were made, so the journal keeps step order
+   * (nothing here awaits between two publishes). Settles every publish before it throws.
+   */
+  const folded = async (
+    e: Extract<Effect, { kind: 'steps' }>,
+    record: WorkflowRecord,
+  ): Promise<void> => {
+    const sent: Promise<void>[] = [];
+    for (const step of e.steps) {
+      const base = `${record.type}.${record.id}.${step.step}`;
+      const entry = step.entry;
+      if (entry) sent.push(journal(() => entry, journalMsgId(record.type, record.id, step.step)));
+      for (const [i, x] of step.effects) {
+        sent.push(
+          x.kind === 'notify'
+            ? notify(x.notification, `${base}.${i}`)
+            : alert(x, record, `${base}.${i}`),
+        );
+      }
+    }
+    const failed = (await Promise.allSettled(sent)).find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  };
   return {
     async perform(record, only) {
       const base = `${record.type}.${record.id}.${record.step}`;
@@ -132,14 +169,8 @@ export function createEffectSink(
       const run = async (e: Effect, i: number) => {
         const msgId = `${base}.${i}`;
         if (e.kind === 'notify') return notify(e.notification, msgId);
-        if (e.kind === 'alert') {
-          await js.publish(
-            s.alerts(e.queue, record.type, record.id),
-            enc.encode(JSON.stringify(e.alert)),
-            { msgID: msgId, headers: jsonHeaders() },
-          );
-          return;
-        }
+        if (e.kind === 'alert') return alert(e, record, msgId);
+        if (e.kind === 'steps') return folded(e, record);
         if (e.kind === 'message') {
           return message(
             e,
@@ -163,7 +194,25 @@ export function createEffectSink(
         });
       };
       const indexes = only ?? record.outbox.map((_, i) => i);
+      // Folded earlier steps go first, whole: their effects precede this step's, as they would
+      // have if each had been a step of its own. If they fail, everything else stays owed too.
       for (const i of indexes) {
+        const e = record.outbox[i];
+        if (e?.kind !== 'steps') continue;
+        try {
+          await run(e, i);
+        } catch (err) {
+          failures.set(i, toJetflowError(err, fields));
+        }
+      }
+      if (failures.size > 0) {
+        for (const i of indexes) {
+          if (!failures.has(i))
+            failures.set(i, new RetryableError('the folded steps before it failed', fields));
+        }
+      }
+      for (const i of failures.size > 0 ? [] : indexes) {
+        if (record.outbox[i]?.kind === 'steps') continue;
         const e = record.outbox[i];
         if (!e) continue;
         const key = orderKey(e) ?? `#${i}`;

@@ -96,6 +96,9 @@ export interface ShardHandle {
 }
 
 const RESTART_MIN_MS = 250;
+
+/** Delivery runs begun in this process (every subscription of every shard draws from it). */
+let runs = 0;
 const RESTART_MAX_MS = 5_000;
 
 /**
@@ -130,10 +133,22 @@ export async function consumeShard(o: ShardConsumerOptions): Promise<ShardHandle
     return messages;
   };
 
+  // Delivery runs (see `InboxDelivery.run`): a new run begins at every break in the consumer's
+  // delivery sequence as this subscription sees it (a delivery to another engine, a redelivery, a
+  // restarted iterator, a re-created consumer), so that deliveries of one run are every first
+  // delivery of the consumer between them. Run ids are unique in the process: a shard held
+  // again later (a new subscription) never continues a run of the earlier holding.
+  let run = '';
+  let lastDelivery = -1;
   const drain = async (messages: ConsumerMessages): Promise<void> => {
+    lastDelivery = -1;
     for await (const msg of messages) {
       pinId = msg.headers?.get('Nats-Pin-Id') || pinId;
-      const d = deliveryOf(msg);
+      const { deliverySequence, redelivered } = msg.info;
+      if (redelivered || lastDelivery < 0 || deliverySequence !== lastDelivery + 1)
+        run = `${o.shard}.${++runs}`;
+      lastDelivery = redelivered ? -1 : deliverySequence;
+      const d = deliveryOf(msg, redelivered ? undefined : run);
       if (o.lag) o.lag(o.shard, Math.max(0, Date.now() - msg.info.timestampNanos / 1e6) / 1000);
       if (d?.kind === 'claim') {
         msg.ack();
@@ -241,11 +256,12 @@ export async function serverPins(
   return out;
 }
 
-function deliveryOf(msg: JsMsg): InboxDelivery | undefined {
+function deliveryOf(msg: JsMsg, run: string | undefined): InboxDelivery | undefined {
   const e = entryOf(msg.subject, msg.seq, msg.data, msg.headers);
   if (!e) return undefined;
   return {
     ...e,
+    ...(run !== undefined ? { run } : {}),
     ack: () => {
       msg.ack();
       return Promise.resolve();
