@@ -293,7 +293,12 @@ export async function runMigrateScenario(o: MigrateScenario): Promise<MigrateOut
         const r = recs.get(id)?.rec;
         const snap = r?.snapshot as
           { value?: unknown; context?: { count: number; sum: number } } | undefined;
-        if (!r || r.version !== version) c.wrongVersion.push(id);
+        if (!r || r.version !== version) {
+          c.wrongVersion.push(id);
+          log(
+            `wrong version ${id}: ${r ? `v${r.version}, step ${r.step}, status ${r.status}, migration ${JSON.stringify(r.migration)}` : 'no record in the listing'}`,
+          );
+        }
         const value = String(snap?.value);
         c.states[value] = (c.states[value] ?? 0) + 1;
         if (value !== state(AT[i % 3]!)) c.wrongState.push(id);

@@ -17,13 +17,17 @@ describe('migrate in flight', () => {
     { timeout: 180_000 },
     async () => {
       const n = 150;
+      // The scenario's log, shown with a failed check (which phase, what the record held).
+      const lines: string[] = [];
       const out = await runMigrateScenario({
         url: env.server.url,
         nc: env.nc,
         workflows: n,
         signalsPerSec: 100,
         rate: 30,
+        log: (m: string) => lines.push(m),
       });
+      const why = lines.join('\n');
       expect(out.dryRunChanged).toBe(0);
       expect(out.dryRunLine).toBe(
         `dry run (nothing written): ${n} workflows in flight, ${n} migratable (${n / 3} with renamed states, 0 with a new context), 0 blocked`,
@@ -33,10 +37,10 @@ describe('migrate in flight', () => {
       expect(out.runnerKilledAt).toBeLessThan(n);
       expect(out.signals.duringApply).toBeGreaterThan(0);
       for (const c of [out.afterApply, out.afterRevert]) {
-        expect(c.wrongVersion).toEqual([]);
-        expect(c.wrongState).toEqual([]);
-        expect(c.lostOrDoubled).toEqual([]);
-        expect(c.notOnce).toEqual([]);
+        expect(c.wrongVersion, why).toEqual([]);
+        expect(c.wrongState, why).toEqual([]);
+        expect(c.lostOrDoubled, why).toEqual([]);
+        expect(c.notOnce, why).toEqual([]);
       }
       expect(out.afterApply.states).toEqual({ open: n / 3, checking: n / 3, settled: n / 3 });
       expect(out.afterRevert.states).toEqual({ open: n / 3, review: n / 3, settled: n / 3 });
