@@ -6,7 +6,7 @@
  *
  * Invariants (property-tested in `test/unit/admission.test.ts`):
  * - at most `limit` holders; a workflow id is a holder or a waiter, never both, at most once;
- * - waiters leave in the order of {@link waiterOrder}: promoted ones first, then those that
+ * - waiters leave in the order of `admissionOrder` ({@link waiterOrder}): promoted ones first, then those that
  *   have waited `maxWaitMs` behind a higher level (aging: nothing starves), then strictly by
  *   priority level, round robin across fairness keys within a level (weighted), FIFO within one
  *   fairness key. Without priorities and fairness keys that is plain FIFO;
@@ -160,82 +160,39 @@ const clone = (r: KeyRecord): KeyRecord => ({
 const levelOf = (w: KeyWaiter): number => w.priority ?? 3;
 const fairKeyOf = (w: KeyWaiter): string => w.fairness ?? '';
 
+type Turns = NonNullable<KeyRecord['turns']>;
+
 /**
- * Index (in `rec.waiters`) of the waiter the next free slot goes to, and the fairness turn that
- * choice makes (to store in `rec.turns`); undefined when nobody waits. The order, at `now`:
+ * The waiters in the order the next free slots go to, at `now`, and the fairness turns (to store
+ * in `turns`) after each of them: what positions mean, and what `fill` admits.
  * 1. promoted waiters (an operator's `promote` puts one at the head: the last promoted first);
  * 2. aged waiters: waited `maxWaitMs` or longer while a higher level (lower number) still has
  *    waiters, in arrival order (so no level starves);
  * 3. the highest level present; within it, round robin across fairness keys in key order
  *    (`weight` waiters of a key per turn; waiters without a key form one more key, ``), and
  *    arrival order within one key.
+ * Arrival order when no waiter has a priority or a fairness key (the common case, O(n);
+ * promoted ones are at the head already). Otherwise O(n · k) for n waiters and k fairness keys.
  */
-export function nextWaiter(
-  rec: Pick<KeyRecord, 'waiters' | 'turns' | 'maxWaitMs'>,
+function admissionOrder(
+  rec: KeyRecord,
   now: number,
-): { index: number; turn?: { level: number; key: string; n: number } } | undefined {
+): { waiters: KeyWaiter[]; turns: (Turns | undefined)[] } {
   const ws = rec.waiters;
-  if (ws.length === 0) return undefined;
-  const promoted = ws.findIndex((w) => w.promoted);
-  if (promoted >= 0) return { index: promoted };
-  let top = 5;
-  for (const w of ws) top = Math.min(top, levelOf(w));
-  const maxWait = rec.maxWaitMs ?? DEFAULT_KEY_MAX_WAIT_MS;
-  const aged = ws.findIndex((w) => levelOf(w) > top && now - w.queuedAt >= maxWait);
-  if (aged >= 0) return { index: aged };
-  // Round robin across the fairness keys of level `top`.
-  const first = new Map<string, number>(); // fairness key → index of its first waiter
-  for (let i = 0; i < ws.length; i++) {
-    const w = ws[i]!;
-    if (levelOf(w) !== top) continue;
-    const k = fairKeyOf(w);
-    if (!first.has(k)) first.set(k, i);
+  if (ws.every((w) => w.priority === undefined && w.fairness === undefined)) {
+    return { waiters: ws, turns: ws.map(() => rec.turns) };
   }
-  if (first.size === 1) {
-    const [[key, index]] = [...first] as [[string, number]];
-    if (key === '') return { index };
-  }
-  const last = rec.turns?.[String(top)];
-  if (last && first.has(last.key)) {
-    const i = first.get(last.key)!;
-    if (last.n < (ws[i]!.weight ?? 1)) {
-      return { index: i, turn: { level: top, key: last.key, n: last.n + 1 } };
-    }
-  }
-  const keys = [...first.keys()].sort();
-  const key = (last && keys.find((k) => k > last.key)) ?? keys[0]!;
-  return { index: first.get(key)!, turn: { level: top, key, n: 1 } };
-}
-
-/** Take the next waiter out of `rec` (mutated: waiters and turns); undefined when none. */
-function takeNext(rec: KeyRecord, now: number): KeyWaiter | undefined {
-  const next = nextWaiter(rec, now);
-  if (!next) return undefined;
-  const [w] = rec.waiters.splice(next.index, 1);
-  if (next.turn) {
-    rec.turns = { ...rec.turns, [String(next.turn.level)]: { key: next.turn.key, n: next.turn.n } };
-  }
-  return w;
-}
-
-/**
- * The waiters in the order they would be admitted if slots freed now, one by one (the same
- * choices as repeated {@link nextWaiter}): what positions mean. Arrival order when no waiter
- * has a priority or a fairness key (the common case; promoted ones are at the head already).
- * Otherwise O(n · k) for n waiters and k fairness keys.
- */
-export function waiterOrder(rec: KeyRecord | undefined, now: number): KeyWaiter[] {
-  if (!rec) return [];
-  const ws = rec.waiters;
-  if (ws.every((w) => w.priority === undefined && w.fairness === undefined)) return ws;
   const out: KeyWaiter[] = [];
+  const turnsAfter: (Turns | undefined)[] = [];
   const taken = new Uint8Array(ws.length);
+  let turns: Turns | undefined = rec.turns;
+  const left = [0, 0, 0, 0, 0, 0];
   const take = (i: number) => {
     taken[i] = 1;
     out.push(ws[i]!);
+    turnsAfter.push(turns);
     left[levelOf(ws[i]!)]!--;
   };
-  const left = [0, 0, 0, 0, 0, 0];
   // Per level: fairness key → its waiters' indices (arrival order) and a read pointer.
   const queues = new Map<number, Map<string, { at: number[]; next: number }>>();
   for (let i = 0; i < ws.length; i++) {
@@ -256,7 +213,6 @@ export function waiterOrder(rec: KeyRecord | undefined, now: number): KeyWaiter[
     if (!taken[i] && now - ws[i]!.queuedAt >= maxWait) aged.push(i);
   }
   let agedAt = 0;
-  const turns = { ...rec.turns };
   while (out.length < ws.length) {
     let top = 1;
     while (left[top] === 0) top++;
@@ -280,21 +236,26 @@ export function waiterOrder(rec: KeyRecord | undefined, now: number): KeyWaiter[
       take(head('')!);
       continue;
     }
-    const last = turns[String(top)];
+    const last = turns?.[String(top)];
     if (last) {
       const i = head(last.key);
       if (i !== undefined && last.n < (ws[i]!.weight ?? 1)) {
-        turns[String(top)] = { key: last.key, n: last.n + 1 };
+        turns = { ...turns, [String(top)]: { key: last.key, n: last.n + 1 } };
         take(i);
         continue;
       }
     }
     live.sort();
     const key = (last && live.find((k) => k > last.key)) ?? live[0]!;
-    turns[String(top)] = { key, n: 1 };
+    turns = { ...turns, [String(top)]: { key, n: 1 } };
     take(head(key)!);
   }
-  return out;
+  return { waiters: out, turns: turnsAfter };
+}
+
+/** The waiters in the order they would be admitted if slots freed now (see `admissionOrder`). */
+export function waiterOrder(rec: KeyRecord | undefined, now: number): KeyWaiter[] {
+  return rec ? admissionOrder(rec, now).waiters : [];
 }
 
 /**
@@ -431,11 +392,18 @@ export function release(
   };
 }
 
-/** Move the next waiters ({@link nextWaiter}) into free slots (marked `via`); the admits to send. */
+/** Move the next waiters (`admissionOrder`) into free slots (marked `via`); the admits to send. */
 function fill(next: KeyRecord, via: string, now: number): Admit[] {
   const admits: Admit[] = [];
-  while (next.holders.length < next.limit && next.waiters.length > 0) {
-    const w = takeNext(next, now)!;
+  const free = next.limit - next.holders.length;
+  if (free <= 0 || next.waiters.length === 0) return admits;
+  const order = admissionOrder(next, now);
+  const admitted = order.waiters.slice(0, free);
+  const turns = order.turns[admitted.length - 1];
+  if (turns) next.turns = turns;
+  const gone = new Set(admitted);
+  next.waiters = next.waiters.filter((w) => !gone.has(w));
+  for (const w of admitted) {
     const holder: KeyHolder = {
       id: w.id,
       startSeq: w.startSeq,

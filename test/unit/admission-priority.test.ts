@@ -1,6 +1,7 @@
 /**
  * Priority, aging and fairness among the waiters of a concurrency key (src/engine/admission.ts):
- * `waiterOrder` (what positions mean) is exactly the order in which releases admit waiters; it
+ * `waiterOrder` (what positions mean) is exactly the order in which releases admit waiters, one
+ * at a time, each release ordering what is left with the fairness turns the last one stored; it
  * is FIFO without priorities and fairness keys; strict between levels until a waiter has waited
  * `maxWaitMs`; round robin (weighted) across fairness keys within a level, FIFO within one.
  */
