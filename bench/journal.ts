@@ -30,15 +30,212 @@ const { values } = parseArgs({
     profile: { type: 'string' },
     /** Stream compression of the history stream: none (default) or s2. */
     compression: { type: 'string', default: 'none' },
+    /**
+     * The two engine modes each round compares (`--journal` values), default `off,on`.
+     * `--modes off,off` is the A/A run: the spread of its ratios is the machine's noise floor.
+     */
+    modes: { type: 'string', default: 'off,on' },
+    /**
+     * `simultaneous` (default): two identical stacks (nats-server, engine, worker), one per mode,
+     * loaded at the same time, so the shared machine's noise falls on both alike; they swap modes
+     * every round. `sequential`: one stack, the modes' engines one after the other.
+     */
+    design: { type: 'string', default: 'simultaneous' },
+    /** Simultaneous design: seconds each round's window counts completions (after a ramp). */
+    seconds: { type: 'string', default: '20' },
   },
 });
+const [MODE_A, MODE_B] = values.modes.split(',') as [string, string];
+if (!['on', 'off'].includes(MODE_A) || !['on', 'off'].includes(MODE_B)) {
+  throw new Error(`--modes takes two of on|off, e.g. off,on (got ${values.modes})`);
+}
 const COUNT = Number(values.workflows);
 const ROUNDS = Number(values.rounds);
 const SHARDS = 16;
 const prefix = 'benchj';
 const log = (s: string) => process.stderr.write(`[bench:journal] ${s}\n`);
 
+/**
+ * Both modes at once on two identical stacks. Each round: an engine per stack in its mode, both
+ * closed loops (concurrency 64) running together, completions counted in the same window of
+ * `--seconds` after a 3 s ramp; then the stacks swap modes. Sequential rounds of the same
+ * configuration differ by up to ±12 % on this shared machine (an A/A run, `--design sequential
+ * --modes off,off`), more than the 5 % to resolve; here the noise hits both sides of a ratio.
+ */
+async function simultaneous(): Promise<void> {
+  const SECONDS = Number(values.seconds);
+  const stacks: {
+    server: NatsServer;
+    nc: Awaited<ReturnType<typeof connect>>;
+    client: Client;
+    done: ReturnType<typeof completions>;
+    worker?: Awaited<ReturnType<typeof spawnTs>>;
+  }[] = [];
+  const rows: {
+    round: number;
+    mode: string;
+    stack: number;
+    throughput: number;
+    cpuMsPerWf: number;
+    engineCpuMsPerWf: number;
+    serverCpuMsPerWf: number;
+  }[] = [];
+  try {
+    for (let k = 0; k < 2; k++) {
+      const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
+      const nc = await connect({ servers: server.url });
+      stacks.push({
+        server,
+        nc,
+        client: new Client(nc, { prefix, timeoutMs: 60_000 }),
+        done: completions(nc, prefix),
+      });
+    }
+    for (let r = 1; r <= ROUNDS; r++) {
+      // Round 1: stack 0 runs A, stack 1 runs B; round 2 the other way, and so on.
+      const modeOf = (k: number) => ((r + k) % 2 === 1 ? MODE_A : MODE_B);
+      const engines = await Promise.all(
+        stacks.map((st, k) =>
+          spawnEngine({
+            url: st.server.url,
+            prefix,
+            shards: SHARDS,
+            workflows: 'bench/workflows.ts',
+            name: `bench-engine-${k}`,
+            extra: [
+              ...['--journal', modeOf(k), '--journal-compression', values.compression],
+              ...['--log-level', 'info'],
+            ],
+            node: values.profile
+              ? [
+                  '--cpu-prof',
+                  `--cpu-prof-dir=${resolve(values.profile, `engine-r${r}-s${k}-${modeOf(k)}`)}`,
+                ]
+              : [],
+          }),
+        ),
+      );
+      try {
+        for (const st of stacks) {
+          st.worker ??= await spawnTs('bench/worker.ts', [st.server.url, prefix], 'worker ready');
+        }
+        let stop = false;
+        const completed = [0, 0];
+        const loops = stacks.map(async (st, k) => {
+          let next = 0;
+          const slot = async () => {
+            while (!stop) {
+              const id = `r${r}-${k}-${next++}`;
+              const w = st.done('sequential', id);
+              await st.client.start('sequential', id, { x: next });
+              const out = await w;
+              if (out.type !== 'completed') throw new Error(`${id} ${out.type}`);
+              completed[k]!++;
+            }
+          };
+          await Promise.all(Array.from({ length: 64 }, slot));
+        });
+        await new Promise((ok) => setTimeout(ok, 3_000));
+        const at0 = [...completed];
+        const cpu = stacks.map((st, k) => ({
+          all: cpuSampler([engines[k]!.pid!, st.worker!.pid!, st.server.child!.pid!]),
+          eng: cpuSampler([engines[k]!.pid!]),
+          srv: cpuSampler([st.server.child!.pid!]),
+        }));
+        const t0 = performance.now();
+        await new Promise((ok) => setTimeout(ok, SECONDS * 1000));
+        const wall = (performance.now() - t0) / 1000;
+        const n = completed.map((c, k) => c - at0[k]!);
+        const cpuNow = cpu.map((c) => ({
+          all: c.all.delta(),
+          eng: c.eng.delta(),
+          srv: c.srv.delta(),
+        }));
+        stop = true;
+        await Promise.all(loops);
+        // With --profile: each engine's profile covers its whole life, so per-workflow shares
+        // divide by every workflow it ran (warm-up, ramp and drain included).
+        if (values.profile) log(`round ${r} completed in all: ${JSON.stringify(completed)}`);
+        for (let k = 0; k < 2; k++) {
+          const perWf = (x: number | undefined) => round(((x ?? NaN) * 1000) / n[k]!, 3);
+          const row = {
+            round: r,
+            mode: modeOf(k),
+            stack: k,
+            throughput: round(n[k]! / wall, 1),
+            cpuMsPerWf: perWf(cpuNow[k]!.all),
+            engineCpuMsPerWf: perWf(cpuNow[k]!.eng),
+            serverCpuMsPerWf: perWf(cpuNow[k]!.srv),
+          };
+          rows.push(row);
+          log(JSON.stringify(row));
+        }
+      } finally {
+        await Promise.all(engines.map(stopChild));
+      }
+    }
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    const pairs = Array.from({ length: ROUNDS }, (_, i) => {
+      const a = rows.find((x) => x.round === i + 1 && x.stack === (i % 2 === 0 ? 0 : 1))!;
+      const b = rows.find((x) => x.round === i + 1 && x.stack === (i % 2 === 0 ? 1 : 0))!;
+      return { throughput: b.throughput / a.throughput, cpu: b.cpuMsPerWf / a.cpuMsPerWf };
+    });
+    const ratios = pairs.map((p) => round(p.throughput, 3));
+    const med = median(pairs.map((p) => p.throughput));
+    const ofMode = (
+      m: string,
+      k: 'throughput' | 'cpuMsPerWf' | 'engineCpuMsPerWf' | 'serverCpuMsPerWf',
+      slot: 'A' | 'B',
+    ) =>
+      median(
+        rows
+          .filter((x) => x.mode === m && (slot === 'A') === ((x.round + x.stack) % 2 === 1))
+          .map((x) => x[k]),
+      );
+    console.log(
+      JSON.stringify({
+        design: 'simultaneous',
+        pairedThroughputRatios: ratios,
+        medianPairedThroughputRatio: round(med, 3),
+        medianPairedCpuRatio: round(median(pairs.map((p) => p.cpu)), 3),
+        workload: 'sequential (3 activities), concurrency 64 per stack, two stacks at once',
+        modes: { baseline: MODE_A, compared: MODE_B },
+        rounds: ROUNDS,
+        secondsPerRound: SECONDS,
+        medianThroughput: {
+          baseline: ofMode(MODE_A, 'throughput', 'A'),
+          compared: ofMode(MODE_B, 'throughput', 'B'),
+        },
+        medianCpuMsPerWf: {
+          baseline: ofMode(MODE_A, 'cpuMsPerWf', 'A'),
+          compared: ofMode(MODE_B, 'cpuMsPerWf', 'B'),
+        },
+        engineCpuMsPerWf: {
+          baseline: ofMode(MODE_A, 'engineCpuMsPerWf', 'A'),
+          compared: ofMode(MODE_B, 'engineCpuMsPerWf', 'B'),
+        },
+        serverCpuMsPerWf: {
+          baseline: ofMode(MODE_A, 'serverCpuMsPerWf', 'A'),
+          compared: ofMode(MODE_B, 'serverCpuMsPerWf', 'B'),
+        },
+        target: 'loss <= 5% (median paired throughput ratio >= 0.95)',
+        met: med >= 0.95,
+      }),
+    );
+  } finally {
+    for (const st of stacks) {
+      if (st.worker) await stopChild(st.worker);
+      await st.nc.close();
+      await st.server.stop();
+    }
+  }
+}
+
 async function main(): Promise<void> {
+  if (values.design === 'simultaneous') return simultaneous();
+  if (values.design !== 'sequential') {
+    throw new Error(`--design is simultaneous or sequential (got ${values.design})`);
+  }
   const server = await NatsServer.start({ mappings: shardMapping(SHARDS) });
   const nc = await connect({ servers: server.url });
   const client = new Client(nc, { prefix, timeoutMs: 60_000 });
@@ -47,6 +244,8 @@ async function main(): Promise<void> {
   let worker: Awaited<ReturnType<typeof spawnTs>> | undefined;
   const rows: {
     round: number;
+    /** A (first of --modes, the baseline) or B (the one compared). */
+    slot: string;
     journal: string;
     throughput: number;
     p99Ms: number;
@@ -54,10 +253,20 @@ async function main(): Promise<void> {
     cpuMsPerWf: number;
     engineCpuMsPerWf: number;
     serverCpuMsPerWf: number;
+    /** Time of a fixed CPU loop just before the round: the machine's speed at that moment. */
+    calibrationMs: number;
   }[] = [];
   try {
     for (let r = 1; r <= ROUNDS; r++) {
-      for (const journal of r % 2 === 1 ? ['off', 'on'] : ['on', 'off']) {
+      for (const [slot, journal] of (r % 2 === 1
+        ? [
+            ['A', MODE_A],
+            ['B', MODE_B],
+          ]
+        : [
+            ['B', MODE_B],
+            ['A', MODE_A],
+          ]) as [string, string][]) {
         const engine = await spawnEngine({
           url: server.url,
           prefix,
@@ -87,25 +296,28 @@ async function main(): Promise<void> {
               },
               600_000,
             );
-          await run(`warm-${r}-${journal}`, 200);
+          await run(`warm-${r}-${slot}-${journal}`, 200);
+          const calibrationMs = calibrate();
           const all = cpuSampler([engine.pid!, worker.pid!, server.child!.pid!]);
           const eng = cpuSampler([engine.pid!]);
           const srv = cpuSampler([server.child!.pid!]);
-          const res = await run(`r${r}-${journal}`, COUNT);
+          const res = await run(`r${r}-${slot}-${journal}`, COUNT);
           const perWf = (x: number | undefined) => round(((x ?? NaN) * 1000) / COUNT, 3);
           const lat = [...res.latenciesMs].sort((a, b) => a - b);
           const row = {
             round: r,
+            slot,
             journal,
             throughput: round(COUNT / (res.wallMs / 1000), 1),
             p99Ms: round(percentile(lat, 99), 1),
             cpuMsPerWf: perWf(all.delta()),
             engineCpuMsPerWf: perWf(eng.delta()),
             serverCpuMsPerWf: perWf(srv.delta()),
+            calibrationMs,
           };
           rows.push(row);
           log(JSON.stringify(row));
-          if (r === ROUNDS && journal === 'on') {
+          if (r === ROUNDS && slot === 'B' && journal === 'on') {
             // For the breakdown: a workflow with a timer and one with parallel activities.
             for (const [type, input] of [
               ['sleeper', { ms: 50 }],
@@ -125,7 +337,7 @@ async function main(): Promise<void> {
     const names = topologyNames(prefix);
     const hist = await jsm.streams.info(names.historyStream);
     for (const [type, id] of [
-      ['sequential', `r${ROUNDS}-on-0`],
+      [`sequential`, `r${ROUNDS}-B-${MODE_B}-0`],
       ['sleeper', 'breakdown'],
       ['fanout', 'breakdown'],
     ] as const) {
@@ -133,13 +345,15 @@ async function main(): Promise<void> {
       for (const line of await entryBreakdown(jsm, names, type, id)) log(line);
     }
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-    const on = median(rows.filter((x) => x.journal === 'on').map((x) => x.throughput));
-    const off = median(rows.filter((x) => x.journal === 'off').map((x) => x.throughput));
+    const on = median(rows.filter((x) => x.slot === 'B').map((x) => x.throughput));
+    const off = median(rows.filter((x) => x.slot === 'A').map((x) => x.throughput));
+    // 'on' and 'off' below name the slots: B (compared) and A (baseline).
     const cpu = (j: string, k: 'cpuMsPerWf' | 'engineCpuMsPerWf' | 'serverCpuMsPerWf') =>
-      median(rows.filter((x) => x.journal === j).map((x) => x[k]));
+      median(rows.filter((x) => x.slot === (j === 'on' ? 'B' : 'A')).map((x) => x[k]));
     // Each round ran both modes back to back: their ratio sees the same machine load.
     const paired = Array.from({ length: ROUNDS }, (_, i) => {
-      const of = (j: string) => rows.find((x) => x.round === i + 1 && x.journal === j)!;
+      const of = (j: string) =>
+        rows.find((x) => x.round === i + 1 && x.slot === (j === 'on' ? 'B' : 'A'))!;
       return {
         throughput: of('on').throughput / of('off').throughput,
         cpu: of('on').cpuMsPerWf / of('off').cpuMsPerWf,
@@ -150,6 +364,7 @@ async function main(): Promise<void> {
       medianPairedThroughputRatio: round(median(paired.map((p) => p.throughput)), 3),
       medianPairedCpuRatio: round(median(paired.map((p) => p.cpu)), 3),
       workload: 'sequential (3 activities), concurrency 64',
+      modes: { baseline: MODE_A, compared: MODE_B },
       workflowsPerRound: COUNT,
       rounds: ROUNDS,
       medianThroughputOff: off,
@@ -173,6 +388,18 @@ async function main(): Promise<void> {
     await nc.close();
     await server.stop();
   }
+}
+
+/**
+ * A fixed CPU loop's time in ms, on an otherwise idle bench process: if it grows over the run,
+ * the machine (shared cores) slowed down, not jetflow.
+ */
+function calibrate(): number {
+  const t = process.hrtime.bigint();
+  let x = 0;
+  for (let i = 0; i < 5e7; i++) x = (x + i * 7) % 1000003;
+  if (x < 0) throw new Error('unreachable');
+  return round(Number(process.hrtime.bigint() - t) / 1e6, 1);
 }
 
 /**
