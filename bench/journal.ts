@@ -70,6 +70,7 @@ async function simultaneous(): Promise<void> {
     client: Client;
     done: ReturnType<typeof completions>;
     worker?: Awaited<ReturnType<typeof spawnTs>>;
+    seqs?: Record<string, number>;
   }[] = [];
   const rows: {
     round: number;
@@ -156,6 +157,16 @@ async function simultaneous(): Promise<void> {
         // With --profile: each engine's profile covers its whole life, so per-workflow shares
         // divide by every workflow it ran (warm-up, ramp and drain included).
         if (values.profile) log(`round ${r} completed in all: ${JSON.stringify(completed)}`);
+        // Messages each stream stored per workflow this round (both modes, every stream).
+        for (const [k, st] of stacks.entries()) {
+          const now = await streamSeqs(st.nc);
+          const per: Record<string, number> = {};
+          for (const [name, seq] of Object.entries(now)) {
+            per[name] = round((seq - (st.seqs?.[name] ?? 0)) / completed[k]!, 2);
+          }
+          st.seqs = now;
+          log(`round ${r} stack ${k} (${modeOf(k)}) messages per workflow: ${JSON.stringify(per)}`);
+        }
         for (let k = 0; k < 2; k++) {
           const perWf = (x: number | undefined) => round(((x ?? NaN) * 1000) / n[k]!, 3);
           const row = {
@@ -388,6 +399,16 @@ async function main(): Promise<void> {
     await nc.close();
     await server.stop();
   }
+}
+
+/** Every stream's last sequence (messages ever stored), by stream name. */
+async function streamSeqs(
+  nc: Awaited<ReturnType<typeof connect>>,
+): Promise<Record<string, number>> {
+  const jsm = await jetstreamManager(nc);
+  const out: Record<string, number> = {};
+  for await (const info of jsm.streams.list()) out[info.config.name] = info.state.last_seq;
+  return out;
 }
 
 /**

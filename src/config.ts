@@ -39,6 +39,12 @@ export interface EngineConfig {
    * activity results and timers delivered back to back); 1 turns folding off.
    */
   readonly foldMax: number;
+  /**
+   * With the journal on: how long after a step that queued activities or set timers its
+   * `outboxDone` write waits; a workflow that steps again before then never needs it (a cold load
+   * reads the step's journal entry instead). Journal off: marks are written at once.
+   */
+  readonly lazyMarkMs: number;
   /** Lifecycle notifications are kept this long in the events stream. */
   readonly eventsMaxAgeMs: number;
   /** The events stream keeps at most this many bytes; the oldest notifications go first. */
@@ -126,6 +132,7 @@ export const ENGINE_DEFAULTS = Object.freeze({
   ackWaitMs: 30_000,
   maxAckPendingPerShard: 1_000,
   foldMax: 64,
+  lazyMarkMs: 5_000,
   eventsMaxAgeMs: 7 * 24 * 3600_000,
   eventsMaxBytes: 256 * 1024 * 1024,
   finishedRetentionMs: 7 * 24 * 3600_000,
@@ -271,6 +278,7 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
       1_000_000,
     ),
     foldMax: int('foldMax', raw.foldMax ?? ENGINE_DEFAULTS.foldMax, 1, 1_000),
+    lazyMarkMs: int('lazyMarkMs', raw.lazyMarkMs ?? ENGINE_DEFAULTS.lazyMarkMs, 0, 600_000),
     eventsMaxAgeMs: int(
       'eventsMaxAgeMs',
       raw.eventsMaxAgeMs ?? ENGINE_DEFAULTS.eventsMaxAgeMs,

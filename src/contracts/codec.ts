@@ -16,6 +16,52 @@ export function pack(value: unknown): Uint8Array {
   return packr.pack(value);
 }
 
+/**
+ * True when `value` surely packs into at most `maxBytes` (an upper bound of its msgpack size,
+ * walked with an early exit): the cheap answer to "is this small enough?" that needs no encoding.
+ * False means "maybe not": pack it to know. Anything but plain data (a class instance other than
+ * Date and byte arrays, a cycle, deep nesting) answers false.
+ */
+export function fitsPacked(value: unknown, maxBytes: number): boolean {
+  let left = maxBytes;
+  const walk = (v: unknown, depth: number): boolean => {
+    switch (typeof v) {
+      case 'string':
+        // Header at most 5 bytes; a UTF-16 unit is at most 3 UTF-8 bytes.
+        return (left -= 5 + 3 * v.length) >= 0;
+      case 'number':
+      case 'bigint':
+        return (left -= 9) >= 0;
+      case 'boolean':
+        return (left -= 1) >= 0;
+      case 'undefined':
+        // msgpackr writes undefined as a 3-byte extension.
+        return (left -= 3) >= 0;
+      case 'object':
+        break;
+      default:
+        return false;
+    }
+    if (v === null) return (left -= 1) >= 0;
+    if (depth > 32) return false;
+    if (v instanceof Uint8Array) return (left -= 5 + v.length) >= 0;
+    if (v instanceof Date) return (left -= 15) >= 0;
+    if ((left -= 5) < 0) return false;
+    if (Array.isArray(v)) {
+      for (const x of v) if (!walk(x, depth + 1)) return false;
+      return true;
+    }
+    const proto = Object.getPrototypeOf(v) as unknown;
+    if (proto !== Object.prototype && proto !== null) return false;
+    for (const k in v as Record<string, unknown>) {
+      if ((left -= 5 + 3 * k.length) < 0) return false;
+      if (!walk((v as Record<string, unknown>)[k], depth + 1)) return false;
+    }
+    return true;
+  };
+  return walk(value, 0);
+}
+
 /** Decode msgpack; throws on malformed input. */
 export function unpack(data: Uint8Array): unknown {
   return packr.unpack(data);

@@ -3,7 +3,7 @@
  * before, the activity outcome), search attributes, and the full entry a performer publishes.
  * No I/O, and no XState: clients load it too.
  */
-import { pack } from '../contracts/codec.js';
+import { fitsPacked, pack } from '../contracts/codec.js';
 import {
   WIRE_VERSION,
   type Admission,
@@ -32,6 +32,8 @@ export interface JournalOptions {
 /** The event as the journal keeps it: type, payload (the other fields) unless too large. */
 export function journalEvent(type: string, payload: unknown, maxBytes: number): JournalEvent {
   if (payload === undefined) return { type };
+  // Most payloads are far below the cut: a bound on their size decides without encoding them.
+  if (fitsPacked(payload, maxBytes)) return { type, payload };
   let bytes: number;
   try {
     bytes = pack(payload).length;
@@ -43,9 +45,12 @@ export function journalEvent(type: string, payload: unknown, maxBytes: number): 
 
 /** The fields of an event object other than `type` (undefined when there are none). */
 export function eventPayload(event: object): unknown {
-  const rest: Record<string, unknown> = { ...(event as Record<string, unknown>) };
-  delete rest.type;
-  return Object.keys(rest).length > 0 ? rest : undefined;
+  let rest: Record<string, unknown> | undefined;
+  for (const k in event) {
+    if (k === 'type' || !Object.prototype.hasOwnProperty.call(event, k)) continue;
+    (rest ??= {})[k] = (event as Record<string, unknown>)[k];
+  }
+  return rest;
 }
 
 export function journalState(value: unknown): JournalState {
@@ -89,6 +94,10 @@ function cut<K extends string>(
   maxBytes: number,
 ): Partial<Record<K, unknown>> & Partial<Record<`${K}Truncated`, { bytes: number }>> {
   if (value === undefined) return {};
+  if (fitsPacked(value, maxBytes)) {
+    return { [key]: value } as Partial<Record<K, unknown>> &
+      Partial<Record<`${K}Truncated`, { bytes: number }>>;
+  }
   let bytes: number;
   try {
     bytes = pack(value).length;
@@ -157,28 +166,47 @@ export function journalMsgId(type: string, id: string, step: number): string {
 
 /**
  * The full journal entry of `record`'s step, from its `journal` effect, as a reader gets it
- * (without the context: {@link readEntry} adds it). The performer publishes its
- * {@link storedEntry}.
+ * (without the context: {@link readEntry} adds it). The performer publishes its stored form,
+ * {@link storedStepEntry}.
  */
 export function stepEntry(
   record: WorkflowRecord,
   effect: Extract<Effect, { kind: 'journal' }>,
   engine: string,
 ): JournalEntry {
-  const value = (record.snapshot as { value?: unknown } | undefined)?.value;
-  const timers: Record<string, { dueAt: number; event: unknown; setAt: number }> = {};
-  for (const [timerId, setAt] of Object.entries(record.timers)) {
-    const dueAt = record.timerDue?.[timerId];
-    // A timer set before `timerDue` existed has no known due time: it cannot be re-armed.
-    if (dueAt !== undefined)
-      timers[timerId] = { dueAt, event: record.timerEvents?.[timerId], setAt };
-  }
+  return buildStepEntry(record, effect, engine, false);
+}
+
+/**
+ * `storedEntry(stepEntry(record, effect, engine))`, built in one pass: the journal effect of
+ * every step goes through here, so the full entry is not built only to be thinned.
+ */
+export function storedStepEntry(
+  record: WorkflowRecord,
+  effect: Extract<Effect, { kind: 'journal' }>,
+  engine: string,
+): JournalEntry {
+  return buildStepEntry(record, effect, engine, record.snapshot != null);
+}
+
+/**
+ * Fields are assigned one by one in a fixed order (not spread from conditional objects: this
+ * runs once per step). With `stored`, the fields {@link storedEntry} leaves out are not set.
+ */
+function buildStepEntry(
+  record: WorkflowRecord,
+  effect: Extract<Effect, { kind: 'journal' }>,
+  engine: string,
+  stored: boolean,
+): JournalEntry {
+  const snap = record.snapshot as { value?: unknown; output?: unknown } | undefined;
+  const value = snap?.value;
   const effects: JournalEffect[] = [];
   for (const e of record.outbox) {
     const j = journalEffect(e);
     if (j) effects.push(j);
   }
-  return {
+  const out: Record<string, unknown> = {
     v: WIRE_VERSION,
     kind: 'step',
     workflowType: record.type,
@@ -189,35 +217,75 @@ export function stepEntry(
     engine,
     seq: effect.seq,
     cause: effect.cause,
-    ...(effect.operator ? { operator: effect.operator } : {}),
-    ...(effect.held ? { held: true as const } : {}),
-    ...(effect.debounced ? { debounced: effect.debounced } : {}),
-    ...(effect.released ? { released: true as const } : {}),
-    ...(effect.dropped ? { dropped: effect.dropped } : {}),
-    ...emittedOf(record, effect),
-    event: effect.event,
-    ...(effect.from ? { from: effect.from } : {}),
-    ...(effect.trigger ? { trigger: effect.trigger } : {}),
-    to: journalState(value),
-    status: record.status,
-    stateSince: record.stateSince ?? record.updatedAt,
-    snapshot: record.snapshot,
-    effects,
-    needsReview: Object.values(record.tasks).some((t) => t.parked !== undefined),
-    ...(record.paused ? { paused: true } : {}),
-    ...(Object.keys(timers).length > 0 ? { timers } : {}),
-    ...(Object.keys(record.tasks).length > 0 ? { tasks: record.tasks } : {}),
-    ...(effect.timerId !== undefined ? { timerId: effect.timerId } : {}),
-    ...(effect.sender ? { sender: effect.sender } : {}),
-    ...(record.attributes ? { attributes: record.attributes } : {}),
-    ...(effect.activity ? { activity: effect.activity } : {}),
-    ...(record.admission && (effect.cause === 'start' || effect.cause === 'admit')
-      ? { admission: admissionOf(record.admission) }
-      : {}),
-    ...(record.output !== undefined ? { output: record.output } : {}),
-    ...(record.error ? { error: record.error } : {}),
-    createdAt: record.createdAt,
   };
+  if (effect.operator) out.operator = effect.operator;
+  if (effect.held) out.held = true;
+  if (effect.debounced) out.debounced = effect.debounced;
+  if (effect.released) out.released = true;
+  if (effect.dropped) out.dropped = effect.dropped;
+  const emitted = emittedOf(record, effect);
+  if (emitted) out.emitted = emitted;
+  out.event = effect.event;
+  if (effect.from) out.from = effect.from;
+  if (effect.trigger) out.trigger = effect.trigger;
+  // Stored: `to` is the snapshot's value (and its paths).
+  if (!stored) out.to = journalState(value);
+  out.status = record.status;
+  const stateSince = record.stateSince ?? record.updatedAt;
+  if (!stored || stateSince !== record.updatedAt) out.stateSince = stateSince;
+  out.snapshot = record.snapshot;
+  out.effects = effects;
+  let needsReview = false;
+  for (const actorId in record.tasks) {
+    if (record.tasks[actorId]!.parked !== undefined) {
+      needsReview = true;
+      break;
+    }
+  }
+  if (!stored || needsReview) out.needsReview = needsReview;
+  if (record.paused) out.paused = true;
+  let timers: Record<string, { dueAt: number; event: unknown; setAt: number }> | undefined;
+  for (const timerId in record.timers) {
+    const dueAt = record.timerDue?.[timerId];
+    // A timer set before `timerDue` existed has no known due time: it cannot be re-armed.
+    if (dueAt !== undefined) {
+      (timers ??= {})[timerId] = {
+        dueAt,
+        event: record.timerEvents?.[timerId],
+        setAt: record.timers[timerId]!,
+      };
+    }
+  }
+  if (timers) out.timers = timers;
+  if (hasKeys(record.tasks)) out.tasks = stored ? slimTasks(record.tasks, effects) : record.tasks;
+  if (effect.timerId !== undefined) out.timerId = effect.timerId;
+  if (effect.sender) out.sender = effect.sender;
+  if (record.attributes) out.attributes = record.attributes;
+  if (effect.activity) out.activity = effect.activity;
+  if (record.admission && (effect.cause === 'start' || effect.cause === 'admit'))
+    out.admission = admissionOf(record.admission);
+  if (
+    record.output !== undefined &&
+    !(
+      stored &&
+      record.status === 'completed' &&
+      (record.output === snap?.output || sameJson(record.output, snap?.output))
+    )
+  )
+    out.output = record.output;
+  if (record.error) out.error = record.error;
+  out.createdAt = record.createdAt;
+  if (stored) {
+    // As `storedEntry`: a field whose value is undefined is not stored.
+    for (const k in out) if (out[k] === undefined) delete out[k];
+  }
+  return out as unknown as JournalEntry;
+}
+
+/** True when `o` has an enumerable key (without building the array of its keys). */
+function hasKeys(o: object): boolean {
+  for (const k in o) if (k !== undefined) return true;
+  return false;
 }
 
 /** A record's admission as the journal keeps it (the input is not repeated). */
@@ -236,13 +304,13 @@ function admissionOf(a: Admission): JournalAdmission {
 function emittedOf(
   record: WorkflowRecord,
   effect: Extract<Effect, { kind: 'journal' }>,
-): { emitted?: Record<string, unknown>[] } {
-  if (effect.emitted) return { emitted: effect.emitted };
+): Record<string, unknown>[] | undefined {
+  if (effect.emitted) return effect.emitted;
   for (const e of record.outbox) {
     if (e.kind === 'notify' && e.notification.emitted && e.notification.step === record.step)
-      return { emitted: e.notification.emitted };
+      return e.notification.emitted;
   }
-  return {};
+  return undefined;
 }
 
 /**

@@ -111,6 +111,12 @@ export interface EffectSink {
 export interface JournalReader {
   /** The step entry of step `step` of workflow type/id, or undefined when the journal has none. */
   stepEntry(type: string, id: string, step: number): Promise<JournalEntry | undefined>;
+  /**
+   * The step number and `createdAt` (which tells incarnations of one id apart) of the workflow's
+   * last journal entry, or undefined when the journal has none. One read (the last message of the
+   * workflow's subject); a replica that lags may answer an older entry, never a newer one.
+   */
+  lastStep?(type: string, id: string): Promise<{ step: number; createdAt?: number } | undefined>;
 }
 
 /**

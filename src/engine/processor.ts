@@ -171,7 +171,19 @@ export interface ProcessorOptions {
   foldMax?: number;
   /** Most bytes the folded steps may add to the record (default {@link FOLD_MAX_BYTES}). */
   foldMaxBytes?: number;
+  /**
+   * With the journal: how long after a step its `outboxDone` write waits (default
+   * {@link LAZY_MARK_MS}). A workflow that steps again before then never needs it.
+   */
+  lazyMarkMs?: number;
 }
+
+/**
+ * Default delay of an `outboxDone` write with the journal on. Until it lands, a cold load reads
+ * the workflow's last journal entry instead (its presence proves the outbox was performed). It
+ * must land long before the journal could lose the entry to its retention limits.
+ */
+export const LAZY_MARK_MS = 5_000;
 
 /** Default most messages of one workflow applied in one record write. */
 export const FOLD_MAX_MESSAGES = 64;
@@ -228,6 +240,10 @@ export interface ProcessorStats {
   staleRereads: number;
   /** Follow-up writes that mark an outbox performed (`outboxDone`). */
   outboxMarks: number;
+  /** Marks not written because the workflow stepped again before {@link LAZY_MARK_MS}. */
+  marksSkipped: number;
+  /** Cold loads whose unmarked outbox the journal showed performed (not performed again). */
+  journaledOutboxes: number;
   /** Workflows failed because a step could never succeed. */
   poisoned: number;
   /** Messages given back because this engine does not know the workflow's `type@version`. */
@@ -563,6 +579,8 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     transientErrors: 0,
     staleRereads: 0,
     outboxMarks: 0,
+    marksSkipped: 0,
+    journaledOutboxes: 0,
     poisoned: 0,
     deferred: 0,
   };
@@ -617,15 +635,105 @@ export function createProcessor(opts: ProcessorOptions): Processor {
         { workflowType: type, workflowId: id, step: hit.stored.record.step },
         'record written by another engine while effects of this step were owed; they are left to it',
       );
-      const entry = entryOf(now);
+      const entry = await journaledOutbox(entryOf(now));
       remember(key, entry);
       return { cur: entry, fresh: true };
     }
     const stored = await store.get(type, id);
     if (!stored) return { cur: undefined, fresh: true };
-    const entry = entryOf(stored);
+    const entry = await journaledOutbox(entryOf(stored));
     remember(key, entry);
     return { cur: entry, fresh: true };
+  }
+
+  /**
+   * With the journal on, a step's `outboxDone` write is lazy ({@link LAZY_MARK_MS}): a record
+   * loaded from the store may hold an outbox that was performed but not marked. Its journal
+   * entry tells: the performer publishes it only after every other effect of the step
+   * (`effects.ts`), so an entry of this step, of this incarnation of the id (same `createdAt`),
+   * proves the whole outbox was performed; it is not performed again. No entry (a crash before
+   * it, or a read that failed): performed again, deduplicated by msg ids as before.
+   */
+  async function journaledOutbox(entry: CacheEntry): Promise<CacheEntry> {
+    const r = entry.stored.record;
+    const reader = opts.journalReader;
+    if (entry.effectsDone || !opts.journal || !reader?.lastStep || !needsMark(r)) return entry;
+    if (!r.outbox.some((e) => e.kind === 'journal')) return entry;
+    let last: { step: number; createdAt?: number } | undefined;
+    try {
+      last = await reader.lastStep(r.type, r.id);
+    } catch (err) {
+      logger.debug(
+        { ...wf(r.type, r.id), err: toErrorData(err) },
+        'journal not read; the unmarked outbox is performed again',
+      );
+      return entry;
+    }
+    if (last && last.step >= r.step && last.createdAt === r.createdAt) {
+      entry.effectsDone = true;
+      stats.journaledOutboxes++;
+      deferMark(entry);
+    }
+    return entry;
+  }
+
+  /**
+   * `outboxDone` writes waiting out {@link LAZY_MARK_MS}, by workflow key: written then through
+   * the workflow's own queue unless it stepped again meanwhile (its next write replaces the
+   * outbox). Undefined when marks are written at once (journal off).
+   */
+  const lazyMarkMs = opts.lazyMarkMs ?? LAZY_MARK_MS;
+  const lazyMarks =
+    opts.journal && opts.journalReader?.lastStep && lazyMarkMs > 0
+      ? new Map<string, { entry: CacheEntry; revision: number; due: number }>()
+      : undefined;
+  let lazyTimer: ReturnType<typeof setInterval> | undefined;
+
+  function deferMark(entry: CacheEntry): void {
+    if (!lazyMarks) return;
+    const { record, revision } = entry.stored;
+    lazyMarks.set(keyOf(record.type, record.id), {
+      entry,
+      revision,
+      due: clock.now() + lazyMarkMs,
+    });
+    if (!lazyTimer) {
+      lazyTimer = setInterval(
+        () => void sweepMarks(false),
+        Math.max(100, Math.min(1_000, lazyMarkMs)),
+      );
+      lazyTimer.unref?.();
+    }
+  }
+
+  /** Write the marks that are due (all of them with `all`), each in its workflow's turn. */
+  function sweepMarks(all: boolean): Promise<unknown> {
+    if (!lazyMarks) return Promise.resolve();
+    const now = clock.now();
+    const writes: Promise<void>[] = [];
+    for (const [key, m] of lazyMarks) {
+      if (!all && m.due > now) continue;
+      lazyMarks.delete(key);
+      if (m.entry.stored.revision !== m.revision) {
+        stats.marksSkipped++;
+        continue;
+      }
+      writes.push(
+        serial(key, async () => {
+          // Stepped again while this waited for its turn: the new record has its own outbox.
+          if (m.entry.stored.revision !== m.revision) {
+            stats.marksSkipped++;
+            return;
+          }
+          await markDone(m.entry, true);
+        }),
+      );
+    }
+    if (lazyMarks.size === 0 && lazyTimer) {
+      clearInterval(lazyTimer);
+      lazyTimer = undefined;
+    }
+    return Promise.allSettled(writes);
   }
 
   /**
@@ -704,15 +812,21 @@ export function createProcessor(opts: ProcessorOptions): Processor {
    * Record durably that `entry`'s outbox was performed, so that no later load performs it again.
    * Best effort: when it is not written, the outbox may be performed again (the old behaviour).
    */
-  async function markDone(entry: CacheEntry): Promise<void> {
+  async function markDone(entry: CacheEntry, now = false): Promise<void> {
     const { record, revision } = entry.stored;
     if (!entry.effectsDone || !needsMark(record)) return;
+    // With the journal on, the step's journal entry marks it meanwhile (`journaledOutbox`).
+    if (!now && lazyMarks && record.outbox.some((e) => e.kind === 'journal')) {
+      deferMark(entry);
+      return;
+    }
     const marked: WorkflowRecord = { ...record, outboxDone: record.step };
     try {
       entry.stored = await store.update(marked, revision);
       stats.outboxMarks++;
     } catch (err) {
-      if (err instanceof ConflictError) cache.delete(keyOf(record.type, record.id));
+      // A late mark lost to a newer write: that write is the record now, and the cache has it.
+      if (err instanceof ConflictError && !now) cache.delete(keyOf(record.type, record.id));
       logger.debug(
         { ...wf(record.type, record.id), err: toErrorData(err) },
         'outbox performed but not marked; a later load may perform it again',
@@ -1781,6 +1895,18 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     }
   }
 
+  /** Run `fn` in `key`'s turn: after every message of the workflow queued before it. */
+  function serial(key: string, fn: () => Promise<void>): Promise<void> {
+    const prev = tails.get(key) ?? Promise.resolve();
+    const next = prev.then(fn);
+    const tail = next.catch(() => undefined);
+    tails.set(key, tail);
+    void tail.then(() => {
+      if (tails.get(key) === tail) tails.delete(key);
+    });
+    return next;
+  }
+
   return {
     handle(d) {
       const key = keyOf(d.type, d.id);
@@ -1821,6 +1947,9 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     },
     async close() {
       stopping = true;
+      while (tails.size > 0) await Promise.allSettled([...tails.values()]);
+      // Pending marks are written now (best effort): the journal covers any that fail.
+      await sweepMarks(true);
       while (tails.size > 0) await Promise.allSettled([...tails.values()]);
     },
     forgetShard(shard) {

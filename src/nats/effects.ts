@@ -4,7 +4,7 @@ import { headers, type NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { EffectSink, Logger } from '../engine/ports.js';
 import { encodeBody, JSON_TYPE, MSGPACK, pack, type BodyEncoding } from '../contracts/codec.js';
-import { journalMsgId, stepEntry, storedEntry } from '../engine/journal.js';
+import { journalMsgId, stepEntry, storedEntry, storedStepEntry } from '../engine/journal.js';
 import {
   Header,
   type Effect,
@@ -70,28 +70,34 @@ export function createEffectSink(
    * plus the event) is journaled without its snapshot and context, marked `snapshotOmitted`:
    * journaling never fails a step.
    */
-  const journal = async (build: () => JournalEntry, msgId: string): Promise<void> => {
+  const journal = async (
+    build: () => JournalEntry,
+    msgId: string,
+    /** The stored form built directly (else `storedEntry(build())`). */
+    buildStored?: () => JournalEntry,
+  ): Promise<void> => {
     // An entry that cannot be built is a bug in jetflow, never in the workflow: the step goes on
     // without it (its record and other effects are stored), loudly, instead of staying owed
     // forever with the start or signal that caused it unanswered.
-    let entry: JournalEntry;
+    let stored: JournalEntry;
     let data: Uint8Array;
     try {
-      entry = build();
-      data = pack(storedEntry(entry));
+      stored = buildStored ? buildStored() : storedEntry(build());
+      data = pack(stored);
+      const max = nc.info?.max_payload;
+      const full = max !== undefined && data.length + 1024 > max ? build() : undefined;
+      if (full?.kind === 'step') {
+        const slim: JournalEntry = { ...full, snapshotOmitted: { bytes: data.length } };
+        delete (slim as { snapshot?: unknown }).snapshot;
+        delete (slim as { context?: unknown }).context;
+        data = pack(slim);
+      }
     } catch (err) {
       logger.error({ err, msgId }, 'journal entry not built: the step goes on without it');
       return;
     }
-    const max = nc.info?.max_payload;
-    if (max !== undefined && data.length + 1024 > max && entry.kind === 'step') {
-      const slim: JournalEntry = { ...entry, snapshotOmitted: { bytes: data.length } };
-      delete (slim as { snapshot?: unknown }).snapshot;
-      delete (slim as { context?: unknown }).context;
-      data = pack(slim);
-    }
     // No Content-Type header: journal bodies are always msgpack (31 bytes less per entry).
-    await js.publish(s.journal(entry.workflowType, entry.id), data, { msgID: msgId });
+    await js.publish(s.journal(stored.workflowType, stored.id), data, { msgID: msgId });
   };
   const jsonHeaders = () => {
     const h = headers();
@@ -182,6 +188,7 @@ export function createEffectSink(
           return journal(
             () => stepEntry(record, e, engine),
             journalMsgId(record.type, record.id, record.step),
+            () => storedStepEntry(record, e, engine),
           );
         }
         const h = handlers[e.kind];
@@ -211,8 +218,16 @@ export function createEffectSink(
             failures.set(i, new RetryableError('the folded steps before it failed', fields));
         }
       }
+      // The step's journal entry goes last, once every other effect is performed: an entry in
+      // the journal then proves the whole outbox was performed, which is what a cold load reads
+      // instead of an `outboxDone` write (processor, `effectsJournaled`).
+      const last: number[] = [];
       for (const i of failures.size > 0 ? [] : indexes) {
         if (record.outbox[i]?.kind === 'steps') continue;
+        if (record.outbox[i]?.kind === 'journal') {
+          last.push(i);
+          continue;
+        }
         const e = record.outbox[i];
         if (!e) continue;
         const key = orderKey(e) ?? `#${i}`;
@@ -233,6 +248,17 @@ export function createEffectSink(
       }
       // Every chain settles before this returns: a retry never overlaps a pass still running.
       await Promise.all([...chains.values()].map((c) => c.done));
+      for (const i of last) {
+        if (failures.size > 0) {
+          failures.set(i, new RetryableError('the other effects of the step failed', fields));
+          continue;
+        }
+        try {
+          await run(record.outbox[i]!, i);
+        } catch (err) {
+          failures.set(i, toJetflowError(err, fields));
+        }
+      }
       if (failures.size === 0) return;
       const failed = [...failures.keys()].sort((a, b) => a - b);
       const errors = [...failures.values()];

@@ -57,11 +57,43 @@ export function createHistoryReader(jsm: JetStreamManager, names: TopologyNames)
 }
 
 /** The journal as the engine's reset reads it: one step entry, through the history reader. */
-export function createJournalReader(history: HistoryReader): JournalReader {
+export function createJournalReader(
+  history: HistoryReader,
+  jsm?: JetStreamManager,
+  names?: TopologyNames,
+): JournalReader {
   return {
     async stepEntry(type, id, step) {
       const page = await history(type, id, { fromStep: step, limit: HISTORY_MAX_LIMIT });
       return page.entries.find((e) => e.kind === 'step' && e.step === step);
     },
+    ...(jsm && names
+      ? {
+          async lastStep(
+            type: string,
+            id: string,
+          ): Promise<{ step: number; createdAt?: number } | undefined> {
+            let m: StoredMsg | null;
+            try {
+              m = await jsm.direct.getMessage(names.historyStream, {
+                last_by_subj: names.subjects.journal(type, id),
+              });
+            } catch (err) {
+              if (isNoMessage(err)) return undefined;
+              throw toJetflowError(err, { workflowType: type, workflowId: id });
+            }
+            if (!m) return undefined;
+            try {
+              const e = unpack(m.data) as { step?: unknown; createdAt?: unknown };
+              if (typeof e.step !== 'number') return undefined;
+              return typeof e.createdAt === 'number'
+                ? { step: e.step, createdAt: e.createdAt }
+                : { step: e.step };
+            } catch {
+              return undefined; // not an entry jetflow wrote
+            }
+          },
+        }
+      : {}),
   };
 }

@@ -87,6 +87,8 @@ async function processorRig(prefix: string, topo: { duplicateWindowMs?: number }
       localHorizonMs?: number;
       /** While `on`, every timer publish of this processor fails (a timeout, say). */
       failTimers?: { on: boolean };
+      /** More processor options (the journal, a journal reader). */
+      extra?: Partial<Parameters<typeof createProcessor>[0]>;
     } = {},
   ) => {
     const t = timerEffectHandlers(js, opts.jsm ?? jsm, names, quietLogger, {
@@ -107,6 +109,7 @@ async function processorRig(prefix: string, topo: { duplicateWindowMs?: number }
       clock: { now: () => Date.now() },
       logger: quietLogger,
       cacheSize: 100,
+      ...opts.extra,
     });
     return { p, timers: t };
   };
@@ -373,11 +376,152 @@ describe('an outbox performed and marked is never performed again (H1)', () => {
       const seen: string[] = [];
       for await (const n of client.watch('foreign', 'd1')) seen.push(n.type);
       expect(seen.filter((t) => t === 'started')).toHaveLength(1);
-      expect(engine.processor.stats.outboxMarks).toBeGreaterThan(0);
+      // Journal on (the default): the step's journal entry told the cold load, no mark was due
+      // yet (the activity took 2.5 s, the mark waits 5 s) and none was needed after it.
+      expect(engine.processor.stats.journaledOutboxes).toBeGreaterThan(0);
+      expect(engine.processor.stats.outboxMarks).toBe(0);
     } finally {
       await w.close();
       await engine.close();
     }
+  });
+
+  it('journal off: the outbox is marked at once, and the cold load reads the mark', async () => {
+    const prefix = uniquePrefix();
+    const engine = await startEngine(env.server.url, prefix, {
+      cacheSize: 1,
+      duplicateWindowMs: 1_000,
+      journal: false,
+    });
+    const calls: number[] = [];
+    const w = await createWorker({
+      connection: env.nc,
+      prefix,
+      activities: {
+        addOne: async (input: { x: number }) => {
+          calls.push(Date.now());
+          if (calls.length === 1) await sleep(2_500);
+          return input.x + 1;
+        },
+      },
+    });
+    const client = new Client(env.nc, { prefix });
+    try {
+      await client.start('foreign', 'd1', { x: 1 });
+      while (calls.length === 0) await sleep(50);
+      await client.start('counter', 'evict-1');
+      expect(await client.result('foreign', 'd1', { timeoutMs: 20_000 })).toEqual({
+        output: 2,
+        error: null,
+      });
+      const jsm = await jetstreamManager(env.nc);
+      expect((await jsm.streams.info(topologyNames(prefix).tasksStream)).state.last_seq).toBe(1);
+      expect(calls.length).toBe(1);
+      expect(engine.processor.stats.outboxMarks).toBeGreaterThan(0);
+      expect(engine.processor.stats.journaledOutboxes).toBe(0);
+    } finally {
+      await w.close();
+      await engine.close();
+    }
+  });
+
+  it('journal on: a workflow that waits longer than lazyMarkMs gets its mark written', async () => {
+    const prefix = uniquePrefix();
+    const engine = await startEngine(env.server.url, prefix, { lazyMarkMs: 300 });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const w = await createWorker({
+      connection: env.nc,
+      prefix,
+      activities: {
+        addOne: async (input: { x: number }) => {
+          await gate;
+          return input.x + 1;
+        },
+      },
+    });
+    const client = new Client(env.nc, { prefix });
+    const store = createKvRecordStore(await new Kvm(env.nc).open(topologyNames(prefix).bucket));
+    try {
+      await client.start('foreign', 'm1', { x: 1 });
+      const t0 = Date.now();
+      let rec = (await store.get('foreign', 'm1'))!.record;
+      while (rec.outboxDone !== rec.step && Date.now() - t0 < 10_000) {
+        await sleep(50);
+        rec = (await store.get('foreign', 'm1'))!.record;
+      }
+      expect(rec.outboxDone).toBe(rec.step);
+      expect(engine.processor.stats.outboxMarks).toBe(1);
+      release();
+      expect(await client.result('foreign', 'm1', { timeoutMs: 20_000 })).toEqual({
+        output: 2,
+        error: null,
+      });
+    } finally {
+      release();
+      await w.close();
+      await engine.close();
+    }
+  });
+
+  it('a cold load trusts the journal only for this step of this incarnation of the id', async () => {
+    const prefix = uniquePrefix();
+    const rig = await processorRig(prefix, { duplicateWindowMs: 1_000 });
+    const journal = { payloadMaxBytes: 4096 };
+    const reader = (last?: { step: number; createdAt?: number }) => ({
+      stepEntry: () => Promise.resolve(undefined),
+      lastStep: () => Promise.resolve(last),
+    });
+    // P1 writes step 0 (a 90 s timer) of four workflows with the journal on: no mark yet, each
+    // entry journaled. One workflow per cold load below (a closed processor writes its marks).
+    const p1 = rig.make({ extra: { journal, journalReader: reader(undefined) } }).p;
+    const ids = ['s1', 's2', 's3', 's4'];
+    const created = new Map<string, number>();
+    for (const id of ids) {
+      const start = await rig.js.publish(
+        `${prefix}.inbox.start.sleeper.${id}`,
+        pack({ input: { ms: 90_000 } }),
+      );
+      await p1.handle(await rig.delivery(start.seq));
+      const rec = (await rig.store.get('sleeper', id))!.record;
+      expect(rec.step).toBe(0);
+      expect(rec.outboxDone).toBeUndefined();
+      created.set(id, rec.createdAt);
+    }
+    await sleep(1_100); // past the dedup window: a re-performed timer is stored again
+    const inboxSeq = async () => (await rig.jsm.streams.info(rig.names.inboxStream)).state.last_seq;
+    /** A repeat start on a fresh processor (cold load): did it perform the outbox again? */
+    const coldLoad = async (id: string, extra: Partial<Parameters<typeof createProcessor>[0]>) => {
+      const p = rig.make({ extra: { journal, ...extra } }).p;
+      const again = await rig.js.publish(
+        `${prefix}.inbox.start.sleeper.${id}`,
+        pack({ input: { ms: 90_000 } }),
+      );
+      const before = await inboxSeq();
+      await p.handle(await rig.delivery(again.seq));
+      const grew = (await inboxSeq()) - before;
+      await p.close();
+      return { grew, journaled: p.stats.journaledOutboxes };
+    };
+    // The journal's entry of step 0, this incarnation: not performed again.
+    expect(
+      await coldLoad('s1', { journalReader: reader({ step: 0, createdAt: created.get('s1') }) }),
+    ).toEqual({ grew: 0, journaled: 1 });
+    // The real reader, from the history stream P1 wrote to.
+    const { createJournalReader, createHistoryReader } = await import('../../src/nats/history.js');
+    const real = createJournalReader(createHistoryReader(rig.jsm, rig.names), rig.jsm, rig.names);
+    expect(await coldLoad('s2', { journalReader: real })).toEqual({ grew: 0, journaled: 1 });
+    // An entry of an earlier incarnation of the id (another createdAt): performed again (the
+    // timer is scheduled anew); so is an outbox the journal has no entry of.
+    const other = await coldLoad('s3', {
+      journalReader: reader({ step: 5, createdAt: created.get('s3')! - 1 }),
+    });
+    expect(other).toEqual({ grew: 1, journaled: 0 });
+    expect(await coldLoad('s4', { journalReader: reader(undefined) })).toEqual({
+      grew: 1,
+      journaled: 0,
+    });
+    await p1.close();
   });
 });
 
@@ -443,6 +587,58 @@ describe('failed effects (M7, L6)', () => {
     expect(taskCalls).toBe(2);
   });
 
+  it('the journal entry goes out last, only once every other effect of the step is performed', async () => {
+    const prefix = uniquePrefix();
+    const jsm = await jetstreamManager(env.nc);
+    const { names } = await ensureTopology(env.nc, jsm, {
+      ...ENGINE_DEFAULTS,
+      prefix,
+      shards: TEST_SHARDS,
+    });
+    let fail = true;
+    let taskDone = false;
+    const sink = createEffectSink(env.nc, jetstream(env.nc), names, quietLogger, {
+      task: async () => {
+        await sleep(200);
+        if (fail) throw new Error('boom');
+        taskDone = true;
+      },
+    });
+    const id = `${prefix}-jl`;
+    const rec: WorkflowRecord = {
+      v: WIRE_VERSION,
+      type: 'counter',
+      id,
+      version: 1,
+      status: 'running',
+      snapshot: { status: 'active', value: 'a', context: {}, children: {} },
+      step: 2,
+      lastSeq: 1,
+      timers: {},
+      tasks: {},
+      shard: 0,
+      createdAt: 0,
+      updatedAt: 0,
+      outbox: [
+        { kind: 'task', task: { taskKey: 'k1' } as never },
+        { kind: 'journal', cause: 'signal', seq: 1, event: { type: 'X' } },
+      ],
+    };
+    const entries = async () =>
+      (
+        await jsm.streams.info(names.historyStream, {
+          subjects_filter: names.subjects.journal('counter', id),
+        })
+      ).state.messages;
+    const err = await sink.perform(rec).catch((e: unknown) => e);
+    expect((err as EffectsError).failed).toEqual([0, 1]);
+    expect(await entries()).toBe(0);
+    fail = false;
+    await sink.perform(rec, (err as EffectsError).failed);
+    expect(taskDone).toBe(true);
+    expect(await entries()).toBe(1);
+  });
+
   it('a journal entry that cannot be built is logged and left out; the step is not stuck', async () => {
     const prefix = uniquePrefix();
     const jsm = await jetstreamManager(env.nc);
@@ -454,7 +650,7 @@ describe('failed effects (M7, L6)', () => {
     const errors: string[] = [];
     const logger = { ...quietLogger, error: (_o: unknown, m?: string) => errors.push(m ?? '') };
     const sink = createEffectSink(env.nc, jetstream(env.nc), names, logger);
-    // `timers` null: building the entry throws (a jetflow bug, never the workflow's).
+    // A null task: building the entry throws (a jetflow bug, never the workflow's).
     const rec = {
       v: WIRE_VERSION,
       type: 'counter',
@@ -464,8 +660,8 @@ describe('failed effects (M7, L6)', () => {
       snapshot: {},
       step: 1,
       lastSeq: 1,
-      timers: null,
-      tasks: {},
+      timers: {},
+      tasks: { a: null },
       shard: 0,
       createdAt: 0,
       updatedAt: 0,
