@@ -531,6 +531,12 @@ export function createProcessor(opts: ProcessorOptions): Processor {
    * removes it after the retention, and a start or signal must then find no workflow.
    */
   const remember = (key: string, entry: CacheEntry) => {
+    // A newer record of the workflow: the mark waiting for the older one is not needed.
+    const mark = lazyMarks?.get(key);
+    if (mark && mark.entry !== entry) {
+      lazyMarks!.delete(key);
+      stats.marksSkipped++;
+    }
     const st = entry.stored.record.status;
     const finished = st !== 'running' && st !== 'deferred';
     cache.set(key, entry, finished && finishedTtl > 0 ? { ttl: finishedTtl } : undefined);
@@ -692,11 +698,10 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   function deferMark(entry: CacheEntry): void {
     if (!lazyMarks) return;
     const { record, revision } = entry.stored;
-    lazyMarks.set(keyOf(record.type, record.id), {
-      entry,
-      revision,
-      due: clock.now() + lazyMarkMs,
-    });
+    const key = keyOf(record.type, record.id);
+    // Deleted first so that the map's order is the order of due times (the sweep stops early).
+    lazyMarks.delete(key);
+    lazyMarks.set(key, { entry, revision, due: clock.now() + lazyMarkMs });
     if (!lazyTimer) {
       lazyTimer = setInterval(
         () => void sweepMarks(false),
@@ -712,7 +717,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     const now = clock.now();
     const writes: Promise<void>[] = [];
     for (const [key, m] of lazyMarks) {
-      if (!all && m.due > now) continue;
+      if (!all && m.due > now) break;
       lazyMarks.delete(key);
       if (m.entry.stored.revision !== m.revision) {
         stats.marksSkipped++;
