@@ -137,6 +137,9 @@ async function streamWrites(nc: NatsConnection): Promise<number> {
   for (const s of [
     names.inboxStream,
     names.eventsStream,
+    // The journal: one entry per step (the default; it was left out of this count before
+    // 2026-12-03, which understated the writes by four per workflow of workload 1).
+    names.historyStream,
     names.tasksStream,
     `KV_${names.bucket}`,
     // The attempt ledger: one write per activity attempt (absent before it existed).
