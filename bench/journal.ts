@@ -185,7 +185,11 @@ async function simultaneous(): Promise<void> {
         await Promise.all(engines.map(stopChild));
       }
     }
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    const median = (xs: number[]) => {
+      const v = [...xs].sort((a, b) => a - b);
+      const h = Math.floor(v.length / 2);
+      return v.length % 2 === 1 ? v[h]! : (v[h - 1]! + v[h]!) / 2;
+    };
     const pairs = Array.from({ length: ROUNDS }, (_, i) => {
       const a = rows.find((x) => x.round === i + 1 && x.stack === (i % 2 === 0 ? 0 : 1))!;
       const b = rows.find((x) => x.round === i + 1 && x.stack === (i % 2 === 0 ? 1 : 0))!;
@@ -355,7 +359,11 @@ async function main(): Promise<void> {
       log(`entry breakdown of ${type} ${id} (msgpack bytes per top-level field, stored form):`);
       for (const line of await entryBreakdown(jsm, names, type, id)) log(line);
     }
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    const median = (xs: number[]) => {
+      const v = [...xs].sort((a, b) => a - b);
+      const h = Math.floor(v.length / 2);
+      return v.length % 2 === 1 ? v[h]! : (v[h - 1]! + v[h]!) / 2;
+    };
     const on = median(rows.filter((x) => x.slot === 'B').map((x) => x.throughput));
     const off = median(rows.filter((x) => x.slot === 'A').map((x) => x.throughput));
     // 'on' and 'off' below name the slots: B (compared) and A (baseline).
