@@ -114,7 +114,9 @@ export interface JournalReader {
   /**
    * The step number and `createdAt` (which tells incarnations of one id apart) of the workflow's
    * last journal entry, or undefined when the journal has none. One read (the last message of the
-   * workflow's subject); a replica that lags may answer an older entry, never a newer one.
+   * workflow's subject); a replica that lags may answer an older entry, never a newer one. Only
+   * step entries carry `createdAt`: when the last entry is another kind (a rejected signal, a
+   * worker's admission entry), the caller cannot tell, and performs the outbox again.
    */
   lastStep?(type: string, id: string): Promise<{ step: number; createdAt?: number } | undefined>;
 }
