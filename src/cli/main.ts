@@ -99,6 +99,7 @@ export function engineOptions(
   set('cacheSize', num(pick('cache-size', 'JETFLOW_CACHE_SIZE')));
   set('cacheMaxBytes', num(pick('cache-max-bytes', 'JETFLOW_CACHE_MAX_BYTES')));
   set('foldMax', num(pick('fold-max', 'JETFLOW_FOLD_MAX')));
+  set('lazyMarkMs', num(pick('lazy-mark-ms', 'JETFLOW_LAZY_MARK_MS')));
   set('finishedRetentionMs', num(pick('finished-retention-ms', 'JETFLOW_FINISHED_RETENTION_MS')));
   set('attemptRetentionMs', num(pick('attempt-retention-ms', 'JETFLOW_ATTEMPT_RETENTION_MS')));
   set('eventsMaxBytes', num(pick('events-max-bytes', 'JETFLOW_EVENTS_MAX_BYTES')));
@@ -181,6 +182,12 @@ const ENGINE_FLAGS: [string, string, string, string | undefined][] = [
     'n',
     'queued messages of one workflow applied in one record write, 1 = off (default 64)',
     'JETFLOW_FOLD_MAX',
+  ],
+  [
+    'lazy-mark-ms',
+    'ms',
+    "journal on: a step's outboxDone write waits this long, skipped if the workflow steps first; 0 = at once (default 5000)",
+    'JETFLOW_LAZY_MARK_MS',
   ],
   [
     'finished-retention-ms',
