@@ -156,6 +156,8 @@ async function simultaneous(): Promise<void> {
         await Promise.all(loops);
         // With --profile: each engine's profile covers its whole life, so per-workflow shares
         // divide by every workflow it ran (warm-up, ramp and drain included).
+        // Compare the pair with `node bench/profile-diff.mjs <dir of stack 0> <its count> <dir
+        // of stack 1> <its count>`.
         if (values.profile) log(`round ${r} completed in all: ${JSON.stringify(completed)}`);
         // Messages each stream stored per workflow this round (both modes, every stream).
         for (const [k, st] of stacks.entries()) {
