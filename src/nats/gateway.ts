@@ -329,22 +329,62 @@ export function startGateway(o: GatewayOptions): Gateway {
     }
   }
 
-  // The bound: at most `maxInFlight` handlers run; the rest wait in a FIFO of bounded bytes.
-  // A FIFO with a head index (Array.shift is O(n) on a long queue), compacted now and then.
+  // The bound: at most `maxInFlight` handlers run; the rest wait, in bounded bytes, one FIFO per
+  // workflow (the subject's last two tokens, `<type>.<id>`), served round robin across
+  // workflows: a workflow sent thousands of requests at once holds the others back by one turn,
+  // not by its whole backlog (issue 18's head-of-line). One workflow's requests keep their order.
+  // Each FIFO and the rotation have a head index (Array.shift is O(n) on a long queue).
   type Waiting = { f: (m: Msg) => Promise<void>; m: Msg; weight: number };
-  let waiting: (Waiting | undefined)[] = [];
-  let head = 0;
-  let queuedBytes = 0;
-  const dequeue = () => {
-    const next = waiting[head];
-    if (!next) return undefined;
-    waiting[head++] = undefined; // let the message be collected
-    if (head >= 1024 && head * 2 >= waiting.length) {
-      waiting = waiting.slice(head);
-      head = 0;
+  class Fifo<T> {
+    private items: (T | undefined)[] = [];
+    private head = 0;
+    get size() {
+      return this.items.length - this.head;
     }
+    push(x: T) {
+      this.items.push(x);
+    }
+    shift(): T | undefined {
+      const x = this.items[this.head];
+      if (x === undefined) return undefined;
+      this.items[this.head++] = undefined; // let it be collected
+      if (this.head >= 1024 && this.head * 2 >= this.items.length) {
+        this.items = this.items.slice(this.head);
+        this.head = 0;
+      }
+      return x;
+    }
+  }
+  const byWorkflow = new Map<string, Fifo<Waiting>>();
+  /** Workflows with waiting requests, in turn order; each appears once. */
+  const turns = new Fifo<string>();
+  let queuedBytes = 0;
+  const workflowOf = (subject: string) => {
+    const last = subject.lastIndexOf('.');
+    const before = last > 0 ? subject.lastIndexOf('.', last - 1) : -1;
+    return before >= 0 ? subject.slice(before + 1) : subject;
+  };
+  const enqueue = (x: Waiting) => {
+    const key = workflowOf(x.m.subject);
+    let q = byWorkflow.get(key);
+    if (!q) {
+      byWorkflow.set(key, (q = new Fifo<Waiting>()));
+      turns.push(key);
+    }
+    q.push(x);
+    queuedBytes += x.weight;
+    stats.waiting++;
+  };
+  const dequeue = () => {
+    const key = turns.shift();
+    if (key === undefined) return undefined;
+    const q = byWorkflow.get(key)!;
+    const next = q.shift()!;
+    // Back to the end of the rotation while it has more waiting.
+    if (q.size > 0) turns.push(key);
+    else byWorkflow.delete(key);
     queuedBytes -= next.weight;
-    stats.waiting = waiting.length - head;
+    stats.waiting--;
     return next;
   };
   let idle: (() => void) | undefined;
@@ -377,9 +417,7 @@ export function startGateway(o: GatewayOptions): Gateway {
         ),
       );
     }
-    waiting.push({ f, m, weight });
-    queuedBytes += weight;
-    stats.waiting = waiting.length - head;
+    enqueue({ f, m, weight });
   };
   const w = names.subjects.publicWildcards;
   for (const subj of [w.start, w.signal, w.cancel])

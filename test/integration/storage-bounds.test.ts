@@ -166,4 +166,33 @@ describe('gateway', () => {
       await engine.close();
     }
   });
+
+  it('waiting requests take turns by workflow: a burst to one does not hold the others back', async () => {
+    const prefix = uniquePrefix();
+    const engine = await startEngine(env.server.url, prefix, { gatewayMaxInFlight: 1 });
+    try {
+      const client = new Client(env.nc, { prefix });
+      await client.start('counter', 'hot');
+      await client.start('counter', 'cold');
+      const done: string[] = [];
+      // 200 signals to one workflow sent at once, then one to another: with a single slot the
+      // cold one waits for one turn of the hot workflow, not for its 199 waiting requests.
+      const hot = Array.from({ length: 200 }, (_, n) =>
+        client.signal('counter', 'hot', { type: 'SIG', n }).then(() => done.push(`hot${n}`)),
+      );
+      const cold = client.signal('counter', 'cold', { type: 'SIG', n: 0 }).then(() => {
+        done.push('cold');
+      });
+      await Promise.all([...hot, cold]);
+      expect(done.indexOf('cold')).toBeLessThan(5);
+      // One workflow's requests keep their order: applied in the order they were sent.
+      const q = await client.query('counter', 'hot');
+      expect((q.context as { seq: number[] }).seq).toEqual(
+        Array.from({ length: 200 }, (_, n) => n),
+      );
+      expect(engine.gatewayStats.waiting).toBe(0);
+    } finally {
+      await engine.close();
+    }
+  });
 });
