@@ -391,8 +391,11 @@ async function main(): Promise<void> {
 
     // Workload 3b: head-of-line blocking, one hot workflow and the others on its shard.
     if (want('hol')) {
+      // The other workflows' signals come from another service: a connection of their own.
+      const probeNc = await connect({ servers: server.url });
       const h = await headOfLine({
         client,
+        probeClient: new Client(probeNc, { prefix, timeoutMs: 60_000 }),
         shards: SHARDS,
         hot: N.holHot,
         quiet: N.holQuiet,
@@ -402,6 +405,7 @@ async function main(): Promise<void> {
         inFlight: N.holHot,
         log,
       });
+      await probeNc.close();
       emit({ system: 'jetflow', workload: 'head-of-line', ...h });
     }
 

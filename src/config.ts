@@ -57,7 +57,9 @@ export interface EngineConfig {
   readonly finishedRetentionMs: number;
   /**
    * Public requests (start, signal, cancel, query) the gateway of this engine works on at once.
-   * Beyond it, further requests wait in the client library's subscription buffer (backpressure).
+   * Beyond it, further requests wait (bounded bytes), taking turns by workflow. Small enough that
+   * a burst to one workflow cannot take every slot for long (64: issue 18's head-of-line bench),
+   * large enough that it never limited a benchmark's throughput.
    */
   readonly gatewayMaxInFlight: number;
   /**
@@ -141,7 +143,7 @@ export const ENGINE_DEFAULTS = Object.freeze({
   journalMaxBytes: 1024 * 1024 * 1024,
   journalCompression: 'none' as const,
   journalPayloadMaxBytes: 4096,
-  gatewayMaxInFlight: 1_000,
+  gatewayMaxInFlight: 64,
   duplicateWindowMs: 120_000,
   attemptRetentionMs: 7 * 24 * 3600_000,
   shutdownGraceMs: 10_000,

@@ -240,7 +240,7 @@ const ENGINE_FLAGS: [string, string, string, string | undefined][] = [
   [
     'gateway-max-in-flight',
     'n',
-    'public requests worked on at once (default 1000)',
+    'public requests worked on at once, the rest taking turns by workflow (default 64)',
     'JETFLOW_GATEWAY_MAX_IN_FLIGHT',
   ],
   ['ack-wait-ms', 'ms', 'inbox AckWait (default 30000)', 'JETFLOW_ACK_WAIT_MS'],

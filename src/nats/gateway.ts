@@ -51,7 +51,7 @@ export interface GatewayOptions {
   queue?: string;
   /** Reply subjects accepted on start, signal and cancel (default `_INBOX.`). */
   replyPrefixes?: readonly string[];
-  /** Requests worked on at once (default 1,000); more wait, see {@link GATEWAY_WAITING_BYTES}. */
+  /** Requests worked on at once (default 64); more wait, see {@link GATEWAY_WAITING_BYTES}. */
   maxInFlight?: number;
   /** Reads journals for `<prefix>.history.<type>.<id>` (absent: not answered here). */
   history?: HistoryReader;
@@ -101,7 +101,7 @@ export function startGateway(o: GatewayOptions): Gateway {
     waiting: 0,
     overloaded: 0,
   };
-  const maxInFlight = Math.max(1, o.maxInFlight ?? 1_000);
+  const maxInFlight = Math.max(1, o.maxInFlight ?? 64);
   const replyPrefixes = o.replyPrefixes ?? DEFAULT_REPLY_PREFIXES;
   const inflight = new Set<Promise<void>>();
   const subs: Subscription[] = [];

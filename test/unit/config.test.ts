@@ -25,7 +25,7 @@ describe('engine config', () => {
     expect(cfg.finishedRetentionMs).toBe(7 * 24 * 3600_000);
     expect(cfg.eventsMaxBytes).toBe(256 * 1024 * 1024);
     expect(cfg.cacheMaxBytes).toBe(256 * 1024 * 1024);
-    expect(cfg.gatewayMaxInFlight).toBe(1_000);
+    expect(cfg.gatewayMaxInFlight).toBe(64);
     expect(compileEngineConfig({ finishedRetentionMs: 0 }).finishedRetentionMs).toBe(0);
     expect(cfg.attemptRetentionMs).toBe(7 * 24 * 3600_000);
   });
