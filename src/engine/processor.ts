@@ -1934,14 +1934,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
           if (q.length === 0 && queues.get(key) === q) queues.delete(key);
         }
       };
-      const prev = tails.get(key) ?? Promise.resolve();
-      const next = prev.then(turn);
-      const tail = next.catch(() => undefined);
-      tails.set(key, tail);
-      void tail.then(() => {
-        if (tails.get(key) === tail) tails.delete(key);
-      });
-      return next;
+      return serial(key, turn);
     },
     get busy() {
       return tails.size;
