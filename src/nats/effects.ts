@@ -220,7 +220,7 @@ export function createEffectSink(
       }
       // The step's journal entry goes last, once every other effect is performed: an entry in
       // the journal then proves the whole outbox was performed, which is what a cold load reads
-      // instead of an `outboxDone` write (processor, `effectsJournaled`).
+      // instead of an `outboxDone` write (processor, `journaledOutbox`).
       const last: number[] = [];
       for (const i of failures.size > 0 ? [] : indexes) {
         if (record.outbox[i]?.kind === 'steps') continue;
