@@ -467,6 +467,17 @@ const DEADLINE_EVENT = 'jetflow.deadline';
 /** The event of a debounce window's timer: `{type, key}` (the record holds the window). */
 const DEBOUNCE_EVENT = 'jetflow.debounce';
 
+/**
+ * A shallow copy of a table (tasks, timers), key by key. Object spread copies a table in
+ * dictionary mode (one that had keys deleted, as these do at every finished task) about 17 times
+ * slower: with a fan-out's 1,000 pending tasks, two spreads were 1.8 ms of every result's step.
+ */
+function copyOf<T>(table: Readonly<Record<string, T>>): Record<string, T> {
+  const out: Record<string, T> = {};
+  for (const k in table) out[k] = table[k]!;
+  return out;
+}
+
 /** Turn commands into durable effects, tracking pending timers and tasks. */
 function materialize(
   def: WorkflowDefinition,
@@ -485,8 +496,8 @@ function materialize(
   const emitted: Record<string, unknown>[] = [];
   let replied: { value: unknown } | undefined;
   let rejected: { code: string; message: string; details?: unknown } | undefined;
-  const timers = { ...before.timers };
-  const tasks = { ...before.tasks };
+  const timers = copyOf(before.timers);
+  const tasks = copyOf(before.tasks);
   const effects: Effect[] = [];
   const setTimer = (timerId: string, event: unknown, delayMs: number) => {
     timers[timerId] = rec.step;
@@ -1746,9 +1757,9 @@ export function decide(
   let closedWindow: { key: string; count: number } | undefined;
   let before: Pending = { timers: stored.timers, tasks: stored.tasks };
   const finishTask = (actorId: string) => {
-    const tasks = { ...before.tasks };
+    const tasks = copyOf(before.tasks);
     delete tasks[actorId];
-    const timers = { ...before.timers };
+    const timers = copyOf(before.timers);
     const deadline = deadlineTimerId(actorId);
     const setAt = timers[deadline];
     if (setAt !== undefined) {
@@ -1804,7 +1815,7 @@ export function decide(
           error: message.error,
         }) as unknown as EventObject;
   } else if (message.kind === 'timer') {
-    const timers = { ...before.timers };
+    const timers = copyOf(before.timers);
     delete timers[message.timerId];
     before = { ...before, timers };
     // The event is the one the record stored when the timer was set, not the message's (which
@@ -1825,7 +1836,7 @@ export function decide(
       if (!t || t.taskId !== ev.taskId)
         return { kind: 'ignore', reason: 'deadline of a finished activity' };
       const actorId = ev.actorId;
-      const tasks = { ...before.tasks };
+      const tasks = copyOf(before.tasks);
       delete tasks[actorId];
       before = { ...before, tasks };
       preEffects.push(stopTaskEffect(actorId, t));
