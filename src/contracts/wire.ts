@@ -1170,8 +1170,13 @@ export type JournalEntry =
       /** For `failed`: the error. */
       error?: ErrorData;
       createdAt: number;
-      /** Set when the entry was too large for the server: snapshot and context were left out. */
-      snapshotOmitted?: { bytes: number };
+      /**
+       * Set when snapshot and context were left out: the entry was too large for the server
+       * (`bytes`: its size), or (`folded`) the step was folded into a later step's record write
+       * and its snapshot or pending tasks were large (`bytes` -1, not measured; `tasks` left out
+       * too). The entry of the write's last step has the state in full.
+       */
+      snapshotOmitted?: { bytes: number; folded?: true };
     })
   | (JournalBase & {
       kind: 'rejected';

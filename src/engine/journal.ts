@@ -282,6 +282,30 @@ function buildStepEntry(
   return out as unknown as JournalEntry;
 }
 
+/**
+ * A folded step's entry (a step whose record write was the one of a later step: see the
+ * processor's folding) as it is published: whole while its snapshot and pending tasks surely
+ * pack into `maxBytes` (a cheap upper bound, never an encoding), else without them, marked
+ * `snapshotOmitted: { bytes: -1, folded: true }`. The last step of the same write carries the
+ * full state, so the journal loses no state a reader needs; what goes is the snapshot of each
+ * step in between, which a fan-out's results would otherwise store once per result: 1,000
+ * activities stored about 100 MB of snapshots (every entry carried the table of those still
+ * pending), in O(n²).
+ */
+export function foldedEntry(entry: JournalEntry, maxBytes: number): JournalEntry {
+  if (entry.kind !== 'step' || entry.snapshot == null || entry.snapshotOmitted) return entry;
+  if (fitsPacked(entry.snapshot, maxBytes) && (!entry.tasks || fitsPacked(entry.tasks, maxBytes)))
+    return entry;
+  const out: Record<string, unknown> = {};
+  for (const k in entry) {
+    if (k === 'snapshot' || k === 'context' || k === 'tasks') continue;
+    const v = (entry as unknown as Record<string, unknown>)[k];
+    if (v !== undefined) out[k] = v;
+  }
+  out.snapshotOmitted = { bytes: -1, folded: true };
+  return out as unknown as JournalEntry;
+}
+
 /** True when `o` has an enumerable key (without building the array of its keys). */
 function hasKeys(o: object): boolean {
   for (const k in o) if (k !== undefined) return true;

@@ -58,7 +58,13 @@ import {
 import { keyOfInput, keyTokenOf } from './admission.js';
 import { fairnessOf } from './activity.js';
 import { decodeAdmin } from './admin.js';
-import { eventPayload, journalEvent, stepEntry, type JournalOptions } from './journal.js';
+import {
+  eventPayload,
+  foldedEntry,
+  journalEvent,
+  stepEntry,
+  type JournalOptions,
+} from './journal.js';
 import type { Registry } from './registry.js';
 import type { Subjects } from '../contracts/subjects.js';
 import type {
@@ -172,6 +178,12 @@ export interface ProcessorOptions {
   /** Most bytes the folded steps may add to the record (default {@link FOLD_MAX_BYTES}). */
   foldMaxBytes?: number;
   /**
+   * A folded step's journal entry keeps its snapshot and pending tasks while each surely packs
+   * into this many bytes (default {@link FOLD_SNAPSHOT_MAX_BYTES}); else they are left out (see
+   * `foldedEntry`).
+   */
+  foldSnapshotMaxBytes?: number;
+  /**
    * With the journal: how long after a step its `outboxDone` write waits (default
    * {@link LAZY_MARK_MS}). A workflow that steps again before then never needs it.
    */
@@ -189,6 +201,8 @@ export const LAZY_MARK_MS = 5_000;
 export const FOLD_MAX_MESSAGES = 64;
 /** Default most bytes (msgpack) folded steps add to a record: their journal entries, mostly. */
 export const FOLD_MAX_BYTES = 256 * 1024;
+/** Default most bytes of a folded step's snapshot (and of its pending tasks) kept in its entry. */
+export const FOLD_SNAPSHOT_MAX_BYTES = 16 * 1024;
 
 interface CacheEntry {
   stored: StoredRecord;
@@ -546,6 +560,7 @@ export function createProcessor(opts: ProcessorOptions): Processor {
   const queues = new Map<string, Queued[]>();
   const foldMax = Math.max(1, opts.foldMax ?? FOLD_MAX_MESSAGES);
   const foldMaxBytes = opts.foldMaxBytes ?? FOLD_MAX_BYTES;
+  const foldSnapshotMaxBytes = opts.foldSnapshotMaxBytes ?? FOLD_SNAPSHOT_MAX_BYTES;
   /**
    * The head of a workflow's queue and the deliveries behind it that may be applied in the same
    * write: those of the head's delivery run (`InboxDelivery.run`), up to `foldMax`.
@@ -1569,7 +1584,8 @@ export function createProcessor(opts: ProcessorOptions): Processor {
     let entry: FoldedStep['entry'];
     for (const [i, e] of record.outbox.entries()) {
       if (e.kind === 'notify' || e.kind === 'alert') effects.push([i, e]);
-      else if (e.kind === 'journal') entry = stepEntry(record, e, engineName);
+      else if (e.kind === 'journal')
+        entry = foldedEntry(stepEntry(record, e, engineName), foldSnapshotMaxBytes);
     }
     return { step: record.step, ...(entry ? { entry } : {}), effects };
   }

@@ -39,8 +39,9 @@ async function rig(prefix: string) {
     create: (r) => (counts.writes++, store.create(r)),
     update: (r, rev) => (counts.writes++, store.update(r, rev)),
   };
-  const make = (wrap: (sink: EffectSink) => EffectSink = (s) => s) =>
+  const make = (wrap: (sink: EffectSink) => EffectSink = (s) => s, foldSnapshotMaxBytes?: number) =>
     createProcessor({
+      ...(foldSnapshotMaxBytes !== undefined ? { foldSnapshotMaxBytes } : {}),
       registry: createRegistry(workflows),
       subjects: names.subjects,
       store: counted,
@@ -73,7 +74,14 @@ async function rig(prefix: string) {
     (await js.publish(`${prefix}.inbox.${kind}.counter.${id}`, pack(body))).seq;
   /** The workflow's journal entries of steps, in stream order. */
   const journal = async (id: string) => {
-    type Entry = { kind: string; step: number; seq: number; event: { type: string } };
+    type Entry = {
+      kind: string;
+      step: number;
+      seq: number;
+      event: { type: string; payload?: unknown };
+      to?: { value: unknown };
+      snapshotOmitted?: { bytes: number; folded?: true };
+    };
     const out: (Entry & { snapshot: unknown })[] = [];
     let seq = 1;
     for (;;) {
@@ -155,6 +163,38 @@ describe('folding queued messages of one workflow (issue 18)', () => {
     again.sub.unsubscribe();
     for (const [n, reply] of again.got) expect((reply as { step: number }).step).toBe(n);
     expect(again.got.size).toBe(N);
+    await p.close();
+  });
+
+  it("a folded step whose snapshot is over foldSnapshotMaxBytes is journaled without it; the write's last step has it in full", async () => {
+    const prefix = uniquePrefix();
+    const r = await rig(prefix);
+    // A bound below this workflow's snapshot: every folded step's entry is thin.
+    const p = r.make(undefined, 64);
+    await p.handle(await r.delivery(await r.publish('start', 'thin', { input: {} })));
+    const N = 6;
+    const seqs: number[] = [];
+    for (let i = 1; i <= N; i++)
+      seqs.push(await r.publish('signal', 'thin', { event: { type: 'SIG', n: i } }));
+    const ds = await Promise.all(seqs.map((s) => r.delivery(s, 'run-thin')));
+    const writes = r.counts.writes;
+    await Promise.all(ds.map((d) => p.handle(d)));
+    expect(r.counts.writes - writes).toBe(1);
+    const entries = await r.journal('thin');
+    expect(entries.map((e) => e.step)).toEqual(Array.from({ length: N + 1 }, (_, i) => i));
+    // The start was a write of its own: whole.
+    expect(contextSeq(entries[0]!.snapshot)).toEqual([]);
+    for (const [i, e] of entries.slice(1, N).entries()) {
+      // Its own message, event and state, without the snapshot.
+      expect(e.seq).toBe(seqs[i]);
+      expect(e.event).toEqual({ type: 'SIG', payload: { n: i + 1 } });
+      expect(e.to?.value).toBeDefined();
+      expect(e.snapshot).toBeUndefined();
+      expect(e.snapshotOmitted).toEqual({ bytes: -1, folded: true });
+    }
+    const last = entries[N]!;
+    expect(last.snapshotOmitted).toBeUndefined();
+    expect(contextSeq(last.snapshot)).toEqual(Array.from({ length: N }, (_, i) => i + 1));
     await p.close();
   });
 
