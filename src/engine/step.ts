@@ -2826,7 +2826,11 @@ function reset(
     );
   }
   if (entry.snapshot === undefined || entry.snapshotOmitted) {
-    return out(`${who}: the journal entry of step ${toStep} has no snapshot (it was too large)`);
+    return out(
+      entry.snapshotOmitted?.folded
+        ? `${who}: the journal entry of step ${toStep} has no snapshot (the step was folded into the record write of a later step, whose entry has it)`
+        : `${who}: the journal entry of step ${toStep} has no snapshot (it was too large)`,
+    );
   }
   if (entry.version !== stored.version) {
     return out(

@@ -462,6 +462,13 @@ export function compareViews(
   return { kinds, diff };
 }
 
+/** Why an entry has no snapshot to re-run from or compare with. */
+function omittedReason(entry: StepEntry): string {
+  return entry.snapshotOmitted?.folded
+    ? "snapshot left out of the entry (a step folded into a later step's write)"
+    : 'snapshot left out of the entry (too large)';
+}
+
 /**
  * Re-run `entry`'s step with `ctx`'s definitions from `prev` (the entry of the step before;
  * undefined for the start) and compare. The same pure function as the engine: {@link decide}.
@@ -472,12 +479,12 @@ export function rerunStep(
   entry: StepEntry,
   opts: VerifyOptions = {},
 ): StepOutcome {
-  if (entry.snapshotOmitted) return { kind: 'skipped', reason: 'snapshot left out of the entry' };
+  if (entry.snapshotOmitted) return { kind: 'skipped', reason: omittedReason(entry) };
   let before: WorkflowRecord | undefined;
   if (entry.step > 0 || entry.cause !== 'start') {
     if (!prev || prev.step !== entry.step - 1)
       return { kind: 'skipped', reason: 'entry of the step before not read' };
-    if (prev.snapshotOmitted) return { kind: 'skipped', reason: 'snapshot left out of the entry' };
+    if (prev.snapshotOmitted) return { kind: 'skipped', reason: omittedReason(prev) };
     if (prev.paused) return { kind: 'skipped', reason: 'paused workflow' };
     if (prev.status === 'deferred') return { kind: 'skipped', reason: 'deferred start' };
     before = recordAfter(prev);
