@@ -253,6 +253,24 @@ async function main(): Promise<void> {
     const nc = await connect({ servers: server.url });
     const client = new Client(nc, { prefix, timeoutMs: 60_000 });
     const done = completions(nc);
+    /** CPU of the engine, the worker and the server from now, in ms per unit of work. */
+    const splitCpu = () => {
+      const of = (pid: number | undefined) => (pid ? cpuSampler([pid]) : undefined);
+      const parts = {
+        engine: of(engine.pid),
+        worker: of(worker.pid),
+        server: of(server.child?.pid),
+      };
+      return {
+        msPer: (n: number) =>
+          Object.fromEntries(
+            Object.entries(parts).map(([k, c]) => {
+              const sec = c?.delta();
+              return [k, sec === undefined ? null : round((sec * 1000) / n, 3)];
+            }),
+          ),
+      };
+    };
     const machine = {
       cpus: (await import('node:os')).cpus().length,
       cpu: (await import('node:os')).cpus()[0]?.model ?? '?',
@@ -348,10 +366,12 @@ async function main(): Promise<void> {
     if (want('fanout')) {
       const id = 'fan-1';
       const w = done.wait('completed', 'fanout', id);
+      const cpu = splitCpu();
       const ts = performance.now();
       await client.start('fanout', id, { n: N.fanout });
       const n = await w;
       const ms = performance.now() - ts;
+      const perActivity = cpu.msPer(N.fanout);
       if (n.type !== 'completed' || (n.output as { done: number }).done !== N.fanout)
         throw new Error('fan-out incomplete');
       emit({
@@ -360,6 +380,8 @@ async function main(): Promise<void> {
         activities: N.fanout,
         totalMs: round(ms, 0),
         activitiesPerSec: round(N.fanout / (ms / 1000), 1),
+        // CPU ms per activity of each process (engine, worker, nats-server).
+        cpuMsPerActivity: perActivity,
       });
     }
 
@@ -371,6 +393,7 @@ async function main(): Promise<void> {
         (i) => client.start('live', `l${i}`).then(() => undefined),
         300_000,
       );
+      const cpu = splitCpu();
       const r = await runClosedLoop(
         N.signals,
         64,
@@ -386,6 +409,8 @@ async function main(): Promise<void> {
         eventsPerSec: round(N.signals / (r.wallMs / 1000), 1),
         p50Ms: round(percentile(lat, 50), 2),
         p99Ms: round(percentile(lat, 99), 2),
+        // CPU ms per signal of each process (engine, worker, nats-server).
+        cpuMsPerEvent: cpu.msPer(N.signals),
       });
     }
 
