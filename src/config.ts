@@ -45,6 +45,11 @@ export interface EngineConfig {
    * reads the step's journal entry instead). Journal off: marks are written at once.
    */
   readonly lazyMarkMs: number;
+  /**
+   * How often each engine looks for plain (non-schedule) messages on the timer subjects and
+   * deletes them (reads only what was stored since its last look).
+   */
+  readonly timerStraySweepMs: number;
   /** Lifecycle notifications are kept this long in the events stream. */
   readonly eventsMaxAgeMs: number;
   /** The events stream keeps at most this many bytes; the oldest notifications go first. */
@@ -135,6 +140,7 @@ export const ENGINE_DEFAULTS = Object.freeze({
   maxAckPendingPerShard: 1_000,
   foldMax: 64,
   lazyMarkMs: 5_000,
+  timerStraySweepMs: 60_000,
   eventsMaxAgeMs: 7 * 24 * 3600_000,
   eventsMaxBytes: 256 * 1024 * 1024,
   finishedRetentionMs: 7 * 24 * 3600_000,
@@ -281,6 +287,12 @@ export function compileEngineConfig(raw: EngineOptions = {}): EngineConfig {
     ),
     foldMax: int('foldMax', raw.foldMax ?? ENGINE_DEFAULTS.foldMax, 1, 1_000),
     lazyMarkMs: int('lazyMarkMs', raw.lazyMarkMs ?? ENGINE_DEFAULTS.lazyMarkMs, 0, 600_000),
+    timerStraySweepMs: int(
+      'timerStraySweepMs',
+      raw.timerStraySweepMs ?? ENGINE_DEFAULTS.timerStraySweepMs,
+      100,
+      86_400_000,
+    ),
     eventsMaxAgeMs: int(
       'eventsMaxAgeMs',
       raw.eventsMaxAgeMs ?? ENGINE_DEFAULTS.eventsMaxAgeMs,

@@ -100,6 +100,7 @@ export function engineOptions(
   set('cacheMaxBytes', num(pick('cache-max-bytes', 'JETFLOW_CACHE_MAX_BYTES')));
   set('foldMax', num(pick('fold-max', 'JETFLOW_FOLD_MAX')));
   set('lazyMarkMs', num(pick('lazy-mark-ms', 'JETFLOW_LAZY_MARK_MS')));
+  set('timerStraySweepMs', num(pick('timer-stray-sweep-ms', 'JETFLOW_TIMER_STRAY_SWEEP_MS')));
   set('finishedRetentionMs', num(pick('finished-retention-ms', 'JETFLOW_FINISHED_RETENTION_MS')));
   set('attemptRetentionMs', num(pick('attempt-retention-ms', 'JETFLOW_ATTEMPT_RETENTION_MS')));
   set('eventsMaxBytes', num(pick('events-max-bytes', 'JETFLOW_EVENTS_MAX_BYTES')));
@@ -188,6 +189,12 @@ const ENGINE_FLAGS: [string, string, string, string | undefined][] = [
     'ms',
     "journal on: a step's outboxDone write waits this long, skipped if the workflow steps first; 0 = at once (default 5000)",
     'JETFLOW_LAZY_MARK_MS',
+  ],
+  [
+    'timer-stray-sweep-ms',
+    'ms',
+    'how often plain messages on the timer subjects are looked for and deleted (default 60000)',
+    'JETFLOW_TIMER_STRAY_SWEEP_MS',
   ],
   [
     'finished-retention-ms',

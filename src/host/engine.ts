@@ -198,7 +198,7 @@ export class Engine implements AsyncDisposable {
         ...(deps.metrics ? { metrics: deps.metrics } : {}),
       });
       const ticks = await consumeScheduleTicks(js, jsm, names, config.replicas, logger);
-      const strays = await sweepTimerStrays(js, jsm, names, logger);
+      const strays = await sweepTimerStrays(jsm, names, logger, config.timerStraySweepMs);
       const batch = Math.max(1, Math.min(256, config.maxAckPendingPerShard));
       const membership = await openMembership(nc, names, config.failoverMs, config.replicas);
       // The trigger role needs the membership, the membership advertises the triggers.

@@ -24,7 +24,8 @@ let engine: Engine;
 let client: Client;
 
 beforeAll(async () => {
-  engine = await startEngine(env.server.url, prefix);
+  // Sweeps for stray timer-subject publishes every 200 ms (default 60 s).
+  engine = await startEngine(env.server.url, prefix, { timerStraySweepMs: 200 });
   client = new Client(env.nc, { prefix });
 });
 afterAll(async () => {
@@ -209,5 +210,11 @@ describe('internal subjects are checked', () => {
     expect(await inboxMessages(`${prefix}.timer.sleeper.keep.*`)).toBe(1);
     const q = await client.query('sleeper', 'keep');
     expect(q.status).toBe('running');
+    // No consumer holds the pending timers (the server's cost per message grew with them).
+    const jsm = await jetstreamManager(env.nc);
+    const consumers: string[] = [];
+    for await (const c of jsm.consumers.list(topologyNames(prefix).inboxStream))
+      consumers.push(c.name);
+    expect(consumers.filter((c) => !c.startsWith('shard-'))).toEqual([]);
   });
 });
