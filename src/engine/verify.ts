@@ -84,7 +84,8 @@ export interface VerifySummary {
 
 /** The outcome of one step's re-run. */
 export type StepOutcome =
-  | { kind: 'same'; view: StepView }
+  /** `record`: the record the re-run left (what a folded next step without snapshot re-runs from). */
+  | { kind: 'same'; view: StepView; record?: WorkflowRecord }
   | { kind: 'diverged'; divergence: Divergence }
   | { kind: 'skipped'; reason: string };
 
@@ -478,16 +479,27 @@ export function rerunStep(
   prev: StepEntry | undefined,
   entry: StepEntry,
   opts: VerifyOptions = {},
+  /**
+   * The record the re-run of `prev` left, when it was the same as recorded: a step folded into a
+   * later step's write has no snapshot in its entry (`snapshotOmitted.folded`), so the step after
+   * it re-runs from this instead.
+   */
+  carried?: WorkflowRecord,
 ): StepOutcome {
-  if (entry.snapshotOmitted) return { kind: 'skipped', reason: omittedReason(entry) };
+  // A folded step's entry without snapshot is still re-run (from the step before), and compared
+  // on everything but the context it does not hold; one too large for the server is not.
+  const thin = entry.snapshotOmitted?.folded === true;
+  if (entry.snapshotOmitted && !thin) return { kind: 'skipped', reason: omittedReason(entry) };
   let before: WorkflowRecord | undefined;
   if (entry.step > 0 || entry.cause !== 'start') {
     if (!prev || prev.step !== entry.step - 1)
       return { kind: 'skipped', reason: 'entry of the step before not read' };
-    if (prev.snapshotOmitted) return { kind: 'skipped', reason: omittedReason(prev) };
     if (prev.paused) return { kind: 'skipped', reason: 'paused workflow' };
     if (prev.status === 'deferred') return { kind: 'skipped', reason: 'deferred start' };
-    before = recordAfter(prev);
+    if (!prev.snapshotOmitted) before = recordAfter(prev);
+    else if (prev.snapshotOmitted.folded && carried?.step === prev.step)
+      before = { ...carried, lastSeq: 0, outbox: [] };
+    else return { kind: 'skipped', reason: omittedReason(prev) };
   }
   const message = messageOf(entry, before);
   if ('skip' in message) return { kind: 'skipped', reason: message.skip };
@@ -536,10 +548,12 @@ export function rerunStep(
     (e): e is Extract<Effect, { kind: 'journal' }> => e.kind === 'journal',
   );
   if (!j) return diverged(entry, expected, 'no journal entry decided', opts);
-  const got = alignPayloads(entry, stepView(stepEntry(decision.record, j, 'verify') as StepEntry));
+  const view = alignPayloads(entry, stepView(stepEntry(decision.record, j, 'verify') as StepEntry));
+  // A thin entry holds no context to compare with.
+  const got = thin ? { ...view, context: undefined } : view;
   const { kinds, diff } = compareViews(expected, got);
   const counted = kinds.filter((k) => !opts.allow?.includes(k));
-  if (counted.length === 0) return { kind: 'same', view: got };
+  if (counted.length === 0) return { kind: 'same', view: got, record: decision.record };
   return {
     kind: 'diverged',
     divergence: { step: entry.step, event: entry.event.type, kinds: counted, expected, got, diff },
@@ -572,6 +586,8 @@ function diverged(
  */
 export class Verifier {
   private readonly last = new Map<string, StepEntry>();
+  /** The record the last step's re-run left, while it was the same as recorded. */
+  private readonly carried = new Map<string, WorkflowRecord>();
   private readonly verdicts = new Map<string, WorkflowVerdict>();
   private readonly ctx: StepContext;
 
@@ -602,8 +618,13 @@ export class Verifier {
       };
       this.verdicts.set(key, v);
     }
-    const r = rerunStep(this.ctx, prev, entry, this.opts);
+    const r = rerunStep(this.ctx, prev, entry, this.opts, this.carried.get(key));
     this.last.set(key, entry);
+    // Kept only after a thin entry: the step after a full entry re-runs from that entry's
+    // snapshot, so only a run of folded steps needs what their re-runs left.
+    if (r.kind === 'same' && r.record && entry.snapshotOmitted?.folded)
+      this.carried.set(key, r.record);
+    else this.carried.delete(key);
     if (r.kind === 'skipped') {
       v.skipped[r.reason] = (v.skipped[r.reason] ?? 0) + 1;
       return;

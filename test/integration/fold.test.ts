@@ -19,6 +19,9 @@ import { parseShardInbox } from '../../src/contracts/subjects.js';
 import type { EffectSink, InboxDelivery, RecordStore } from '../../src/engine/ports.js';
 import { ENGINE_DEFAULTS } from '../../src/config.js';
 import { workflows } from '../fixtures/workflows.js';
+import { verifyJournal } from '../../src/engine/verify.js';
+import { readEntry } from '../../src/engine/journal.js';
+import type { JournalEntry } from '../../src/contracts/wire.js';
 
 const env = useServer();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -195,6 +198,14 @@ describe('folding queued messages of one workflow (issue 18)', () => {
     const last = entries[N]!;
     expect(last.snapshotOmitted).toBeUndefined();
     expect(contextSeq(last.snapshot)).toEqual(Array.from({ length: N }, (_, i) => i + 1));
+    // `verify` re-runs every step: a thin one from what the re-run of the step before it left.
+    const verdict = verifyJournal(
+      workflows,
+      entries.map((e) => readEntry(e as unknown as JournalEntry)),
+    );
+    expect(verdict?.skipped).toEqual({});
+    expect(verdict?.steps).toBe(N + 1);
+    expect(verdict?.identical).toBe(N + 1);
     await p.close();
   });
 
