@@ -296,13 +296,25 @@ export function foldedEntry(entry: JournalEntry, maxBytes: number): JournalEntry
   if (entry.kind !== 'step' || entry.snapshot == null || entry.snapshotOmitted) return entry;
   if (fitsPacked(entry.snapshot, maxBytes) && (!entry.tasks || fitsPacked(entry.tasks, maxBytes)))
     return entry;
+  return withoutSnapshot(entry, { bytes: -1, folded: true }, true);
+}
+
+/**
+ * A step entry without its snapshot and context (and, with `tasks`, its pending tasks), marked
+ * `snapshotOmitted`: what is journaled when the state cannot or need not go with the entry.
+ */
+export function withoutSnapshot(
+  entry: Extract<JournalEntry, { kind: 'step' }>,
+  omitted: NonNullable<Extract<JournalEntry, { kind: 'step' }>['snapshotOmitted']>,
+  tasks = false,
+): JournalEntry {
   const out: Record<string, unknown> = {};
   for (const k in entry) {
-    if (k === 'snapshot' || k === 'context' || k === 'tasks') continue;
+    if (k === 'snapshot' || k === 'context' || (tasks && k === 'tasks')) continue;
     const v = (entry as unknown as Record<string, unknown>)[k];
     if (v !== undefined) out[k] = v;
   }
-  out.snapshotOmitted = { bytes: -1, folded: true };
+  out.snapshotOmitted = omitted;
   return out as unknown as JournalEntry;
 }
 

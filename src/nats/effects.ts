@@ -4,7 +4,13 @@ import { headers, type NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { EffectSink, Logger } from '../engine/ports.js';
 import { encodeBody, JSON_TYPE, MSGPACK, pack, type BodyEncoding } from '../contracts/codec.js';
-import { journalMsgId, stepEntry, storedEntry, storedStepEntry } from '../engine/journal.js';
+import {
+  journalMsgId,
+  stepEntry,
+  storedEntry,
+  storedStepEntry,
+  withoutSnapshot,
+} from '../engine/journal.js';
 import {
   Header,
   type Effect,
@@ -86,12 +92,7 @@ export function createEffectSink(
       data = pack(stored);
       const max = nc.info?.max_payload;
       const full = max !== undefined && data.length + 1024 > max ? build() : undefined;
-      if (full?.kind === 'step') {
-        const slim: JournalEntry = { ...full, snapshotOmitted: { bytes: data.length } };
-        delete (slim as { snapshot?: unknown }).snapshot;
-        delete (slim as { context?: unknown }).context;
-        data = pack(slim);
-      }
+      if (full?.kind === 'step') data = pack(withoutSnapshot(full, { bytes: data.length }));
     } catch (err) {
       logger.error({ err, msgId }, 'journal entry not built: the step goes on without it');
       return;

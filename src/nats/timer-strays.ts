@@ -24,8 +24,7 @@ import type { TopologyNames } from './topology.js';
 export const TIMER_STRAYS_CONSUMER = 'timer-strays';
 
 export interface TimerStraySweep {
-  /** Sweep now (resolves with the strays removed); sweeps never overlap. */
-  sweep(): Promise<number>;
+  /** Stop sweeping (waits for a sweep under way). */
   stop(): Promise<void>;
 }
 
@@ -65,20 +64,17 @@ export async function sweepTimerStrays(
     }
     return removed;
   };
-  const sweep = (): Promise<number> =>
-    (running ??= once().finally(() => {
-      running = undefined;
-    }));
   const tick = () => {
-    sweep()
+    running = once();
+    running
       .catch((err: unknown) => logger.warn({ err }, 'timer stray sweep failed; next one later'))
       .finally(() => {
+        running = undefined;
         if (!stopped) timer = setTimeout(tick, intervalMs);
       });
   };
   let timer: ReturnType<typeof setTimeout> | undefined = setTimeout(tick, 0);
   return {
-    sweep,
     async stop() {
       stopped = true;
       if (timer) clearTimeout(timer);

@@ -2,7 +2,13 @@
 import { describe, expect, it } from 'vitest';
 import { pack, unpack } from '../../src/contracts/codec.js';
 import type { JournalEntry } from '../../src/contracts/wire.js';
-import { journalState, readEntry, storedEntry } from '../../src/engine/journal.js';
+import {
+  foldedEntry,
+  journalState,
+  readEntry,
+  storedEntry,
+  withoutSnapshot,
+} from '../../src/engine/journal.js';
 
 type Step = Extract<JournalEntry, { kind: 'step' }>;
 
@@ -89,6 +95,32 @@ describe('journal entry stored form', () => {
     delete (e as Partial<Step>).snapshot;
     expect(storedEntry(e)).toBe(e);
     expect(readEntry(e)).toEqual(e);
+  });
+
+  it('withoutSnapshot drops snapshot and context, and the pending tasks only when asked', () => {
+    const e = { ...base, context: { x: 1 } } as Step;
+    const slim = withoutSnapshot(e, { bytes: 9 }) as Step;
+    expect(slim.snapshot).toBeUndefined();
+    expect(slim.context).toBeUndefined();
+    expect(slim.tasks).toEqual(base.tasks);
+    expect(slim.snapshotOmitted).toEqual({ bytes: 9 });
+    expect({
+      ...slim,
+      snapshot: e.snapshot,
+      context: e.context,
+      snapshotOmitted: undefined,
+    }).toEqual({ ...e, snapshotOmitted: undefined });
+    expect((withoutSnapshot(e, { bytes: -1, folded: true }, true) as Step).tasks).toBeUndefined();
+  });
+
+  it('a folded step keeps a small snapshot and task table, and is thinned when either is large', () => {
+    expect(foldedEntry(base, 16 * 1024)).toBe(base);
+    const thin = foldedEntry(base, 64) as Step;
+    expect(thin.snapshot).toBeUndefined();
+    expect(thin.tasks).toBeUndefined();
+    expect(thin.snapshotOmitted).toEqual({ bytes: -1, folded: true });
+    expect(thin.to).toEqual(base.to);
+    expect(thin.effects).toEqual(base.effects);
   });
 
   it('a deferred workflow entry (no machine started: snapshot null) is stored and read whole', () => {
